@@ -1,0 +1,64 @@
+"""Argument checks shared by the layers: raised at trace time, before any work."""
+
+from __future__ import annotations
+
+import operator
+from typing import Any
+
+
+def check_rank(name: str, x: Any, ndim: int, layout: str = "") -> None:
+    if x.ndim != ndim:
+        what = f" {layout}" if layout else ""
+        raise ValueError(f"{name} must have rank {ndim}{what}, got shape {tuple(x.shape)}")
+
+
+def check_shape(name: str, x: Any, shape: tuple[int, ...], why: str = "") -> None:
+    if tuple(x.shape) != tuple(shape):
+        extra = f" ({why})" if why else ""
+        raise ValueError(f"{name} must have shape {tuple(shape)}{extra}, got {tuple(x.shape)}")
+
+
+def check_floating(name: str, x: Any) -> None:
+    import jax.numpy as jnp
+
+    if not jnp.issubdtype(x.dtype, jnp.floating):
+        raise ValueError(f"{name} must be a floating-point array, got dtype {x.dtype}")
+
+
+def positive_int(name: str, value: Any) -> int:
+    try:
+        v = operator.index(value)
+    except TypeError:
+        raise ValueError(f"{name} must be a positive int, got {value!r}") from None
+    if v <= 0:
+        raise ValueError(f"{name} must be a positive int, got {value!r}")
+    return v
+
+
+def nonnegative_int(name: str, value: Any) -> int:
+    try:
+        v = operator.index(value)
+    except TypeError:
+        raise ValueError(f"{name} must be a non-negative int, got {value!r}") from None
+    if v < 0:
+        raise ValueError(f"{name} must be a non-negative int, got {value!r}")
+    return v
+
+
+def check_choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {choices}, got {value!r}")
+
+
+def check_labels(scores: Any, y: Any) -> None:
+    import jax.numpy as jnp
+
+    check_rank("scores", scores, 2, "(N, num_classes)")
+    check_rank("y", y, 1, "(N,)")
+    if y.shape[0] != scores.shape[0]:
+        raise ValueError(
+            f"y has {y.shape[0]} labels but scores has {scores.shape[0]} rows "
+            f"(scores {tuple(scores.shape)}, y {tuple(y.shape)})"
+        )
+    if not jnp.issubdtype(y.dtype, jnp.integer):
+        raise ValueError(f"y must hold integer class labels, got dtype {y.dtype}")

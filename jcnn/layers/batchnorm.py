@@ -1,0 +1,184 @@
+"""Batch normalisation, per feature of ``(N, D)`` input or per channel of NCHW input.
+
+Training normalises with the batch mean and the biased (divide-by-m) batch variance, m the
+number of values per feature; test mode uses the running statistics. The differentiable core
+is ``(x, gamma, beta, running_mean, running_var) -> out``; the updated running statistics
+are computed beside it and carry no gradient.
+
+Backward (training, closed form), with x̂ the normalised input and σ⁻¹ = 1/√(var + eps):
+``dx = γ·σ⁻¹·(dout − mean(dout) − x̂·mean(dout·x̂))``, ``dγ = Σ dout·x̂``, ``dβ = Σ dout``.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from jcnn.layers._binding import cache_dataclass, with_vjp
+from jcnn.layers._checks import check_rank, check_shape
+
+
+@cache_dataclass(static=("train",))
+class BatchnormCache:
+    x: jax.Array
+    mean: jax.Array  # batch mean (train) or running mean (test), broadcastable to x
+    inv_std: jax.Array  # 1/sqrt(var + eps), broadcastable to x
+    x_hat: jax.Array
+    gamma: jax.Array
+    train: bool
+
+
+def _reduce_axes(x) -> tuple[int, ...]:
+    return (0, *range(2, x.ndim))
+
+
+def _per_feature(v, ndim: int):
+    """Reshape a ``(D,)`` vector to broadcast along axis 1 of a rank-``ndim`` array."""
+    return v.reshape((1, -1) + (1,) * (ndim - 2))
+
+
+def batch_statistics(x: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Per-feature mean and biased variance over every axis but 1, shapes ``(D,)``."""
+    axes = _reduce_axes(x)
+    mean = jnp.mean(x, axis=axes)
+    var = jnp.mean(jnp.square(x - _per_feature(mean, x.ndim)), axis=axes)
+    return mean, var
+
+
+def check_batchnorm_args(x, gamma, beta, running_mean, running_var, momentum, eps) -> None:
+    d = x.shape[1]
+    for name, v in (
+        ("gamma", gamma),
+        ("beta", beta),
+        ("running_mean", running_mean),
+        ("running_var", running_var),
+    ):
+        check_shape(name, v, (d,), f"one value per feature of x {tuple(x.shape)}")
+    if not 0.0 <= float(momentum) <= 1.0:
+        raise ValueError(f"momentum must be in [0, 1], got {momentum}")
+    if not float(eps) > 0.0:
+        raise ValueError(f"eps must be > 0, got {eps}")
+
+
+def batchnorm_forward(x, gamma, beta, running_mean, running_var, *, train: bool, eps: float = 1e-5):
+    """Normalise over every axis but 1; returns ``(out, cache)``. Running stats are not updated
+    here (see :func:`running_update`)."""
+    if train:
+        mean, var = batch_statistics(x)
+    else:
+        mean, var = running_mean, running_var
+    mean = _per_feature(mean, x.ndim).astype(x.dtype)
+    inv_std = lax.rsqrt(_per_feature(var, x.ndim).astype(x.dtype) + eps)
+    x_hat = (x - mean) * inv_std
+    out = _per_feature(gamma, x.ndim) * x_hat + _per_feature(beta, x.ndim)
+    return out, BatchnormCache(x, mean, inv_std, x_hat, gamma, bool(train))
+
+
+def batchnorm_backward(dout, cache: BatchnormCache):
+    """Closed form; one pass over dout. Returns ``(dx, dgamma, dbeta, drunning_mean,
+    drunning_var)`` (the running statistics get zero gradient in training mode)."""
+    axes = _reduce_axes(dout)
+    x_hat, inv_std = cache.x_hat, cache.inv_std
+    gamma = _per_feature(cache.gamma, dout.ndim)
+    dbeta = jnp.sum(dout, axis=axes)
+    dgamma = jnp.sum(dout * x_hat, axis=axes)
+    if cache.train:
+        m = dout.size // dout.shape[1]
+        dx = (gamma * inv_std) * (
+            dout - _per_feature(dbeta / m, dout.ndim) - x_hat * _per_feature(dgamma / m, dout.ndim)
+        )
+        return dx, dgamma, dbeta, None, None
+    scale = (gamma * inv_std).reshape(-1)
+    dx = dout * gamma * inv_std
+    drunning_mean = -scale * dbeta
+    drunning_var = -0.5 * scale * inv_std.reshape(-1) * dgamma
+    return dx, dgamma, dbeta, drunning_mean, drunning_var
+
+
+def batchnorm_backward_graph(dout, cache: BatchnormCache):
+    """The step-by-step backward through the computational graph of the training forward
+    (x − μ, its square, the variance, √, 1/√, x̂, γ·x̂ + β), node by node. Same result as
+    :func:`batchnorm_backward`; kept to show where the closed form comes from."""
+    if not cache.train:
+        return batchnorm_backward(dout, cache)
+    axes = _reduce_axes(dout)
+    m = dout.size // dout.shape[1]
+    x_mu = cache.x - cache.mean
+    inv_std = cache.inv_std
+    std = 1.0 / inv_std
+    gamma = _per_feature(cache.gamma, dout.ndim)
+    dbeta = jnp.sum(dout, axis=axes)  # out = gx + beta
+    dgamma = jnp.sum(dout * cache.x_hat, axis=axes)  # gx = gamma * x_hat
+    dx_hat = dout * gamma
+    dinv_std = jnp.sum(dx_hat * x_mu, axis=axes, keepdims=True)  # x_hat = x_mu * inv_std
+    dx_mu = dx_hat * inv_std
+    dstd = -dinv_std / jnp.square(std)  # inv_std = 1 / std
+    dvar = 0.5 * dstd / std  # std = sqrt(var + eps)
+    dsq = jnp.broadcast_to(dvar / m, dout.shape)  # var = mean(sq)
+    dx_mu = dx_mu + 2.0 * x_mu * dsq  # sq = x_mu ** 2
+    dmean = -jnp.sum(dx_mu, axis=axes, keepdims=True)  # x_mu = x - mean
+    dx = dx_mu + dmean / m  # mean = mean(x)
+    return dx, dgamma, dbeta, None, None
+
+
+def running_update(running, batch, momentum: float):
+    """``momentum·running + (1 − momentum)·batch``, with no gradient."""
+    batch = lax.stop_gradient(batch).astype(running.dtype)
+    return momentum * running + (1.0 - momentum) * batch
+
+
+_batchnorm = with_vjp(batchnorm_forward, batchnorm_backward)
+
+
+def _normalise(x, gamma, beta, running_mean, running_var, train, momentum, eps):
+    check_batchnorm_args(x, gamma, beta, running_mean, running_var, momentum, eps)
+    out = _batchnorm(x, gamma, beta, running_mean, running_var, train=bool(train), eps=float(eps))
+    if not train:
+        return out, running_mean, running_var
+    mean, var = batch_statistics(x)
+    return (
+        out,
+        running_update(running_mean, mean, float(momentum)),
+        running_update(running_var, var, float(momentum)),
+    )
+
+
+def batchnorm(
+    x: jax.Array,
+    gamma: jax.Array,
+    beta: jax.Array,
+    running_mean: jax.Array,
+    running_var: jax.Array,
+    *,
+    train: bool,
+    momentum: float = 0.9,
+    eps: float = 1e-5,
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Batchnorm of x ``(N, D)`` with a hand-written VJP; gamma, beta, running stats ``(D,)``.
+
+    Returns ``(out, new_running_mean, new_running_var)``; running = momentum·running +
+    (1 − momentum)·batch statistic when training, unchanged at test time.
+    """
+    check_rank("x", x, 2, "(N, D)")
+    return _normalise(x, gamma, beta, running_mean, running_var, train, momentum, eps)
+
+
+def spatial_batchnorm(
+    x: jax.Array,
+    gamma: jax.Array,
+    beta: jax.Array,
+    running_mean: jax.Array,
+    running_var: jax.Array,
+    *,
+    train: bool,
+    momentum: float = 0.9,
+    eps: float = 1e-5,
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Batchnorm per channel of NCHW x ``(N, C, H, W)``: statistics over N, H and W.
+
+    The same core as :func:`batchnorm` (it normalises over every axis but 1), so no
+    transpose to ``(N·H·W, C)`` is needed. Returns ``(out, new_running_mean, new_running_var)``.
+    """
+    check_rank("x", x, 4, "(N, C, H, W)")
+    return _normalise(x, gamma, beta, running_mean, running_var, train, momentum, eps)

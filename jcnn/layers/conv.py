@@ -1,0 +1,255 @@
+"""2-D convolution (cross-correlation, as in cs231n), three formulations, each with its own VJP.
+
+Shapes: x ``(N, C, H, W)``, w ``(F, C, HH, WW)``, b ``(F,)``, zero padding ``pad`` on every
+side, ``out (N, F, H', W')`` with ``H' = 1 + (H + 2·pad − HH) / stride``.
+
+Backward, whatever the formulation:
+``dx = Σ_f dout[f] ⋆ᵀ w[f]`` (the transposed convolution), ``dw[f] = Σₙ dout[n, f] ⋆ x_pad[n]``,
+``db = Σ_{n,i,j} dout``.
+
+- ``naive``: the definition, one output position at a time (a ``fori_loop``).
+- ``im2col``: gather every receptive field into a column, one matrix product.
+- ``xla``: ``lax.conv_general_dilated`` forward; dx and dw are themselves convolutions.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from jcnn.layers._binding import cache_dataclass, with_vjp
+from jcnn.layers._checks import check_choice, check_rank, check_shape, nonnegative_int, positive_int
+from jcnn.layers._windows import tap
+
+IMPLS = ("naive", "im2col", "xla")
+
+
+@cache_dataclass(static=("stride", "pad"))
+class ConvCache:
+    x: jax.Array
+    w: jax.Array
+    stride: int
+    pad: int
+
+
+def conv_output_size(size: int, filter_size: int, stride: int, pad: int, name: str = "H") -> int:
+    """``1 + (size + 2·pad − filter_size) / stride``, or ValueError if it does not tile."""
+    span = size + 2 * pad - filter_size
+    if span < 0:
+        raise ValueError(
+            f"filter of size {filter_size} does not fit input {name}={size} with pad={pad}"
+        )
+    if span % stride:
+        raise ValueError(
+            f"stride={stride}, pad={pad} and filter size {filter_size} do not tile input "
+            f"{name}={size}: ({name} + 2*pad - filter) % stride = {span % stride}, must be 0"
+        )
+    return 1 + span // stride
+
+
+def check_conv_args(x, w, b, stride, pad) -> tuple[int, int]:
+    """Validate a conv2d call; returns the output size ``(H', W')``."""
+    check_rank("x", x, 4, "(N, C, H, W)")
+    check_rank("w", w, 4, "(F, C, HH, WW)")
+    positive_int("stride", stride)
+    nonnegative_int("pad", pad)
+    if x.shape[1] != w.shape[1]:
+        raise ValueError(
+            f"x has {x.shape[1]} channels but w expects {w.shape[1]} "
+            f"(x {tuple(x.shape)}, w {tuple(w.shape)})"
+        )
+    check_shape("b", b, (w.shape[0],), "one bias per filter of w")
+    h_out = conv_output_size(x.shape[2], w.shape[2], stride, pad, "H")
+    w_out = conv_output_size(x.shape[3], w.shape[3], stride, pad, "W")
+    return h_out, w_out
+
+
+def _pad(x: jax.Array, pad: int) -> jax.Array:
+    return jnp.pad(x, ((0, 0), (0, 0), (pad, pad), (pad, pad))) if pad else x
+
+
+def _db(dout: jax.Array) -> jax.Array:
+    return jnp.sum(dout, axis=(0, 2, 3))
+
+
+# ----------------------------------------------------------------------------------- naive
+
+
+def conv_forward_naive(x, w, b, *, stride: int = 1, pad: int = 0):
+    """The definition: for each output position (i, j), out[:, f, i, j] = Σ window·w[f] + b[f]."""
+    h_out, w_out = check_conv_args(x, w, b, stride, pad)
+    n, c, hh, ww, f = x.shape[0], x.shape[1], w.shape[2], w.shape[3], w.shape[0]
+    x_pad = _pad(x, pad)
+
+    def position(p, out):
+        i, j = p // w_out, p % w_out
+        window = lax.dynamic_slice(x_pad, (0, 0, i * stride, j * stride), (n, c, hh, ww))
+        column = jnp.einsum("nchw,fchw->nf", window, w) + b
+        return lax.dynamic_update_slice(out, column[:, :, None, None], (0, 0, i, j))
+
+    out = lax.fori_loop(0, h_out * w_out, position, jnp.zeros((n, f, h_out, w_out), x.dtype))
+    return out, ConvCache(x, w, stride, pad)
+
+
+def conv_backward_naive(dout, cache: ConvCache):
+    """The same loop: dx_pad[window] += Σ_f w[f]·dout, dw[f] += dout·window, db += dout."""
+    x, w, stride, pad = cache.x, cache.w, cache.stride, cache.pad
+    n, c, h, wd = x.shape
+    hh, ww = w.shape[2:]
+    h_out, w_out = dout.shape[2:]
+    x_pad = _pad(x, pad)
+
+    def position(p, grads):
+        dx_pad, dw = grads
+        i, j = p // w_out, p % w_out
+        corner = (0, 0, i * stride, j * stride)
+        window = lax.dynamic_slice(x_pad, corner, (n, c, hh, ww))
+        d = lax.dynamic_index_in_dim(lax.dynamic_index_in_dim(dout, i, 2, False), j, 2, False)
+        dwindow = jnp.einsum("nf,fchw->nchw", d, w)
+        dx_pad = lax.dynamic_update_slice(
+            dx_pad, lax.dynamic_slice(dx_pad, corner, (n, c, hh, ww)) + dwindow, corner
+        )
+        return dx_pad, dw + jnp.einsum("nf,nchw->fchw", d, window)
+
+    dx_pad, dw = lax.fori_loop(
+        0, h_out * w_out, position, (jnp.zeros_like(x_pad), jnp.zeros_like(w))
+    )
+    dx = dx_pad[:, :, pad : pad + h, pad : pad + wd]
+    return dx, dw, _db(dout)
+
+
+# ---------------------------------------------------------------------------------- im2col
+
+
+def im2col(x_pad, hh: int, ww: int, h_out: int, w_out: int, stride: int) -> jax.Array:
+    """Receptive fields as columns ``(N, C·HH·WW, H'·W')``, rows ordered as ``w.reshape(F, -1)``."""
+    n, c = x_pad.shape[:2]
+    taps = [x_pad[tap(kh, kw, h_out, w_out, stride)] for kh in range(hh) for kw in range(ww)]
+    cols = jnp.stack(taps, axis=2)  # (N, C, HH*WW, H', W')
+    return cols.reshape(n, c * hh * ww, h_out * w_out)
+
+
+def col2im(cols, x_pad_shape, hh: int, ww: int, h_out: int, w_out: int, stride: int):
+    """The adjoint of :func:`im2col`: scatter-add every column back to its receptive field."""
+    n, c = x_pad_shape[:2]
+    cols = cols.reshape(n, c, hh, ww, h_out, w_out)
+    dx_pad = jnp.zeros(x_pad_shape, cols.dtype)
+    for kh in range(hh):
+        for kw in range(ww):
+            dx_pad = dx_pad.at[tap(kh, kw, h_out, w_out, stride)].add(cols[:, :, kh, kw])
+    return dx_pad
+
+
+def conv_forward_im2col(x, w, b, *, stride: int = 1, pad: int = 0):
+    """out = w.reshape(F, C·HH·WW) @ im2col(x) + b."""
+    h_out, w_out = check_conv_args(x, w, b, stride, pad)
+    f, _, hh, ww = w.shape
+    cols = im2col(_pad(x, pad), hh, ww, h_out, w_out, stride)
+    out = jnp.einsum("fk,nkp->nfp", w.reshape(f, -1), cols) + b[None, :, None]
+    return out.reshape(x.shape[0], f, h_out, w_out), ConvCache(x, w, stride, pad)
+
+
+def conv_backward_im2col(dout, cache: ConvCache):
+    """dw = Σₙ dout·colsᵀ; dx = col2im(w_flatᵀ·dout)."""
+    x, w, stride, pad = cache.x, cache.w, cache.stride, cache.pad
+    n, c, h, wd = x.shape
+    f, _, hh, ww = w.shape
+    h_out, w_out = dout.shape[2:]
+    x_pad = _pad(x, pad)
+    cols = im2col(x_pad, hh, ww, h_out, w_out, stride)
+    dout_flat = dout.reshape(n, f, h_out * w_out)
+    dw = jnp.einsum("nfp,nkp->fk", dout_flat, cols).reshape(w.shape)
+    dcols = jnp.einsum("fk,nfp->nkp", w.reshape(f, -1), dout_flat)
+    dx_pad = col2im(dcols, x_pad.shape, hh, ww, h_out, w_out, stride)
+    return dx_pad[:, :, pad : pad + h, pad : pad + wd], dw, _db(dout)
+
+
+# ------------------------------------------------------------------------------------- xla
+
+_NCHW = ("NCHW", "OIHW", "NCHW")
+
+
+def conv_forward_xla(x, w, b, *, stride: int = 1, pad: int = 0):
+    """``lax.conv_general_dilated`` (cross-correlation) plus bias."""
+    check_conv_args(x, w, b, stride, pad)
+    out = lax.conv_general_dilated(
+        x, w, (stride, stride), ((pad, pad), (pad, pad)), dimension_numbers=_NCHW
+    )
+    return out + b[None, :, None, None], ConvCache(x, w, stride, pad)
+
+
+def conv_dx_xla(dout, w, x_shape, stride: int, pad: int):
+    """dx as a convolution: dout dilated by ``stride``, fully padded, against w flipped with
+    its in/out channels swapped; then the ``pad`` border is cut away."""
+    hh, ww = w.shape[2:]
+    h, wd = x_shape[2:]
+    w_t = jnp.flip(w, axis=(2, 3))
+    full = lax.conv_general_dilated(
+        dout,
+        w_t,
+        (1, 1),
+        ((hh - 1, hh - 1), (ww - 1, ww - 1)),
+        lhs_dilation=(stride, stride),
+        dimension_numbers=("NCHW", "IOHW", "NCHW"),
+    )
+    return full[:, :, pad : pad + h, pad : pad + wd]
+
+
+def conv_dw_xla(dout, x, w_shape, stride: int, pad: int):
+    """dw as a convolution over the batch: x (batch ↔ channel roles swapped) against dout,
+    dilated by ``stride``: dw[f, c] = Σₙ x_pad[n, c] ⋆ dout[n, f]."""
+    hh, ww = w_shape[2:]
+    dw = lax.conv_general_dilated(
+        x,
+        dout,
+        (1, 1),
+        ((pad, pad), (pad, pad)),
+        rhs_dilation=(stride, stride),
+        dimension_numbers=("CNHW", "IOHW", "CNHW"),  # output laid out (F, C, HH, WW)
+    )
+    return dw[:, :, :hh, :ww]
+
+
+def conv_backward_xla(dout, cache: ConvCache):
+    """dx and dw as the two transposed convolutions, db as a sum."""
+    x, w, stride, pad = cache.x, cache.w, cache.stride, cache.pad
+    dx = conv_dx_xla(dout, w, x.shape, stride, pad)
+    dw = conv_dw_xla(dout, x, w.shape, stride, pad)
+    return dx, dw, _db(dout)
+
+
+# ------------------------------------------------------------------------------ public API
+
+PAIRS = {
+    "naive": (conv_forward_naive, conv_backward_naive),
+    "im2col": (conv_forward_im2col, conv_backward_im2col),
+    "xla": (conv_forward_xla, conv_backward_xla),
+}
+_BOUND = {name: with_vjp(*pair) for name, pair in PAIRS.items()}
+
+
+def conv_forward(x, w, b, *, stride: int = 1, pad: int = 0, impl: str = "xla"):
+    """cs231n-style pair half: ``(out, cache)`` with the chosen formulation."""
+    check_choice("impl", impl, IMPLS)
+    return PAIRS[impl][0](x, w, b, stride=stride, pad=pad)
+
+
+def conv_backward(dout, cache: ConvCache, *, impl: str = "xla"):
+    """cs231n-style pair half: ``(dx, dw, db)`` with the chosen formulation."""
+    check_choice("impl", impl, IMPLS)
+    return PAIRS[impl][1](dout, cache)
+
+
+def conv2d(
+    x: jax.Array, w: jax.Array, b: jax.Array, *, stride: int = 1, pad: int = 0, impl: str = "xla"
+) -> jax.Array:
+    """Convolution with a hand-written VJP. x ``(N, C, H, W)``, w ``(F, C, HH, WW)``, b ``(F,)``.
+
+    ``impl``: ``'naive'`` (the definition), ``'im2col'`` (patches + one matmul) or ``'xla'``
+    (``lax.conv_general_dilated``; backward as the two transposed convolutions).
+    """
+    check_choice("impl", impl, IMPLS)
+    stride = positive_int("stride", stride)
+    pad = nonnegative_int("pad", pad)
+    return _BOUND[impl](x, w, b, stride=stride, pad=pad)

@@ -1,0 +1,81 @@
+"""Sandwich layers: the cs231n ``layer_utils`` compositions.
+
+Each is a plain composition of the public layers, so its backward is the chain of their
+hand-written VJPs in reverse order (exactly what ``xxx_relu_backward`` does in the
+assignment); no new calculus lives here.
+"""
+
+from __future__ import annotations
+
+import jax
+
+from jcnn.layers.affine import affine
+from jcnn.layers.batchnorm import batchnorm, spatial_batchnorm
+from jcnn.layers.conv import conv2d
+from jcnn.layers.pool import max_pool2d
+from jcnn.layers.relu import relu
+
+
+def affine_relu(x: jax.Array, w: jax.Array, b: jax.Array) -> jax.Array:
+    """affine → relu."""
+    return relu(affine(x, w, b))
+
+
+def affine_bn_relu(
+    x, w, b, gamma, beta, running_mean, running_var, *, train: bool, momentum=0.9, eps=1e-5
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """affine → batchnorm → relu; returns ``(out, new_running_mean, new_running_var)``."""
+    a = affine(x, w, b)
+    a, mean, var = batchnorm(
+        a, gamma, beta, running_mean, running_var, train=train, momentum=momentum, eps=eps
+    )
+    return relu(a), mean, var
+
+
+def conv_relu(x, w, b, *, stride: int = 1, pad: int = 0, impl: str = "xla") -> jax.Array:
+    """conv → relu."""
+    return relu(conv2d(x, w, b, stride=stride, pad=pad, impl=impl))
+
+
+def conv_relu_pool(
+    x,
+    w,
+    b,
+    *,
+    stride: int = 1,
+    pad: int = 0,
+    pool_height: int = 2,
+    pool_width: int = 2,
+    pool_stride: int = 2,
+    impl: str = "xla",
+    pool_impl: str = "fast",
+) -> jax.Array:
+    """conv → relu → max pool."""
+    a = conv_relu(x, w, b, stride=stride, pad=pad, impl=impl)
+    return max_pool2d(
+        a, pool_height=pool_height, pool_width=pool_width, stride=pool_stride, impl=pool_impl
+    )
+
+
+def conv_bn_relu(
+    x,
+    w,
+    b,
+    gamma,
+    beta,
+    running_mean,
+    running_var,
+    *,
+    train: bool,
+    stride: int = 1,
+    pad: int = 0,
+    momentum: float = 0.9,
+    eps: float = 1e-5,
+    impl: str = "xla",
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """conv → spatial batchnorm → relu; returns ``(out, new_running_mean, new_running_var)``."""
+    a = conv2d(x, w, b, stride=stride, pad=pad, impl=impl)
+    a, mean, var = spatial_batchnorm(
+        a, gamma, beta, running_mean, running_var, train=train, momentum=momentum, eps=eps
+    )
+    return relu(a), mean, var

@@ -1,0 +1,160 @@
+"""Autodiff twins of :mod:`jcnn.layers`: the same names and signatures in plain ``jax.numpy``
+and ``lax``, with no custom VJP, so ``jax.grad`` derives their gradients on its own.
+
+They are what the hand-written backward passes are proven against, and what "plain JAX"
+means in the benchmarks. ``impl`` arguments are accepted and ignored.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from jcnn.layers._checks import check_labels, check_rank
+from jcnn.layers.batchnorm import batch_statistics, check_batchnorm_args, running_update
+from jcnn.layers.conv import check_conv_args
+from jcnn.layers.dropout import check_rate, keep_mask
+from jcnn.layers.pool import check_pool_args
+
+
+def affine(x: jax.Array, w: jax.Array, b: jax.Array) -> jax.Array:
+    return x.reshape(x.shape[0], -1) @ w + b
+
+
+def relu(x: jax.Array) -> jax.Array:
+    return jnp.where(x > 0, x, jnp.zeros_like(x))
+
+
+def conv2d(x, w, b, *, stride: int = 1, pad: int = 0, impl: str | None = None) -> jax.Array:
+    check_conv_args(x, w, b, stride, pad)
+    out = lax.conv_general_dilated(
+        x, w, (stride, stride), ((pad, pad), (pad, pad)), dimension_numbers=("NCHW", "OIHW", "NCHW")
+    )
+    return out + b[None, :, None, None]
+
+
+def max_pool2d(x, *, pool_height=2, pool_width=2, stride=2, impl: str | None = None) -> jax.Array:
+    check_pool_args(x, pool_height, pool_width, stride)
+    return lax.reduce_window(
+        x, -jnp.inf, lax.max, (1, 1, pool_height, pool_width), (1, 1, stride, stride), "VALID"
+    )
+
+
+def _normalise(x, gamma, beta, running_mean, running_var, train, momentum, eps):
+    check_batchnorm_args(x, gamma, beta, running_mean, running_var, momentum, eps)
+    shape = (1, -1) + (1,) * (x.ndim - 2)
+    if train:
+        mean, var = batch_statistics(x)
+    else:
+        mean, var = running_mean, running_var
+    x_hat = (x - mean.reshape(shape)) / jnp.sqrt(var.reshape(shape) + eps)
+    out = gamma.reshape(shape) * x_hat + beta.reshape(shape)
+    if not train:
+        return out, running_mean, running_var
+    return (
+        out,
+        running_update(running_mean, mean, momentum),
+        running_update(running_var, var, momentum),
+    )
+
+
+def batchnorm(x, gamma, beta, running_mean, running_var, *, train, momentum=0.9, eps=1e-5):
+    check_rank("x", x, 2, "(N, D)")
+    return _normalise(x, gamma, beta, running_mean, running_var, train, momentum, eps)
+
+
+def spatial_batchnorm(x, gamma, beta, running_mean, running_var, *, train, momentum=0.9, eps=1e-5):
+    check_rank("x", x, 4, "(N, C, H, W)")
+    return _normalise(x, gamma, beta, running_mean, running_var, train, momentum, eps)
+
+
+def dropout(x, key, *, rate: float, train: bool) -> jax.Array:
+    rate = check_rate(rate)
+    if not train or rate == 0.0:
+        return x
+    return jnp.where(keep_mask(key, x.shape, rate), x / (1.0 - rate), jnp.zeros_like(x))
+
+
+def softmax_loss(scores: jax.Array, y: jax.Array) -> jax.Array:
+    check_labels(scores, y)
+    log_probs = jax.nn.log_softmax(scores, axis=1)
+    return -jnp.mean(jnp.take_along_axis(log_probs, y[:, None], axis=1))
+
+
+def svm_loss(scores: jax.Array, y: jax.Array) -> jax.Array:
+    check_labels(scores, y)
+    correct = jnp.take_along_axis(scores, y[:, None], axis=1)
+    margins = jnp.maximum(0, scores - correct + 1)
+    is_correct = jnp.arange(scores.shape[1])[None, :] == y[:, None]
+    return jnp.sum(jnp.where(is_correct, 0, margins)) / scores.shape[0]
+
+
+def affine_relu(x, w, b):
+    return relu(affine(x, w, b))
+
+
+def affine_bn_relu(
+    x, w, b, gamma, beta, running_mean, running_var, *, train, momentum=0.9, eps=1e-5
+):
+    a, mean, var = batchnorm(
+        affine(x, w, b),
+        gamma,
+        beta,
+        running_mean,
+        running_var,
+        train=train,
+        momentum=momentum,
+        eps=eps,
+    )
+    return relu(a), mean, var
+
+
+def conv_relu(x, w, b, *, stride=1, pad=0, impl=None):
+    return relu(conv2d(x, w, b, stride=stride, pad=pad))
+
+
+def conv_relu_pool(
+    x,
+    w,
+    b,
+    *,
+    stride=1,
+    pad=0,
+    pool_height=2,
+    pool_width=2,
+    pool_stride=2,
+    impl=None,
+    pool_impl=None,
+):
+    a = conv_relu(x, w, b, stride=stride, pad=pad)
+    return max_pool2d(a, pool_height=pool_height, pool_width=pool_width, stride=pool_stride)
+
+
+def conv_bn_relu(
+    x,
+    w,
+    b,
+    gamma,
+    beta,
+    running_mean,
+    running_var,
+    *,
+    train,
+    stride=1,
+    pad=0,
+    momentum=0.9,
+    eps=1e-5,
+    impl=None,
+):
+    a, mean, var = spatial_batchnorm(
+        conv2d(x, w, b, stride=stride, pad=pad),
+        gamma,
+        beta,
+        running_mean,
+        running_var,
+        train=train,
+        momentum=momentum,
+        eps=eps,
+    )
+    return relu(a), mean, var

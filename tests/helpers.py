@@ -1,0 +1,59 @@
+"""Shared assertions for the layer tests."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jcnn.gradcheck import check_vjp, rel_error
+
+
+def normal(seed: int, *shape: int, dtype=jnp.float64) -> jax.Array:
+    return jax.random.normal(jax.random.PRNGKey(seed), shape, dtype)
+
+
+def assert_vjp_proven(f, twin, args, *, names, twin_tol=1e-10, numeric_tol=1e-7, argnums=None):
+    """The VJP of ``f`` equals the twin's and finite differences, and survives jit and vmap."""
+    report = check_vjp(f, twin, args, names=names, argnums=argnums)
+    for name, errs in report.items():
+        assert errs["twin"] < twin_tol, (name, errs)
+        assert errs["numeric"] < numeric_tol, (name, errs)
+    assert_same_under_jit_and_vmap(f, args, argnums=argnums)
+    return report
+
+
+def _diff_argnums(args, argnums):
+    if argnums is not None:
+        return tuple(argnums)
+    return tuple(
+        i
+        for i, a in enumerate(args)
+        if hasattr(a, "dtype") and jnp.issubdtype(jnp.asarray(a).dtype, jnp.floating)
+    )
+
+
+def assert_same_under_jit_and_vmap(f, args, *, argnums=None):
+    argnums = _diff_argnums(args, argnums)
+    out = f(*args)
+    dout = normal(99, *jnp.shape(out), dtype=jnp.asarray(out).dtype)
+
+    def scalar(*a):
+        return jnp.sum(f(*a) * dout)
+
+    grad = jax.grad(scalar, argnums=argnums)
+    eager = grad(*args)
+    jitted = jax.jit(grad)(*args)
+    for e, j in zip(eager, jitted, strict=True):
+        assert rel_error(e, j) < 1e-12
+
+    # vmap over a batch of two differently scaled copies of the differentiated inputs.
+    in_axes = tuple(0 if i in argnums else None for i in range(len(args)))
+    stacked = tuple(
+        jnp.stack([a, a * 0.5 + 0.25]) if i in argnums else a for i, a in enumerate(args)
+    )
+    batched = jax.vmap(grad, in_axes=in_axes)(*stacked)
+    second = grad(*(s[1] if i in argnums else s for i, s in enumerate(stacked)))
+    for k in range(len(argnums)):
+        np.testing.assert_allclose(batched[k][0], eager[k], rtol=1e-10, atol=1e-12)
+        np.testing.assert_allclose(batched[k][1], second[k], rtol=1e-10, atol=1e-12)
