@@ -1,0 +1,121 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import jcnn.layers as L
+import jcnn.reference as R
+from jcnn.gradcheck import rel_error
+from tests.helpers import assert_vjp_proven, normal
+
+
+def _params(d, seed=10):
+    return (
+        normal(seed, d) * 0.5 + 1.0,
+        normal(seed + 1, d),
+        normal(seed + 2, d) * 0.1,
+        jnp.abs(normal(seed + 3, d)) + 0.5,
+    )
+
+
+@pytest.mark.parametrize("train", [True, False])
+@pytest.mark.parametrize("xs", [(5, 4), (1, 3), (7, 1)])
+def test_batchnorm_vjp_matches_autodiff_and_finite_differences(train, xs):
+    if train and xs[0] == 1:
+        pytest.skip("a batch of one has zero variance; nothing to normalise")
+    x = normal(0, *xs) * 2.0 + 3.0
+    g, b, rm, rv = _params(xs[1])
+    assert_vjp_proven(
+        lambda x, g, b, rm, rv: L.batchnorm(x, g, b, rm, rv, train=train)[0],
+        lambda x, g, b, rm, rv: R.batchnorm(x, g, b, rm, rv, train=train)[0],
+        (x, g, b, rm, rv),
+        names=("x", "gamma", "beta", "running_mean", "running_var"),
+        numeric_tol=1e-6,
+    )
+
+
+@pytest.mark.parametrize("train", [True, False])
+@pytest.mark.parametrize("xs", [(2, 3, 4, 5), (1, 2, 3, 3)])
+def test_spatial_batchnorm_vjp_matches_autodiff_and_finite_differences(train, xs):
+    x = normal(1, *xs) * 2.0 - 1.0
+    g, b, rm, rv = _params(xs[1])
+    assert_vjp_proven(
+        lambda x, g, b, rm, rv: L.spatial_batchnorm(x, g, b, rm, rv, train=train)[0],
+        lambda x, g, b, rm, rv: R.spatial_batchnorm(x, g, b, rm, rv, train=train)[0],
+        (x, g, b, rm, rv),
+        names=("x", "gamma", "beta", "running_mean", "running_var"),
+        numeric_tol=1e-6,
+    )
+
+
+@pytest.mark.parametrize("xs", [(6, 4), (3, 2, 4, 4)])
+def test_batchnorm_graph_backward_equals_closed_form(xs):
+    x = normal(2, *xs) * 3.0 + 1.0
+    g, b, rm, rv = _params(xs[1])
+    out, cache = L.batchnorm_forward(x, g, b, rm, rv, train=True)
+    dout = normal(5, *out.shape)
+    closed = L.batchnorm_backward(dout, cache)
+    graph = L.batchnorm_backward_graph(dout, cache)
+    for c, s in zip(closed[:3], graph[:3], strict=True):
+        assert rel_error(c, s) < 1e-11
+
+
+def test_batchnorm_train_output_is_standardised_then_scaled():
+    x = normal(3, 200, 3) * jnp.array([1.0, 5.0, 0.1]) + jnp.array([10.0, -3.0, 0.5])
+    d = 3
+    ones, zeros = jnp.ones(d), jnp.zeros(d)
+    out, _, _ = L.batchnorm(x, ones, zeros, zeros, ones, train=True)
+    np.testing.assert_allclose(out.mean(0), 0.0, atol=1e-10)
+    np.testing.assert_allclose(out.std(0), 1.0, rtol=1e-3)  # eps=1e-5 shrinks std 0.1 a bit
+    gamma, beta = jnp.array([3.0, 4.0, 5.0]), jnp.array([6.0, 7.0, 8.0])
+    out, _, _ = L.batchnorm(x, gamma, beta, zeros, ones, train=True)
+    np.testing.assert_allclose(out.mean(0), beta, atol=1e-9)
+    np.testing.assert_allclose(out.std(0), gamma, rtol=1e-3)
+
+
+def test_spatial_batchnorm_statistics_per_channel():
+    x = normal(4, 10, 3, 4, 5) * 4.0 + 10.0
+    gamma, beta = jnp.array([3.0, 4.0, 5.0]), jnp.array([6.0, 7.0, 8.0])
+    out, _, _ = L.spatial_batchnorm(x, gamma, beta, jnp.zeros(3), jnp.ones(3), train=True)
+    np.testing.assert_allclose(out.mean(axis=(0, 2, 3)), beta, atol=1e-9)
+    np.testing.assert_allclose(out.std(axis=(0, 2, 3)), gamma, rtol=1e-4)
+
+
+def test_batchnorm_running_statistics_standardise_at_test_time():
+    d = 4
+    w1, w2 = normal(5, 6, 10), normal(6, 10, d)
+    gamma, beta = jnp.ones(d), jnp.zeros(d)
+    rm, rv = jnp.zeros(d), jnp.ones(d)
+    step = jax.jit(lambda x, rm, rv: L.batchnorm(x, gamma, beta, rm, rv, train=True))
+    for i in range(200):
+        x = jnp.maximum(normal(100 + i, 50, 6) @ w1, 0) @ w2
+        _, rm, rv = step(x, rm, rv)
+    x = jnp.maximum(normal(999, 2000, 6) @ w1, 0) @ w2
+    out, rm2, rv2 = L.batchnorm(x, gamma, beta, rm, rv, train=False)
+    assert rm2 is rm and rv2 is rv
+    np.testing.assert_allclose(out.mean(0), 0.0, atol=0.15)
+    np.testing.assert_allclose(out.std(0), 1.0, atol=0.15)
+
+
+def test_batchnorm_running_update_uses_momentum_and_biased_variance():
+    x = normal(7, 8, 3)
+    rm, rv = jnp.full(3, 2.0), jnp.full(3, 3.0)
+    _, new_rm, new_rv = L.batchnorm(x, jnp.ones(3), jnp.zeros(3), rm, rv, train=True, momentum=0.8)
+    np.testing.assert_allclose(new_rm, 0.8 * 2.0 + 0.2 * np.mean(x, 0), rtol=1e-12)
+    np.testing.assert_allclose(new_rv, 0.8 * 3.0 + 0.2 * np.var(x, 0), rtol=1e-12)
+
+
+@pytest.mark.parametrize(
+    "fn,xs,pshape,kwargs,match",
+    [
+        (L.batchnorm, (4, 3, 2), (3,), {}, "x must have rank 2"),
+        (L.spatial_batchnorm, (4, 3), (3,), {}, "x must have rank 4"),
+        (L.batchnorm, (4, 3), (4,), {}, "gamma must have shape"),
+        (L.batchnorm, (4, 3), (3,), {"momentum": 1.5}, "momentum"),
+        (L.batchnorm, (4, 3), (3,), {"eps": 0.0}, "eps"),
+    ],
+)
+def test_batchnorm_bad_input_raises_value_error(fn, xs, pshape, kwargs, match):
+    p = jnp.ones(pshape)
+    with pytest.raises(ValueError, match=match):
+        fn(jnp.ones(xs), p, p, p, p, train=True, **kwargs)

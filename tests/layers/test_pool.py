@@ -1,0 +1,63 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import jcnn.layers as L
+import jcnn.reference as R
+from jcnn.gradcheck import rel_error
+from tests.helpers import assert_vjp_proven, normal
+
+IMPLS = ("naive", "fast")
+# (x shape, pool_height, pool_width, stride): tiling, overlapping, non-square, leftovers, batch 1.
+CASES = [
+    ((2, 3, 8, 8), 2, 2, 2),
+    ((1, 2, 7, 7), 3, 3, 2),
+    ((2, 2, 6, 7), 2, 3, 1),
+    ((2, 1, 9, 8), 3, 2, 3),
+    ((1, 3, 5, 5), 2, 2, 2),
+]
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("xs,ph,pw,s", CASES)
+def test_max_pool_vjp_matches_autodiff_and_finite_differences(impl, xs, ph, pw, s):
+    kw = dict(pool_height=ph, pool_width=pw, stride=s)
+    assert_vjp_proven(
+        lambda x: L.max_pool2d(x, impl=impl, **kw),
+        lambda x: R.max_pool2d(x, **kw),
+        (normal(3, *xs),),
+        names=("x",),
+    )
+
+
+@pytest.mark.parametrize("xs,ph,pw,s", CASES)
+def test_max_pool_forward_of_all_impls_agree(xs, ph, pw, s):
+    x = normal(4, *xs)
+    kw = dict(pool_height=ph, pool_width=pw, stride=s)
+    expected = R.max_pool2d(x, **kw)
+    for impl in IMPLS:
+        assert rel_error(L.max_pool2d(x, impl=impl, **kw), expected) == 0.0
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_max_pool_gradient_goes_to_the_first_max_of_a_tie(impl):
+    # Two 2x2 windows; each holds its maximum twice. Row-major first: (0, 1) and (0, 2).
+    x = jnp.array([[[[1.0, 5.0, 5.0, 0.0], [5.0, 2.0, 5.0, 3.0]]]])
+    dx = jax.grad(lambda x: L.max_pool2d(x, impl=impl).sum())(x)
+    np.testing.assert_array_equal(dx[0, 0], [[0.0, 1.0, 1.0, 0.0], [0.0, 0.0, 0.0, 0.0]])
+
+
+@pytest.mark.parametrize(
+    "xs,kwargs,match",
+    [
+        ((3, 4, 4), {}, "x must have rank 4"),
+        ((1, 1, 2, 2), {"pool_height": 3}, "does not fit"),
+        ((1, 1, 4, 4), {"stride": 0}, "stride must be a positive int"),
+        ((1, 1, 4, 4), {"pool_width": 1.5}, "pool_width must be a positive int"),
+        ((1, 1, 4, 4), {"impl": "im2col"}, "impl must be one of"),
+    ],
+)
+def test_max_pool_bad_input_raises_value_error(xs, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        L.max_pool2d(jnp.zeros(xs), **kwargs)
