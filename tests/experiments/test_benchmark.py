@@ -1,0 +1,285 @@
+"""The benchmark harness: structure of its output, its bookkeeping, and the torch twins.
+
+Nothing here asserts on timings: timings live in the benchmark's output, not in tests.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from experiments import benchmark as B
+
+ROOT = Path(__file__).resolve().parents[2]
+HAVE_TORCH = importlib.util.find_spec("torch") is not None
+needs_torch = pytest.mark.skipif(not HAVE_TORCH, reason="torch is not importable")
+
+
+def _run(args: list[str], timeout: float = 300) -> subprocess.CompletedProcess:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    return subprocess.run(
+        [sys.executable, "-m", "experiments.benchmark", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=ROOT,
+        env=env,
+    )
+
+
+def _check_record(rec: dict, *, model: str, impl: str, repeats: int) -> None:
+    assert rec["ok"] is True, rec.get("error")
+    assert (rec["model"], rec["impl"]) == (model, impl)
+    assert len(rec["step_s"]) == repeats
+    assert all(t > 0 for t in rec["step_s"])
+    assert rec["min_s"] <= rec["median_s"]
+    assert rec["first_call_s"] > 0
+    assert rec["loss_finite"] and math.isfinite(rec["first_loss"])
+    assert rec["n_params"] > 0
+    assert rec["cpu_count"] >= 1
+    assert "model_kwargs" in rec["platform"]
+
+
+def test_end_to_end_tiny(tmp_path):
+    """The parent spawns one worker per impl and writes the table and the JSON."""
+    impls = ["jcnn", "reference"] + (["torch"] if HAVE_TORCH else [])
+    out = tmp_path / "bench.json"
+    proc = _run(
+        [
+            "--tiny",
+            "--models=three_layer",
+            f"--impls={','.join(impls)}",
+            "--rounds=1",
+            "--repeats=2",
+            "--warmup=0",
+            "--quiet_max_wait=0",
+            f"--json_out={out}",
+        ]
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+    # Markdown: header lines, the step table with one row per impl, and the ratio table.
+    assert (
+        "| model | batch | impl | min s/step | median s/step | img/s | compile s |" in proc.stdout
+    )
+    for impl in impls:
+        assert f"| three_layer | 4 | {impl} |" in proc.stdout
+    assert "| three_layer | 4 | jcnn/reference |" in proc.stdout
+    if HAVE_TORCH:
+        assert "| three_layer | 4 | jcnn/torch |" in proc.stdout
+        assert "| three_layer | 4 | reference/torch |" in proc.stdout
+
+    data = json.loads(out.read_text())
+    assert set(data) == {"meta", "summary", "ratios", "runs"}
+    meta = data["meta"]
+    assert meta["machine"]["cpu_count"] >= 1
+    assert meta["machine"]["versions"]["jax"]
+    assert set(meta["quiet"]) >= {"threshold", "waited_s", "load_start", "load_end", "quiet"}
+    assert meta["platforms"]["jcnn"]["backend"]
+    assert "XLA_FLAGS" in meta["platforms"]["jcnn"]
+    assert meta["models"]["three_layer"]["input_dim"] == [3, 8, 8]
+    if HAVE_TORCH:
+        assert meta["platforms"]["torch"]["num_threads"] >= 1
+
+    runs = {r["impl"]: r for r in data["runs"]}
+    assert set(runs) == set(impls)
+    for impl in impls:
+        _check_record(runs[impl], model="three_layer", impl=impl, repeats=2)
+        assert runs[impl]["batch_size"] == 4 and runs[impl]["round"] == 1
+    # Same init key, same data: the hand-written and the autodiff model start from one loss.
+    np.testing.assert_allclose(runs["jcnn"]["first_loss"], runs["reference"]["first_loss"], 1e-4)
+
+    for s in data["summary"]:
+        assert s["rounds_ok"] == 1 and s["rounds_failed"] == 0 and s["steps"] == 2
+        assert s["img_per_s"] == pytest.approx(4 / s["median_s"])
+    pairs = {r["pair"]: r for r in data["ratios"]}
+    assert "jcnn/reference" in pairs and len(pairs["jcnn/reference"]["per_round"]) == 1
+
+
+def test_worker_vgg_tiny():
+    """A worker times one (model, impl, batch) and prints one JSON line."""
+    proc = _run(["--worker", "--tiny", "--models=vgg", "--impls=jcnn", "--repeats=2", "--warmup=1"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith(B.RESULT_PREFIX)]
+    assert len(lines) == 1
+    rec = json.loads(lines[0][len(B.RESULT_PREFIX) :])
+    _check_record(rec, model="vgg", impl="jcnn", repeats=2)
+    kwargs = rec["platform"]["model_kwargs"]
+    assert kwargs["num_filters"] == [4, 4] and kwargs["dropout"] == 0.2
+    assert kwargs["layers"] == "jcnn"
+
+
+def test_worker_rejects_several_impls():
+    proc = _run(["--worker", "--tiny", "--models=vgg", "--impls=jcnn,reference"])
+    assert proc.returncode != 0
+    assert "exactly one" in proc.stderr
+
+
+def _fake(model, impl, rnd, median, ok=True):
+    rec = {"model": model, "impl": impl, "batch_size": 50, "round": rnd, "ok": ok}
+    if ok:
+        rec.update(
+            step_s=[median * 0.9, median, median * 1.5],
+            median_s=median,
+            first_call_s=2.0,
+            others_cpu_frac=0.0,
+            loss_finite=True,
+            first_loss=2.3,
+        )
+    else:
+        rec["error"] = "boom"
+    return rec
+
+
+def test_summarise_per_round_ratios():
+    records = [
+        _fake("vgg", "jcnn", 1, 0.10),
+        _fake("vgg", "torch", 1, 0.20),
+        _fake("vgg", "reference", 1, 0.40),
+        _fake("vgg", "jcnn", 2, 0.20),
+        _fake("vgg", "torch", 2, 0.20),
+        _fake("vgg", "reference", 2, 0.30),
+        _fake("vgg", "jcnn", 3, 0.10),
+        _fake("vgg", "torch", 3, 0.30),
+        _fake("vgg", "reference", 3, 0.0, ok=False),
+    ]
+    summaries, ratios = B.summarise(records)
+    by_impl = {s["impl"]: s for s in summaries}
+    assert by_impl["jcnn"]["rounds_ok"] == 3 and by_impl["jcnn"]["steps"] == 9
+    assert by_impl["jcnn"]["min_s"] == pytest.approx(0.09)
+    # Pooled steps: .09 .09 .10 .10 .15 .15 .18 .20 .30.
+    assert by_impl["jcnn"]["median_s"] == pytest.approx(0.15)
+    assert by_impl["jcnn"]["img_per_s"] == pytest.approx(50 / 0.15)
+    assert by_impl["reference"]["rounds_failed"] == 1 and by_impl["reference"]["errors"] == ["boom"]
+
+    r = {x["pair"]: x for x in ratios}
+    # Throughput ratio per round = torch time / jcnn time; then the median over rounds.
+    assert r["jcnn/torch"]["per_round"] == pytest.approx([2.0, 1.0, 3.0])
+    assert r["jcnn/torch"]["median"] == pytest.approx(2.0)
+    assert (r["jcnn/torch"]["min"], r["jcnn/torch"]["max"]) == pytest.approx((1.0, 3.0))
+    # Round 3 has no reference result: only rounds with both sides count.
+    assert r["jcnn/reference"]["per_round"] == pytest.approx([4.0, 1.5])
+    assert r["reference/torch"]["per_round"] == pytest.approx([0.5, 2 / 3])
+    assert "jcnn/torch_compile" not in r
+
+    table = B.format_tables(summaries, ratios)
+    assert "| vgg | 50 | jcnn | 0.0900 | 0.1500 | 333 | 2.00 | 3 |" in table
+    assert "| vgg | 50 | reference |" in table and "(1 failed)" in table
+    assert "| vgg | 50 | jcnn/torch | 2.00 | 1.00–3.00 | 3 |" in table
+
+
+def test_impl_order_rotates():
+    impls = ["jcnn", "reference", "torch"]
+    assert B.impl_order(impls, 1, "rotate") == impls
+    assert B.impl_order(impls, 2, "rotate") == ["reference", "torch", "jcnn"]
+    assert B.impl_order(impls, 4, "rotate") == impls
+    assert B.impl_order(impls, 2, "fixed") == impls
+
+
+def test_wait_for_quiet(monkeypatch):
+    loads = iter([3.0, 2.0, 0.4])
+    monkeypatch.setattr(B, "read_loadavg", lambda: next(loads))
+    slept = []
+    q = B.wait_for_quiet(0.5, max_wait=1e6, poll=7, sleep=slept.append)
+    assert q["quiet"] and q["load_start"] == 3.0 and q["load_end"] == 0.4
+    assert slept == [7, 7]
+
+    monkeypatch.setattr(B, "read_loadavg", lambda: 9.0)
+    q = B.wait_for_quiet(0.5, max_wait=0, sleep=slept.append)
+    assert not q["quiet"] and q["load_end"] == 9.0
+
+
+# ------------------------------------------------------------------ the torch twins
+
+
+def _jcnn_vs_torch(model, layer_names, x, y):
+    """Loss and weight gradients of a jcnn model and of its torch twin on the same weights."""
+    import jax
+    import torch
+
+    from experiments import torch_models
+
+    params, state = model.init(jax.random.PRNGKey(0))
+    (loss, _), grads = jax.jit(jax.value_and_grad(model.loss, has_aux=True))(params, state, x, y)
+
+    cls = {"ThreeLayerConvNet": torch_models.ThreeLayerConvNet, "VGGNet": torch_models.VGGNet}
+    fields = ("input_dim", "num_filters", "filter_size", "num_classes", "weight_scale", "reg")
+    kwargs = {f: getattr(model, f) for f in fields}
+    if type(model).__name__ == "ThreeLayerConvNet":
+        kwargs["hidden_dim"] = model.hidden_dim
+    else:
+        kwargs.update(blocks=model.blocks, hidden_dims=model.hidden_dims, dropout=model.dropout)
+    net = cls[type(model).__name__](**kwargs).double().train()
+    torch_models.load_jcnn_params(net, [params[n] for n in layer_names])
+    opt = torch_models.make_adam(net, 0.0)
+    t_loss = torch_models.train_step(net, opt, torch.from_numpy(x), torch.from_numpy(y).long())
+
+    np.testing.assert_allclose(t_loss.item(), float(loss), rtol=1e-10)
+    linear = [m for m in net.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
+    for name, m in zip(layer_names, linear, strict=True):
+        g = m.weight.grad.numpy()
+        g = g.T if isinstance(m, torch.nn.Linear) else g
+        np.testing.assert_allclose(g, np.asarray(grads[name]["w"]), rtol=1e-7, atol=1e-12)
+        np.testing.assert_allclose(m.bias.grad.numpy(), np.asarray(grads[name]["b"]), atol=1e-12)
+
+
+@needs_torch
+def test_torch_three_layer_is_the_same_network():
+    import jax.numpy as jnp
+
+    from jcnn.models import ThreeLayerConvNet
+
+    model = ThreeLayerConvNet(
+        input_dim=(3, 8, 8), num_filters=4, filter_size=3, hidden_dim=6, num_classes=5,
+        weight_scale=0.3, reg=0.1, dtype=jnp.float64,
+    )  # fmt: skip
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((4, 3, 8, 8))
+    y = rng.integers(0, 5, size=4)
+    _jcnn_vs_torch(model, ["conv1", "fc1", "out"], x, y)
+
+
+@needs_torch
+def test_torch_vgg_is_the_same_network():
+    import jax.numpy as jnp
+
+    from jcnn.models import VGGNet
+
+    # dropout=0: the two libraries draw different masks; everything else is compared.
+    model = VGGNet(
+        input_dim=(3, 8, 8), num_filters=(4, 6), blocks=(2, 1), hidden_dims=(7,), num_classes=5,
+        weight_scale=0.3, reg=0.1, dropout=0.0, dtype=jnp.float64,
+    )  # fmt: skip
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((6, 3, 8, 8))
+    y = rng.integers(0, 5, size=6)
+    convs, fcs = model.layer_names()
+    _jcnn_vs_torch(model, [*convs, *fcs, "out"], x, y)
+
+
+@needs_torch
+def test_torch_vgg_has_the_seed_layers():
+    import torch
+
+    from experiments import torch_models
+
+    net = torch_models.VGGNet(
+        num_filters=(64, 64, 128, 256), blocks=(2, 2, 3, 3), hidden_dims=(64, 64), dropout=0.2
+    )
+    kinds = [type(m).__name__ for m in net.modules() if not list(m.children())]
+    assert kinds.count("Conv2d") == 10 and kinds.count("BatchNorm2d") == 10
+    assert kinds.count("MaxPool2d") == 4 and kinds.count("Dropout") == 2
+    assert kinds.count("BatchNorm1d") == 2 and kinds.count("Linear") == 3
+    assert all(m.momentum == 0.1 for m in net.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    assert net.classifier[1].in_features == 256 * 2 * 2
+    out = net.eval()(torch.zeros(2, 3, 32, 32))
+    assert out.shape == (2, 10)
