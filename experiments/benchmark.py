@@ -569,6 +569,7 @@ def spawn_worker(model: str, impl: str, batch_size: int, round_: int, timeout: f
         if line.startswith(RESULT_PREFIX):
             record = json.loads(line[len(RESULT_PREFIX) :])
             record["process_wall_s"] = wall
+            record["argv"] = cmd[1:]
             return record
     tail = (proc.stderr or proc.stdout).strip().splitlines()[-15:]
     return {**base, "ok": False, "returncode": proc.returncode, "error": "\n".join(tail)}
@@ -711,6 +712,9 @@ def format_header(meta: dict) -> str:
                 + (f" ({p['device_name']})" if p.get("device_name") else "")
                 + f", {p['num_threads']} threads"
             )
+    for model, cfg in meta["models"].items():
+        shown = ", ".join(f"{k}={v}" for k, v in cfg.items())
+        parts.append(f"{model}: {shown}; batch sizes {meta['batch_sizes']}")
     q = meta["quiet"]
     parts.append(
         f"load (1 min) before timing: {q['load_start']} -> {q['load_end']} after "
@@ -724,6 +728,14 @@ def format_header(meta: dict) -> str:
     return "\n".join(f"- {p}" for p in parts)
 
 
+def torch_available() -> bool:
+    """Whether ``import torch`` can work, without importing it into the parent."""
+    try:
+        return importlib.util.find_spec("torch") is not None
+    except (ImportError, ValueError):
+        return False
+
+
 def parent_main() -> int:
     log = _stderr
     models = list(FLAGS.models)
@@ -735,7 +747,7 @@ def parent_main() -> int:
         if i not in IMPLS:
             raise app.UsageError(f"unknown impl {i!r}; expected one of {IMPLS}")
     skipped = []
-    if importlib.util.find_spec("torch") is None:
+    if not torch_available():
         skipped = [i for i in impls if i in TORCH_IMPLS]
         impls = [i for i in impls if i not in TORCH_IMPLS]
         if skipped:
