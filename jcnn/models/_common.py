@@ -1,0 +1,274 @@
+"""Pieces shared by the models: hyper-parameter checks, weight init, L2, the loss.
+
+A model is a frozen dataclass of hyper-parameters (hashable, so it can be a static argument
+of :func:`jax.jit`) that subclasses :class:`Model`. Subclasses describe their layers
+(``weight_shapes``, ``batchnorm_layers``) and implement ``apply(params, state, X, *, train,
+key)``; :class:`Model` provides ``init``, ``loss`` (softmax cross-entropy + ``0.5·reg·Σ W²``
+over every leaf named ``w``), input checks and the switch between the hand-written layers
+and their autodiff twins.
+"""
+
+from __future__ import annotations
+
+import math
+import operator
+from collections.abc import Sequence
+from types import ModuleType
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+LAYERS = ("jcnn", "reference")
+CONV_IMPLS = ("naive", "im2col", "xla")
+POOL_IMPLS = ("naive", "fast")
+
+
+# ------------------------------------------------------------------------- field checks
+
+
+def positive_int(name: str, value: Any) -> int:
+    """``value`` as a Python int > 0, or ValueError naming ``name``."""
+    if isinstance(value, bool):
+        raise ValueError(f"{name} must be a positive int, got {value!r}")
+    try:
+        v = operator.index(value)
+    except TypeError:
+        raise ValueError(f"{name} must be a positive int, got {value!r}") from None
+    if v <= 0:
+        raise ValueError(f"{name} must be a positive int, got {value!r}")
+    return v
+
+
+def int_tuple(name: str, value: Any, *, allow_empty: bool = False) -> tuple[int, ...]:
+    """A sequence of positive ints as a tuple (hashable), or ValueError naming ``name``."""
+    if isinstance(value, (str, bytes)) or not isinstance(value, Sequence | np.ndarray):
+        raise ValueError(f"{name} must be a sequence of positive ints, got {value!r}")
+    out = tuple(positive_int(f"{name}[{i}]", v) for i, v in enumerate(value))
+    if not out and not allow_empty:
+        raise ValueError(f"{name} must not be empty")
+    return out
+
+
+def nonnegative_float(name: str, value: Any) -> float:
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a non-negative float, got {value!r}") from None
+    if not (math.isfinite(v) and v >= 0.0):
+        raise ValueError(f"{name} must be a finite float >= 0, got {value!r}")
+    return v
+
+
+def dropout_rate(name: str, value: Any) -> float:
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a float in [0, 1), got {value!r}") from None
+    if not 0.0 <= v < 1.0:
+        raise ValueError(f"{name} must be in [0, 1) (the probability of dropping), got {value!r}")
+    return v
+
+
+def weight_scale_value(name: str, value: Any) -> float | str:
+    """A positive float (Gaussian std) or the string ``'he'``."""
+    if isinstance(value, str):
+        if value.lower() != "he":
+            raise ValueError(f"{name} must be a positive float or 'he', got {value!r}")
+        return "he"
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a positive float or 'he', got {value!r}") from None
+    if not (math.isfinite(v) and v > 0.0):
+        raise ValueError(f"{name} must be a positive float or 'he', got {value!r}")
+    return v
+
+
+def float_dtype(name: str, value: Any) -> np.dtype:
+    try:
+        dt = jnp.dtype(value)
+    except TypeError:
+        raise ValueError(f"{name} must be a floating-point dtype, got {value!r}") from None
+    if not jnp.issubdtype(dt, jnp.floating):
+        raise ValueError(f"{name} must be a floating-point dtype, got {value!r}")
+    return dt
+
+
+def choice(name: str, value: Any, choices: tuple[str, ...]) -> str:
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {choices}, got {value!r}")
+    return value
+
+
+def set_field(obj: Any, name: str, value: Any) -> None:
+    """Normalise a field of a frozen dataclass in ``__post_init__``."""
+    object.__setattr__(obj, name, value)
+
+
+# --------------------------------------------------------------------------------- init
+
+
+def weight_std(shape: tuple[int, ...], weight_scale: float | str) -> float:
+    """``weight_scale``, or ``sqrt(2 / fan_in)`` for ``'he'``, where ``fan_in`` is every axis
+    but the output one: ``D`` for an affine ``(D, M)`` matrix, ``C·HH·WW`` for a
+    ``(F, C, HH, WW)`` filter bank."""
+    if weight_scale == "he":
+        fan_in = shape[0] if len(shape) == 2 else math.prod(shape[1:])
+        return math.sqrt(2.0 / fan_in)
+    return float(weight_scale)
+
+
+def init_weight(key: jax.Array, shape: tuple[int, ...], weight_scale: float | str, dtype):
+    """Gaussian weights of std :func:`weight_std` (``weight_scale`` or He)."""
+    return weight_std(shape, weight_scale) * jax.random.normal(key, shape, dtype)
+
+
+def init_weights(
+    key: jax.Array, shapes: dict[str, tuple[int, ...]], weight_scale: float | str, dtype
+) -> dict[str, jax.Array]:
+    """Gaussian weights for several layers from one draw.
+
+    One ``jax.random.normal`` of the total size is sliced in the order of ``shapes`` and
+    each slice scaled by :func:`weight_std` (one random kernel to compile per model, not
+    one per layer shape).
+    """
+    total = sum(math.prod(s) for s in shapes.values())
+    z = jax.random.normal(key, (total,), dtype)
+    out, start = {}, 0
+    for name, shape in shapes.items():
+        n = math.prod(shape)
+        out[name] = weight_std(shape, weight_scale) * z[start : start + n].reshape(shape)
+        start += n
+    return out
+
+
+def layer_params(w: jax.Array, *, batchnorm: bool) -> dict[str, jax.Array]:
+    """``{'w', 'b'}`` (zero bias, one per output unit/filter), plus ``'gamma', 'beta'`` with
+    batchnorm."""
+    d = w.shape[0] if w.ndim == 4 else w.shape[1]
+    p = {"w": w, "b": jnp.zeros((d,), w.dtype)}
+    if batchnorm:
+        p.update(bn_params(d, w.dtype))
+    return p
+
+
+def bn_params(d: int, dtype) -> dict[str, jax.Array]:
+    return {"gamma": jnp.ones((d,), dtype), "beta": jnp.zeros((d,), dtype)}
+
+
+def bn_state(d: int, dtype) -> dict[str, jax.Array]:
+    """Running statistics start at mean 0, variance 1 (test mode is then the identity)."""
+    return {"running_mean": jnp.zeros((d,), dtype), "running_var": jnp.ones((d,), dtype)}
+
+
+# ----------------------------------------------------------------------------------- L2
+
+
+def _is_weight(path) -> bool:
+    last = path[-1] if path else None
+    return isinstance(last, jax.tree_util.DictKey) and last.key == "w"
+
+
+def l2_penalty(params: Any, reg: float) -> jax.Array:
+    """``0.5·reg·Σ W²`` over every leaf whose key is ``'w'`` (weights and filters only;
+    biases and batchnorm ``gamma``/``beta`` are not regularised)."""
+    leaves = [
+        leaf for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0] if _is_weight(path)
+    ]
+    if not leaves or reg == 0.0:
+        return jnp.zeros((), leaves[0].dtype if leaves else jnp.float32)
+    return 0.5 * reg * sum(jnp.sum(jnp.square(w)) for w in leaves)
+
+
+# -------------------------------------------------------------------------------- model
+
+
+class Model:
+    """Mixin for the model dataclasses: layer switch, ``init``, input checks, ``loss``.
+
+    Subclasses define the fields ``layers``, ``reg``, ``num_classes``, ``input_dim``,
+    ``weight_scale``, ``dtype``, the property ``input_shape`` and the methods
+    ``weight_shapes()``, ``batchnorm_layers()`` (if any) and
+    ``apply(params, state, X, *, train=False, key=None) -> (scores, new_state)``.
+    """
+
+    layers: str
+    reg: float
+    num_classes: int
+    weight_scale: float | str
+    dtype: Any
+
+    @property
+    def L(self) -> ModuleType:
+        """The layer module the model is built on: :mod:`jcnn.layers` or :mod:`jcnn.reference`."""
+        if self.layers == "jcnn":
+            import jcnn.layers as mod
+        else:
+            import jcnn.reference as mod
+        return mod
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        """The shape of one example (``X.shape[1:]``)."""
+        raise NotImplementedError
+
+    def weight_shapes(self) -> dict[str, tuple[int, ...]]:
+        """``{layer name: shape of its 'w'}`` in forward order."""
+        raise NotImplementedError
+
+    def batchnorm_layers(self) -> tuple[str, ...]:
+        """Names of the layers followed by (spatial) batchnorm."""
+        return ()
+
+    def init(self, key: jax.Array) -> tuple[dict, dict]:
+        """``(params, state)``: Gaussian weights (``weight_scale`` std, or He), zero biases,
+        batchnorm ``gamma = 1``, ``beta = 0``, running mean 0 and running variance 1, all in
+        ``dtype``. Weights come from one normal draw (:func:`init_weights`)."""
+        ws = init_weights(key, self.weight_shapes(), self.weight_scale, self.dtype)
+        bn = set(self.batchnorm_layers())
+        params = {name: layer_params(w, batchnorm=name in bn) for name, w in ws.items()}
+        state = {
+            name: bn_state(params[name]["b"].shape[0], self.dtype) for name in ws if name in bn
+        }
+        return params, state
+
+    def check_input(self, X: Any, name: str = "X") -> None:
+        """ValueError unless ``X`` is a batch ``(N, *input_shape)``."""
+        shape = tuple(np.shape(X))
+        want = self.input_shape
+        if len(shape) != len(want) + 1 or shape[1:] != want:
+            raise ValueError(
+                f"{name} has shape {shape} but {type(self).__name__} expects "
+                f"(N, {', '.join(map(str, want))}) (input_dim={self.input_dim!r})"
+            )
+
+    def _prepare(self, params: Any, X: Any) -> jax.Array:
+        """Check X's shape and cast it to the dtype of the parameters."""
+        self.check_input(X)
+        dtype = jax.tree_util.tree_leaves(params)[0].dtype
+        return jnp.asarray(X).astype(dtype)
+
+    def loss(self, params: Any, state: Any, X: Any, y: Any, *, key: jax.Array | None = None):
+        """Training-mode loss (dropout on, batchnorm on batch statistics) and the new state.
+
+        Returns ``(data_loss + 0.5·reg·Σ W², new_state)``, so that
+        ``jax.value_and_grad(model.loss, has_aux=True)`` gives ``((loss, state), grads)``.
+        """
+        scores, new_state = self.apply(params, state, X, train=True, key=key)
+        y = jnp.asarray(y)
+        if y.shape != (scores.shape[0],):
+            raise ValueError(
+                f"y must have shape ({scores.shape[0]},) to match X, got {tuple(y.shape)}"
+            )
+        data_loss = self.L.softmax_loss(scores, y)
+        return data_loss + l2_penalty(params, self.reg).astype(data_loss.dtype), new_state
+
+    def _dropout_key(self, key, train: bool, rate: float):
+        if train and rate > 0.0 and key is None:
+            raise ValueError(
+                f"key must be a jax.random key: {type(self).__name__} has dropout={rate} "
+                "and train=True (loss() always trains)"
+            )
+        return key

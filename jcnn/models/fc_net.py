@@ -1,0 +1,133 @@
+"""The cs231n fully connected net.
+
+``{affine - [batchnorm] - relu - [dropout]} × (L − 1) - affine - softmax``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from jcnn.models import _common as C
+
+
+@dataclasses.dataclass(frozen=True)
+class FullyConnectedNet(C.Model):
+    """A fully connected net with ``len(hidden_dims)`` hidden layers.
+
+    ``input_dim`` is the number of input features ``D`` (an int; inputs ``(N, d1, ..., dk)``
+    are flattened, so CIFAR images with ``input_dim=3*32*32`` work as they are) or the shape
+    of one example, e.g. ``(3, 32, 32)``.
+
+    Parameters and state (``init`` returns ``(params, state)``)::
+
+        params['fc{k}'] = {'w': (D_in, hidden_dims[k-1]), 'b', 'gamma', 'beta'}  # k = 1..K
+        params['out']   = {'w': (hidden_dims[-1], num_classes), 'b'}
+        state['fc{k}']  = {'running_mean', 'running_var'}
+
+    (``gamma``/``beta`` and the state only with ``use_batchnorm``.) Dropout with
+    probability ``dropout`` follows every hidden relu, layer ``k`` drawing its mask from
+    ``jax.random.fold_in(key, k)``.
+    """
+
+    hidden_dims: tuple[int, ...]
+    input_dim: int | tuple[int, ...] = 3 * 32 * 32
+    num_classes: int = 10
+    dropout: float = 0.0
+    use_batchnorm: bool = False
+    reg: float = 0.0
+    weight_scale: float | str = 1e-2
+    dtype: Any = jnp.float32
+    layers: str = "jcnn"
+    bn_momentum: float = 0.9
+    bn_eps: float = 1e-5
+
+    def __post_init__(self):
+        C.set_field(
+            self, "hidden_dims", C.int_tuple("hidden_dims", self.hidden_dims, allow_empty=True)
+        )
+        if isinstance(self.input_dim, (tuple, list)):
+            C.set_field(self, "input_dim", C.int_tuple("input_dim", self.input_dim))
+        else:
+            C.set_field(self, "input_dim", C.positive_int("input_dim", self.input_dim))
+        C.set_field(self, "num_classes", C.positive_int("num_classes", self.num_classes))
+        C.set_field(self, "dropout", C.dropout_rate("dropout", self.dropout))
+        if not isinstance(self.use_batchnorm, bool):
+            raise ValueError(f"use_batchnorm must be a bool, got {self.use_batchnorm!r}")
+        C.set_field(self, "reg", C.nonnegative_float("reg", self.reg))
+        C.set_field(self, "weight_scale", C.weight_scale_value("weight_scale", self.weight_scale))
+        C.set_field(self, "dtype", C.float_dtype("dtype", self.dtype))
+        C.choice("layers", self.layers, C.LAYERS)
+        momentum = float(self.bn_momentum)
+        if not 0.0 <= momentum <= 1.0:
+            raise ValueError(f"bn_momentum must be in [0, 1], got {self.bn_momentum!r}")
+        C.set_field(self, "bn_momentum", momentum)
+        eps = float(self.bn_eps)
+        if not eps > 0.0:
+            raise ValueError(f"bn_eps must be > 0, got {self.bn_eps!r}")
+        C.set_field(self, "bn_eps", eps)
+
+    @property
+    def num_features(self) -> int:
+        d = self.input_dim
+        return d if isinstance(d, int) else math.prod(d)
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        d = self.input_dim
+        return (d,) if isinstance(d, int) else d
+
+    def check_input(self, X: Any, name: str = "X") -> None:
+        """``X`` must be ``(N, ...)`` with ``prod(X.shape[1:]) == D`` when ``input_dim`` is an
+        int ``D``, or exactly ``(N, *input_dim)`` when it is a shape."""
+        if not isinstance(self.input_dim, int):
+            return super().check_input(X, name)
+        shape = tuple(jnp.shape(X))
+        if len(shape) < 2 or math.prod(shape[1:]) != self.input_dim:
+            raise ValueError(
+                f"{name} has shape {shape} but FullyConnectedNet expects (N, d1, ..., dk) with "
+                f"d1·...·dk = input_dim = {self.input_dim}"
+            )
+
+    def layer_names(self) -> list[str]:
+        return [f"fc{k}" for k in range(1, len(self.hidden_dims) + 1)]
+
+    def weight_shapes(self) -> dict[str, tuple[int, ...]]:
+        shapes: dict[str, tuple[int, ...]] = {}
+        d_in = self.num_features
+        for name, d in zip(self.layer_names(), self.hidden_dims, strict=True):
+            shapes[name] = (d_in, d)
+            d_in = d
+        shapes["out"] = (d_in, self.num_classes)
+        return shapes
+
+    def batchnorm_layers(self) -> tuple[str, ...]:
+        return tuple(self.layer_names()) if self.use_batchnorm else ()
+
+    def apply(self, params, state, X, *, train: bool = False, key=None):
+        """Class scores ``(N, num_classes)`` and the new state (updated running statistics
+        when ``train``; unchanged otherwise). ``key`` drives dropout when ``train``."""
+        L = self.L
+        key = self._dropout_key(key, train, self.dropout)
+        x = self._prepare(params, X)
+        x = x.reshape(x.shape[0], -1)
+        new_state: dict[str, dict[str, jax.Array]] = {}
+        for k, name in enumerate(self.layer_names(), start=1):
+            p = params[name]
+            if self.use_batchnorm:
+                s = state[name]
+                x, rm, rv = L.affine_bn_relu(
+                    x, p["w"], p["b"], p["gamma"], p["beta"], s["running_mean"], s["running_var"],
+                    train=bool(train), momentum=self.bn_momentum, eps=self.bn_eps,
+                )  # fmt: skip
+                new_state[name] = {"running_mean": rm, "running_var": rv}
+            else:
+                x = L.affine_relu(x, p["w"], p["b"])
+            if train and self.dropout > 0.0:
+                x = L.dropout(x, jax.random.fold_in(key, k), rate=self.dropout, train=True)
+        scores = L.affine(x, params["out"]["w"], params["out"]["b"])
+        return scores, new_state

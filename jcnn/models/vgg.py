@@ -1,0 +1,185 @@
+"""A VGG-like ConvNet (the seed's ``VGGlikeConvNet``).
+
+``[(conv - spatial batchnorm - relu) × blocks[s] - 2×2 max pool]`` for each stage ``s``,
+then ``(affine - batchnorm - relu - dropout)`` per hidden dim, then affine - softmax.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from jcnn.models import _common as C
+
+
+@dataclasses.dataclass(frozen=True)
+class VGGNet(C.Model):
+    """VGG-style net on NCHW images of shape ``input_dim``.
+
+    Stage ``s`` (1-based) has ``blocks[s-1]`` convolutions of ``num_filters[s-1]`` filters,
+    ``filter_size`` square, stride 1, 'same' padding ``(filter_size − 1) // 2``; each is
+    followed by spatial batchnorm (if ``use_batchnorm``) and relu, and the stage ends with a
+    2×2 max pool. ``blocks`` is the seed's ``As``.
+
+    Parameters and state (``init`` returns ``(params, state)``)::
+
+        params['conv{s}_{a}'] = {'w': (F, C, k, k), 'b': (F,), 'gamma': (F,), 'beta': (F,)}
+        params['fc{k}']       = {'w': (D, hidden_dims[k-1]), 'b', 'gamma', 'beta'}
+        params['out']         = {'w': (hidden_dims[-1], num_classes), 'b'}
+        state['conv{s}_{a}']  = state['fc{k}'] = {'running_mean', 'running_var'}
+
+    (``gamma``/``beta`` and the state entries only with ``use_batchnorm``.) Dropout with
+    probability ``dropout`` follows every hidden relu; hidden layer ``k`` draws its mask from
+    ``jax.random.fold_in(key, k)``.
+    """
+
+    input_dim: tuple[int, int, int] = (3, 32, 32)
+    num_filters: tuple[int, ...] = (64, 128, 256, 512, 512)
+    filter_size: int = 3
+    blocks: tuple[int, ...] = (2, 2, 3, 3, 3)
+    hidden_dims: tuple[int, ...] = (1024, 1024)
+    num_classes: int = 10
+    weight_scale: float | str = 1e-2
+    reg: float = 1e-3
+    use_batchnorm: bool = True
+    dropout: float = 0.0
+    dtype: Any = jnp.float32
+    layers: str = "jcnn"
+    conv_impl: str = "xla"
+    pool_impl: str = "fast"
+    bn_momentum: float = 0.9
+    bn_eps: float = 1e-5
+
+    def __post_init__(self):
+        input_dim = C.int_tuple("input_dim", self.input_dim)
+        if len(input_dim) != 3:
+            raise ValueError(f"input_dim must be (C, H, W), got {self.input_dim!r}")
+        C.set_field(self, "input_dim", input_dim)
+        num_filters = C.int_tuple("num_filters", self.num_filters)
+        blocks = C.int_tuple("blocks", self.blocks)
+        if len(blocks) != len(num_filters):
+            raise ValueError(
+                f"blocks and num_filters must have one entry per stage: blocks={blocks} has "
+                f"{len(blocks)}, num_filters={num_filters} has {len(num_filters)}"
+            )
+        C.set_field(self, "num_filters", num_filters)
+        C.set_field(self, "blocks", blocks)
+        C.set_field(self, "filter_size", C.positive_int("filter_size", self.filter_size))
+        C.set_field(
+            self, "hidden_dims", C.int_tuple("hidden_dims", self.hidden_dims, allow_empty=True)
+        )
+        C.set_field(self, "num_classes", C.positive_int("num_classes", self.num_classes))
+        C.set_field(self, "weight_scale", C.weight_scale_value("weight_scale", self.weight_scale))
+        C.set_field(self, "reg", C.nonnegative_float("reg", self.reg))
+        if not isinstance(self.use_batchnorm, bool):
+            raise ValueError(f"use_batchnorm must be a bool, got {self.use_batchnorm!r}")
+        C.set_field(self, "dropout", C.dropout_rate("dropout", self.dropout))
+        C.set_field(self, "dtype", C.float_dtype("dtype", self.dtype))
+        C.choice("layers", self.layers, C.LAYERS)
+        C.choice("conv_impl", self.conv_impl, C.CONV_IMPLS)
+        C.choice("pool_impl", self.pool_impl, C.POOL_IMPLS)
+        momentum = float(self.bn_momentum)
+        if not 0.0 <= momentum <= 1.0:
+            raise ValueError(f"bn_momentum must be in [0, 1], got {self.bn_momentum!r}")
+        C.set_field(self, "bn_momentum", momentum)
+        eps = float(self.bn_eps)
+        if not eps > 0.0:
+            raise ValueError(f"bn_eps must be > 0, got {self.bn_eps!r}")
+        C.set_field(self, "bn_eps", eps)
+        _ = self.stage_shapes  # raises if a stage leaves nothing to pool
+
+    @property
+    def pad(self) -> int:
+        return (self.filter_size - 1) // 2
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return self.input_dim
+
+    @property
+    def stage_shapes(self) -> tuple[tuple[int, int, int], ...]:
+        """``(F, H, W)`` after each stage's pool."""
+        _, h, w = self.input_dim
+        shrink = self.filter_size - 1 - 2 * self.pad  # 0 for odd filter sizes
+        shapes = []
+        for s, (f, a) in enumerate(zip(self.num_filters, self.blocks, strict=True), start=1):
+            h, w = h - a * shrink, w - a * shrink
+            if h < 2 or w < 2:
+                raise ValueError(
+                    f"input_dim={self.input_dim} is too small for {len(self.blocks)} stages: "
+                    f"stage {s} would max-pool a {max(h, 0)}x{max(w, 0)} map to nothing "
+                    "(use fewer blocks/num_filters entries or larger images)"
+                )
+            h, w = h // 2, w // 2
+            shapes.append((f, h, w))
+        return tuple(shapes)
+
+    def layer_names(self) -> tuple[list[str], list[str]]:
+        """``(['conv1_1', ...], ['fc1', ...])``."""
+        convs = [f"conv{s}_{a}" for s, n in enumerate(self.blocks, 1) for a in range(1, n + 1)]
+        fcs = [f"fc{k}" for k in range(1, len(self.hidden_dims) + 1)]
+        return convs, fcs
+
+    def weight_shapes(self) -> dict[str, tuple[int, ...]]:
+        convs, fcs = self.layer_names()
+        names = iter(convs)
+        shapes: dict[str, tuple[int, ...]] = {}
+        c_in, k = self.input_dim[0], self.filter_size
+        for f, a in zip(self.num_filters, self.blocks, strict=True):
+            for _ in range(a):
+                shapes[next(names)] = (f, c_in, k, k)
+                c_in = f
+        f, h, w = self.stage_shapes[-1]
+        d_in = f * h * w
+        for name, d in zip(fcs, self.hidden_dims, strict=True):
+            shapes[name] = (d_in, d)
+            d_in = d
+        shapes["out"] = (d_in, self.num_classes)
+        return shapes
+
+    def batchnorm_layers(self) -> tuple[str, ...]:
+        convs, fcs = self.layer_names()
+        return (*convs, *fcs) if self.use_batchnorm else ()
+
+    def apply(self, params, state, X, *, train: bool = False, key=None):
+        """Class scores ``(N, num_classes)`` and the new state (updated running statistics
+        when ``train``; unchanged otherwise). ``key`` drives dropout when ``train``."""
+        L = self.L
+        key = self._dropout_key(key, train, self.dropout)
+        x = self._prepare(params, X)
+        bn = dict(train=bool(train), momentum=self.bn_momentum, eps=self.bn_eps)
+        new_state: dict[str, dict[str, jax.Array]] = {}
+        convs, fcs = self.layer_names()
+        names = iter(convs)
+        for a in self.blocks:
+            for _ in range(a):
+                name = next(names)
+                p = params[name]
+                if self.use_batchnorm:
+                    s = state[name]
+                    x, rm, rv = L.conv_bn_relu(
+                        x, p["w"], p["b"], p["gamma"], p["beta"], s["running_mean"],
+                        s["running_var"], stride=1, pad=self.pad, impl=self.conv_impl, **bn,
+                    )  # fmt: skip
+                    new_state[name] = {"running_mean": rm, "running_var": rv}
+                else:
+                    x = L.conv_relu(x, p["w"], p["b"], stride=1, pad=self.pad, impl=self.conv_impl)
+            x = L.max_pool2d(x, pool_height=2, pool_width=2, stride=2, impl=self.pool_impl)
+        for k, name in enumerate(fcs, start=1):
+            p = params[name]
+            if self.use_batchnorm:
+                s = state[name]
+                x, rm, rv = L.affine_bn_relu(
+                    x, p["w"], p["b"], p["gamma"], p["beta"], s["running_mean"], s["running_var"],
+                    **bn,
+                )  # fmt: skip
+                new_state[name] = {"running_mean": rm, "running_var": rv}
+            else:
+                x = L.affine_relu(x, p["w"], p["b"])
+            if train and self.dropout > 0.0:
+                x = L.dropout(x, jax.random.fold_in(key, k), rate=self.dropout, train=True)
+        scores = L.affine(x, params["out"]["w"], params["out"]["b"])
+        return scores, new_state

@@ -1,0 +1,86 @@
+"""Checkpoints: npz + JSON sidecar, atomic, no pickle, strict on load."""
+
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from jcnn import checkpoint as ck
+
+
+def _tree():
+    params = {
+        "conv1_1": {"w": jnp.arange(24.0).reshape(2, 3, 2, 2), "b": jnp.ones(2, jnp.float32)},
+        "out": {"w": jnp.full((3, 4), 0.5, jnp.float64), "b": jnp.zeros(4)},
+    }
+    opt_state = optax.adam(1e-3).init(params)
+    return {
+        "params": params,
+        "state": {"bn": {"running_mean": jnp.zeros(3)}},
+        "opt_state": opt_state,
+    }
+
+
+def _same(a, b):
+    leaves = jax.tree_util.tree_leaves(jax.tree_util.tree_map(np.array_equal, a, b))
+    return all(leaves) and jax.tree_util.tree_structure(a) == jax.tree_util.tree_structure(b)
+
+
+def test_round_trip(tmp_path):
+    tree = _tree()
+    path = ck.save_checkpoint(tmp_path / "run" / "epoch_001", tree, {"epoch": 1, "acc": [0.5]})
+    assert path == tmp_path / "run" / "epoch_001.npz"
+    assert sorted(p.name for p in path.parent.iterdir()) == ["epoch_001.json", "epoch_001.npz"]
+    back, meta = ck.load_checkpoint(path, tree)
+    assert _same(back, tree)
+    assert meta["epoch"] == 1 and meta["acc"] == [0.5]
+    assert "params/conv1_1/w" in meta["keys"] and "opt_state/0/mu/out/b" in meta["keys"]
+    assert back["params"]["out"]["w"].dtype == np.float64
+    # Plain npz of named arrays, readable without pickle.
+    with np.load(path, allow_pickle=False) as f:
+        np.testing.assert_array_equal(f["params/conv1_1/w"], tree["params"]["conv1_1"]["w"])
+        assert f["opt_state/0/count"].dtype == np.int32
+    assert json.loads(ck.sidecar_path(path).read_text())["epoch"] == 1
+
+
+def test_overwrite_is_atomic(tmp_path, monkeypatch):
+    tree = _tree()
+    path = ck.save_checkpoint(tmp_path / "c.npz", tree, {"v": 1})
+    before = path.read_bytes()
+
+    def crash(f, **arrays):
+        f.write(b"partial")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(np, "savez", crash)
+    with pytest.raises(OSError, match="disk full"):
+        ck.save_checkpoint(path, tree, {"v": 2})
+    assert path.read_bytes() == before  # the old checkpoint is intact
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.json", "c.npz"]  # no temp left
+    assert ck.load_checkpoint(path, tree)[1]["v"] == 1
+
+
+def test_load_is_strict(tmp_path):
+    tree = _tree()
+    path = ck.save_checkpoint(tmp_path / "c", tree)
+    bigger = {**tree, "extra": {"w": jnp.zeros(2)}}
+    with pytest.raises(ValueError, match=r"missing \['extra/w'\]"):
+        ck.load_checkpoint(path, bigger)
+    smaller = {"params": tree["params"]}
+    with pytest.raises(ValueError, match="unexpected"):
+        ck.load_checkpoint(path, smaller)
+    reshaped = jax.tree_util.tree_map(lambda x: x, tree)
+    reshaped["params"]["out"]["b"] = jnp.zeros(5)
+    with pytest.raises(ValueError, match=r"params/out/b is float64\[4\], expected float64\[5\]"):
+        ck.load_checkpoint(path, reshaped)
+    with pytest.raises(FileNotFoundError):
+        ck.load_checkpoint(tmp_path / "nope", tree)
+
+
+def test_keys_must_be_path_safe(tmp_path):
+    with pytest.raises(ValueError, match="'a/b'"):
+        ck.save_checkpoint(tmp_path / "c", {"a/b": jnp.zeros(1)})
+    assert ck.flatten_tree({"x": [jnp.ones(1), {"y": jnp.zeros(2)}]}).keys() == {"x/0", "x/1/y"}

@@ -1,0 +1,275 @@
+"""Solver: the cs231n interface on optax, one compile per run, reproducible, strict input."""
+
+import contextlib
+import io
+import re
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from jcnn.checkpoint import load_checkpoint
+from jcnn.models import ThreeLayerConvNet, VGGNet
+from jcnn.solver import Solver, make_optimizer, resolve_optim_config
+from tests.models.util import synthetic_data
+
+SHAPE = (3, 8, 8)
+N_TRAIN, N_VAL, BATCH, EPOCHS = 110, 37, 25, 2  # 110 % 25 != 0; 4 iterations per epoch
+MODEL = VGGNet(
+    input_dim=SHAPE, num_filters=(4,), blocks=(1,), hidden_dims=(8,), dropout=0.3, reg=1e-3
+)
+
+
+def count_compiles(solver):
+    """How many times each of the solver's jitted steps was compiled (jit cache entries)."""
+    return {
+        "train_step": solver._train_step._cache_size(),
+        "eval_step": solver._eval_step._cache_size(),
+    }
+
+
+def _run(seed, checkpoint_dir=None):
+    data = synthetic_data(N_TRAIN, N_VAL, shape=SHAPE)
+    calls = {"iteration": [], "epoch": []}
+    solver = Solver(
+        MODEL,
+        data,
+        update_rule="sgd_momentum",
+        optim_config={"learning_rate": 0.05},
+        lr_decay=0.9,
+        batch_size=BATCH,
+        num_epochs=EPOCHS,
+        num_train_samples=50,
+        print_every=3,
+        checkpoint_dir=checkpoint_dir,
+        seed=seed,
+        on_iteration=lambda s, it, loss: calls["iteration"].append((it, loss)),
+        on_epoch_end=[lambda s, ep: calls["epoch"].append((ep, s.eval_history[-1]["val_acc"]))],
+    )
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        solver.train()
+    return solver, out.getvalue(), calls, data
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    ckpt = tmp_path_factory.mktemp("ckpt")
+    return {"a": _run(0, ckpt), "b": _run(0), "c": _run(1), "ckpt": ckpt}
+
+
+def test_same_seed_same_run_bit_for_bit(runs):
+    (a, out_a, _, _), (b, out_b, _, _), (c, _, _, _) = runs["a"], runs["b"], runs["c"]
+    assert a.loss_history == b.loss_history
+    assert a.train_acc_history == b.train_acc_history
+    assert a.val_acc_history == b.val_acc_history
+    assert out_a == out_b
+    for tree_a, tree_b in ((a.params, b.params), (a.state, b.state), (a.opt_state, b.opt_state)):
+        same = jax.tree_util.tree_map(lambda x, y: np.array_equal(x, y), tree_a, tree_b)
+        assert all(jax.tree_util.tree_leaves(same))
+    assert a.loss_history != c.loss_history  # and the seed matters
+
+
+def test_one_compile_per_run(runs):
+    solver, _, _, data = runs["a"]
+    assert solver.num_iterations == EPOCHS * (N_TRAIN // BATCH)
+    assert count_compiles(solver) == {"train_step": 1, "eval_step": 1}
+    assert solver.trace_counts == {"train_step": 1, "eval_step": 1}
+    solver.check_accuracy(data["X_val"][:7], data["y_val"][:7])  # short: padded, no retrace
+    assert count_compiles(solver)["eval_step"] == 1
+
+
+def test_progress_lines_and_histories(runs):
+    solver, out, calls, _ = runs["a"]
+    lines = out.strip().splitlines()
+    it = [ln for ln in lines if ln.startswith("(Iteration")]
+    ep = [ln for ln in lines if ln.startswith("(Epoch")]
+    assert [ln.split(")")[0] for ln in it] == [
+        "(Iteration 1 / 8",
+        "(Iteration 4 / 8",
+        "(Iteration 7 / 8",
+    ]
+    assert all(re.fullmatch(r"\(Iteration \d+ / 8\) loss: \d+\.\d{6}", ln) for ln in it)
+    pat = r"\(Epoch (\d) / 2\) train acc: (\d\.\d{6}); val_acc: (\d\.\d{6})"
+    parsed = [re.fullmatch(pat, ln).groups() for ln in ep]
+    assert [int(p[0]) for p in parsed] == [0, 1, 2]
+    assert [float(p[2]) for p in parsed] == pytest.approx(solver.val_acc_history, abs=1e-6)
+    assert f"loss: {solver.loss_history[3]:f}" in it[1]
+
+    assert len(solver.loss_history) == 8 and np.isfinite(solver.loss_history).all()
+    assert len(solver.train_acc_history) == len(solver.val_acc_history) == 3
+    assert solver.lr_history == pytest.approx([0.05, 0.05, 0.05 * 0.9])
+    assert solver.lr_at(0) == pytest.approx(0.05) and solver.lr_at(4) == pytest.approx(0.045)
+    assert [r["epoch"] for r in solver.eval_history] == [0, 1, 2]
+    assert [r["iteration"] for r in solver.eval_history] == [1, 4, 8]
+    # hooks
+    assert [i for i, _ in calls["iteration"]] == list(range(1, 9))
+    assert [loss for _, loss in calls["iteration"]] == solver.loss_history
+    assert calls["epoch"] == list(zip([0, 1, 2], solver.val_acc_history, strict=True))
+
+
+def test_best_params_kept_and_restored(runs):
+    solver, _, _, _ = runs["a"]
+    assert solver.best_val_acc == max(solver.val_acc_history)
+    assert solver.best_epoch == int(np.argmax(solver.val_acc_history))
+    for now, best in ((solver.params, solver.best_params), (solver.state, solver.best_state)):
+        same = jax.tree_util.tree_map(lambda x, y: np.array_equal(x, y), now, best)
+        assert all(jax.tree_util.tree_leaves(same))
+    assert set(solver.best_state) == {"conv1_1", "fc1"}
+
+
+def test_checkpoint_every_epoch(runs):
+    solver, _, _, _ = runs["a"]
+    files = sorted(p.name for p in runs["ckpt"].iterdir())
+    assert files == ["epoch_001.json", "epoch_001.npz", "epoch_002.json", "epoch_002.npz"]
+    tree, meta = load_checkpoint(runs["ckpt"] / "epoch_002.npz", solver.checkpoint_tree())
+    assert meta["epoch"] == 2 and meta["iteration"] == 8
+    assert meta["loss_history"] == solver.loss_history
+    assert meta["val_acc_history"] == solver.val_acc_history
+    assert meta["model"]["class"] == "VGGNet" and meta["model"]["num_filters"] == [4]
+    assert meta["solver"]["update_rule"] == "sgd_momentum"
+    same = jax.tree_util.tree_map(np.array_equal, tree["opt_state"], solver.opt_state)
+    assert all(jax.tree_util.tree_leaves(same))  # opt_state is never swapped for the best
+    assert "params/conv1_1/w" in meta["keys"] and "state/fc1/running_var" in meta["keys"]
+
+
+def test_predict_in_padded_chunks_equals_one_batch(runs):
+    solver, _, _, data = runs["a"]
+    X = data["X_val"]
+    scores, _ = jax.jit(MODEL.apply)(solver.params, solver.state, X)
+    want = np.argmax(np.asarray(scores), axis=1)
+    np.testing.assert_array_equal(solver.predict(X, batch_size=10), want)
+    acc = solver.check_accuracy(X, data["y_val"], batch_size=10)
+    assert acc == pytest.approx(np.mean(want == data["y_val"]))
+
+
+# ------------------------------------------------------------------------- optimisers
+
+
+def _cs231n(rule, w, grads, lr, cfg):
+    """cs231n optim.py, in numpy."""
+    w = w.copy()
+    v = np.zeros_like(w)
+    m = np.zeros_like(w)
+    for t, dw in enumerate(grads, start=1):
+        if rule == "sgd":
+            w -= lr * dw
+        elif rule == "sgd_momentum":
+            v = cfg["momentum"] * v - lr * dw
+            w += v
+        elif rule == "rmsprop":
+            v = cfg["decay_rate"] * v + (1 - cfg["decay_rate"]) * dw**2
+            w -= lr * dw / (np.sqrt(v) + cfg["epsilon"])
+        else:
+            m = cfg["beta1"] * m + (1 - cfg["beta1"]) * dw
+            v = cfg["beta2"] * v + (1 - cfg["beta2"]) * dw**2
+            mt, vt = m / (1 - cfg["beta1"] ** t), v / (1 - cfg["beta2"] ** t)
+            w -= lr * mt / (np.sqrt(vt) + cfg["epsilon"])
+    return w
+
+
+@pytest.mark.parametrize("rule", ["sgd", "sgd_momentum", "rmsprop", "adam"])
+def test_update_rules_are_the_assignments(rule):
+    rng = np.random.default_rng(0)
+    w0 = rng.normal(size=(5,))
+    grads = [rng.normal(size=(5,)) * 10.0**-k for k in range(4)]  # small ones too: eps shows
+    tx, cfg = make_optimizer(rule, {"learning_rate": 1e-2}, 1e-2)
+    params = {"w": jnp.asarray(w0)}
+    opt_state = tx.init(params)
+    update = jax.jit(tx.update)
+    for g in grads:
+        updates, opt_state = update({"w": jnp.asarray(g)}, opt_state, params)
+        params = optax.apply_updates(params, updates)
+    np.testing.assert_allclose(params["w"], _cs231n(rule, w0, grads, 1e-2, cfg), rtol=1e-12)
+
+
+def test_optim_config_defaults_and_checks():
+    assert resolve_optim_config("rmsprop", None) == {
+        "learning_rate": 1e-2,
+        "decay_rate": 0.99,
+        "epsilon": 1e-8,
+    }
+    assert resolve_optim_config("adam", {"learning_rate": 5e-4})["beta2"] == 0.999
+    assert resolve_optim_config("sgd_momentum", {"momentum": 0.5})["momentum"] == 0.5
+    with pytest.raises(ValueError, match="momentum"):
+        resolve_optim_config("sgd", {"momentum": 0.9})
+    with pytest.raises(ValueError, match="learning_rate"):
+        resolve_optim_config("adam", {"learning_rate": -1})
+
+
+# ------------------------------------------------------------------------- bad input
+
+SMALL = ThreeLayerConvNet(input_dim=SHAPE, num_filters=2, filter_size=3, hidden_dim=4)
+
+
+def _data(**overrides):
+    rng = np.random.default_rng(0)
+    d = {
+        "X_train": rng.normal(size=(12, *SHAPE)).astype(np.float32),
+        "y_train": rng.integers(0, 10, 12),
+        "X_val": rng.normal(size=(5, *SHAPE)).astype(np.float32),
+        "y_val": rng.integers(0, 10, 5),
+    }
+    d.update(overrides)
+    return {k: v for k, v in d.items() if v is not None}
+
+
+def _nan_at(i):
+    X = _data()["X_train"].copy()
+    X[i, 0, 1, 2] = np.nan
+    return X
+
+
+@pytest.mark.parametrize(
+    "data, kwargs, match",
+    [
+        (_data(y_val=None), {}, r"data is missing \['y_val'\]"),
+        (_data(y_train=np.zeros(11, int)), {}, "X_train and y_train differ in length"),
+        (_data(X_val=np.zeros((5, 3, 8, 9), np.float32)), {}, r"X_val has shape \(5, 3, 8, 9\)"),
+        (_data(X_train=np.zeros((12, 192), np.float32)), {}, "X_train has shape"),
+        (_data(), {"update_rule": "adagrad"}, "update_rule"),
+        (_data(), {"batch_size": 0}, "batch_size"),
+        (_data(), {"batch_size": -5}, "batch_size"),
+        (_data(), {"num_epochs": 0}, "num_epochs"),
+        (_data(), {"optim_config": {"lr": 1e-3}}, r"optim_config has keys \['lr'\]"),
+        (_data(), {"lr_decay": 0}, "lr_decay"),
+        (_data(y_train=np.full(12, 10)), {}, r"y_train holds labels outside \[0, 10\)"),
+        (_data(y_val=np.array([0, 1, -1, 2, 3])), {}, r"y_val\[2\] = -1"),
+        (_data(y_train=np.zeros(12)), {}, "y_train must hold integer"),
+        (_data(X_train=_nan_at(7)), {}, "X_train holds non-finite.*index 7"),
+        (_data(X_val=np.full((5, *SHAPE), np.inf, np.float32)), {}, "X_val holds non-finite"),
+    ],
+)
+def test_bad_input_is_caught_before_any_work(monkeypatch, data, kwargs, match):
+    def no_work(*a, **k):
+        raise AssertionError("the model was initialised before the input was checked")
+
+    monkeypatch.setattr(ThreeLayerConvNet, "init", no_work)
+    monkeypatch.setattr(jax, "jit", no_work)
+    with pytest.raises(ValueError, match=match):
+        Solver(SMALL, data, **kwargs)
+
+
+def test_check_accuracy_and_predict_check_their_input():
+    solver = Solver(SMALL, _data(), verbose=False)
+    with pytest.raises(ValueError, match="differ in length"):
+        solver.check_accuracy(np.zeros((4, *SHAPE)), np.zeros(3, int))
+    with pytest.raises(ValueError, match=r"X has shape \(4, 3, 8\)"):
+        solver.predict(np.zeros((4, 3, 8)))
+
+
+def test_given_params_are_not_donated():
+    params, state = SMALL.init(jax.random.key(0))
+    solver = Solver(SMALL, _data(), params=params, state=state, num_epochs=1, verbose=False)
+    solver.train()
+    assert not params["conv1"]["w"].is_deleted()  # the solver trains on its own copy
+    assert np.isfinite(np.asarray(params["conv1"]["w"])).all()
+
+
+def test_params_without_state_needs_no_batchnorm():
+    model = VGGNet(input_dim=SHAPE, num_filters=(2,), blocks=(1,), hidden_dims=())
+    params, _ = model.init(jax.random.key(0))
+    with pytest.raises(ValueError, match="state"):
+        Solver(model, _data(), params=params)
