@@ -27,6 +27,10 @@ How it maps onto the assignment:
 - Randomness: ``seed`` seeds the host generator (minibatches, accuracy subsamples) and the
   JAX key; the model is initialised from one half of the key and iteration ``t`` drops out
   with ``jax.random.fold_in(dropout_key, t)``. Same seed, same run, bit for bit (on CPU).
+- Augmentation: ``augment``, a function ``(key, X) -> X`` of the same shape (e.g.
+  :func:`jcnn.augment.random_crop_flip`), transforms each minibatch inside the jitted step,
+  before the loss, with its own key ``jax.random.fold_in(step_key, AUGMENT_FOLD)`` (the
+  dropout keys are untouched). Accuracy checks see the data as given.
 - As in cs231n, accuracy is checked after the first iteration (epoch 0) and at the end of
   every epoch; the parameters with the best validation accuracy are kept in
   ``best_params`` / ``best_state`` and become ``params`` / ``state`` when ``train`` ends.
@@ -59,6 +63,9 @@ import optax
 from jcnn.checkpoint import save_checkpoint
 
 UPDATE_RULES = ("sgd", "sgd_momentum", "rmsprop", "adam")
+
+# fold_in data of the augmentation key: far from the small ints models fold in for dropout.
+AUGMENT_FOLD = 0x61756720
 
 # cs231n's per-rule defaults (optim.py), in its config key names.
 _DEFAULTS: dict[str, dict[str, float]] = {
@@ -168,6 +175,12 @@ def _check_finite(name: str, X: np.ndarray, rows: int = 4096) -> None:
         )
 
 
+def _name(fn: Callable) -> str:
+    """A readable name for a function (``functools.partial`` included)."""
+    inner = getattr(fn, "func", fn)
+    return getattr(inner, "__qualname__", None) or repr(fn)
+
+
 def _copy_tree(tree: Any) -> Any:
     """Fresh device buffers (so later donation of the original leaves them intact)."""
     return jax.tree_util.tree_map(jnp.array, tree)
@@ -179,6 +192,7 @@ class Solver:
     ``data`` holds ``X_train, y_train, X_val, y_val`` (host arrays; images shaped like the
     model's ``input_dim``, integer labels in ``[0, num_classes)``); other keys are ignored.
     ``params``/``state`` start training from given values instead of ``model.init``.
+    ``augment(key, X) -> X`` transforms each training minibatch inside the jitted step.
 
     Attributes: ``params``, ``state``, ``opt_state``; ``epoch``; ``loss_history`` (one float
     per iteration), ``train_acc_history``, ``val_acc_history``, ``lr_history`` (the learning
@@ -208,6 +222,7 @@ class Solver:
         state: Any = None,
         on_iteration: Callable | Iterable[Callable] | None = None,
         on_epoch_end: Callable | Iterable[Callable] | None = None,
+        augment: Callable[[jax.Array, jax.Array], jax.Array] | None = None,
     ):
         for attr in ("init", "apply", "loss", "check_input", "num_classes"):
             if not hasattr(model, attr):
@@ -244,6 +259,9 @@ class Solver:
             raise ValueError(f"seed must be an int, got {seed!r}") from None
         self.on_iteration = _callbacks("on_iteration", on_iteration)
         self.on_epoch_end = _callbacks("on_epoch_end", on_epoch_end)
+        if augment is not None and not callable(augment):
+            raise ValueError(f"augment must be a function (key, X) -> X or None, got {augment!r}")
+        self.augment = augment
 
         # ---- data, checked once on the host
         if not isinstance(data, Mapping):
@@ -324,10 +342,18 @@ class Solver:
         return X, y.astype(np.int32)
 
     def _build_train_step(self):
-        model, optimizer = self.model, self.optimizer
+        model, optimizer, augment = self.model, self.optimizer, self.augment
 
         def train_step(params, state, opt_state, X, y, key):
             self.trace_counts["train_step"] += 1  # runs only while tracing
+            if augment is not None:
+                X_aug = augment(jax.random.fold_in(key, AUGMENT_FOLD), X)
+                if jnp.shape(X_aug) != X.shape:
+                    raise ValueError(
+                        f"augment must keep the minibatch's shape {X.shape}, "
+                        f"returned {jnp.shape(X_aug)}"
+                    )
+                X = X_aug
             (loss, new_state), grads = jax.value_and_grad(model.loss, has_aux=True)(
                 params, state, X, y, key=key
             )
@@ -522,6 +548,7 @@ class Solver:
                 "num_train_samples": self.num_train_samples,
                 "num_val_samples": self.num_val_samples,
                 "seed": self.seed,
+                "augment": None if self.augment is None else _name(self.augment),
             },
             "jax_version": jax.__version__,
         }

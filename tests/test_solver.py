@@ -273,3 +273,63 @@ def test_params_without_state_needs_no_batchnorm():
     params, _ = model.init(jax.random.key(0))
     with pytest.raises(ValueError, match="state"):
         Solver(model, _data(), params=params)
+
+
+# ------------------------------------------------------------------------------ augment
+
+
+def _augment_run(data, augment, seed=0):
+    solver = Solver(
+        MODEL, data, update_rule="adam", optim_config={"learning_rate": 1e-3}, batch_size=BATCH,
+        num_epochs=1, num_train_samples=20, verbose=False, seed=seed, augment=augment,
+    )  # fmt: skip
+    solver.train()
+    return solver
+
+
+def test_augment_transforms_each_minibatch_inside_the_step():
+    """Training on X with a flipping augment is training on flipped X: same minibatches,
+    same dropout keys, the same losses; one compile; its key is its own, one per step."""
+    data = synthetic_data(N_TRAIN, N_VAL, shape=SHAPE)
+    flipped = dict(data, X_train=data["X_train"][..., ::-1].copy())
+    keys = []
+
+    def flip(key, X):
+        jax.debug.callback(lambda k: keys.append(np.asarray(k)), jax.random.key_data(key))
+        return X[..., ::-1]
+
+    with_augment = _augment_run(data, flip)
+    jax.effects_barrier()
+    plain = _augment_run(flipped, None)
+    np.testing.assert_allclose(with_augment.loss_history, plain.loss_history, rtol=1e-5)
+    assert with_augment.trace_counts["train_step"] == 1
+    assert len(keys) == with_augment.num_iterations
+    assert len({k.tobytes() for k in keys}) == len(keys)  # a fresh key every step
+    dropout_keys = [
+        jax.random.key_data(jax.random.fold_in(with_augment._dropout_key, t))
+        for t in range(with_augment.num_iterations)
+    ]
+    assert not any(np.array_equal(k, d) for k in keys for d in dropout_keys)
+    meta = with_augment.checkpoint_metadata()
+    assert (
+        "flip" in meta["solver"]["augment"]
+        and plain.checkpoint_metadata()["solver"]["augment"] is None
+    )
+
+
+def test_augment_random_crop_flip_trains():
+    from jcnn.augment import random_crop_flip
+
+    data = synthetic_data(N_TRAIN, N_VAL, shape=SHAPE)
+    a = _augment_run(data, random_crop_flip)
+    b = _augment_run(data, random_crop_flip)
+    assert np.isfinite(a.loss_history).all()
+    assert a.loss_history == b.loss_history  # reproducible
+
+
+def test_augment_must_be_a_function_that_keeps_the_shape():
+    data = synthetic_data(N_TRAIN, N_VAL, shape=SHAPE)
+    with pytest.raises(ValueError, match="augment must be a function"):
+        Solver(MODEL, data, augment="crop")
+    with pytest.raises(ValueError, match="augment must keep the minibatch's shape"):
+        _augment_run(data, lambda key, X: X[:, :, :4, :4])
