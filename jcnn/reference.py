@@ -12,6 +12,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from jcnn.layers._checks import check_labels, check_rank
+from jcnn.layers._windows import channel_axis, spatial_axes
 from jcnn.layers.batchnorm import batch_statistics, check_batchnorm_args, running_update
 from jcnn.layers.conv import check_conv_args
 from jcnn.layers.dropout import check_rate, keep_mask
@@ -26,26 +27,28 @@ def relu(x: jax.Array) -> jax.Array:
     return jnp.where(x > 0, x, jnp.zeros_like(x))
 
 
-def conv2d(x, w, b, *, stride: int = 1, pad: int = 0, impl: str | None = None) -> jax.Array:
-    check_conv_args(x, w, b, stride, pad)
+def conv2d(x, w, b, *, stride=1, pad=0, impl=None, layout="NCHW") -> jax.Array:
+    check_conv_args(x, w, b, stride, pad, layout)
     out = lax.conv_general_dilated(
-        x, w, (stride, stride), ((pad, pad), (pad, pad)), dimension_numbers=("NCHW", "OIHW", "NCHW")
+        x, w, (stride, stride), ((pad, pad), (pad, pad)), dimension_numbers=(layout, "OIHW", layout)
     )
-    return out + b[None, :, None, None]
+    return out + (b[None, :, None, None] if layout == "NCHW" else b)
 
 
-def max_pool2d(x, *, pool_height=2, pool_width=2, stride=2, impl: str | None = None) -> jax.Array:
-    check_pool_args(x, pool_height, pool_width, stride)
-    return lax.reduce_window(
-        x, -jnp.inf, lax.max, (1, 1, pool_height, pool_width), (1, 1, stride, stride), "VALID"
-    )
+def max_pool2d(x, *, pool_height=2, pool_width=2, stride=2, impl=None, layout="NCHW") -> jax.Array:
+    check_pool_args(x, pool_height, pool_width, stride, layout)
+    window, strides = [1, 1, 1, 1], [1, 1, 1, 1]
+    for axis, size in zip(spatial_axes(layout), (pool_height, pool_width), strict=True):
+        window[axis], strides[axis] = size, stride
+    return lax.reduce_window(x, -jnp.inf, lax.max, tuple(window), tuple(strides), "VALID")
 
 
-def _normalise(x, gamma, beta, running_mean, running_var, train, momentum, eps):
-    check_batchnorm_args(x, gamma, beta, running_mean, running_var, momentum, eps)
-    shape = (1, -1) + (1,) * (x.ndim - 2)
+def _normalise(x, gamma, beta, running_mean, running_var, train, momentum, eps, axis=1):
+    check_batchnorm_args(x, gamma, beta, running_mean, running_var, momentum, eps, axis)
+    shape = [1] * x.ndim
+    shape[axis] = -1
     if train:
-        mean, var = batch_statistics(x)
+        mean, var = batch_statistics(x, axis)
     else:
         mean, var = running_mean, running_var
     x_hat = (x - mean.reshape(shape)) / jnp.sqrt(var.reshape(shape) + eps)
@@ -64,9 +67,12 @@ def batchnorm(x, gamma, beta, running_mean, running_var, *, train, momentum=0.9,
     return _normalise(x, gamma, beta, running_mean, running_var, train, momentum, eps)
 
 
-def spatial_batchnorm(x, gamma, beta, running_mean, running_var, *, train, momentum=0.9, eps=1e-5):
-    check_rank("x", x, 4, "(N, C, H, W)")
-    return _normalise(x, gamma, beta, running_mean, running_var, train, momentum, eps)
+def spatial_batchnorm(
+    x, gamma, beta, running_mean, running_var, *, train, momentum=0.9, eps=1e-5, layout="NCHW"
+):
+    check_rank("x", x, 4, f"({', '.join(layout)})")
+    axis = channel_axis(layout)
+    return _normalise(x, gamma, beta, running_mean, running_var, train, momentum, eps, axis)
 
 
 def dropout(x, key, *, rate: float, train: bool) -> jax.Array:
@@ -110,51 +116,26 @@ def affine_bn_relu(
     return relu(a), mean, var
 
 
-def conv_relu(x, w, b, *, stride=1, pad=0, impl=None):
-    return relu(conv2d(x, w, b, stride=stride, pad=pad))
+def conv_relu(x, w, b, *, stride=1, pad=0, impl=None, layout="NCHW"):
+    return relu(conv2d(x, w, b, stride=stride, pad=pad, layout=layout))
 
 
 def conv_relu_pool(
-    x,
-    w,
-    b,
-    *,
-    stride=1,
-    pad=0,
-    pool_height=2,
-    pool_width=2,
-    pool_stride=2,
-    impl=None,
-    pool_impl=None,
-):
-    a = conv_relu(x, w, b, stride=stride, pad=pad)
-    return max_pool2d(a, pool_height=pool_height, pool_width=pool_width, stride=pool_stride)
+    x, w, b, *, stride=1, pad=0, pool_height=2, pool_width=2, pool_stride=2, impl=None,
+    pool_impl=None, layout="NCHW",
+):  # fmt: skip
+    a = conv_relu(x, w, b, stride=stride, pad=pad, layout=layout)
+    return max_pool2d(
+        a, pool_height=pool_height, pool_width=pool_width, stride=pool_stride, layout=layout
+    )
 
 
 def conv_bn_relu(
-    x,
-    w,
-    b,
-    gamma,
-    beta,
-    running_mean,
-    running_var,
-    *,
-    train,
-    stride=1,
-    pad=0,
-    momentum=0.9,
-    eps=1e-5,
-    impl=None,
-):
+    x, w, b, gamma, beta, running_mean, running_var, *, train, stride=1, pad=0, momentum=0.9,
+    eps=1e-5, impl=None, layout="NCHW",
+):  # fmt: skip
     a, mean, var = spatial_batchnorm(
-        conv2d(x, w, b, stride=stride, pad=pad),
-        gamma,
-        beta,
-        running_mean,
-        running_var,
-        train=train,
-        momentum=momentum,
-        eps=eps,
-    )
+        conv2d(x, w, b, stride=stride, pad=pad, layout=layout), gamma, beta, running_mean,
+        running_var, train=train, momentum=momentum, eps=eps, layout=layout,
+    )  # fmt: skip
     return relu(a), mean, var

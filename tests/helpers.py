@@ -34,6 +34,7 @@ def _diff_argnums(args, argnums):
 
 
 def assert_same_under_jit_and_vmap(f, args, *, argnums=None):
+    """Eager, ``jax.jit`` and ``jax.vmap`` (over two stacked inputs) give the same gradient."""
     argnums = _diff_argnums(args, argnums)
     out = f(*args)
     dout = normal(99, *jnp.shape(out), dtype=jnp.asarray(out).dtype)
@@ -42,9 +43,9 @@ def assert_same_under_jit_and_vmap(f, args, *, argnums=None):
         return jnp.sum(f(*a) * dout)
 
     grad = jax.grad(scalar, argnums=argnums)
+    jitted = jax.jit(grad)
     eager = grad(*args)
-    jitted = jax.jit(grad)(*args)
-    for e, j in zip(eager, jitted, strict=True):
+    for e, j in zip(eager, jitted(*args), strict=True):
         assert rel_error(e, j) < 1e-12
 
     # vmap over a batch of two differently scaled copies of the differentiated inputs.
@@ -52,8 +53,8 @@ def assert_same_under_jit_and_vmap(f, args, *, argnums=None):
     stacked = tuple(
         jnp.stack([a, a * 0.5 + 0.25]) if i in argnums else a for i, a in enumerate(args)
     )
-    batched = jax.vmap(grad, in_axes=in_axes)(*stacked)
-    second = grad(*(s[1] if i in argnums else s for i, s in enumerate(stacked)))
+    batched = jax.jit(jax.vmap(grad, in_axes=in_axes))(*stacked)
+    second = jitted(*(s[1] if i in argnums else s for i, s in enumerate(stacked)))
     for k in range(len(argnums)):
         np.testing.assert_allclose(batched[k][0], eager[k], rtol=1e-10, atol=1e-12)
         np.testing.assert_allclose(batched[k][1], second[k], rtol=1e-10, atol=1e-12)

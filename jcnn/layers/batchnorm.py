@@ -16,10 +16,11 @@ import jax.numpy as jnp
 from jax import lax
 
 from jcnn.layers._binding import cache_dataclass, with_vjp
-from jcnn.layers._checks import check_rank, check_shape
+from jcnn.layers._checks import check_choice, check_rank, check_shape
+from jcnn.layers._windows import LAYOUTS, channel_axis
 
 
-@cache_dataclass(static=("train",))
+@cache_dataclass(static=("train", "axis"))
 class BatchnormCache:
     x: jax.Array
     mean: jax.Array  # batch mean (train) or running mean (test), broadcastable to x
@@ -27,27 +28,30 @@ class BatchnormCache:
     x_hat: jax.Array
     gamma: jax.Array
     train: bool
+    axis: int = 1  # the feature axis
 
 
-def _reduce_axes(x) -> tuple[int, ...]:
-    return (0, *range(2, x.ndim))
+def _reduce_axes(ndim: int, axis: int) -> tuple[int, ...]:
+    return tuple(a for a in range(ndim) if a != axis % ndim)
 
 
-def _per_feature(v, ndim: int):
-    """Reshape a ``(D,)`` vector to broadcast along axis 1 of a rank-``ndim`` array."""
-    return v.reshape((1, -1) + (1,) * (ndim - 2))
+def _per_feature(v, ndim: int, axis: int):
+    """Reshape a ``(D,)`` vector to broadcast along ``axis`` of a rank-``ndim`` array."""
+    shape = [1] * ndim
+    shape[axis] = -1
+    return v.reshape(shape)
 
 
-def batch_statistics(x: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """Per-feature mean and biased variance over every axis but 1, shapes ``(D,)``."""
-    axes = _reduce_axes(x)
+def batch_statistics(x: jax.Array, axis: int = 1) -> tuple[jax.Array, jax.Array]:
+    """Per-feature mean and biased variance over every axis but ``axis``, shapes ``(D,)``."""
+    axes = _reduce_axes(x.ndim, axis)
     mean = jnp.mean(x, axis=axes)
-    var = jnp.mean(jnp.square(x - _per_feature(mean, x.ndim)), axis=axes)
+    var = jnp.mean(jnp.square(x - _per_feature(mean, x.ndim, axis)), axis=axes)
     return mean, var
 
 
-def check_batchnorm_args(x, gamma, beta, running_mean, running_var, momentum, eps) -> None:
-    d = x.shape[1]
+def check_batchnorm_args(x, gamma, beta, running_mean, running_var, momentum, eps, axis=1):
+    d = x.shape[axis]
     for name, v in (
         ("gamma", gamma),
         ("beta", beta),
@@ -61,32 +65,35 @@ def check_batchnorm_args(x, gamma, beta, running_mean, running_var, momentum, ep
         raise ValueError(f"eps must be > 0, got {eps}")
 
 
-def batchnorm_forward(x, gamma, beta, running_mean, running_var, *, train: bool, eps: float = 1e-5):
-    """Normalise over every axis but 1; returns ``(out, cache)``. Running stats are not updated
-    here (see :func:`running_update`)."""
+def batchnorm_forward(
+    x, gamma, beta, running_mean, running_var, *, train: bool, eps: float = 1e-5, axis: int = 1
+):
+    """Normalise over every axis but ``axis`` (the features); returns ``(out, cache)``.
+    Running stats are not updated here (see :func:`running_update`)."""
     if train:
-        mean, var = batch_statistics(x)
+        mean, var = batch_statistics(x, axis)
     else:
         mean, var = running_mean, running_var
-    mean = _per_feature(mean, x.ndim).astype(x.dtype)
-    inv_std = lax.rsqrt(_per_feature(var, x.ndim).astype(x.dtype) + eps)
+    mean = _per_feature(mean, x.ndim, axis).astype(x.dtype)
+    inv_std = lax.rsqrt(_per_feature(var, x.ndim, axis).astype(x.dtype) + eps)
     x_hat = (x - mean) * inv_std
-    out = _per_feature(gamma, x.ndim) * x_hat + _per_feature(beta, x.ndim)
-    return out, BatchnormCache(x, mean, inv_std, x_hat, gamma, bool(train))
+    out = _per_feature(gamma, x.ndim, axis) * x_hat + _per_feature(beta, x.ndim, axis)
+    return out, BatchnormCache(x, mean, inv_std, x_hat, gamma, bool(train), axis)
 
 
 def batchnorm_backward(dout, cache: BatchnormCache):
     """Closed form; one pass over dout. Returns ``(dx, dgamma, dbeta, drunning_mean,
     drunning_var)`` (the running statistics get zero gradient in training mode)."""
-    axes = _reduce_axes(dout)
+    axis, nd = cache.axis, dout.ndim
+    axes = _reduce_axes(nd, axis)
     x_hat, inv_std = cache.x_hat, cache.inv_std
-    gamma = _per_feature(cache.gamma, dout.ndim)
+    gamma = _per_feature(cache.gamma, nd, axis)
     dbeta = jnp.sum(dout, axis=axes)
     dgamma = jnp.sum(dout * x_hat, axis=axes)
     if cache.train:
-        m = dout.size // dout.shape[1]
+        m = dout.size // dout.shape[axis]
         dx = (gamma * inv_std) * (
-            dout - _per_feature(dbeta / m, dout.ndim) - x_hat * _per_feature(dgamma / m, dout.ndim)
+            dout - _per_feature(dbeta / m, nd, axis) - x_hat * _per_feature(dgamma / m, nd, axis)
         )
         return dx, dgamma, dbeta, None, None
     scale = (gamma * inv_std).reshape(-1)
@@ -102,12 +109,13 @@ def batchnorm_backward_graph(dout, cache: BatchnormCache):
     :func:`batchnorm_backward`; kept to show where the closed form comes from."""
     if not cache.train:
         return batchnorm_backward(dout, cache)
-    axes = _reduce_axes(dout)
-    m = dout.size // dout.shape[1]
+    axis = cache.axis
+    axes = _reduce_axes(dout.ndim, axis)
+    m = dout.size // dout.shape[axis]
     x_mu = cache.x - cache.mean
     inv_std = cache.inv_std
     std = 1.0 / inv_std
-    gamma = _per_feature(cache.gamma, dout.ndim)
+    gamma = _per_feature(cache.gamma, dout.ndim, axis)
     dbeta = jnp.sum(dout, axis=axes)  # out = gx + beta
     dgamma = jnp.sum(dout * cache.x_hat, axis=axes)  # gx = gamma * x_hat
     dx_hat = dout * gamma
@@ -131,12 +139,14 @@ def running_update(running, batch, momentum: float):
 _batchnorm = with_vjp(batchnorm_forward, batchnorm_backward)
 
 
-def _normalise(x, gamma, beta, running_mean, running_var, train, momentum, eps):
-    check_batchnorm_args(x, gamma, beta, running_mean, running_var, momentum, eps)
-    out = _batchnorm(x, gamma, beta, running_mean, running_var, train=bool(train), eps=float(eps))
+def _normalise(x, gamma, beta, running_mean, running_var, train, momentum, eps, axis=1):
+    check_batchnorm_args(x, gamma, beta, running_mean, running_var, momentum, eps, axis)
+    out = _batchnorm(
+        x, gamma, beta, running_mean, running_var, train=bool(train), eps=float(eps), axis=axis
+    )
     if not train:
         return out, running_mean, running_var
-    mean, var = batch_statistics(x)
+    mean, var = batch_statistics(x, axis)
     return (
         out,
         running_update(running_mean, mean, float(momentum)),
@@ -174,11 +184,15 @@ def spatial_batchnorm(
     train: bool,
     momentum: float = 0.9,
     eps: float = 1e-5,
+    layout: str = "NCHW",
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
     """Batchnorm per channel of NCHW x ``(N, C, H, W)``: statistics over N, H and W.
 
-    The same core as :func:`batchnorm` (it normalises over every axis but 1), so no
-    transpose to ``(N·H·W, C)`` is needed. Returns ``(out, new_running_mean, new_running_var)``.
+    The same core as :func:`batchnorm` (it normalises over every axis but the channel axis),
+    so no transpose to ``(N·H·W, C)`` is needed. ``layout='NHWC'`` for channels-last input.
+    Returns ``(out, new_running_mean, new_running_var)``.
     """
-    check_rank("x", x, 4, "(N, C, H, W)")
-    return _normalise(x, gamma, beta, running_mean, running_var, train, momentum, eps)
+    check_choice("layout", layout, LAYOUTS)
+    check_rank("x", x, 4, f"({', '.join(layout)})")
+    axis = channel_axis(layout)
+    return _normalise(x, gamma, beta, running_mean, running_var, train, momentum, eps, axis)

@@ -20,17 +20,18 @@ from jax import lax
 
 from jcnn.layers._binding import cache_dataclass, with_vjp
 from jcnn.layers._checks import check_choice, check_rank, check_shape, nonnegative_int, positive_int
-from jcnn.layers._windows import tap
+from jcnn.layers._windows import LAYOUTS, channel_axis, spatial_axes, tap
 
 IMPLS = ("naive", "im2col", "xla")
 
 
-@cache_dataclass(static=("stride", "pad"))
+@cache_dataclass(static=("stride", "pad", "layout"))
 class ConvCache:
     x: jax.Array
     w: jax.Array
     stride: int
     pad: int
+    layout: str = "NCHW"
 
 
 def conv_output_size(size: int, filter_size: int, stride: int, pad: int, name: str = "H") -> int:
@@ -48,20 +49,22 @@ def conv_output_size(size: int, filter_size: int, stride: int, pad: int, name: s
     return 1 + span // stride
 
 
-def check_conv_args(x, w, b, stride, pad) -> tuple[int, int]:
+def check_conv_args(x, w, b, stride, pad, layout: str = "NCHW") -> tuple[int, int]:
     """Validate a conv2d call; returns the output size ``(H', W')``."""
-    check_rank("x", x, 4, "(N, C, H, W)")
+    check_choice("layout", layout, LAYOUTS)
+    check_rank("x", x, 4, f"({', '.join(layout)})")
     check_rank("w", w, 4, "(F, C, HH, WW)")
     positive_int("stride", stride)
     nonnegative_int("pad", pad)
-    if x.shape[1] != w.shape[1]:
+    c_axis, (h_axis, w_axis) = channel_axis(layout), spatial_axes(layout)
+    if x.shape[c_axis] != w.shape[1]:
         raise ValueError(
-            f"x has {x.shape[1]} channels but w expects {w.shape[1]} "
+            f"x has {x.shape[c_axis]} channels ({layout}) but w expects {w.shape[1]} "
             f"(x {tuple(x.shape)}, w {tuple(w.shape)})"
         )
     check_shape("b", b, (w.shape[0],), "one bias per filter of w")
-    h_out = conv_output_size(x.shape[2], w.shape[2], stride, pad, "H")
-    w_out = conv_output_size(x.shape[3], w.shape[3], stride, pad, "W")
+    h_out = conv_output_size(x.shape[h_axis], w.shape[2], stride, pad, "H")
+    w_out = conv_output_size(x.shape[w_axis], w.shape[3], stride, pad, "W")
     return h_out, w_out
 
 
@@ -69,8 +72,8 @@ def _pad(x: jax.Array, pad: int) -> jax.Array:
     return jnp.pad(x, ((0, 0), (0, 0), (pad, pad), (pad, pad))) if pad else x
 
 
-def _db(dout: jax.Array) -> jax.Array:
-    return jnp.sum(dout, axis=(0, 2, 3))
+def _db(dout: jax.Array, layout: str = "NCHW") -> jax.Array:
+    return jnp.sum(dout, axis=(0, *spatial_axes(layout)))
 
 
 # ----------------------------------------------------------------------------------- naive
@@ -167,56 +170,63 @@ def conv_backward_im2col(dout, cache: ConvCache):
 
 # ------------------------------------------------------------------------------------- xla
 
-_NCHW = ("NCHW", "OIHW", "NCHW")
+
+def _crop(x, layout: str, pad: int, h: int, w: int):
+    if layout == "NCHW":
+        return x[:, :, pad : pad + h, pad : pad + w]
+    return x[:, pad : pad + h, pad : pad + w, :]
 
 
-def conv_forward_xla(x, w, b, *, stride: int = 1, pad: int = 0):
-    """``lax.conv_general_dilated`` (cross-correlation) plus bias."""
-    check_conv_args(x, w, b, stride, pad)
+def conv_forward_xla(x, w, b, *, stride: int = 1, pad: int = 0, layout: str = "NCHW"):
+    """``lax.conv_general_dilated`` (cross-correlation) plus bias, on NCHW or NHWC input."""
+    check_conv_args(x, w, b, stride, pad, layout)
     out = lax.conv_general_dilated(
-        x, w, (stride, stride), ((pad, pad), (pad, pad)), dimension_numbers=_NCHW
+        x, w, (stride, stride), ((pad, pad), (pad, pad)), dimension_numbers=(layout, "OIHW", layout)
     )
-    return out + b[None, :, None, None], ConvCache(x, w, stride, pad)
+    bias = b[None, :, None, None] if layout == "NCHW" else b
+    return out + bias, ConvCache(x, w, stride, pad, layout)
 
 
-def conv_dx_xla(dout, w, x_shape, stride: int, pad: int):
+def conv_dx_xla(dout, w, x_shape, stride: int, pad: int, layout: str = "NCHW"):
     """dx as a convolution: dout dilated by ``stride``, fully padded, against w flipped with
     its in/out channels swapped; then the ``pad`` border is cut away."""
     hh, ww = w.shape[2:]
-    h, wd = x_shape[2:]
-    w_t = jnp.flip(w, axis=(2, 3))
+    h_axis, w_axis = spatial_axes(layout)
     full = lax.conv_general_dilated(
         dout,
-        w_t,
+        jnp.flip(w, axis=(2, 3)),
         (1, 1),
         ((hh - 1, hh - 1), (ww - 1, ww - 1)),
         lhs_dilation=(stride, stride),
-        dimension_numbers=("NCHW", "IOHW", "NCHW"),
+        dimension_numbers=(layout, "IOHW", layout),
     )
-    return full[:, :, pad : pad + h, pad : pad + wd]
+    return _crop(full, layout, pad, x_shape[h_axis], x_shape[w_axis])
 
 
-def conv_dw_xla(dout, x, w_shape, stride: int, pad: int):
+def conv_dw_xla(dout, x, w_shape, stride: int, pad: int, layout: str = "NCHW"):
     """dw as a convolution over the batch: x (batch ↔ channel roles swapped) against dout,
     dilated by ``stride``: dw[f, c] = Σₙ x_pad[n, c] ⋆ dout[n, f]."""
     hh, ww = w_shape[2:]
+    # Swap the roles of N and C in x's layout string, and of N (in) / C (out) in dout's.
+    lhs = layout.replace("N", "?").replace("C", "N").replace("?", "C")
+    rhs = layout.replace("N", "I").replace("C", "O")
     dw = lax.conv_general_dilated(
         x,
         dout,
         (1, 1),
         ((pad, pad), (pad, pad)),
         rhs_dilation=(stride, stride),
-        dimension_numbers=("CNHW", "IOHW", "CNHW"),  # output laid out (F, C, HH, WW)
+        dimension_numbers=(lhs, rhs, "CNHW"),  # output laid out (F, C, HH, WW)
     )
     return dw[:, :, :hh, :ww]
 
 
 def conv_backward_xla(dout, cache: ConvCache):
     """dx and dw as the two transposed convolutions, db as a sum."""
-    x, w, stride, pad = cache.x, cache.w, cache.stride, cache.pad
-    dx = conv_dx_xla(dout, w, x.shape, stride, pad)
-    dw = conv_dw_xla(dout, x, w.shape, stride, pad)
-    return dx, dw, _db(dout)
+    x, w, stride, pad, layout = cache.x, cache.w, cache.stride, cache.pad, cache.layout
+    dx = conv_dx_xla(dout, w, x.shape, stride, pad, layout)
+    dw = conv_dw_xla(dout, x, w.shape, stride, pad, layout)
+    return dx, dw, _db(dout, layout)
 
 
 # ------------------------------------------------------------------------------ public API
@@ -229,10 +239,21 @@ PAIRS = {
 _BOUND = {name: with_vjp(*pair) for name, pair in PAIRS.items()}
 
 
-def conv_forward(x, w, b, *, stride: int = 1, pad: int = 0, impl: str = "xla"):
+def _layout_kwargs(impl: str, layout: str) -> dict:
+    check_choice("layout", layout, LAYOUTS)
+    if layout == "NCHW":
+        return {}
+    if impl != "xla":
+        raise ValueError(f"layout={layout!r} needs impl='xla'; impl={impl!r} is NCHW only")
+    return {"layout": layout}
+
+
+def conv_forward(
+    x, w, b, *, stride: int = 1, pad: int = 0, impl: str = "xla", layout: str = "NCHW"
+):
     """cs231n-style pair half: ``(out, cache)`` with the chosen formulation."""
     check_choice("impl", impl, IMPLS)
-    return PAIRS[impl][0](x, w, b, stride=stride, pad=pad)
+    return PAIRS[impl][0](x, w, b, stride=stride, pad=pad, **_layout_kwargs(impl, layout))
 
 
 def conv_backward(dout, cache: ConvCache, *, impl: str = "xla"):
@@ -242,14 +263,23 @@ def conv_backward(dout, cache: ConvCache, *, impl: str = "xla"):
 
 
 def conv2d(
-    x: jax.Array, w: jax.Array, b: jax.Array, *, stride: int = 1, pad: int = 0, impl: str = "xla"
+    x: jax.Array,
+    w: jax.Array,
+    b: jax.Array,
+    *,
+    stride: int = 1,
+    pad: int = 0,
+    impl: str = "xla",
+    layout: str = "NCHW",
 ) -> jax.Array:
     """Convolution with a hand-written VJP. x ``(N, C, H, W)``, w ``(F, C, HH, WW)``, b ``(F,)``.
 
     ``impl``: ``'naive'`` (the definition), ``'im2col'`` (patches + one matmul) or ``'xla'``
     (``lax.conv_general_dilated``; backward as the two transposed convolutions).
+    ``layout='NHWC'`` (``impl='xla'`` only) takes and returns channels-last activations, for
+    models that keep NHWC inside (faster on the CPU); w stays ``(F, C, HH, WW)``.
     """
     check_choice("impl", impl, IMPLS)
     stride = positive_int("stride", stride)
     pad = nonnegative_int("pad", pad)
-    return _BOUND[impl](x, w, b, stride=stride, pad=pad)
+    return _BOUND[impl](x, w, b, stride=stride, pad=pad, **_layout_kwargs(impl, layout))

@@ -5,8 +5,8 @@ left out and get zero gradient). Backward: each window's upstream gradient goes 
 first (row-major) position holding the window's maximum; overlapping windows add up.
 
 - ``naive``: one output position at a time (a ``fori_loop``), the definition.
-- ``fast``: when windows tile the input (``pool_height == pool_width == stride``) a reshape;
-  otherwise one strided slice per window tap. Both save the argmax tap for the backward.
+- ``fast``: one strided view per window tap, a running max/argmax over the taps (saved as
+  int8); the backward places dout at each tap's winners with a strided pad. Also NHWC.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from jax import lax
 
 from jcnn.layers._binding import cache_dataclass, with_vjp
 from jcnn.layers._checks import check_choice, check_rank, positive_int
-from jcnn.layers._windows import tap
+from jcnn.layers._windows import LAYOUTS, spatial_axes, tap, untap
 
 IMPLS = ("naive", "fast")
 
@@ -30,22 +30,26 @@ class PoolCache:
     stride: int
 
 
-@cache_dataclass(static=("x_shape", "pool_height", "pool_width", "stride"))
+@cache_dataclass(static=("x_shape", "pool_height", "pool_width", "stride", "layout"))
 class FastPoolCache:
-    argmax: jax.Array  # index of the winning tap in each window, (N, C, H', W')
+    argmax: jax.Array  # int8 index of the winning tap of each window, shaped like out
     x_shape: tuple[int, ...]
     pool_height: int
     pool_width: int
     stride: int
+    layout: str = "NCHW"
 
 
-def check_pool_args(x, pool_height, pool_width, stride) -> tuple[int, int]:
+def check_pool_args(x, pool_height, pool_width, stride, layout: str = "NCHW") -> tuple[int, int]:
     """Validate a max_pool2d call; returns ``(H', W')``."""
-    check_rank("x", x, 4, "(N, C, H, W)")
+    check_choice("layout", layout, LAYOUTS)
+    check_rank("x", x, 4, f"({', '.join(layout)})")
     ph = positive_int("pool_height", pool_height)
     pw = positive_int("pool_width", pool_width)
     s = positive_int("stride", stride)
-    h, w = x.shape[2:]
+    if ph * pw > 127:
+        raise ValueError(f"pooling window {ph}x{pw} has more than 127 taps")
+    h, w = (x.shape[a] for a in spatial_axes(layout))
     if ph > h or pw > w:
         raise ValueError(
             f"pooling window {ph}x{pw} does not fit input of spatial size {h}x{w} "
@@ -103,41 +107,33 @@ def max_pool_backward_naive(dout, cache: PoolCache):
 # ------------------------------------------------------------------------------------ fast
 
 
-def _tiles(ph: int, pw: int, s: int) -> bool:
-    return ph == pw == s
-
-
-def max_pool_forward_fast(x, *, pool_height: int = 2, pool_width: int = 2, stride: int = 2):
-    """Reshape into tiles when windows tile the input, else stack one strided slice per tap."""
-    h_out, w_out = check_pool_args(x, pool_height, pool_width, stride)
+def max_pool_forward_fast(
+    x, *, pool_height: int = 2, pool_width: int = 2, stride: int = 2, layout: str = "NCHW"
+):
+    """One strided view per window tap and a running (max, argmax) over the taps; a strict
+    ``>`` keeps the first maximum. No patch buffer, no transpose; any window and stride."""
+    h_out, w_out = check_pool_args(x, pool_height, pool_width, stride, layout)
     ph, pw, s = pool_height, pool_width, stride
-    n, c = x.shape[:2]
-    if _tiles(ph, pw, s):
-        tiles = x[:, :, : h_out * ph, : w_out * pw].reshape(n, c, h_out, ph, w_out, pw)
-        windows = tiles.transpose(0, 1, 2, 4, 3, 5).reshape(n, c, h_out, w_out, ph * pw)
-    else:
-        taps = [x[tap(kh, kw, h_out, w_out, s)] for kh in range(ph) for kw in range(pw)]
-        windows = jnp.stack(taps, axis=-1)
-    idx = jnp.argmax(windows, axis=-1).astype(jnp.int32)
-    out = jnp.max(windows, axis=-1)
-    return out, FastPoolCache(idx, tuple(x.shape), ph, pw, s)
+    best, idx = x[tap(0, 0, h_out, w_out, s, layout)], None
+    for k in range(1, ph * pw):
+        candidate = x[tap(k // pw, k % pw, h_out, w_out, s, layout)]
+        better = candidate > best
+        idx = jnp.where(better, jnp.int8(k), jnp.int8(0) if idx is None else idx)
+        best = jnp.where(better, candidate, best)
+    if idx is None:  # a 1x1 window
+        idx = jnp.zeros(best.shape, jnp.int8)
+    return best, FastPoolCache(idx, tuple(x.shape), ph, pw, s, layout)
 
 
 def max_pool_backward_fast(dout, cache: FastPoolCache):
-    """Route dout to the saved argmax tap: a one-hot and a reshape, or one strided add per tap."""
-    n, c, h, w = cache.x_shape
-    ph, pw, s = cache.pool_height, cache.pool_width, cache.stride
-    h_out, w_out = dout.shape[2:]
-    if _tiles(ph, pw, s):
-        routed = _first_max_onehot(cache.argmax, ph * pw, dout.dtype) * dout[..., None]
-        dx = routed.reshape(n, c, h_out, w_out, ph, pw).transpose(0, 1, 2, 4, 3, 5)
-        dx = dx.reshape(n, c, h_out * ph, w_out * pw)
-        return (jnp.pad(dx, ((0, 0), (0, 0), (0, h - h_out * ph), (0, w - w_out * pw))),)
-    dx = jnp.zeros(cache.x_shape, dout.dtype)
-    for kh in range(ph):
-        for kw in range(pw):
-            routed = jnp.where(cache.argmax == kh * pw + kw, dout, jnp.zeros_like(dout))
-            dx = dx.at[tap(kh, kw, h_out, w_out, s)].add(routed)
+    """dx = Σ_taps place(dout where the tap won); each placement is a strided pad."""
+    ph, pw, s, layout = cache.pool_height, cache.pool_width, cache.stride, cache.layout
+    zero = jnp.zeros_like(dout)
+    dx = None
+    for k in range(ph * pw):
+        routed = jnp.where(cache.argmax == k, dout, zero)
+        part = untap(routed, k // pw, k % pw, cache.x_shape, s, layout)
+        dx = part if dx is None else dx + part
     return (dx,)
 
 
@@ -150,10 +146,22 @@ PAIRS = {
 _BOUND = {name: with_vjp(*pair) for name, pair in PAIRS.items()}
 
 
-def max_pool_forward(x, *, pool_height=2, pool_width=2, stride=2, impl: str = "fast"):
+def _layout_kwargs(impl: str, layout: str) -> dict:
+    check_choice("layout", layout, LAYOUTS)
+    if layout == "NCHW":
+        return {}
+    if impl != "fast":
+        raise ValueError(f"layout={layout!r} needs impl='fast'; impl={impl!r} is NCHW only")
+    return {"layout": layout}
+
+
+def max_pool_forward(
+    x, *, pool_height=2, pool_width=2, stride=2, impl: str = "fast", layout: str = "NCHW"
+):
     """cs231n-style pair half: ``(out, cache)``."""
     check_choice("impl", impl, IMPLS)
-    return PAIRS[impl][0](x, pool_height=pool_height, pool_width=pool_width, stride=stride)
+    kw = _layout_kwargs(impl, layout)
+    return PAIRS[impl][0](x, pool_height=pool_height, pool_width=pool_width, stride=stride, **kw)
 
 
 def max_pool_backward(dout, cache, *, impl: str = "fast"):
@@ -169,10 +177,12 @@ def max_pool2d(
     pool_width: int = 2,
     stride: int = 2,
     impl: str = "fast",
+    layout: str = "NCHW",
 ) -> jax.Array:
-    """Max pooling with a hand-written VJP; x ``(N, C, H, W)`` -> ``(N, C, H', W')``."""
+    """Max pooling with a hand-written VJP; x ``(N, C, H, W)`` -> ``(N, C, H', W')``
+    (``layout='NHWC'``, ``impl='fast'`` only: channels-last in and out)."""
     check_choice("impl", impl, IMPLS)
     ph = positive_int("pool_height", pool_height)
     pw = positive_int("pool_width", pool_width)
     s = positive_int("stride", stride)
-    return _BOUND[impl](x, pool_height=ph, pool_width=pw, stride=s)
+    return _BOUND[impl](x, pool_height=ph, pool_width=pw, stride=s, **_layout_kwargs(impl, layout))

@@ -32,9 +32,11 @@ def affine_bn_relu(
     return relu(a), mean, var
 
 
-def conv_relu(x, w, b, *, stride: int = 1, pad: int = 0, impl: str = "xla") -> jax.Array:
+def conv_relu(
+    x, w, b, *, stride: int = 1, pad: int = 0, impl: str = "xla", layout: str = "NCHW"
+) -> jax.Array:
     """conv → relu."""
-    return relu(conv2d(x, w, b, stride=stride, pad=pad, impl=impl))
+    return relu(conv2d(x, w, b, stride=stride, pad=pad, impl=impl, layout=layout))
 
 
 def conv_relu_pool(
@@ -49,11 +51,17 @@ def conv_relu_pool(
     pool_stride: int = 2,
     impl: str = "xla",
     pool_impl: str = "fast",
+    layout: str = "NCHW",
 ) -> jax.Array:
     """conv → relu → max pool."""
-    a = conv_relu(x, w, b, stride=stride, pad=pad, impl=impl)
+    a = conv_relu(x, w, b, stride=stride, pad=pad, impl=impl, layout=layout)
     return max_pool2d(
-        a, pool_height=pool_height, pool_width=pool_width, stride=pool_stride, impl=pool_impl
+        a,
+        pool_height=pool_height,
+        pool_width=pool_width,
+        stride=pool_stride,
+        impl=pool_impl,
+        layout=layout,
     )
 
 
@@ -72,10 +80,19 @@ def conv_bn_relu(
     momentum: float = 0.9,
     eps: float = 1e-5,
     impl: str = "xla",
+    layout: str = "NCHW",
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
     """conv → spatial batchnorm → relu; returns ``(out, new_running_mean, new_running_var)``."""
-    a = conv2d(x, w, b, stride=stride, pad=pad, impl=impl)
+    a = conv2d(x, w, b, stride=stride, pad=pad, impl=impl, layout=layout)
     a, mean, var = spatial_batchnorm(
-        a, gamma, beta, running_mean, running_var, train=train, momentum=momentum, eps=eps
+        a,
+        gamma,
+        beta,
+        running_mean,
+        running_var,
+        train=train,
+        momentum=momentum,
+        eps=eps,
+        layout=layout,
     )
     return relu(a), mean, var

@@ -119,3 +119,21 @@ def test_batchnorm_bad_input_raises_value_error(fn, xs, pshape, kwargs, match):
     p = jnp.ones(pshape)
     with pytest.raises(ValueError, match=match):
         fn(jnp.ones(xs), p, p, p, p, train=True, **kwargs)
+
+
+@pytest.mark.parametrize("train", [True, False])
+def test_spatial_batchnorm_nhwc_layout_matches_nchw_and_autodiff(train):
+    x = normal(12, 3, 4, 5, 2) * 2.0 + 1.0  # NHWC, 2 channels
+    g, b, rm, rv = _params(2)
+    out, m1, v1 = L.spatial_batchnorm(x, g, b, rm, rv, train=train, layout="NHWC")
+    ref, m2, v2 = L.spatial_batchnorm(x.transpose(0, 3, 1, 2), g, b, rm, rv, train=train)
+    np.testing.assert_allclose(out, ref.transpose(0, 2, 3, 1), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(m1, m2, rtol=1e-12)
+    np.testing.assert_allclose(v1, v2, rtol=1e-12)
+    assert_vjp_proven(
+        lambda x, g, b, rm, rv: L.spatial_batchnorm(x, g, b, rm, rv, train=train, layout="NHWC")[0],
+        lambda x, g, b, rm, rv: R.spatial_batchnorm(x, g, b, rm, rv, train=train, layout="NHWC")[0],
+        (x, g, b, rm, rv),
+        names=("x", "gamma", "beta", "running_mean", "running_var"),
+        numeric_tol=1e-6,
+    )

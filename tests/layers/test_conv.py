@@ -120,3 +120,32 @@ def test_conv_grayscale_and_sobel_filters_on_an_image():
     flat = jnp.ones((1, 3, 8, 8))
     edges = L.conv2d(flat, jnp.asarray(w), jnp.array([0.0, 128.0]), pad=1)
     np.testing.assert_allclose(edges[0, 1, 1:-1, 1:-1], 128.0)  # no edge inside a flat image
+
+
+def _nhwc(a):
+    return a.transpose(0, 2, 3, 1)
+
+
+@pytest.mark.parametrize("xs,ws,stride,pad", CASES[:4])
+def test_conv_nhwc_layout_vjp_and_forward_match_nchw(xs, ws, stride, pad):
+    x, w, b = _args(xs, ws, seed=11)
+    kw = dict(stride=stride, pad=pad)
+    np.testing.assert_allclose(
+        L.conv2d(_nhwc(x), w, b, layout="NHWC", **kw), _nhwc(R.conv2d(x, w, b, **kw)), rtol=1e-12
+    )
+    assert_vjp_proven(
+        lambda x, w, b: L.conv2d(x, w, b, layout="NHWC", **kw),
+        lambda x, w, b: R.conv2d(x, w, b, layout="NHWC", **kw),
+        (_nhwc(x), w, b),
+        names=("x", "w", "b"),
+    )
+
+
+def test_conv_nhwc_needs_xla_impl_and_checks_channels():
+    x, w, b = jnp.zeros((1, 5, 5, 3)), jnp.zeros((2, 3, 3, 3)), jnp.zeros(2)
+    with pytest.raises(ValueError, match="needs impl='xla'"):
+        L.conv2d(x, w, b, impl="im2col", layout="NHWC")
+    with pytest.raises(ValueError, match="layout must be one of"):
+        L.conv2d(x, w, b, layout="HWCN")
+    with pytest.raises(ValueError, match="channels"):
+        L.conv2d(x, w, b)  # NHWC data read as NCHW: 5 channels

@@ -61,3 +61,17 @@ def test_max_pool_gradient_goes_to_the_first_max_of_a_tie(impl):
 def test_max_pool_bad_input_raises_value_error(xs, kwargs, match):
     with pytest.raises(ValueError, match=match):
         L.max_pool2d(jnp.zeros(xs), **kwargs)
+
+
+@pytest.mark.parametrize("xs,ph,pw,s", CASES)
+def test_max_pool_nhwc_layout_matches_nchw_and_autodiff(xs, ph, pw, s):
+    x = normal(8, *xs)
+    kw = dict(pool_height=ph, pool_width=pw, stride=s)
+    out = L.max_pool2d(x.transpose(0, 2, 3, 1), layout="NHWC", **kw)
+    np.testing.assert_array_equal(out, R.max_pool2d(x, **kw).transpose(0, 2, 3, 1))
+    assert_vjp_proven(
+        lambda x: L.max_pool2d(x, layout="NHWC", **kw),
+        lambda x: R.max_pool2d(x, layout="NHWC", **kw),
+        (x.transpose(0, 2, 3, 1),),
+        names=("x",),
+    )
