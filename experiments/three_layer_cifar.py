@@ -1,0 +1,67 @@
+"""Train the cs231n three-layer ConvNet on CIFAR-10 (the assignment's full-training cell).
+
+    python -m experiments.three_layer_cifar --flagfile=experiments/configs/three_layer_seed.cfg
+
+conv (``num_filters`` of ``filter_size``, 'same' padding) - relu - 2×2 max pool - affine
+(``hidden_dim``) - relu - affine - softmax. Every hyper-parameter is a flag (``--helpfull``
+lists them); the run's files go to ``--workdir`` (see :mod:`experiments.train`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from absl import app, flags
+
+from experiments import train
+from jcnn.models import ThreeLayerConvNet
+
+APP_NAME = "three_layer_cifar"
+MODEL_FLAGS = ("num_filters", "filter_size", "hidden_dim")
+NAMES = train.COMMON_FLAGS + MODEL_FLAGS
+INPUT_DIM = (3, 32, 32)
+
+
+def make_model(config: Mapping[str, Any]) -> ThreeLayerConvNet:
+    return ThreeLayerConvNet(
+        input_dim=INPUT_DIM,
+        num_filters=config["num_filters"],
+        filter_size=config["filter_size"],
+        hidden_dim=config["hidden_dim"],
+        weight_scale=config["weight_scale"],
+        reg=config["reg"],
+        layers=config["layers"],
+        conv_impl=config["conv_impl"],
+        pool_impl=config["pool_impl"],
+    )
+
+
+def _conv_fits(values: Mapping[str, Any]) -> ThreeLayerConvNet:
+    return ThreeLayerConvNet(input_dim=INPUT_DIM, filter_size=values["filter_size"])
+
+
+def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
+    """The app's flags on ``fv``; the defaults are the assignment's run
+    (``three_layer_seed.cfg``)."""
+    train.define_common_flags(
+        fv, weight_scale=1e-3, reg=1e-3, update_rule="adam", learning_rate=1e-3, lr_decay=1.0,
+        batch_size=50, num_epochs=1, print_every=20,
+    )  # fmt: skip
+    flags.DEFINE_integer("num_filters", 32, "Conv filters.", lower_bound=1, flag_values=fv)
+    flags.DEFINE_integer(
+        "filter_size", 7, "Square conv filter size ('same' padding).", lower_bound=1,
+        flag_values=fv,
+    )  # fmt: skip
+    flags.DEFINE_integer("hidden_dim", 500, "Hidden affine units.", lower_bound=1, flag_values=fv)
+    train.check_model(fv, ("filter_size",), _conv_fits)
+
+
+def main(argv: Sequence[str]) -> None:
+    train.main(argv, app_name=APP_NAME, names=NAMES, make_model=make_model)
+
+
+if __name__ == "__main__":
+    define_flags()
+    flags.adopt_module_key_flags(train)
+    app.run(main)

@@ -1,0 +1,89 @@
+"""Data augmentation on device: random crops with zero padding and horizontal flips.
+
+>>> X_aug = random_crop_flip(key, X)          # X (N, C, H, W), same shape out  # doctest: +SKIP
+
+The standard CIFAR-10 recipe: pad every image with ``pad`` zeros on each side, cut a random
+``H × W`` window out of the padded image (so the content shifts by up to ``pad`` pixels each
+way), and mirror it left-right with probability 1/2. Every image of the batch draws its own
+offset and flip from ``key``.
+
+Pure ``jax.numpy``: it runs inside a jitted training step, under ``jax.vmap`` and on any
+device, and the same key gives the same batch. On mean-subtracted data a zero pixel is the
+mean pixel, which is what the padding should be.
+
+The :class:`jcnn.solver.Solver` takes it as ``augment=random_crop_flip``, applied to each
+minibatch inside the jitted step.
+"""
+
+from __future__ import annotations
+
+import operator
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+__all__ = ["random_crop", "random_crop_flip", "random_flip"]
+
+
+def _check(X, pad: int) -> tuple[jax.Array, int]:
+    X = jnp.asarray(X)
+    if X.ndim != 4:
+        raise ValueError(f"X must be a batch of images (N, C, H, W), got shape {tuple(X.shape)}")
+    if isinstance(pad, bool):
+        raise ValueError(f"pad must be a non-negative int, got {pad!r}")
+    try:
+        pad = operator.index(pad)
+    except TypeError:
+        raise ValueError(f"pad must be a non-negative int, got {pad!r}") from None
+    if pad < 0:
+        raise ValueError(f"pad must be a non-negative int, got {pad!r}")
+    return X, pad
+
+
+def _crop(key: jax.Array, X: jax.Array, pad: int) -> jax.Array:
+    if pad == 0:
+        return X
+    n, c, h, w = X.shape
+    offsets = jax.random.randint(key, (n, 2), 0, 2 * pad + 1)
+    padded = jnp.pad(X, ((0, 0), (0, 0), (pad, pad), (pad, pad)))
+
+    def one(img, off):
+        zero = jnp.zeros((), off.dtype)
+        return lax.dynamic_slice(img, (zero, off[0], off[1]), (c, h, w))
+
+    return jax.vmap(one)(padded, offsets)
+
+
+def _flip(key: jax.Array, X: jax.Array) -> jax.Array:
+    flips = jax.random.bernoulli(key, 0.5, (X.shape[0],))
+    return jnp.where(flips[:, None, None, None], X[..., ::-1], X)
+
+
+def random_crop(key: jax.Array, X, *, pad: int = 4) -> jax.Array:
+    """Each image of ``X`` (N, C, H, W) padded with ``pad`` zeros per side and cropped back
+    to H × W at a uniformly random offset in ``[0, 2·pad]`` along each axis."""
+    X, pad = _check(X, pad)
+    return _crop(key, X, pad)
+
+
+def random_flip(key: jax.Array, X) -> jax.Array:
+    """Each image of ``X`` (N, C, H, W) mirrored left-right with probability 1/2."""
+    X, _ = _check(X, 0)
+    return _flip(key, X)
+
+
+def random_crop_flip(key: jax.Array, X, *, pad: int = 4) -> jax.Array:
+    """:func:`random_crop` then :func:`random_flip`, with independent halves of ``key``.
+
+    Args:
+        key: a ``jax.random`` key; the same key gives the same output.
+        X: a batch of images (N, C, H, W), any float dtype (kept).
+        pad: zero padding per side, i.e. the largest shift in pixels; 0 only flips.
+
+    Returns:
+        An array of the shape and dtype of ``X``.
+    """
+    X, pad = _check(X, pad)
+    k_crop, k_flip = jax.random.split(key)
+    return _flip(k_flip, _crop(k_crop, X, pad))

@@ -1,0 +1,237 @@
+"""Flags of the CIFAR-10 apps: defaults, flagfiles, and bad input caught while parsing.
+
+Each test parses into a fresh ``FlagValues`` (the apps define their flags on whatever
+``FlagValues`` they are given), so nothing touches absl's global ``FLAGS``.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+from absl import flags
+
+from experiments import three_layer_cifar, train, vgg_cifar
+from jcnn.models import ThreeLayerConvNet, VGGNet
+from tests.experiments.util import PYTHON, ROOT, subprocess_env, write_fake_cifar
+
+CONFIGS = ROOT / "experiments" / "configs"
+APPS = {"vgg": vgg_cifar, "three_layer": three_layer_cifar}
+
+
+def parse(app, *args: str) -> flags.FlagValues:
+    fv = flags.FlagValues()
+    app.define_flags(fv)
+    fv(["prog", *args])
+    return fv
+
+
+def config(app, *args: str) -> dict:
+    return train.config_from_flags(parse(app, *args), app.NAMES)
+
+
+# ---------------------------------------------------------------------------- flagfiles
+
+
+SEED = {
+    "num_filters": [64, 64, 128, 256],
+    "blocks": [2, 2, 3, 3],
+    "hidden_dims": [64, 64],
+    "filter_size": 3,
+    "dropout": 0.2,
+    "reg": 1e-3,
+    "weight_scale": 1e-2,
+    "update_rule": "adam",
+    "learning_rate": 5e-4,
+    "lr_decay": 0.95,
+    "batch_size": 50,
+    "num_epochs": 10,
+    "use_batchnorm": True,
+    "augment": False,
+    "num_train": 49000,
+    "num_val": 1000,
+}
+
+
+def test_vgg_seed_flagfile_is_the_seed_run_and_the_default():
+    cfg = config(vgg_cifar, f"--flagfile={CONFIGS / 'vgg_seed.cfg'}")
+    assert {k: cfg[k] for k in SEED} == SEED
+    assert {k: v for k, v in config(vgg_cifar).items() if k in SEED} == SEED
+    model = vgg_cifar.make_model(cfg)
+    assert isinstance(model, VGGNet)
+    assert model.num_filters == (64, 64, 128, 256) and model.blocks == (2, 2, 3, 3)
+
+
+def test_three_layer_seed_flagfile_is_the_assignment_run():
+    cfg = config(three_layer_cifar, f"--flagfile={CONFIGS / 'three_layer_seed.cfg'}")
+    want = {
+        "hidden_dim": 500,
+        "weight_scale": 1e-3,
+        "reg": 1e-3,
+        "update_rule": "adam",
+        "learning_rate": 1e-3,
+        "batch_size": 50,
+        "num_epochs": 1,
+        "num_filters": 32,
+        "filter_size": 7,
+    }
+    assert {k: cfg[k] for k in want} == want
+    assert isinstance(three_layer_cifar.make_model(cfg), ThreeLayerConvNet)
+
+
+def test_overfit_small_and_best_flagfiles_parse():
+    small = config(vgg_cifar, f"--flagfile={CONFIGS / 'overfit_small.cfg'}")
+    assert small["num_train"] == 100 and small["batch_size"] % 4 == 0
+    vgg_cifar.make_model(small)
+    best = config(vgg_cifar, f"--flagfile={CONFIGS / 'vgg_best.cfg'}")
+    assert best["augment"] and best["weight_scale"] == "he" and best["num_epochs"] >= 30
+    vgg_cifar.make_model(best)
+
+
+def test_every_config_file_is_a_known_flagfile():
+    names = sorted(p.name for p in CONFIGS.glob("*.cfg"))
+    assert names == ["overfit_small.cfg", "three_layer_seed.cfg", "vgg_best.cfg", "vgg_seed.cfg"]
+
+
+def test_later_flags_override_the_flagfile():
+    cfg = config(vgg_cifar, f"--flagfile={CONFIGS / 'vgg_seed.cfg'}", "--num_epochs=2")
+    assert cfg["num_epochs"] == 2
+
+
+def test_flagfile_text_round_trips(tmp_path):
+    fv = parse(vgg_cifar, "--num_filters=8,16", "--blocks=1,2", "--weight_scale=he", "--augment")
+    text = train.flagfile_text(fv, vgg_cifar.NAMES)
+    assert "--workdir" not in text and "--num_val_samples" not in text  # unset: left out
+    path = tmp_path / "flags.cfg"
+    path.write_text(text)
+    again = config(vgg_cifar, f"--flagfile={path}")
+    want = train.config_from_flags(fv, vgg_cifar.NAMES)
+    assert again == want
+
+
+def test_weight_scale_and_lists():
+    cfg = config(
+        vgg_cifar, "--weight_scale=HE", "--hidden_dims=", "--num_filters=3,5", "--blocks=1,1"
+    )
+    assert cfg["weight_scale"] == "he" and cfg["hidden_dims"] == [] and cfg["num_filters"] == [3, 5]
+    assert config(vgg_cifar, "--weight_scale=0.05")["weight_scale"] == 0.05
+
+
+# ---------------------------------------------------------------------------- bad input
+
+
+BAD = [
+    ("vgg", "--learning_rate=-1", "learning_rate"),
+    ("vgg", "--learning_rate=0", "learning_rate"),
+    ("vgg", "--learning_rate=nan", "learning_rate"),
+    ("vgg", "--lr_decay=0", "lr_decay"),
+    ("vgg", "--reg=-0.1", "reg"),
+    ("vgg", "--dropout=1", "dropout"),
+    ("vgg", "--dropout=-0.1", "dropout"),
+    ("vgg", "--num_filters=", "num_filters"),
+    ("vgg", "--blocks=", "blocks"),
+    ("vgg", "--num_filters=64,0", "num_filters"),
+    ("vgg", "--num_filters=64,x", "num_filters"),
+    ("vgg", "--blocks=2,2", "blocks"),  # 2 stages of blocks, 4 of num_filters
+    ("vgg", "--num_filters=8,8,8,8,8,8 --blocks=1,1,1,1,1,1", "num_filters"),  # 32 -> 1 -> 0
+    ("vgg", "--filter_size=0", "filter_size"),
+    ("vgg", "--batch_size=0", "batch_size"),
+    ("vgg", "--batch_size=-5", "batch_size"),
+    ("vgg", "--num_epochs=0", "num_epochs"),
+    ("vgg", "--weight_scale=0", "weight_scale"),
+    ("vgg", "--weight_scale=xavier", "weight_scale"),
+    ("vgg", "--update_rule=adamw", "update_rule"),
+    ("vgg", "--layers=torch", "layers"),
+    ("vgg", "--conv_impl=fft", "conv_impl"),
+    ("vgg", "--num_train=0", "num_train"),
+    ("vgg", "--num_train=49500", "num_train"),
+    ("vgg", "--num_test=20000", "num_test"),
+    ("vgg", "--print_every=0", "print_every"),
+    ("vgg", "--augment_pad=-1", "augment_pad"),
+    ("vgg", "--unknown_flag=3", "unknown_flag"),
+    ("three_layer", "--hidden_dim=0", "hidden_dim"),
+    ("three_layer", "--num_filters=0", "num_filters"),
+    ("three_layer", "--learning_rate=-1e-3", "learning_rate"),
+    ("three_layer", "--dropout=0.5", "dropout"),  # not a flag of this app
+]
+
+
+@pytest.mark.parametrize("app, args, flag", BAD, ids=[f"{a}:{b}" for a, b, _ in BAD])
+def test_bad_flags_fail_while_parsing_naming_the_flag(app, args, flag):
+    with pytest.raises(flags.Error) as info:
+        parse(APPS[app], *args.split())
+    message = str(info.value)
+    assert flag in message
+    assert "\n" not in message
+
+
+def test_malformed_flagfiles(tmp_path):
+    missing = tmp_path / "missing.cfg"
+    with pytest.raises(flags.Error, match="flagfile"):
+        parse(vgg_cifar, f"--flagfile={missing}")
+    bad_value = tmp_path / "bad_value.cfg"
+    bad_value.write_text("--num_epochs=ten\n")
+    with pytest.raises(flags.Error, match="num_epochs"):
+        parse(vgg_cifar, f"--flagfile={bad_value}")
+    no_dashes = tmp_path / "no_dashes.cfg"
+    no_dashes.write_text("# comment\nnum_epochs 3\n")
+    fv = flags.FlagValues()
+    vgg_cifar.define_flags(fv)
+    rest = fv(["prog", f"--flagfile={no_dashes}"])
+    with pytest.raises(SystemExit, match="unexpected argument.*num_epochs 3"):
+        train.main(rest, app_name="vgg_cifar", names=vgg_cifar.NAMES,
+                   make_model=vgg_cifar.make_model, fv=fv)  # fmt: skip
+
+
+def test_existing_run_needs_overwrite(tmp_path):
+    (tmp_path / "metrics.jsonl").write_text("{}\n")
+    fv = parse(vgg_cifar, f"--workdir={tmp_path}", "--data_dir=/nonexistent")
+    with pytest.raises(SystemExit, match="already holds a run.*--overwrite"):
+        train.main(["prog"], app_name="vgg_cifar", names=vgg_cifar.NAMES,
+                   make_model=vgg_cifar.make_model, fv=fv)  # fmt: skip
+
+
+CLI_BAD = [
+    ("experiments.vgg_cifar", ["--learning_rate=-0.1"], "--learning_rate"),
+    ("experiments.vgg_cifar", ["--num_filters=64,64", "--blocks=2,2,3"], "blocks"),
+    ("experiments.vgg_cifar", ["--nosuchflag"], "nosuchflag"),
+    ("experiments.three_layer_cifar", ["--batch_size=0"], "--batch_size"),
+]
+
+
+@pytest.mark.parametrize("module, args, flag", CLI_BAD, ids=[a[0] for _, a, _ in CLI_BAD])
+def test_cli_stops_with_one_line_before_loading_data(tmp_path, module, args, flag):
+    # The data folder is corrupt: had the app loaded it, it would say so.
+    data = write_fake_cifar(tmp_path / "data")
+    (data / "cifar-10-batches-py" / "data_batch_1").write_bytes(b"garbage")
+    proc = subprocess.run(
+        [PYTHON, "-m", module, f"--data_dir={data}", f"--workdir={tmp_path / 'run'}", *args],
+        capture_output=True, text=True, timeout=120, cwd=ROOT, env=subprocess_env(),
+    )  # fmt: skip
+    assert proc.returncode == 1
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("FATAL")]
+    assert len(errors) == 1 and flag in errors[0], proc.stderr
+    assert "CIFAR" not in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "run").exists()
+
+
+def test_cli_reports_a_data_problem_in_one_line(tmp_path):
+    data = write_fake_cifar(tmp_path / "data")
+    (data / "cifar-10-batches-py" / "test_batch").write_bytes(b"garbage")
+    proc = subprocess.run(
+        [PYTHON, "-m", "experiments.three_layer_cifar", f"--data_dir={data}",
+         f"--workdir={tmp_path / 'run'}", "--num_train=40", "--num_val=10"],
+        capture_output=True, text=True, timeout=120, cwd=ROOT, env=subprocess_env(),
+    )  # fmt: skip
+    assert proc.returncode == 1
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("FATAL")]
+    assert len(errors) == 1 and "test_batch" in errors[0], proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_default_workdir():
+    import datetime as dt
+
+    path = train.default_workdir("vgg_cifar", dt.datetime(2024, 5, 6, 7, 8, 9))
+    assert path == Path("runs") / "vgg_cifar-20240506-070809"

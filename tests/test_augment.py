@@ -1,0 +1,105 @@
+"""jcnn.augment: every output image is a shifted (zero-filled) and maybe mirrored input."""
+
+from __future__ import annotations
+
+import itertools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jcnn.augment import random_crop, random_crop_flip, random_flip
+
+
+def _images(n=6, c=3, h=8, w=8, dtype=np.float32):
+    rng = np.random.default_rng(0)
+    # Strictly positive, so a zero can only come from the padding.
+    return (rng.uniform(0.5, 1.5, size=(n, c, h, w))).astype(dtype)
+
+
+def _candidates(img: np.ndarray, pad: int):
+    """Every (dy, dx, flip) crop of ``img`` padded with ``pad`` zeros per side."""
+    c, h, w = img.shape
+    padded = np.pad(img, ((0, 0), (pad, pad), (pad, pad)))
+    for dy, dx, flip in itertools.product(range(2 * pad + 1), range(2 * pad + 1), (False, True)):
+        crop = padded[:, dy : dy + h, dx : dx + w]
+        yield (dy, dx, flip), (crop[:, :, ::-1] if flip else crop)
+
+
+def _match(out: np.ndarray, img: np.ndarray, pad: int):
+    found = [k for k, cand in _candidates(img, pad) if np.array_equal(out, cand)]
+    assert found, "output image is no crop/flip of its input"
+    return found[0]
+
+
+@pytest.mark.parametrize("pad", [0, 1, 4])
+def test_each_image_is_a_crop_and_maybe_a_flip_of_its_input(pad):
+    X = _images()
+    out = np.asarray(random_crop_flip(jax.random.key(3), X, pad=pad))
+    assert out.shape == X.shape and out.dtype == X.dtype
+    for o, x in zip(out, X, strict=True):
+        _match(o, x, pad)
+
+
+def test_offsets_and_flips_cover_their_range_and_differ_per_image():
+    X = _images(n=400, c=1, h=6, w=6)
+    out = np.asarray(random_crop_flip(jax.random.key(0), X, pad=2))
+    seen = [_match(o, x, 2) for o, x in zip(out, X, strict=True)]
+    dys = {s[0] for s in seen}
+    dxs = {s[1] for s in seen}
+    flips = np.mean([s[2] for s in seen])
+    assert dys == set(range(5)) and dxs == set(range(5))
+    assert 0.4 < flips < 0.6
+    assert len(set(seen)) > 20  # images draw their own transforms
+
+
+def test_same_key_same_batch_other_key_other_batch():
+    X = _images(n=16)
+    a = random_crop_flip(jax.random.key(1), X)
+    b = random_crop_flip(jax.random.key(1), X)
+    c = random_crop_flip(jax.random.key(2), X)
+    np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(a, c)
+
+
+def test_jit_and_vmap_agree_with_eager():
+    X = _images(n=4)
+    key = jax.random.key(7)
+    eager = random_crop_flip(key, X)
+    jitted = jax.jit(random_crop_flip, static_argnames="pad")
+    np.testing.assert_array_equal(eager, jitted(key, X, pad=4))
+    keys = jax.random.split(key, 3)
+    stacked = jnp.stack([X, X + 1, X * 2])
+    batched = jax.vmap(random_crop_flip)(keys, stacked)
+    for i in range(3):
+        np.testing.assert_array_equal(batched[i], jitted(keys[i], stacked[i]))
+
+
+def test_crop_only_and_flip_only():
+    X = _images()
+    cropped = np.asarray(random_crop(jax.random.key(0), X, pad=3))
+    for o, x in zip(cropped, X, strict=True):
+        assert any(np.array_equal(o, c) for (_, _, f), c in _candidates(x, 3) if not f)
+    flipped = np.asarray(random_flip(jax.random.key(0), X))
+    for o, x in zip(flipped, X, strict=True):
+        assert np.array_equal(o, x) or np.array_equal(o, x[:, :, ::-1])
+
+
+def test_keeps_dtype():
+    X = _images(dtype=np.float64)
+    assert random_crop_flip(jax.random.key(0), X).dtype == jnp.float64
+
+
+@pytest.mark.parametrize(
+    "X, pad, match",
+    [
+        (np.zeros((3, 8, 8)), 4, "N, C, H, W"),
+        (np.zeros((2, 3, 8, 8)), -1, "pad"),
+        (np.zeros((2, 3, 8, 8)), 1.5, "pad"),
+        (np.zeros((2, 3, 8, 8)), True, "pad"),
+    ],
+)
+def test_bad_input(X, pad, match):
+    with pytest.raises(ValueError, match=match):
+        random_crop_flip(jax.random.key(0), X, pad=pad)
