@@ -188,19 +188,27 @@ def conv_forward_xla(x, w, b, *, stride: int = 1, pad: int = 0, layout: str = "N
 
 
 def conv_dx_xla(dout, w, x_shape, stride: int, pad: int, layout: str = "NCHW"):
-    """dx as a convolution: dout dilated by ``stride``, fully padded, against w flipped with
-    its in/out channels swapped; then the ``pad`` border is cut away."""
+    """dx as a convolution: dout dilated by ``stride`` against w flipped, with its in/out
+    channels swapped, padded so that the output is exactly x's size (when ``pad`` exceeds
+    ``filter − 1``, a full convolution cropped by ``pad`` instead)."""
     hh, ww = w.shape[2:]
     h_axis, w_axis = spatial_axes(layout)
-    full = lax.conv_general_dilated(
+    h, wd = x_shape[h_axis], x_shape[w_axis]
+    h_out, w_out = dout.shape[h_axis], dout.shape[w_axis]
+    exact = [
+        (k - 1 - pad, size + pad - 1 - stride * (n_out - 1))
+        for k, size, n_out in ((hh, h, h_out), (ww, wd, w_out))
+    ]
+    fits = all(lo >= 0 and hi >= 0 for lo, hi in exact)
+    dx = lax.conv_general_dilated(
         dout,
         jnp.flip(w, axis=(2, 3)),
         (1, 1),
-        ((hh - 1, hh - 1), (ww - 1, ww - 1)),
+        exact if fits else ((hh - 1, hh - 1), (ww - 1, ww - 1)),
         lhs_dilation=(stride, stride),
         dimension_numbers=(layout, "IOHW", layout),
     )
-    return _crop(full, layout, pad, x_shape[h_axis], x_shape[w_axis])
+    return dx if fits else _crop(dx, layout, pad, h, wd)
 
 
 def conv_dw_xla(dout, x, w_shape, stride: int, pad: int, layout: str = "NCHW"):

@@ -23,6 +23,27 @@ import numpy as np
 LAYERS = ("jcnn", "reference")
 CONV_IMPLS = ("naive", "im2col", "xla")
 POOL_IMPLS = ("naive", "fast")
+LAYOUTS = ("auto", "NCHW", "NHWC")
+
+
+def resolve_layout(layout: str, conv_impl: str, pool_impl: str) -> str:
+    """The activation layout a conv model uses inside (its input and weights stay NCHW/OIHW).
+
+    ``'auto'`` is NHWC whenever the chosen impls support it (``conv_impl='xla'``,
+    ``pool_impl='fast'``): XLA's CPU convolutions are channels-last, so NCHW activations
+    cost a transpose around every layer (see README, Performance). An explicit ``'NHWC'``
+    with an NCHW-only impl is a ValueError.
+    """
+    choice("layout", layout, LAYOUTS)
+    nhwc_ok = conv_impl == "xla" and pool_impl == "fast"
+    if layout == "auto":
+        return "NHWC" if nhwc_ok else "NCHW"
+    if layout == "NHWC" and not nhwc_ok:
+        raise ValueError(
+            f"layout='NHWC' needs conv_impl='xla' and pool_impl='fast', "
+            f"got conv_impl={conv_impl!r}, pool_impl={pool_impl!r}"
+        )
+    return layout
 
 
 # ------------------------------------------------------------------------- field checks
@@ -100,6 +121,16 @@ def choice(name: str, value: Any, choices: tuple[str, ...]) -> str:
     if value not in choices:
         raise ValueError(f"{name} must be one of {choices}, got {value!r}")
     return value
+
+
+def to_layout(x: jax.Array, layout: str) -> jax.Array:
+    """NCHW input to the model's inside layout (one transpose at the model's edge)."""
+    return x.transpose(0, 2, 3, 1) if layout == "NHWC" else x
+
+
+def from_layout(x: jax.Array, layout: str) -> jax.Array:
+    """Back to NCHW before flattening, so the fc weights' row order never depends on layout."""
+    return x.transpose(0, 3, 1, 2) if layout == "NHWC" else x
 
 
 def set_field(obj: Any, name: str, value: Any) -> None:

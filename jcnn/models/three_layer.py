@@ -22,7 +22,9 @@ class ThreeLayerConvNet(C.Model):
         params['out']   = {'w': (hidden_dim, num_classes), 'b': (num_classes,)}
 
     ``weight_scale`` is the std of the Gaussian weights or ``'he'`` (``sqrt(2 / fan_in)``).
-    ``layers='reference'`` builds the same net on the autodiff twins.
+    ``layers='reference'`` builds the same net on the autodiff twins. ``layout`` is the
+    activation layout inside (``'auto'``: NHWC when the impls allow, see
+    :func:`jcnn.models._common.resolve_layout`); inputs and parameters do not depend on it.
     """
 
     input_dim: tuple[int, int, int] = (3, 32, 32)
@@ -36,6 +38,7 @@ class ThreeLayerConvNet(C.Model):
     layers: str = "jcnn"
     conv_impl: str = "xla"
     pool_impl: str = "fast"
+    layout: str = "auto"
 
     def __post_init__(self):
         input_dim = C.int_tuple("input_dim", self.input_dim)
@@ -52,6 +55,7 @@ class ThreeLayerConvNet(C.Model):
         C.choice("layers", self.layers, C.LAYERS)
         C.choice("conv_impl", self.conv_impl, C.CONV_IMPLS)
         C.choice("pool_impl", self.pool_impl, C.POOL_IMPLS)
+        C.set_field(self, "layout", C.resolve_layout(self.layout, self.conv_impl, self.pool_impl))
         _, h, w = input_dim
         for name, size in (("H", h), ("W", w)):
             conv = size + 2 * self.pad - self.filter_size + 1
@@ -94,8 +98,9 @@ class ThreeLayerConvNet(C.Model):
         x = self._prepare(params, X)
         p = params["conv1"]
         a = L.conv_relu_pool(
-            x, p["w"], p["b"], stride=1, pad=self.pad, impl=self.conv_impl, pool_impl=self.pool_impl
-        )
-        a = L.affine_relu(a, params["fc1"]["w"], params["fc1"]["b"])
+            C.to_layout(x, self.layout), p["w"], p["b"], stride=1, pad=self.pad,
+            impl=self.conv_impl, pool_impl=self.pool_impl, layout=self.layout,
+        )  # fmt: skip
+        a = L.affine_relu(C.from_layout(a, self.layout), params["fc1"]["w"], params["fc1"]["b"])
         scores = L.affine(a, params["out"]["w"], params["out"]["b"])
         return scores, state

@@ -50,6 +50,7 @@ class VGGNet(C.Model):
     layers: str = "jcnn"
     conv_impl: str = "xla"
     pool_impl: str = "fast"
+    layout: str = "auto"
     bn_momentum: float = 0.9
     bn_eps: float = 1e-5
 
@@ -81,6 +82,7 @@ class VGGNet(C.Model):
         C.choice("layers", self.layers, C.LAYERS)
         C.choice("conv_impl", self.conv_impl, C.CONV_IMPLS)
         C.choice("pool_impl", self.pool_impl, C.POOL_IMPLS)
+        C.set_field(self, "layout", C.resolve_layout(self.layout, self.conv_impl, self.pool_impl))
         momentum = float(self.bn_momentum)
         if not 0.0 <= momentum <= 1.0:
             raise ValueError(f"bn_momentum must be in [0, 1], got {self.bn_momentum!r}")
@@ -149,8 +151,9 @@ class VGGNet(C.Model):
         when ``train``; unchanged otherwise). ``key`` drives dropout when ``train``."""
         L = self.L
         key = self._dropout_key(key, train, self.dropout)
-        x = self._prepare(params, X)
+        x = C.to_layout(self._prepare(params, X), self.layout)
         bn = dict(train=bool(train), momentum=self.bn_momentum, eps=self.bn_eps)
+        conv = dict(stride=1, pad=self.pad, impl=self.conv_impl, layout=self.layout)
         new_state: dict[str, dict[str, jax.Array]] = {}
         convs, fcs = self.layer_names()
         names = iter(convs)
@@ -162,12 +165,15 @@ class VGGNet(C.Model):
                     s = state[name]
                     x, rm, rv = L.conv_bn_relu(
                         x, p["w"], p["b"], p["gamma"], p["beta"], s["running_mean"],
-                        s["running_var"], stride=1, pad=self.pad, impl=self.conv_impl, **bn,
+                        s["running_var"], **conv, **bn,
                     )  # fmt: skip
                     new_state[name] = {"running_mean": rm, "running_var": rv}
                 else:
-                    x = L.conv_relu(x, p["w"], p["b"], stride=1, pad=self.pad, impl=self.conv_impl)
-            x = L.max_pool2d(x, pool_height=2, pool_width=2, stride=2, impl=self.pool_impl)
+                    x = L.conv_relu(x, p["w"], p["b"], **conv)
+            x = L.max_pool2d(
+                x, pool_height=2, pool_width=2, stride=2, impl=self.pool_impl, layout=self.layout
+            )
+        x = C.from_layout(x, self.layout)
         for k, name in enumerate(fcs, start=1):
             p = params[name]
             if self.use_batchnorm:
