@@ -37,6 +37,17 @@ def cache_dataclass(*, static: tuple[str, ...] = ()) -> Callable[[type], type]:
     return wrap
 
 
+@jax.tree_util.register_static
+@dataclasses.dataclass(frozen=True)
+class _Dtypes:
+    dtypes: tuple
+
+
+def _dtype_of(a):
+    dtype = getattr(a, "dtype", None)
+    return dtype if dtype is not None and jax.numpy.issubdtype(dtype, jax.numpy.floating) else None
+
+
 def with_vjp(forward: Callable[..., tuple[Any, Any]], backward: Callable[[Any, Any], tuple]):
     """Bind ``forward``/``backward`` into ``f(*arrays, **static) -> out`` with that VJP.
 
@@ -53,10 +64,18 @@ def with_vjp(forward: Callable[..., tuple[Any, Any]], backward: Callable[[Any, A
             return forward(*arrays, **static)[0]
 
         def f_fwd(*arrays):
-            return forward(*arrays, **static)
+            out, cache = forward(*arrays, **static)
+            return out, (cache, _Dtypes(tuple(_dtype_of(a) for a in arrays)))
 
-        def f_bwd(cache, dout):
-            return tuple(backward(dout, cache))
+        def f_bwd(residual, dout):
+            cache, dtypes = residual
+            grads = tuple(backward(dout, cache))
+            # Each cotangent in its primal's dtype (e.g. float32 running statistics beside
+            # bfloat16 activations), as custom_vjp requires.
+            return tuple(
+                g if g is None or d is None else g.astype(d)
+                for g, d in zip(grads, dtypes.dtypes, strict=True)
+            )
 
         f.defvjp(f_fwd, f_bwd)
         return f

@@ -137,3 +137,20 @@ def test_spatial_batchnorm_nhwc_layout_matches_nchw_and_autodiff(train):
         names=("x", "gamma", "beta", "running_mean", "running_var"),
         numeric_tol=1e-6,
     )
+
+
+def test_bfloat16_activations_with_float32_statistics_and_parameters():
+    x = normal(13, 4, 3, 5, 5).astype(jnp.bfloat16)
+    g, b, rm, rv = (p.astype(jnp.float32) for p in _params(3))
+
+    def loss(x, g, b, rm, rv):
+        gb, bb = g.astype(jnp.bfloat16), b.astype(jnp.bfloat16)
+        out = L.spatial_batchnorm(x, gb, bb, rm, rv, train=False)[0]
+        return jnp.sum(out.astype(jnp.float32))
+
+    grads = jax.grad(loss, argnums=(0, 1, 2, 3, 4))(x, g, b, rm, rv)
+    assert [d.dtype for d in grads] == [jnp.bfloat16] + [jnp.float32] * 4
+    _, new_rm, new_rv = L.spatial_batchnorm(
+        x, g.astype(x.dtype), b.astype(x.dtype), rm, rv, train=True
+    )
+    assert new_rm.dtype == jnp.float32 and new_rv.dtype == jnp.float32
