@@ -16,8 +16,10 @@ install: $(BIN)/python
 install-test: $(BIN)/python
 	$(BIN)/pip install --quiet -e '.[test]'
 
+# DATA_DIR: a folder holding cifar-10-batches-py/ or cifar-10-python.tar.gz (default: $$JCNN_DATA_DIR,
+# else ~/.cache/jcnn, where the official archive is downloaded and checked if missing).
 run: install
-	$(BIN)/python -m experiments.bench_layers
+	$(BIN)/python -m experiments.vgg_cifar --flagfile=experiments/configs/vgg_seed.cfg $(if $(DATA_DIR),--data_dir=$(DATA_DIR))
 
 lint: install-test
 	$(BIN)/ruff check .

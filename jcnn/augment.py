@@ -17,11 +17,11 @@ minibatch inside the jitted step.
 
 from __future__ import annotations
 
-import operator
-
 import jax
 import jax.numpy as jnp
 from jax import lax
+
+from jcnn._validate import nonnegative_int
 
 __all__ = ["random_crop", "random_crop_flip", "random_flip"]
 
@@ -30,15 +30,7 @@ def _check(X, pad: int) -> tuple[jax.Array, int]:
     X = jnp.asarray(X)
     if X.ndim != 4:
         raise ValueError(f"X must be a batch of images (N, C, H, W), got shape {tuple(X.shape)}")
-    if isinstance(pad, bool):
-        raise ValueError(f"pad must be a non-negative int, got {pad!r}")
-    try:
-        pad = operator.index(pad)
-    except TypeError:
-        raise ValueError(f"pad must be a non-negative int, got {pad!r}") from None
-    if pad < 0:
-        raise ValueError(f"pad must be a non-negative int, got {pad!r}")
-    return X, pad
+    return X, nonnegative_int("pad", pad)
 
 
 def _crop(key: jax.Array, X: jax.Array, pad: int) -> jax.Array:

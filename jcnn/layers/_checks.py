@@ -2,8 +2,20 @@
 
 from __future__ import annotations
 
-import operator
 from typing import Any
+
+from jcnn._validate import choice as check_choice
+from jcnn._validate import nonnegative_int, positive_int
+
+__all__ = [
+    "check_choice",
+    "check_floating",
+    "check_labels",
+    "check_rank",
+    "check_shape",
+    "nonnegative_int",
+    "positive_int",
+]
 
 
 def check_rank(name: str, x: Any, ndim: int, layout: str = "") -> None:
@@ -23,31 +35,6 @@ def check_floating(name: str, x: Any) -> None:
 
     if not jnp.issubdtype(x.dtype, jnp.floating):
         raise ValueError(f"{name} must be a floating-point array, got dtype {x.dtype}")
-
-
-def positive_int(name: str, value: Any) -> int:
-    try:
-        v = operator.index(value)
-    except TypeError:
-        raise ValueError(f"{name} must be a positive int, got {value!r}") from None
-    if v <= 0:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
-    return v
-
-
-def nonnegative_int(name: str, value: Any) -> int:
-    try:
-        v = operator.index(value)
-    except TypeError:
-        raise ValueError(f"{name} must be a non-negative int, got {value!r}") from None
-    if v < 0:
-        raise ValueError(f"{name} must be a non-negative int, got {value!r}")
-    return v
-
-
-def check_choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        raise ValueError(f"{name} must be one of {choices}, got {value!r}")
 
 
 def check_labels(scores: Any, y: Any) -> None:

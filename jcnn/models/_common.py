@@ -11,7 +11,6 @@ and their autodiff twins.
 from __future__ import annotations
 
 import math
-import operator
 from collections.abc import Sequence
 from types import ModuleType
 from typing import Any
@@ -19,6 +18,8 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from jcnn._validate import choice, positive_int
 
 LAYERS = ("jcnn", "reference")
 CONV_IMPLS = ("naive", "im2col", "xla")
@@ -47,19 +48,6 @@ def resolve_layout(layout: str, conv_impl: str, pool_impl: str) -> str:
 
 
 # ------------------------------------------------------------------------- field checks
-
-
-def positive_int(name: str, value: Any) -> int:
-    """``value`` as a Python int > 0, or ValueError naming ``name``."""
-    if isinstance(value, bool):
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
-    try:
-        v = operator.index(value)
-    except TypeError:
-        raise ValueError(f"{name} must be a positive int, got {value!r}") from None
-    if v <= 0:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
-    return v
 
 
 def int_tuple(name: str, value: Any, *, allow_empty: bool = False) -> tuple[int, ...]:
@@ -115,12 +103,6 @@ def float_dtype(name: str, value: Any) -> np.dtype:
     if not jnp.issubdtype(dt, jnp.floating):
         raise ValueError(f"{name} must be a floating-point dtype, got {value!r}")
     return dt
-
-
-def choice(name: str, value: Any, choices: tuple[str, ...]) -> str:
-    if value not in choices:
-        raise ValueError(f"{name} must be one of {choices}, got {value!r}")
-    return value
 
 
 def to_layout(x: jax.Array, layout: str) -> jax.Array:
