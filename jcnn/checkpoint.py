@@ -1,31 +1,72 @@
-"""Checkpoints: a pytree of arrays as ``.npz`` plus a JSON sidecar, written atomically.
+"""Checkpoints: a pytree of arrays as ``.npz`` plus a JSON sidecar, written atomically and
+checksummed.
 
 ``save_checkpoint('run/epoch_003.npz', {'params': p, 'state': s, 'opt_state': o}, meta)``
 writes ``run/epoch_003.npz`` (one array per leaf, named by its '/'-joined key path, e.g.
 ``params/conv1_1/w`` or ``opt_state/0/mu/conv1_1/w``) and ``run/epoch_003.json`` (the
-metadata, plus the list of keys). Each file goes to a temporary file in the same folder,
-is flushed and fsync'ed, then moved into place with :func:`os.replace`, so a reader never
-sees half a checkpoint; the sidecar is written last, so its presence marks a complete one.
-No pickle anywhere: ``np.load(..., allow_pickle=False)``.
+metadata, the list of keys, the SHA-256 of the ``.npz`` bytes and the SHA-256 of the sidecar's
+own content). Each file goes to a temporary file in the same folder, is flushed and
+fsync'ed, moved into place with :func:`os.replace`, and the folder is fsync'ed; the sidecar
+is written last, so its presence marks a complete checkpoint. No pickle anywhere:
+``np.load(..., allow_pickle=False)``, plain JSON.
 
-``load_checkpoint(path, like_tree)`` rebuilds a pytree with the structure of ``like_tree``
-(e.g. a freshly initialised model and optimiser state), checking every leaf's shape and
-dtype, and returns ``(tree, metadata)``.
+``load_checkpoint(path, like_tree)`` verifies the checksums (a mismatch is a
+:class:`CorruptCheckpointError`), rebuilds a pytree with the structure of ``like_tree`` (e.g.
+a freshly initialised model and optimiser state), checking every leaf's shape and dtype, and
+returns ``(tree, metadata)``.
+
+For runs that resume: :func:`latest_checkpoint` finds the newest complete checkpoint of a
+folder whose checksums hold, moving corrupt ones aside (``*.corrupt``) with a warning, so the
+previous one is used; :func:`remove_stale_temporaries` deletes the temporary files a killed
+writer left behind.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
+import re
 import tempfile
+import warnings
+import zipfile
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
 import jax
 import numpy as np
 
-__all__ = ["flatten_tree", "key_path_name", "load_checkpoint", "save_checkpoint", "sidecar_path"]
+__all__ = [
+    "CorruptCheckpointError",
+    "CorruptCheckpointWarning",
+    "atomic_write",
+    "file_sha256",
+    "flatten_tree",
+    "key_path_name",
+    "latest_checkpoint",
+    "load_checkpoint",
+    "quarantine",
+    "read_sidecar",
+    "remove_stale_temporaries",
+    "save_checkpoint",
+    "sidecar_path",
+    "verify_checkpoint",
+]
+
+# Keys the writer adds to the sidecar (the caller's metadata must not use them).
+_NPZ_SHA, _META_SHA, _KEYS = "npz_sha256", "sidecar_sha256", "keys"
+# What a damaged .npz raises while it is opened or read.
+_READ_ERRORS = (OSError, EOFError, ValueError, zipfile.BadZipFile)
+
+
+class CorruptCheckpointError(ValueError):
+    """A checkpoint whose files are missing, unreadable or fail their checksum."""
+
+
+class CorruptCheckpointWarning(UserWarning):
+    """A corrupt checkpoint was found and moved aside; an older one is used instead."""
 
 
 def _key_name(k: Any) -> str:
@@ -71,11 +112,30 @@ def _npz_path(path: str | os.PathLike) -> Path:
     return p if p.suffix == ".npz" else p.with_name(p.name + ".npz")
 
 
-def _atomic_write(dest: Path, write) -> None:
+def _fsync_dir(directory: Path) -> None:
+    """Make a rename in ``directory`` durable where the platform allows it."""
+    with contextlib.suppress(OSError):
+        dir_fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+
+
+def _tmp_prefix(dest: Path) -> str:
+    return f".{dest.name}."
+
+
+def atomic_write(dest: str | os.PathLike, write: Callable[[Any], None]) -> None:
+    """Write ``dest`` atomically: ``write(f)`` fills a temporary file (opened ``w+b``) in the
+    same folder,
+    which is flushed, fsync'ed and renamed over ``dest``; then the folder is fsync'ed. A
+    reader (or a run killed at any moment) sees the old file or the new one, never half."""
+    dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=_tmp_prefix(dest), suffix=".tmp")
     try:
-        with os.fdopen(fd, "wb") as f:
+        with os.fdopen(fd, "w+b") as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
@@ -84,28 +144,19 @@ def _atomic_write(dest: Path, write) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
-    # Make the rename itself durable where the platform allows it.
-    with contextlib.suppress(OSError):
-        dir_fd = os.open(dest.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+    _fsync_dir(dest.parent)
 
 
-def save_checkpoint(
-    path: str | os.PathLike, tree: Any, metadata: dict[str, Any] | None = None
-) -> Path:
-    """Write ``tree`` to ``path`` (``.npz`` appended if missing) and ``metadata`` (JSON-able)
-    to the sidecar ``.json``, each atomically. Returns the ``.npz`` path."""
-    npz = _npz_path(path)
-    arrays = flatten_tree(tree)
-    meta = dict(metadata or {})
-    meta["keys"] = sorted(arrays)
-    text = json.dumps(meta, indent=1, sort_keys=True, allow_nan=True, default=_json_default)
-    _atomic_write(npz, lambda f: np.savez(f, **arrays))
-    _atomic_write(sidecar_path(npz), lambda f: f.write(text.encode()))
-    return npz
+_atomic_write = atomic_write  # the name earlier code used
+
+
+def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    """Hex SHA-256 of a file's bytes."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
 
 
 def _json_default(obj: Any) -> Any:
@@ -120,19 +171,113 @@ def _json_default(obj: Any) -> Any:
     raise TypeError(f"metadata value {obj!r} of type {type(obj).__name__} is not JSON-able")
 
 
-def load_checkpoint(path: str | os.PathLike, like_tree: Any) -> tuple[Any, dict[str, Any]]:
+def to_plain_json(obj: Any) -> Any:
+    """``obj`` as the plain JSON values a sidecar holds (tuples become lists, numpy scalars
+    Python numbers, dtypes their names), so that a value can be compared with a stored one."""
+    return json.loads(json.dumps(obj, allow_nan=True, default=_json_default))
+
+
+def _meta_digest(meta: dict[str, Any]) -> str:
+    body = {k: v for k, v in meta.items() if k != _META_SHA}
+    text = json.dumps(body, sort_keys=True, allow_nan=True, default=_json_default)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def save_checkpoint(
+    path: str | os.PathLike, tree: Any, metadata: dict[str, Any] | None = None
+) -> Path:
+    """Write ``tree`` to ``path`` (``.npz`` appended if missing) and ``metadata`` (JSON-able)
+    to the sidecar ``.json``, each atomically, the sidecar last. The sidecar also records
+    ``keys`` (the array names), ``npz_sha256`` (checksum of the ``.npz`` file as written)
+    and ``sidecar_sha256`` (of its own content). Returns the ``.npz`` path."""
+    npz = _npz_path(path)
+    arrays = flatten_tree(tree)
+    meta = dict(metadata or {})
+    clash = {_NPZ_SHA, _META_SHA} & set(meta)
+    if clash:
+        raise ValueError(f"metadata keys {sorted(clash)} are reserved for the checksums")
+    meta[_KEYS] = sorted(arrays)
+    digest: dict[str, str] = {}
+
+    def write_npz(f):
+        np.savez(f, **arrays)
+        f.flush()
+        # The checksum of the bytes as they are in the file (np.savez may seek back to
+        # patch the zip headers, so hash what landed, not what streamed past).
+        f.seek(0)
+        h = hashlib.sha256()
+        while block := f.read(1 << 20):
+            h.update(block)
+        digest["npz"] = h.hexdigest()
+
+    atomic_write(npz, write_npz)
+    meta[_NPZ_SHA] = digest["npz"]
+    meta[_META_SHA] = _meta_digest(meta)
+    text = json.dumps(meta, indent=1, sort_keys=True, allow_nan=True, default=_json_default)
+    atomic_write(sidecar_path(npz), lambda f: f.write(text.encode()))
+    return npz
+
+
+def read_sidecar(path: str | os.PathLike) -> dict[str, Any]:
+    """The metadata of the checkpoint at ``path``; :class:`CorruptCheckpointError` if the
+    sidecar is missing, is not JSON, or fails its own checksum."""
+    side = sidecar_path(path)
+    try:
+        meta = json.loads(side.read_text())
+    except FileNotFoundError:
+        raise CorruptCheckpointError(f"checkpoint {side} is missing (incomplete write?)") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CorruptCheckpointError(f"checkpoint sidecar {side} is unreadable: {e}") from None
+    if not isinstance(meta, dict):
+        raise CorruptCheckpointError(f"checkpoint sidecar {side} does not hold a JSON object")
+    if _META_SHA in meta and meta[_META_SHA] != _meta_digest(meta):
+        raise CorruptCheckpointError(f"checkpoint sidecar {side} fails its checksum")
+    return meta
+
+
+def verify_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """Check the sidecar and the ``.npz`` checksum of a checkpoint; returns its metadata or
+    raises :class:`CorruptCheckpointError` (checkpoints written before checksums existed
+    pass on the sidecar alone)."""
+    npz = _npz_path(path)
+    meta = read_sidecar(npz)
+    if not npz.is_file():
+        raise CorruptCheckpointError(f"checkpoint {npz} is missing (its sidecar exists)")
+    want = meta.get(_NPZ_SHA)
+    if want is not None:
+        got = file_sha256(npz)
+        if got != want:
+            raise CorruptCheckpointError(
+                f"checkpoint {npz} fails its checksum (sha256 {got[:12]}..., the sidecar "
+                f"recorded {want[:12]}...): truncated or corrupt"
+            )
+    return meta
+
+
+def load_checkpoint(
+    path: str | os.PathLike, like_tree: Any, *, verify: bool = True
+) -> tuple[Any, dict[str, Any]]:
     """Read a checkpoint written by :func:`save_checkpoint` into the structure of
     ``like_tree``; returns ``(tree, metadata)`` (metadata ``{}`` if the sidecar is missing).
 
-    Raises ValueError if a key of ``like_tree`` is missing from the file, if the file holds
-    keys ``like_tree`` lacks, or if a leaf's shape or dtype differs.
+    With ``verify`` (default) the checksums recorded in the sidecar are checked first:
+    :class:`CorruptCheckpointError` if they fail. Raises ValueError if a key of ``like_tree``
+    is missing from the file, if the file holds keys ``like_tree`` lacks, or if a leaf's
+    shape or dtype differs.
     """
     npz = _npz_path(path)
     if not npz.is_file():
         raise FileNotFoundError(f"no checkpoint at {npz}")
+    meta: dict[str, Any] = {}
+    if sidecar_path(npz).is_file():
+        meta = verify_checkpoint(npz) if verify else read_sidecar(npz)
     leaves, treedef = jax.tree_util.tree_flatten_with_path(like_tree)
     out = []
-    with np.load(npz, allow_pickle=False) as f:
+    try:
+        f = np.load(npz, allow_pickle=False)
+    except _READ_ERRORS as e:  # not a zip, truncated, ...
+        raise CorruptCheckpointError(f"checkpoint {npz} is unreadable: {e}") from None
+    with f:
         stored = set(f.files)
         names = [key_path_name(p) for p, _ in leaves]
         missing = [n for n in names if n not in stored]
@@ -144,7 +289,12 @@ def load_checkpoint(path: str | os.PathLike, like_tree: Any) -> tuple[Any, dict[
                 f"{'...' if len(extra) > 5 else ''}"
             )
         for name, (_, like) in zip(names, leaves, strict=True):
-            arr = f[name]
+            try:
+                arr = f[name]
+            except _READ_ERRORS as e:
+                raise CorruptCheckpointError(
+                    f"checkpoint {npz}: {name} is unreadable: {e}"
+                ) from None
             want_shape = tuple(np.shape(like))
             want_dtype = np.dtype(like.dtype if hasattr(like, "dtype") else np.asarray(like).dtype)
             if arr.shape != want_shape or arr.dtype != want_dtype:
@@ -153,8 +303,93 @@ def load_checkpoint(path: str | os.PathLike, like_tree: Any) -> tuple[Any, dict[
                     f"{want_dtype}{list(want_shape)}"
                 )
             out.append(arr)
-    meta: dict[str, Any] = {}
-    side = sidecar_path(npz)
-    if side.is_file():
-        meta = json.loads(side.read_text())
     return jax.tree_util.tree_unflatten(treedef, out), meta
+
+
+# ----------------------------------------------------------------------- runs that resume
+
+
+def quarantine(path: str | os.PathLike, reason: str) -> list[Path]:
+    """Move a checkpoint's files aside (``name.npz`` -> ``name.npz.corrupt``, likewise the
+    sidecar) with a :class:`CorruptCheckpointWarning`; returns the new paths."""
+    npz = _npz_path(path)
+    moved = []
+    for p in (sidecar_path(npz), npz):  # the sidecar first: without it the pair is incomplete
+        if p.exists():
+            dest = p.with_name(p.name + ".corrupt")
+            os.replace(p, dest)
+            moved.append(dest)
+    _fsync_dir(npz.parent)
+    warnings.warn(
+        f"{reason}; moved aside to {', '.join(m.name for m in moved) or '(nothing)'}",
+        CorruptCheckpointWarning,
+        stacklevel=3,
+    )
+    return moved
+
+
+def _complete(directory: Path, patterns: Iterable[str]) -> list[Path]:
+    """``.npz`` files matching ``patterns`` whose sidecar exists, plus sidecars whose
+    ``.npz`` is missing (both count as written-complete: the sidecar comes last)."""
+    found: set[Path] = set()
+    for pattern in patterns:
+        for npz in directory.glob(pattern):
+            if npz.suffix == ".npz" and sidecar_path(npz).is_file():
+                found.add(npz)
+        for side in directory.glob(pattern[: -len(".npz")] + ".json"):
+            found.add(side.with_suffix(".npz"))
+    return sorted(found)
+
+
+def _number(path: Path) -> int:
+    digits = re.findall(r"\d+", path.stem)
+    return int(digits[-1]) if digits else -1
+
+
+def latest_checkpoint(
+    directory: str | os.PathLike,
+    patterns: Iterable[str] = ("*.npz",),
+    *,
+    order: Callable[[Path, dict[str, Any]], Any] | None = None,
+) -> tuple[Path, dict[str, Any]] | None:
+    """The newest complete checkpoint of ``directory`` whose checksums hold, as ``(npz
+    path, metadata)``, or None.
+
+    Checkpoints are ordered by their metadata's ``iteration`` (then name) unless ``order``
+    (``(path, meta) -> sort key``) is given. Corrupt ones met on the way (unreadable sidecar,
+    missing ``.npz``, failed checksum) are moved aside with :func:`quarantine`, so the
+    previous checkpoint is the one returned.
+    """
+    directory = Path(directory)
+    if not directory.is_dir():
+        return None
+    candidates: list[tuple[Any, Path, dict[str, Any]]] = []
+    for npz in _complete(directory, tuple(patterns)):
+        try:
+            meta = read_sidecar(npz)
+        except CorruptCheckpointError as e:
+            quarantine(npz, f"corrupt checkpoint: {e}")
+            continue
+        key = order(npz, meta) if order else (meta.get("iteration", _number(npz)), npz.name)
+        candidates.append((key, npz, meta))
+    candidates.sort(key=lambda c: c[0], reverse=True)
+    for _, npz, _ in candidates:
+        try:
+            return npz, verify_checkpoint(npz)
+        except CorruptCheckpointError as e:
+            quarantine(npz, f"corrupt checkpoint: {e}; using the one before it")
+    return None
+
+
+def remove_stale_temporaries(directory: str | os.PathLike) -> list[Path]:
+    """Delete the temporary files (``.<name>.<random>.tmp``) that :func:`atomic_write` leaves
+    when its process is killed mid-write; returns what was removed."""
+    directory = Path(directory)
+    removed = []
+    if directory.is_dir():
+        for p in directory.glob(".*.tmp"):
+            if p.is_file():
+                with contextlib.suppress(FileNotFoundError):
+                    p.unlink()
+                    removed.append(p)
+    return removed

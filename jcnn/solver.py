@@ -26,7 +26,8 @@ How it maps onto the assignment:
   over fixed-size chunks (the last one zero-padded and cut off again), also compiled once.
 - Randomness: ``seed`` seeds the host generator (minibatches, accuracy subsamples) and the
   JAX key; the model is initialised from one half of the key and iteration ``t`` drops out
-  with ``jax.random.fold_in(dropout_key, t)``. Same seed, same run, bit for bit (on CPU).
+  with ``jax.random.fold_in(dropout_key, t)``. Same seed, same run, bit for bit (on CPU),
+  interrupted and resumed or not.
 - Augmentation: ``augment``, a function ``(key, X) -> X`` of the same shape (e.g.
   :func:`jcnn.augment.random_crop_flip`), transforms each minibatch inside the jitted step,
   before the loss, with its own key ``jax.random.fold_in(step_key, AUGMENT_FOLD)`` (the
@@ -38,18 +39,52 @@ How it maps onto the assignment:
 Hooks for experiments (no subclassing): ``on_iteration`` callables get ``(solver,
 iteration, loss)`` after every update (``iteration`` counts from 1; asking for them makes
 each step wait for its loss), ``on_epoch_end`` callables get ``(solver, epoch)`` after each
-accuracy check, when ``solver.eval_history[-1]`` holds that check's record. With
-``checkpoint_dir`` every epoch end writes ``epoch_{epoch:03d}.npz`` (params, state,
-opt_state) and its JSON sidecar (epoch, histories, configuration); see
-:mod:`jcnn.checkpoint`.
+accuracy check (and after that point's checkpoint), when ``solver.eval_history[-1]`` holds
+that check's record.
+
+Checkpoints and resuming (``checkpoint_dir``): every epoch end writes
+``epoch_{epoch:03d}.npz`` and, with ``checkpoint_every=k``, every k-th update in between
+writes ``step_{iteration:08d}.npz``; each with its JSON sidecar (see :mod:`jcnn.checkpoint`:
+atomic, checksummed). A checkpoint holds everything the run needs to continue bit for bit:
+params, state, opt_state, best_params/best_state and the dropout key (arrays), and the
+iteration/epoch counters, the host generator's state (``bit_generator.state``), every
+history, best_val_acc/best_epoch, the elapsed training time and the configuration (model
+hyper-parameters, solver settings, data sizes, ``run_config``) in the sidecar. The two
+newest checkpoints are always kept (so the previous one survives until the next is complete,
+and a corrupt newest one has a fallback); the last ``keep_checkpoints`` epoch ones too (0:
+every epoch's); other ones are deleted.
+
+``resume='auto'`` (the default): a Solver whose ``checkpoint_dir`` holds a checkpoint
+restores the newest one whose checksums hold when it is built (a corrupt one is moved aside
+with a :class:`~jcnn.checkpoint.CorruptCheckpointWarning` and the one before it is used),
+and :meth:`train` continues from there: a run killed at any moment and started again with
+the same arguments ends with exactly the parameters and histories of a run never
+interrupted. A checkpoint of a differently configured run (another model shape, seed,
+update rule, batch size, data size, ...) is a :class:`CheckpointMismatchError` naming what
+differs; ``num_epochs`` may change (to extend a run). ``resume=True`` insists on a
+checkpoint (FileNotFoundError without one); ``resume=False`` starts from scratch and refuses
+a ``checkpoint_dir`` that already holds checkpoints. :meth:`restore` restores one by hand.
+
+Numerics: each step also reports whether its loss and its updated parameters and state are
+finite; the flag is read back with the losses (no extra host sync), and the first bad step
+stops training with a :class:`NonFiniteLossError` naming the iteration. What was seen (the
+iteration, loss, learning rate, the minibatch's indices and labels, recent losses, the last
+good checkpoint) goes to ``err.report`` and, with a ``checkpoint_dir``, to
+``nonfinite.json`` beside it (``checkpoint_dir/../nonfinite.json``). Checkpoints are written
+only after the losses before them were checked, and never hold non-finite values. Under
+``jax.config.update('jax_debug_nans', True)`` JAX's own FloatingPointError (naming the
+primitive) is reported the same way.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
+import json
 import math
 import operator
 import os
+import re
 import time
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
@@ -60,7 +95,17 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jcnn.checkpoint import save_checkpoint
+from jcnn.checkpoint import (
+    atomic_write,
+    flatten_tree,
+    latest_checkpoint,
+    load_checkpoint,
+    remove_stale_temporaries,
+    save_checkpoint,
+    sidecar_path,
+    to_plain_json,
+    verify_checkpoint,
+)
 
 UPDATE_RULES = ("sgd", "sgd_momentum", "rmsprop", "adam")
 
@@ -76,6 +121,85 @@ _DEFAULTS: dict[str, dict[str, float]] = {
 }
 
 DATA_KEYS = ("X_train", "y_train", "X_val", "y_val")
+
+# Version of what a Solver checkpoint holds (arrays and sidecar keys); resume needs this one.
+CHECKPOINT_FORMAT = 2
+CHECKPOINT_PATTERNS = ("epoch_*.npz", "step_*.npz")
+_CHECKPOINT_NAME = re.compile(r"(epoch|step)_(\d+)\.npz")
+RESUME_CHOICES = (True, False, "auto")
+
+
+class NonFiniteLossError(FloatingPointError):
+    """Training met a non-finite loss (or an update that made the parameters or batchnorm
+    statistics non-finite). The message names the iteration; ``report`` holds what was seen
+    (iteration, loss, learning rate, the minibatch's indices and labels, ...) and
+    ``report_path`` the ``nonfinite.json`` it was written to (None without a
+    ``checkpoint_dir``)."""
+
+    def __init__(self, message: str, report: Mapping[str, Any] | None = None, report_path=None):
+        super().__init__(message)
+        self.report = dict(report or {})
+        self.report_path = report_path
+
+
+class CheckpointMismatchError(ValueError):
+    """The checkpoint to resume from was made by a differently configured run;
+    ``differences`` maps each differing setting (``'model.num_filters'``) to ``(in the
+    checkpoint, now)``."""
+
+    def __init__(self, message: str, differences: Mapping[str, tuple[Any, Any]]):
+        super().__init__(message)
+        self.differences = dict(differences)
+
+
+_ABSENT = "<absent>"
+
+
+def config_differences(saved: Any, current: Any, prefix: str = "") -> dict[str, tuple[Any, Any]]:
+    """``{'dotted.key': (saved, current)}`` for every leaf of two nested dicts of plain JSON
+    values that differs (a key only one side has counts as ``'<absent>'`` on the other)."""
+    if isinstance(saved, Mapping) and isinstance(current, Mapping):
+        out: dict[str, tuple[Any, Any]] = {}
+        for k in sorted(set(saved) | set(current), key=str):
+            out.update(
+                config_differences(saved.get(k, _ABSENT), current.get(k, _ABSENT), f"{prefix}{k}.")
+            )
+        return out
+    return {} if saved == current else {prefix.rstrip("."): (saved, current)}
+
+
+def describe_differences(differences: Mapping[str, tuple[Any, Any]], limit: int = 8) -> str:
+    """``'model.num_filters: [4] in the checkpoint, [8] now; ...'``."""
+    items = [
+        f"{k}: {json.dumps(a)} in the checkpoint, {json.dumps(b)} now"
+        for k, (a, b) in list(differences.items())[:limit]
+    ]
+    more = len(differences) - limit
+    return "; ".join(items) + (f"; and {more} more" if more > 0 else "")
+
+
+def _json_float(v: float) -> float | str:
+    """A float for strict JSON: NaN and infinities as the strings 'nan', 'inf', '-inf'."""
+    v = float(v)
+    return v if math.isfinite(v) else repr(v)
+
+
+def _all_finite(tree: Any) -> jax.Array:
+    """One boolean: every floating leaf of ``tree`` is finite (inside jit)."""
+    checks = [
+        jnp.all(jnp.isfinite(leaf))
+        for leaf in jax.tree_util.tree_leaves(tree)
+        if jnp.issubdtype(jnp.asarray(leaf).dtype, jnp.inexact)
+    ]
+    return jnp.all(jnp.stack(checks)) if checks else jnp.bool_(True)
+
+
+def _nonfinite_names(arrays: Mapping[str, np.ndarray]) -> list[str]:
+    return [
+        name
+        for name, a in arrays.items()
+        if np.issubdtype(a.dtype, np.inexact) and not np.isfinite(a).all()
+    ]
 
 
 def make_optimizer(
@@ -193,13 +317,20 @@ class Solver:
     model's ``input_dim``, integer labels in ``[0, num_classes)``); other keys are ignored.
     ``params``/``state`` start training from given values instead of ``model.init``.
     ``augment(key, X) -> X`` transforms each training minibatch inside the jitted step.
+    ``checkpoint_dir``, ``checkpoint_every``, ``keep_checkpoints``, ``resume``: checkpoints
+    and resuming (module docs); ``run_config`` (JSON-able, e.g. the command line's flags) is
+    recorded in every checkpoint's sidecar as ``run_config``.
 
     Attributes: ``params``, ``state``, ``opt_state``; ``epoch``; ``loss_history`` (one float
     per iteration), ``train_acc_history``, ``val_acc_history``, ``lr_history`` (the learning
     rate of the update just before each accuracy check), ``eval_history`` (one dict per
     check: epoch, iteration, train_acc, val_acc, lr, seconds); ``best_val_acc``,
     ``best_epoch``, ``best_params``, ``best_state``; ``iterations_per_epoch``,
-    ``num_iterations``; ``trace_counts`` (how often each jitted step was traced).
+    ``num_iterations``; ``trace_counts`` (how often each jitted step was traced);
+    ``iteration`` (updates done); ``resumed_from`` (None, or the checkpoint restored:
+    ``{'path', 'iteration', 'epoch', 'elapsed_s'}``); ``last_checkpoint`` (the newest
+    checkpoint written or restored); ``elapsed_s`` (seconds spent in :meth:`train`, over
+    every session of a resumed run).
     """
 
     def __init__(
@@ -217,6 +348,10 @@ class Solver:
         print_every: int = 10,
         verbose: bool = True,
         checkpoint_dir: str | os.PathLike | None = None,
+        checkpoint_every: int | None = None,
+        keep_checkpoints: int = 0,
+        resume: bool | str = "auto",
+        run_config: Mapping[str, Any] | None = None,
         seed: int = 0,
         params: Any = None,
         state: Any = None,
@@ -251,6 +386,27 @@ class Solver:
         self.print_every = _positive_int("print_every", print_every)
         self.verbose = bool(verbose)
         self.checkpoint_dir = None if checkpoint_dir is None else Path(checkpoint_dir)
+        self.checkpoint_every = (
+            None
+            if checkpoint_every is None
+            else _positive_int("checkpoint_every", checkpoint_every)
+        )
+        if isinstance(keep_checkpoints, bool) or not isinstance(keep_checkpoints, int | np.integer):
+            raise ValueError(f"keep_checkpoints must be an int >= 0, got {keep_checkpoints!r}")
+        if keep_checkpoints < 0:
+            raise ValueError(f"keep_checkpoints must be an int >= 0, got {keep_checkpoints!r}")
+        self.keep_checkpoints = int(keep_checkpoints)
+        if not any(resume is c or (isinstance(c, str) and resume == c) for c in RESUME_CHOICES):
+            raise ValueError(f"resume must be True, False or 'auto', got {resume!r}")
+        if resume is True and self.checkpoint_dir is None:
+            raise ValueError("resume=True needs a checkpoint_dir to resume from")
+        self.resume = resume
+        if run_config is not None and not isinstance(run_config, Mapping):
+            raise ValueError(f"run_config must be a dict or None, got {type(run_config).__name__}")
+        try:
+            self.run_config = None if run_config is None else to_plain_json(dict(run_config))
+        except TypeError as e:
+            raise ValueError(f"run_config must be JSON-able: {e}") from None
         if isinstance(seed, bool):
             raise ValueError(f"seed must be an int, got {seed!r}")
         try:
@@ -310,6 +466,9 @@ class Solver:
         self._train_step = self._build_train_step()
         self._eval_step = self._build_eval_step()
         self._reset()
+        self.resumed_from: dict[str, Any] | None = None
+        self.last_checkpoint: Path | None = None
+        self._resume_at_start()
 
     # ------------------------------------------------------------------------- set-up
 
@@ -359,7 +518,10 @@ class Solver:
             )
             updates, opt_state = optimizer.update(grads, opt_state, params)
             params = optax.apply_updates(params, updates)
-            return params, new_state, opt_state, loss
+            # Read back with the loss: no extra sync. A finite loss can still come with an
+            # update that overflowed, so the new parameters and statistics are checked too.
+            ok = jnp.isfinite(loss) & _all_finite((params, new_state))
+            return params, new_state, opt_state, loss, ok
 
         return jax.jit(train_step, donate_argnums=(0, 1, 2))
 
@@ -386,7 +548,10 @@ class Solver:
         self.val_acc_history: list[float] = []
         self.lr_history: list[float] = []
         self.eval_history: list[dict[str, Any]] = []
-        self._pending_losses: list[jax.Array] = []
+        self.elapsed_s = 0.0
+        # (device loss, device finite flag, iteration (1-based), minibatch indices) of the
+        # updates whose loss has not been read back yet.
+        self._pending: list[tuple[jax.Array, jax.Array, int, np.ndarray]] = []
 
     # ------------------------------------------------------------------------ training
 
@@ -395,30 +560,46 @@ class Solver:
         return float(self.schedule(int(iteration)))
 
     def _flush_losses(self) -> None:
-        if self._pending_losses:
-            self.loss_history.extend(float(v) for v in jax.device_get(self._pending_losses))
-            self._pending_losses = []
+        """Read the pending losses back (one transfer) into ``loss_history``, checking each
+        step's finite flag: the first bad step raises :class:`NonFiniteLossError`."""
+        if not self._pending:
+            return
+        pending, self._pending = self._pending, []
+        values = jax.device_get([(loss, ok) for loss, ok, _, _ in pending])
+        for (loss, ok), (_, _, iteration, idx) in zip(values, pending, strict=True):
+            self.loss_history.append(float(loss))
+            if not bool(ok):
+                self._stop_nonfinite(iteration, float(loss), idx, detected_after=pending[-1][2])
 
-    def _sample_batch(self) -> tuple[np.ndarray, np.ndarray]:
-        idx = self._rng.choice(self.num_train, self.batch_size)
-        return np.asarray(self.X_train[idx], dtype=self._x_dtype), self.y_train[idx]
+    def _sample_indices(self) -> np.ndarray:
+        return self._rng.choice(self.num_train, self.batch_size)
 
     def _step(self) -> jax.Array:
-        """One update on a random minibatch; returns the (device) loss."""
-        X, y = self._sample_batch()
+        """One update on a random minibatch; returns the (device) loss, queued for reading
+        back with its finite flag."""
+        idx = self._sample_indices()
+        X, y = np.asarray(self.X_train[idx], dtype=self._x_dtype), self.y_train[idx]
         key = jax.random.fold_in(self._dropout_key, self.iteration)
-        self.params, self.state, self.opt_state, loss = self._train_step(
-            self.params, self.state, self.opt_state, X, y, key
-        )
+        try:
+            self.params, self.state, self.opt_state, loss, ok = self._train_step(
+                self.params, self.state, self.opt_state, X, y, key
+            )
+        except FloatingPointError as e:  # jax_debug_nans: JAX names the primitive
+            self._flush_losses()  # an earlier bad step is the one to report
+            self._stop_nonfinite(self.iteration + 1, float("nan"), idx, cause=e)
         self.iteration += 1
+        self._pending.append((loss, ok, self.iteration, idx))
         return loss
 
     def train(self) -> None:
-        """Run ``num_epochs`` epochs of ``iterations_per_epoch`` minibatch updates each."""
-        start = time.perf_counter()
-        for t in range(self.num_iterations):
-            loss = self._step()
-            self._pending_losses.append(loss)
+        """Run the remaining minibatch updates of the run: from ``self.iteration`` (0, or
+        where the restored checkpoint stopped) to ``num_iterations`` (``num_epochs`` epochs
+        of ``iterations_per_epoch``), then make the best parameters the current ones. A
+        finished run has nothing left to do. Raises :class:`NonFiniteLossError` at the first
+        non-finite step (see the module docs)."""
+        clock0 = time.perf_counter() - self.elapsed_s
+        for t in range(self.iteration, self.num_iterations):
+            self._step()
             if self.on_iteration:
                 self._flush_losses()
                 for hook in self.on_iteration:
@@ -432,14 +613,24 @@ class Solver:
             epoch_end = (t + 1) % self.iterations_per_epoch == 0
             if epoch_end:
                 self.epoch += 1
-            if t == 0 or t == self.num_iterations - 1 or epoch_end:
-                self._evaluate(time.perf_counter() - start, checkpoint=epoch_end)
+            evaluate = t == 0 or t == self.num_iterations - 1 or epoch_end
+            if evaluate:
+                self._evaluate(time.perf_counter() - clock0)
+            if self.checkpoint_dir is not None and (
+                epoch_end or (self.checkpoint_every and (t + 1) % self.checkpoint_every == 0)
+            ):
+                self.elapsed_s = time.perf_counter() - clock0
+                self.save_checkpoint()
+            if evaluate:
+                for hook in self.on_epoch_end:
+                    hook(self, self.epoch)
         self._flush_losses()
+        self.elapsed_s = time.perf_counter() - clock0
         if self.best_params is not None:
             self.params = _copy_tree(self.best_params)
             self.state = _copy_tree(self.best_state)
 
-    def _evaluate(self, elapsed: float, *, checkpoint: bool) -> None:
+    def _evaluate(self, elapsed: float) -> None:
         self._flush_losses()
         train_acc = self.check_accuracy(
             self.X_train, self.y_train, num_samples=self.num_train_samples
@@ -471,10 +662,66 @@ class Solver:
             self.best_epoch = self.epoch
             self.best_params = _copy_tree(self.params)
             self.best_state = _copy_tree(self.state)
-        if checkpoint and self.checkpoint_dir is not None:
-            self.save_checkpoint()
-        for hook in self.on_epoch_end:
-            hook(self, self.epoch)
+
+    # ------------------------------------------------------------------------ numerics
+
+    def nonfinite_report_path(self) -> Path | None:
+        """Where a non-finite step is reported: ``nonfinite.json`` beside the
+        ``checkpoint_dir`` (None without one)."""
+        return (
+            None if self.checkpoint_dir is None else self.checkpoint_dir.parent / "nonfinite.json"
+        )
+
+    def _stop_nonfinite(
+        self,
+        iteration: int,
+        loss: float,
+        idx: np.ndarray,
+        *,
+        detected_after: int | None = None,
+        cause: BaseException | None = None,
+    ) -> None:
+        lr = self.lr_at(iteration - 1)
+        epoch = (iteration - 1) // self.iterations_per_epoch + 1
+        what = "loss" if not math.isfinite(loss) else "parameters after the update (finite loss)"
+        idx = np.asarray(idx)
+        report = {
+            "error": f"non-finite {what}",
+            "iteration": iteration,
+            "epoch": epoch,
+            "num_iterations": self.num_iterations,
+            "loss": _json_float(loss),
+            "learning_rate": lr,
+            "batch_indices": idx.tolist(),
+            "batch_labels": self.y_train[idx].tolist(),
+            "recent_losses": [_json_float(v) for v in self.loss_history[-20:]],
+            "detected_after_iteration": iteration if detected_after is None else detected_after,
+            "last_good_checkpoint": None
+            if self.last_checkpoint is None
+            else str(self.last_checkpoint),
+            "update_rule": self.update_rule,
+            "optim_config": self.optim_config,
+            "seed": self.seed,
+            "jax_debug_nans": bool(jax.config.jax_debug_nans),
+            "cause": None if cause is None else f"{type(cause).__name__}: {cause}",
+            "time": dt.datetime.now().isoformat(timespec="seconds"),
+        }
+        path = self.nonfinite_report_path()
+        if path is not None:
+            text = json.dumps(report, indent=1) + "\n"
+            atomic_write(path, lambda f: f.write(text.encode()))
+        where = f"; details in {path}" if path is not None else ""
+        kept = (
+            f"; the last good checkpoint, {self.last_checkpoint}, is kept"
+            if self.last_checkpoint is not None
+            else ""
+        )
+        raise NonFiniteLossError(
+            f"non-finite {what} at iteration {iteration} / {self.num_iterations} (epoch {epoch}, "
+            f"learning rate {lr:g}, loss {loss!r}): training stopped{where}{kept}",
+            report,
+            path,
+        ) from cause
 
     # ---------------------------------------------------------------------- evaluation
 
@@ -521,12 +768,39 @@ class Solver:
 
     # ---------------------------------------------------------------------- checkpoints
 
-    def checkpoint_metadata(self) -> dict[str, Any]:
-        """What the JSON sidecar of a checkpoint records."""
-        self._flush_losses()
+    def _identity(self) -> dict[str, Any]:
+        """The settings a checkpoint must share with this Solver to be resumed (as plain
+        JSON): the model's hyper-parameters, the solver's (but ``num_epochs``), the data."""
         model = self.model
         model_config = dataclasses.asdict(model) if dataclasses.is_dataclass(model) else {}
+        return to_plain_json(
+            {
+                "model": {"class": type(model).__name__, **model_config},
+                "solver": {
+                    "update_rule": self.update_rule,
+                    "optim_config": self.optim_config,
+                    "lr_decay": self.lr_decay,
+                    "batch_size": self.batch_size,
+                    "num_train_samples": self.num_train_samples,
+                    "num_val_samples": self.num_val_samples,
+                    "seed": self.seed,
+                    "augment": None if self.augment is None else _name(self.augment),
+                },
+                "data": {
+                    "num_train": int(self.num_train),
+                    "num_val": int(self.X_val.shape[0]),
+                    "image_shape": list(self.X_train.shape[1:]),
+                    "dtype": self._x_dtype.name,
+                },
+            }
+        )
+
+    def checkpoint_metadata(self) -> dict[str, Any]:
+        """What the JSON sidecar of a checkpoint records (reads pending losses back first)."""
+        self._flush_losses()
+        identity = self._identity()
         return {
+            "format": CHECKPOINT_FORMAT,
             "epoch": self.epoch,
             "iteration": self.iteration,
             "num_epochs": self.num_epochs,
@@ -536,31 +810,186 @@ class Solver:
             "train_acc_history": self.train_acc_history,
             "val_acc_history": self.val_acc_history,
             "lr_history": self.lr_history,
+            "eval_history": self.eval_history,
             "best_val_acc": self.best_val_acc,
             "best_epoch": self.best_epoch,
-            "model": {"class": type(model).__name__, **model_config},
-            "solver": {
-                "update_rule": self.update_rule,
-                "optim_config": self.optim_config,
-                "lr_decay": self.lr_decay,
-                "batch_size": self.batch_size,
-                "num_epochs": self.num_epochs,
-                "num_train_samples": self.num_train_samples,
-                "num_val_samples": self.num_val_samples,
-                "seed": self.seed,
-                "augment": None if self.augment is None else _name(self.augment),
-            },
+            "has_best": self.best_params is not None,
+            "host_rng": self._rng.bit_generator.state,
+            "elapsed_s": self.elapsed_s,
+            "model": identity["model"],
+            "solver": {**identity["solver"], "num_epochs": self.num_epochs},
+            "data": identity["data"],
+            "run_config": self.run_config,
             "jax_version": jax.__version__,
         }
 
     def checkpoint_tree(self) -> dict[str, Any]:
-        """The arrays a checkpoint holds: ``{'params', 'state', 'opt_state'}``."""
-        return {"params": self.params, "state": self.state, "opt_state": self.opt_state}
+        """The arrays a checkpoint holds: ``{'params', 'state', 'opt_state', 'best_params',
+        'best_state', 'rng': {'dropout_key'}}`` (best = current before the first check)."""
+        best = self.best_params is not None
+        return {
+            "params": self.params,
+            "state": self.state,
+            "opt_state": self.opt_state,
+            "best_params": self.best_params if best else self.params,
+            "best_state": self.best_state if best else self.state,
+            "rng": {"dropout_key": jax.random.key_data(self._dropout_key)},
+        }
+
+    def _default_checkpoint_path(self) -> Path:
+        if self.checkpoint_dir is None:
+            raise ValueError("no path given and the solver has no checkpoint_dir")
+        if self.iteration % self.iterations_per_epoch == 0:
+            return (
+                self.checkpoint_dir / f"epoch_{self.iteration // self.iterations_per_epoch:03d}.npz"
+            )
+        return self.checkpoint_dir / f"step_{self.iteration:08d}.npz"
 
     def save_checkpoint(self, path: str | os.PathLike | None = None) -> Path:
-        """Write the current checkpoint (default ``checkpoint_dir/epoch_{epoch:03d}.npz``)."""
+        """Write the current checkpoint (default ``checkpoint_dir/epoch_{epoch:03d}.npz`` at
+        an epoch end, else ``step_{iteration:08d}.npz``, then prune old ones). Pending losses
+        are checked first, and non-finite arrays are never written: both raise
+        :class:`NonFiniteLossError`."""
+        meta = self.checkpoint_metadata()  # reads the pending losses back: may raise
+        host = jax.device_get(self.checkpoint_tree())
+        bad = _nonfinite_names(flatten_tree(host))
+        if bad:
+            raise NonFiniteLossError(
+                f"refusing to checkpoint non-finite values at iteration {self.iteration}: "
+                f"{bad[:5]}{'...' if len(bad) > 5 else ''}"
+            )
+        default = path is None
+        out = save_checkpoint(self._default_checkpoint_path() if default else path, host, meta)
+        self.last_checkpoint = out
+        if default:
+            self._prune_checkpoints()
+        return out
+
+    def _checkpoints_on_disk(self) -> list[tuple[int, str, Path]]:
+        """``(iteration, kind, npz)`` of the complete checkpoints in ``checkpoint_dir``."""
+        out = []
+        if self.checkpoint_dir is not None and self.checkpoint_dir.is_dir():
+            for pattern in CHECKPOINT_PATTERNS:
+                for npz in self.checkpoint_dir.glob(pattern):
+                    m = _CHECKPOINT_NAME.fullmatch(npz.name)
+                    if m and sidecar_path(npz).is_file():
+                        n = int(m.group(2))
+                        it = n * self.iterations_per_epoch if m.group(1) == "epoch" else n
+                        out.append((it, m.group(1), npz))
+        return sorted(out)
+
+    def _prune_checkpoints(self) -> None:
+        """Keep the newest ``keep_checkpoints`` epoch checkpoints (all if 0), the newest
+        checkpoint, and at least one before it (so a corrupt newest one has a fallback);
+        delete the rest, each sidecar first (the sidecar marks a checkpoint complete)."""
+        found = [npz for _, _, npz in self._checkpoints_on_disk()]
+        epochs = [npz for npz in found if npz.name.startswith("epoch_")]
+        keep = set(epochs[-self.keep_checkpoints :] if self.keep_checkpoints else epochs)
+        keep.update(found[-1:])
+        for npz in reversed(found):
+            if len(keep) >= 2:
+                break
+            keep.add(npz)
+        for npz in found:
+            if npz not in keep:
+                sidecar_path(npz).unlink(missing_ok=True)
+                npz.unlink(missing_ok=True)
+
+    # ------------------------------------------------------------------------- resuming
+
+    def _resume_at_start(self) -> None:
+        if self.checkpoint_dir is None:
+            return
+        if self.resume is False:
+            if self._checkpoints_on_disk():
+                raise ValueError(
+                    f"checkpoint_dir {self.checkpoint_dir} already holds checkpoints; with "
+                    "resume=False the solver would mix two runs: empty it, choose another "
+                    "checkpoint_dir, or pass resume='auto' to continue from them"
+                )
+            return
+        found = latest_checkpoint(self.checkpoint_dir, CHECKPOINT_PATTERNS)
+        if found is None:
+            if self.resume is True:
+                raise FileNotFoundError(
+                    f"resume=True, but {self.checkpoint_dir} holds no complete checkpoint"
+                )
+            return
+        self._restore(*found)
+
+    def restore(self, path: str | os.PathLike | None = None) -> Path:
+        """Restore a checkpoint written by :meth:`save_checkpoint` (default: the newest good
+        one in ``checkpoint_dir``): parameters, optimiser state, best parameters, counters,
+        histories and both random generators, so that :meth:`train` continues the run
+        exactly. Raises :class:`CheckpointMismatchError` if it belongs to a differently
+        configured run, :class:`~jcnn.checkpoint.CorruptCheckpointError` if its checksums
+        fail. Returns its path."""
         if path is None:
             if self.checkpoint_dir is None:
                 raise ValueError("no path given and the solver has no checkpoint_dir")
-            path = self.checkpoint_dir / f"epoch_{self.epoch:03d}.npz"
-        return save_checkpoint(path, self.checkpoint_tree(), self.checkpoint_metadata())
+            found = latest_checkpoint(self.checkpoint_dir, CHECKPOINT_PATTERNS)
+            if found is None:
+                raise FileNotFoundError(f"{self.checkpoint_dir} holds no complete checkpoint")
+            return self._restore(*found)
+        npz = Path(path)
+        npz = npz if npz.suffix == ".npz" else npz.with_name(npz.name + ".npz")
+        return self._restore(npz, verify_checkpoint(npz))
+
+    def _restore(self, npz: Path, meta: Mapping[str, Any]) -> Path:
+        if meta.get("format") != CHECKPOINT_FORMAT:
+            raise ValueError(
+                f"checkpoint {npz} has format {meta.get('format')!r}, not {CHECKPOINT_FORMAT}: "
+                "it was written by another jcnn version and lacks what resuming needs"
+            )
+        saved = {k: meta.get(k) for k in ("model", "solver", "data")}
+        saved["solver"] = {k: v for k, v in (saved["solver"] or {}).items() if k != "num_epochs"}
+        differences = config_differences(saved, self._identity())
+        if differences:
+            raise CheckpointMismatchError(
+                f"checkpoint {npz} was made by a differently configured run: "
+                f"{describe_differences(differences)}. Resume with the settings it was made "
+                "with, or start the new run in another checkpoint_dir",
+                differences,
+            )
+        tree, _ = load_checkpoint(npz, self.checkpoint_tree(), verify=False)
+        self.params = _copy_tree(tree["params"])
+        self.state = _copy_tree(tree["state"])
+        self.opt_state = _copy_tree(tree["opt_state"])
+        if meta["has_best"]:
+            self.best_params = _copy_tree(tree["best_params"])
+            self.best_state = _copy_tree(tree["best_state"])
+        else:
+            self.best_params = self.best_state = None
+        self._dropout_key = jax.random.wrap_key_data(
+            jnp.asarray(tree["rng"]["dropout_key"]), impl=jax.random.key_impl(self._dropout_key)
+        )
+        rng = np.random.default_rng()
+        rng.bit_generator.state = meta["host_rng"]
+        self._rng = rng
+        self.iteration = int(meta["iteration"])
+        self.epoch = int(meta["epoch"])
+        self.loss_history = [float(v) for v in meta["loss_history"]]
+        self.train_acc_history = [float(v) for v in meta["train_acc_history"]]
+        self.val_acc_history = [float(v) for v in meta["val_acc_history"]]
+        self.lr_history = [float(v) for v in meta["lr_history"]]
+        self.eval_history = [dict(r) for r in meta["eval_history"]]
+        self.best_val_acc = float(meta["best_val_acc"])
+        self.best_epoch = meta["best_epoch"]
+        self.elapsed_s = float(meta["elapsed_s"])
+        self._pending = []
+        self.last_checkpoint = npz
+        self.resumed_from = {
+            "path": str(npz),
+            "iteration": self.iteration,
+            "epoch": self.epoch,
+            "elapsed_s": self.elapsed_s,
+        }
+        if self.checkpoint_dir is not None:
+            remove_stale_temporaries(self.checkpoint_dir)
+        if self.verbose:
+            print(
+                f"(Resuming from {npz}: iteration {self.iteration} / {self.num_iterations}, "
+                f"epoch {self.epoch} / {self.num_epochs})",
+                flush=True,
+            )
+        return npz

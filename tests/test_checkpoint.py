@@ -84,3 +84,47 @@ def test_keys_must_be_path_safe(tmp_path):
     with pytest.raises(ValueError, match="'a/b'"):
         ck.save_checkpoint(tmp_path / "c", {"a/b": jnp.zeros(1)})
     assert ck.flatten_tree({"x": [jnp.ones(1), {"y": jnp.zeros(2)}]}).keys() == {"x/0", "x/1/y"}
+
+
+def test_checksums_catch_truncation_and_tampering(tmp_path):
+    tree = _tree()
+    path = ck.save_checkpoint(tmp_path / "c", tree, {"iteration": 3})
+    meta = ck.verify_checkpoint(path)
+    assert meta["npz_sha256"] == ck.file_sha256(path) and len(meta["sidecar_sha256"]) == 64
+    good = path.read_bytes()
+    path.write_bytes(good[: len(good) // 2])
+    with pytest.raises(ck.CorruptCheckpointError, match="fails its checksum"):
+        ck.load_checkpoint(path, tree)
+    with pytest.raises(ck.CorruptCheckpointError, match="unreadable"):
+        ck.load_checkpoint(path, tree, verify=False)  # not even a zip any more
+    path.write_bytes(good)
+    side = ck.sidecar_path(path)
+    side.write_text(side.read_text().replace('"iteration": 3', '"iteration": 4'))
+    with pytest.raises(ck.CorruptCheckpointError, match="sidecar .* fails its checksum"):
+        ck.load_checkpoint(path, tree)
+    side.write_text("{ truncated")
+    with pytest.raises(ck.CorruptCheckpointError, match="unreadable"):
+        ck.verify_checkpoint(path)
+    with pytest.raises(ValueError, match="reserved"):
+        ck.save_checkpoint(tmp_path / "d", tree, {"npz_sha256": "x"})
+
+
+def test_latest_checkpoint_skips_and_sets_aside_corrupt_ones(tmp_path):
+    tree = _tree()
+    for it in (2, 4, 6):
+        ck.save_checkpoint(tmp_path / f"step_{it}", tree, {"iteration": it})
+    (tmp_path / "step_8.npz").write_bytes(b"no sidecar: an incomplete write, ignored")
+    assert ck.latest_checkpoint(tmp_path)[1]["iteration"] == 6
+    (tmp_path / "step_6.npz").write_bytes(b"garbage")
+    with pytest.warns(ck.CorruptCheckpointWarning, match="step_6.npz fails its checksum"):
+        path, meta = ck.latest_checkpoint(tmp_path)
+    assert path == tmp_path / "step_4.npz" and meta["iteration"] == 4
+    assert (tmp_path / "step_6.npz.corrupt").is_file() and not (tmp_path / "step_6.json").exists()
+    assert ck.latest_checkpoint(tmp_path / "missing") is None
+
+
+def test_stale_temporaries_are_removed(tmp_path):
+    (tmp_path / ".epoch_001.npz.x1y2.tmp").write_bytes(b"half")
+    (tmp_path / "keep.npz").write_bytes(b"x")
+    assert [p.name for p in ck.remove_stale_temporaries(tmp_path)] == [".epoch_001.npz.x1y2.tmp"]
+    assert [p.name for p in tmp_path.iterdir()] == ["keep.npz"]

@@ -1,0 +1,298 @@
+"""Resumable training: a run stopped at any moment and started again ends bit for bit where
+an uninterrupted run ends; what a checkpoint holds; corrupt and mismatched checkpoints."""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+import subprocess
+import time
+import warnings
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+
+from jcnn.checkpoint import CorruptCheckpointWarning, load_checkpoint, verify_checkpoint
+from jcnn.models import VGGNet
+from jcnn.solver import CheckpointMismatchError, Solver
+from tests.experiments.util import PYTHON, ROOT, subprocess_env
+from tests.models.util import synthetic_data
+
+SHAPE = (3, 8, 8)
+N_TRAIN, N_VAL, BATCH = 40, 15, 10  # 4 iterations per epoch
+EPOCHS = 3  # 12 iterations
+MODEL = VGGNet(
+    input_dim=SHAPE, num_filters=(4,), blocks=(1,), hidden_dims=(8,), dropout=0.3, reg=1e-3
+)
+DATA = synthetic_data(N_TRAIN, N_VAL, shape=SHAPE)
+
+
+class Crash(Exception):
+    """Stands for the process dying: whatever is on disk is all that survives."""
+
+
+def make(checkpoint_dir=None, *, model=MODEL, crash_at=None, **overrides):
+    def hook(solver, iteration, loss):
+        if iteration == crash_at:
+            raise Crash(iteration)
+
+    kw = dict(
+        update_rule="adam", optim_config={"learning_rate": 1e-2}, lr_decay=0.9,
+        batch_size=BATCH, num_epochs=EPOCHS, num_train_samples=20, num_val_samples=10,
+        print_every=100, verbose=False, seed=5, checkpoint_dir=checkpoint_dir,
+        checkpoint_every=3, on_iteration=hook,
+    )  # fmt: skip
+    kw.update(overrides)
+    return Solver(model, DATA, **kw)
+
+
+def leaves(tree):
+    return jax.tree_util.tree_leaves(jax.device_get(tree))
+
+
+def assert_same_run(a: Solver, b: Solver) -> None:
+    """Bit for bit: every array, counter, history and the host generator's state."""
+    ta, tb = a.checkpoint_tree(), b.checkpoint_tree()
+    assert jax.tree_util.tree_structure(ta) == jax.tree_util.tree_structure(tb)
+    for x, y in zip(leaves(ta), leaves(tb), strict=True):
+        assert x.dtype == y.dtype and np.array_equal(x, y)
+    for x, y in zip(leaves((a.params, a.state)), leaves((b.params, b.state)), strict=True):
+        assert np.array_equal(x, y)
+    assert (a.iteration, a.epoch) == (b.iteration, b.epoch)
+    assert a.loss_history == b.loss_history
+    assert a.train_acc_history == b.train_acc_history
+    assert a.val_acc_history == b.val_acc_history
+    assert a.lr_history == b.lr_history
+    no_time = [[{k: v for k, v in r.items() if k != "seconds"} for r in s.eval_history]
+               for s in (a, b)]  # fmt: skip
+    assert no_time[0] == no_time[1]
+    assert (a.best_val_acc, a.best_epoch) == (b.best_val_acc, b.best_epoch)
+    assert a._rng.bit_generator.state == b._rng.bit_generator.state
+
+
+def names(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir())
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """The uninterrupted run, checkpointing as the others do."""
+    ckpt = tmp_path_factory.mktemp("reference")
+    solver = make(ckpt)
+    solver.train()
+    return solver, ckpt
+
+
+@pytest.fixture(scope="module")
+def crashed(tmp_path_factory):
+    """A run that died just after iteration 10 (its last checkpoint: iteration 9)."""
+    ckpt = tmp_path_factory.mktemp("crashed")
+    with pytest.raises(Crash):
+        make(ckpt, crash_at=10).train()
+    return ckpt
+
+
+def test_checkpoints_kept_and_pruned(reference, crashed):
+    # Every 3 iterations and every epoch end (4): steps 3, 6, 9 and epochs 1, 2, 3. Epoch
+    # checkpoints are all kept (keep_checkpoints=0); a step one only while among the newest 2.
+    assert names(crashed) == [
+        "epoch_001.json", "epoch_001.npz", "epoch_002.json", "epoch_002.npz",
+        "step_00000009.json", "step_00000009.npz",
+    ]  # fmt: skip
+    _, ckpt = reference
+    assert [p for p in names(ckpt) if p.endswith(".npz")] == [
+        "epoch_001.npz",
+        "epoch_002.npz",
+        "epoch_003.npz",
+    ]
+    assert not list(ckpt.glob(".*tmp"))
+
+
+def test_keep_checkpoints_keeps_the_last_epochs_and_always_the_newest_two(tmp_path):
+    solver = make(tmp_path, keep_checkpoints=1, checkpoint_every=1, num_epochs=2)
+    seen = []
+    solver.on_iteration.append(lambda s, it, loss: seen.append(names(tmp_path)))
+    solver.train()
+    for files in seen:
+        assert sum(f.endswith(".json") for f in files) <= 2
+    assert [p for p in names(tmp_path) if p.endswith(".npz")] == [
+        "epoch_002.npz",
+        "step_00000007.npz",
+    ]
+
+
+def test_a_checkpoint_holds_everything_to_continue(crashed):
+    path = crashed / "step_00000009.npz"
+    meta = verify_checkpoint(path)
+    assert meta["format"] == 2 and meta["iteration"] == 9 and meta["epoch"] == 2
+    assert len(meta["loss_history"]) == 9 and len(meta["eval_history"]) == 3
+    assert meta["host_rng"]["bit_generator"] == "PCG64"
+    assert isinstance(meta["host_rng"]["state"]["state"], int)
+    assert len(meta["npz_sha256"]) == 64 and meta["has_best"] is True
+    assert meta["model"]["num_filters"] == [4] and meta["solver"]["seed"] == 5
+    assert meta["data"] == {"num_train": 40, "num_val": 15, "image_shape": [3, 8, 8],
+                            "dtype": "float32"}  # fmt: skip
+    like = make(None).checkpoint_tree()
+    tree, _ = load_checkpoint(path, like)
+    assert set(tree) == {"params", "state", "opt_state", "best_params", "best_state", "rng"}
+    key = jax.random.key_data(jax.random.split(jax.random.key(5))[1])
+    np.testing.assert_array_equal(tree["rng"]["dropout_key"], key)
+
+
+def test_killed_run_resumes_bit_for_bit(reference, crashed, tmp_path):
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(crashed, ckpt)
+    solver = make(ckpt)  # the same arguments again
+    assert solver.resumed_from["iteration"] == 9 and solver.iteration == 9
+    assert solver.resumed_from["path"].endswith("step_00000009.npz")
+    assert len(solver.loss_history) == 9
+    solver.train()
+    assert_same_run(solver, reference[0])
+    assert names(ckpt) == names(reference[1])  # the same files in the end, too
+    assert solver.eval_history[-1]["seconds"] >= solver.resumed_from["elapsed_s"]
+
+
+def test_resume_prints_where_it_continues(crashed, tmp_path, capsys):
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(crashed, ckpt)
+    make(ckpt, verbose=True)
+    assert f"(Resuming from {ckpt / 'step_00000009.npz'}: iteration 9 / 12, epoch 2 / 3)" in (
+        capsys.readouterr().out
+    )
+
+
+def test_a_corrupt_checkpoint_is_set_aside_and_the_previous_one_used(reference, crashed, tmp_path):
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(crashed, ckpt)
+    newest = ckpt / "step_00000009.npz"
+    newest.write_bytes(newest.read_bytes()[:-100])  # truncated
+    (ckpt / ".step_00000012.npz.abc123.tmp").write_bytes(b"half a write")  # a killed writer
+    with pytest.warns(CorruptCheckpointWarning, match="step_00000009.npz fails its checksum"):
+        solver = make(ckpt)
+    assert solver.resumed_from["iteration"] == 8  # epoch_002
+    assert (ckpt / "step_00000009.npz.corrupt").is_file()
+    assert not (ckpt / "step_00000009.json").exists()
+    assert not list(ckpt.glob(".*.tmp"))
+    solver.train()
+    assert_same_run(solver, reference[0])
+
+
+def test_a_corrupt_sidecar_is_detected_too(crashed, tmp_path):
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(crashed, ckpt)
+    side = ckpt / "step_00000009.json"
+    meta = json.loads(side.read_text())
+    meta["iteration"] = 10  # valid JSON, wrong content
+    side.write_text(json.dumps(meta))
+    with pytest.warns(CorruptCheckpointWarning, match="fails its checksum"):
+        solver = make(ckpt)
+    assert solver.resumed_from["iteration"] == 8
+
+
+def test_more_epochs_extend_a_finished_run(reference, tmp_path):
+    make(tmp_path, num_epochs=2).train()
+    solver = make(tmp_path)  # num_epochs=3 now: may differ, the run continues
+    assert solver.resumed_from["iteration"] == 8
+    solver.train()
+    assert_same_run(solver, reference[0])
+
+
+def test_a_finished_run_resumes_to_its_end(reference):
+    solver, ckpt = reference
+    again = make(ckpt)
+    assert again.iteration == again.num_iterations
+    again.train()  # nothing left to do
+    assert_same_run(again, solver)
+    assert again.trace_counts["train_step"] == 0
+
+
+def test_a_differently_configured_run_is_refused_naming_the_difference(crashed):
+    other = VGGNet(
+        input_dim=SHAPE, num_filters=(6,), blocks=(1,), hidden_dims=(8,), dropout=0.3, reg=1e-3
+    )
+    with pytest.raises(CheckpointMismatchError, match=r"model\.num_filters: \[4\] in the chec"):
+        make(crashed, model=other)
+    with pytest.raises(CheckpointMismatchError) as info:
+        make(crashed, seed=6, batch_size=5)
+    assert info.value.differences == {"solver.batch_size": (10, 5), "solver.seed": (5, 6)}
+    assert isinstance(info.value, ValueError)
+
+
+def test_resume_modes(crashed, tmp_path):
+    with pytest.raises(ValueError, match="resume must be True, False or 'auto'"):
+        make(tmp_path, resume="yes")
+    with pytest.raises(ValueError, match="resume=True needs a checkpoint_dir"):
+        make(None, resume=True)
+    with pytest.raises(FileNotFoundError, match="holds no complete checkpoint"):
+        make(tmp_path / "empty", resume=True)
+    with pytest.raises(ValueError, match="already holds checkpoints"):
+        make(crashed, resume=False)
+    assert make(crashed, resume=True).iteration == 9
+    fresh = make(tmp_path / "new", resume=False)
+    assert fresh.iteration == 0 and fresh.resumed_from is None
+    with pytest.raises(ValueError, match="checkpoint_every"):
+        make(tmp_path, checkpoint_every=0)
+    with pytest.raises(ValueError, match="keep_checkpoints"):
+        make(tmp_path, keep_checkpoints=-1)
+
+
+def test_restore_by_hand(reference, crashed):
+    solver = make(None)
+    solver.restore(crashed / "epoch_001")
+    assert solver.iteration == 4 and solver.epoch == 1 and len(solver.eval_history) == 2
+    assert solver.last_checkpoint == crashed / "epoch_001.npz"
+
+
+# ------------------------------------------------------------------------ SIGKILL
+
+
+def _worker(ckpt: Path, result: Path, delay: float) -> list[str]:
+    return [PYTHON, str(ROOT / "tests" / "resume_worker.py"), str(ckpt), str(result), str(delay)]
+
+
+def test_sigkill_at_a_random_moment_then_the_same_command_again(tmp_path):
+    """A subprocess is killed (SIGKILL) at a random moment after its first checkpoint; the
+    same command run again resumes and ends with exactly the arrays and histories of an
+    uninterrupted run of the same command."""
+    env = subprocess_env()
+    opts = dict(cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    ckpt = tmp_path / "ckpt"
+    delay = 0.1  # per iteration: 18 iterations, the first checkpoint after 2
+    reference = subprocess.Popen(_worker(tmp_path / "ref_ckpt", tmp_path / "ref", 0.0), **opts)
+    victim = subprocess.Popen(_worker(ckpt, tmp_path / "run", delay), **opts)
+    deadline = time.monotonic() + 240
+    while not list(ckpt.glob("*.json")):
+        assert victim.poll() is None, victim.communicate()[1][-3000:]
+        assert time.monotonic() < deadline, "no checkpoint appeared"
+        time.sleep(0.01)
+    pause = random.uniform(0.0, 0.6)
+    time.sleep(pause)
+    victim.kill()  # SIGKILL
+    out, _ = victim.communicate()
+    assert victim.returncode == -9, f"the run ended before the kill ({pause=:.2f} s)"
+    assert not (tmp_path / "run.json").exists()
+    killed_at = max(int(line.split()[1]) for line in out.splitlines() if line.startswith("(It"))
+
+    again = subprocess.run(_worker(ckpt, tmp_path / "run", delay), timeout=240, **opts)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "(Resuming from" in again.stdout, again.stdout
+    ref_out, ref_err = reference.communicate(timeout=240)
+    assert reference.returncode == 0, ref_err[-3000:]
+
+    got = json.loads((tmp_path / "run.json").read_text())
+    want = json.loads((tmp_path / "ref.json").read_text())
+    resumed = got.pop("resumed_from")
+    assert want.pop("resumed_from") is None
+    assert 2 <= resumed["iteration"] <= killed_at < 18, (resumed, killed_at, pause)
+    assert got == want
+    with np.load(tmp_path / "run.npz") as a, np.load(tmp_path / "ref.npz") as b:
+        assert sorted(a.files) == sorted(b.files)
+        for k in a.files:
+            assert a[k].dtype == b[k].dtype and np.array_equal(a[k], b[k]), k
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # nothing corrupt: the kill never tears a checkpoint
+        for npz in ckpt.glob("*.npz"):
+            verify_checkpoint(npz)
