@@ -21,7 +21,18 @@ A run writes into its workdir, through one :class:`RunWriter` (only process 0 wr
     summary.json     final/best accuracies, test accuracy of the best parameters, timings
     loss.png, accuracy.png, filters.png   (after every epoch and at the end)
     checkpoints/     epoch_XXX.npz + .json from the Solver (the last --keep_checkpoints),
-                     best.npz + .json: the parameters with the best validation accuracy
+                     step_XXXXXXXX.npz + .json every --checkpoint_every iterations (the
+                     newest two checkpoints are always kept), best.npz + .json: the
+                     parameters with the best validation accuracy
+    nonfinite.json   only if training met a non-finite loss: the iteration, loss, learning
+                     rate and the minibatch's indices
+
+Crashes: running the same command again (same --workdir) resumes from the newest complete
+checkpoint whose checksums hold (a corrupt one is set aside with a warning and the one before
+it used) and ends exactly as an uninterrupted run would; metrics.jsonl is rewritten from the
+checkpoint's histories, so no line appears twice. A checkpoint made with other flags (those
+that shape the model or the training, see :data:`RESUME_MAY_DIFFER` for the rest) stops the
+app with one line naming them. ``--overwrite`` starts over instead.
 """
 
 from __future__ import annotations
@@ -48,6 +59,12 @@ from absl import flags
 UPDATE_RULES = ("sgd", "sgd_momentum", "rmsprop", "adam")
 CIFAR10_TRAIN, CIFAR10_TEST = 50_000, 10_000
 RESULT_FILES = ("metrics.jsonl", "summary.json")
+# Flags that may change when a run resumes: where things are, how often it reports and
+# checkpoints, how long it runs (more epochs extend it). Every other flag must match.
+RESUME_MAY_DIFFER = (
+    "workdir", "overwrite", "data_dir", "num_test", "num_epochs", "print_every",
+    "plot_every_epoch", "keep_checkpoints", "checkpoint_every", "debug_nans",
+)  # fmt: skip
 
 
 class IntListParser(flags.ListParser):
@@ -136,7 +153,7 @@ COMMON_FLAGS = (
     "weight_scale", "reg", "layers", "conv_impl", "pool_impl",
     "update_rule", "learning_rate", "lr_decay", "batch_size", "num_epochs", "seed",
     "augment", "augment_pad", "print_every", "num_train_samples", "num_val_samples",
-    "plot_every_epoch", "keep_checkpoints",
+    "plot_every_epoch", "keep_checkpoints", "checkpoint_every", "debug_nans",
 )  # fmt: skip
 
 
@@ -159,8 +176,9 @@ def define_common_flags(
         "workdir", None, "Where the run writes its files (default: runs/<app>-<timestamp>)."
     )
     D(flags.DEFINE_bool, flag_values=fv)(
-        "overwrite", False, "Allow a --workdir that already holds a run (its files are replaced)."
-    )
+        "overwrite", False, "Start over in a --workdir that already holds a run (its files are "
+        "replaced); without it, the run there resumes from its newest checkpoint.",
+    )  # fmt: skip
     D(flags.DEFINE_string, flag_values=fv)(
         "data_dir", None, "Folder holding cifar-10-batches-py/ (or where to download it); "
         "default $JCNN_DATA_DIR, else ~/.cache/jcnn.",
@@ -234,6 +252,14 @@ def define_common_flags(
     D(flags.DEFINE_integer, flag_values=fv)(
         "keep_checkpoints", 3, "Keep the last this many epoch checkpoints (0: all).",
         lower_bound=0,
+    )  # fmt: skip
+    D(flags.DEFINE_integer, flag_values=fv)(
+        "checkpoint_every", None, "Also checkpoint every this many iterations (default: at "
+        "epoch ends only); a crash loses at most this many.", lower_bound=1,
+    )  # fmt: skip
+    D(flags.DEFINE_bool, flag_values=fv)(
+        "debug_nans", False, "jax_debug_nans: stop at the first primitive that makes a NaN "
+        "(slow: every step is checked op by op).",
     )  # fmt: skip
 
     def split_fits(values: Mapping[str, Any]) -> bool:
@@ -326,7 +352,11 @@ class RunWriter:
         return self.path("checkpoints") if self.enabled else None
 
     def holds_run(self) -> bool:
-        return any(self.path(n).exists() for n in RESULT_FILES)
+        """Whether the workdir holds (part of) a run: result files or checkpoints."""
+        if any(self.path(n).exists() for n in RESULT_FILES):
+            return True
+        ckpt = self.path("checkpoints")
+        return ckpt.is_dir() and any(ckpt.glob("*.json"))
 
     def clear(self) -> None:
         """Remove the files of an earlier run (only those this module writes)."""
@@ -335,6 +365,7 @@ class RunWriter:
         for name in (
             *RESULT_FILES,
             "config.json",
+            "nonfinite.json",
             "flags.cfg",
             "loss.png",
             "accuracy.png",
@@ -344,7 +375,10 @@ class RunWriter:
         ckpt = self.path("checkpoints")
         if ckpt.is_dir():
             for f in ckpt.glob("*"):
-                if f.is_file() and f.suffix in (".npz", ".json"):
+                if f.is_file() and (
+                    f.suffix in (".npz", ".json", ".corrupt")
+                    or (f.name.startswith(".") and f.suffix == ".tmp")
+                ):
                     f.unlink()
 
     def _atomic(self, name: str, data: bytes) -> None:
@@ -415,6 +449,20 @@ def iteration_records(
     return out
 
 
+def history_records(solver: Any, print_every: int) -> list[dict[str, Any]]:
+    """Every metrics line of the solver's histories, in the order a run writes them (the
+    iteration lines up to each accuracy check, then the check's line): what metrics.jsonl
+    holds when the run resumes from a checkpoint."""
+    out: list[dict[str, Any]] = []
+    logged, ipe = 0, solver.iterations_per_epoch
+    for check in solver.eval_history:
+        upto = int(check["iteration"])
+        out += iteration_records(solver.loss_history[:upto], logged, print_every, ipe)
+        out.append(epoch_record(check))
+        logged = upto
+    return out + iteration_records(solver.loss_history, logged, print_every, ipe)
+
+
 def epoch_record(check: Mapping[str, Any]) -> dict[str, Any]:
     """The metrics line of one accuracy check (a ``Solver.eval_history`` entry)."""
     return {
@@ -468,22 +516,24 @@ def write_plots(writer: RunWriter, solver: Any) -> None:
 
 
 class RunLogger:
-    """The Solver's ``on_epoch_end`` hook: metrics lines, plots, checkpoint pruning, and the
-    time spent outside training steps (accuracy checks, checkpoints, plots), so that
-    images/s counts training only."""
+    """The Solver's ``on_epoch_end`` hook: metrics lines, plots, and the time spent outside
+    training steps (accuracy checks, checkpoints, plots), so that images/s counts training
+    only. (The Solver prunes its checkpoints itself.)"""
 
     def __init__(self, writer: RunWriter, config: Mapping[str, Any], *, plots: bool):
         self.writer = writer
         self.print_every = int(config["print_every"])
         self.plot_every_epoch = bool(config["plot_every_epoch"]) and plots
-        self.keep_checkpoints = int(config["keep_checkpoints"])
         self.logged = 0  # iterations of loss_history already considered
         self.t0 = 0.0
         self.overhead_s = 0.0
         self.eval_s = 0.0
 
-    def start(self) -> None:
-        self.t0 = time.perf_counter()
+    def start(self, solver: Any = None) -> None:
+        """Start the clock; a resumed solver's checks count time from the run's start."""
+        self.t0 = time.perf_counter() - (solver.elapsed_s if solver is not None else 0.0)
+        if solver is not None:
+            self.logged = len(solver.loss_history)
 
     def flush(self, solver: Any) -> None:
         records = iteration_records(
@@ -501,7 +551,6 @@ class RunLogger:
         self.writer.append_jsonl("metrics.jsonl", [epoch_record(check)])
         if self.plot_every_epoch:
             write_plots(self.writer, solver)
-        self.writer.prune_checkpoints(self.keep_checkpoints)
         self.overhead_s += time.perf_counter() - entered
 
     @property
@@ -541,6 +590,8 @@ def make_augment(config: Mapping[str, Any]) -> Callable | None:
 def solver_kwargs(config: Mapping[str, Any]) -> dict[str, Any]:
     """The Solver's keyword arguments for a run's config."""
     return dict(
+        checkpoint_every=config.get("checkpoint_every"),
+        keep_checkpoints=config.get("keep_checkpoints", 0),
         update_rule=config["update_rule"],
         optim_config={"learning_rate": config["learning_rate"]},
         lr_decay=config["lr_decay"],
@@ -590,8 +641,12 @@ def make_summary(
     config: Mapping[str, Any],
     test_acc: float | None,
     timings: Mapping[str, float],
+    start_iteration: int = 0,
 ) -> dict[str, Any]:
+    """The run's summary. Timings are this session's: for a resumed run (``start_iteration``
+    > 0), images/s counts the iterations trained since it resumed."""
     images = solver.num_iterations * solver.batch_size
+    images_now = (solver.iteration - start_iteration) * solver.batch_size
     train_s = timings["train_s"]
     return {
         "app": app_name,
@@ -607,11 +662,12 @@ def make_summary(
         "iterations_per_epoch": solver.iterations_per_epoch,
         "batch_size": solver.batch_size,
         "training_images_seen": images,
+        "resumed_from_iteration": start_iteration or None,
         "wall_time_s": round(timings["wall_s"], 3),
         "data_time_s": round(timings["data_s"], 3),
         "train_time_s": round(train_s, 3),
         "eval_time_s": round(timings["outside_training_s"], 3),
-        "images_per_s": round(images / train_s, 2) if train_s > 0 else None,
+        "images_per_s": round(images_now / train_s, 2) if train_s > 0 and images_now else None,
         "num_params": num_params(solver.params),
         "num_train": int(solver.num_train),
         "num_val": int(np.shape(solver.X_val)[0]),
@@ -631,8 +687,9 @@ def train_and_evaluate(
     app_name: str,
     data: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Load the data (unless given), train ``model`` with the Solver, evaluate the best
-    parameters on the test split, write every file of the run; returns the summary."""
+    """Load the data (unless given), train ``model`` with the Solver (resuming from the
+    workdir's newest checkpoint if it holds one), evaluate the best parameters on the test
+    split, write every file of the run; returns the summary."""
     from jcnn.solver import Solver
 
     t_start = time.perf_counter()
@@ -642,17 +699,6 @@ def train_and_evaluate(
     if data is None:
         data = load_data(config)
     data_s = time.perf_counter() - t_start
-    started = {
-        "app": app_name,
-        "started": dt.datetime.now().isoformat(timespec="seconds"),
-        "flags": dict(config),
-        "model": model_config(model),
-        "data": {k: list(np.shape(data[k])) for k in ("X_train", "X_val", "X_test") if k in data},
-        "jax_version": jax.__version__,
-        "device": describe_device(),
-        "host": describe_host(),
-    }
-    writer.write_json("config.json", started)
 
     logger = RunLogger(writer, config, plots=plots)
     solver = Solver(
@@ -661,8 +707,30 @@ def train_and_evaluate(
         checkpoint_dir=writer.checkpoint_dir,
         on_epoch_end=[logger],
         augment=make_augment(config),
+        resume="auto",
+        run_config=config,
         **solver_kwargs(config),
     )
+    start_iteration = solver.iteration
+    if solver.resumed_from is not None:
+        if solver.iteration >= solver.num_iterations and writer.path("summary.json").is_file():
+            print(f"{app_name}: the run in {writer.workdir} is complete; see summary.json")
+            return json.loads(writer.path("summary.json").read_text())
+        # The lines the checkpoint covers, exactly once; later ones are appended as usual.
+        lines = history_records(solver, int(config["print_every"]))
+        writer.write_text("metrics.jsonl", "".join(to_json(r) + "\n" for r in lines))
+    started = {
+        "app": app_name,
+        "started": dt.datetime.now().isoformat(timespec="seconds"),
+        "resumed_from": solver.resumed_from,
+        "flags": dict(config),
+        "model": model_config(model),
+        "data": {k: list(np.shape(data[k])) for k in ("X_train", "X_val", "X_test") if k in data},
+        "jax_version": jax.__version__,
+        "device": describe_device(),
+        "host": describe_host(),
+    }
+    writer.write_json("config.json", started)
     dev = describe_device()
     print(
         f"{app_name}: {type(model).__name__}, {num_params(solver.params):,} parameters; "
@@ -672,10 +740,17 @@ def train_and_evaluate(
         f"writing to {writer.workdir}",
         flush=True,
     )
-    logger.start()
-    solver.train()
-    train_wall = time.perf_counter() - logger.t0
-    logger.flush(solver)
+    session_start = time.perf_counter()
+    logger.start(solver)
+    debug_nans = jax.config.jax_debug_nans
+    if config.get("debug_nans"):
+        jax.config.update("jax_debug_nans", True)
+    try:
+        solver.train()
+    finally:
+        jax.config.update("jax_debug_nans", debug_nans)
+        logger.flush(solver)
+    train_wall = time.perf_counter() - session_start
 
     test_acc = None
     X_test = data.get("X_test")
@@ -701,8 +776,9 @@ def train_and_evaluate(
         "outside_training_s": logger.outside_training_s,
     }
     summary = make_summary(
-        solver, app_name=app_name, model=model, config=config, test_acc=test_acc, timings=timings
-    )
+        solver, app_name=app_name, model=model, config=config, test_acc=test_acc,
+        timings=timings, start_iteration=start_iteration,
+    )  # fmt: skip
     summary = json.loads(to_json(summary))  # plain JSON values, exactly what the file holds
     writer.write_json("summary.json", summary)
     test = "n/a" if test_acc is None else f"{test_acc:f}"
@@ -715,6 +791,60 @@ def train_and_evaluate(
     return summary
 
 
+def _flag_text(value: Any) -> str:
+    if isinstance(value, list):
+        return ",".join(str(v) for v in value)
+    return json.dumps(value) if value is None or isinstance(value, bool) else str(value)
+
+
+def check_resumable(writer: RunWriter, config: Mapping[str, Any]) -> Path | None:
+    """The checkpoint a rerun in ``writer``'s workdir resumes from (None: none, start over).
+
+    Stops the app with one line if the checkpoint was made with other flags (naming them),
+    or if the workdir holds a finished run without any checkpoint."""
+    from jcnn.checkpoint import latest_checkpoint
+    from jcnn.solver import CHECKPOINT_PATTERNS, config_differences
+
+    workdir = writer.workdir
+    found = latest_checkpoint(writer.path("checkpoints"), CHECKPOINT_PATTERNS)
+    if found is None:
+        if writer.path("summary.json").exists():
+            raise UsageFailure(
+                f"--workdir={workdir} holds a finished run and no checkpoint to resume from; "
+                "choose another --workdir or pass --overwrite"
+            )
+        print(f"{workdir} holds no complete checkpoint: starting the run over", flush=True)
+        writer.clear()
+        return None
+    path, meta = found
+    saved = meta.get("run_config")
+    if not isinstance(saved, Mapping):
+        raise UsageFailure(
+            f"--workdir={workdir}: checkpoint {path.name} records no flags, so it cannot be "
+            "resumed safely; choose another --workdir or pass --overwrite"
+        )
+    keep = [k for k in set(saved) | set(config) if k not in RESUME_MAY_DIFFER]
+    differences = config_differences(
+        {k: saved.get(k) for k in keep}, to_jsonable({k: config.get(k) for k in keep})
+    )
+    if differences:
+        listed = "; ".join(
+            f"--{k}={_flag_text(a)} there, --{k}={_flag_text(b)} now"
+            for k, (a, b) in sorted(differences.items())
+        )
+        raise UsageFailure(
+            f"--workdir={workdir} holds a run made with other flags ({listed}): rerun it with "
+            f"its flags (--flagfile={workdir / 'flags.cfg'}), or choose another --workdir, or "
+            "pass --overwrite to start over"
+        )
+    return path
+
+
+def to_jsonable(obj: Any) -> Any:
+    """``obj`` as the plain JSON values a checkpoint's sidecar holds."""
+    return json.loads(json.dumps(obj, default=_json_default, allow_nan=True))
+
+
 def main(
     argv: Sequence[str],
     *,
@@ -724,7 +854,13 @@ def main(
     fv: flags.FlagValues = flags.FLAGS,
 ) -> dict[str, Any]:
     """The body of an app's ``main``: checks that need more than the flag validators, then
-    :func:`train_and_evaluate`. Every problem found before training stops with one line."""
+    :func:`train_and_evaluate`. Every problem found before training stops with one line; so
+    does a non-finite loss (details in the workdir's nonfinite.json).
+
+    A ``--workdir`` that holds a run resumes it (after checking its flags), unless
+    ``--overwrite`` starts over."""
+    from jcnn.solver import CheckpointMismatchError, NonFiniteLossError
+
     if len(argv) > 1:
         raise UsageFailure(
             f"unexpected argument(s) {argv[1:]!r}: flags are written --name=value (in a "
@@ -738,12 +874,20 @@ def main(
     workdir = Path(config["workdir"]) if config["workdir"] else default_workdir(app_name)
     config["workdir"] = str(workdir)
     writer = RunWriter(workdir)
-    if writer.holds_run():
-        if not config["overwrite"]:
-            raise UsageFailure(
-                f"--workdir={workdir} already holds a run; choose another --workdir or pass "
-                "--overwrite"
-            )
+    if config["overwrite"]:
         writer.clear()
+    elif writer.holds_run():
+        resume_from = check_resumable(writer, config)
+        if resume_from is not None:
+            print(f"{app_name}: resuming the run in {workdir} from {resume_from}", flush=True)
     writer.write_text("flags.cfg", flagfile_text(fv, names))
-    return train_and_evaluate(config, model, writer, app_name=app_name)
+    try:
+        return train_and_evaluate(config, model, writer, app_name=app_name)
+    except CheckpointMismatchError as e:
+        raise UsageFailure(f"--workdir={workdir}: {e}; or pass --overwrite") from None
+    except NonFiniteLossError as e:
+        raise UsageFailure(
+            f"{e}. Running the same command again resumes from that checkpoint and meets the "
+            "same step: start over (--overwrite, or another --workdir) with, e.g., a lower "
+            "--learning_rate"
+        ) from e

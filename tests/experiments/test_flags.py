@@ -184,12 +184,23 @@ def test_malformed_flagfiles(tmp_path):
                    make_model=vgg_cifar.make_model, fv=fv)  # fmt: skip
 
 
-def test_existing_run_needs_overwrite(tmp_path):
+def test_finished_run_without_checkpoints_needs_overwrite(tmp_path):
     (tmp_path / "metrics.jsonl").write_text("{}\n")
+    (tmp_path / "summary.json").write_text("{}\n")
     fv = parse(vgg_cifar, f"--workdir={tmp_path}", "--data_dir=/nonexistent")
-    with pytest.raises(SystemExit, match="already holds a run.*--overwrite"):
+    with pytest.raises(SystemExit, match="holds a finished run and no checkpoint.*--overwrite"):
         train.main(["prog"], app_name="vgg_cifar", names=vgg_cifar.NAMES,
                    make_model=vgg_cifar.make_model, fv=fv)  # fmt: skip
+    assert (tmp_path / "summary.json").exists()  # nothing was touched
+
+
+def test_partial_run_without_checkpoints_starts_over(tmp_path):
+    (tmp_path / "metrics.jsonl").write_text("{}\n")  # killed before its first checkpoint
+    fv = parse(vgg_cifar, f"--workdir={tmp_path}", "--data_dir=/nonexistent")
+    with pytest.raises(SystemExit, match="could not load CIFAR-10"):  # got as far as the data
+        train.main(["prog"], app_name="vgg_cifar", names=vgg_cifar.NAMES,
+                   make_model=vgg_cifar.make_model, fv=fv)  # fmt: skip
+    assert not (tmp_path / "metrics.jsonl").exists()
 
 
 CLI_BAD = [

@@ -87,3 +87,28 @@ def test_solver_kwargs_map_the_flags():
     kw = train.solver_kwargs(cfg)
     assert kw["optim_config"] == {"learning_rate": 1e-3}
     assert kw["update_rule"] == "adam" and kw["lr_decay"] == 0.9 and kw["seed"] == 3
+
+
+def test_history_records_are_the_lines_a_run_writes_in_order():
+    from types import SimpleNamespace
+
+    checks = [{"epoch": e, "iteration": i, "train_acc": 0.5, "val_acc": 0.5, "lr": 1e-3,
+               "seconds": 1.0} for e, i in ((0, 1), (1, 4), (2, 8))]  # fmt: skip
+    solver = SimpleNamespace(
+        loss_history=[float(i) for i in range(1, 11)], eval_history=checks, iterations_per_epoch=4
+    )
+    recs = train.history_records(solver, 3)
+    assert [(r.get("iteration"), r.get("train_acc") and r["epoch"]) for r in recs] == [
+        (1, None), (None, 0), (4, None), (None, 1), (7, None), (None, 2), (10, None),
+    ]  # fmt: skip
+
+
+def test_writer_sees_a_run_that_only_has_checkpoints(tmp_path):
+    w = train.RunWriter(tmp_path, enabled=True)
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "checkpoints" / "step_00000003.json").write_text("{}")
+    (tmp_path / "checkpoints" / "step_00000004.npz.corrupt").write_bytes(b"x")
+    (tmp_path / "nonfinite.json").write_text("{}")
+    assert w.holds_run()
+    w.clear()
+    assert not w.holds_run() and not list(tmp_path.rglob("*.*"))

@@ -1,0 +1,173 @@
+"""The apps after a crash: the same command again resumes (metrics without duplicates, the
+same results as an uninterrupted run); other flags, corrupt checkpoints, non-finite losses."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+
+from experiments import three_layer_cifar, train
+from jcnn.checkpoint import CorruptCheckpointWarning
+from jcnn.solver import Solver
+from tests.experiments.test_apps import TINY, TINY_THREE, read_metrics, run_in_process
+
+ARGS = (
+    *TINY_THREE,
+    "--num_epochs=2",
+    "--checkpoint_every=3",
+    "--noplot_every_epoch",
+    "--num_test=5",
+)  # fmt: skip  (5 iterations per epoch, 10 in all)
+TIMING = {"wall_time_s", "data_time_s", "train_time_s", "eval_time_s", "images_per_s",
+          "resumed_from_iteration", "workdir", "flags"}  # fmt: skip
+
+
+class Crash(Exception):
+    pass
+
+
+def run(workdir: Path, data_dir: Path, *args: str) -> dict:
+    return run_in_process(three_layer_cifar, workdir, data_dir, *ARGS, *args)
+
+
+def crash_before(monkeypatch, iteration: int) -> None:
+    """The process dies just before update ``iteration`` (1-based)."""
+    step = Solver._step
+
+    def dying(self):
+        if self.iteration + 1 == iteration:
+            raise Crash(iteration)
+        return step(self)
+
+    monkeypatch.setattr(Solver, "_step", dying)
+
+
+def without(record: dict, keys) -> dict:
+    return {k: v for k, v in record.items() if k not in keys}
+
+
+def arrays(path: Path) -> dict:
+    with np.load(path) as f:
+        return {k: f[k] for k in f.files}
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory, fake_cifar_dir):
+    workdir = tmp_path_factory.mktemp("uninterrupted") / "run"
+    return workdir, run(workdir, fake_cifar_dir)
+
+
+@pytest.fixture(scope="module")
+def crashed(tmp_path_factory, fake_cifar_dir):
+    """A workdir whose run died before iteration 8 (last checkpoint: step 6)."""
+    workdir = tmp_path_factory.mktemp("crashed") / "run"
+    with pytest.MonkeyPatch.context() as mp:
+        crash_before(mp, 8)
+        with pytest.raises(Crash):
+            run(workdir, fake_cifar_dir)
+    return workdir
+
+
+def copy(workdir: Path, tmp_path: Path) -> Path:
+    dest = tmp_path / "run"
+    shutil.copytree(workdir, dest)
+    return dest
+
+
+def test_the_same_command_resumes_and_ends_as_if_never_interrupted(
+    uninterrupted, crashed, tmp_path, fake_cifar_dir, capsys
+):
+    ref_dir, ref = uninterrupted
+    workdir = copy(crashed, tmp_path)
+    assert not (workdir / "summary.json").exists()
+    summary = run(workdir, fake_cifar_dir)
+    out = capsys.readouterr().out
+    assert (
+        f"resuming the run in {workdir} from {workdir / 'checkpoints' / 'step_00000006.npz'}" in out
+    )
+    assert summary["resumed_from_iteration"] == 6 and summary["images_per_s"] > 0
+    assert without(summary, TIMING) == without(ref, TIMING)
+    # metrics.jsonl: every line once, the same lines as the uninterrupted run's.
+    for got, want in zip(read_metrics(workdir), read_metrics(ref_dir), strict=True):
+        assert [without(r, {"elapsed_s"}) for r in got] == [without(r, {"elapsed_s"}) for r in want]
+    lines = (workdir / "metrics.jsonl").read_text().splitlines()
+    assert len(lines) == len(set(lines))
+    best, ref_best = (
+        arrays(workdir / "checkpoints/best.npz"),
+        arrays(ref_dir / "checkpoints/best.npz"),
+    )
+    assert best.keys() == ref_best.keys()
+    assert all(np.array_equal(best[k], ref_best[k]) for k in best)
+    config = json.loads((workdir / "config.json").read_text())
+    assert config["resumed_from"]["iteration"] == 6
+
+
+def test_resume_with_other_flags_stops_naming_them(crashed, tmp_path, fake_cifar_dir):
+    workdir = copy(crashed, tmp_path)
+    with pytest.raises(SystemExit) as info:
+        run(workdir, fake_cifar_dir, "--num_filters=6", "--learning_rate=0.01")
+    message = str(info.value.code)
+    assert message.startswith("FATAL") and "\n" not in message
+    assert "--learning_rate=0.001 there, --learning_rate=0.01 now" in message
+    assert "--num_filters=4 there, --num_filters=6 now" in message
+    assert f"--flagfile={workdir / 'flags.cfg'}" in message and "--overwrite" in message
+    assert (workdir / "checkpoints" / "step_00000006.npz").is_file()  # nothing touched
+
+
+def test_a_corrupt_newest_checkpoint_falls_back_to_the_previous(
+    uninterrupted, crashed, tmp_path, fake_cifar_dir, capsys
+):
+    workdir = copy(crashed, tmp_path)
+    newest = workdir / "checkpoints" / "step_00000006.npz"
+    newest.write_bytes(newest.read_bytes()[:1000])
+    with pytest.warns(CorruptCheckpointWarning, match="step_00000006.npz fails its checksum"):
+        summary = run(workdir, fake_cifar_dir, "--print_every=3")  # may differ
+    assert "from " + str(workdir / "checkpoints" / "epoch_001.npz") in capsys.readouterr().out
+    assert summary["resumed_from_iteration"] == 5
+    assert without(summary, TIMING) == without(uninterrupted[1], TIMING)
+    iters, _ = read_metrics(workdir)
+    assert [r["iteration"] for r in iters] == [1, 4, 7, 10]  # the new --print_every throughout
+
+
+def test_a_finished_run_is_not_run_again(uninterrupted, tmp_path, fake_cifar_dir, capsys):
+    workdir = copy(uninterrupted[0], tmp_path)
+    before = (workdir / "metrics.jsonl").read_text()
+    assert run(workdir, fake_cifar_dir) == uninterrupted[1]
+    assert "is complete; see summary.json" in capsys.readouterr().out
+    assert (workdir / "metrics.jsonl").read_text() == before
+
+
+@pytest.mark.parametrize("debug_nans", [False, True])
+def test_a_nonfinite_loss_stops_the_app_with_one_line(tmp_path, fake_cifar_dir, debug_nans):
+    workdir = tmp_path / "run"
+    args = ["--learning_rate=1e30", "--update_rule=sgd"] + ["--debug_nans"] * debug_nans
+    with pytest.raises(SystemExit) as info:
+        run(workdir, fake_cifar_dir, *args)
+    message = str(info.value.code)
+    assert message.startswith("FATAL non-finite") and "\n" not in message
+    report = json.loads((workdir / "nonfinite.json").read_text())
+    assert f"at iteration {report['iteration']} / 10" in message
+    assert len(report["batch_indices"]) == 8 and report["learning_rate"] == pytest.approx(1e30)
+    assert report["jax_debug_nans"] is debug_nans
+    assert (report["cause"] or "").startswith("FloatingPointError") is debug_nans
+    assert "--overwrite" in message and "learning_rate" in message
+    assert jax.config.jax_debug_nans is False  # restored
+
+
+def test_the_new_flags():
+    fv = train.flags.FlagValues()
+    three_layer_cifar.define_flags(fv)
+    fv(["prog", "--checkpoint_every=7", "--debug_nans"])
+    config = train.config_from_flags(fv, three_layer_cifar.NAMES)
+    assert config["checkpoint_every"] == 7 and config["debug_nans"] is True
+    kw = train.solver_kwargs(config)
+    assert kw["checkpoint_every"] == 7 and kw["keep_checkpoints"] == 3
+    with pytest.raises(train.flags.Error, match="checkpoint_every"):
+        fv(["prog", "--checkpoint_every=0"])
+    assert set(train.RESUME_MAY_DIFFER) <= set(train.COMMON_FLAGS)
+    assert TINY  # the shared tiny split
