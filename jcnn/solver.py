@@ -65,6 +65,23 @@ differs; ``num_epochs`` may change (to extend a run). ``resume=True`` insists on
 checkpoint (FileNotFoundError without one); ``resume=False`` starts from scratch and refuses
 a ``checkpoint_dir`` that already holds checkpoints. :meth:`restore` restores one by hand.
 
+Data parallel (``mesh``, a 1-D mesh from :func:`jcnn.parallel.make_mesh`): the train and
+eval steps are jitted with shardings: every minibatch is split over the mesh's devices on
+axis 0, parameters, optimiser state and batchnorm statistics are replicated, and XLA turns
+the batch reductions into all-reduces, so the loss, the gradients and the batchnorm
+statistics are those of the *global* batch (batchnorm's ``jnp.mean`` over the sharded batch
+axis is a global mean). Same seed, same run on any number of devices, up to round-off in the
+order of the sums. ``batch_size`` is the global batch and must divide evenly over the
+devices (ValueError otherwise). With several processes (hosts, after
+``jax.distributed.initialize``), every process draws the same global indices from the shared
+seed and gathers only its own rows (:func:`jcnn.parallel.process_slice`); every process
+reads checkpoints (the ``checkpoint_dir`` must then be on a filesystem they share), only
+process 0 writes files (checkpoints, ``nonfinite.json``).
+
+Mixed precision (``compute_dtype='bfloat16'``): the network runs in bfloat16, while the
+parameters, optimiser state, batchnorm statistics, gradients and the loss stay float32 (see
+:func:`jcnn.parallel.mixed_precision_loss`); accuracy checks use the same compute dtype.
+
 Numerics: each step also reports whether its loss and its updated parameters and state are
 finite; the flag is read back with the losses (no extra host sync), and the first bad step
 stops training with a :class:`NonFiniteLossError` naming the iteration. What was seen (the
@@ -95,6 +112,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from jcnn import parallel
 from jcnn.checkpoint import (
     atomic_write,
     flatten_tree,
@@ -319,7 +337,9 @@ class Solver:
     ``augment(key, X) -> X`` transforms each training minibatch inside the jitted step.
     ``checkpoint_dir``, ``checkpoint_every``, ``keep_checkpoints``, ``resume``: checkpoints
     and resuming (module docs); ``run_config`` (JSON-able, e.g. the command line's flags) is
-    recorded in every checkpoint's sidecar as ``run_config``.
+    recorded in every checkpoint's sidecar as ``run_config``. ``mesh`` (a 1-D mesh from
+    :func:`jcnn.parallel.make_mesh`) trains data-parallel over its devices, ``compute_dtype``
+    (``'bfloat16'``) in mixed precision (module docs).
 
     Attributes: ``params``, ``state``, ``opt_state``; ``epoch``; ``loss_history`` (one float
     per iteration), ``train_acc_history``, ``val_acc_history``, ``lr_history`` (the learning
@@ -358,6 +378,8 @@ class Solver:
         on_iteration: Callable | Iterable[Callable] | None = None,
         on_epoch_end: Callable | Iterable[Callable] | None = None,
         augment: Callable[[jax.Array, jax.Array], jax.Array] | None = None,
+        mesh: jax.sharding.Mesh | None = None,
+        compute_dtype: Any = None,
     ):
         for attr in ("init", "apply", "loss", "check_input", "num_classes"):
             if not hasattr(model, attr):
@@ -418,6 +440,16 @@ class Solver:
         if augment is not None and not callable(augment):
             raise ValueError(f"augment must be a function (key, X) -> X or None, got {augment!r}")
         self.augment = augment
+        if mesh is not None:
+            if not isinstance(mesh, jax.sharding.Mesh) or mesh.axis_names != (parallel.DATA_AXIS,):
+                raise ValueError(
+                    f"mesh must be a 1-D jax.sharding.Mesh with axis {parallel.DATA_AXIS!r} "
+                    f"(see jcnn.parallel.make_mesh), got {mesh!r}"
+                )
+            parallel.check_batch_divisible(self.batch_size, mesh)
+            self._rows = parallel.process_slice(mesh, self.batch_size)  # this process's rows
+        self.mesh = mesh
+        self.compute_dtype = parallel.resolve_compute_dtype(compute_dtype)
 
         # ---- data, checked once on the host
         if not isinstance(data, Mapping):
@@ -461,6 +493,7 @@ class Solver:
             raise ValueError("params has no arrays")
         self._x_dtype = np.dtype(leaves[0].dtype)
         self.opt_state = self.optimizer.init(self.params)
+        self._replicate()
 
         self.trace_counts = {"train_step": 0, "eval_step": 0}
         self._train_step = self._build_train_step()
@@ -469,6 +502,14 @@ class Solver:
         self.resumed_from: dict[str, Any] | None = None
         self.last_checkpoint: Path | None = None
         self._resume_at_start()
+        if jax.process_count() > 1:  # every process must continue from the same point
+            from jax.experimental import multihost_utils
+
+            multihost_utils.assert_equal(
+                np.int64(self.iteration),
+                "processes restored different checkpoints (or only some found one): put "
+                "checkpoint_dir on a filesystem every process sees, or start over",
+            )
 
     # ------------------------------------------------------------------------- set-up
 
@@ -502,6 +543,7 @@ class Solver:
 
     def _build_train_step(self):
         model, optimizer, augment = self.model, self.optimizer, self.augment
+        loss_fn = parallel.mixed_precision_loss(model, self.compute_dtype)  # model.loss if None
 
         def train_step(params, state, opt_state, X, y, key):
             self.trace_counts["train_step"] += 1  # runs only while tracing
@@ -513,7 +555,7 @@ class Solver:
                         f"returned {jnp.shape(X_aug)}"
                     )
                 X = X_aug
-            (loss, new_state), grads = jax.value_and_grad(model.loss, has_aux=True)(
+            (loss, new_state), grads = jax.value_and_grad(loss_fn, has_aux=True)(
                 params, state, X, y, key=key
             )
             updates, opt_state = optimizer.update(grads, opt_state, params)
@@ -523,17 +565,43 @@ class Solver:
             ok = jnp.isfinite(loss) & _all_finite((params, new_state))
             return params, new_state, opt_state, loss, ok
 
-        return jax.jit(train_step, donate_argnums=(0, 1, 2))
+        if self.mesh is None:
+            return jax.jit(train_step, donate_argnums=(0, 1, 2))
+        # The minibatch split over the devices, everything else replicated (outputs too).
+        rep, batch = parallel.replicated_sharding(self.mesh), parallel.batch_sharding(self.mesh)
+        return jax.jit(
+            train_step,
+            donate_argnums=(0, 1, 2),
+            in_shardings=(rep, rep, rep, batch, batch, rep),
+            out_shardings=rep,
+        )
 
     def _build_eval_step(self):
-        model = self.model
+        model, compute_dtype = self.model, self.compute_dtype
 
         def eval_step(params, state, X):
             self.trace_counts["eval_step"] += 1
+            params = parallel.predict_params(params, compute_dtype)
             scores, _ = model.apply(params, state, X, train=False)
             return jnp.argmax(scores, axis=1).astype(jnp.int32)
 
-        return jax.jit(eval_step)
+        if self.mesh is None:
+            return jax.jit(eval_step)
+        rep, batch = parallel.replicated_sharding(self.mesh), parallel.batch_sharding(self.mesh)
+        # Predictions come back replicated: every process reads all of them.
+        return jax.jit(eval_step, in_shardings=(rep, rep, batch), out_shardings=rep)
+
+    def _replicate(self) -> None:
+        """With a mesh: params, state, opt_state (and best_*) replicated on its devices."""
+        if self.mesh is None:
+            return
+        self.params, self.state, self.opt_state = parallel.replicate(
+            (self.params, self.state, self.opt_state), self.mesh
+        )
+        if getattr(self, "best_params", None) is not None:
+            self.best_params, self.best_state = parallel.replicate(
+                (self.best_params, self.best_state), self.mesh
+            )
 
     def _reset(self) -> None:
         """Book-keeping, as cs231n's ``_reset`` (called by the constructor)."""
@@ -577,8 +645,11 @@ class Solver:
     def _step(self) -> jax.Array:
         """One update on a random minibatch; returns the (device) loss, queued for reading
         back with its finite flag."""
-        idx = self._sample_indices()
-        X, y = np.asarray(self.X_train[idx], dtype=self._x_dtype), self.y_train[idx]
+        idx = self._sample_indices()  # the global minibatch, the same in every process
+        rows = idx if self.mesh is None else idx[self._rows]  # this process's rows only
+        X, y = np.asarray(self.X_train[rows], dtype=self._x_dtype), self.y_train[rows]
+        if self.mesh is not None:
+            X, y = parallel.put_batch(self.mesh, (X, y), self.batch_size)
         key = jax.random.fold_in(self._dropout_key, self.iteration)
         try:
             self.params, self.state, self.opt_state, loss, ok = self._train_step(
@@ -707,7 +778,7 @@ class Solver:
             "time": dt.datetime.now().isoformat(timespec="seconds"),
         }
         path = self.nonfinite_report_path()
-        if path is not None:
+        if path is not None and parallel.is_primary():
             text = json.dumps(report, indent=1) + "\n"
             atomic_write(path, lambda f: f.write(text.encode()))
         where = f"; details in {path}" if path is not None else ""
@@ -730,9 +801,12 @@ class Solver:
 
         Every chunk has ``batch_size`` rows (the last is zero-padded and the padding cut
         off), so any number of images reuses one compiled step. Defaults to the solver's
-        current ``params``/``state``.
+        current ``params``/``state``. With a ``mesh`` each chunk is split over its devices
+        (``batch_size`` rounded up to a multiple of the device count).
         """
         batch_size = _positive_int("batch_size", batch_size)
+        if self.mesh is not None:
+            batch_size = -(-batch_size // self.mesh.size) * self.mesh.size
         X = np.asarray(X)
         self.model.check_input(X)
         params = self.params if params is None else params
@@ -744,6 +818,8 @@ class Solver:
             if chunk.shape[0] < batch_size:
                 pad = np.zeros((batch_size - chunk.shape[0], *chunk.shape[1:]), chunk.dtype)
                 chunk = np.concatenate([chunk, pad])
+            if self.mesh is not None:
+                (chunk,) = parallel.shard_batch(self.mesh, chunk)
             outs.append(self._eval_step(params, state, chunk))
         preds = np.concatenate(jax.device_get(outs)) if outs else np.zeros((0,), np.int32)
         return preds[:n]
@@ -785,6 +861,12 @@ class Solver:
                     "num_val_samples": self.num_val_samples,
                     "seed": self.seed,
                     "augment": None if self.augment is None else _name(self.augment),
+                    # only when set, so float32 runs match checkpoints from before the option
+                    **(
+                        {"compute_dtype": self.compute_dtype.name}
+                        if self.compute_dtype is not None
+                        else {}
+                    ),
                 },
                 "data": {
                     "num_train": int(self.num_train),
@@ -820,6 +902,7 @@ class Solver:
             "solver": {**identity["solver"], "num_epochs": self.num_epochs},
             "data": identity["data"],
             "run_config": self.run_config,
+            "num_devices": 1 if self.mesh is None else int(self.mesh.size),  # may change
             "jax_version": jax.__version__,
         }
 
@@ -849,7 +932,8 @@ class Solver:
         """Write the current checkpoint (default ``checkpoint_dir/epoch_{epoch:03d}.npz`` at
         an epoch end, else ``step_{iteration:08d}.npz``, then prune old ones). Pending losses
         are checked first, and non-finite arrays are never written: both raise
-        :class:`NonFiniteLossError`."""
+        :class:`NonFiniteLossError`. With several processes only process 0 writes (the others
+        check the same values and return the same path)."""
         meta = self.checkpoint_metadata()  # reads the pending losses back: may raise
         host = jax.device_get(self.checkpoint_tree())
         bad = _nonfinite_names(flatten_tree(host))
@@ -859,7 +943,11 @@ class Solver:
                 f"{bad[:5]}{'...' if len(bad) > 5 else ''}"
             )
         default = path is None
-        out = save_checkpoint(self._default_checkpoint_path() if default else path, host, meta)
+        target = self._default_checkpoint_path() if default else Path(path)
+        if not parallel.is_primary():
+            self.last_checkpoint = target
+            return target
+        out = save_checkpoint(target, host, meta)
         self.last_checkpoint = out
         if default:
             self._prune_checkpoints()
@@ -960,6 +1048,7 @@ class Solver:
             self.best_state = _copy_tree(tree["best_state"])
         else:
             self.best_params = self.best_state = None
+        self._replicate()
         self._dropout_key = jax.random.wrap_key_data(
             jnp.asarray(tree["rng"]["dropout_key"]), impl=jax.random.key_impl(self._dropout_key)
         )
@@ -984,7 +1073,7 @@ class Solver:
             "epoch": self.epoch,
             "elapsed_s": self.elapsed_s,
         }
-        if self.checkpoint_dir is not None:
+        if self.checkpoint_dir is not None and parallel.is_primary():
             remove_stale_temporaries(self.checkpoint_dir)
         if self.verbose:
             print(

@@ -1,0 +1,188 @@
+"""Training throughput on 1, 2, ... devices: the VGG seed step, data-parallel.
+
+    python -m experiments.bench_devices                        # 1 vs 2 devices, seed model
+    python -m experiments.bench_devices --devices=1,2,4 --steps=30 --compute_dtype=bfloat16
+
+For each device count a fresh interpreter builds a :class:`jcnn.solver.Solver` on random
+images with a mesh of that many devices (on the CPU, that many virtual devices:
+``XLA_FLAGS=--xla_force_host_platform_device_count=N``, which must be set before JAX
+starts) and times ``--steps`` training steps after ``--warmup`` ones (compilation
+included there). A step is what training does: sample the global minibatch on the host,
+place it on the mesh, one jitted update (adam). The global batch stays ``--batch_size``:
+each device gets ``batch_size / N`` images. Prints a table; ``--json_out`` keeps it.
+
+Virtual CPU devices share the machine's cores, so on a CPU this measures the overhead of
+the sharding, not a speed-up; on several GPUs or TPU cores each device is real.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from typing import Any
+
+from absl import app, flags
+
+import jcnn  # noqa: F401  (before JAX starts: its CPU convolution flag)
+
+DEVICES = flags.DEFINE_list("devices", ["1", "2"], "Device counts to compare.")
+BATCH_SIZE = flags.DEFINE_integer("batch_size", 50, "Global minibatch size.", lower_bound=1)
+STEPS = flags.DEFINE_integer("steps", 20, "Timed training steps per device count.", lower_bound=1)
+WARMUP = flags.DEFINE_integer("warmup", 3, "Untimed steps first (compilation).", lower_bound=1)
+NUM_FILTERS = flags.DEFINE_list("num_filters", ["64", "64", "128", "256"], "VGG filters.")
+BLOCKS = flags.DEFINE_list("blocks", ["2", "2", "3", "3"], "VGG blocks per stage.")
+HIDDEN_DIMS = flags.DEFINE_list("hidden_dims", ["64", "64"], "VGG hidden widths.")
+IMAGE_SIZE = flags.DEFINE_integer("image_size", 32, "Square image side.", lower_bound=2)
+COMPUTE_DTYPE = flags.DEFINE_enum(
+    "compute_dtype", "float32", ["float32", "bfloat16"], "Dtype of the arithmetic."
+)
+JSON_OUT = flags.DEFINE_string("json_out", None, "Also write the rows as JSON here.")
+WORKER = flags.DEFINE_integer("worker", None, "Internal: measure this many devices and print JSON.")
+
+TAG = "bench_devices: "
+
+
+def _ints(values: list[str], name: str) -> tuple[int, ...]:
+    try:
+        out = tuple(int(v) for v in values)
+    except ValueError:
+        raise app.UsageError(f"--{name} must be a comma-separated list of integers") from None
+    if any(v <= 0 for v in out):
+        raise app.UsageError(f"--{name} entries must be positive")
+    return out
+
+
+def config_from_flags() -> dict[str, Any]:
+    return {
+        "batch_size": BATCH_SIZE.value,
+        "steps": STEPS.value,
+        "warmup": WARMUP.value,
+        "num_filters": _ints(NUM_FILTERS.value, "num_filters"),
+        "blocks": _ints(BLOCKS.value, "blocks"),
+        "hidden_dims": _ints(HIDDEN_DIMS.value, "hidden_dims") if HIDDEN_DIMS.value else (),
+        "image_size": IMAGE_SIZE.value,
+        "compute_dtype": COMPUTE_DTYPE.value,
+    }
+
+
+def measure(config: dict[str, Any], num_devices: int) -> dict[str, Any]:
+    """Time the training step on a mesh of ``num_devices`` devices (in this process)."""
+    import jax
+    import numpy as np
+
+    from jcnn.models import VGGNet
+    from jcnn.parallel import make_mesh
+    from jcnn.solver import Solver
+
+    mesh = make_mesh(num_devices, batch_size=config["batch_size"])
+    s = config["image_size"]
+    model = VGGNet(
+        input_dim=(3, s, s), num_filters=config["num_filters"], blocks=config["blocks"],
+        hidden_dims=config["hidden_dims"], dropout=0.2,
+    )  # fmt: skip
+    rng = np.random.default_rng(0)
+    n = max(4 * config["batch_size"], 200)
+    data = {
+        "X_train": rng.normal(size=(n, 3, s, s)).astype(np.float32),
+        "y_train": rng.integers(0, 10, n),
+        "X_val": rng.normal(size=(10, 3, s, s)).astype(np.float32),
+        "y_val": rng.integers(0, 10, 10),
+    }
+    solver = Solver(
+        model, data, update_rule="adam", optim_config={"learning_rate": 5e-4},
+        batch_size=config["batch_size"], verbose=False, mesh=mesh,
+        compute_dtype=config["compute_dtype"],
+    )  # fmt: skip
+    # Solver._step is one training iteration as train() runs it (sample, place, update).
+    for _ in range(config["warmup"]):
+        loss = solver._step()
+    jax.block_until_ready(loss)
+    start = time.perf_counter()
+    for _ in range(config["steps"]):
+        loss = solver._step()
+    jax.block_until_ready(loss)
+    seconds = time.perf_counter() - start
+    d = jax.devices()[0]
+    return {
+        "devices": mesh.size,
+        "platform": d.platform,
+        "device_kind": d.device_kind,
+        "batch_size": config["batch_size"],
+        "per_device": config["batch_size"] // mesh.size,
+        "compute_dtype": config["compute_dtype"],
+        "ms_per_step": 1e3 * seconds / config["steps"],
+        "images_per_s": config["steps"] * config["batch_size"] / seconds,
+        "loss_finite": bool(np.isfinite(float(loss))),
+    }
+
+
+def _worker_env(num_devices: int) -> dict[str, str]:
+    env = dict(os.environ)
+    flags_ = env.get("XLA_FLAGS", "")
+    if "xla_force_host_platform_device_count" not in flags_:
+        flags_ = f"{flags_} --xla_force_host_platform_device_count={num_devices}".strip()
+    env["XLA_FLAGS"] = flags_
+    return env
+
+
+def run_worker(num_devices: int, argv: list[str]) -> dict[str, Any]:
+    """Measure in a fresh interpreter with ``num_devices`` (virtual CPU) devices."""
+    args = [a for a in argv[1:] if not a.startswith(("--worker", "--devices", "--json_out"))]
+    proc = subprocess.run(
+        [sys.executable, "-m", "experiments.bench_devices", f"--worker={num_devices}", *args],
+        capture_output=True, text=True, env=_worker_env(num_devices),
+    )  # fmt: skip
+    for line in proc.stdout.splitlines():
+        if line.startswith(TAG):
+            return json.loads(line[len(TAG) :])
+    raise RuntimeError(
+        f"the worker for {num_devices} device(s) failed (exit {proc.returncode}):\n"
+        f"{proc.stderr[-3000:]}"
+    )
+
+
+def format_table(rows: list[dict[str, Any]]) -> str:
+    base = next((r["images_per_s"] for r in rows if r["devices"] == 1), rows[0]["images_per_s"])
+    lines = [
+        f"{'devices':>7}  {'batch':>5}  {'per device':>10}  {'ms/step':>8}  {'images/s':>9}  "
+        f"{'vs 1 device':>11}"
+    ]
+    for r in rows:
+        lines.append(
+            f"{r['devices']:>7}  {r['batch_size']:>5}  {r['per_device']:>10}  "
+            f"{r['ms_per_step']:>8.1f}  {r['images_per_s']:>9.1f}  "
+            f"{r['images_per_s'] / base:>10.2f}x"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str]) -> None:
+    config = config_from_flags()
+    if WORKER.value is not None:
+        print(TAG + json.dumps(measure(config, WORKER.value)), flush=True)
+        return
+    devices = _ints(DEVICES.value, "devices")
+    for n in devices:
+        if config["batch_size"] % n:
+            raise app.UsageError(
+                f"--batch_size={config['batch_size']} is not divisible by {n} devices"
+            )
+    rows = [run_worker(n, sys.argv) for n in devices]
+    r0 = rows[0]
+    print(
+        f"VGGNet filters {list(config['num_filters'])}, blocks {list(config['blocks'])}, "
+        f"hidden {list(config['hidden_dims'])}, {config['image_size']}x{config['image_size']} "
+        f"images, adam, {config['compute_dtype']}; {config['steps']} timed steps; "
+        f"{r0['platform']} ({r0['device_kind']}), {os.cpu_count()} CPU cores"
+    )
+    print(format_table(rows))
+    if JSON_OUT.value:
+        with open(JSON_OUT.value, "w") as f:
+            json.dump({"config": config, "rows": rows}, f, indent=1)
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,339 @@
+"""Data-parallel training over devices and hosts with :mod:`jax.sharding`, and mixed precision.
+
+>>> mesh = make_mesh(num_devices=4, batch_size=100)   # 1-D mesh, axis 'data'   # doctest: +SKIP
+>>> params = replicate(params, mesh)                   # a full copy on every device
+>>> X, y = shard_batch(mesh, X_global, y_global)       # rows split over the devices
+
+Nothing here is home-made SPMD: a :class:`jax.sharding.Mesh` with one axis
+(:data:`DATA_AXIS`) over the devices, :class:`~jax.sharding.NamedSharding` for the batch
+(``P('data')``: axis 0 split into equal consecutive blocks, one per device) and for
+everything else (``P()``: replicated), and ``jax.jit`` with those shardings. XLA partitions
+the step: every device runs the forward and the hand-written backward on its rows, and the
+reductions over the batch axis become all-reduces. In particular
+
+- the gradient is the gradient of the *global* mean loss (the loss's ``1/N`` is over the
+  whole batch, so the all-reduce of the per-device partial sums is exactly the usual mean),
+- batchnorm statistics are computed over the *global* batch: the layer's ``jnp.mean`` over
+  the (sharded) batch axis is an all-reduce, so 1, 2 or 4 devices see the same mean and
+  variance, and the same running statistics (no "per-device batchnorm"),
+- random numbers do not depend on the sharding (JAX's threefry is partitionable), so
+  dropout and augmentation draw the same masks on any number of devices.
+
+Same seed and global batch, same run on 1, 2 or 4 devices, up to float round-off in the
+order of the all-reduce's sums.
+
+Several hosts (processes): call :func:`initialize_distributed` first thing (before anything
+touches a device); :func:`make_mesh` then spans ``num_devices`` local devices of every
+process, ordered by process, so process ``p`` holds the ``p``-th consecutive block of rows
+of every global batch (:func:`process_slice`). Each process draws the same global indices
+from the shared seed and gathers only its block (:func:`put_batch` builds the global array
+from the process-local rows with :func:`jax.make_array_from_process_local_data`).
+
+Mixed precision (:func:`mixed_precision_loss`): parameters and optimiser state stay
+float32; inside the loss the floating parameters are cast to the compute dtype (e.g.
+bfloat16), so activations and the hand-written backward passes run in it; the scores are
+cast back to float32 before the softmax, and the L2 term uses the float32 parameters. The
+cast is differentiable, so gradients arrive in float32; the layer binding already casts
+every cotangent to its primal's dtype (float32 running statistics beside bfloat16
+activations).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from jcnn._validate import nonnegative_int, positive_int
+
+__all__ = [
+    "COMPUTE_DTYPES",
+    "DATA_AXIS",
+    "batch_sharding",
+    "cast_floating",
+    "check_batch_divisible",
+    "initialize_distributed",
+    "is_primary",
+    "make_mesh",
+    "mixed_precision_loss",
+    "process_slice",
+    "put_batch",
+    "replicate",
+    "replicated_sharding",
+    "resolve_compute_dtype",
+    "shard_batch",
+]
+
+DATA_AXIS = "data"
+COMPUTE_DTYPES = ("float32", "bfloat16")
+
+
+# ------------------------------------------------------------------------------ processes
+
+
+def initialize_distributed(
+    coordinator_address: str | None = None,
+    num_processes: int | None = None,
+    process_id: int | None = None,
+) -> bool:
+    """:func:`jax.distributed.initialize` for a multi-host run; returns whether it ran.
+
+    Call it before anything touches a device (creating an array, ``jax.devices()``). With no
+    arguments (or ``num_processes`` 1 and no coordinator) it does nothing: a single-process
+    run. ``coordinator_address`` is ``host:port`` of process 0, reachable from every process;
+    ``process_id`` is this process's rank in ``[0, num_processes)``.
+    """
+    if coordinator_address is None and num_processes in (None, 1) and process_id in (None, 0):
+        return False
+    if not coordinator_address:
+        raise ValueError(
+            "coordinator_address ('host:port' of process 0) is needed for a multi-process run "
+            f"(num_processes={num_processes}, process_id={process_id})"
+        )
+    if num_processes is None or process_id is None:
+        raise ValueError(
+            "a multi-process run needs coordinator_address, num_processes and process_id, got "
+            f"{coordinator_address!r}, {num_processes!r}, {process_id!r}"
+        )
+    n = positive_int("num_processes", num_processes)
+    pid = nonnegative_int("process_id", process_id)
+    if not 0 <= pid < n:
+        raise ValueError(f"process_id must be in [0, num_processes={n}), got {process_id!r}")
+    jax.distributed.initialize(
+        coordinator_address=coordinator_address, num_processes=n, process_id=pid
+    )
+    return True
+
+
+def is_primary() -> bool:
+    """Whether this is process 0 (the one that writes files and prints)."""
+    return jax.process_index() == 0
+
+
+# ----------------------------------------------------------------------------------- mesh
+
+
+def make_mesh(
+    num_devices: int | None = None,
+    *,
+    batch_size: int | None = None,
+    devices: Sequence[jax.Device] | None = None,
+) -> Mesh:
+    """A 1-D :class:`~jax.sharding.Mesh` with axis :data:`DATA_AXIS`.
+
+    ``num_devices`` counts devices *per process* (default: all of this process's local
+    devices); the mesh takes the first ``num_devices`` local devices of every process,
+    ordered by process, so it has ``num_devices × jax.process_count()`` devices. ``devices``
+    gives the mesh's devices explicitly instead. With ``batch_size`` (the global batch),
+    also checks that it splits evenly over the mesh. ValueError when more devices are asked
+    for than there are, or when the batch does not divide.
+    """
+    if devices is None:
+        local = jax.local_device_count()
+        n = local if num_devices is None else positive_int("num_devices", num_devices)
+        if n > local:
+            kind = jax.local_devices()[0].platform
+            raise ValueError(
+                f"num_devices={n} but this process has only {local} {kind} device(s) "
+                "(on the CPU, XLA_FLAGS=--xla_force_host_platform_device_count=N, set before "
+                "JAX starts, makes N virtual devices)"
+            )
+        by_process: dict[int, list[jax.Device]] = {}
+        for d in sorted(jax.devices(), key=lambda d: (d.process_index, d.id)):
+            by_process.setdefault(d.process_index, []).append(d)
+        devices = [d for p in sorted(by_process) for d in by_process[p][:n]]
+    else:
+        devices = list(devices)
+        if not devices:
+            raise ValueError("devices is empty")
+        if num_devices is not None and positive_int("num_devices", num_devices) != len(devices):
+            raise ValueError(f"num_devices={num_devices} but {len(devices)} devices were given")
+    mesh = Mesh(np.array(devices), (DATA_AXIS,))
+    if batch_size is not None:
+        check_batch_divisible(batch_size, mesh)
+    return mesh
+
+
+def check_batch_divisible(batch_size: int, mesh: Mesh, name: str = "batch_size") -> int:
+    """``batch_size`` if it splits evenly over the mesh's devices, else ValueError."""
+    b = positive_int(name, batch_size)
+    n = mesh.size
+    if b % n:
+        lo, hi = (b // n) * n, -(-b // n) * n
+        hint = f"{lo} or {hi}" if lo else f"{hi}"
+        raise ValueError(
+            f"{name}={b} (the global batch) must be divisible by the number of devices "
+            f"{n} ({jax.process_count()} process(es) x {n // jax.process_count()} device(s)): "
+            f"each device takes an equal share of every batch; use e.g. {hint}"
+        )
+    return b
+
+
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+    """Axis 0 split over the mesh (``P('data')``), the other axes whole."""
+    return NamedSharding(mesh, P(DATA_AXIS))
+
+
+def replicated_sharding(mesh: Mesh) -> NamedSharding:
+    """A full copy on every device of the mesh (``P()``)."""
+    return NamedSharding(mesh, P())
+
+
+# --------------------------------------------------------------------------- placement
+
+
+def _is_key(x: Any) -> bool:
+    return isinstance(x, jax.Array) and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key)
+
+
+def replicate(tree: Any, mesh: Mesh) -> Any:
+    """Every leaf of ``tree`` copied onto every device of ``mesh`` (replicated).
+
+    The values must be the same in every process (they are: the same seed builds them).
+    Typed PRNG keys go through their raw key data (``device_put`` refuses keys for a mesh
+    that spans other processes).
+    """
+    sharding = replicated_sharding(mesh)
+
+    def put(x):
+        if _is_key(x):
+            impl = jax.random.key_impl(x)
+            data = jax.device_put(np.asarray(jax.random.key_data(x)), sharding)
+            return jax.random.wrap_key_data(data, impl=impl)
+        if isinstance(x, jax.Array) and x.sharding == sharding:
+            return x
+        if isinstance(x, jax.Array) and not x.is_fully_addressable:
+            return jax.jit(lambda v: v, out_shardings=sharding)(x)
+        if jax.process_count() > 1:
+            x = np.asarray(x)  # host value, the same in every process
+        return jax.device_put(x, sharding)
+
+    return jax.tree_util.tree_map(put, tree)
+
+
+def process_slice(mesh: Mesh, global_batch: int) -> slice:
+    """The rows of a global batch of ``global_batch`` examples that this process holds
+    (``slice(0, global_batch)`` with one process)."""
+    b = check_batch_divisible(global_batch, mesh, "global batch")
+    index_map = batch_sharding(mesh).addressable_devices_indices_map((b,))
+    starts = sorted({(idx[0].start or 0, b if idx[0].stop is None else idx[0].stop)
+                     for idx in index_map.values()})  # fmt: skip
+    lo, hi = starts[0][0], starts[-1][1]
+    covered = sum(stop - start for start, stop in starts)
+    if covered != hi - lo:  # cannot happen for make_mesh's process-ordered meshes
+        raise ValueError(
+            "this process's devices do not hold one consecutive block of the batch; build the "
+            "mesh with make_mesh (devices ordered by process)"
+        )
+    return slice(lo, hi)
+
+
+def put_batch(mesh: Mesh, local: Sequence[Any], global_batch: int) -> tuple[jax.Array, ...]:
+    """Global batch arrays, sharded on axis 0, from this process's rows of them.
+
+    ``local`` holds host arrays whose axis 0 is this process's :func:`process_slice` of the
+    global batch (all of it with one process). With one process this is
+    :func:`jax.device_put`; with several, :func:`jax.make_array_from_process_local_data`.
+    """
+    sharding = batch_sharding(mesh)
+    sl = process_slice(mesh, global_batch)
+    out = []
+    for a in local:
+        a = np.asarray(a)
+        if a.shape[:1] != (sl.stop - sl.start,):
+            raise ValueError(
+                f"this process's part of the batch must have {sl.stop - sl.start} rows "
+                f"(rows {sl.start}:{sl.stop} of {global_batch}), got shape {a.shape}"
+            )
+        if jax.process_count() == 1:
+            out.append(jax.device_put(a, sharding))
+        else:
+            global_shape = (global_batch, *a.shape[1:])
+            out.append(jax.make_array_from_process_local_data(sharding, a, global_shape))
+    return tuple(out)
+
+
+def shard_batch(mesh: Mesh, *arrays: Any) -> tuple[jax.Array, ...]:
+    """Whole global batch arrays (the same on every process) placed onto the mesh: each
+    process sends only its own rows."""
+    if not arrays:
+        return ()
+    n = np.shape(arrays[0])[0]
+    sl = process_slice(mesh, n)
+    return put_batch(mesh, [np.asarray(a)[sl] for a in arrays], n)
+
+
+# ------------------------------------------------------------------------ mixed precision
+
+
+def resolve_compute_dtype(compute_dtype: Any) -> np.dtype | None:
+    """``None``/``'float32'`` → None (compute in the parameters' dtype); ``'bfloat16'`` (or
+    any floating dtype) → that dtype."""
+    if compute_dtype is None:
+        return None
+    try:
+        dt = jnp.dtype(compute_dtype)
+    except TypeError:
+        raise ValueError(
+            f"compute_dtype must be a floating dtype such as {COMPUTE_DTYPES}, "
+            f"got {compute_dtype!r}"
+        ) from None
+    if not jnp.issubdtype(dt, jnp.floating):
+        raise ValueError(
+            f"compute_dtype must be a floating dtype such as {COMPUTE_DTYPES}, "
+            f"got {compute_dtype!r}"
+        )
+    return None if dt == jnp.float32 else dt
+
+
+def cast_floating(tree: Any, dtype: Any) -> Any:
+    """Floating leaves of ``tree`` cast to ``dtype``; other leaves (ints, keys) untouched."""
+
+    def cast(x):
+        if hasattr(x, "dtype") and jnp.issubdtype(x.dtype, jnp.floating):
+            return x.astype(dtype)
+        return x
+
+    return jax.tree_util.tree_map(cast, tree)
+
+
+def mixed_precision_loss(model: Any, compute_dtype: Any):
+    """``loss(params, state, X, y, *, key) -> (loss, new_state)`` like ``model.loss``, with
+    the network computed in ``compute_dtype``.
+
+    The floating parameters are cast to ``compute_dtype`` inside (the model casts ``X`` to
+    the parameters' dtype), the scores are cast to float32 before the softmax loss, and the
+    L2 penalty uses the float32 parameters: the loss is float32, and so are the gradients
+    (the cast's transpose casts them back). The new state keeps the old state's dtypes.
+    ``compute_dtype`` None (or float32) returns ``model.loss`` itself.
+    """
+    dtype = resolve_compute_dtype(compute_dtype)
+    if dtype is None:
+        return model.loss
+    from jcnn.models._common import l2_penalty
+
+    def loss(params, state, X, y, *, key=None):
+        scores, new_state = model.apply(cast_floating(params, dtype), state, X, train=True, key=key)
+        scores = scores.astype(jnp.float32)
+        y = jnp.asarray(y)
+        if y.shape != (scores.shape[0],):
+            raise ValueError(
+                f"y must have shape ({scores.shape[0]},) to match X, got {tuple(y.shape)}"
+            )
+        data_loss = model.L.softmax_loss(scores, y)
+        new_state = jax.tree_util.tree_map(lambda n, o: n.astype(o.dtype), new_state, state)
+        reg = l2_penalty(params, model.reg).astype(data_loss.dtype)
+        return data_loss + reg, new_state
+
+    return loss
+
+
+def predict_params(params: Any, compute_dtype: Any) -> Any:
+    """The parameters as the network uses them: cast to ``compute_dtype`` (None: as given)."""
+    dtype = resolve_compute_dtype(compute_dtype)
+    return params if dtype is None else cast_floating(params, dtype)
