@@ -33,6 +33,16 @@ it used) and ends exactly as an uninterrupted run would; metrics.jsonl is rewrit
 checkpoint's histories, so no line appears twice. A checkpoint made with other flags (those
 that shape the model or the training, see :data:`RESUME_MAY_DIFFER` for the rest) stops the
 app with one line naming them. ``--overwrite`` starts over instead.
+
+Scaling out: training is data-parallel over ``--num_devices`` devices per process (default:
+all local ones); ``--batch_size`` is the global batch, split evenly over them (a batch that
+does not divide stops the app before the data is loaded). Several hosts: start one process
+per host with the same flags plus ``--coordinator_address=host0:port --num_processes=N
+--process_id=i``; :func:`main` calls ``jax.distributed.initialize`` before anything touches a
+device. Every process loads the (small) dataset and gathers only its rows of each global
+batch; only process 0 prints and writes; every process reads the checkpoints to resume, so
+the workdir must then be on a filesystem they share. ``--compute_dtype=bfloat16`` runs the
+network in bfloat16 (parameters, optimiser state and the loss stay float32).
 """
 
 from __future__ import annotations
@@ -54,6 +64,8 @@ import jax
 import numpy as np
 from absl import flags
 
+from jcnn.parallel import COMPUTE_DTYPES
+
 # ----------------------------------------------------------------------------------- flags
 
 UPDATE_RULES = ("sgd", "sgd_momentum", "rmsprop", "adam")
@@ -64,6 +76,7 @@ RESULT_FILES = ("metrics.jsonl", "summary.json")
 RESUME_MAY_DIFFER = (
     "workdir", "overwrite", "data_dir", "num_test", "num_epochs", "print_every",
     "plot_every_epoch", "keep_checkpoints", "checkpoint_every", "debug_nans",
+    "num_devices", "coordinator_address", "num_processes", "process_id",
 )  # fmt: skip
 
 
@@ -154,7 +167,10 @@ COMMON_FLAGS = (
     "update_rule", "learning_rate", "lr_decay", "batch_size", "num_epochs", "seed",
     "augment", "augment_pad", "print_every", "num_train_samples", "num_val_samples",
     "plot_every_epoch", "keep_checkpoints", "checkpoint_every", "debug_nans",
+    "num_devices", "compute_dtype", "coordinator_address", "num_processes", "process_id",
 )  # fmt: skip
+# Where a run executes, not what it computes: left out of the run's flags.cfg.
+DEPLOYMENT_FLAGS = ("coordinator_address", "num_processes", "process_id")
 
 
 def define_common_flags(
@@ -261,6 +277,42 @@ def define_common_flags(
         "debug_nans", False, "jax_debug_nans: stop at the first primitive that makes a NaN "
         "(slow: every step is checked op by op).",
     )  # fmt: skip
+    D(flags.DEFINE_integer, flag_values=fv)(
+        "num_devices", None, "Devices per process to train on, data-parallel: each takes an "
+        "equal share of every --batch_size (the global batch; it must divide evenly). "
+        "Default: all local devices.", lower_bound=1,
+    )  # fmt: skip
+    D(flags.DEFINE_enum, flag_values=fv)(
+        "compute_dtype", "float32", list(COMPUTE_DTYPES), "Dtype of the network's arithmetic "
+        "(bfloat16: mixed precision for GPU/TPU; parameters, optimiser state and the loss "
+        "stay float32).",
+    )  # fmt: skip
+    D(flags.DEFINE_string, flag_values=fv)(
+        "coordinator_address", None, "Multi-host runs: host:port of process 0, passed with "
+        "--num_processes and --process_id to jax.distributed.initialize.",
+    )  # fmt: skip
+    D(flags.DEFINE_integer, flag_values=fv)(
+        "num_processes", 1, "Multi-host runs: the number of processes (one per host).",
+        lower_bound=1,
+    )  # fmt: skip
+    D(flags.DEFINE_integer, flag_values=fv)(
+        "process_id", 0, "Multi-host runs: this process's rank in [0, num_processes); "
+        "process 0 writes the run's files.", lower_bound=0,
+    )  # fmt: skip
+
+    def processes_fit(values: Mapping[str, Any]) -> bool:
+        n, pid = values["num_processes"], values["process_id"]
+        if pid >= n:
+            raise flags.ValidationError(f"process_id must be in [0, num_processes={n}), got {pid}")
+        if n > 1 and not values["coordinator_address"]:
+            raise flags.ValidationError(
+                f"num_processes={n} needs --coordinator_address (host:port of process 0)"
+            )
+        return True
+
+    flags.register_multi_flags_validator(
+        ["num_processes", "process_id", "coordinator_address"], processes_fit, flag_values=fv
+    )
 
     def split_fits(values: Mapping[str, Any]) -> bool:
         n_train, n_val, n_test = values["num_train"], values["num_val"], values["num_test"]
@@ -283,7 +335,12 @@ def config_from_flags(fv: flags.FlagValues, names: Iterable[str]) -> dict[str, A
     return {n: (list(fv[n].value) if isinstance(fv[n].value, list) else fv[n].value) for n in names}
 
 
-def flagfile_text(fv: flags.FlagValues, names: Iterable[str], *, skip=("workdir", "overwrite")):
+def flagfile_text(
+    fv: flags.FlagValues,
+    names: Iterable[str],
+    *,
+    skip=("workdir", "overwrite", *DEPLOYMENT_FLAGS),
+):
     """The flags as a flagfile (one ``--name=value`` per line, unset ones left out)."""
     lines = [fv[n].serialize() for n in names if n not in skip and fv[n].value is not None]
     return "\n".join(lines) + "\n"
@@ -350,6 +407,15 @@ class RunWriter:
     @property
     def checkpoint_dir(self) -> Path | None:
         return self.path("checkpoints") if self.enabled else None
+
+    @property
+    def solver_checkpoint_dir(self) -> Path | None:
+        """The Solver's ``checkpoint_dir``: :attr:`checkpoint_dir`, and with several
+        processes every process's (all read it to resume together; the Solver writes only
+        on process 0)."""
+        if self.enabled or jax.process_count() > 1:
+            return self.path("checkpoints")
+        return None
 
     def holds_run(self) -> bool:
         """Whether the workdir holds (part of) a run: result files or checkpoints."""
@@ -601,19 +667,23 @@ def solver_kwargs(config: Mapping[str, Any]) -> dict[str, Any]:
         num_val_samples=config["num_val_samples"],
         print_every=config["print_every"],
         seed=config["seed"],
+        compute_dtype=config.get("compute_dtype"),
         verbose=True,
     )
 
 
-def describe_device() -> dict[str, Any]:
+def describe_device(mesh: Any = None) -> dict[str, Any]:
     d = jax.devices()[0]
-    return {
+    out = {
         "platform": d.platform,
         "device_kind": d.device_kind,
         "device_count": jax.device_count(),
         "process_count": jax.process_count(),
         "backend": jax.default_backend(),
     }
+    if mesh is not None:
+        out["mesh_devices"] = int(mesh.size)  # the devices this run trains on
+    return out
 
 
 def describe_host() -> dict[str, Any]:
@@ -674,9 +744,36 @@ def make_summary(
         "model": model_config(model),
         "flags": dict(config),
         "jax_version": jax.__version__,
-        "device": describe_device(),
+        "device": describe_device(getattr(solver, "mesh", None)),
         "host": describe_host(),
     }
+
+
+def make_run_mesh(config: Mapping[str, Any]) -> Any:
+    """The run's device mesh (``--num_devices`` per process); too many devices, or a batch
+    size that does not split evenly over them, stops the app with one line."""
+    from jcnn.parallel import make_mesh
+
+    try:
+        return make_mesh(config.get("num_devices"), batch_size=config["batch_size"])
+    except ValueError as e:
+        raise UsageFailure(f"--num_devices / --batch_size: {e}") from None
+
+
+def start_processes(config: Mapping[str, Any]) -> None:
+    """``jax.distributed.initialize`` for a multi-host run (``--num_processes`` > 1, or a
+    ``--coordinator_address``); a failure stops the app with one line."""
+    from jcnn.parallel import initialize_distributed
+
+    n = config.get("num_processes") or 1
+    if n == 1 and not config.get("coordinator_address"):
+        return
+    try:
+        initialize_distributed(config.get("coordinator_address"), n, config.get("process_id"))
+    except (ValueError, RuntimeError) as e:
+        raise UsageFailure(
+            f"could not start process {config.get('process_id')} of {n}: {e}"
+        ) from None
 
 
 def train_and_evaluate(
@@ -686,16 +783,24 @@ def train_and_evaluate(
     *,
     app_name: str,
     data: Mapping[str, Any] | None = None,
+    mesh: Any = None,
 ) -> dict[str, Any]:
     """Load the data (unless given), train ``model`` with the Solver (resuming from the
     workdir's newest checkpoint if it holds one), evaluate the best parameters on the test
-    split, write every file of the run; returns the summary."""
+    split, write every file of the run; returns the summary.
+
+    Training is data-parallel over ``mesh`` (default: :func:`make_run_mesh`); every process
+    gathers only its rows of each global batch, only process 0 prints and writes."""
+    from jcnn.parallel import is_primary
     from jcnn.solver import Solver
 
+    if mesh is None:
+        mesh = make_run_mesh(config)
+    say = print if is_primary() else (lambda *args, **kwargs: None)
     t_start = time.perf_counter()
     plots = have_matplotlib()
     if not plots:
-        print("matplotlib is not installed: no plots (pip install 'jcnn[plots]')", flush=True)
+        say("matplotlib is not installed: no plots (pip install 'jcnn[plots]')", flush=True)
     if data is None:
         data = load_data(config)
     data_s = time.perf_counter() - t_start
@@ -704,17 +809,18 @@ def train_and_evaluate(
     solver = Solver(
         model,
         data,
-        checkpoint_dir=writer.checkpoint_dir,
+        checkpoint_dir=writer.solver_checkpoint_dir,
         on_epoch_end=[logger],
         augment=make_augment(config),
         resume="auto",
         run_config=config,
-        **solver_kwargs(config),
+        mesh=mesh,
+        **{**solver_kwargs(config), "verbose": is_primary()},
     )
     start_iteration = solver.iteration
     if solver.resumed_from is not None:
         if solver.iteration >= solver.num_iterations and writer.path("summary.json").is_file():
-            print(f"{app_name}: the run in {writer.workdir} is complete; see summary.json")
+            say(f"{app_name}: the run in {writer.workdir} is complete; see summary.json")
             return json.loads(writer.path("summary.json").read_text())
         # The lines the checkpoint covers, exactly once; later ones are appended as usual.
         lines = history_records(solver, int(config["print_every"]))
@@ -727,17 +833,18 @@ def train_and_evaluate(
         "model": model_config(model),
         "data": {k: list(np.shape(data[k])) for k in ("X_train", "X_val", "X_test") if k in data},
         "jax_version": jax.__version__,
-        "device": describe_device(),
+        "device": describe_device(mesh),
         "host": describe_host(),
     }
     writer.write_json("config.json", started)
-    dev = describe_device()
-    print(
+    dev = describe_device(mesh)
+    procs = f" in {dev['process_count']} processes" if dev["process_count"] > 1 else ""
+    say(
         f"{app_name}: {type(model).__name__}, {num_params(solver.params):,} parameters; "
         f"{solver.num_train} train / {len(data['y_val'])} val images; "
         f"{solver.num_epochs} epochs x {solver.iterations_per_epoch} iterations of "
-        f"{solver.batch_size}; {dev['platform']} ({dev['device_kind']}); "
-        f"writing to {writer.workdir}",
+        f"{solver.batch_size}; {dev['platform']} ({dev['device_kind']}) x "
+        f"{dev['mesh_devices']}{procs}; writing to {writer.workdir}",
         flush=True,
     )
     session_start = time.perf_counter()
@@ -782,7 +889,7 @@ def train_and_evaluate(
     summary = json.loads(to_json(summary))  # plain JSON values, exactly what the file holds
     writer.write_json("summary.json", summary)
     test = "n/a" if test_acc is None else f"{test_acc:f}"
-    print(
+    say(
         f"best val_acc: {solver.best_val_acc:f} (epoch {solver.best_epoch}); test acc of the "
         f"best parameters: {test}; {summary['images_per_s']} training images/s; "
         f"wall time {summary['wall_time_s']:.1f} s; files in {writer.workdir}",
@@ -867,22 +974,28 @@ def main(
             "flagfile too, one per line)"
         )
     config = config_from_flags(fv, names)
+    start_processes(config)  # before anything touches a device
     try:
         model = make_model(config)
     except ValueError as e:
         raise UsageFailure(f"invalid model flags: {e}") from None
+    mesh = make_run_mesh(config)  # a batch that does not split stops here, before the data
     workdir = Path(config["workdir"]) if config["workdir"] else default_workdir(app_name)
     config["workdir"] = str(workdir)
     writer = RunWriter(workdir)
     if config["overwrite"]:
         writer.clear()
-    elif writer.holds_run():
+    elif writer.enabled and writer.holds_run():  # process 0 checks (and tidies) the workdir
         resume_from = check_resumable(writer, config)
         if resume_from is not None:
             print(f"{app_name}: resuming the run in {workdir} from {resume_from}", flush=True)
     writer.write_text("flags.cfg", flagfile_text(fv, names))
+    if jax.process_count() > 1:  # the others read the workdir only once process 0 is done
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices("jcnn: workdir ready")
     try:
-        return train_and_evaluate(config, model, writer, app_name=app_name)
+        return train_and_evaluate(config, model, writer, app_name=app_name, mesh=mesh)
     except CheckpointMismatchError as e:
         raise UsageFailure(f"--workdir={workdir}: {e}; or pass --overwrite") from None
     except NonFiniteLossError as e:

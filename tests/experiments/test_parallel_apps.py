@@ -1,0 +1,126 @@
+"""The apps' scale-out flags: --num_devices, --compute_dtype and the multi-host flags.
+
+Each case runs the real command line in fresh interpreters with virtual CPU devices
+(XLA_FLAGS must be set before JAX starts).
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.experiments.util import PYTHON, ROOT, subprocess_env
+
+TINY = ["--num_train=40", "--num_val=10", "--num_test=10", "--print_every=2",
+        "--num_filters=4,8", "--blocks=1,1", "--hidden_dims=8", "--num_epochs=1",
+        "--noplot_every_epoch"]  # fmt: skip
+TIMEOUT = 240
+
+
+def _env(devices: int) -> dict[str, str]:
+    return subprocess_env(XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--batch_size=7"], "batch_size=7 (the global batch) must be divisible by the number "
+                             "of devices 2"),
+        (["--num_devices=3"], "num_devices=3 but this process has only 2 cpu device(s)"),
+    ],
+)  # fmt: skip
+def test_bad_device_count_stops_before_the_data(tmp_path, args, message):
+    proc = subprocess.run(
+        [PYTHON, "-m", "experiments.vgg_cifar", f"--workdir={tmp_path / 'run'}",
+         "--data_dir=/nonexistent", *args],
+        capture_output=True, text=True, timeout=TIMEOUT, cwd=ROOT, env=_env(2),
+    )  # fmt: skip
+    assert proc.returncode == 1
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("FATAL")]
+    assert len(errors) == 1 and message in errors[0], proc.stderr
+    assert "CIFAR" not in proc.stderr and "Traceback" not in proc.stderr  # data never read
+    assert not (tmp_path / "run").exists()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_processes_one_run_written_by_process_0(tmp_path, fake_cifar_dir):
+    """Two processes with one device each train one run (global batch 8, 4 rows each) in
+    bfloat16; only process 0 prints and writes."""
+    workdir = tmp_path / "run"
+    address = f"127.0.0.1:{_free_port()}"
+    logs = [(tmp_path / f"out.{i}", tmp_path / f"err.{i}") for i in (0, 1)]
+    procs = []
+    for pid, (out, err) in enumerate(logs):
+        with open(out, "w") as fo, open(err, "w") as fe:
+            procs.append(
+                subprocess.Popen(
+                    [
+                        PYTHON,
+                        "-m",
+                        "experiments.vgg_cifar",
+                        f"--workdir={workdir}",
+                        f"--data_dir={fake_cifar_dir}",
+                        *TINY,
+                        "--batch_size=8",
+                        "--compute_dtype=bfloat16",
+                        f"--coordinator_address={address}",
+                        "--num_processes=2",
+                        f"--process_id={pid}",
+                    ],
+                    stdout=fo,
+                    stderr=fe,
+                    cwd=ROOT,
+                    env=_env(1),
+                )  # fmt: skip
+            )
+    deadline = time.monotonic() + TIMEOUT
+    try:
+        while time.monotonic() < deadline:
+            codes = [p.poll() for p in procs]
+            if all(c == 0 for c in codes) or any(c not in (None, 0) for c in codes):
+                break
+            time.sleep(0.2)
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    errs = [e.read_text() for _, e in logs]
+    if any("could not start process" in e for e in errs):
+        pytest.skip(next(e for e in errs if "could not start process" in e).strip())
+    for pid, code in enumerate(codes):
+        assert code == 0, f"process {pid} ({code}):\n{errs[pid][-3000:]}"
+    out0, out1 = (o.read_text() for o, _ in logs)
+    assert "(Iteration 1 / 5) loss:" in out0 and "x 2 in 2 processes" in out0
+    assert "(Iteration" not in out1 and "best val_acc" not in out1  # process 1 is quiet
+    summary = json.loads((workdir / "summary.json").read_text())
+    assert summary["device"]["mesh_devices"] == 2 and summary["device"]["process_count"] == 2
+    assert summary["flags"]["compute_dtype"] == "bfloat16"
+    assert summary["iterations"] == 5 and summary["batch_size"] == 8
+    flagfile = (workdir / "flags.cfg").read_text()
+    assert "--compute_dtype=bfloat16" in flagfile and "--process_id" not in flagfile
+    assert sorted(p.name for p in Path(workdir, "checkpoints").glob("*.npz")) == [
+        "best.npz", "epoch_001.npz",
+    ]  # fmt: skip
+
+
+def test_bench_devices_table():
+    from experiments import bench_devices
+
+    row = {"devices": 1, "batch_size": 50, "per_device": 50, "ms_per_step": 100.0,
+           "images_per_s": 500.0}  # fmt: skip
+    table = bench_devices.format_table([row, {**row, "devices": 2, "per_device": 25,
+                                              "images_per_s": 450.0}])  # fmt: skip
+    lines = table.splitlines()
+    assert lines[0].split()[:2] == ["devices", "batch"] and len(lines) == 3
+    assert lines[1].split()[-1] == "1.00x" and lines[2].split()[-1] == "0.90x"
