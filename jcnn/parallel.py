@@ -61,6 +61,7 @@ __all__ = [
     "is_primary",
     "make_mesh",
     "mixed_precision_loss",
+    "predict_params",
     "process_slice",
     "put_batch",
     "replicate",
