@@ -274,8 +274,9 @@ def define_common_flags(
         "epoch ends only); a crash loses at most this many.", lower_bound=1,
     )  # fmt: skip
     D(flags.DEFINE_bool, flag_values=fv)(
-        "debug_nans", False, "jax_debug_nans: stop at the first primitive that makes a NaN "
-        "(slow: every step is checked op by op).",
+        "debug_nans", False, "Turn on jax_debug_nans: every step's outputs are checked for "
+        "NaN (a sync per step), and the step that makes one is re-run op by op to name the "
+        "primitive.",
     )  # fmt: skip
     D(flags.DEFINE_integer, flag_values=fv)(
         "num_devices", None, "Devices per process to train on, data-parallel: each takes an "

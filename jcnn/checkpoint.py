@@ -128,9 +128,9 @@ def _tmp_prefix(dest: Path) -> str:
 
 def atomic_write(dest: str | os.PathLike, write: Callable[[Any], None]) -> None:
     """Write ``dest`` atomically: ``write(f)`` fills a temporary file (opened ``w+b``) in the
-    same folder,
-    which is flushed, fsync'ed and renamed over ``dest``; then the folder is fsync'ed. A
-    reader (or a run killed at any moment) sees the old file or the new one, never half."""
+    same folder, which is flushed, fsync'ed and renamed over ``dest``; then the folder is
+    fsync'ed. A reader (or a run killed at any moment) sees the old file or the new one,
+    never half of one."""
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=_tmp_prefix(dest), suffix=".tmp")

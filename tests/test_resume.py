@@ -111,17 +111,32 @@ def test_checkpoints_kept_and_pruned(reference, crashed):
     assert not list(ckpt.glob(".*tmp"))
 
 
-def test_keep_checkpoints_keeps_the_last_epochs_and_always_the_newest_two(tmp_path):
-    solver = make(tmp_path, keep_checkpoints=1, checkpoint_every=1, num_epochs=2)
-    seen = []
-    solver.on_iteration.append(lambda s, it, loss: seen.append(names(tmp_path)))
-    solver.train()
-    for files in seen:
-        assert sum(f.endswith(".json") for f in files) <= 2
-    assert [p for p in names(tmp_path) if p.endswith(".npz")] == [
-        "epoch_002.npz",
-        "step_00000007.npz",
-    ]
+@pytest.mark.parametrize(
+    "keep, files, kept",
+    [
+        (0, ["epoch_001", "epoch_002", "step_00000009", "step_00000010"],
+         ["epoch_001", "epoch_002", "step_00000010"]),
+        (1, ["epoch_001", "epoch_002", "step_00000009", "step_00000010"],
+         ["epoch_002", "step_00000010"]),
+        (1, ["epoch_001", "epoch_002"], ["epoch_001", "epoch_002"]),  # the previous one stays
+        (2, ["epoch_001", "epoch_002", "epoch_003", "step_00000013"],
+         ["epoch_002", "epoch_003", "step_00000013"]),
+        (1, ["epoch_002", "step_00000005", "step_00000009"], ["epoch_002", "step_00000009"]),
+    ],
+)  # fmt: skip
+def test_keep_checkpoints_keeps_the_last_epochs_and_always_the_newest_two(
+    tmp_path, keep, files, kept
+):
+    solver = make(None, keep_checkpoints=keep)  # 4 iterations per epoch
+    solver.checkpoint_dir = tmp_path
+    for name in files:
+        (tmp_path / f"{name}.npz").write_bytes(b"")
+        (tmp_path / f"{name}.json").write_text("{}")
+    (tmp_path / "step_00000011.npz").write_bytes(b"")  # no sidecar: incomplete, not counted
+    solver._prune_checkpoints()
+    assert names(tmp_path) == sorted(
+        [f"{n}.{e}" for n in kept for e in ("json", "npz")] + ["step_00000011.npz"]
+    )
 
 
 def test_a_checkpoint_holds_everything_to_continue(crashed):
@@ -192,9 +207,16 @@ def test_a_corrupt_sidecar_is_detected_too(crashed, tmp_path):
     assert solver.resumed_from["iteration"] == 8
 
 
-def test_more_epochs_extend_a_finished_run(reference, tmp_path):
-    make(tmp_path, num_epochs=2).train()
-    solver = make(tmp_path)  # num_epochs=3 now: may differ, the run continues
+def test_more_epochs_extend_a_finished_run(reference, crashed, tmp_path):
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(crashed, ckpt)
+    for f in ckpt.glob("step_00000009.*"):
+        f.unlink()
+    finished = make(ckpt, num_epochs=2)  # epoch_002 ends a 2-epoch run
+    assert finished.iteration == finished.num_iterations == 8
+    finished.train()  # nothing to do
+    assert finished.trace_counts["train_step"] == 0
+    solver = make(ckpt)  # num_epochs=3 now: may differ, the run continues
     assert solver.resumed_from["iteration"] == 8
     solver.train()
     assert_same_run(solver, reference[0])
