@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 import jcnn.layers as L
@@ -135,7 +135,22 @@ def test_relu_vjp(shape, dtype, seed):
 # ------------------------------------------------------------------------------------ conv
 
 
-def _tiling_sizes(filter_size, stride, pad, upto=8):
+def xla_aborts(h, w, hh, ww, stride, pad):
+    """The valid convolutions whose input gradient aborts the process inside XLA (jaxlib
+    0.10.2 CPU: ``algebraic_simplifier.cc:586 Check failed ... Window dimensions do not match
+    RHS shape``), for jax.grad of ``lax.conv_general_dilated`` (the twin) and for
+    ``conv2d(impl='xla')`` alike: stride 2, pad 1, one axis a 2-tap filter over >= 4 pixels,
+    the other a filter of >= 3 taps. Found by this fuzzing; an exhaustive sweep of sizes <= 6,
+    filters <= 4, stride <= 3, pad <= 2 found no others. Left out of the draws (an abort
+    would end the whole test run); see test_conv_input_gradient_xla_abort."""
+    return (
+        stride == 2
+        and pad == 1
+        and ((hh == 2 and h >= 4 and ww >= 3) or (ww == 2 and w >= 4 and hh >= 3))
+    )
+
+
+def _tiling_sizes(filter_size, stride, pad, upto=6):
     return [h for h in range(1, upto + 1) if h + 2 * pad >= filter_size
             and (h + 2 * pad - filter_size) % stride == 0]  # fmt: skip
 
@@ -149,6 +164,7 @@ def conv_cases(draw):
     stride, pad = draw(small), draw(st.integers(0, 2))
     h = draw(st.sampled_from(_tiling_sizes(hh, stride, pad)))
     w = draw(st.sampled_from(_tiling_sizes(ww, stride, pad)))
+    assume(not xla_aborts(h, w, hh, ww, stride, pad))
     x_shape = (n, c, h, w) if layout == "NCHW" else (n, h, w, c)
     return impl, layout, x_shape, (f, c, hh, ww), stride, pad
 
@@ -428,6 +444,29 @@ KNOWN_GAPS = {
     # a filter with a zero-size spatial dimension is accepted (H' = 1 + (H + 2·pad) / stride)
     "conv empty filter": lambda: L.conv2d(zeros(1, 2, 4, 4), zeros(3, 2, 0, 3), zeros(3)),
 }  # fmt: skip
+
+
+ABORT = """
+import jax, jax.numpy as jnp
+import jcnn.layers as L
+x, w, b = jnp.ones((1, 1, 4, 1)), jnp.ones((1, 1, 2, 3)), jnp.ones((1,))
+jax.jit(jax.grad(lambda x: L.conv2d(x, w, b, stride=2, pad=1, impl={impl!r}).sum()))(x)
+"""
+
+
+@pytest.mark.xfail(strict=True, reason="XLA CPU aborts (jaxlib 0.10.2); see xla_aborts")
+def test_conv_input_gradient_xla_abort():
+    """Remove the exclusion in conv_cases when this passes (a jaxlib without the bug)."""
+    import subprocess
+    import sys
+
+    from tests.experiments.util import ROOT, subprocess_env
+
+    cmd = [sys.executable, "-c", ABORT.format(impl="xla")]
+    proc = subprocess.run(
+        cmd, cwd=ROOT, env=subprocess_env(), capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 0, proc.stderr[-500:]
 
 
 @pytest.mark.xfail(strict=True, reason="jcnn/layers does not check these yet (see the case)")
