@@ -18,8 +18,9 @@ install-test: $(BIN)/python
 
 # DATA_DIR: a folder holding cifar-10-batches-py/ or cifar-10-python.tar.gz (default: $$JCNN_DATA_DIR,
 # else ~/.cache/jcnn, where the official archive is downloaded and checked if missing).
+# Running it again resumes the run in runs/vgg_seed from its last checkpoint.
 run: install
-	$(BIN)/python -m experiments.vgg_cifar --flagfile=experiments/configs/vgg_seed.cfg $(if $(DATA_DIR),--data_dir=$(DATA_DIR))
+	$(BIN)/python -m experiments.vgg_cifar --flagfile=experiments/configs/vgg_seed.cfg --workdir=runs/vgg_seed $(if $(DATA_DIR),--data_dir=$(DATA_DIR))
 
 lint: install-test
 	$(BIN)/ruff check .

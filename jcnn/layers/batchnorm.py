@@ -25,7 +25,6 @@ class BatchnormCache:
     x: jax.Array
     mean: jax.Array  # batch mean (train) or running mean (test), broadcastable to x
     inv_std: jax.Array  # 1/sqrt(var + eps), broadcastable to x
-    x_hat: jax.Array
     gamma: jax.Array
     train: bool
     axis: int = 1  # the feature axis
@@ -78,7 +77,9 @@ def batchnorm_forward(
     inv_std = lax.rsqrt(_per_feature(var, x.ndim, axis).astype(x.dtype) + eps)
     x_hat = (x - mean) * inv_std
     out = _per_feature(gamma, x.ndim, axis) * x_hat + _per_feature(beta, x.ndim, axis)
-    return out, BatchnormCache(x, mean, inv_std, x_hat, gamma, bool(train), axis)
+    # x̂ is recomputed in the backward pass rather than saved: x already exists (it is the
+    # previous layer's output), so saving it costs no extra full-size buffer.
+    return out, BatchnormCache(x, mean, inv_std, gamma, bool(train), axis)
 
 
 def batchnorm_backward(dout, cache: BatchnormCache):
@@ -86,7 +87,8 @@ def batchnorm_backward(dout, cache: BatchnormCache):
     drunning_var)`` (the running statistics get zero gradient in training mode)."""
     axis, nd = cache.axis, dout.ndim
     axes = _reduce_axes(nd, axis)
-    x_hat, inv_std = cache.x_hat, cache.inv_std
+    inv_std = cache.inv_std
+    x_hat = (cache.x - cache.mean) * inv_std
     gamma = _per_feature(cache.gamma, nd, axis)
     dbeta = jnp.sum(dout, axis=axes)
     dgamma = jnp.sum(dout * x_hat, axis=axes)
@@ -117,7 +119,7 @@ def batchnorm_backward_graph(dout, cache: BatchnormCache):
     std = 1.0 / inv_std
     gamma = _per_feature(cache.gamma, dout.ndim, axis)
     dbeta = jnp.sum(dout, axis=axes)  # out = gx + beta
-    dgamma = jnp.sum(dout * cache.x_hat, axis=axes)  # gx = gamma * x_hat
+    dgamma = jnp.sum(dout * x_mu * inv_std, axis=axes)  # gx = gamma * x_hat
     dx_hat = dout * gamma
     dinv_std = jnp.sum(dx_hat * x_mu, axis=axes, keepdims=True)  # x_hat = x_mu * inv_std
     dx_mu = dx_hat * inv_std

@@ -19,7 +19,14 @@ import jax.numpy as jnp
 from jax import lax
 
 from jcnn.layers._binding import cache_dataclass, with_vjp
-from jcnn.layers._checks import check_choice, check_rank, check_shape, nonnegative_int, positive_int
+from jcnn.layers._checks import (
+    check_choice,
+    check_floating,
+    check_rank,
+    check_shape,
+    nonnegative_int,
+    positive_int,
+)
 from jcnn.layers._windows import LAYOUTS, channel_axis, spatial_axes, tap
 
 IMPLS = ("naive", "im2col", "xla")
@@ -63,6 +70,13 @@ def check_conv_args(x, w, b, stride, pad, layout: str = "NCHW") -> tuple[int, in
             f"(x {tuple(x.shape)}, w {tuple(w.shape)})"
         )
     check_shape("b", b, (w.shape[0],), "one bias per filter of w")
+    check_floating("x", x)
+    if w.dtype != x.dtype or b.dtype != x.dtype:
+        raise ValueError(
+            f"x, w and b must share one floating dtype, got x {x.dtype}, w {w.dtype}, b {b.dtype}"
+        )
+    if min(w.shape) < 1:
+        raise ValueError(f"w must have no empty dimension, got shape {tuple(w.shape)}")
     h_out = conv_output_size(x.shape[h_axis], w.shape[2], stride, pad, "H")
     w_out = conv_output_size(x.shape[w_axis], w.shape[3], stride, pad, "W")
     return h_out, w_out
@@ -200,12 +214,19 @@ def conv_dx_xla(dout, w, x_shape, stride: int, pad: int, layout: str = "NCHW"):
         for k, size, n_out in ((hh, h, h_out), (ww, wd, w_out))
     ]
     fits = all(lo >= 0 and hi >= 0 for lo, hi in exact)
+    if stride > 1:
+        # Dilate dout explicitly (zeros between its pixels) instead of through lhs_dilation:
+        # jaxlib 0.10.2's CPU algebraic simplifier aborts the process on some lhs-dilated
+        # convolutions (e.g. stride 2, pad 1, a 2x3 filter), jax.grad of lax.conv included.
+        config = [(0, 0, 0)] * 4
+        for axis in (h_axis, w_axis):
+            config[axis] = (0, 0, stride - 1)
+        dout = lax.pad(dout, lax.full((), 0, dout.dtype), config)
     dx = lax.conv_general_dilated(
         dout,
         jnp.flip(w, axis=(2, 3)),
         (1, 1),
         exact if fits else ((hh - 1, hh - 1), (ww - 1, ww - 1)),
-        lhs_dilation=(stride, stride),
         dimension_numbers=(layout, "IOHW", layout),
     )
     return dx if fits else _crop(dx, layout, pad, h, wd)
