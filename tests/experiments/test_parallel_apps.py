@@ -114,13 +114,23 @@ def test_two_processes_one_run_written_by_process_0(tmp_path, fake_cifar_dir):
     ]  # fmt: skip
 
 
-def test_bench_devices_table():
-    from experiments import bench_devices
+TABLE_CHECK = """
+from experiments import bench_devices
 
-    row = {"devices": 1, "batch_size": 50, "per_device": 50, "ms_per_step": 100.0,
-           "images_per_s": 500.0}  # fmt: skip
-    table = bench_devices.format_table([row, {**row, "devices": 2, "per_device": 25,
-                                              "images_per_s": 450.0}])  # fmt: skip
-    lines = table.splitlines()
+row = {"devices": 1, "batch_size": 50, "per_device": 50, "ms_per_step": 100.0,
+       "images_per_s": 500.0}
+print(bench_devices.format_table([row, {**row, "devices": 2, "per_device": 25,
+                                        "images_per_s": 450.0}]))
+"""
+
+
+def test_bench_devices_table():
+    # In a fresh interpreter: bench_devices and benchmark both define absl flags such as
+    # --worker and --json_out, so the two modules cannot be imported into one process.
+    out = subprocess.run(
+        [PYTHON, "-c", TABLE_CHECK], cwd=ROOT, env=subprocess_env(),
+        capture_output=True, text=True, timeout=120, check=True,
+    ).stdout  # fmt: skip
+    lines = out.strip().splitlines()
     assert lines[0].split()[:2] == ["devices", "batch"] and len(lines) == 3
     assert lines[1].split()[-1] == "1.00x" and lines[2].split()[-1] == "0.90x"
