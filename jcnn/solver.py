@@ -113,6 +113,7 @@ import numpy as np
 import optax
 
 from jcnn import parallel
+from jcnn._validate import positive_int
 from jcnn.checkpoint import (
     atomic_write,
     flatten_tree,
@@ -280,18 +281,6 @@ def resolve_optim_config(update_rule: str, optim_config: Mapping[str, Any] | Non
     return config
 
 
-def _positive_int(name: str, value: Any) -> int:
-    if isinstance(value, bool):
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
-    try:
-        v = operator.index(value)
-    except TypeError:
-        raise ValueError(f"{name} must be a positive int, got {value!r}") from None
-    if v <= 0:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
-    return v
-
-
 def _callbacks(name: str, value: Callable | Iterable[Callable] | None) -> list[Callable]:
     if value is None:
         return []
@@ -395,23 +384,21 @@ class Solver:
             raise ValueError(f"lr_decay must be a float > 0, got {lr_decay!r}") from None
         if not (math.isfinite(self.lr_decay) and self.lr_decay > 0):
             raise ValueError(f"lr_decay must be a finite float > 0, got {lr_decay!r}")
-        self.batch_size = _positive_int("batch_size", batch_size)
-        self.num_epochs = _positive_int("num_epochs", num_epochs)
+        self.batch_size = positive_int("batch_size", batch_size)
+        self.num_epochs = positive_int("num_epochs", num_epochs)
         self.num_train_samples = (
             None
             if num_train_samples is None
-            else _positive_int("num_train_samples", num_train_samples)
+            else positive_int("num_train_samples", num_train_samples)
         )
         self.num_val_samples = (
-            None if num_val_samples is None else _positive_int("num_val_samples", num_val_samples)
+            None if num_val_samples is None else positive_int("num_val_samples", num_val_samples)
         )
-        self.print_every = _positive_int("print_every", print_every)
+        self.print_every = positive_int("print_every", print_every)
         self.verbose = bool(verbose)
         self.checkpoint_dir = None if checkpoint_dir is None else Path(checkpoint_dir)
         self.checkpoint_every = (
-            None
-            if checkpoint_every is None
-            else _positive_int("checkpoint_every", checkpoint_every)
+            None if checkpoint_every is None else positive_int("checkpoint_every", checkpoint_every)
         )
         if isinstance(keep_checkpoints, bool) or not isinstance(keep_checkpoints, int | np.integer):
             raise ValueError(f"keep_checkpoints must be an int >= 0, got {keep_checkpoints!r}")
@@ -804,7 +791,7 @@ class Solver:
         current ``params``/``state``. With a ``mesh`` each chunk is split over its devices
         (``batch_size`` rounded up to a multiple of the device count).
         """
-        batch_size = _positive_int("batch_size", batch_size)
+        batch_size = positive_int("batch_size", batch_size)
         if self.mesh is not None:
             batch_size = -(-batch_size // self.mesh.size) * self.mesh.size
         X = np.asarray(X)

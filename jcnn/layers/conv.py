@@ -217,7 +217,7 @@ def conv_dx_xla(dout, w, x_shape, stride: int, pad: int, layout: str = "NCHW"):
     if stride > 1:
         # Dilate dout explicitly (zeros between its pixels) instead of through lhs_dilation:
         # jaxlib 0.10.2's CPU algebraic simplifier aborts the process on some lhs-dilated
-        # convolutions (e.g. stride 2, pad 1, a 2x3 filter), jax.grad of lax.conv included.
+        # convolutions (e.g. stride 2, pad 1, a 2x3 filter), autodiff of lax.conv included.
         config = [(0, 0, 0)] * 4
         for axis in (h_axis, w_axis):
             config[axis] = (0, 0, stride - 1)
