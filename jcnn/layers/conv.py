@@ -10,6 +10,7 @@ Backward, whatever the formulation:
 - ``naive``: the definition, one output position at a time (a ``fori_loop``).
 - ``im2col``: gather every receptive field into a column, one matrix product.
 - ``xla``: ``lax.conv_general_dilated`` forward; dx and dw are themselves convolutions.
+  Also on channels-last activations (``layout='NHWC'``), the models' fast path on the CPU.
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""Max pooling over ``pool_height × pool_width`` windows moved by ``stride``; NCHW in and out.
+"""Max pooling over ``pool_height × pool_width`` windows moved by ``stride``; NCHW in and out
+(NHWC with ``layout='NHWC'``, fast impl).
 
 Output size ``H' = 1 + (H − pool_height) // stride`` (rows the last window cannot reach are
 left out and get zero gradient). Backward: each window's upstream gradient goes to the
