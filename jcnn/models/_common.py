@@ -105,6 +105,18 @@ def float_dtype(name: str, value: Any) -> np.dtype:
     return dt
 
 
+def check_batchnorm_fields(model: Any) -> None:
+    """Validate and normalise ``bn_momentum`` (in [0, 1]) and ``bn_eps`` (> 0) in place."""
+    momentum = float(model.bn_momentum)
+    if not 0.0 <= momentum <= 1.0:
+        raise ValueError(f"bn_momentum must be in [0, 1], got {model.bn_momentum!r}")
+    set_field(model, "bn_momentum", momentum)
+    eps = float(model.bn_eps)
+    if not eps > 0.0:
+        raise ValueError(f"bn_eps must be > 0, got {model.bn_eps!r}")
+    set_field(model, "bn_eps", eps)
+
+
 def to_layout(x: jax.Array, layout: str) -> jax.Array:
     """NCHW input to the model's inside layout (one transpose at the model's edge)."""
     return x.transpose(0, 2, 3, 1) if layout == "NHWC" else x

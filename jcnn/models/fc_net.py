@@ -62,14 +62,7 @@ class FullyConnectedNet(C.Model):
         C.set_field(self, "weight_scale", C.weight_scale_value("weight_scale", self.weight_scale))
         C.set_field(self, "dtype", C.float_dtype("dtype", self.dtype))
         C.choice("layers", self.layers, C.LAYERS)
-        momentum = float(self.bn_momentum)
-        if not 0.0 <= momentum <= 1.0:
-            raise ValueError(f"bn_momentum must be in [0, 1], got {self.bn_momentum!r}")
-        C.set_field(self, "bn_momentum", momentum)
-        eps = float(self.bn_eps)
-        if not eps > 0.0:
-            raise ValueError(f"bn_eps must be > 0, got {self.bn_eps!r}")
-        C.set_field(self, "bn_eps", eps)
+        C.check_batchnorm_fields(self)
 
     @property
     def num_features(self) -> int:

@@ -83,14 +83,7 @@ class VGGNet(C.Model):
         C.choice("conv_impl", self.conv_impl, C.CONV_IMPLS)
         C.choice("pool_impl", self.pool_impl, C.POOL_IMPLS)
         C.set_field(self, "layout", C.resolve_layout(self.layout, self.conv_impl, self.pool_impl))
-        momentum = float(self.bn_momentum)
-        if not 0.0 <= momentum <= 1.0:
-            raise ValueError(f"bn_momentum must be in [0, 1], got {self.bn_momentum!r}")
-        C.set_field(self, "bn_momentum", momentum)
-        eps = float(self.bn_eps)
-        if not eps > 0.0:
-            raise ValueError(f"bn_eps must be > 0, got {self.bn_eps!r}")
-        C.set_field(self, "bn_eps", eps)
+        C.check_batchnorm_fields(self)
         _ = self.stage_shapes  # raises if a stage leaves nothing to pool
 
     @property
