@@ -11,7 +11,14 @@ Implementations (``--impls``):
   (``layers='reference'``), i.e. plain JAX + ``jax.grad``;
 * ``torch``: the same network in PyTorch eager (:mod:`experiments.torch_models`), when torch is
   importable (``pip install torch``; it is not a jcnn dependency);
-* ``torch_compile`` (not in the default list): the torch step with ``torch.compile`` on the loss.
+* ``torch_compile`` (not in the default list): the torch step with ``torch.compile`` on the loss;
+* ``solver`` (not in the default list): the jcnn model trained by :class:`jcnn.solver.Solver`
+  for two epochs on ``--solver_num_train`` random CIFAR-sized images (minibatch sampling on
+  the host, the jitted update, accuracy checks on 1,000 train and 1,000 val images at each
+  epoch end; ``--solver_augment`` adds random crops and flips inside the step). Its "step" is
+  the second epoch's training time (up to the accuracy check) over its iterations, so the
+  ``solver/jcnn`` ratio says how close a real training loop comes to the bare step; the
+  worker's JSON also has the whole epoch's time, accuracy check included (``epoch_s``).
 
 The JAX step is written the way a user writes it in a notebook, with only the public model API:
 one ``jax.jit`` function over ``jax.value_and_grad(model.loss, has_aux=True)`` and
@@ -61,7 +68,7 @@ from pathlib import Path
 from absl import app, flags
 
 MODELS = ("three_layer", "vgg")
-JAX_IMPLS = ("jcnn", "reference")
+JAX_IMPLS = ("jcnn", "reference", "solver")
 TORCH_IMPLS = ("torch", "torch_compile")
 IMPLS = JAX_IMPLS + TORCH_IMPLS
 # (a, b): report throughput(a) / throughput(b) when both were run.
@@ -71,6 +78,7 @@ RATIO_PAIRS = (
     ("jcnn", "reference"),
     ("jcnn", "torch_compile"),
     ("torch_compile", "torch"),
+    ("solver", "jcnn"),
 )
 RESULT_PREFIX = "@@jcnn-benchmark@@ "
 
@@ -124,6 +132,10 @@ flags.DEFINE_float("vgg_weight_scale", 1e-2, "VGGNet: init std.")
 flags.DEFINE_bool(
     "tiny", False, "Tiny sizes for smoke tests (sets the size flags not given explicitly)."
 )
+flags.DEFINE_integer(
+    "solver_num_train", 10_000, "solver impl: training images (one epoch = this / batch)."
+)
+flags.DEFINE_bool("solver_augment", False, "solver impl: random crops + flips in the step.")
 flags.DEFINE_string("conv_impl", None, "jcnn models: conv_impl (default: the model's).")
 flags.DEFINE_string("pool_impl", None, "jcnn models: pool_impl (default: the model's).")
 flags.DEFINE_integer("torch_threads", 0, "torch.set_num_threads (0: torch's default).")
@@ -150,6 +162,8 @@ _FORWARDED = (
     "vgg_hidden",
     "vgg_dropout",
     "vgg_weight_scale",
+    "solver_num_train",
+    "solver_augment",
     "conv_impl",
     "pool_impl",
     "torch_threads",
@@ -358,20 +372,108 @@ def _timed_steps(step, sync, repeats: int, warmup: int) -> dict:
     }
 
 
+def _jax_platform(model_kwargs: dict) -> dict:
+    import jax
+
+    import jcnn
+
+    devices = jax.devices()
+    return {
+        "jax": jax.__version__,
+        "jaxlib": importlib.metadata.version("jaxlib"),
+        "jcnn": jcnn.__version__,
+        "backend": jax.default_backend(),
+        "devices": [str(d) for d in devices],
+        "device_kind": devices[0].device_kind if devices else None,
+        "XLA_FLAGS": os.environ.get("XLA_FLAGS"),
+        "jcnn_xla_flags": jcnn.XLA_FLAGS_STATUS,
+        "jcnn_hugepages": jcnn.HUGEPAGES_STATUS,
+        "GLIBC_TUNABLES": os.environ.get("GLIBC_TUNABLES"),
+        "model_kwargs": {k: v for k, v in model_kwargs.items() if k != "dtype"},
+    }
+
+
+def _make_jax_model(model: str, impl: str):
+    import jax.numpy as jnp
+
+    from jcnn.models import ThreeLayerConvNet, VGGNet
+
+    cfg = model_config(model)
+    kwargs = dict(cfg, layers="jcnn" if impl == "solver" else impl, dtype=jnp.float32)
+    for name in ("conv_impl", "pool_impl"):
+        if FLAGS[name].value is not None:
+            kwargs[name] = FLAGS[name].value
+    return (ThreeLayerConvNet if model == "three_layer" else VGGNet)(**kwargs), kwargs
+
+
+def run_solver_worker(model: str, batch_size: int) -> dict:
+    """Two epochs of :class:`jcnn.solver.Solver` on random CIFAR-sized data (see the module
+    docs); the second epoch is the measurement."""
+    import jax
+    import numpy as np
+
+    from jcnn.augment import random_crop_flip
+    from jcnn.solver import Solver
+
+    net, kwargs = _make_jax_model(model, "solver")
+    cfg = model_config(model)
+    rng = np.random.default_rng(FLAGS.seed + 1)
+    n_train, n_val = FLAGS.solver_num_train, 1000
+    X = rng.standard_normal((n_train + n_val, *cfg["input_dim"]), dtype=np.float32)
+    y = rng.integers(0, cfg["num_classes"], size=n_train + n_val).astype(np.int64)
+    data = {
+        "X_train": X[:n_train],
+        "y_train": y[:n_train],
+        "X_val": X[n_train:],
+        "y_val": y[n_train:],
+    }
+    marks = []
+    solver = Solver(
+        net,
+        data,
+        update_rule="adam",
+        optim_config={"learning_rate": FLAGS.learning_rate},
+        batch_size=batch_size,
+        num_epochs=2,
+        num_train_samples=1000,
+        verbose=False,
+        seed=FLAGS.seed,
+        augment=random_crop_flip if FLAGS.solver_augment else None,
+        on_epoch_end=lambda solver, epoch: marks.append(time.perf_counter()),
+    )
+    with OthersCpu() as others:
+        start = time.perf_counter()
+        solver.train()
+    ipe = solver.iterations_per_epoch
+    # eval_history "seconds": time into train() when each accuracy check began.
+    train_s = (start + solver.eval_history[2]["seconds"]) - marks[1]
+    step = train_s / ipe
+    return {
+        "first_call_s": marks[0] - start,
+        "step_s": [step],
+        "epoch_s": marks[2] - marks[1],
+        "epoch_train_s": train_s,
+        "iterations_per_epoch": ipe,
+        "first_loss": solver.loss_history[0],
+        "last_loss": solver.loss_history[-1],
+        "n_params": int(sum(p.size for p in jax.tree_util.tree_leaves(solver.params))),
+        "load_before": None,
+        "load_after": read_loadavg(),
+        "others_cpu_frac": others.frac,
+        "platform": {
+            **_jax_platform(kwargs),
+            "augment": FLAGS.solver_augment,
+            "num_train": n_train,
+        },
+    }
+
+
 def run_jax_worker(model: str, impl: str, batch_size: int) -> dict:
     import jax
     import jax.numpy as jnp
     import optax
 
-    import jcnn
-    from jcnn.models import ThreeLayerConvNet, VGGNet
-
-    cfg = model_config(model)
-    kwargs = dict(cfg, layers=impl, dtype=jnp.float32)
-    for name in ("conv_impl", "pool_impl"):
-        if FLAGS[name].value is not None:
-            kwargs[name] = FLAGS[name].value
-    net = (ThreeLayerConvNet if model == "three_layer" else VGGNet)(**kwargs)
+    net, kwargs = _make_jax_model(model, impl)
 
     # -- the training step, as a user writes it --------------------------------------------
     params, state = net.init(jax.random.PRNGKey(FLAGS.seed))
@@ -407,21 +509,11 @@ def run_jax_worker(model: str, impl: str, batch_size: int) -> dict:
         return out
 
     result = _timed_steps(step, sync, FLAGS.repeats, FLAGS.warmup)
-    devices = jax.devices()
     result.update(
         first_loss=float(losses[0]),
         last_loss=float(losses[-1]),
         n_params=int(sum(p.size for p in jax.tree_util.tree_leaves(carry[0]))),
-        platform={
-            "jax": jax.__version__,
-            "jaxlib": importlib.metadata.version("jaxlib"),
-            "jcnn": getattr(jcnn, "__version__", None),
-            "backend": jax.default_backend(),
-            "devices": [str(d) for d in devices],
-            "device_kind": devices[0].device_kind if devices else None,
-            "XLA_FLAGS": os.environ.get("XLA_FLAGS"),
-            "model_kwargs": {k: v for k, v in kwargs.items() if k != "dtype"},
-        },
+        platform=_jax_platform(kwargs),
     )
     return result
 
@@ -481,7 +573,9 @@ def run_torch_worker(model: str, impl: str, batch_size: int) -> dict:
 
 def run_worker(model: str, impl: str, batch_size: int) -> dict:
     """Time ``repeats`` steps of one (model, impl, batch size) in this process."""
-    if impl in JAX_IMPLS:
+    if impl == "solver":
+        result = run_solver_worker(model, batch_size)
+    elif impl in JAX_IMPLS:
         result = run_jax_worker(model, impl, batch_size)
     elif impl in TORCH_IMPLS:
         result = run_torch_worker(model, impl, batch_size)
@@ -704,7 +798,7 @@ def format_header(meta: dict) -> str:
         if impl in JAX_IMPLS:
             parts.append(
                 f"{impl}: backend {p['backend']}, devices {p['devices']}, "
-                f"XLA_FLAGS={p['XLA_FLAGS']!r}"
+                f"XLA_FLAGS={p['XLA_FLAGS']!r}, huge pages: {p.get('jcnn_hugepages')}"
             )
         else:
             parts.append(

@@ -118,6 +118,29 @@ def test_worker_vgg_tiny():
     assert kwargs["layers"] == "jcnn"
 
 
+def test_solver_worker_times_the_second_epoch_of_a_real_solver_run():
+    proc = _run(
+        [
+            "--worker",
+            "--tiny",
+            "--models=three_layer",
+            "--impls=solver",
+            "--solver_num_train=40",
+            "--solver_augment",
+        ]
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    line = next(ln for ln in proc.stdout.splitlines() if ln.startswith(B.RESULT_PREFIX))
+    rec = json.loads(line[len(B.RESULT_PREFIX) :])
+    _check_record(rec, model="three_layer", impl="solver", repeats=1)
+    assert rec["iterations_per_epoch"] == 10  # 40 images, batch 4
+    # The step is the epoch's training time per iteration; the whole epoch adds the checks.
+    assert rec["step_s"][0] == pytest.approx(rec["epoch_train_s"] / 10)
+    assert 0 < rec["epoch_train_s"] < rec["epoch_s"]
+    assert rec["platform"]["augment"] is True and rec["platform"]["num_train"] == 40
+    assert rec["platform"]["model_kwargs"]["layers"] == "jcnn"
+
+
 def test_worker_rejects_several_impls():
     proc = _run(["--worker", "--tiny", "--models=vgg", "--impls=jcnn,reference"])
     assert proc.returncode != 0
