@@ -82,13 +82,19 @@ Mixed precision (``compute_dtype='bfloat16'``): the network runs in bfloat16, wh
 parameters, optimiser state, batchnorm statistics, gradients and the loss stay float32 (see
 :func:`jcnn.parallel.mixed_precision_loss`); accuracy checks use the same compute dtype.
 
-Numerics: each step also reports whether its loss and its updated parameters and state are
-finite; the flag is read back with the losses (no extra host sync), and the first bad step
-stops training with a :class:`NonFiniteLossError` naming the iteration. What was seen (the
-iteration, loss, learning rate, the minibatch's indices and labels, recent losses, the last
-good checkpoint) goes to ``err.report`` and, with a ``checkpoint_dir``, to
-``nonfinite.json`` beside it (``checkpoint_dir/../nonfinite.json``). Checkpoints are written
-only after the losses before them were checked, and never hold non-finite values. Under
+Numerics: each step also reports whether its loss is finite; the flag is read back with the
+losses (no extra host sync), and the first bad step stops training with a
+:class:`NonFiniteLossError` naming the iteration. The parameters and batchnorm statistics
+are verified finite (a finite loss can come with an update that overflowed) at every
+``print_every``-th iteration, before every accuracy check and checkpoint, and at the end —
+not after every step, where reading every parameter again cost up to 10 % of a step. So a
+bad update is caught either by the next step's loss or at the next verification; the report
+then says after which iteration the parameters were last verified (``print_every=1``
+verifies every step and names the exact update). What was seen (the iteration, loss,
+learning rate, the minibatch's indices and labels, recent losses, the last good checkpoint)
+goes to ``err.report`` and, with a ``checkpoint_dir``, to ``nonfinite.json`` beside it
+(``checkpoint_dir/../nonfinite.json``). Checkpoints are written only after the losses and
+parameters before them were checked, and never hold non-finite values. Under
 ``jax.config.update('jax_debug_nans', True)`` JAX's own FloatingPointError (naming the
 primitive) is reported the same way.
 """
@@ -485,6 +491,7 @@ class Solver:
         self.trace_counts = {"train_step": 0, "eval_step": 0}
         self._train_step = self._build_train_step()
         self._eval_step = self._build_eval_step()
+        self._all_finite = jax.jit(_all_finite)
         self._reset()
         self.resumed_from: dict[str, Any] | None = None
         self.last_checkpoint: Path | None = None
@@ -547,10 +554,9 @@ class Solver:
             )
             updates, opt_state = optimizer.update(grads, opt_state, params)
             params = optax.apply_updates(params, updates)
-            # Read back with the loss: no extra sync. A finite loss can still come with an
-            # update that overflowed, so the new parameters and statistics are checked too.
-            ok = jnp.isfinite(loss) & _all_finite((params, new_state))
-            return params, new_state, opt_state, loss, ok
+            # Read back with the loss: no extra sync. (The parameters are verified apart,
+            # every print_every steps: see _verify_finite.)
+            return params, new_state, opt_state, loss, jnp.isfinite(loss)
 
         if self.mesh is None:
             return jax.jit(train_step, donate_argnums=(0, 1, 2))
@@ -607,6 +613,10 @@ class Solver:
         # (device loss, device finite flag, iteration (1-based), minibatch indices) of the
         # updates whose loss has not been read back yet.
         self._pending: list[tuple[jax.Array, jax.Array, int, np.ndarray]] = []
+        # The iteration after which params and state were last verified finite, and the
+        # minibatch indices of the updates since then (for the report if they are not).
+        self._verified_iteration = 0
+        self._unverified: list[tuple[int, np.ndarray]] = []
 
     # ------------------------------------------------------------------------ training
 
@@ -625,6 +635,19 @@ class Solver:
             self.loss_history.append(float(loss))
             if not bool(ok):
                 self._stop_nonfinite(iteration, float(loss), idx, detected_after=pending[-1][2])
+
+    def _verify_finite(self) -> None:
+        """Check the pending losses, then that params and state are finite (one jitted
+        reduction, one host read); non-finite ones raise :class:`NonFiniteLossError`."""
+        self._flush_losses()
+        if self.iteration == self._verified_iteration:
+            return
+        if not bool(self._all_finite((self.params, self.state))):
+            self._stop_nonfinite(
+                self.iteration, self.loss_history[-1], self._unverified[-1][1], params=True
+            )
+        self._verified_iteration = self.iteration
+        self._unverified = []
 
     def _sample_indices(self) -> np.ndarray:
         return self._rng.choice(self.num_train, self.batch_size)
@@ -647,6 +670,7 @@ class Solver:
             self._stop_nonfinite(self.iteration + 1, float("nan"), idx, cause=e)
         self.iteration += 1
         self._pending.append((loss, ok, self.iteration, idx))
+        self._unverified.append((self.iteration, idx))
         return loss
 
     def train(self) -> None:
@@ -662,8 +686,9 @@ class Solver:
                 self._flush_losses()
                 for hook in self.on_iteration:
                     hook(self, self.iteration, self.loss_history[-1])
+            if t % self.print_every == 0:
+                self._verify_finite()
             if self.verbose and t % self.print_every == 0:
-                self._flush_losses()
                 print(
                     f"(Iteration {t + 1} / {self.num_iterations}) loss: {self.loss_history[-1]:f}",
                     flush=True,
@@ -682,14 +707,14 @@ class Solver:
             if evaluate:
                 for hook in self.on_epoch_end:
                     hook(self, self.epoch)
-        self._flush_losses()
+        self._verify_finite()
         self.elapsed_s = time.perf_counter() - clock0
         if self.best_params is not None:
             self.params = _copy_tree(self.best_params)
             self.state = _copy_tree(self.best_state)
 
     def _evaluate(self, elapsed: float) -> None:
-        self._flush_losses()
+        self._verify_finite()
         train_acc = self.check_accuracy(
             self.X_train, self.y_train, num_samples=self.num_train_samples
         )
@@ -738,10 +763,14 @@ class Solver:
         *,
         detected_after: int | None = None,
         cause: BaseException | None = None,
+        params: bool = False,
     ) -> None:
+        """Write the report and raise. ``params``: the loss was finite but the parameters
+        or statistics after ``iteration`` are not (found at a verification)."""
         lr = self.lr_at(iteration - 1)
         epoch = (iteration - 1) // self.iterations_per_epoch + 1
-        what = "loss" if not math.isfinite(loss) else "parameters after the update (finite loss)"
+        what = "parameters after the update (finite loss)" if params else "loss"
+        verified = self._verified_iteration
         idx = np.asarray(idx)
         report = {
             "error": f"non-finite {what}",
@@ -754,6 +783,12 @@ class Solver:
             "batch_labels": self.y_train[idx].tolist(),
             "recent_losses": [_json_float(v) for v in self.loss_history[-20:]],
             "detected_after_iteration": iteration if detected_after is None else detected_after,
+            # Params/state were verified finite after this iteration; any update since then
+            # (their minibatches below) may be the one that made them non-finite.
+            "params_verified_after_iteration": verified,
+            "unverified_batch_indices": {
+                str(t): np.asarray(i).tolist() for t, i in self._unverified if t <= iteration
+            },
             "last_good_checkpoint": None
             if self.last_checkpoint is None
             else str(self.last_checkpoint),
@@ -774,9 +809,14 @@ class Solver:
             if self.last_checkpoint is not None
             else ""
         )
+        since = (
+            f"; parameters last verified finite after iteration {verified}"
+            if iteration - verified > 1
+            else ""
+        )
         raise NonFiniteLossError(
             f"non-finite {what} at iteration {iteration} / {self.num_iterations} (epoch {epoch}, "
-            f"learning rate {lr:g}, loss {loss!r}): training stopped{where}{kept}",
+            f"learning rate {lr:g}, loss {loss!r}){since}: training stopped{where}{kept}",
             report,
             path,
         ) from cause
@@ -865,8 +905,9 @@ class Solver:
         )
 
     def checkpoint_metadata(self) -> dict[str, Any]:
-        """What the JSON sidecar of a checkpoint records (reads pending losses back first)."""
-        self._flush_losses()
+        """What the JSON sidecar of a checkpoint records (verifies pending losses and the
+        parameters first)."""
+        self._verify_finite()
         identity = self._identity()
         return {
             "format": CHECKPOINT_FORMAT,
@@ -1053,6 +1094,8 @@ class Solver:
         self.best_epoch = meta["best_epoch"]
         self.elapsed_s = float(meta["elapsed_s"])
         self._pending = []
+        self._verified_iteration = self.iteration  # checkpoints hold only finite values
+        self._unverified = []
         self.last_checkpoint = npz
         self.resumed_from = {
             "path": str(npz),

@@ -125,17 +125,39 @@ def test_nonfinite_loss_stops_naming_the_iteration_and_keeps_the_last_good_check
         again.train()
 
 
-def test_an_update_that_poisons_the_parameters_is_caught_with_a_finite_loss():
+def test_an_update_that_poisons_the_parameters_is_named_exactly_when_verified_every_step():
     data, index, hit = poisoned_data()
-    solver = make(Poisonable(mode="grad"), data)
+    solver = make(Poisonable(mode="grad"), data, print_every=1)
     with pytest.raises(
-        NonFiniteLossError, match=rf"parameters after the update.*iteration {hit}"
+        NonFiniteLossError, match=rf"parameters after the update.*iteration {hit} / 18 \("
     ) as e:
         solver.train()
     report = e.value.report
     assert isinstance(report["loss"], float) and np.isfinite(report["loss"])
     assert index in report["batch_indices"] and e.value.report_path is None
+    assert report["params_verified_after_iteration"] == hit - 1
     assert np.isfinite(solver.loss_history).all() and len(solver.loss_history) == hit
+
+
+def test_a_poisoning_update_between_verifications_is_caught_by_the_next_loss():
+    # Verified only at iteration 1 and the epoch ends (6, 12): the NaN parameters after
+    # the poisoned update show up as the next step's NaN loss, and the report lists the
+    # minibatches since the last verification, the poisoned one among them.
+    data, index, hit = poisoned_data()
+    assert hit not in (1, 6, 12) and hit + 1 not in (6, 12)
+    solver = make(Poisonable(mode="grad"), data)
+    verified = max(v for v in (1, 6, 12) if v < hit)
+    with pytest.raises(
+        NonFiniteLossError,
+        match=rf"non-finite loss at iteration {hit + 1} .*last verified finite after "
+        rf"iteration {verified}:",
+    ) as e:
+        solver.train()
+    report = e.value.report
+    assert report["params_verified_after_iteration"] == verified
+    unverified = report["unverified_batch_indices"]
+    assert sorted(map(int, unverified)) == list(range(verified + 1, hit + 2))
+    assert index in unverified[str(hit)]
 
 
 def test_detection_reads_losses_back_only_when_it_already_did(monkeypatch):
