@@ -7,7 +7,9 @@ first (row-major) position holding the window's maximum; overlapping windows add
 
 - ``naive``: one output position at a time (a ``fori_loop``), the definition.
 - ``fast``: one strided view per window tap, a running max/argmax over the taps (saved as
-  int8); the backward places dout at each tap's winners with a strided pad. Also NHWC.
+  int8); the backward places dout at each tap's winners with a strided pad, or, for
+  square windows that tile the input (stride = window, e.g. 2×2 stride 2), broadcasts dout
+  over each window in one pass. Also NHWC.
 """
 
 from __future__ import annotations
@@ -126,9 +128,32 @@ def max_pool_forward_fast(
     return best, FastPoolCache(idx, tuple(x.shape), ph, pw, s, layout)
 
 
+def _tiled_backward(dout, cache: FastPoolCache):
+    """Windows that tile the input (stride = window): every input pixel belongs to exactly
+    one window, so dx is dout broadcast over each window's taps, kept where the tap won —
+    one pass that writes dx in order (rows/columns no window reaches get zeros)."""
+    ph, pw, layout = cache.pool_height, cache.pool_width, cache.layout
+    h_axis, w_axis = spatial_axes(layout)
+    # Insert a tap axis after each spatial axis: (..., H', ph, W', pw, ...).
+    expand = lambda a: jnp.expand_dims(a, (h_axis + 1, w_axis + 2))  # noqa: E731
+    taps = [1] * 6
+    taps[h_axis + 1], taps[w_axis + 2] = ph, pw
+    k = jnp.arange(ph * pw, dtype=cache.argmax.dtype).reshape(taps)
+    dx = jnp.where(expand(cache.argmax) == k, expand(dout), jnp.zeros((), dout.dtype))
+    shape = list(dout.shape)
+    shape[h_axis] *= ph
+    shape[w_axis] *= pw
+    dx = dx.reshape(shape)
+    missing = [(0, full - have) for full, have in zip(cache.x_shape, shape, strict=True)]
+    return jnp.pad(dx, missing) if any(hi for _, hi in missing) else dx
+
+
 def max_pool_backward_fast(dout, cache: FastPoolCache):
-    """dx = Σ_taps place(dout where the tap won); each placement is a strided pad."""
+    """dx = Σ_taps place(dout where the tap won); each placement is a strided pad. Windows
+    that tile the input (stride = window size, the usual 2×2/2) take one broadcast pass."""
     ph, pw, s, layout = cache.pool_height, cache.pool_width, cache.stride, cache.layout
+    if s == ph == pw:
+        return (_tiled_backward(dout, cache),)
     zero = jnp.zeros_like(dout)
     dx = None
     for k in range(ph * pw):

@@ -10,8 +10,10 @@ from tests.helpers import assert_vjp_proven, normal
 
 IMPLS = ("naive", "fast")
 # (x shape, pool_height, pool_width, stride): tiling, overlapping, non-square, leftovers, batch 1.
+# Square windows with stride = window take the fast impl's one-pass (tiled) backward.
 CASES = [
     ((2, 3, 8, 8), 2, 2, 2),
+    ((2, 2, 7, 6), 3, 3, 3),
     ((1, 2, 7, 7), 3, 3, 2),
     ((2, 2, 6, 7), 2, 3, 1),
     ((2, 1, 9, 8), 3, 2, 3),
