@@ -468,7 +468,11 @@ def run_solver_worker(model: str, batch_size: int) -> dict:
     }
 
 
-def run_jax_worker(model: str, impl: str, batch_size: int) -> dict:
+def make_jax_step(model: str, impl: str, batch_size: int):
+    """The jcnn/reference training step of ``model`` on fixed data, as a user writes it:
+    returns ``(step, sync, carry, losses, model_kwargs, hlo_text)``; ``step()`` runs one
+    update in place on ``carry`` (params, state, opt_state, key), ``sync(out)`` waits for it
+    and records its loss in ``losses``, ``hlo_text()`` is the compiled step's HLO."""
     import jax
     import jax.numpy as jnp
     import optax
@@ -508,6 +512,16 @@ def run_jax_worker(model: str, impl: str, batch_size: int) -> dict:
         losses.append(out[4])
         return out
 
+    def hlo_text() -> str:
+        return train_step.lower(*carry, x, y).compile().as_text()
+
+    return step, sync, carry, losses, kwargs, hlo_text
+
+
+def run_jax_worker(model: str, impl: str, batch_size: int) -> dict:
+    import jax
+
+    step, sync, carry, losses, kwargs, _ = make_jax_step(model, impl, batch_size)
     result = _timed_steps(step, sync, FLAGS.repeats, FLAGS.warmup)
     result.update(
         first_loss=float(losses[0]),
