@@ -10,13 +10,15 @@ Most Linux systems run THP in ``madvise`` mode: only memory a program marks with
 process was started with ``GLIBC_TUNABLES=glibc.malloc.hugetlb=1``. Since a library cannot
 set that before its process starts, importing jcnn does the nearest thing at run time:
 
-- ``mallopt``: one malloc arena, no ``mmap`` for large blocks, trimming only above 2 GiB — so
-  every allocation, XLA's buffers included, comes from the ordinary heap;
-- grows that heap once by :data:`RESERVE_BYTES` (address space only: pages are committed
-  when first touched) and marks it ``MADV_HUGEPAGE``.
+- ``mallopt``: one malloc arena and no ``mmap`` for large blocks, so every allocation, XLA's
+  buffers and the training data included, comes from the ordinary heap;
+- grows that heap once by :func:`reserve_bytes` (half the machine's memory, at most 16 GiB:
+  address space only, pages are committed when first touched), marks that stretch
+  ``MADV_HUGEPAGE`` and frees it for malloc to hand out, keeping a few bytes allocated above
+  it so that the free stretch is never given back (trimmed) to the system.
 
-The cost: memory freed by the process is kept for reuse rather than handed back to the
-system (up to 2 GiB), and malloc-heavy multi-threaded code shares one arena. It is done only
+The cost: memory freed inside that stretch is kept for reuse rather than handed back to the
+system, and malloc-heavy multi-threaded code shares one arena. It is done only
 on Linux with glibc and THP in ``madvise`` mode, not when ``GLIBC_TUNABLES`` already asks
 for huge pages (the better way: set it before Python starts), and never with
 ``JCNN_HUGEPAGES=0``.
@@ -31,13 +33,16 @@ import sys
 from pathlib import Path
 
 OPT_OUT = "JCNN_HUGEPAGES"
-RESERVE_BYTES = 1 << 30
+MAX_RESERVE_BYTES = 16 << 30
 THP_MODE_FILE = Path("/sys/kernel/mm/transparent_hugepage/enabled")
 
-_M_TRIM_THRESHOLD, _M_MMAP_MAX, _M_ARENA_MAX = -1, -4, -8
+_M_MMAP_MAX, _M_ARENA_MAX = -4, -8
 _MADV_HUGEPAGE = 14
 _HUGE_PAGE = 2 << 20
-_INT_MAX = 2**31 - 1
+# Kept allocated above the reserved stretch for the process's life (address space; one page
+# is touched). Larger than any free chunk malloc may hold from before (blocks above 32 MiB
+# were always mmap'ed), so it is carved from the top of the heap, above the stretch.
+_SENTINEL = 64 << 20
 
 
 def thp_mode(path: Path = THP_MODE_FILE) -> str | None:
@@ -52,12 +57,13 @@ def thp_mode(path: Path = THP_MODE_FILE) -> str | None:
     return None
 
 
-def _heap_range() -> tuple[int, int] | None:
-    for line in Path("/proc/self/maps").read_text().splitlines():
-        if line.endswith("[heap]"):
-            start, end = (int(v, 16) for v in line.split()[0].split("-"))
-            return start, end
-    return None
+def reserve_bytes() -> int:
+    """Half the physical memory, at most :data:`MAX_RESERVE_BYTES`, in whole huge pages."""
+    try:
+        ram = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        ram = 2 << 30
+    return max(min(ram // 2, MAX_RESERVE_BYTES) // _HUGE_PAGE, 1) * _HUGE_PAGE
 
 
 def apply_hugepages() -> str:
@@ -81,18 +87,23 @@ def apply_hugepages() -> str:
         libc.malloc.argtypes = [ctypes.c_size_t]
         libc.free.argtypes = [ctypes.c_void_p]
         libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
-        settings = ((_M_ARENA_MAX, 1), (_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, _INT_MAX))
-        if not all(libc.mallopt(option, value) == 1 for option, value in settings):
+        if not all(
+            libc.mallopt(opt, value) == 1 for opt, value in ((_M_ARENA_MAX, 1), (_M_MMAP_MAX, 0))
+        ):
             return "unsupported-platform"
-        block = libc.malloc(RESERVE_BYTES)  # grows the heap; freed, it stays for reuse
+        size = reserve_bytes()
+        block = libc.malloc(size)  # grows the heap by ``size`` (address space)
         if not block:
             return "thp-unavailable"
-        libc.free(block)
-        heap = _heap_range()
-        if heap is None:
+        sentinel = libc.malloc(_SENTINEL)
+        if not sentinel or sentinel < block:  # the freed block would be trimmed away
+            libc.free(block)
             return "thp-unavailable"
-        start = (heap[0] + _HUGE_PAGE - 1) & ~(_HUGE_PAGE - 1)
-        if libc.madvise(start, heap[1] - start, _MADV_HUGEPAGE) != 0:
+        start = (block + _HUGE_PAGE - 1) & ~(_HUGE_PAGE - 1)
+        end = (block + size) & ~(_HUGE_PAGE - 1)
+        advised = libc.madvise(start, end - start, _MADV_HUGEPAGE) == 0
+        libc.free(block)
+        if not advised:
             return "thp-unavailable"
     except (OSError, AttributeError, ValueError):
         return "unsupported-platform"
