@@ -63,13 +63,13 @@ def test_tiny_traced_run_prints_the_table(tmp_path):
         capture_output=True, text=True, timeout=300, cwd=ROOT, env=env,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "vgg, jcnn, batch 4: median step" in proc.stdout
+    assert "vgg, jcnn, batch 4: median step" in proc.stdout and "while traced" in proc.stdout
     assert "| operation | output shape | ms/step |" in proc.stdout
     assert "| convolution | f32[" in proc.stdout
     import json
 
     data = json.loads(out.read_text())
-    assert data["model"] == "vgg" and data["ops"] and data["step_ms"] > 0
+    assert data["model"] == "vgg" and data["ops"] and data["step_ms"] > 0 < data["traced_step_ms"]
 
 
 def test_refuses_several_models():
