@@ -37,6 +37,7 @@ MAX_RESERVE_BYTES = 16 << 30
 THP_MODE_FILE = Path("/sys/kernel/mm/transparent_hugepage/enabled")
 
 _M_MMAP_MAX, _M_ARENA_MAX = -4, -8
+_DEFAULT_MMAP_MAX = 65536
 _MADV_HUGEPAGE = 14
 _HUGE_PAGE = 2 << 20
 # Kept allocated above the reserved stretch for the process's life (address space; one page
@@ -87,24 +88,39 @@ def apply_hugepages() -> str:
         libc.malloc.argtypes = [ctypes.c_size_t]
         libc.free.argtypes = [ctypes.c_void_p]
         libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
-        if not all(
-            libc.mallopt(opt, value) == 1 for opt, value in ((_M_ARENA_MAX, 1), (_M_MMAP_MAX, 0))
-        ):
+        if libc.mallopt(_M_MMAP_MAX, 0) != 1:
             return "unsupported-platform"
-        size = reserve_bytes()
-        block = libc.malloc(size)  # grows the heap by ``size`` (address space)
-        if not block:
+        if not _reserve(libc, reserve_bytes()):
+            libc.mallopt(_M_MMAP_MAX, _DEFAULT_MMAP_MAX)  # leave malloc as it was
             return "thp-unavailable"
-        sentinel = libc.malloc(_SENTINEL)
-        if not sentinel or sentinel < block:  # the freed block would be trimmed away
-            libc.free(block)
-            return "thp-unavailable"
-        start = (block + _HUGE_PAGE - 1) & ~(_HUGE_PAGE - 1)
-        end = (block + size) & ~(_HUGE_PAGE - 1)
-        advised = libc.madvise(start, end - start, _MADV_HUGEPAGE) == 0
-        libc.free(block)
-        if not advised:
-            return "thp-unavailable"
+        libc.mallopt(_M_ARENA_MAX, 1)  # threads' own arenas would live outside the stretch
     except (OSError, AttributeError, ValueError):
         return "unsupported-platform"
     return "applied"
+
+
+def _reserve(libc, size: int) -> bool:
+    """Grow the heap by ``size``, mark it for huge pages and free it for malloc to reuse."""
+    block = libc.malloc(size)
+    if not block or not _in_heap(block):  # NULL, or glibc fell back to mmap
+        if block:
+            libc.free(block)
+        return False
+    sentinel = libc.malloc(_SENTINEL)
+    if not sentinel or sentinel < block:  # the freed block would be the top: trimmed away
+        libc.free(block)
+        return False
+    start = (block + _HUGE_PAGE - 1) & ~(_HUGE_PAGE - 1)
+    end = (block + size) & ~(_HUGE_PAGE - 1)
+    advised = libc.madvise(start, end - start, _MADV_HUGEPAGE) == 0
+    libc.free(block)
+    return advised
+
+
+def _in_heap(address: int) -> bool:
+    for line in Path("/proc/self/maps").read_text().splitlines():
+        if line.endswith("[heap]"):
+            lo, hi = (int(v, 16) for v in line.split()[0].split("-"))
+            if lo <= address < hi:
+                return True
+    return False
