@@ -63,6 +63,20 @@ def numerical_gradient(
     return jnp.asarray(grad.reshape(x.shape), dtype=x.dtype)
 
 
+def of_args(fn: Callable, args: Sequence, argnums: Sequence[int]) -> Callable:
+    """``fn`` as a function of ``args[i] for i in argnums`` only, the other arguments fixed
+    to their values in ``args`` (what ``jax.vjp`` needs to differentiate some of them)."""
+    fixed = list(args)
+
+    def g(*diff):
+        full = list(fixed)
+        for i, v in zip(argnums, diff, strict=True):
+            full[i] = v
+        return fn(*full)
+
+    return g
+
+
 def check_vjp(
     f: Callable[..., jax.Array],
     twin: Callable[..., jax.Array] | None,
@@ -89,22 +103,15 @@ def check_vjp(
         ]
     names = list(names) if names is not None else [f"arg{i}" for i in range(len(args))]
 
-    def only(fn, i_set):
-        def g(*diff):
-            full = list(args)
-            for i, v in zip(i_set, diff, strict=True):
-                full[i] = v
-            return fn(*full)
-
-        return g
-
     diff_args = [args[i] for i in argnums]
-    out, vjp_f = jax.vjp(only(f, argnums), *diff_args)
+    out, vjp_f = jax.vjp(of_args(f, args, argnums), *diff_args)
     # numpy's generator, so the cotangent never coincides with inputs drawn from jax keys.
     dout_np = np.random.default_rng(seed).standard_normal(jnp.shape(out))
     dout = jnp.asarray(dout_np, dtype=jnp.asarray(out).dtype)
     grads = vjp_f(dout)
-    twin_grads = jax.vjp(only(twin, argnums), *diff_args)[1](dout) if twin is not None else None
+    twin_grads = None
+    if twin is not None:
+        twin_grads = jax.vjp(of_args(twin, args, argnums), *diff_args)[1](dout)
 
     report: dict[str, dict[str, float]] = {}
     for k, i in enumerate(argnums):

@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 
 import jcnn.layers as L
 import jcnn.reference as R
+from jcnn.gradcheck import of_args
 
 
 def budget(n: int) -> int:
@@ -46,24 +47,15 @@ def check_vjp(f, twin, args, argnums, *, seed, gain=0.0):
     tolerance (for gradients that cancel down from larger terms, as batchnorm's do)."""
     args = list(args)
 
-    def only(fn):
-        def g(*diff):
-            full = list(args)
-            for i, v in zip(argnums, diff, strict=True):
-                full[i] = v
-            return fn(*full)
-
-        return g
-
     diff = [args[i] for i in argnums]
-    out_shapes = jax.eval_shape(only(f), *diff)
+    out_shapes = jax.eval_shape(of_args(f, args, argnums), *diff)
     rng = np.random.default_rng(seed ^ 0x5EED)
     dout = jax.tree_util.tree_map(lambda s: normal(rng, s.shape, s.dtype), out_shapes)
 
     @jax.jit
     def both(diff, dout):
-        out, vjp = jax.vjp(only(f), *diff)
-        out_t, vjp_t = jax.vjp(only(twin), *diff)
+        out, vjp = jax.vjp(of_args(f, args, argnums), *diff)
+        out_t, vjp_t = jax.vjp(of_args(twin, args, argnums), *diff)
         return out, out_t, vjp(dout), vjp_t(dout)
 
     out, out_t, grads, grads_t = jax.device_get(both(diff, dout))
