@@ -65,10 +65,10 @@ import numpy as np
 from absl import flags
 
 from jcnn.parallel import COMPUTE_DTYPES
+from jcnn.solver import LR_SCHEDULES, UPDATE_RULES
 
 # ----------------------------------------------------------------------------------- flags
 
-UPDATE_RULES = ("sgd", "sgd_momentum", "rmsprop", "adam")
 CIFAR10_TRAIN, CIFAR10_TEST = 50_000, 10_000
 RESULT_FILES = ("metrics.jsonl", "summary.json")
 # Flags that may change when a run resumes: where things are, how often it reports and
@@ -78,6 +78,8 @@ RESUME_MAY_DIFFER = (
     "plot_every_epoch", "keep_checkpoints", "checkpoint_every", "debug_nans",
     "num_devices", "coordinator_address", "num_processes", "process_id",
 )  # fmt: skip
+# Flags added after runs were made: a checkpoint without them was made with these values.
+ADDED_FLAG_DEFAULTS = {"lr_schedule": "exponential", "warmup_epochs": 0.0}
 
 
 class IntListParser(flags.ListParser):
@@ -164,7 +166,8 @@ def _finite_positive(v: float) -> bool:
 COMMON_FLAGS = (
     "workdir", "overwrite", "data_dir", "num_train", "num_val", "num_test",
     "weight_scale", "reg", "layers", "conv_impl", "pool_impl",
-    "update_rule", "learning_rate", "lr_decay", "batch_size", "num_epochs", "seed",
+    "update_rule", "learning_rate", "lr_decay", "lr_schedule", "warmup_epochs",
+    "batch_size", "num_epochs", "seed",
     "augment", "augment_pad", "print_every", "num_train_samples", "num_val_samples",
     "plot_every_epoch", "keep_checkpoints", "checkpoint_every", "debug_nans",
     "num_devices", "compute_dtype", "coordinator_address", "num_processes", "process_id",
@@ -236,10 +239,35 @@ def define_common_flags(
         "lr_decay", lr_decay, "The learning rate is multiplied by this after every epoch."
     )
     check(fv, "lr_decay", _finite_positive, "a finite float > 0")
+    D(flags.DEFINE_enum, flag_values=fv)(
+        "lr_schedule", "exponential", list(LR_SCHEDULES), "exponential: times --lr_decay after "
+        "every epoch (cs231n); cosine: annealed to 0 over the run (needs --lr_decay=1).",
+    )  # fmt: skip
+    D(flags.DEFINE_float, flag_values=fv)(
+        "warmup_epochs", 0.0, "Ramp the learning rate up linearly over this many epochs first."
+    )
+    check(fv, "warmup_epochs", lambda v: math.isfinite(v) and v >= 0, "a finite float >= 0")
     D(flags.DEFINE_integer, flag_values=fv)(
         "batch_size", batch_size, "Minibatch size.", lower_bound=1
     )
     D(flags.DEFINE_integer, flag_values=fv)("num_epochs", num_epochs, "Epochs.", lower_bound=1)
+
+    def schedule_fits(values: Mapping[str, Any]) -> bool:
+        if values["lr_schedule"] == "cosine" and values["lr_decay"] != 1.0:
+            raise flags.ValidationError(
+                f"lr_decay={values['lr_decay']} applies to --lr_schedule=exponential only; "
+                "--lr_schedule=cosine anneals to 0 by itself: pass --lr_decay=1"
+            )
+        if values["warmup_epochs"] >= values["num_epochs"]:
+            raise flags.ValidationError(
+                f"warmup_epochs must be < num_epochs={values['num_epochs']}, "
+                f"got {values['warmup_epochs']}"
+            )
+        return True
+
+    flags.register_multi_flags_validator(
+        ["lr_schedule", "lr_decay", "warmup_epochs", "num_epochs"], schedule_fits, flag_values=fv
+    )
     D(flags.DEFINE_integer, flag_values=fv)(
         "seed", 0, "Seeds the initialisation, minibatches, dropout and augmentation."
     )
@@ -662,6 +690,8 @@ def solver_kwargs(config: Mapping[str, Any]) -> dict[str, Any]:
         update_rule=config["update_rule"],
         optim_config={"learning_rate": config["learning_rate"]},
         lr_decay=config["lr_decay"],
+        lr_schedule=config.get("lr_schedule", "exponential"),
+        warmup_epochs=config.get("warmup_epochs", 0.0),
         batch_size=config["batch_size"],
         num_epochs=config["num_epochs"],
         num_train_samples=config["num_train_samples"],
@@ -933,7 +963,8 @@ def check_resumable(writer: RunWriter, config: Mapping[str, Any]) -> Path | None
         )
     keep = [k for k in set(saved) | set(config) if k not in RESUME_MAY_DIFFER]
     differences = config_differences(
-        {k: saved.get(k) for k in keep}, to_jsonable({k: config.get(k) for k in keep})
+        {k: saved.get(k, ADDED_FLAG_DEFAULTS.get(k)) for k in keep},
+        to_jsonable({k: config.get(k) for k in keep}),
     )
     if differences:
         listed = "; ".join(

@@ -16,8 +16,13 @@ How it maps onto the assignment:
   eps_in_sqrt=False)`` (eps added outside the square root); ``adam`` → ``optax.adam(lr,
   b1=0.9, b2=0.999, eps=1e-8)``. ``optim_config`` keys as in cs231n: ``learning_rate``,
   ``momentum``, ``decay_rate``, ``beta1``, ``beta2``, ``epsilon``.
-- ``lr_decay`` multiplies the learning rate after every epoch: ``lr`` is
-  ``optax.exponential_decay(lr, iterations_per_epoch, lr_decay, staircase=True)``.
+- ``lr_decay`` multiplies the learning rate after every epoch (``lr_schedule=
+  'exponential'``, the assignment's): update ``t`` uses ``lr · lr_decay ** (t //
+  iterations_per_epoch)``. ``lr_schedule='cosine'`` anneals it to 0 over the run instead:
+  ``lr · (1 + cos(π t / num_iterations)) / 2``. Either way, ``warmup_epochs > 0`` ramps it
+  up linearly over that many epochs first (update ``t < W`` uses ``lr · (t + 1) / W``;
+  the cosine then spans the remaining ``num_iterations - W`` updates). See
+  :func:`make_schedule`.
 - One training step is one ``jax.jit``-compiled pure function
   ``(params, state, opt_state, X, y, key) -> (params, state, opt_state, loss)`` with the
   first three buffers donated. Minibatches are drawn on the host with replacement
@@ -61,7 +66,8 @@ and :meth:`train` continues from there: a run killed at any moment and started a
 the same arguments ends with exactly the parameters and histories of a run never
 interrupted. A checkpoint of a differently configured run (another model shape, seed,
 update rule, batch size, data size, ...) is a :class:`CheckpointMismatchError` naming what
-differs; ``num_epochs`` may change (to extend a run). ``resume=True`` insists on a
+differs; ``num_epochs`` may change (to extend a run; with ``lr_schedule='cosine'`` the
+rest of the run then follows the longer cosine). ``resume=True`` insists on a
 checkpoint (FileNotFoundError without one); ``resume=False`` starts from scratch and refuses
 a ``checkpoint_dir`` that already holds checkpoints. :meth:`restore` restores one by hand.
 
@@ -133,6 +139,7 @@ from jcnn.checkpoint import (
 )
 
 UPDATE_RULES = ("sgd", "sgd_momentum", "rmsprop", "adam")
+LR_SCHEDULES = ("exponential", "cosine")
 
 # fold_in data of the augmentation key: far from the small ints models fold in for dropout.
 AUGMENT_FOLD = 0x61756720
@@ -251,6 +258,65 @@ def make_optimizer(
     return tx, config
 
 
+def make_schedule(
+    learning_rate: float,
+    *,
+    lr_schedule: str = "exponential",
+    lr_decay: float = 1.0,
+    iterations_per_epoch: int,
+    num_iterations: int,
+    warmup_iterations: int = 0,
+) -> optax.Schedule:
+    """The learning rate of update ``t`` (0-based), an optax schedule.
+
+    ``'exponential'``: ``lr · lr_decay ** (t // iterations_per_epoch)`` (cs231n's per-epoch
+    decay). ``'cosine'``: ``lr · (1 + cos(π · min(t', T') / T')) / 2`` with ``t' = t - W``,
+    ``T' = num_iterations - W``: from ``lr`` down to 0 at ``t = num_iterations``
+    (``lr_decay`` must be 1). ``W = warmup_iterations > 0`` first ramps linearly:
+    ``lr · (t + 1) / W`` for ``t < W`` (the first update already moves; update ``W - 1``
+    uses ``lr``).
+
+    >>> f = make_schedule(0.1, lr_schedule='cosine', iterations_per_epoch=10,
+    ...                   num_iterations=100, warmup_iterations=10)
+    >>> [round(float(f(t)), 4) for t in (0, 9, 10, 55, 99)]
+    [0.01, 0.1, 0.1, 0.05, 0.0]
+    """
+    if lr_schedule not in LR_SCHEDULES:
+        raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, got {lr_schedule!r}")
+    if lr_schedule == "cosine" and lr_decay != 1.0:
+        raise ValueError(
+            f"lr_decay={lr_decay} applies to lr_schedule='exponential' only; "
+            "lr_schedule='cosine' anneals to 0 by itself (pass lr_decay=1.0)"
+        )
+    warmup = int(warmup_iterations)
+    if warmup < 0 or warmup >= max(num_iterations, 1):
+        raise ValueError(
+            f"the warm-up must be shorter than the run: {warmup} warm-up iterations "
+            f"of {num_iterations}"
+        )
+    lr = float(learning_rate)
+    if lr_schedule == "exponential":
+        decayed = optax.exponential_decay(
+            init_value=lr, transition_steps=int(iterations_per_epoch), decay_rate=lr_decay,
+            staircase=True,
+        )  # fmt: skip
+    else:
+        span = num_iterations - warmup
+
+        def decayed(t):
+            done = jnp.clip((jnp.asarray(t, jnp.float32) - warmup) / span, 0.0, 1.0)
+            return 0.5 * lr * (1.0 + jnp.cos(jnp.pi * done))
+
+    if not warmup:
+        return decayed
+
+    def schedule(t):
+        ramp = lr * (jnp.asarray(t, jnp.float32) + 1.0) / warmup
+        return jnp.where(t < warmup, ramp, decayed(t))
+
+    return schedule
+
+
 def resolve_optim_config(update_rule: str, optim_config: Mapping[str, Any] | None) -> dict:
     """cs231n defaults for ``update_rule`` overridden by ``optim_config``; unknown keys and
     non-finite or out-of-range values raise ValueError."""
@@ -329,6 +395,8 @@ class Solver:
     ``data`` holds ``X_train, y_train, X_val, y_val`` (host arrays; images shaped like the
     model's ``input_dim``, integer labels in ``[0, num_classes)``); other keys are ignored.
     ``params``/``state`` start training from given values instead of ``model.init``.
+    ``lr_decay``, ``lr_schedule`` (``'exponential'`` or ``'cosine'``), ``warmup_epochs``:
+    the learning rate over the run (module docs, :func:`make_schedule`).
     ``augment(key, X) -> X`` transforms each training minibatch inside the jitted step.
     ``checkpoint_dir``, ``checkpoint_every``, ``keep_checkpoints``, ``resume``: checkpoints
     and resuming (module docs); ``run_config`` (JSON-able, e.g. the command line's flags) is
@@ -356,6 +424,8 @@ class Solver:
         update_rule: str = "sgd",
         optim_config: Mapping[str, Any] | None = None,
         lr_decay: float = 1.0,
+        lr_schedule: str = "exponential",
+        warmup_epochs: float = 0.0,
         batch_size: int = 100,
         num_epochs: int = 10,
         num_train_samples: int | None = 1000,
@@ -390,6 +460,15 @@ class Solver:
             raise ValueError(f"lr_decay must be a float > 0, got {lr_decay!r}") from None
         if not (math.isfinite(self.lr_decay) and self.lr_decay > 0):
             raise ValueError(f"lr_decay must be a finite float > 0, got {lr_decay!r}")
+        if lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, got {lr_schedule!r}")
+        self.lr_schedule = lr_schedule
+        try:
+            self.warmup_epochs = float(warmup_epochs)
+        except (TypeError, ValueError):
+            raise ValueError(f"warmup_epochs must be a float >= 0, got {warmup_epochs!r}") from None
+        if not (math.isfinite(self.warmup_epochs) and self.warmup_epochs >= 0):
+            raise ValueError(f"warmup_epochs must be a finite float >= 0, got {warmup_epochs!r}")
         self.batch_size = positive_int("batch_size", batch_size)
         self.num_epochs = positive_int("num_epochs", num_epochs)
         self.num_train_samples = (
@@ -459,11 +538,14 @@ class Solver:
         self.num_train = self.X_train.shape[0]
         self.iterations_per_epoch = max(self.num_train // self.batch_size, 1)
         self.num_iterations = self.num_epochs * self.iterations_per_epoch
-        self.schedule = optax.exponential_decay(
-            init_value=self.optim_config["learning_rate"],
-            transition_steps=self.iterations_per_epoch,
-            decay_rate=self.lr_decay,
-            staircase=True,
+        self.warmup_iterations = round(self.warmup_epochs * self.iterations_per_epoch)
+        self.schedule = make_schedule(
+            self.optim_config["learning_rate"],
+            lr_schedule=self.lr_schedule,
+            lr_decay=self.lr_decay,
+            iterations_per_epoch=self.iterations_per_epoch,
+            num_iterations=self.num_iterations,
+            warmup_iterations=self.warmup_iterations,
         )
         self.optimizer, _ = make_optimizer(update_rule, self.optim_config, self.schedule)
 
@@ -883,6 +965,13 @@ class Solver:
                     "update_rule": self.update_rule,
                     "optim_config": self.optim_config,
                     "lr_decay": self.lr_decay,
+                    # only when set, so runs match checkpoints from before the options
+                    **(
+                        {"lr_schedule": self.lr_schedule}
+                        if self.lr_schedule != "exponential"
+                        else {}
+                    ),
+                    **({"warmup_epochs": self.warmup_epochs} if self.warmup_epochs else {}),
                     "batch_size": self.batch_size,
                     "num_train_samples": self.num_train_samples,
                     "num_val_samples": self.num_val_samples,

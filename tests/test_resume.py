@@ -243,6 +243,22 @@ def test_a_differently_configured_run_is_refused_naming_the_difference(crashed):
     assert isinstance(info.value, ValueError)
 
 
+def test_the_learning_rate_schedule_must_match_to_resume(crashed, tmp_path):
+    with pytest.raises(CheckpointMismatchError) as info:
+        make(crashed, lr_decay=1.0, lr_schedule="cosine", warmup_epochs=1)
+    assert info.value.differences == {
+        "solver.lr_decay": (0.9, 1.0),
+        "solver.lr_schedule": ("<absent>", "cosine"),  # made before the option
+        "solver.warmup_epochs": ("<absent>", 1.0),
+    }
+    cosine = make(tmp_path, lr_decay=1.0, lr_schedule="cosine", crash_at=4)
+    with pytest.raises(Crash):
+        cosine.train()
+    assert make(tmp_path, lr_decay=1.0, lr_schedule="cosine").iteration == 3
+    with pytest.raises(CheckpointMismatchError, match="lr_schedule"):
+        make(tmp_path, lr_decay=1.0)
+
+
 def test_resume_modes(crashed, tmp_path):
     with pytest.raises(ValueError, match="resume must be True, False or 'auto'"):
         make(tmp_path, resume="yes")

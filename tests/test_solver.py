@@ -2,6 +2,7 @@
 
 import contextlib
 import io
+import math
 import re
 
 import jax
@@ -12,7 +13,7 @@ import pytest
 
 from jcnn.checkpoint import load_checkpoint
 from jcnn.models import ThreeLayerConvNet, VGGNet
-from jcnn.solver import Solver, make_optimizer, resolve_optim_config
+from jcnn.solver import Solver, make_optimizer, make_schedule, resolve_optim_config
 from tests.models.util import synthetic_data
 
 SHAPE = (3, 8, 8)
@@ -199,6 +200,40 @@ def test_optim_config_defaults_and_checks():
         resolve_optim_config("adam", {"learning_rate": -1})
 
 
+# ------------------------------------------------------------------- learning rate
+
+
+def test_exponential_schedule_is_the_assignments_per_epoch_decay():
+    f = make_schedule(0.1, lr_decay=0.5, iterations_per_epoch=4, num_iterations=12)
+    want = [0.1 * 0.5 ** (t // 4) for t in range(12)]
+    np.testing.assert_allclose([float(f(t)) for t in range(12)], want, rtol=1e-6)
+
+
+def test_cosine_schedule_with_warmup_in_the_solver():
+    # 12 images, batch 3: 4 iterations per epoch, 5 epochs, warm-up 1.5 epochs = 6 updates.
+    lr, n, w = 0.2, 20, 6
+    solver = Solver(
+        SMALL, _data(), update_rule="sgd_momentum", optim_config={"learning_rate": lr},
+        lr_schedule="cosine", warmup_epochs=1.5, batch_size=3, num_epochs=5, verbose=False,
+    )  # fmt: skip
+    assert solver.warmup_iterations == w
+    want = [lr * (t + 1) / w for t in range(w)]
+    want += [lr * (1 + math.cos(math.pi * (t - w) / (n - w))) / 2 for t in range(w, n)]
+    got = [solver.lr_at(t) for t in range(n)]
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-9)
+    assert got[w - 1] == pytest.approx(lr) and got[-1] < 0.02 * lr  # peak, then near 0
+    solver.train()
+    # each accuracy check records the rate of the update just before it
+    assert solver.lr_history == pytest.approx([want[0]] + [want[4 * e - 1] for e in range(1, 6)])
+
+
+def test_exponential_schedule_with_warmup():
+    f = make_schedule(1e-2, lr_decay=0.9, iterations_per_epoch=5, num_iterations=20,
+                      warmup_iterations=4)  # fmt: skip
+    want = [1e-2 * (t + 1) / 4 for t in range(4)] + [1e-2 * 0.9 ** (t // 5) for t in range(4, 20)]
+    np.testing.assert_allclose([float(f(t)) for t in range(20)], want, rtol=1e-6)
+
+
 # ------------------------------------------------------------------------- bad input
 
 SMALL = ThreeLayerConvNet(input_dim=SHAPE, num_filters=2, filter_size=3, hidden_dim=4)
@@ -235,6 +270,11 @@ def _nan_at(i):
         (_data(), {"num_epochs": 0}, "num_epochs"),
         (_data(), {"optim_config": {"lr": 1e-3}}, r"optim_config has keys \['lr'\]"),
         (_data(), {"lr_decay": 0}, "lr_decay"),
+        (_data(), {"lr_schedule": "step"}, "lr_schedule must be one of"),
+        (_data(), {"lr_schedule": "cosine", "lr_decay": 0.9}, "lr_decay=0.9 applies to"),
+        (_data(), {"warmup_epochs": -1}, "warmup_epochs"),
+        (_data(), {"warmup_epochs": float("nan")}, "warmup_epochs"),
+        (_data(), {"warmup_epochs": 3, "num_epochs": 3}, "warm-up must be shorter than the run"),
         (_data(y_train=np.full(12, 10)), {}, r"y_train holds labels outside \[0, 10\)"),
         (_data(y_val=np.array([0, 1, -1, 2, 3])), {}, r"y_val\[2\] = -1"),
         (_data(y_train=np.zeros(12)), {}, "y_train must hold integer"),

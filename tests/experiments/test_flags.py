@@ -85,7 +85,7 @@ def test_overfit_small_and_best_flagfiles_parse():
     assert small["num_train"] == 100 and small["batch_size"] % 4 == 0
     vgg_cifar.make_model(small)
     best = config(vgg_cifar, f"--flagfile={CONFIGS / 'vgg_best.cfg'}")
-    assert best["augment"] and best["weight_scale"] == "he" and best["num_epochs"] >= 30
+    assert best["augment"] and best["weight_scale"] == "he" and best["lr_schedule"] == "cosine"
     vgg_cifar.make_model(best)
 
 
@@ -126,6 +126,10 @@ BAD = [
     ("vgg", "--learning_rate=0", "learning_rate"),
     ("vgg", "--learning_rate=nan", "learning_rate"),
     ("vgg", "--lr_decay=0", "lr_decay"),
+    ("vgg", "--lr_schedule=step", "lr_schedule"),
+    ("vgg", "--lr_schedule=cosine", "lr_decay"),  # the app's default --lr_decay is 0.95
+    ("vgg", "--warmup_epochs=-1", "warmup_epochs"),
+    ("vgg", "--warmup_epochs=10 --num_epochs=10", "warmup_epochs"),
     ("vgg", "--reg=-0.1", "reg"),
     ("vgg", "--dropout=1", "dropout"),
     ("vgg", "--dropout=-0.1", "dropout"),
