@@ -2,13 +2,20 @@
 
 Each is a plain composition of the public layers, so its backward is the chain of their
 hand-written VJPs in reverse order (exactly what ``xxx_relu_backward`` does in the
-assignment); no new calculus lives here.
+assignment). One shortcut, in :func:`conv_bn_relu` when training: batchnorm subtracts each
+channel's batch mean, so the convolution's bias cannot change the output; the bias is
+left out of the forward (saving a full pass over the activations) and only its gradient,
+``Σ dout`` over every axis but the channel axis, and its share of the running mean are kept.
 """
 
 from __future__ import annotations
 
 import jax
+import jax.numpy as jnp
+from jax import lax
 
+from jcnn.layers._binding import cache_dataclass, with_vjp
+from jcnn.layers._windows import channel_axis
 from jcnn.layers.affine import affine
 from jcnn.layers.batchnorm import batchnorm, spatial_batchnorm
 from jcnn.layers.conv import conv2d
@@ -65,6 +72,24 @@ def conv_relu_pool(
     )
 
 
+@cache_dataclass(static=("axis",))
+class _BiasCache:
+    axis: int
+
+
+def _bias_gradient_forward(a, b, *, axis: int):
+    return a, _BiasCache(axis)
+
+
+def _bias_gradient_backward(dout, cache: _BiasCache):
+    return dout, jnp.sum(dout, axis=tuple(d for d in range(dout.ndim) if d != cache.axis))
+
+
+# ``a`` unchanged forward; backward as if ``b`` had been added along ``axis``. Only correct
+# in front of something that does not depend on a per-channel shift (train-mode batchnorm).
+_bias_gradient = with_vjp(_bias_gradient_forward, _bias_gradient_backward)
+
+
 def conv_bn_relu(
     x,
     w,
@@ -82,8 +107,17 @@ def conv_bn_relu(
     impl: str = "xla",
     layout: str = "NCHW",
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """conv → spatial batchnorm → relu; returns ``(out, new_running_mean, new_running_var)``."""
-    a = conv2d(x, w, b, stride=stride, pad=pad, impl=impl, layout=layout)
+    """conv → spatial batchnorm → relu; returns ``(out, new_running_mean, new_running_var)``.
+
+    When training, the bias is not added (batchnorm would subtract it again with the batch
+    mean): the output is the same, ``db = Σ dout_bn`` over N, H, W as before, and the bias
+    goes into the running mean, ``new_running_mean = m·running_mean + (1 − m)·(μ + b)``.
+    """
+    if not train:
+        a = conv2d(x, w, b, stride=stride, pad=pad, impl=impl, layout=layout)
+    else:
+        a = conv2d(x, w, jnp.zeros_like(b), stride=stride, pad=pad, impl=impl, layout=layout)
+        a = _bias_gradient(a, b, axis=channel_axis(layout))
     a, mean, var = spatial_batchnorm(
         a,
         gamma,
@@ -95,4 +129,6 @@ def conv_bn_relu(
         eps=eps,
         layout=layout,
     )
+    if train:
+        mean = mean + (1.0 - momentum) * lax.stop_gradient(b).astype(mean.dtype)
     return relu(a), mean, var

@@ -69,3 +69,43 @@ def test_bn_sandwich_gradients_and_running_statistics(name, xs, ws):
     assert jnp.allclose(m1, m2) and jnp.allclose(v1, v2)
     assert not jnp.allclose(m1, rm)
     assert jax.jit(lambda *a: fn(*a, rm, rv, train=False, **kw)[0])(*args).shape[0] == xs[0]
+
+
+def test_conv_bn_relu_leaves_the_bias_out_only_while_training():
+    # Training: the bias is not added (batchnorm removes it) but still reaches the running
+    # mean and gets its gradient; at test time it is added as usual. Both layouts.
+    x, w, b = normal(0, 3, 2, 5, 5), normal(1, 4, 2, 3, 3), normal(2, 4)
+    gamma, beta, rm, rv = normal(5, 4) * 0.3 + 1.0, normal(6, 4), normal(8, 4), jnp.ones(4) * 2
+    nhwc = functools.partial(jnp.transpose, axes=(0, 2, 3, 1))
+    for train in (True, False):
+        want = R.conv_bn_relu(x, w, b, gamma, beta, rm, rv, train=train, pad=1)
+        got = L.conv_bn_relu(x, w, b, gamma, beta, rm, rv, train=train, pad=1)
+        got_nhwc = L.conv_bn_relu(
+            nhwc(x), w, b, gamma, beta, rm, rv, train=train, pad=1, layout="NHWC"
+        )
+        for g in (got, (nhwc_to_nchw(got_nhwc[0]), *got_nhwc[1:])):
+            for a, e in zip(g, want, strict=True):
+                assert jnp.allclose(a, e, rtol=1e-10, atol=1e-12)
+
+    def loss(b, layout):
+        xin = x if layout == "NCHW" else nhwc(x)
+        out = L.conv_bn_relu(xin, w, b, gamma, beta, rm, rv, train=True, pad=1, layout=layout)
+        return jnp.sum(out[0] * (xin[:, :1] if layout == "NCHW" else xin[..., :1]))
+
+    def twin_loss(b):
+        return jnp.sum(
+            R.conv_bn_relu(x, w, b, gamma, beta, rm, rv, train=True, pad=1)[0] * x[:, :1]
+        )
+
+    for layout in ("NCHW", "NHWC"):
+        db = jax.grad(loss)(b, layout)
+        assert jnp.allclose(db, jax.grad(twin_loss)(b), atol=1e-12)  # both Σ dout_bn ≈ 0
+    # With a non-zero dout into the bias path alone, the gradient is Σ dout.
+    a = jnp.ones((3, 4, 5, 5))
+    _, pullback = jax.vjp(lambda a, b: L.sandwich._bias_gradient(a, b, axis=1), a, b)
+    da, dbias = pullback(normal(9, 3, 4, 5, 5))
+    assert jnp.allclose(dbias, jnp.sum(normal(9, 3, 4, 5, 5), axis=(0, 2, 3)), rtol=1e-12)
+
+
+def nhwc_to_nchw(a):
+    return jnp.transpose(a, (0, 3, 1, 2))
