@@ -3,9 +3,9 @@
 Each is a plain composition of the public layers, so its backward is the chain of their
 hand-written VJPs in reverse order (exactly what ``xxx_relu_backward`` does in the
 assignment). One shortcut, in :func:`conv_bn_relu` when training: batchnorm subtracts each
-channel's batch mean, so the convolution's bias cannot change the output; the bias is
-left out of the forward (saving a full pass over the activations) and only its gradient,
-``Σ dout`` over every axis but the channel axis, and its share of the running mean are kept.
+channel's batch mean, so the convolution's bias cannot change the output and its gradient
+is 0; the bias is left out of the forward and backward (saving a pass over the activations
+each way) and only its share of the running mean is kept.
 """
 
 from __future__ import annotations
@@ -14,8 +14,6 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from jcnn.layers._binding import cache_dataclass, with_vjp
-from jcnn.layers._windows import channel_axis
 from jcnn.layers.affine import affine
 from jcnn.layers.batchnorm import batchnorm, spatial_batchnorm
 from jcnn.layers.conv import conv2d
@@ -72,24 +70,6 @@ def conv_relu_pool(
     )
 
 
-@cache_dataclass(static=("axis",))
-class _BiasCache:
-    axis: int
-
-
-def _bias_gradient_forward(a, b, *, axis: int):
-    return a, _BiasCache(axis)
-
-
-def _bias_gradient_backward(dout, cache: _BiasCache):
-    return dout, jnp.sum(dout, axis=tuple(d for d in range(dout.ndim) if d != cache.axis))
-
-
-# ``a`` unchanged forward; backward as if ``b`` had been added along ``axis``. Only correct
-# in front of something that does not depend on a per-channel shift (train-mode batchnorm).
-_bias_gradient = with_vjp(_bias_gradient_forward, _bias_gradient_backward)
-
-
 def conv_bn_relu(
     x,
     w,
@@ -109,15 +89,13 @@ def conv_bn_relu(
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
     """conv → spatial batchnorm → relu; returns ``(out, new_running_mean, new_running_var)``.
 
-    When training, the bias is not added (batchnorm would subtract it again with the batch
-    mean): the output is the same, ``db = Σ dout_bn`` over N, H, W as before, and the bias
-    goes into the running mean, ``new_running_mean = m·running_mean + (1 − m)·(μ + b)``.
+    When training, the bias is not added: batchnorm would subtract it again with the batch
+    mean, so the output does not depend on it and its gradient is exactly 0 (through the
+    full formula, ``Σ dx_bn = 0`` over N, H, W). It still goes into the running mean,
+    ``new_running_mean = m·running_mean + (1 − m)·(μ + b)``, used at test time.
     """
-    if not train:
-        a = conv2d(x, w, b, stride=stride, pad=pad, impl=impl, layout=layout)
-    else:
-        a = conv2d(x, w, jnp.zeros_like(b), stride=stride, pad=pad, impl=impl, layout=layout)
-        a = _bias_gradient(a, b, axis=channel_axis(layout))
+    bias = jnp.zeros_like(b) if train else b
+    a = conv2d(x, w, bias, stride=stride, pad=pad, impl=impl, layout=layout)
     a, mean, var = spatial_batchnorm(
         a,
         gamma,
