@@ -258,6 +258,17 @@ def make_optimizer(
     return tx, config
 
 
+def check_schedule(lr_schedule: str, lr_decay: float) -> None:
+    """ValueError unless ``lr_schedule`` is known and ``lr_decay`` fits it."""
+    if lr_schedule not in LR_SCHEDULES:
+        raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, got {lr_schedule!r}")
+    if lr_schedule == "cosine" and lr_decay != 1.0:
+        raise ValueError(
+            f"lr_decay={lr_decay} applies to lr_schedule='exponential' only; "
+            "lr_schedule='cosine' anneals to 0 by itself (pass lr_decay=1.0)"
+        )
+
+
 def make_schedule(
     learning_rate: float,
     *,
@@ -281,13 +292,7 @@ def make_schedule(
     >>> [round(float(f(t)), 4) for t in (0, 9, 10, 55, 99)]
     [0.01, 0.1, 0.1, 0.05, 0.0]
     """
-    if lr_schedule not in LR_SCHEDULES:
-        raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, got {lr_schedule!r}")
-    if lr_schedule == "cosine" and lr_decay != 1.0:
-        raise ValueError(
-            f"lr_decay={lr_decay} applies to lr_schedule='exponential' only; "
-            "lr_schedule='cosine' anneals to 0 by itself (pass lr_decay=1.0)"
-        )
+    check_schedule(lr_schedule, lr_decay)
     warmup = int(warmup_iterations)
     if warmup < 0 or warmup >= max(num_iterations, 1):
         raise ValueError(
@@ -460,8 +465,7 @@ class Solver:
             raise ValueError(f"lr_decay must be a float > 0, got {lr_decay!r}") from None
         if not (math.isfinite(self.lr_decay) and self.lr_decay > 0):
             raise ValueError(f"lr_decay must be a finite float > 0, got {lr_decay!r}")
-        if lr_schedule not in LR_SCHEDULES:
-            raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, got {lr_schedule!r}")
+        check_schedule(lr_schedule, self.lr_decay)
         self.lr_schedule = lr_schedule
         try:
             self.warmup_epochs = float(warmup_epochs)
