@@ -79,7 +79,7 @@ RESUME_MAY_DIFFER = (
     "num_devices", "coordinator_address", "num_processes", "process_id",
 )  # fmt: skip
 # Flags added after runs were made: a checkpoint without them was made with these values.
-ADDED_FLAG_DEFAULTS = {"lr_schedule": "exponential", "warmup_epochs": 0.0}
+ADDED_FLAG_DEFAULTS = {"lr_schedule": "exponential", "warmup_epochs": 0.0, "test_time_flip": False}
 
 
 class IntListParser(flags.ListParser):
@@ -168,7 +168,8 @@ COMMON_FLAGS = (
     "weight_scale", "reg", "layers", "conv_impl", "pool_impl",
     "update_rule", "learning_rate", "lr_decay", "lr_schedule", "warmup_epochs",
     "batch_size", "num_epochs", "seed",
-    "augment", "augment_pad", "print_every", "num_train_samples", "num_val_samples",
+    "augment", "augment_pad", "test_time_flip", "print_every", "num_train_samples",
+    "num_val_samples",
     "plot_every_epoch", "keep_checkpoints", "checkpoint_every", "debug_nans",
     "num_devices", "compute_dtype", "coordinator_address", "num_processes", "process_id",
 )  # fmt: skip
@@ -278,6 +279,10 @@ def define_common_flags(
     D(flags.DEFINE_integer, flag_values=fv)(
         "augment_pad", 4, "Zero padding per side for the random crops.", lower_bound=0
     )
+    D(flags.DEFINE_bool, flag_values=fv)(
+        "test_time_flip", False, "Every accuracy (train, val, test) classifies each image by "
+        "its scores plus those of its left-right mirror (twice the evaluation compute).",
+    )  # fmt: skip
     D(flags.DEFINE_integer, flag_values=fv)(
         "print_every", print_every, "Print (and log to metrics.jsonl) the loss every this many "
         "iterations.", lower_bound=1,
@@ -699,6 +704,7 @@ def solver_kwargs(config: Mapping[str, Any]) -> dict[str, Any]:
         print_every=config["print_every"],
         seed=config["seed"],
         compute_dtype=config.get("compute_dtype"),
+        test_time_flip=config.get("test_time_flip", False),
         verbose=True,
     )
 

@@ -407,7 +407,9 @@ class Solver:
     and resuming (module docs); ``run_config`` (JSON-able, e.g. the command line's flags) is
     recorded in every checkpoint's sidecar as ``run_config``. ``mesh`` (a 1-D mesh from
     :func:`jcnn.parallel.make_mesh`) trains data-parallel over its devices, ``compute_dtype``
-    (``'bfloat16'``) in mixed precision (module docs).
+    (``'bfloat16'``) in mixed precision (module docs). ``test_time_flip``: every accuracy
+    (and :meth:`predict`) takes the class of the summed scores of each image and its
+    left-right mirror (the test-time counterpart of flip augmentation; twice the compute).
 
     Attributes: ``params``, ``state``, ``opt_state``; ``epoch``; ``loss_history`` (one float
     per iteration), ``train_acc_history``, ``val_acc_history``, ``lr_history`` (the learning
@@ -450,6 +452,7 @@ class Solver:
         augment: Callable[[jax.Array, jax.Array], jax.Array] | None = None,
         mesh: jax.sharding.Mesh | None = None,
         compute_dtype: Any = None,
+        test_time_flip: bool = False,
     ):
         for attr in ("init", "apply", "loss", "check_input", "num_classes"):
             if not hasattr(model, attr):
@@ -516,6 +519,14 @@ class Solver:
         if augment is not None and not callable(augment):
             raise ValueError(f"augment must be a function (key, X) -> X or None, got {augment!r}")
         self.augment = augment
+        if not isinstance(test_time_flip, bool | np.bool_):
+            raise ValueError(f"test_time_flip must be True or False, got {test_time_flip!r}")
+        if test_time_flip and len(model.input_shape) != 3:
+            raise ValueError(
+                "test_time_flip mirrors images (C, H, W); this model takes inputs shaped "
+                f"{model.input_shape}"
+            )
+        self.test_time_flip = bool(test_time_flip)
         if mesh is not None:
             if not isinstance(mesh, jax.sharding.Mesh) or mesh.axis_names != (parallel.DATA_AXIS,):
                 raise ValueError(
@@ -656,12 +667,15 @@ class Solver:
         )
 
     def _build_eval_step(self):
-        model, compute_dtype = self.model, self.compute_dtype
+        model, compute_dtype, flip = self.model, self.compute_dtype, self.test_time_flip
 
         def eval_step(params, state, X):
             self.trace_counts["eval_step"] += 1
             params = parallel.predict_params(params, compute_dtype)
             scores, _ = model.apply(params, state, X, train=False)
+            if flip:  # the mean of the scores of each image and of its mirror image
+                mirrored, _ = model.apply(params, state, X[..., ::-1], train=False)
+                scores = scores + mirrored
             return jnp.argmax(scores, axis=1).astype(jnp.int32)
 
         if self.mesh is None:
@@ -987,6 +1001,8 @@ class Solver:
                         if self.compute_dtype is not None
                         else {}
                     ),
+                    # the val accuracy (and so the best parameters) depends on it
+                    **({"test_time_flip": True} if self.test_time_flip else {}),
                 },
                 "data": {
                     "num_train": int(self.num_train),

@@ -12,7 +12,7 @@ import optax
 import pytest
 
 from jcnn.checkpoint import load_checkpoint
-from jcnn.models import ThreeLayerConvNet, VGGNet
+from jcnn.models import FullyConnectedNet, ThreeLayerConvNet, VGGNet
 from jcnn.solver import Solver, make_optimizer, make_schedule, resolve_optim_config
 from tests.models.util import synthetic_data
 
@@ -144,6 +144,40 @@ def test_predict_in_padded_chunks_equals_one_batch(runs):
     np.testing.assert_array_equal(solver.predict(X, batch_size=10), want)
     acc = solver.check_accuracy(X, data["y_val"], batch_size=10)
     assert acc == pytest.approx(np.mean(want == data["y_val"]))
+
+
+def test_test_time_flip_sums_the_scores_of_each_image_and_its_mirror(runs):
+    trained, _, _, data = runs["a"]
+    solver = Solver(
+        MODEL, data, params=trained.params, state=trained.state, test_time_flip=True,
+        verbose=False,
+    )  # fmt: skip
+    X = data["X_val"]
+    apply = jax.jit(MODEL.apply)
+    scores = np.asarray(apply(solver.params, solver.state, X)[0])
+    mirrored = np.asarray(apply(solver.params, solver.state, X[..., ::-1])[0])
+    want = np.argmax(scores + mirrored, axis=1)
+    assert not np.array_equal(want, np.argmax(scores, axis=1))  # the test can tell them apart
+    np.testing.assert_array_equal(solver.predict(X, batch_size=10), want)
+    # a mirror-symmetric image is its own mirror: the same class as without the flip
+    symmetric = (X + X[..., ::-1]) / 2
+    np.testing.assert_array_equal(
+        solver.predict(symmetric), np.argmax(np.asarray(apply(solver.params, solver.state,
+        symmetric)[0]), axis=1),
+    )  # fmt: skip
+    assert solver._identity()["solver"]["test_time_flip"] is True
+    assert "test_time_flip" not in trained._identity()["solver"]  # older checkpoints match
+
+
+def test_test_time_flip_needs_images():
+    model = ThreeLayerConvNet(input_dim=SHAPE, num_filters=2, hidden_dim=4)
+    flat = FullyConnectedNet(input_dim=12, hidden_dims=(4,))
+    data = {k: np.zeros((4, 12), np.float32) if k[0] == "X" else np.zeros(4, int)
+            for k in ("X_train", "y_train", "X_val", "y_val")}  # fmt: skip
+    with pytest.raises(ValueError, match="test_time_flip mirrors images"):
+        Solver(flat, data, test_time_flip=True)
+    with pytest.raises(ValueError, match="test_time_flip must be True or False"):
+        Solver(model, _data(), test_time_flip="yes")
 
 
 # ------------------------------------------------------------------------- optimisers

@@ -122,17 +122,20 @@ def test_resume_with_other_flags_stops_naming_them(crashed, tmp_path, fake_cifar
 def test_a_checkpoint_from_before_a_flag_existed_resumes_with_its_default(tmp_path, monkeypatch):
     import jcnn.checkpoint
 
-    saved = {"learning_rate": 0.1, "lr_decay": 0.9}  # no --lr_schedule, --warmup_epochs yet
+    saved = {"learning_rate": 0.1, "lr_decay": 0.9}  # none of the flags added later
     path = tmp_path / "checkpoints" / "step_00000100.npz"
     monkeypatch.setattr(
         jcnn.checkpoint, "latest_checkpoint", lambda *a: (path, {"run_config": saved})
     )
     writer = train.RunWriter(tmp_path)
-    now = {**saved, "lr_schedule": "exponential", "warmup_epochs": 0.0}
+    now = {**saved, "lr_schedule": "exponential", "warmup_epochs": 0.0, "test_time_flip": False}
     assert train.check_resumable(writer, now) == path
     with pytest.raises(train.UsageFailure, match="--lr_schedule=exponential there, "
                        "--lr_schedule=cosine now"):  # fmt: skip
         train.check_resumable(writer, {**now, "lr_schedule": "cosine", "lr_decay": 1.0})
+    with pytest.raises(train.UsageFailure, match="--test_time_flip=false there, "
+                       "--test_time_flip=true now"):  # fmt: skip
+        train.check_resumable(writer, {**now, "test_time_flip": True})
 
 
 def test_a_corrupt_newest_checkpoint_falls_back_to_the_previous(

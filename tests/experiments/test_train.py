@@ -87,6 +87,8 @@ def test_solver_kwargs_map_the_flags():
     kw = train.solver_kwargs(cfg)
     assert kw["optim_config"] == {"learning_rate": 1e-3}
     assert kw["update_rule"] == "adam" and kw["lr_decay"] == 0.9 and kw["seed"] == 3
+    assert kw["test_time_flip"] is False  # a config from before the flag
+    assert train.solver_kwargs({**cfg, "test_time_flip": True})["test_time_flip"] is True
 
 
 def test_history_records_are_the_lines_a_run_writes_in_order():

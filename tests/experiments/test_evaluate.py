@@ -1,0 +1,82 @@
+"""experiments.evaluate: a finished run's best parameters measured again, plain and flipped."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+from absl import flags
+
+from experiments import evaluate, train, vgg_cifar
+from jcnn.checkpoint import load_checkpoint
+from jcnn.data import get_cifar10_data
+from tests.experiments.test_apps import TINY_VGG, run_in_process
+
+
+def run_evaluate(*args: str) -> dict:
+    fv = flags.FlagValues()
+    evaluate.define_flags(fv)
+    fv(["prog", *args])
+    return evaluate.run(fv)
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory, fake_cifar_dir) -> tuple[Path, dict]:
+    workdir = tmp_path_factory.mktemp("run") / "vgg"
+    summary = run_in_process(vgg_cifar, workdir, fake_cifar_dir, *TINY_VGG, "--num_epochs=2")
+    return workdir, summary
+
+
+def _scores(workdir: Path, data_dir: Path, X: np.ndarray) -> np.ndarray:
+    config = json.loads((workdir / "config.json").read_text())["flags"]
+    model = vgg_cifar.make_model(config)
+    like = dict(zip(("params", "state"), model.init(jax.random.key(0)), strict=True))
+    tree, _ = load_checkpoint(workdir / "checkpoints" / "best.npz", like)
+    return np.asarray(model.apply(tree["params"], tree["state"], X)[0])
+
+
+def test_plain_accuracies_are_the_runs_and_flipped_ones_sum_mirrored_scores(
+    finished, fake_cifar_dir
+):
+    workdir, summary = finished
+    result = run_evaluate(f"--workdir={workdir}", f"--data_dir={fake_cifar_dir}")
+    assert result["test_acc"] == summary["test_acc"]  # the same parameters, the same split
+    assert result["val_acc"] == summary["best_val_acc"]
+    assert result["epoch"] == summary["best_epoch"]
+    data = get_cifar10_data(fake_cifar_dir, num_training=40, num_validation=10, num_test=10)
+    for split in ("val", "test"):
+        X, y = data[f"X_{split}"], data[f"y_{split}"]
+        flipped = _scores(workdir, fake_cifar_dir, X) + _scores(
+            workdir, fake_cifar_dir, X[..., ::-1]
+        )
+        assert result[f"{split}_acc_flip"] == pytest.approx(np.mean(flipped.argmax(1) == y))
+    assert json.loads((workdir / "evaluation.json").read_text()) == [json.loads(json.dumps(result))]
+
+
+def test_more_test_images_add_a_record_and_a_rerun_replaces_its_own(finished, fake_cifar_dir):
+    workdir, _ = finished
+    run_evaluate(f"--workdir={workdir}", f"--data_dir={fake_cifar_dir}")
+    more = run_evaluate(f"--workdir={workdir}", f"--data_dir={fake_cifar_dir}", "--num_test=20")
+    assert more["num_test"] == 20
+    run_evaluate(f"--workdir={workdir}", f"--data_dir={fake_cifar_dir}", "--num_test=20")
+    records = json.loads((workdir / "evaluation.json").read_text())
+    assert sorted(r["num_test"] for r in records) == [10, 20]
+
+
+def test_a_workdir_without_a_finished_run_stops_with_one_line(finished, tmp_path, fake_cifar_dir):
+    with pytest.raises(train.UsageFailure, match="holds no config.json"):
+        run_evaluate(f"--workdir={tmp_path}")
+    workdir, _ = finished
+    unfinished = tmp_path / "unfinished"
+    (unfinished / "checkpoints").mkdir(parents=True)
+    (unfinished / "config.json").write_bytes((workdir / "config.json").read_bytes())
+    with pytest.raises(train.UsageFailure, match="holds no checkpoints/best.npz"):
+        run_evaluate(f"--workdir={unfinished}", f"--data_dir={fake_cifar_dir}")
+    (unfinished / "config.json").write_text(json.dumps({"app": "benchmark", "flags": {}}))
+    with pytest.raises(train.UsageFailure, match="from app 'benchmark'"):
+        run_evaluate(f"--workdir={unfinished}")
+    with pytest.raises(flags.IllegalFlagValueError):
+        run_evaluate(f"--workdir={workdir}", "--num_test=0")
