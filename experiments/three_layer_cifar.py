@@ -31,6 +31,7 @@ def make_model(config: Mapping[str, Any]) -> ThreeLayerConvNet:
         hidden_dim=config["hidden_dim"],
         weight_scale=config["weight_scale"],
         reg=config["reg"],
+        label_smoothing=config.get("label_smoothing", 0.0),
         layers=config["layers"],
         conv_impl=config["conv_impl"],
         pool_impl=config["pool_impl"],

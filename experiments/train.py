@@ -79,7 +79,10 @@ RESUME_MAY_DIFFER = (
     "num_devices", "coordinator_address", "num_processes", "process_id",
 )  # fmt: skip
 # Flags added after runs were made: a checkpoint without them was made with these values.
-ADDED_FLAG_DEFAULTS = {"lr_schedule": "exponential", "warmup_epochs": 0.0, "test_time_flip": False}
+ADDED_FLAG_DEFAULTS = {
+    "lr_schedule": "exponential", "warmup_epochs": 0.0, "test_time_flip": False,
+    "label_smoothing": 0.0,
+}  # fmt: skip
 
 
 class IntListParser(flags.ListParser):
@@ -165,7 +168,7 @@ def _finite_positive(v: float) -> bool:
 
 COMMON_FLAGS = (
     "workdir", "overwrite", "data_dir", "num_train", "num_val", "num_test",
-    "weight_scale", "reg", "layers", "conv_impl", "pool_impl",
+    "weight_scale", "reg", "label_smoothing", "layers", "conv_impl", "pool_impl",
     "update_rule", "learning_rate", "lr_decay", "lr_schedule", "warmup_epochs",
     "batch_size", "num_epochs", "seed",
     "augment", "augment_pad", "test_time_flip", "print_every", "num_train_samples",
@@ -221,6 +224,11 @@ def define_common_flags(
     )  # fmt: skip
     D(flags.DEFINE_float, flag_values=fv)("reg", reg, "L2 strength: 0.5·reg·Σ W² in the loss.")
     check(fv, "reg", lambda v: math.isfinite(v) and v >= 0, "a finite float >= 0")
+    D(flags.DEFINE_float, flag_values=fv)(
+        "label_smoothing", 0.0, "Softmax targets (1 - e)·onehot + e/10 instead of one-hot labels "
+        "(0: the plain cross-entropy).",
+    )  # fmt: skip
+    check(fv, "label_smoothing", lambda v: 0.0 <= v < 1.0, "in [0, 1)")
     D(flags.DEFINE_enum, flag_values=fv)(
         "layers", "jcnn", ["jcnn", "reference"],
         "jcnn: the hand-written layers; reference: their autodiff twins.",

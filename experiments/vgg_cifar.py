@@ -37,6 +37,7 @@ def make_model(config: Mapping[str, Any]) -> VGGNet:
         hidden_dims=tuple(config["hidden_dims"]),
         weight_scale=config["weight_scale"],
         reg=config["reg"],
+        label_smoothing=config.get("label_smoothing", 0.0),
         use_batchnorm=config["use_batchnorm"],
         dropout=config["dropout"],
         layers=config["layers"],

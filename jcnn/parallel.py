@@ -320,13 +320,7 @@ def mixed_precision_loss(model: Any, compute_dtype: Any):
 
     def loss(params, state, X, y, *, key=None):
         scores, new_state = model.apply(cast_floating(params, dtype), state, X, train=True, key=key)
-        scores = scores.astype(jnp.float32)
-        y = jnp.asarray(y)
-        if y.shape != (scores.shape[0],):
-            raise ValueError(
-                f"y must have shape ({scores.shape[0]},) to match X, got {tuple(y.shape)}"
-            )
-        data_loss = model.L.softmax_loss(scores, y)
+        data_loss = model.data_loss(scores.astype(jnp.float32), y)
         new_state = jax.tree_util.tree_map(lambda n, o: n.astype(o.dtype), new_state, state)
         reg = l2_penalty(params, model.reg).astype(data_loss.dtype)
         return data_loss + reg, new_state

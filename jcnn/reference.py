@@ -16,6 +16,7 @@ from jcnn.layers._windows import channel_axis, spatial_axes
 from jcnn.layers.batchnorm import batch_statistics, check_batchnorm_args, running_update
 from jcnn.layers.conv import check_conv_args
 from jcnn.layers.dropout import check_rate, keep_mask
+from jcnn.layers.losses import check_label_smoothing
 from jcnn.layers.pool import check_pool_args
 
 
@@ -82,10 +83,13 @@ def dropout(x, key, *, rate: float, train: bool) -> jax.Array:
     return jnp.where(keep_mask(key, x.shape, rate), x / (1.0 - rate), jnp.zeros_like(x))
 
 
-def softmax_loss(scores: jax.Array, y: jax.Array) -> jax.Array:
+def softmax_loss(scores: jax.Array, y: jax.Array, *, label_smoothing: float = 0.0) -> jax.Array:
     check_labels(scores, y)
+    eps = check_label_smoothing(label_smoothing)
     log_probs = jax.nn.log_softmax(scores, axis=1)
-    return -jnp.mean(jnp.take_along_axis(log_probs, y[:, None], axis=1))
+    nll = -jnp.take_along_axis(log_probs, y[:, None], axis=1)[:, 0]
+    uniform = -jnp.mean(log_probs, axis=1)  # cross-entropy against the uniform target
+    return jnp.mean((1.0 - eps) * nll + eps * uniform)
 
 
 def svm_loss(scores: jax.Array, y: jax.Array) -> jax.Array:

@@ -976,6 +976,8 @@ class Solver:
         JSON): the model's hyper-parameters, the solver's (but ``num_epochs``), the data."""
         model = self.model
         model_config = dataclasses.asdict(model) if dataclasses.is_dataclass(model) else {}
+        if model_config.get("label_smoothing") == 0.0:  # checkpoints from before the field
+            del model_config["label_smoothing"]
         return to_plain_json(
             {
                 "model": {"class": type(model).__name__, **model_config},

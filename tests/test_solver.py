@@ -1,6 +1,7 @@
 """Solver: the cs231n interface on optax, one compile per run, reproducible, strict input."""
 
 import contextlib
+import dataclasses
 import io
 import math
 import re
@@ -167,6 +168,12 @@ def test_test_time_flip_sums_the_scores_of_each_image_and_its_mirror(runs):
     )  # fmt: skip
     assert solver._identity()["solver"]["test_time_flip"] is True
     assert "test_time_flip" not in trained._identity()["solver"]  # older checkpoints match
+
+
+def test_identity_records_label_smoothing_only_when_set():
+    assert "label_smoothing" not in Solver(SMALL, _data(), verbose=False)._identity()["model"]
+    smooth = dataclasses.replace(SMALL, label_smoothing=0.1)
+    assert Solver(smooth, _data(), verbose=False)._identity()["model"]["label_smoothing"] == 0.1
 
 
 def test_test_time_flip_needs_images():

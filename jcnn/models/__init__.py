@@ -9,7 +9,8 @@
 
 Every model has ``init(key) -> (params, state)``, ``apply(params, state, X, *, train=False,
 key=None) -> (scores, new_state)`` and ``loss(params, state, X, y, *, key=None) ->
-(loss, new_state)`` (training mode, L2 ``0.5·reg·Σ W²`` over the leaves named ``w``).
+(loss, new_state)`` (training mode: softmax cross-entropy, with ``label_smoothing`` ε mixed
+into the one-hot targets if ε > 0, plus the L2 ``0.5·reg·Σ W²`` over the leaves named ``w``).
 ``layers='reference'`` builds the model on :mod:`jcnn.reference` (autodiff) instead of the
 hand-written :mod:`jcnn.layers`.
 """

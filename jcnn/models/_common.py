@@ -213,14 +213,15 @@ def l2_penalty(params: Any, reg: float) -> jax.Array:
 class Model:
     """Mixin for the model dataclasses: layer switch, ``init``, input checks, ``loss``.
 
-    Subclasses define the fields ``layers``, ``reg``, ``num_classes``, ``input_dim``,
-    ``weight_scale``, ``dtype``, the property ``input_shape`` and the methods
+    Subclasses define the fields ``layers``, ``reg``, ``label_smoothing``, ``num_classes``,
+    ``input_dim``, ``weight_scale``, ``dtype``, the property ``input_shape`` and the methods
     ``weight_shapes()``, ``batchnorm_layers()`` (if any) and
     ``apply(params, state, X, *, train=False, key=None) -> (scores, new_state)``.
     """
 
     layers: str
     reg: float
+    label_smoothing: float
     num_classes: int
     weight_scale: float | str
     dtype: Any
@@ -282,13 +283,18 @@ class Model:
         ``jax.value_and_grad(model.loss, has_aux=True)`` gives ``((loss, state), grads)``.
         """
         scores, new_state = self.apply(params, state, X, train=True, key=key)
+        data_loss = self.data_loss(scores, y)
+        return data_loss + l2_penalty(params, self.reg).astype(data_loss.dtype), new_state
+
+    def data_loss(self, scores: jax.Array, y: Any) -> jax.Array:
+        """Mean softmax cross-entropy of ``scores (N, num_classes)`` against ``y (N,)``,
+        with the model's ``label_smoothing``."""
         y = jnp.asarray(y)
         if y.shape != (scores.shape[0],):
             raise ValueError(
                 f"y must have shape ({scores.shape[0]},) to match X, got {tuple(y.shape)}"
             )
-        data_loss = self.L.softmax_loss(scores, y)
-        return data_loss + l2_penalty(params, self.reg).astype(data_loss.dtype), new_state
+        return self.L.softmax_loss(scores, y, label_smoothing=self.label_smoothing)
 
     def _dropout_key(self, key, train: bool, rate: float):
         if train and rate > 0.0 and key is None:

@@ -12,6 +12,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from jcnn.layers.losses import check_label_smoothing
 from jcnn.models import _common as C
 
 
@@ -46,6 +47,8 @@ class FullyConnectedNet(C.Model):
     bn_momentum: float = 0.9
     bn_eps: float = 1e-5
 
+    label_smoothing: float = 0.0
+
     def __post_init__(self):
         C.set_field(
             self, "hidden_dims", C.int_tuple("hidden_dims", self.hidden_dims, allow_empty=True)
@@ -59,6 +62,7 @@ class FullyConnectedNet(C.Model):
         if not isinstance(self.use_batchnorm, bool):
             raise ValueError(f"use_batchnorm must be a bool, got {self.use_batchnorm!r}")
         C.set_field(self, "reg", C.nonnegative_float("reg", self.reg))
+        C.set_field(self, "label_smoothing", check_label_smoothing(self.label_smoothing))
         C.set_field(self, "weight_scale", C.weight_scale_value("weight_scale", self.weight_scale))
         C.set_field(self, "dtype", C.float_dtype("dtype", self.dtype))
         C.choice("layers", self.layers, C.LAYERS)

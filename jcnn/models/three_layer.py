@@ -7,6 +7,7 @@ from typing import Any
 
 import jax.numpy as jnp
 
+from jcnn.layers.losses import check_label_smoothing
 from jcnn.models import _common as C
 
 
@@ -40,6 +41,8 @@ class ThreeLayerConvNet(C.Model):
     pool_impl: str = "fast"
     layout: str = "auto"
 
+    label_smoothing: float = 0.0
+
     def __post_init__(self):
         input_dim = C.int_tuple("input_dim", self.input_dim)
         if len(input_dim) != 3:
@@ -51,6 +54,7 @@ class ThreeLayerConvNet(C.Model):
         C.set_field(self, "num_classes", C.positive_int("num_classes", self.num_classes))
         C.set_field(self, "weight_scale", C.weight_scale_value("weight_scale", self.weight_scale))
         C.set_field(self, "reg", C.nonnegative_float("reg", self.reg))
+        C.set_field(self, "label_smoothing", check_label_smoothing(self.label_smoothing))
         C.set_field(self, "dtype", C.float_dtype("dtype", self.dtype))
         C.choice("layers", self.layers, C.LAYERS)
         C.choice("conv_impl", self.conv_impl, C.CONV_IMPLS)

@@ -12,6 +12,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from jcnn.layers.losses import check_label_smoothing
 from jcnn.models import _common as C
 
 
@@ -54,6 +55,8 @@ class VGGNet(C.Model):
     bn_momentum: float = 0.9
     bn_eps: float = 1e-5
 
+    label_smoothing: float = 0.0
+
     def __post_init__(self):
         input_dim = C.int_tuple("input_dim", self.input_dim)
         if len(input_dim) != 3:
@@ -75,6 +78,7 @@ class VGGNet(C.Model):
         C.set_field(self, "num_classes", C.positive_int("num_classes", self.num_classes))
         C.set_field(self, "weight_scale", C.weight_scale_value("weight_scale", self.weight_scale))
         C.set_field(self, "reg", C.nonnegative_float("reg", self.reg))
+        C.set_field(self, "label_smoothing", check_label_smoothing(self.label_smoothing))
         if not isinstance(self.use_batchnorm, bool):
             raise ValueError(f"use_batchnorm must be a bool, got {self.use_batchnorm!r}")
         C.set_field(self, "dropout", C.dropout_rate("dropout", self.dropout))

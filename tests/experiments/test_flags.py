@@ -131,6 +131,8 @@ BAD = [
     ("vgg", "--warmup_epochs=-1", "warmup_epochs"),
     ("vgg", "--warmup_epochs=10 --num_epochs=10", "warmup_epochs"),
     ("vgg", "--reg=-0.1", "reg"),
+    ("vgg", "--label_smoothing=1", "label_smoothing"),
+    ("three_layer", "--label_smoothing=-0.1", "label_smoothing"),
     ("vgg", "--dropout=1", "dropout"),
     ("vgg", "--dropout=-0.1", "dropout"),
     ("vgg", "--num_filters=", "num_filters"),

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
 from pathlib import Path
 
 import jax
@@ -15,6 +16,7 @@ from experiments import three_layer_cifar, train
 from jcnn.checkpoint import CorruptCheckpointWarning
 from jcnn.solver import Solver
 from tests.experiments.test_apps import TINY, TINY_THREE, read_metrics, run_in_process
+from tests.experiments.util import PYTHON, ROOT, subprocess_env
 
 ARGS = (
     *TINY_THREE,
@@ -128,7 +130,8 @@ def test_a_checkpoint_from_before_a_flag_existed_resumes_with_its_default(tmp_pa
         jcnn.checkpoint, "latest_checkpoint", lambda *a: (path, {"run_config": saved})
     )
     writer = train.RunWriter(tmp_path)
-    now = {**saved, "lr_schedule": "exponential", "warmup_epochs": 0.0, "test_time_flip": False}
+    now = {**saved, "lr_schedule": "exponential", "warmup_epochs": 0.0, "test_time_flip": False,
+           "label_smoothing": 0.0}  # fmt: skip
     assert train.check_resumable(writer, now) == path
     with pytest.raises(train.UsageFailure, match="--lr_schedule=exponential there, "
                        "--lr_schedule=cosine now"):  # fmt: skip
@@ -162,8 +165,7 @@ def test_a_finished_run_is_not_run_again(uninterrupted, tmp_path, fake_cifar_dir
 
 
 def test_a_nonfinite_loss_stops_the_app_with_one_line(tmp_path, fake_cifar_dir):
-    """With --debug_nans, JAX's own check finds it (the Solver's finite flags are tested in
-    tests/test_numerics.py)."""
+    """In process: one line, a report, and --debug_nans switched back off afterwards."""
     workdir = tmp_path / "run"
     with pytest.raises(SystemExit) as info:
         run(workdir, fake_cifar_dir, "--learning_rate=1e30", "--update_rule=sgd", "--debug_nans")
@@ -172,9 +174,27 @@ def test_a_nonfinite_loss_stops_the_app_with_one_line(tmp_path, fake_cifar_dir):
     report = json.loads((workdir / "nonfinite.json").read_text())
     assert f"at iteration {report['iteration']} / 10" in message
     assert len(report["batch_indices"]) == 8 and report["learning_rate"] == pytest.approx(1e30)
-    assert report["jax_debug_nans"] is True and report["cause"].startswith("FloatingPointError")
+    assert report["jax_debug_nans"] is True
     assert "--overwrite" in message and "learning_rate" in message
     assert jax.config.jax_debug_nans is False  # restored
+
+
+def test_debug_nans_reports_jax_naming_the_primitive(tmp_path, fake_cifar_dir):
+    """With --debug_nans, JAX's own check finds the NaN and the report keeps its message (the
+    Solver's finite flags are tested in tests/test_numerics.py). In a fresh interpreter:
+    after some other jitted work in the same process, JAX 0.10 can skip its check and leave
+    the NaN to the Solver's flags."""
+    workdir = tmp_path / "run"
+    proc = subprocess.run(
+        [PYTHON, "-m", "experiments.three_layer_cifar", f"--data_dir={fake_cifar_dir}",
+         f"--workdir={workdir}", *ARGS, *TINY, "--learning_rate=1e30", "--update_rule=sgd",
+         "--debug_nans"],
+        capture_output=True, text=True, timeout=240, cwd=ROOT, env=subprocess_env(),
+    )  # fmt: skip
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert "FATAL non-finite" in proc.stderr
+    report = json.loads((workdir / "nonfinite.json").read_text())
+    assert report["jax_debug_nans"] is True and report["cause"].startswith("FloatingPointError")
 
 
 def test_the_new_flags():

@@ -1,3 +1,5 @@
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -50,3 +52,32 @@ def test_softmax_loss_is_stable_for_huge_scores():
 def test_loss_bad_labels_raise_value_error(name, ss, y, match):
     with pytest.raises(ValueError, match=match):
         getattr(L, name)(jnp.zeros(ss), y)
+
+
+@pytest.mark.parametrize("eps", [0.1, 0.5])
+def test_label_smoothed_softmax_vjp_matches_autodiff_and_finite_differences(eps):
+    scores = normal(6, 6, 5) * 2.0
+    y = jax.random.randint(jax.random.PRNGKey(7), (6,), 0, 5)
+    f = functools.partial(L.softmax_loss, label_smoothing=eps)
+    twin = functools.partial(R.softmax_loss, label_smoothing=eps)
+    assert_vjp_proven(f, twin, (scores, y), names=("scores", "y"), argnums=(0,))
+
+
+def test_label_smoothing_is_cross_entropy_against_the_mixed_target():
+    scores = normal(8, 4, 3)
+    y = jnp.array([0, 2, 1, 2])
+    eps = 0.3
+    q = (1 - eps) * np.eye(3)[np.asarray(y)] + eps / 3
+    log_p = np.asarray(jax.nn.log_softmax(scores, axis=1))
+    want = -np.mean(np.sum(q * log_p, axis=1))
+    np.testing.assert_allclose(L.softmax_loss(scores, y, label_smoothing=eps), want, rtol=1e-12)
+    np.testing.assert_allclose(R.softmax_loss(scores, y, label_smoothing=eps), want, rtol=1e-12)
+    # ε = 0 is the cs231n loss
+    assert L.softmax_loss(scores, y, label_smoothing=0.0) == L.softmax_loss(scores, y)
+
+
+@pytest.mark.parametrize("eps", [-0.1, 1.0, "a", float("nan")])
+def test_label_smoothing_out_of_range_raises(eps):
+    for f in (L.softmax_loss, R.softmax_loss):
+        with pytest.raises(ValueError, match="label_smoothing must be a float in"):
+            f(jnp.zeros((2, 3)), jnp.zeros(2, int), label_smoothing=eps)

@@ -68,6 +68,25 @@ def test_grads_proven():
     assert len(errors) == 18 - 4  # every leaf but the 4 biases that batchnorm cancels
 
 
+def test_grads_proven_with_label_smoothing_and_the_loss_is_the_mixed_targets():
+    model = VGGNet(**TINY, use_batchnorm=False, label_smoothing=0.2)
+    params, state = model.init(jax.random.key(5))
+    X, y = float64_batch(model.input_dim, 4, seed=2)
+    errors = assert_grads_proven(model, params, state, X, y, jax.random.key(6), numeric=False)
+    assert len(errors) == 10
+    plain = dataclasses.replace(model, label_smoothing=0.0)
+    key = jax.random.key(7)
+    scores, _ = model.apply(params, state, X, train=True, key=key)
+    log_p = np.asarray(jax.nn.log_softmax(scores, axis=1))
+    q = 0.8 * np.eye(10)[np.asarray(y)] + 0.2 / 10
+    reg = 0.5 * 0.1 * sum(float(jnp.sum(p["w"] ** 2)) for p in params.values())
+    want = -np.mean(np.sum(q * log_p, axis=1)) + reg
+    np.testing.assert_allclose(model.loss(params, state, X, y, key=key)[0], want, rtol=1e-12)
+    assert (
+        model.loss(params, state, X, y, key=key)[0] != plain.loss(params, state, X, y, key=key)[0]
+    )
+
+
 def test_grads_equal_reference_without_batchnorm():
     model = VGGNet(**TINY, use_batchnorm=False, conv_impl="im2col", pool_impl="naive")
     params, state = model.init(jax.random.key(3))
@@ -122,6 +141,8 @@ def test_same_padding_any_odd_filter_and_even_filters_shrink():
         (dict(weight_scale=0), "weight_scale"),
         (dict(num_classes=0), "num_classes"),
         (dict(bn_momentum=2.0), "bn_momentum"),
+        (dict(label_smoothing=1.0), "label_smoothing"),
+        (dict(label_smoothing=-0.5), "label_smoothing"),
     ],
 )
 def test_bad_hyper_parameters(kwargs, field):
