@@ -81,7 +81,7 @@ RESUME_MAY_DIFFER = (
 # Flags added after runs were made: a checkpoint without them was made with these values.
 ADDED_FLAG_DEFAULTS = {
     "lr_schedule": "exponential", "warmup_epochs": 0.0, "test_time_flip": False,
-    "label_smoothing": 0.0,
+    "label_smoothing": 0.0, "cutout": 0,
 }  # fmt: skip
 
 
@@ -171,7 +171,7 @@ COMMON_FLAGS = (
     "weight_scale", "reg", "label_smoothing", "layers", "conv_impl", "pool_impl",
     "update_rule", "learning_rate", "lr_decay", "lr_schedule", "warmup_epochs",
     "batch_size", "num_epochs", "seed",
-    "augment", "augment_pad", "test_time_flip", "print_every", "num_train_samples",
+    "augment", "augment_pad", "cutout", "test_time_flip", "print_every", "num_train_samples",
     "num_val_samples",
     "plot_every_epoch", "keep_checkpoints", "checkpoint_every", "debug_nans",
     "num_devices", "compute_dtype", "coordinator_address", "num_processes", "process_id",
@@ -286,6 +286,22 @@ def define_common_flags(
     )  # fmt: skip
     D(flags.DEFINE_integer, flag_values=fv)(
         "augment_pad", 4, "Zero padding per side for the random crops.", lower_bound=0
+    )
+    D(flags.DEFINE_integer, flag_values=fv)(
+        "cutout", 0, "With --augment: also zero a square of this side at a random place in "
+        "every training image (cutout; 0: none).", lower_bound=0,
+    )  # fmt: skip
+
+    def cutout_needs_augment(values: Mapping[str, Any]) -> bool:
+        if values["cutout"] and not values["augment"]:
+            raise flags.ValidationError(
+                f"cutout={values['cutout']} is part of the augmentation: add --augment "
+                "(or --cutout=0)"
+            )
+        return True
+
+    flags.register_multi_flags_validator(
+        ["cutout", "augment"], cutout_needs_augment, flag_values=fv
     )
     D(flags.DEFINE_bool, flag_values=fv)(
         "test_time_flip", False, "Every accuracy (train, val, test) classifies each image by "
@@ -692,6 +708,9 @@ def make_augment(config: Mapping[str, Any]) -> Callable | None:
         return None
     from jcnn.augment import random_crop_flip
 
+    cut = int(config.get("cutout", 0))
+    if cut:
+        return functools.partial(random_crop_flip, pad=int(config["augment_pad"]), cutout=cut)
     return functools.partial(random_crop_flip, pad=int(config["augment_pad"]))
 
 

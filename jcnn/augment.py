@@ -1,4 +1,4 @@
-"""Data augmentation on device: random crops with zero padding and horizontal flips.
+"""Data augmentation on device: random crops with zero padding, horizontal flips, cutout.
 
 >>> X_aug = random_crop_flip(key, X)          # X (N, C, H, W), same shape out  # doctest: +SKIP
 
@@ -11,8 +11,13 @@ Pure ``jax.numpy``: it runs inside a jitted training step, under ``jax.vmap`` an
 device, and the same key gives the same batch. On mean-subtracted data a zero pixel is the
 mean pixel, which is what the padding should be.
 
-The :class:`jcnn.solver.Solver` takes it as ``augment=random_crop_flip``, applied to each
-minibatch inside the jitted step.
+Cutout (DeVries & Taylor, 2017) zeroes a ``size × size`` square of each image, centred on a
+uniformly random pixel (the part that falls outside the image is dropped), so that the net
+cannot rely on any one region.
+
+The :class:`jcnn.solver.Solver` takes it as ``augment=random_crop_flip`` (or
+``functools.partial(random_crop_flip, pad=4, cutout=8)``), applied to each minibatch inside
+the jitted step.
 """
 
 from __future__ import annotations
@@ -23,14 +28,14 @@ from jax import lax
 
 from jcnn._validate import nonnegative_int
 
-__all__ = ["random_crop", "random_crop_flip", "random_flip"]
+__all__ = ["cutout", "random_crop", "random_crop_flip", "random_flip"]
 
 
-def _check(X, pad: int) -> tuple[jax.Array, int]:
+def _check(X, value: int, name: str = "pad") -> tuple[jax.Array, int]:
     X = jnp.asarray(X)
     if X.ndim != 4:
         raise ValueError(f"X must be a batch of images (N, C, H, W), got shape {tuple(X.shape)}")
-    return X, nonnegative_int("pad", pad)
+    return X, nonnegative_int(name, value)
 
 
 def _crop(key: jax.Array, X: jax.Array, pad: int) -> jax.Array:
@@ -52,6 +57,26 @@ def _flip(key: jax.Array, X: jax.Array) -> jax.Array:
     return jnp.where(flips[:, None, None, None], X[..., ::-1], X)
 
 
+def _cutout(key: jax.Array, X: jax.Array, size: int) -> jax.Array:
+    if size == 0:
+        return X
+    n, _, h, w = X.shape
+    k_row, k_col = jax.random.split(key)
+    top = jax.random.randint(k_row, (n, 1, 1), 0, h) - size // 2
+    left = jax.random.randint(k_col, (n, 1, 1), 0, w) - size // 2
+    rows = jnp.arange(h)[None, :, None]
+    cols = jnp.arange(w)[None, None, :]
+    inside = (rows >= top) & (rows < top + size) & (cols >= left) & (cols < left + size)
+    return jnp.where(inside[:, None], jnp.zeros((), X.dtype), X)
+
+
+def cutout(key: jax.Array, X, *, size: int = 8) -> jax.Array:
+    """Each image of ``X`` (N, C, H, W) with a ``size × size`` square set to 0 (every
+    channel), centred on a uniformly random pixel and clipped at the borders."""
+    X, size = _check(X, size, "size")
+    return _cutout(key, X, size)
+
+
 def random_crop(key: jax.Array, X, *, pad: int = 4) -> jax.Array:
     """Each image of ``X`` (N, C, H, W) padded with ``pad`` zeros per side and cropped back
     to H × W at a uniformly random offset in ``[0, 2·pad]`` along each axis."""
@@ -65,17 +90,23 @@ def random_flip(key: jax.Array, X) -> jax.Array:
     return _flip(key, X)
 
 
-def random_crop_flip(key: jax.Array, X, *, pad: int = 4) -> jax.Array:
-    """:func:`random_crop` then :func:`random_flip`, with independent halves of ``key``.
+def random_crop_flip(key: jax.Array, X, *, pad: int = 4, cutout: int = 0) -> jax.Array:
+    """:func:`random_crop` then :func:`random_flip` (then :func:`cutout` if ``cutout`` > 0),
+    each with its own part of ``key``.
 
     Args:
         key: a ``jax.random`` key; the same key gives the same output.
         X: a batch of images (N, C, H, W), any float dtype (kept).
         pad: zero padding per side, i.e. the largest shift in pixels; 0 only flips.
+        cutout: side of the square zeroed in each image; 0 (default): none.
 
     Returns:
         An array of the shape and dtype of ``X``.
     """
     X, pad = _check(X, pad)
+    _, size = _check(X, cutout, "cutout")
     k_crop, k_flip = jax.random.split(key)
-    return _flip(k_flip, _crop(k_crop, X, pad))
+    out = _flip(k_flip, _crop(k_crop, X, pad))
+    if size:  # a third key only then, so that cutout=0 draws exactly as before
+        out = _cutout(jax.random.fold_in(key, 2), out, size)
+    return out

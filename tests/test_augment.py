@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jcnn.augment import random_crop, random_crop_flip, random_flip
+from jcnn.augment import cutout, random_crop, random_crop_flip, random_flip
 
 
 def _images(n=6, c=3, h=8, w=8, dtype=np.float32):
@@ -103,3 +103,53 @@ def test_keeps_dtype():
 def test_bad_input(X, pad, match):
     with pytest.raises(ValueError, match=match):
         random_crop_flip(jax.random.key(0), X, pad=pad)
+
+
+# ------------------------------------------------------------------------------ cutout
+
+
+def _zeroed_box(img: np.ndarray) -> tuple[int, int, int, int]:
+    """(top, bottom, left, right) of the zeros of ``img`` (C, H, W), checking they form one
+    full-channel rectangle."""
+    zero = img == 0
+    assert (zero == zero[0]).all(), "cutout must zero every channel alike"
+    rows, cols = np.flatnonzero(zero[0].any(1)), np.flatnonzero(zero[0].any(0))
+    box = (rows[0], rows[-1] + 1, cols[0], cols[-1] + 1)
+    assert zero[0, box[0] : box[1], box[2] : box[3]].all() and zero[0].sum() == (
+        (box[1] - box[0]) * (box[3] - box[2])
+    ), "the zeros are not one rectangle"
+    return box
+
+
+def test_cutout_zeroes_one_square_per_image_clipped_at_the_borders():
+    X = _images(n=200, h=8, w=8)
+    out = np.asarray(cutout(jax.random.key(4), X, size=4))
+    sides, clipped = set(), 0
+    for img, o in zip(X, out, strict=True):
+        top, bottom, left, right = _zeroed_box(o)
+        keep = o != 0
+        np.testing.assert_array_equal(o[keep], img[keep])  # everything else untouched
+        sides.add((bottom - top, right - left))
+        clipped += (bottom - top, right - left) != (4, 4)
+    assert (4, 4) in sides and all(h <= 4 and w <= 4 for h, w in sides)
+    assert clipped > 0  # centres near an edge lose part of the square
+    centres = {(t, l) for t, _, l, _ in map(_zeroed_box, out)}
+    assert len(centres) > 20  # each image draws its own place
+
+
+def test_random_crop_flip_with_cutout_and_without():
+    X = _images()
+    key = jax.random.key(5)
+    plain = np.asarray(random_crop_flip(key, X, pad=2))
+    np.testing.assert_array_equal(np.asarray(random_crop_flip(key, X, pad=2, cutout=0)), plain)
+    cut = np.asarray(random_crop_flip(key, X, pad=0, cutout=3))
+    for img, o in zip(X, cut, strict=True):
+        _zeroed_box(o)  # one square of zeros (no padding: pad=0)
+        keep = o != 0
+        assert np.array_equal(o[keep], img[keep]) or np.array_equal(o[keep], img[..., ::-1][keep])
+    with pytest.raises(ValueError, match="cutout"):
+        random_crop_flip(key, X, cutout=-1)
+    with pytest.raises(ValueError, match="size"):
+        cutout(key, X, size=2.5)
+    jitted = jax.jit(lambda k, x: random_crop_flip(k, x, pad=1, cutout=3))
+    np.testing.assert_array_equal(jitted(key, X), random_crop_flip(key, X, pad=1, cutout=3))

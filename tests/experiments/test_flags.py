@@ -132,6 +132,8 @@ BAD = [
     ("vgg", "--warmup_epochs=10 --num_epochs=10", "warmup_epochs"),
     ("vgg", "--reg=-0.1", "reg"),
     ("vgg", "--label_smoothing=1", "label_smoothing"),
+    ("vgg", "--cutout=8", "cutout"),  # without --augment
+    ("vgg", "--augment --cutout=-1", "cutout"),
     ("three_layer", "--label_smoothing=-0.1", "label_smoothing"),
     ("vgg", "--dropout=1", "dropout"),
     ("vgg", "--dropout=-0.1", "dropout"),

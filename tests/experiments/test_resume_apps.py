@@ -131,7 +131,7 @@ def test_a_checkpoint_from_before_a_flag_existed_resumes_with_its_default(tmp_pa
     )
     writer = train.RunWriter(tmp_path)
     now = {**saved, "lr_schedule": "exponential", "warmup_epochs": 0.0, "test_time_flip": False,
-           "label_smoothing": 0.0}  # fmt: skip
+           "label_smoothing": 0.0, "cutout": 0}  # fmt: skip
     assert train.check_resumable(writer, now) == path
     with pytest.raises(train.UsageFailure, match="--lr_schedule=exponential there, "
                        "--lr_schedule=cosine now"):  # fmt: skip

@@ -78,6 +78,9 @@ def test_make_augment():
     X = np.arange(2 * 3 * 5 * 5, dtype=np.float32).reshape(2, 3, 5, 5)
     out = jax.jit(fn)(jax.random.key(0), X)
     assert out.shape == X.shape
+    cut = train.make_augment({"augment": True, "augment_pad": 0, "cutout": 3})
+    out = np.asarray(jax.jit(cut)(jax.random.key(0), X + 1.0))
+    assert ((out == 0).sum(axis=(1, 2, 3)) > 0).all()  # a square of zeros in every image
 
 
 def test_solver_kwargs_map_the_flags():
