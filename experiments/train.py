@@ -26,6 +26,8 @@ A run writes into its workdir, through one :class:`RunWriter` (only process 0 wr
                      parameters with the best validation accuracy
     nonfinite.json   only if training met a non-finite loss: the iteration, loss, learning
                      rate and the minibatch's indices
+    evaluation.json  only after ``python -m experiments.evaluate --workdir=...``: the best
+                     parameters' val/test accuracy again, plain and with test-time flips
 
 Crashes: running the same command again (same --workdir) resumes from the newest complete
 checkpoint whose checksums hold (a corrupt one is set aside with a warning and the one before
