@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import subprocess
 from pathlib import Path
 
 import jax
@@ -14,6 +15,7 @@ from experiments import evaluate, train, vgg_cifar
 from jcnn.checkpoint import load_checkpoint
 from jcnn.data import get_cifar10_data
 from tests.experiments.test_apps import TINY_VGG, run_in_process
+from tests.experiments.util import PYTHON, ROOT, subprocess_env
 
 
 def run_evaluate(*args: str) -> dict:
@@ -80,3 +82,20 @@ def test_a_workdir_without_a_finished_run_stops_with_one_line(finished, tmp_path
         run_evaluate(f"--workdir={unfinished}")
     with pytest.raises(flags.IllegalFlagValueError):
         run_evaluate(f"--workdir={workdir}", "--num_test=0")
+
+
+def test_the_command_line_prints_the_table(finished, fake_cifar_dir):
+    workdir, summary = finished
+    proc = subprocess.run(
+        [PYTHON, "-m", "experiments.evaluate", f"--workdir={workdir}",
+         f"--data_dir={fake_cifar_dir}"],
+        capture_output=True, text=True, timeout=240, cwd=ROOT, env=subprocess_env(),
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f"| plain | {summary['best_val_acc']:.4f} | {summary['test_acc']:.4f} |" in proc.stdout
+    assert "| test-time flip |" in proc.stdout
+    missing = subprocess.run(
+        [PYTHON, "-m", "experiments.evaluate"], capture_output=True, text=True, timeout=240,
+        cwd=ROOT, env=subprocess_env(),
+    )  # fmt: skip
+    assert missing.returncode != 0 and "workdir" in missing.stderr
