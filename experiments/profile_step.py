@@ -1,24 +1,33 @@
-r"""Where the time of one jcnn training step goes: XLA's own per-operation trace.
+r"""Where the time of one training step goes, two ways.
 
-    python -m experiments.profile_step --models=vgg            # VGG seed config, jcnn, batch 50
-    python -m experiments.profile_step --models=three_layer --impls=reference --top=15
+    python -m experiments.profile_step --models=vgg                # per layer call (default)
+    python -m experiments.profile_step --models=vgg --by=op        # XLA's per-operation trace
+    python -m experiments.profile_step --models=three_layer --impls=reference --by=op --top=15
 
-Builds the same step as :mod:`experiments.benchmark` (same flags for the model sizes, batch
-size and seed; one model, one JAX impl), warms it up, traces ``--steps`` steps with
-``jax.profiler`` and sums the time of every compiled HLO operation (fusions, convolutions,
-copies/transposes, ...). Prints the operations grouped by kind and output shape, largest
-first, with their share of the step's wall time.
+Both build the same step as :mod:`experiments.benchmark` (same flags for the model sizes,
+batch size and seed) and print its median time first.
 
-Read the shares with care: tracing slows the step down (both medians are printed; shares
-are of the untraced one), XLA runs some operations concurrently (so shares can add up to
-more than the step) and some convolutions are recorded only in part (so they can add up to
-less). The table is for finding the large, memory-bound passes (transposes, batchnorm
-reductions, optimiser updates), not an exact budget.
+``--by=layer`` records every layer call the model makes in one forward pass
+(``L.conv_bn_relu``, ``L.max_pool2d``, ... with the real activations), then times each
+distinct call on its own, forward + backward, on jcnn's hand-written layers and on
+:mod:`jcnn.reference` (autodiff), interleaved, with a conv layer's convolution timed alone
+beside it. Every float argument gets its gradient, the input included, so the first layer's
+row holds a dx that the step never computes. The difference to the step is what the table
+does not cover (the optimiser, the penalty, the layout changes at the model's edges) and how
+XLA schedules the whole step differently from the parts. Every figure is a plain wall-clock
+median, so on the CPU this is the budget to read.
+
+``--by=op`` traces ``--steps`` steps with ``jax.profiler`` and sums the time of every compiled
+HLO operation of one impl, grouped by kind and output shape. Read it with care: tracing slows
+the step down, and on the CPU XLA runs a convolution asynchronously on its thread pool, so the
+trace records only its launch while its work lands in whichever operations run beside it or
+wait for it. The table lists the memory-bound passes, not a budget.
 """
 
 from __future__ import annotations
 
 import collections
+import dataclasses
 import gzip
 import json
 import re
@@ -31,8 +40,9 @@ from absl import app, flags
 
 from experiments import benchmark as B
 
-flags.DEFINE_integer("steps", 10, "Traced steps (after the warm-up steps).")
-flags.DEFINE_integer("top", 30, "Rows to print.")
+flags.DEFINE_enum("by", "layer", ["layer", "op"], "Per layer call, or per traced HLO operation.")
+flags.DEFINE_integer("steps", 10, "Timed steps, and with --by=op traced steps.")
+flags.DEFINE_integer("top", 30, "Rows to print (--by=op).")
 FLAGS = flags.FLAGS
 
 _DEFINITION = re.compile(r"^\s*(?:ROOT )?%(\S+) = (\S+?)(?:\{[^}]*\})? ([a-z-]+)\(", re.M)
@@ -72,27 +82,206 @@ def _read_trace(directory: Path) -> list[dict]:
     return data["traceEvents"] if isinstance(data, dict) else data
 
 
-def main(argv):
-    del argv
+@dataclasses.dataclass
+class LayerCall:
+    """One distinct call the model makes to its layer module, with the first concrete
+    arguments seen and how many times per forward pass it happens."""
+
+    name: str
+    args: tuple
+    kwargs: dict
+    count: int = 1
+
+    def describe(self) -> str:
+        shapes = [
+            "x".join(map(str, a.shape)) for a in self.args if hasattr(a, "shape") and a.ndim > 1
+        ]
+        shown = ("stride", "pad", "pool_height", "rate", "layout")
+        static = {k: v for k, v in self.kwargs.items() if k in shown}
+        extra = ", ".join(f"{k}={v}" for k, v in static.items())
+        return f"{self.name}({', '.join(shapes)}{', ' + extra if extra else ''})"
+
+
+def _signature(name: str, args: tuple, kwargs: dict) -> tuple:
+    def sig(v):
+        return (tuple(v.shape), str(v.dtype)) if hasattr(v, "shape") else repr(v)
+
+    return name, tuple(sig(a) for a in args), tuple(sorted((k, sig(v)) for k, v in kwargs.items()))
+
+
+def record_layer_calls(net, params, state, X, y, key) -> list[LayerCall]:
+    """Run ``net.loss`` once, eagerly, with every public function of ``net.L`` wrapped to
+    record its arguments; returns the distinct calls in order. Only the model's own calls
+    are seen (a sandwich layer's inner calls are not), and the module is restored after."""
+    module = net.L
+    seen: dict[tuple, LayerCall] = {}
+    originals = {name: getattr(module, name) for name in module.__all__}
+
+    def recording(name, fn):
+        def wrapper(*args, **kwargs):
+            signature = _signature(name, args, kwargs)
+            if signature in seen:
+                seen[signature].count += 1
+            else:
+                seen[signature] = LayerCall(name, args, kwargs)
+            return fn(*args, **kwargs)
+
+        return wrapper
+
+    try:
+        for name, fn in originals.items():
+            setattr(module, name, recording(name, fn))
+        net.loss(params, state, X, y, key=key)
+    finally:
+        for name, fn in originals.items():
+            setattr(module, name, fn)
+    return list(seen.values())
+
+
+def _is_float(a) -> bool:
+    import jax.numpy as jnp
+
+    return hasattr(a, "dtype") and jnp.issubdtype(a.dtype, jnp.floating)
+
+
+def forward_backward(fn, call: LayerCall):
+    """``f(*float_args) -> (⟨out, ct⟩, grads)``, jitted: one forward and one backward pass of
+    ``fn`` at ``call``'s arguments (the first output if ``fn`` returns several), with a fixed
+    random cotangent ``ct``; non-float arguments (labels, keys) are held fixed."""
+    import jax
+    import jax.numpy as jnp
+
+    positions = [i for i, a in enumerate(call.args) if _is_float(a)]
+
+    def forward(*floats):
+        args = list(call.args)
+        for i, v in zip(positions, floats, strict=True):
+            args[i] = v
+        out = fn(*args, **call.kwargs)
+        return out[0] if isinstance(out, tuple) else out
+
+    floats = [call.args[i] for i in positions]
+    out = jax.eval_shape(forward, *floats)
+    ct = jax.random.normal(jax.random.PRNGKey(0), out.shape, out.dtype)
+
+    def objective(*floats):
+        return jnp.vdot(forward(*floats), ct)
+
+    step = jax.jit(jax.value_and_grad(objective, argnums=tuple(range(len(floats)))))
+    return step, floats
+
+
+def _conv_part(call: LayerCall) -> LayerCall | None:
+    """The convolution inside a conv sandwich layer, as a ``conv2d`` call."""
+    if not call.name.startswith("conv_"):
+        return None
+    conv_kwargs = {k: v for k, v in call.kwargs.items() if k in ("stride", "pad", "impl", "layout")}
+    return LayerCall("conv2d", tuple(call.args[:3]), conv_kwargs, call.count)
+
+
+def _median_ms(fn, args, repeats: int) -> float:
     import jax
 
-    B.apply_tiny()
-    if not FLAGS["impls"].present:
-        FLAGS.impls = ["jcnn"]
-    if len(FLAGS.models) != 1 or len(FLAGS.impls) != 1 or len(FLAGS.batch_sizes) != 1:
-        raise app.UsageError("profile_step takes exactly one of --models, --impls, --batch_sizes")
-    model, impl, batch = FLAGS.models[0], FLAGS.impls[0], int(FLAGS.batch_sizes[0])
-    if impl not in ("jcnn", "reference"):
-        raise app.UsageError(f"--impls must be jcnn or reference, got {impl!r}")
-    step, sync, _, _, _, hlo_text = B.make_jax_step(model, impl, batch)
-    ops = hlo_ops(hlo_text())
+    jax.block_until_ready(fn(*args))
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        jax.block_until_ready(fn(*args))
+        times.append(time.perf_counter() - t0)
+    return 1e3 * statistics.median(times)
+
+
+def layer_times(calls: list[LayerCall], repeats: int, rounds: int = 3) -> list[dict]:
+    """Forward + backward milliseconds of each call on jcnn and on the reference (the median
+    of ``rounds`` interleaved medians of ``repeats`` runs), with a conv sandwich's convolution
+    as an extra row right after it."""
+    import jcnn.layers
+    import jcnn.reference
+
+    rows = []
+    for call in calls:
+        for part, label in ((call, call.describe()), (_conv_part(call), "  of which conv2d")):
+            if part is None:
+                continue
+            steps = {
+                impl: forward_backward(getattr(module, part.name), part)
+                for impl, module in (("jcnn", jcnn.layers), ("reference", jcnn.reference))
+            }
+            samples = {impl: [] for impl in steps}
+            for _ in range(rounds):
+                for impl, (step, floats) in steps.items():
+                    samples[impl].append(_median_ms(step, floats, repeats))
+            rows.append(
+                {
+                    "call": label,
+                    "per_step": part.count,
+                    "jcnn_ms": statistics.median(samples["jcnn"]),
+                    "reference_ms": statistics.median(samples["reference"]),
+                    "in_total": part is call,
+                }
+            )
+    return rows
+
+
+def _profile_layers(model: str, batch: int) -> dict:
+    import jax
+    import jax.numpy as jnp
+
+    steps = {impl: B.make_jax_step(model, impl, batch) for impl in ("jcnn", "reference")}
+    step_ms = {impl: _step_ms(s[0], s[1]) for impl, s in steps.items()}
+    net, _ = B._make_jax_model(model, "jcnn")
+    params, state = net.init(jax.random.PRNGKey(FLAGS.seed))
+    x_np, y_np = B.make_data(model, batch, FLAGS.seed)
+    calls = record_layer_calls(
+        net, params, state, jnp.asarray(x_np), jnp.asarray(y_np), jax.random.PRNGKey(1)
+    )
+    rows = layer_times(calls, FLAGS.steps)
+    print(
+        f"{model}, batch {batch}: median step {step_ms['jcnn']:.1f} ms on jcnn, "
+        f"{step_ms['reference']:.1f} ms on jcnn.reference; each layer call timed on its own, "
+        "forward + backward (ms; x: calls per step):"
+    )
+    print("| layer call | x | jcnn | reference | reference ÷ jcnn |")
+    print("| --- | ---: | ---: | ---: | ---: |")
+    for r in rows:
+        print(
+            f"| {r['call']} | {r['per_step']} | {r['jcnn_ms']:.2f} | {r['reference_ms']:.2f} "
+            f"| {r['reference_ms'] / r['jcnn_ms']:.2f} |"
+        )
+    totals = {
+        impl: sum(r[f"{impl}_ms"] * r["per_step"] for r in rows if r["in_total"])
+        for impl in ("jcnn", "reference")
+    }
+    convs = {
+        impl: sum(r[f"{impl}_ms"] * r["per_step"] for r in rows if not r["in_total"])
+        for impl in ("jcnn", "reference")
+    }
+    for impl in ("jcnn", "reference"):
+        print(
+            f"{impl}: layer calls {totals[impl]:.1f} ms (of which convolutions "
+            f"{convs[impl]:.1f} ms), the rest of the step {step_ms[impl] - totals[impl]:.1f} ms"
+        )
+    return {"step_ms": step_ms, "layers": rows, "layer_total_ms": totals, "conv_ms": convs}
+
+
+def _step_ms(step, sync) -> float:
     for _ in range(1 + FLAGS.warmup):
         sync(step())
-    walls, traced = [], []
+    times = []
     for _ in range(FLAGS.steps):
         t0 = time.perf_counter()
         sync(step())
-        walls.append(time.perf_counter() - t0)
+        times.append(time.perf_counter() - t0)
+    return 1e3 * statistics.median(times)
+
+
+def _profile_ops(model: str, impl: str, batch: int) -> dict:
+    import jax
+
+    step, sync, _, _, _, hlo_text = B.make_jax_step(model, impl, batch)
+    ops = hlo_ops(hlo_text())
+    wall_ms = _step_ms(step, sync)
+    traced = []
     with tempfile.TemporaryDirectory() as tmp:
         with jax.profiler.trace(tmp, create_perfetto_trace=True):
             for _ in range(FLAGS.steps):
@@ -100,11 +289,11 @@ def main(argv):
                 sync(step())
                 traced.append(time.perf_counter() - t0)
         rows = op_times(_read_trace(Path(tmp)), ops, FLAGS.steps)
-    wall_ms, traced_ms = 1e3 * statistics.median(walls), 1e3 * statistics.median(traced)
+    traced_ms = 1e3 * statistics.median(traced)
     print(
         f"{model}, {impl}, batch {batch}: median step {wall_ms:.1f} ms, {traced_ms:.1f} ms "
         f"while traced ({FLAGS.steps} steps each); HLO operations, largest first (share: of "
-        "the untraced step):"
+        "the untraced step; convolutions: their launches only, see --help):"
     )
     print("| operation | output shape | ms/step | share of step | per step |")
     print("| --- | --- | ---: | ---: | ---: |")
@@ -117,18 +306,29 @@ def main(argv):
     for r in rows:
         by_kind[re.sub(r"_fusion$", "", r["kind"])] += r["ms_per_step"]
     print("By kind: " + ", ".join(f"{k} {v:.1f} ms" for k, v in by_kind.most_common(8)))
+    return {"impl": impl, "step_ms": wall_ms, "traced_step_ms": traced_ms, "ops": rows}
+
+
+def main(argv):
+    del argv
+    B.apply_tiny()
+    if len(FLAGS.models) != 1 or len(FLAGS.batch_sizes) != 1:
+        raise app.UsageError("profile_step takes exactly one of --models and --batch_sizes")
+    model, batch = FLAGS.models[0], int(FLAGS.batch_sizes[0])
+    if FLAGS.by == "layer":
+        if FLAGS["impls"].present:
+            raise app.UsageError(
+                "--by=layer times jcnn and jcnn.reference side by side; --impls is for --by=op"
+            )
+        result = _profile_layers(model, batch)
+    else:
+        impls = FLAGS.impls if FLAGS["impls"].present else ["jcnn"]
+        if len(impls) != 1 or impls[0] not in ("jcnn", "reference"):
+            raise app.UsageError(f"--by=op takes exactly one of --impls jcnn, reference: {impls}")
+        result = _profile_ops(model, impls[0], batch)
     if FLAGS.json_out:
         Path(FLAGS.json_out).write_text(
-            json.dumps(
-                {
-                    "model": model,
-                    "impl": impl,
-                    "step_ms": wall_ms,
-                    "traced_step_ms": traced_ms,
-                    "ops": rows,
-                },
-                indent=1,
-            )
+            json.dumps({"model": model, "batch": batch, "by": FLAGS.by, **result}, indent=1)
         )
 
 

@@ -59,7 +59,7 @@ def test_tiny_traced_run_prints_the_table(tmp_path):
     out = tmp_path / "profile.json"
     proc = subprocess.run(
         [sys.executable, "-m", "experiments.profile_step", "--models=vgg", "--tiny",
-         "--steps=2", f"--json_out={out}"],
+         "--by=op", "--steps=2", f"--json_out={out}"],
         capture_output=True, text=True, timeout=300, cwd=ROOT, env=env,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -70,6 +70,110 @@ def test_tiny_traced_run_prints_the_table(tmp_path):
 
     data = json.loads(out.read_text())
     assert data["model"] == "vgg" and data["ops"] and data["step_ms"] > 0 < data["traced_step_ms"]
+
+
+def test_tiny_layer_run_prints_each_call_for_both_impls(tmp_path):
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    out = tmp_path / "layers.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "experiments.profile_step", "--models=vgg", "--tiny",
+         "--steps=2", f"--json_out={out}"],
+        capture_output=True, text=True, timeout=300, cwd=ROOT, env=env,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "vgg, batch 4: median step" in proc.stdout and "on jcnn.reference" in proc.stdout
+    assert "| layer call | x | jcnn | reference | reference ÷ jcnn |" in proc.stdout
+    for row in ("| conv_bn_relu(4x8x8x3, 4x3x3x3", "|   of which conv2d |", "| max_pool2d("):
+        assert row in proc.stdout
+    assert "jcnn: layer calls" in proc.stdout and "reference: layer calls" in proc.stdout
+    import json
+
+    data = json.loads(out.read_text())
+    assert data["by"] == "layer" and set(data["step_ms"]) == {"jcnn", "reference"}
+    assert all(r["jcnn_ms"] > 0 and r["reference_ms"] > 0 for r in data["layers"])
+
+
+def test_record_layer_calls_counts_the_models_own_calls_and_restores_the_module():
+    import jax
+    import jax.numpy as jnp
+
+    import jcnn.layers as L
+    from jcnn.models import VGGNet
+
+    net = VGGNet(
+        input_dim=(3, 8, 8), num_filters=(4, 4), blocks=(2, 1), hidden_dims=(8,), dropout=0.5
+    )
+    params, state = net.init(jax.random.PRNGKey(0))
+    before = {name: getattr(L, name) for name in L.__all__}
+    X = jnp.ones((2, 3, 8, 8))
+    calls = P.record_layer_calls(net, params, state, X, jnp.array([0, 1]), jax.random.PRNGKey(1))
+    assert {name: getattr(L, name) for name in L.__all__} == before
+    counts = {c.describe(): c.count for c in calls}
+    # conv1_1 (3 -> 4 channels), conv1_2 (4 -> 4 at 8x8), conv2_1 (4 -> 4 at 4x4): all distinct.
+    assert [c.name for c in calls] == [
+        "conv_bn_relu", "conv_bn_relu", "max_pool2d", "conv_bn_relu", "max_pool2d",
+        "affine_bn_relu", "dropout", "affine", "softmax_loss",
+    ]  # fmt: skip
+    assert sum(counts.values()) == len(calls)  # each call once per forward pass here
+    assert calls[1].args[0].shape == (2, 8, 8, 4)  # the real activations, NHWC inside
+
+
+def test_record_layer_calls_restores_the_module_when_the_model_fails():
+    import jax
+    import jax.numpy as jnp
+
+    import jcnn.layers as L
+    from jcnn.models import VGGNet
+
+    net = VGGNet(input_dim=(3, 8, 8), num_filters=(4,), blocks=(1,), hidden_dims=())
+    params, state = net.init(jax.random.PRNGKey(0))
+    before = {name: getattr(L, name) for name in L.__all__}
+    with pytest.raises(ValueError, match="y must have shape"):
+        P.record_layer_calls(net, params, state, jnp.ones((2, 3, 8, 8)), jnp.array([0]), None)
+    assert {name: getattr(L, name) for name in L.__all__} == before
+
+
+def test_repeated_calls_are_counted_once_per_signature():
+    import jax
+    import jax.numpy as jnp
+
+    from jcnn.models import VGGNet
+
+    net = VGGNet(input_dim=(3, 8, 8), num_filters=(4,), blocks=(3,), hidden_dims=())
+    params, state = net.init(jax.random.PRNGKey(0))
+    calls = P.record_layer_calls(
+        net, params, state, jnp.ones((2, 3, 8, 8)), jnp.array([0, 1]), None
+    )
+    convs = [c for c in calls if c.name == "conv_bn_relu"]
+    assert [c.count for c in convs] == [1, 2]  # 3 -> 4 channels once, then 4 -> 4 twice
+
+
+def test_forward_backward_is_the_vjp_of_the_first_output_against_a_fixed_cotangent():
+    import jax
+    import jax.numpy as jnp
+
+    import jcnn.reference as R
+
+    x = jax.random.normal(jax.random.PRNGKey(0), (3, 4))
+    w = jax.random.normal(jax.random.PRNGKey(1), (4, 5))
+    b = jnp.zeros(5)
+    call = P.LayerCall("affine", (x, w, b), {})
+    step, floats = P.forward_backward(R.affine, call)
+    (value, grads) = step(*floats)
+    ct = jax.random.normal(jax.random.PRNGKey(0), (3, 5))
+    assert jnp.allclose(value, jnp.vdot(x @ w + b, ct), rtol=1e-5)
+    assert jnp.allclose(grads[0], ct @ w.T, rtol=1e-5)
+    assert jnp.allclose(grads[1], x.T @ ct, rtol=1e-5)
+
+
+def test_layer_mode_refuses_impls():
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    proc = subprocess.run(
+        [sys.executable, "-m", "experiments.profile_step", "--models=vgg", "--tiny",
+         "--impls=reference"],
+        capture_output=True, text=True, timeout=120, cwd=ROOT, env=env,
+    )  # fmt: skip
+    assert proc.returncode != 0 and "--impls is for --by=op" in proc.stderr
 
 
 def test_refuses_several_models():
