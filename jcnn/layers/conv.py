@@ -29,6 +29,7 @@ from jcnn.layers._checks import (
     positive_int,
 )
 from jcnn.layers._windows import LAYOUTS, channel_axis, spatial_axes, tap
+from jcnn.native import to_channel_major
 
 IMPLS = ("naive", "im2col", "xla")
 
@@ -235,11 +236,15 @@ def conv_dx_xla(dout, w, x_shape, stride: int, pad: int, layout: str = "NCHW"):
 
 def conv_dw_xla(dout, x, w_shape, stride: int, pad: int, layout: str = "NCHW"):
     """dw as a convolution over the batch: x (batch ↔ channel roles swapped) against dout,
-    dilated by ``stride``: dw[f, c] = Σₙ x_pad[n, c] ⋆ dout[n, f]."""
+    dilated by ``stride``: dw[f, c] = Σₙ x_pad[n, c] ⋆ dout[n, f]. Channels-last x is first
+    made channel-major by :func:`jcnn.native.to_channel_major` (what XLA would do, faster)."""
     hh, ww = w_shape[2:]
     # Swap the roles of N and C in x's layout string, and of N (in) / C (out) in dout's.
     lhs = layout.replace("N", "?").replace("C", "N").replace("?", "C")
     rhs = layout.replace("N", "I").replace("C", "O")
+    if layout == "NHWC":
+        # XLA's CPU convolution wants x channel-major here; transpose it ourselves, faster.
+        x, lhs = to_channel_major(x), "NHWC"
     dw = lax.conv_general_dilated(
         x,
         dout,

@@ -1,0 +1,110 @@
+// jcnn's compiled CPU kernel: (N, H, W, C) -> (C, H, W, N), registered with XLA's FFI.
+//
+// XLA's CPU backend wants a channels-last activation channel-major for the weight gradient of
+// a convolution, and emits that transpose as an untiled strided loop. Here each spatial
+// position p is one (N x C) -> (C x N) block: N contiguous rows of C are copied into a small
+// buffer, then written out as C contiguous runs of N. Positions are handed out in chunks to
+// the calling thread and one task on XLA's intra-op thread pool.
+#include <algorithm>
+#include <atomic>
+#include <cstdint>
+#include <cstring>
+#include <memory>
+#include <thread>
+
+#include "xla/ffi/api/ffi.h"
+
+namespace ffi = xla::ffi;
+
+namespace {
+
+constexpr int64_t kRows = 64;    // images per buffered block
+constexpr int64_t kCols = 256;   // channels per buffered block
+
+template <typename T>
+void TransposePositions(const T* x, T* y, int64_t n_total, int64_t positions, int64_t channels,
+                        int64_t p_begin, int64_t p_end) {
+  alignas(64) T block[kRows * kCols];
+  for (int64_t p = p_begin; p < p_end; ++p) {
+    for (int64_t c0 = 0; c0 < channels; c0 += kCols) {
+      const int64_t nc = std::min(kCols, channels - c0);
+      for (int64_t n0 = 0; n0 < n_total; n0 += kRows) {
+        const int64_t nn = std::min(kRows, n_total - n0);
+        for (int64_t n = 0; n < nn; ++n) {
+          std::memcpy(block + n * nc, x + ((n0 + n) * positions + p) * channels + c0,
+                      nc * sizeof(T));
+        }
+        for (int64_t c = 0; c < nc; ++c) {
+          T* out = y + ((c0 + c) * positions + p) * n_total + n0;
+          for (int64_t n = 0; n < nn; ++n) out[n] = block[n * nc + c];
+        }
+      }
+    }
+  }
+}
+
+// Work shared by the caller and a pool task. The caller waits only for chunks a task has
+// already claimed, never for a task to start: the pool may be busy with other operations.
+struct Progress {
+  std::atomic<int64_t> next{0};
+  std::atomic<int64_t> busy{0};
+};
+
+template <typename T>
+void Work(Progress& progress, const T* x, T* y, int64_t n, int64_t positions, int64_t channels,
+          int64_t chunk) {
+  for (;;) {
+    progress.busy.fetch_add(1);
+    const int64_t p0 = progress.next.fetch_add(chunk);
+    if (p0 >= positions) {
+      progress.busy.fetch_sub(1);
+      return;
+    }
+    TransposePositions(x, y, n, positions, channels, p0, std::min(positions, p0 + chunk));
+    progress.busy.fetch_sub(1);
+  }
+}
+
+template <typename T>
+void Run(ffi::ThreadPool& pool, const void* x_data, void* y_data, int64_t n, int64_t positions,
+         int64_t channels) {
+  const T* x = static_cast<const T*>(x_data);
+  T* y = static_cast<T*>(y_data);
+  const int64_t chunk = std::max<int64_t>(1, positions / 16);
+  auto progress = std::make_shared<Progress>();
+  if (positions >= 16 && n * channels * positions >= (1 << 16)) {
+    pool.Schedule([progress, x, y, n, positions, channels, chunk] {
+      Work(*progress, x, y, n, positions, channels, chunk);
+    });
+  }
+  Work(*progress, x, y, n, positions, channels, chunk);
+  while (progress->busy.load() != 0) std::this_thread::yield();
+}
+
+ffi::Error ToChannelMajor(ffi::ThreadPool pool, ffi::AnyBuffer x, ffi::Result<ffi::AnyBuffer> y) {
+  const auto dims = x.dimensions();
+  if (dims.size() != 4) return ffi::Error::InvalidArgument("x must be (N, H, W, C)");
+  const int64_t n = dims[0], positions = dims[1] * dims[2], channels = dims[3];
+  switch (ffi::ByteWidth(x.element_type())) {
+    case 2:
+      Run<uint16_t>(pool, x.untyped_data(), y->untyped_data(), n, positions, channels);
+      break;
+    case 4:
+      Run<uint32_t>(pool, x.untyped_data(), y->untyped_data(), n, positions, channels);
+      break;
+    case 8:
+      Run<uint64_t>(pool, x.untyped_data(), y->untyped_data(), n, positions, channels);
+      break;
+    default:
+      return ffi::Error::InvalidArgument("element size must be 2, 4 or 8 bytes");
+  }
+  return ffi::Error::Success();
+}
+
+}  // namespace
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(JcnnToChannelMajor, ToChannelMajor,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Ret<ffi::AnyBuffer>());

@@ -1,0 +1,168 @@
+"""jcnn.native: the compiled CPU transpose equals jnp.transpose wherever it runs, and jcnn
+falls back to XLA's transpose, correctly, wherever the kernel cannot be built."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jcnn import native
+
+ROOT = Path(__file__).resolve().parents[1]
+HAVE_COMPILER = native._compiler() is not None and sys.platform.startswith("linux")
+needs_compiler = pytest.mark.skipif(not HAVE_COMPILER, reason="no C++ compiler on this machine")
+
+
+def _random(shape, dtype):
+    return jax.random.normal(jax.random.PRNGKey(sum(shape)), shape, jnp.float32).astype(dtype)
+
+
+@pytest.mark.parametrize("dtype", [jnp.float16, jnp.bfloat16, jnp.float32, jnp.float64])
+@pytest.mark.parametrize(
+    "shape", [(1, 1, 1, 1), (2, 3, 5, 7), (50, 32, 32, 3), (50, 8, 8, 300), (70, 4, 4, 16)]
+)
+def test_to_channel_major_is_the_transpose(shape, dtype):
+    x = _random(shape, dtype)
+    out = jax.jit(native.to_channel_major)(x)
+    assert out.dtype == x.dtype
+    np.testing.assert_array_equal(np.asarray(out), np.asarray(jnp.transpose(x, (3, 1, 2, 0))))
+
+
+@needs_compiler
+def test_kernel_is_built_cached_and_used_in_the_compiled_step():
+    x = _random((4, 3, 3, 5), jnp.float32)
+    hlo = jax.jit(native.to_channel_major).lower(x).compile().as_text()
+    assert native.status() == "loaded"
+    assert native.TARGET in hlo  # the custom call, not XLA's transpose
+    cached = list(native.cache_dir().glob("transpose-*.so"))
+    assert cached and not list(native.cache_dir().glob("*.tmp"))
+
+
+def test_vmap_gives_the_batched_transpose():
+    xs = _random((3, 4, 2, 5, 6), jnp.float32)
+    out = jax.jit(jax.vmap(native.to_channel_major))(xs)
+    np.testing.assert_array_equal(np.asarray(out), np.asarray(jnp.transpose(xs, (0, 4, 2, 3, 1))))
+    unbatched = jax.vmap(native.to_channel_major, in_axes=None, axis_size=2)(xs[0])
+    want = jnp.transpose(xs[0], (3, 1, 2, 0))
+    np.testing.assert_array_equal(np.asarray(unbatched[1]), np.asarray(want))
+
+
+def test_rejects_anything_but_four_dimensions():
+    with pytest.raises(ValueError, match=r"x must be \(N, H, W, C\), got shape \(2, 3\)"):
+        native.to_channel_major(jnp.ones((2, 3)))
+
+
+def test_nhwc_weight_gradient_in_float32_matches_the_reference():
+    import jcnn.layers as L
+    import jcnn.reference as R
+
+    x = _random((6, 9, 9, 5), jnp.float32)
+    w = _random((7, 5, 3, 3), jnp.float32) * 0.1
+    b = jnp.zeros(7, jnp.float32)
+    dout = _random((6, 9, 9, 7), jnp.float32)
+
+    def vjp(module):
+        def f(x, w):
+            return module.conv2d(x, w, b, pad=1, layout="NHWC")
+
+        return jax.jit(lambda x, w: jax.vjp(f, x, w)[1](dout))(x, w)
+
+    for got, want in zip(vjp(L), vjp(R), strict=True):
+        np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5, atol=1e-4)
+
+
+# ------------------------------------------------------------------ fresh interpreters
+
+PROBE = """
+import json, warnings
+warnings.simplefilter("always")
+import jcnn, jax, jax.numpy as jnp, numpy as np
+from jcnn import native
+x = jax.random.normal(jax.random.PRNGKey(0), (4, 3, 3, 5))
+with warnings.catch_warnings(record=True) as caught:
+    out = jax.jit(native.to_channel_major)(x)
+    out = jax.jit(native.to_channel_major)(x + 1) - 1   # a second trace: no second warning
+print(json.dumps({
+    "status": native.status(),
+    "equal": bool(np.allclose(out, jnp.transpose(x, (3, 1, 2, 0)), atol=1e-6)),
+    "warnings": [str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)],
+}))
+"""
+
+
+def _probe(tmp_path, **env_extra):
+    env = {k: v for k, v in os.environ.items() if k not in ("CXX", "JCNN_NATIVE")}
+    env.update(PYTHONPATH=str(ROOT), JCNN_CACHE_DIR=str(tmp_path / "cache"), **env_extra)
+    proc = subprocess.run(
+        [sys.executable, "-c", PROBE], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def test_opt_out_uses_xla_and_says_so(tmp_path):
+    result = _probe(tmp_path, JCNN_NATIVE="0")
+    assert result == {"status": "opted-out", "equal": True, "warnings": []}
+
+
+def test_without_a_compiler_falls_back_silently(tmp_path):
+    result = _probe(tmp_path, PATH=str(tmp_path / "empty"))
+    assert result == {"status": "no-compiler", "equal": True, "warnings": []}
+
+
+def test_a_failed_build_warns_once_and_falls_back(tmp_path):
+    result = _probe(tmp_path, CXX="/bin/false")
+    assert result["status"].startswith("failed") and result["equal"]
+    assert len(result["warnings"]) == 1 and "could not build" in result["warnings"][0]
+    assert not list((tmp_path / "cache").glob("*"))  # no half-written library left behind
+
+
+@needs_compiler
+def test_a_second_process_loads_the_cached_library(tmp_path):
+    assert _probe(tmp_path)["status"] == "loaded"
+    built = list((tmp_path / "cache").glob("transpose-*.so"))
+    assert len(built) == 1
+    stamp = built[0].stat().st_mtime_ns
+    assert _probe(tmp_path) == {"status": "loaded", "equal": True, "warnings": []}
+    assert built[0].stat().st_mtime_ns == stamp  # not rebuilt
+
+
+SHARDED = """
+import json
+import jcnn, jax, jax.numpy as jnp, numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jcnn import native
+mesh = Mesh(np.array(jax.devices()), ("data",))
+x = jax.random.normal(jax.random.PRNGKey(0), (8, 4, 4, 6))
+xs = jax.device_put(x, NamedSharding(mesh, P("data")))
+f = jax.jit(lambda x: native.to_channel_major(x) * 2)
+out = f(xs)
+print(json.dumps({
+    "devices": len(jax.devices()), "status": native.status(),
+    "equal": bool(np.array_equal(out, jnp.transpose(x, (3, 1, 2, 0)) * 2)),
+    "spec": [str(a) for a in out.sharding.spec],
+    "all_gathers": f.lower(xs).compile().as_text().count("all-gather"),
+}))
+"""
+
+
+def test_sharded_rows_are_transposed_where_they_are(tmp_path):
+    env = dict(os.environ, PYTHONPATH=str(ROOT), JCNN_CACHE_DIR=str(tmp_path / "cache"))
+    env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
+    proc = subprocess.run(
+        [sys.executable, "-c", SHARDED], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["devices"] == 2 and result["equal"]
+    assert result["spec"] == ["None", "None", "None", "data"]  # the batch axis, now last
+    assert result["all_gathers"] == 0
+    assert result["status"] == ("loaded" if HAVE_COMPILER else "no-compiler")
