@@ -48,7 +48,10 @@ def test_kernel_is_built_cached_and_used_in_the_compiled_step():
 
 def test_vmap_gives_the_batched_transpose():
     xs = _random((3, 4, 2, 5, 6), jnp.float32)
-    out = jax.jit(jax.vmap(native.to_channel_major))(xs)
+    batched = jax.jit(jax.vmap(native.to_channel_major))
+    out = batched(xs)
+    if HAVE_COMPILER:  # the kernel itself takes the batch as a leading dimension
+        assert native.TARGET in batched.lower(xs).compile().as_text()
     np.testing.assert_array_equal(np.asarray(out), np.asarray(jnp.transpose(xs, (0, 4, 2, 3, 1))))
     unbatched = jax.vmap(native.to_channel_major, in_axes=None, axis_size=2)(xs[0])
     want = jnp.transpose(xs[0], (3, 1, 2, 0))
@@ -145,16 +148,17 @@ x = jax.random.normal(jax.random.PRNGKey(0), (8, 4, 4, 6))
 xs = jax.device_put(x, NamedSharding(mesh, P("data")))
 f = jax.jit(lambda x: native.to_channel_major(x) * 2)
 out = f(xs)
+hlo = f.lower(xs).compile().as_text()
 print(json.dumps({
     "devices": len(jax.devices()), "status": native.status(),
     "equal": bool(np.array_equal(out, jnp.transpose(x, (3, 1, 2, 0)) * 2)),
     "spec": [str(a) for a in out.sharding.spec],
-    "all_gathers": f.lower(xs).compile().as_text().count("all-gather"),
+    "all_gathers": hlo.count("all-gather"), "custom_call": native.TARGET in hlo,
 }))
 """
 
 
-def test_sharded_rows_are_transposed_where_they_are(tmp_path):
+def test_with_several_devices_xla_transposes_each_devices_rows(tmp_path):
     env = dict(os.environ, PYTHONPATH=str(ROOT), JCNN_CACHE_DIR=str(tmp_path / "cache"))
     env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
     proc = subprocess.run(
@@ -164,5 +168,29 @@ def test_sharded_rows_are_transposed_where_they_are(tmp_path):
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert result["devices"] == 2 and result["equal"]
     assert result["spec"] == ["None", "None", "None", "data"]  # the batch axis, now last
-    assert result["all_gathers"] == 0
-    assert result["status"] == ("loaded" if HAVE_COMPILER else "no-compiler")
+    assert result["all_gathers"] == 0 and not result["custom_call"]
+    assert result["status"] == "not-built-yet"  # never needed
+
+
+DEBUG_NANS = """
+import jcnn, jax, jax.numpy as jnp
+from jcnn import native
+jax.config.update("jax_debug_nans", True)
+x = jax.random.normal(jax.random.PRNGKey(0), (2, 5, 5, 3))
+f = jax.jit(lambda x, s: native.to_channel_major(x * s) * 0.0)
+f(x, 1.0).block_until_ready()  # a first, finite call: later calls take JAX's fast path
+try:
+    f(x, jnp.inf)
+except FloatingPointError as e:
+    print("raised:", native.status(), e)
+"""
+
+
+def test_jax_debug_nans_still_checks_every_call(tmp_path):
+    env = dict(os.environ, PYTHONPATH=str(ROOT), JCNN_CACHE_DIR=str(tmp_path / "cache"))
+    proc = subprocess.run(
+        [sys.executable, "-c", DEBUG_NANS], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    expected = "loaded" if HAVE_COMPILER else "no-compiler"
+    assert f"raised: {expected} invalid value (nan) encountered in mul" in proc.stdout

@@ -14,10 +14,11 @@ that build it at the same time are safe. Where it cannot be built (no compiler, 
 operating system) or ``JCNN_NATIVE=0``, :func:`to_channel_major` is ``jnp.transpose``: the
 same values at XLA's speed. :func:`status` says which.
 
-It composes like any jax function: under ``jit``; under ``vmap`` (a batched call is a plain
-``jnp.transpose``); with sharded inputs (a custom partitioning: every device transposes its
-own block); and on other backends (``lax.platform_dependent``: the kernel is the CPU's
-branch, ``jnp.transpose`` everyone else's).
+It composes like any jax function: under ``jit``, ``vmap`` (the kernel takes leading batch
+dimensions) and ``jax_debug_nans``; on other backends (``lax.platform_dependent``: the
+kernel is the CPU's branch, ``jnp.transpose`` everyone else's). It is used only in a
+process with a single device; with several (data parallelism, :mod:`jcnn.parallel`),
+:func:`to_channel_major` is ``jnp.transpose``, which XLA partitions like the rest.
 """
 
 from __future__ import annotations
@@ -37,9 +38,6 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 from jax import lax
-from jax.experimental.custom_partitioning import custom_partitioning
-from jax.sharding import NamedSharding
-from jax.sharding import PartitionSpec as P
 
 OPT_OUT = "JCNN_NATIVE"
 CACHE_DIR_VARIABLE = "JCNN_CACHE_DIR"
@@ -157,45 +155,19 @@ def _out_shape(x) -> jax.ShapeDtypeStruct:
 
 
 def _kernel(x: jax.Array) -> jax.Array:
-    return jax.ffi.ffi_call(TARGET, _out_shape(x))(x)
+    # Under vmap the kernel gets the batch as leading dimensions and transposes each entry.
+    return jax.ffi.ffi_call(TARGET, _out_shape(x), vmap_method="broadcast_all")(x)
 
 
-def _permuted_sharding(mesh, sharding):
-    spec = tuple(sharding.spec) + (None,) * (4 - len(sharding.spec))
-    return NamedSharding(mesh, P(*(spec[i] for i in PERMUTATION)))
-
-
-def _infer_sharding(mesh, arg_shapes, result_shape):
-    del result_shape
-    return _permuted_sharding(mesh, arg_shapes[0].sharding)
-
-
-def _partition(mesh, arg_shapes, result_shape):
-    del result_shape
-    x_sharding = arg_shapes[0].sharding
-    return mesh, _kernel, _permuted_sharding(mesh, x_sharding), (x_sharding,)
-
-
-_partitioned_kernel = custom_partitioning(_kernel)
-_partitioned_kernel.def_partition(
-    infer_sharding_from_operands=_infer_sharding,
-    partition=_partition,
-    sharding_rule="n h w c -> c h w n",
-)
-
-
-@jax.custom_batching.custom_vmap
 def _kernel_on_cpu(x: jax.Array) -> jax.Array:
-    return lax.platform_dependent(x, cpu=_partitioned_kernel, default=_transpose)
+    return lax.platform_dependent(x, cpu=_kernel, default=_transpose)
 
 
-@_kernel_on_cpu.def_vmap
-def _kernel_on_cpu_vmap(axis_size, in_batched, x):
-    del axis_size
-    (batched,) = in_batched
-    if not batched:
-        return _transpose(x), False
-    return jnp.transpose(x, (0, *(1 + i for i in PERMUTATION))), True
+def _single_device() -> bool:
+    """The kernel is used only where nothing can be partitioned: XLA would gather a sharded
+    operand of a custom call onto every device (``jax.experimental.custom_partitioning``
+    avoids that, but it also turns off ``jax_debug_nans``'s checks of later calls)."""
+    return jax.process_count() == 1 and jax.device_count() == 1
 
 
 def to_channel_major(x: jax.Array) -> jax.Array:
@@ -203,6 +175,6 @@ def to_channel_major(x: jax.Array) -> jax.Array:
     by the compiled kernel when it is available (see the module docs), else by XLA."""
     if getattr(x, "ndim", None) != 4:
         raise ValueError(f"x must be (N, H, W, C), got shape {getattr(x, 'shape', None)}")
-    if jnp.dtype(x.dtype).itemsize not in (2, 4, 8) or not load():
+    if jnp.dtype(x.dtype).itemsize not in (2, 4, 8) or not _single_device() or not load():
         return _transpose(x)
     return _kernel_on_cpu(x)

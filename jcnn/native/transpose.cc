@@ -81,22 +81,35 @@ void Run(ffi::ThreadPool& pool, const void* x_data, void* y_data, int64_t n, int
   while (progress->busy.load() != 0) std::this_thread::yield();
 }
 
+// x is (..., N, H, W, C): leading dimensions (from jax.vmap) are a batch of independent arrays.
 ffi::Error ToChannelMajor(ffi::ThreadPool pool, ffi::AnyBuffer x, ffi::Result<ffi::AnyBuffer> y) {
   const auto dims = x.dimensions();
-  if (dims.size() != 4) return ffi::Error::InvalidArgument("x must be (N, H, W, C)");
-  const int64_t n = dims[0], positions = dims[1] * dims[2], channels = dims[3];
-  switch (ffi::ByteWidth(x.element_type())) {
-    case 2:
-      Run<uint16_t>(pool, x.untyped_data(), y->untyped_data(), n, positions, channels);
-      break;
-    case 4:
-      Run<uint32_t>(pool, x.untyped_data(), y->untyped_data(), n, positions, channels);
-      break;
-    case 8:
-      Run<uint64_t>(pool, x.untyped_data(), y->untyped_data(), n, positions, channels);
-      break;
-    default:
-      return ffi::Error::InvalidArgument("element size must be 2, 4 or 8 bytes");
+  const size_t rank = dims.size();
+  if (rank < 4) return ffi::Error::InvalidArgument("x must be (..., N, H, W, C)");
+  int64_t batch = 1;
+  for (size_t i = 0; i + 4 < rank; ++i) batch *= dims[i];
+  const int64_t n = dims[rank - 4], positions = dims[rank - 3] * dims[rank - 2];
+  const int64_t channels = dims[rank - 1];
+  const size_t width = ffi::ByteWidth(x.element_type());
+  const size_t bytes = width * n * positions * channels;
+  const char* x_data = static_cast<const char*>(x.untyped_data());
+  char* y_data = static_cast<char*>(y->untyped_data());
+  for (int64_t b = 0; b < batch; ++b) {
+    const void* xb = x_data + b * bytes;
+    void* yb = y_data + b * bytes;
+    switch (width) {
+      case 2:
+        Run<uint16_t>(pool, xb, yb, n, positions, channels);
+        break;
+      case 4:
+        Run<uint32_t>(pool, xb, yb, n, positions, channels);
+        break;
+      case 8:
+        Run<uint64_t>(pool, xb, yb, n, positions, channels);
+        break;
+      default:
+        return ffi::Error::InvalidArgument("element size must be 2, 4 or 8 bytes");
+    }
   }
   return ffi::Error::Success();
 }
