@@ -12,6 +12,9 @@ Implementations (``--impls``):
 * ``torch``: the same network in PyTorch eager (:mod:`experiments.torch_models`), when torch is
   importable (``pip install torch``; it is not a jcnn dependency);
 * ``torch_compile`` (not in the default list): the torch step with ``torch.compile`` on the loss;
+* ``jcnn_xla`` (not in the default list): ``jcnn`` with its compiled CPU kernel turned off
+  (``JCNN_NATIVE=0`` in that worker; see :mod:`jcnn.native`), so ``jcnn/jcnn_xla`` is what
+  the kernel brings, measured side by side;
 * ``solver`` (not in the default list): the jcnn model trained by :class:`jcnn.solver.Solver`
   for two epochs on ``--solver_num_train`` random CIFAR-sized images (minibatch sampling on
   the host, the jitted update, accuracy checks on 1,000 train and 1,000 val images at each
@@ -68,7 +71,8 @@ from pathlib import Path
 from absl import app, flags
 
 MODELS = ("three_layer", "vgg")
-JAX_IMPLS = ("jcnn", "reference", "solver")
+# jcnn_xla: jcnn with its compiled CPU kernel turned off (JCNN_NATIVE=0), XLA's transpose.
+JAX_IMPLS = ("jcnn", "reference", "solver", "jcnn_xla")
 TORCH_IMPLS = ("torch", "torch_compile")
 IMPLS = JAX_IMPLS + TORCH_IMPLS
 # (a, b): report throughput(a) / throughput(b) when both were run.
@@ -79,6 +83,7 @@ RATIO_PAIRS = (
     ("jcnn", "torch_compile"),
     ("torch_compile", "torch"),
     ("solver", "jcnn"),
+    ("jcnn", "jcnn_xla"),
 )
 RESULT_PREFIX = "@@jcnn-benchmark@@ "
 
@@ -376,6 +381,7 @@ def _jax_platform(model_kwargs: dict) -> dict:
     import jax
 
     import jcnn
+    import jcnn.native
 
     devices = jax.devices()
     return {
@@ -388,6 +394,7 @@ def _jax_platform(model_kwargs: dict) -> dict:
         "XLA_FLAGS": os.environ.get("XLA_FLAGS"),
         "jcnn_xla_flags": jcnn.XLA_FLAGS_STATUS,
         "jcnn_hugepages": jcnn.HUGEPAGES_STATUS,
+        "jcnn_native": jcnn.native.status(),
         "GLIBC_TUNABLES": os.environ.get("GLIBC_TUNABLES"),
         "model_kwargs": {k: v for k, v in model_kwargs.items() if k != "dtype"},
     }
@@ -399,7 +406,8 @@ def _make_jax_model(model: str, impl: str):
     from jcnn.models import ThreeLayerConvNet, VGGNet
 
     cfg = model_config(model)
-    kwargs = dict(cfg, layers="jcnn" if impl == "solver" else impl, dtype=jnp.float32)
+    layers = "jcnn" if impl in ("solver", "jcnn_xla") else impl
+    kwargs = dict(cfg, layers=layers, dtype=jnp.float32)
     for name in ("conv_impl", "pool_impl"):
         if FLAGS[name].value is not None:
             kwargs[name] = FLAGS[name].value
@@ -652,9 +660,12 @@ def worker_command(model: str, impl: str, batch_size: int, round_: int) -> list[
     return args
 
 
-def _worker_env() -> dict:
-    """The parent's environment, with the project root importable (for ``-m experiments``)."""
+def _worker_env(impl: str) -> dict:
+    """The parent's environment, with the project root importable (for ``-m experiments``);
+    ``jcnn_xla`` workers also get ``JCNN_NATIVE=0``."""
     env = dict(os.environ)
+    if impl == "jcnn_xla":
+        env["JCNN_NATIVE"] = "0"
     root = str(Path(__file__).resolve().parent.parent)
     path = env.get("PYTHONPATH")
     env["PYTHONPATH"] = root + (os.pathsep + path if path else "")
@@ -668,7 +679,7 @@ def spawn_worker(model: str, impl: str, batch_size: int, round_: int, timeout: f
     t0 = time.perf_counter()
     try:
         proc = subprocess.run(
-            cmd, capture_output=True, text=True, timeout=timeout, env=_worker_env()
+            cmd, capture_output=True, text=True, timeout=timeout, env=_worker_env(impl)
         )
     except subprocess.TimeoutExpired:
         return {**base, "ok": False, "error": f"timed out after {timeout}s"}
@@ -812,7 +823,8 @@ def format_header(meta: dict) -> str:
         if impl in JAX_IMPLS:
             parts.append(
                 f"{impl}: backend {p['backend']}, devices {p['devices']}, "
-                f"XLA_FLAGS={p['XLA_FLAGS']!r}, huge pages: {p.get('jcnn_hugepages')}"
+                f"XLA_FLAGS={p['XLA_FLAGS']!r}, huge pages: {p.get('jcnn_hugepages')}, "
+                f"compiled kernel: {p.get('jcnn_native')}"
             )
         else:
             parts.append(

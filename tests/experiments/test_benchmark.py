@@ -118,6 +118,24 @@ def test_worker_vgg_tiny():
     assert kwargs["layers"] == "jcnn"
 
 
+def test_jcnn_xla_is_jcnn_with_the_compiled_kernel_off(tmp_path):
+    """``jcnn_xla`` workers run the same jcnn model with JCNN_NATIVE=0, beside ``jcnn``."""
+    out = tmp_path / "bench.json"
+    proc = _run(
+        ["--tiny", "--models=vgg", "--impls=jcnn,jcnn_xla", "--rounds=1", "--repeats=2",
+         "--warmup=0", "--quiet_max_wait=0", f"--json_out={out}"]
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "| vgg | 4 | jcnn/jcnn_xla |" in proc.stdout
+    data = json.loads(out.read_text())
+    runs = {r["impl"]: r for r in data["runs"]}
+    assert runs["jcnn_xla"]["platform"]["model_kwargs"]["layers"] == "jcnn"
+    assert runs["jcnn_xla"]["platform"]["jcnn_native"] == "opted-out"
+    assert runs["jcnn"]["platform"]["jcnn_native"] in ("loaded", "no-compiler")
+    # The same model from the same key on the same data: the same first loss.
+    assert runs["jcnn"]["first_loss"] == pytest.approx(runs["jcnn_xla"]["first_loss"], rel=1e-6)
+
+
 def test_solver_worker_times_the_second_epoch_of_a_real_solver_run():
     proc = _run(
         [
