@@ -179,14 +179,22 @@ def _conv_part(call: LayerCall) -> LayerCall | None:
     return LayerCall("conv2d", tuple(call.args[:3]), conv_kwargs, call.count)
 
 
-def _median_ms(fn, args, repeats: int) -> float:
+def _blocking(step, args):
+    """``run()`` that calls ``step(*args)`` and waits for its outputs."""
     import jax
 
-    jax.block_until_ready(fn(*args))
+    return lambda: jax.block_until_ready(step(*args))
+
+
+def _median_ms(run, repeats: int, warmup: int = 1) -> float:
+    """Median wall-clock milliseconds of ``run()`` (which must block until its work is done)
+    over ``repeats`` calls, after ``warmup`` untimed ones."""
+    for _ in range(warmup):
+        run()
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
-        jax.block_until_ready(fn(*args))
+        run()
         times.append(time.perf_counter() - t0)
     return 1e3 * statistics.median(times)
 
@@ -203,14 +211,14 @@ def layer_times(calls: list[LayerCall], repeats: int, rounds: int = 3) -> list[d
         for part, label in ((call, call.describe()), (_conv_part(call), "  of which conv2d")):
             if part is None:
                 continue
-            steps = {
-                impl: forward_backward(getattr(module, part.name), part)
+            runs = {
+                impl: _blocking(*forward_backward(getattr(module, part.name), part))
                 for impl, module in (("jcnn", jcnn.layers), ("reference", jcnn.reference))
             }
-            samples = {impl: [] for impl in steps}
+            samples = {impl: [] for impl in runs}
             for _ in range(rounds):
-                for impl, (step, floats) in steps.items():
-                    samples[impl].append(_median_ms(step, floats, repeats))
+                for impl, run in runs.items():
+                    samples[impl].append(_median_ms(run, repeats))
             rows.append(
                 {
                     "call": label,
@@ -248,14 +256,12 @@ def _profile_layers(model: str, batch: int) -> dict:
             f"| {r['call']} | {r['per_step']} | {r['jcnn_ms']:.2f} | {r['reference_ms']:.2f} "
             f"| {r['reference_ms'] / r['jcnn_ms']:.2f} |"
         )
-    totals = {
-        impl: sum(r[f"{impl}_ms"] * r["per_step"] for r in rows if r["in_total"])
-        for impl in ("jcnn", "reference")
-    }
-    convs = {
-        impl: sum(r[f"{impl}_ms"] * r["per_step"] for r in rows if not r["in_total"])
-        for impl in ("jcnn", "reference")
-    }
+
+    def per_step_ms(impl: str, in_total: bool) -> float:
+        return sum(r[f"{impl}_ms"] * r["per_step"] for r in rows if r["in_total"] == in_total)
+
+    totals = {impl: per_step_ms(impl, True) for impl in ("jcnn", "reference")}
+    convs = {impl: per_step_ms(impl, False) for impl in ("jcnn", "reference")}
     for impl in ("jcnn", "reference"):
         print(
             f"{impl}: layer calls {totals[impl]:.1f} ms (of which convolutions "
@@ -265,14 +271,8 @@ def _profile_layers(model: str, batch: int) -> dict:
 
 
 def _step_ms(step, sync) -> float:
-    for _ in range(1 + FLAGS.warmup):
-        sync(step())
-    times = []
-    for _ in range(FLAGS.steps):
-        t0 = time.perf_counter()
-        sync(step())
-        times.append(time.perf_counter() - t0)
-    return 1e3 * statistics.median(times)
+    """Median milliseconds of one training step (after the compiling call and the warm-up)."""
+    return _median_ms(lambda: sync(step()), FLAGS.steps, warmup=1 + FLAGS.warmup)
 
 
 def _profile_ops(model: str, impl: str, batch: int) -> dict:

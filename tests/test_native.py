@@ -101,14 +101,19 @@ print(json.dumps({
 """
 
 
-def _probe(tmp_path, **env_extra):
+def _run_script(script: str, tmp_path, **env_extra) -> str:
+    """Run ``script`` in a fresh interpreter with its own kernel cache; returns its stdout."""
     env = {k: v for k, v in os.environ.items() if k not in ("CXX", "JCNN_NATIVE")}
     env.update(PYTHONPATH=str(ROOT), JCNN_CACHE_DIR=str(tmp_path / "cache"), **env_extra)
     proc = subprocess.run(
-        [sys.executable, "-c", PROBE], env=env, capture_output=True, text=True, timeout=300
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return proc.stdout
+
+
+def _probe(tmp_path, **env_extra):
+    return json.loads(_run_script(PROBE, tmp_path, **env_extra).strip().splitlines()[-1])
 
 
 def test_opt_out_uses_xla_and_says_so(tmp_path):
@@ -159,13 +164,8 @@ print(json.dumps({
 
 
 def test_with_several_devices_xla_transposes_each_devices_rows(tmp_path):
-    env = dict(os.environ, PYTHONPATH=str(ROOT), JCNN_CACHE_DIR=str(tmp_path / "cache"))
-    env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
-    proc = subprocess.run(
-        [sys.executable, "-c", SHARDED], env=env, capture_output=True, text=True, timeout=300
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    out = _run_script(SHARDED, tmp_path, XLA_FLAGS="--xla_force_host_platform_device_count=2")
+    result = json.loads(out.strip().splitlines()[-1])
     assert result["devices"] == 2 and result["equal"]
     assert result["spec"] == ["None", "None", "None", "data"]  # the batch axis, now last
     assert result["all_gathers"] == 0 and not result["custom_call"]
@@ -187,10 +187,6 @@ except FloatingPointError as e:
 
 
 def test_jax_debug_nans_still_checks_every_call(tmp_path):
-    env = dict(os.environ, PYTHONPATH=str(ROOT), JCNN_CACHE_DIR=str(tmp_path / "cache"))
-    proc = subprocess.run(
-        [sys.executable, "-c", DEBUG_NANS], env=env, capture_output=True, text=True, timeout=300
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = _run_script(DEBUG_NANS, tmp_path)
     expected = "loaded" if HAVE_COMPILER else "no-compiler"
-    assert f"raised: {expected} invalid value (nan) encountered in mul" in proc.stdout
+    assert f"raised: {expected} invalid value (nan) encountered in mul" in out

@@ -239,12 +239,13 @@ def conv_dw_xla(dout, x, w_shape, stride: int, pad: int, layout: str = "NCHW"):
     dilated by ``stride``: dw[f, c] = Σₙ x_pad[n, c] ⋆ dout[n, f]. Channels-last x is first
     made channel-major by :func:`jcnn.native.to_channel_major` (what XLA would do, faster)."""
     hh, ww = w_shape[2:]
-    # Swap the roles of N and C in x's layout string, and of N (in) / C (out) in dout's.
-    lhs = layout.replace("N", "?").replace("C", "N").replace("?", "C")
+    # x plays the batch ↔ channel-swapped role; dout's N is the kernel's in, its C the out.
     rhs = layout.replace("N", "I").replace("C", "O")
     if layout == "NHWC":
-        # XLA's CPU convolution wants x channel-major here; transpose it ourselves, faster.
+        # XLA's CPU convolution wants x channel-major here; make it so ourselves, faster.
         x, lhs = to_channel_major(x), "NHWC"
+    else:
+        lhs = layout.replace("N", "?").replace("C", "N").replace("?", "C")
     dw = lax.conv_general_dilated(
         x,
         dout,

@@ -142,7 +142,8 @@ def _load() -> str:
         handler = jax.ffi.pycapsule(getattr(library, SYMBOL))
         jax.ffi.register_ffi_target(TARGET, handler, platform="cpu")
     except Exception as error:  # any failure means: fall back to XLA
-        return f"failed: {str(error).strip().splitlines()[0] if str(error).strip() else error!r}"
+        first_line = (str(error).strip().splitlines() or [repr(error)])[0]
+        return f"failed: {first_line}"
     return "loaded"
 
 
