@@ -1,5 +1,6 @@
 """jcnn.native: the compiled CPU transpose equals jnp.transpose wherever it runs, and jcnn
-falls back to XLA's transpose, correctly, wherever the kernel cannot be built."""
+falls back to XLA, correctly, wherever the kernels cannot be built or used. (The batchnorm →
+relu kernels are proven with the layer, in tests/layers/test_batchnorm.py.)"""
 
 from __future__ import annotations
 
@@ -42,7 +43,7 @@ def test_kernel_is_built_cached_and_used_in_the_compiled_step():
     hlo = jax.jit(native.to_channel_major).lower(x).compile().as_text()
     assert native.status() == "loaded"
     assert native.TARGET in hlo  # the custom call, not XLA's transpose
-    cached = list(native.cache_dir().glob("transpose-*.so"))
+    cached = list(native.cache_dir().glob("kernels-*.so"))
     assert cached and not list(native.cache_dir().glob("*.tmp"))
 
 
@@ -136,7 +137,7 @@ def test_a_failed_build_warns_once_and_falls_back(tmp_path):
 @needs_compiler
 def test_a_second_process_loads_the_cached_library(tmp_path):
     assert _probe(tmp_path)["status"] == "loaded"
-    built = list((tmp_path / "cache").glob("transpose-*.so"))
+    built = list((tmp_path / "cache").glob("kernels-*.so"))
     assert len(built) == 1
     stamp = built[0].stat().st_mtime_ns
     assert _probe(tmp_path) == {"status": "loaded", "equal": True, "warnings": []}
@@ -145,7 +146,7 @@ def test_a_second_process_loads_the_cached_library(tmp_path):
 
 SHARDED = """
 import json
-import jcnn, jax, jax.numpy as jnp, numpy as np
+import jcnn, jcnn.layers, jax, jax.numpy as jnp, numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from jcnn import native
 mesh = Mesh(np.array(jax.devices()), ("data",))
@@ -154,7 +155,12 @@ xs = jax.device_put(x, NamedSharding(mesh, P("data")))
 f = jax.jit(lambda x: native.to_channel_major(x) * 2)
 out = f(xs)
 hlo = f.lower(xs).compile().as_text()
+bn = jax.jit(jax.grad(lambda x: jnp.sum(jcnn.layers.conv_bn_relu(
+    x, jnp.ones((6, 6, 1, 1)), jnp.zeros(6), jnp.ones(6), jnp.zeros(6), jnp.zeros(6),
+    jnp.ones(6), train=True, layout="NHWC")[0] ** 2)))
+bn_hlo = bn.lower(xs).compile().as_text()
 print(json.dumps({
+    "bn_custom_call": "jcnn_batchnorm_relu" in bn_hlo,
     "devices": len(jax.devices()), "status": native.status(),
     "equal": bool(np.array_equal(out, jnp.transpose(x, (3, 1, 2, 0)) * 2)),
     "spec": [str(a) for a in out.sharding.spec],
@@ -169,6 +175,7 @@ def test_with_several_devices_xla_transposes_each_devices_rows(tmp_path):
     assert result["devices"] == 2 and result["equal"]
     assert result["spec"] == ["None", "None", "None", "data"]  # the batch axis, now last
     assert result["all_gathers"] == 0 and not result["custom_call"]
+    assert not result["bn_custom_call"]
     assert result["status"] == "not-built-yet"  # never needed
 
 
@@ -190,3 +197,16 @@ def test_jax_debug_nans_still_checks_every_call(tmp_path):
     out = _run_script(DEBUG_NANS, tmp_path)
     expected = "loaded" if HAVE_COMPILER else "no-compiler"
     assert f"raised: {expected} invalid value (nan) encountered in mul" in out
+
+
+def test_the_package_ships_and_builds_every_kernel_source():
+    import fnmatch
+
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+    shipped = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    patterns = shipped["package-data"]["jcnn.native"]
+    here = Path(native.__file__).parent
+    on_disk = sorted(p.name for p in here.iterdir() if p.suffix in (".cc", ".h"))
+    assert on_disk == sorted(p.name for p in native.SOURCES + native.HEADERS)
+    for name in on_disk:
+        assert any(fnmatch.fnmatch(name, pattern) for pattern in patterns), name

@@ -14,6 +14,8 @@ from jcnn.layers.batchnorm import (
     batchnorm_backward,
     batchnorm_backward_graph,
     batchnorm_forward,
+    batchnorm_relu_backward,
+    batchnorm_relu_forward,
     spatial_batchnorm,
 )
 from jcnn.layers.conv import (
@@ -64,6 +66,8 @@ __all__ = [
     "batchnorm_backward",
     "batchnorm_backward_graph",
     "batchnorm_forward",
+    "batchnorm_relu_backward",
+    "batchnorm_relu_forward",
     "conv2d",
     "conv_backward",
     "conv_backward_im2col",

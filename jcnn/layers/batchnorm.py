@@ -11,13 +11,18 @@ Backward (training, closed form), with x̂ the normalised input and σ⁻¹ = 1/
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
+from jcnn import native
 from jcnn.layers._binding import cache_dataclass, with_vjp
 from jcnn.layers._checks import check_choice, check_rank, check_shape
 from jcnn.layers._windows import LAYOUTS, channel_axis
+from jcnn.layers.relu import relu
 
 
 @cache_dataclass(static=("train", "axis"))
@@ -132,6 +137,84 @@ def batchnorm_backward_graph(dout, cache: BatchnormCache):
     return dx, dgamma, dbeta, None, None
 
 
+@cache_dataclass(static=("eps", "axis"))
+class BatchnormReluCache:
+    x: jax.Array
+    mean: jax.Array  # batch mean, (D,)
+    var: jax.Array  # biased batch variance, (D,)
+    gamma: jax.Array
+    beta: jax.Array
+    eps: float
+    axis: int
+
+
+def _uses_native(x, axis: int) -> bool:
+    """The compiled CPU kernels (:mod:`jcnn.native`) take features-last float32/float64."""
+    return axis % x.ndim == x.ndim - 1 and x.dtype in (jnp.float32, jnp.float64)
+
+
+def _batchnorm_relu_xla(x, gamma, beta, *, eps: float, axis: int):
+    mean, var = batch_statistics(x, axis)
+    out, _ = batchnorm_forward(x, gamma, beta, mean, var, train=False, eps=eps, axis=axis)
+    return jnp.maximum(out, 0), mean.astype(x.dtype), var.astype(x.dtype)
+
+
+def _batchnorm_relu_backward_xla(dout, x, mean, var, gamma, beta, dmean, dvar, *, eps, axis):
+    nd = x.ndim
+    out, cache = batchnorm_forward(x, gamma, beta, mean, var, train=False, eps=eps, axis=axis)
+    cache = BatchnormCache(cache.x, cache.mean, cache.inv_std, gamma, True, axis)
+    dx, dgamma, dbeta, _, _ = batchnorm_backward(jnp.where(out > 0, dout, 0), cache)
+    m = dout.size // dout.shape[axis]
+    x_mu = x - cache.mean
+    dx = dx + _per_feature(dmean / m, nd, axis) + x_mu * _per_feature(2.0 * dvar / m, nd, axis)
+    return dx, dgamma, dbeta
+
+
+def batchnorm_relu_forward(x, gamma, beta, *, eps: float = 1e-5, axis: int = 1):
+    """``relu(batchnorm(x))`` in training mode, normalised over every axis but ``axis``.
+
+    Returns ``((out, mean, var), cache)``: ``mean`` and ``var`` ``(D,)`` are the batch
+    statistics (for the running averages). Features-last float32/float64 input runs in one
+    compiled CPU kernel where :mod:`jcnn.native` is available (two passes over x instead of
+    XLA's separate statistics, normalisation and relu); elsewhere the same math in XLA.
+    """
+    axis = axis % x.ndim
+    shapes = (
+        jax.ShapeDtypeStruct(x.shape, x.dtype),
+        jax.ShapeDtypeStruct(gamma.shape, x.dtype),
+        jax.ShapeDtypeStruct(gamma.shape, x.dtype),
+    )
+    xla = functools.partial(_batchnorm_relu_xla, eps=eps, axis=axis)
+    gamma_x, beta_x = gamma.astype(x.dtype), beta.astype(x.dtype)
+    if _uses_native(x, axis):
+        target = "jcnn_batchnorm_relu_forward"
+        out, mean, var = native.run(target, xla, shapes, x, gamma_x, beta_x, eps=np.float64(eps))
+    else:
+        out, mean, var = xla(x, gamma_x, beta_x)
+    return (out, mean, var), BatchnormReluCache(x, mean, var, gamma_x, beta_x, eps, axis)
+
+
+def batchnorm_relu_backward(douts, cache: BatchnormReluCache):
+    """VJP of :func:`batchnorm_relu_forward` for ``douts = (dout, dmean, dvar)``; returns
+    ``(dx, dgamma, dbeta)``. With g = dout where the pre-activation is > 0 (else 0), the
+    batchnorm closed form on g, plus the statistics' own terms:
+    ``dx = γσ⁻¹(g − mean(g) − x̂·mean(g·x̂)) + dmean/m + 2·dvar·(x − μ)/m``."""
+    dout, dmean, dvar = douts
+    x, axis = cache.x, cache.axis
+    dmean, dvar = dmean.astype(x.dtype), dvar.astype(x.dtype)
+    xla = functools.partial(_batchnorm_relu_backward_xla, eps=cache.eps, axis=axis)
+    args = (dout, x, cache.mean, cache.var, cache.gamma, cache.beta, dmean, dvar)
+    if not _uses_native(x, axis):
+        return xla(*args)
+    shapes = (
+        jax.ShapeDtypeStruct(x.shape, x.dtype),
+        jax.ShapeDtypeStruct(cache.gamma.shape, x.dtype),
+        jax.ShapeDtypeStruct(cache.gamma.shape, x.dtype),
+    )
+    target = "jcnn_batchnorm_relu_backward"
+    return native.run(target, xla, shapes, *args, eps=np.float64(cache.eps))
+
+
 def running_update(running, batch, momentum: float):
     """``momentum·running + (1 − momentum)·batch``, with no gradient."""
     batch = lax.stop_gradient(batch).astype(running.dtype)
@@ -149,6 +232,30 @@ def _normalise(x, gamma, beta, running_mean, running_var, train, momentum, eps, 
     if not train:
         return out, running_mean, running_var
     mean, var = batch_statistics(x, axis)
+    return (
+        out,
+        running_update(running_mean, mean, float(momentum)),
+        running_update(running_var, var, float(momentum)),
+    )
+
+
+batchnorm_relu_train = with_vjp(batchnorm_relu_forward, batchnorm_relu_backward)
+batchnorm_relu_train.__doc__ = """``(x, gamma, beta, *, eps, axis) -> (out, mean, var)``:
+training-mode batchnorm → relu with the hand-written VJP of :func:`batchnorm_relu_backward`
+(the cotangents of the batch statistics included)."""
+
+
+def normalise_relu(x, gamma, beta, running_mean, running_var, *, train, momentum, eps, axis):
+    """``relu`` of the batchnorm over every axis but ``axis``, with the running statistics:
+    the sandwich layers' core. Training uses :func:`batchnorm_relu_forward`'s fused pair;
+    test mode is the plain composition."""
+    if not train:
+        out, mean, var = _normalise(
+            x, gamma, beta, running_mean, running_var, False, momentum, eps, axis
+        )
+        return relu(out), mean, var
+    check_batchnorm_args(x, gamma, beta, running_mean, running_var, momentum, eps, axis)
+    out, mean, var = batchnorm_relu_train(x, gamma, beta, eps=float(eps), axis=axis % x.ndim)
     return (
         out,
         running_update(running_mean, mean, float(momentum)),

@@ -1,11 +1,14 @@
 """Sandwich layers: the cs231n ``layer_utils`` compositions.
 
-Each is a plain composition of the public layers, so its backward is the chain of their
+Each is a composition of the public layers, so its backward is the chain of their
 hand-written VJPs in reverse order (exactly what ``xxx_relu_backward`` does in the
-assignment). One shortcut, in :func:`conv_bn_relu` when training: batchnorm subtracts each
-channel's batch mean, so the convolution's bias cannot change the output and its gradient
-is 0; the bias is left out of the forward and backward (saving a pass over the activations
-each way) and only its share of the running mean is kept.
+assignment), with batchnorm → relu as one layer when training
+(:func:`jcnn.layers.batchnorm.batchnorm_relu_forward` and its backward: one compiled
+kernel each way on the CPU for features-last input). One shortcut, in :func:`conv_bn_relu`
+when training: batchnorm subtracts each channel's batch mean, so the convolution's bias
+cannot change the output and its gradient is 0; the bias is left out of the forward and
+backward (saving a pass over the activations each way) and only its share of the running
+mean is kept.
 """
 
 from __future__ import annotations
@@ -14,8 +17,9 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from jcnn.layers._windows import channel_axis
 from jcnn.layers.affine import affine
-from jcnn.layers.batchnorm import batchnorm, spatial_batchnorm
+from jcnn.layers.batchnorm import normalise_relu
 from jcnn.layers.conv import conv2d
 from jcnn.layers.pool import max_pool2d
 from jcnn.layers.relu import relu
@@ -31,10 +35,9 @@ def affine_bn_relu(
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
     """affine → batchnorm → relu; returns ``(out, new_running_mean, new_running_var)``."""
     a = affine(x, w, b)
-    a, mean, var = batchnorm(
-        a, gamma, beta, running_mean, running_var, train=train, momentum=momentum, eps=eps
+    return normalise_relu(
+        a, gamma, beta, running_mean, running_var, train=train, momentum=momentum, eps=eps, axis=1
     )
-    return relu(a), mean, var
 
 
 def conv_relu(
@@ -96,7 +99,7 @@ def conv_bn_relu(
     """
     bias = jnp.zeros_like(b) if train else b
     a = conv2d(x, w, bias, stride=stride, pad=pad, impl=impl, layout=layout)
-    a, mean, var = spatial_batchnorm(
+    out, mean, var = normalise_relu(
         a,
         gamma,
         beta,
@@ -105,8 +108,8 @@ def conv_bn_relu(
         train=train,
         momentum=momentum,
         eps=eps,
-        layout=layout,
+        axis=channel_axis(layout),
     )
     if train:
         mean = mean + (1.0 - momentum) * lax.stop_gradient(b).astype(mean.dtype)
-    return relu(a), mean, var
+    return out, mean, var

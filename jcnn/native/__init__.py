@@ -1,24 +1,29 @@
-"""A compiled CPU kernel for what XLA's CPU code generation does badly, built on first use.
+"""Compiled CPU kernels for what XLA's CPU code generation does badly, built on first use.
 
-One so far, :func:`to_channel_major`: the transpose ``(N, H, W, C) -> (C, H, W, N)``. XLA's
-CPU convolution wants the activation channel-major for a channels-last weight gradient
-(:func:`jcnn.layers.conv.conv_dw_xla`), and XLA emits that transpose as an untiled strided
-loop; ``transpose.cc`` copies it block by block on both cores instead (README, Performance).
+- :func:`to_channel_major` (``transpose.cc``): the transpose ``(N, H, W, C) -> (C, H, W, N)``.
+  XLA's CPU convolution wants the activation channel-major for a channels-last weight
+  gradient (:func:`jcnn.layers.conv.conv_dw_xla`), and XLA emits that transpose as an
+  untiled strided loop; the kernel copies it block by block on both cores instead.
+- ``jcnn_batchnorm_relu_forward`` / ``_backward`` (``batchnorm_relu.cc``): training-mode
+  batchnorm → relu on features-last input, each way in two cache-blocked passes over the
+  activations (:func:`jcnn.layers.batchnorm.batchnorm_relu_forward` and its backward, where
+  the math is; they call :func:`run`).
 
-The kernel is compiled the first time it is needed, with the system's C++ compiler (``$CXX``,
-else ``c++`` or ``g++``; ``-O3 -march=native``) against the XLA FFI headers that ship with
-jaxlib, and registered with :func:`jax.ffi.register_ffi_target`. The library is cached in
-``$JCNN_CACHE_DIR`` (default ``~/.cache/jcnn``) under a name that hashes the source, the
-jaxlib version, the compiler and this CPU's features, and written atomically, so processes
-that build it at the same time are safe. Where it cannot be built (no compiler, another
-operating system) or ``JCNN_NATIVE=0``, :func:`to_channel_major` is ``jnp.transpose``: the
-same values at XLA's speed. :func:`status` says which.
+All kernels are one library, compiled the first time one is needed with the system's C++
+compiler (``$CXX``, else ``c++`` or ``g++``; ``-O3 -march=native``) against the XLA FFI
+headers that ship with jaxlib, and registered with :func:`jax.ffi.register_ffi_target`. It is
+cached in ``$JCNN_CACHE_DIR`` (default ``~/.cache/jcnn``) under a name that hashes the
+sources, the jaxlib version, the compiler and this CPU's features, and written atomically, so
+processes that build it at the same time are safe. Where it cannot be built (no compiler,
+another operating system) or ``JCNN_NATIVE=0``, every kernel's caller gets its XLA twin
+instead (:func:`run`'s ``fallback``): the same values at XLA's speed. :func:`status` says
+which.
 
-It composes like any jax function: under ``jit``, ``vmap`` (the kernel takes leading batch
-dimensions) and ``jax_debug_nans``; on other backends (``lax.platform_dependent``: the
-kernel is the CPU's branch, ``jnp.transpose`` everyone else's). It is used only in a
-process with a single device; with several (data parallelism, :mod:`jcnn.parallel`),
-:func:`to_channel_major` is ``jnp.transpose``, which XLA partitions like the rest.
+The kernels compose like any jax function: under ``jit``, ``vmap`` (a kernel takes leading
+batch dimensions) and ``jax_debug_nans``; on other backends (``lax.platform_dependent``: the
+kernel is the CPU's branch, the XLA twin everyone else's). They are used only in a process
+with a single device; with several (data parallelism, :mod:`jcnn.parallel`), the XLA twins
+run, which XLA partitions like the rest (README, Performance).
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ import subprocess
 import tempfile
 import threading
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import jax
@@ -41,9 +47,16 @@ from jax import lax
 
 OPT_OUT = "JCNN_NATIVE"
 CACHE_DIR_VARIABLE = "JCNN_CACHE_DIR"
-SOURCE = Path(__file__).with_name("transpose.cc")
+HERE = Path(__file__).parent
+SOURCES = (HERE / "transpose.cc", HERE / "batchnorm_relu.cc")
+HEADERS = (HERE / "parallel.h",)
+# FFI target name -> the handler's symbol in the library.
+TARGETS = {
+    "jcnn_to_channel_major": "JcnnToChannelMajor",
+    "jcnn_batchnorm_relu_forward": "JcnnBatchnormReluForward",
+    "jcnn_batchnorm_relu_backward": "JcnnBatchnormReluBackward",
+}
 TARGET = "jcnn_to_channel_major"
-SYMBOL = "JcnnToChannelMajor"
 PERMUTATION = (3, 1, 2, 0)
 
 _lock = threading.Lock()
@@ -80,24 +93,25 @@ def _library_path(compiler: str) -> Path:
     ).stdout
     key = "\n".join(
         (
-            SOURCE.read_text(),
+            *(path.read_text() for path in SOURCES + HEADERS),
             importlib.metadata.version("jaxlib"),
             version,
             _cpu_features(),
         )
     )
     digest = hashlib.sha256(key.encode()).hexdigest()[:16]
-    return cache_dir() / f"transpose-{digest}.so"
+    return cache_dir() / f"kernels-{digest}.so"
 
 
 def _build(compiler: str, target: Path) -> None:
-    """Compile :data:`SOURCE` to ``target``, atomically (a temporary file, then a rename)."""
+    """Compile :data:`SOURCES` into one library, ``target``, atomically (a temporary file,
+    then a rename)."""
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=target.stem, suffix=".tmp")
     os.close(fd)
     command = [
         compiler, "-O3", "-march=native", "-std=c++17", "-shared", "-fPIC", "-w",
-        f"-I{jax.ffi.include_dir()}", str(SOURCE), "-o", tmp,
+        f"-I{jax.ffi.include_dir()}", *map(str, SOURCES), "-o", tmp,
     ]  # fmt: skip
     try:
         done = subprocess.run(command, capture_output=True, text=True, timeout=300)
@@ -118,8 +132,8 @@ def load() -> bool:
             _status = _load()
             if _status.startswith("failed"):
                 warnings.warn(
-                    f"jcnn could not build its CPU transpose kernel ({_status}); using XLA's "
-                    f"transpose instead (slower). {OPT_OUT}=0 silences this.",
+                    f"jcnn could not build its CPU kernels ({_status}); using XLA's "
+                    f"code instead (slower). {OPT_OUT}=0 silences this.",
                     RuntimeWarning,
                     stacklevel=3,
                 )
@@ -139,8 +153,9 @@ def _load() -> str:
         if not path.exists():
             _build(compiler, path)
         library = ctypes.cdll.LoadLibrary(str(path))
-        handler = jax.ffi.pycapsule(getattr(library, SYMBOL))
-        jax.ffi.register_ffi_target(TARGET, handler, platform="cpu")
+        for target, symbol in TARGETS.items():
+            handler = jax.ffi.pycapsule(getattr(library, symbol))
+            jax.ffi.register_ffi_target(target, handler, platform="cpu")
     except Exception as error:  # any failure means: fall back to XLA
         first_line = (str(error).strip().splitlines() or [repr(error)])[0]
         return f"failed: {first_line}"
@@ -155,15 +170,6 @@ def _out_shape(x) -> jax.ShapeDtypeStruct:
     return jax.ShapeDtypeStruct(tuple(x.shape[i] for i in PERMUTATION), x.dtype)
 
 
-def _kernel(x: jax.Array) -> jax.Array:
-    # Under vmap the kernel gets the batch as leading dimensions and transposes each entry.
-    return jax.ffi.ffi_call(TARGET, _out_shape(x), vmap_method="broadcast_all")(x)
-
-
-def _kernel_on_cpu(x: jax.Array) -> jax.Array:
-    return lax.platform_dependent(x, cpu=_kernel, default=_transpose)
-
-
 def _single_device() -> bool:
     """The kernel is used only where nothing can be partitioned: XLA would gather a sharded
     operand of a custom call onto every device (``jax.experimental.custom_partitioning``
@@ -171,11 +177,34 @@ def _single_device() -> bool:
     return jax.process_count() == 1 and jax.device_count() == 1
 
 
+def available() -> bool:
+    """True where the kernels can be used in this process: built or cached, and a single
+    device (see :func:`_single_device`)."""
+    return _single_device() and load()
+
+
+def run(target: str, fallback: Callable, out_shapes, *args: jax.Array, **attributes):
+    """``target``'s kernel on the CPU, ``fallback(*args)`` on other backends or where the
+    kernels are not available. Both must give the same ``out_shapes`` (one
+    :class:`jax.ShapeDtypeStruct` or a sequence). Under ``vmap`` the kernel gets the batch
+    as leading dimensions of every operand."""
+    if target not in TARGETS:
+        raise ValueError(f"target must be one of {sorted(TARGETS)}, got {target!r}")
+    if not available():
+        return fallback(*args)
+
+    def kernel(*operands):
+        call = jax.ffi.ffi_call(target, out_shapes, vmap_method="broadcast_all")
+        return call(*operands, **attributes)
+
+    return lax.platform_dependent(*args, cpu=kernel, default=fallback)
+
+
 def to_channel_major(x: jax.Array) -> jax.Array:
     """``(N, H, W, C) -> (C, H, W, N)``, i.e. ``jnp.transpose(x, (3, 1, 2, 0))``; on the CPU
     by the compiled kernel when it is available (see the module docs), else by XLA."""
     if getattr(x, "ndim", None) != 4:
         raise ValueError(f"x must be (N, H, W, C), got shape {getattr(x, 'shape', None)}")
-    if jnp.dtype(x.dtype).itemsize not in (2, 4, 8) or not _single_device() or not load():
+    if jnp.dtype(x.dtype).itemsize not in (2, 4, 8):
         return _transpose(x)
-    return _kernel_on_cpu(x)
+    return run(TARGET, _transpose, _out_shape(x), x)

@@ -3,15 +3,13 @@
 // XLA's CPU backend wants a channels-last activation channel-major for the weight gradient of
 // a convolution, and emits that transpose as an untiled strided loop. Here each spatial
 // position p is one (N x C) -> (C x N) block: N contiguous rows of C are copied into a small
-// buffer, then written out as C contiguous runs of N. Positions are handed out in chunks to
-// the calling thread and one task on XLA's intra-op thread pool.
+// buffer, then written out as C contiguous runs of N. Chunks of positions are shared between
+// the calling thread and one task on XLA's intra-op thread pool (parallel.h).
 #include <algorithm>
-#include <atomic>
 #include <cstdint>
 #include <cstring>
-#include <memory>
-#include <thread>
 
+#include "parallel.h"
 #include "xla/ffi/api/ffi.h"
 
 namespace ffi = xla::ffi;
@@ -43,42 +41,18 @@ void TransposePositions(const T* x, T* y, int64_t n_total, int64_t positions, in
   }
 }
 
-// Work shared by the caller and a pool task. The caller waits only for chunks a task has
-// already claimed, never for a task to start: the pool may be busy with other operations.
-struct Progress {
-  std::atomic<int64_t> next{0};
-  std::atomic<int64_t> busy{0};
-};
-
-template <typename T>
-void Work(Progress& progress, const T* x, T* y, int64_t n, int64_t positions, int64_t channels,
-          int64_t chunk) {
-  for (;;) {
-    progress.busy.fetch_add(1);
-    const int64_t p0 = progress.next.fetch_add(chunk);
-    if (p0 >= positions) {
-      progress.busy.fetch_sub(1);
-      return;
-    }
-    TransposePositions(x, y, n, positions, channels, p0, std::min(positions, p0 + chunk));
-    progress.busy.fetch_sub(1);
-  }
-}
-
 template <typename T>
 void Run(ffi::ThreadPool& pool, const void* x_data, void* y_data, int64_t n, int64_t positions,
          int64_t channels) {
   const T* x = static_cast<const T*>(x_data);
   T* y = static_cast<T*>(y_data);
   const int64_t chunk = std::max<int64_t>(1, positions / 16);
-  auto progress = std::make_shared<Progress>();
-  if (positions >= 16 && n * channels * positions >= (1 << 16)) {
-    pool.Schedule([progress, x, y, n, positions, channels, chunk] {
-      Work(*progress, x, y, n, positions, channels, chunk);
-    });
-  }
-  Work(*progress, x, y, n, positions, channels, chunk);
-  while (progress->busy.load() != 0) std::this_thread::yield();
+  const int64_t chunks = (positions + chunk - 1) / chunk;
+  const bool use_pool = positions >= 16 && n * channels * positions >= (1 << 16);
+  jcnn::ParallelFor(pool, chunks, use_pool, [&](int64_t i) {
+    TransposePositions(x, y, n, positions, channels, i * chunk,
+                       std::min(positions, (i + 1) * chunk));
+  });
 }
 
 // x is (..., N, H, W, C): leading dimensions (from jax.vmap) are a batch of independent arrays.

@@ -1,3 +1,5 @@
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -5,7 +7,9 @@ import pytest
 
 import jcnn.layers as L
 import jcnn.reference as R
+from jcnn import native
 from jcnn.gradcheck import rel_error
+from jcnn.layers.batchnorm import batch_statistics, batchnorm_relu_train
 from tests.helpers import assert_vjp_proven, normal
 
 
@@ -154,3 +158,72 @@ def test_bfloat16_activations_with_float32_statistics_and_parameters():
         x, g.astype(x.dtype), b.astype(x.dtype), rm, rv, train=True
     )
     assert new_rm.dtype == jnp.float32 and new_rv.dtype == jnp.float32
+
+
+# ----------------------------------------------- batchnorm → relu, the sandwiches' fused core
+
+
+def _fused(x, gamma, beta, axis):
+    """The fused training layer, its three outputs in one array (so one random cotangent
+    covers out, mean and var)."""
+    out, mean, var = batchnorm_relu_train(x, gamma, beta, eps=1e-5, axis=axis)
+    return jnp.concatenate([out.ravel(), mean, var])
+
+
+def _fused_twin(x, gamma, beta, axis):
+    mean, var = batch_statistics(x, axis)
+    shape = [1] * x.ndim
+    shape[axis] = -1
+    x_hat = (x - mean.reshape(shape)) / jnp.sqrt(var.reshape(shape) + 1e-5)
+    out = R.relu(gamma.reshape(shape) * x_hat + beta.reshape(shape))
+    return jnp.concatenate([out.ravel(), mean, var])
+
+
+# Features last (NHWC, (N, D)) runs the compiled kernel: 11 and 19 features are one vector
+# chunk plus single channels in float64, 3 only single channels; NCHW is the XLA path.
+@pytest.mark.parametrize(
+    "xs,axis", [((3, 4, 4, 11), 3), ((9, 19), 1), ((40, 3), 1), ((3, 5, 4, 4), 1)]
+)
+def test_batchnorm_relu_matches_autodiff_and_finite_differences(xs, axis):
+    x = normal(0, *xs) * 2.0 + 3.0
+    gamma, beta = normal(5, xs[axis]) * 0.5 + 1.0, normal(6, xs[axis])
+    assert_vjp_proven(
+        functools.partial(_fused, axis=axis),
+        functools.partial(_fused_twin, axis=axis),
+        (x, gamma, beta),
+        names=("x", "gamma", "beta"),
+        numeric_tol=1e-6,
+    )
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.float64])
+def test_batchnorm_relu_forward_statistics_survive_a_large_mean(dtype):
+    # Values 1000 ± 0.01: the variance (1e-4) is 1e-10 of the mean square, which a one-pass
+    # Σx² − (Σx)²/m cannot resolve in float32 (XLA's jnp.var is off by 1e-4 here). 37
+    # channels, 7,000 rows: many blocks.
+    x = (normal(0, 70, 10, 10, 37) * 0.01 + 1000.0).astype(dtype)
+    gamma, beta = jnp.ones(37, dtype), jnp.zeros(37, dtype)
+    forward = jax.jit(functools.partial(L.batchnorm_relu_forward, eps=1e-5, axis=3))
+    (out, mean, var), _ = forward(x, gamma, beta)
+    x64 = np.asarray(x, np.float64)
+    np.testing.assert_allclose(mean, x64.mean(axis=(0, 1, 2)), rtol=1e-6)
+    np.testing.assert_allclose(var, x64.var(axis=(0, 1, 2)), rtol=5e-4)
+    want = np.maximum((x64 - x64.mean((0, 1, 2))) / np.sqrt(x64.var((0, 1, 2)) + 1e-5), 0)
+    np.testing.assert_allclose(out, want, atol=0.05 if dtype == jnp.float32 else 1e-9)
+
+
+@pytest.mark.skipif(native._compiler() is None, reason="no C++ compiler on this machine")
+@pytest.mark.parametrize("layout", ["NHWC", "NCHW"])
+def test_conv_bn_relu_runs_the_compiled_kernels_on_features_last_input(layout):
+    x = normal(0, 2, 4, 4, 3) if layout == "NHWC" else normal(0, 2, 3, 4, 4)
+    w, zeros, ones = normal(1, 5, 3, 3, 3), jnp.zeros(5), jnp.ones(5)
+
+    def loss(x, w):
+        out, _, _ = L.conv_bn_relu(
+            x, w, zeros, ones, zeros, zeros, ones, train=True, pad=1, layout=layout
+        )
+        return jnp.sum(out**2)
+
+    hlo = jax.jit(jax.grad(loss, argnums=(0, 1))).lower(x, w).compile().as_text()
+    for target in ("jcnn_batchnorm_relu_forward", "jcnn_batchnorm_relu_backward"):
+        assert (target in hlo) == (layout == "NHWC")

@@ -1,0 +1,332 @@
+// jcnn's compiled CPU kernels for training-mode batchnorm followed by relu, features last.
+//
+// x is viewed as (rows, C): every axis but the last is reduced over (N for (N, D) input,
+// N, H, W for NHWC). Both passes run over blocks of rows small enough to stay in cache,
+// shared between the calling thread and one pool task (parallel.h); per-block partial sums
+// are kept apart and merged in block order, so results do not depend on the scheduling.
+//
+// Forward:  mean, var (biased) per channel; out = max(0, x·s + t), s = γ/√(var + ε),
+//           t = β − mean·s. Block statistics are two-pass within the block (block mean,
+//           then Σ(x − block mean)²) and merged with Chan's formula in double: robust to a
+//           mean far larger than the spread.
+// Backward: with g = dout where x·s + t > 0 (else 0) and x̂ = (x − mean)/√(var + ε),
+//           dβ = Σg, dγ = Σ g·x̂,
+//           dx = s·(g − dβ/m − x̂·dγ/m) + dmean/m + 2·dvar·(x − mean)/m,
+//           m = rows; dmean and dvar are the cotangents of the returned batch statistics.
+// Leading dimensions of gamma (from jax.vmap) are a batch of independent problems.
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <vector>
+
+#include "parallel.h"
+#include "xla/ffi/api/ffi.h"
+
+namespace ffi = xla::ffi;
+
+namespace {
+
+struct Shape {
+  int64_t batch;     // independent problems (vmap)
+  int64_t rows;      // values per channel in each problem
+  int64_t channels;  // C, the last axis
+  int64_t block;     // rows per block
+  int64_t blocks;
+};
+
+Shape ShapeOf(const ffi::AnyBuffer& x, const ffi::AnyBuffer& gamma) {
+  Shape s;
+  s.channels = gamma.dimensions().back();
+  s.batch = s.channels ? gamma.element_count() / s.channels : 0;
+  s.rows = s.batch ? x.element_count() / (s.batch * s.channels) : 0;
+  s.block = std::max<int64_t>(1, 16384 / std::max<int64_t>(1, s.channels));
+  s.blocks = (s.rows + s.block - 1) / s.block;
+  return s;
+}
+
+bool UsePool(const Shape& s) { return s.rows * s.channels >= (1 << 16); }
+
+// s = γ/√(var + ε) and t = β − mean·s, from the statistics as stored (rounded to T), so the
+// forward and the backward pass compute the same relu mask.
+template <typename T>
+void ScaleShift(const T* mean, const T* var, const T* gamma, const T* beta, double eps,
+                int64_t c, T* scale, T* shift, T* inv_std) {
+  for (int64_t k = 0; k < c; ++k) {
+    const double inv = 1.0 / std::sqrt(static_cast<double>(var[k]) + eps);
+    inv_std[k] = static_cast<T>(inv);
+    scale[k] = static_cast<T>(gamma[k] * inv);
+    shift[k] = static_cast<T>(beta[k] - static_cast<double>(mean[k]) * scale[k]);
+  }
+}
+
+// Channels go by in chunks of one 64-byte vector (GCC/Clang vector extensions: one AVX-512
+// register, or two AVX2 ones), then one at a time; within a block, each chunk runs down the
+// rows with its per-channel constants and sums in registers. Each body is written once,
+// generically, for a chunk type V: Vec<T> or plain T.
+template <typename T>
+struct VecOf {
+  typedef T type __attribute__((vector_size(64)));
+};
+template <typename T>
+using Vec = typename VecOf<T>::type;
+
+template <typename V>
+inline V Load(const void* p) {
+  V v;
+  std::memcpy(&v, p, sizeof v);
+  return v;
+}
+
+template <typename V>
+inline void Store(void* p, const V& v) {
+  std::memcpy(p, &v, sizeof v);
+}
+
+// dst[0 : lanes] = v, widened to double.
+template <typename T, typename V>
+inline void Spill(const V& v, double* dst) {
+  T lanes[sizeof(V) / sizeof(T)];
+  std::memcpy(lanes, &v, sizeof v);
+  for (size_t j = 0; j < sizeof(V) / sizeof(T); ++j) dst[j] = lanes[j];
+}
+
+// Calls body(V{}, k) for each chunk of channels starting at k.
+template <typename T, typename Body>
+inline void ForChannels(int64_t c, Body&& body) {
+  constexpr int64_t kLanes = sizeof(Vec<T>) / sizeof(T);
+  int64_t k = 0;
+  for (; k + kLanes <= c; k += kLanes) body(Vec<T>{}, k);
+  for (; k < c; ++k) body(T{}, k);
+}
+
+// The pre-activation x·s + t, computed by the same expression in both passes so that the
+// forward's relu and the backward's mask agree.
+template <typename V>
+inline V Preactivation(const V& x, const V& scale, const V& shift) {
+  return x * scale + shift;
+}
+
+template <typename T, typename Pool>
+void Forward(Pool& pool, const Shape& s, const T* x, const T* gamma, const T* beta,
+             double eps, T* out, T* mean, T* var) {
+  const int64_t c = s.channels;
+  std::vector<double> block_mean(s.blocks * c), block_m2(s.blocks * c);
+  jcnn::ParallelFor(pool, s.blocks, UsePool(s), [&](int64_t b) {
+    const int64_t r0 = b * s.block, r1 = std::min(s.rows, r0 + s.block);
+    ForChannels<T>(c, [&](auto chunk, int64_t k) {
+      using V = decltype(chunk);
+      // The block mean as the first row plus the mean offset from it: the offsets are
+      // small, so their float sum stays exact where one of the values themselves would not.
+      const V first = Load<V>(x + r0 * c + k);
+      V sum{}, m2{};
+      for (int64_t r = r0 + 1; r < r1; ++r) sum += Load<V>(x + r * c + k) - first;
+      const V m = first + sum / static_cast<T>(r1 - r0);
+      for (int64_t r = r0; r < r1; ++r) {
+        const V d = Load<V>(x + r * c + k) - m;
+        m2 += d * d;
+      }
+      Spill<T>(m, block_mean.data() + b * c + k);
+      Spill<T>(m2, block_m2.data() + b * c + k);
+    });
+  });
+  std::vector<double> n_mean(c, 0.0), n_m2(c, 0.0);
+  double n = 0.0;
+  for (int64_t b = 0; b < s.blocks; ++b) {
+    const double nb = static_cast<double>(std::min(s.rows, (b + 1) * s.block) - b * s.block);
+    const double total = n + nb;
+    for (int64_t k = 0; k < c; ++k) {
+      const double delta = block_mean[b * c + k] - n_mean[k];
+      n_mean[k] += delta * nb / total;
+      n_m2[k] += block_m2[b * c + k] + delta * delta * n * nb / total;
+    }
+    n = total;
+  }
+  for (int64_t k = 0; k < c; ++k) {
+    mean[k] = static_cast<T>(n_mean[k]);
+    var[k] = static_cast<T>(n > 0 ? n_m2[k] / n : 0.0);
+  }
+  std::vector<T> scale(c), shift(c), inv_std(c);
+  ScaleShift(mean, var, gamma, beta, eps, c, scale.data(), shift.data(), inv_std.data());
+  const T* sc = scale.data();
+  const T* sh = shift.data();
+  jcnn::ParallelFor(pool, s.blocks, UsePool(s), [&](int64_t b) {
+    const int64_t r0 = b * s.block, r1 = std::min(s.rows, r0 + s.block);
+    ForChannels<T>(c, [&](auto chunk, int64_t k) {
+      using V = decltype(chunk);
+      const V scale_k = Load<V>(sc + k), shift_k = Load<V>(sh + k);
+      for (int64_t r = r0; r < r1; ++r) {
+        const V y = Preactivation(Load<V>(x + r * c + k), scale_k, shift_k);
+        Store(out + r * c + k, y < V{} ? V{} : y);  // NaN stays NaN
+      }
+    });
+  });
+}
+
+template <typename T, typename Pool>
+void Backward(Pool& pool, const Shape& s, const T* dout, const T* x, const T* mean,
+              const T* var, const T* gamma, const T* beta, const T* dmean, const T* dvar,
+              double eps, T* dx, T* dgamma, T* dbeta) {
+  const int64_t c = s.channels;
+  std::vector<T> scale(c), shift(c), inv_std(c);
+  ScaleShift(mean, var, gamma, beta, eps, c, scale.data(), shift.data(), inv_std.data());
+  const T* sc = scale.data();
+  const T* sh = shift.data();
+  std::vector<double> block_g(s.blocks * c), block_gx(s.blocks * c);
+  jcnn::ParallelFor(pool, s.blocks, UsePool(s), [&](int64_t b) {
+    const int64_t r0 = b * s.block, r1 = std::min(s.rows, r0 + s.block);
+    ForChannels<T>(c, [&](auto chunk, int64_t k) {
+      using V = decltype(chunk);
+      const V scale_k = Load<V>(sc + k), shift_k = Load<V>(sh + k), mean_k = Load<V>(mean + k);
+      V sum_g{}, sum_gx{};
+      for (int64_t r = r0; r < r1; ++r) {
+        const V xv = Load<V>(x + r * c + k);
+        const V g = Preactivation(xv, scale_k, shift_k) > V{} ? Load<V>(dout + r * c + k) : V{};
+        sum_g += g;
+        sum_gx += g * (xv - mean_k);
+      }
+      Spill<T>(sum_g, block_g.data() + b * c + k);
+      Spill<T>(sum_gx, block_gx.data() + b * c + k);
+    });
+  });
+  const double m = static_cast<double>(s.rows);
+  // dx = s·g − a − (x − mean)·q with per-channel constants a and q.
+  std::vector<T> a(c), q(c);
+  for (int64_t k = 0; k < c; ++k) {
+    double g = 0.0, gx = 0.0;
+    for (int64_t b = 0; b < s.blocks; ++b) {
+      g += block_g[b * c + k];
+      gx += block_gx[b * c + k];
+    }
+    const double inv = inv_std[k];
+    dbeta[k] = static_cast<T>(g);
+    dgamma[k] = static_cast<T>(gx * inv);
+    a[k] = static_cast<T>(sc[k] * g / m - dmean[k] / m);
+    q[k] = static_cast<T>(sc[k] * gx * inv * inv / m - 2.0 * dvar[k] / m);
+  }
+  const T* pa = a.data();
+  const T* pq = q.data();
+  jcnn::ParallelFor(pool, s.blocks, UsePool(s), [&](int64_t b) {
+    const int64_t r0 = b * s.block, r1 = std::min(s.rows, r0 + s.block);
+    ForChannels<T>(c, [&](auto chunk, int64_t k) {
+      using V = decltype(chunk);
+      const V scale_k = Load<V>(sc + k), shift_k = Load<V>(sh + k), mean_k = Load<V>(mean + k);
+      const V a_k = Load<V>(pa + k), q_k = Load<V>(pq + k);
+      for (int64_t r = r0; r < r1; ++r) {
+        const V xv = Load<V>(x + r * c + k);
+        const V g = Preactivation(xv, scale_k, shift_k) > V{} ? Load<V>(dout + r * c + k) : V{};
+        Store(dx + r * c + k, scale_k * g - a_k - (xv - mean_k) * q_k);
+      }
+    });
+  });
+}
+
+template <typename T>
+const T* In(const ffi::AnyBuffer& b, int64_t offset) {
+  return static_cast<const T*>(b.untyped_data()) + offset;
+}
+
+template <typename T>
+T* Out(ffi::Result<ffi::AnyBuffer>& b, int64_t offset) {
+  return static_cast<T*>(b->untyped_data()) + offset;
+}
+
+template <typename T>
+void ForwardAll(ffi::ThreadPool& pool, const Shape& s, const ffi::AnyBuffer& x,
+                const ffi::AnyBuffer& gamma, const ffi::AnyBuffer& beta, double eps,
+                ffi::Result<ffi::AnyBuffer>& out, ffi::Result<ffi::AnyBuffer>& mean,
+                ffi::Result<ffi::AnyBuffer>& var) {
+  const int64_t n = s.rows * s.channels, c = s.channels;
+  for (int64_t i = 0; i < s.batch; ++i) {
+    Forward(pool, s, In<T>(x, i * n), In<T>(gamma, i * c), In<T>(beta, i * c), eps,
+            Out<T>(out, i * n), Out<T>(mean, i * c), Out<T>(var, i * c));
+  }
+}
+
+template <typename T>
+void BackwardAll(ffi::ThreadPool& pool, const Shape& s, const ffi::AnyBuffer& dout,
+                 const ffi::AnyBuffer& x, const ffi::AnyBuffer& mean, const ffi::AnyBuffer& var,
+                 const ffi::AnyBuffer& gamma, const ffi::AnyBuffer& beta,
+                 const ffi::AnyBuffer& dmean, const ffi::AnyBuffer& dvar, double eps,
+                 ffi::Result<ffi::AnyBuffer>& dx, ffi::Result<ffi::AnyBuffer>& dgamma,
+                 ffi::Result<ffi::AnyBuffer>& dbeta) {
+  const int64_t n = s.rows * s.channels, c = s.channels;
+  for (int64_t i = 0; i < s.batch; ++i) {
+    Backward(pool, s, In<T>(dout, i * n), In<T>(x, i * n), In<T>(mean, i * c),
+             In<T>(var, i * c), In<T>(gamma, i * c), In<T>(beta, i * c), In<T>(dmean, i * c),
+             In<T>(dvar, i * c), eps, Out<T>(dx, i * n), Out<T>(dgamma, i * c),
+             Out<T>(dbeta, i * c));
+  }
+}
+
+ffi::Error BatchnormReluForward(ffi::ThreadPool pool, ffi::AnyBuffer x, ffi::AnyBuffer gamma,
+                                ffi::AnyBuffer beta, double eps,
+                                ffi::Result<ffi::AnyBuffer> out,
+                                ffi::Result<ffi::AnyBuffer> mean,
+                                ffi::Result<ffi::AnyBuffer> var) {
+  if (gamma.dimensions().size() == 0) return ffi::Error::InvalidArgument("gamma must be (..., C)");
+  const Shape s = ShapeOf(x, gamma);
+  switch (x.element_type()) {
+    case ffi::DataType::F32:
+      ForwardAll<float>(pool, s, x, gamma, beta, eps, out, mean, var);
+      break;
+    case ffi::DataType::F64:
+      ForwardAll<double>(pool, s, x, gamma, beta, eps, out, mean, var);
+      break;
+    default:
+      return ffi::Error::InvalidArgument("x must be float32 or float64");
+  }
+  return ffi::Error::Success();
+}
+
+ffi::Error BatchnormReluBackward(ffi::ThreadPool pool, ffi::AnyBuffer dout, ffi::AnyBuffer x,
+                                 ffi::AnyBuffer mean, ffi::AnyBuffer var, ffi::AnyBuffer gamma,
+                                 ffi::AnyBuffer beta, ffi::AnyBuffer dmean, ffi::AnyBuffer dvar,
+                                 double eps, ffi::Result<ffi::AnyBuffer> dx,
+                                 ffi::Result<ffi::AnyBuffer> dgamma,
+                                 ffi::Result<ffi::AnyBuffer> dbeta) {
+  if (gamma.dimensions().size() == 0) return ffi::Error::InvalidArgument("gamma must be (..., C)");
+  const Shape s = ShapeOf(x, gamma);
+  switch (x.element_type()) {
+    case ffi::DataType::F32:
+      BackwardAll<float>(pool, s, dout, x, mean, var, gamma, beta, dmean, dvar, eps, dx,
+                         dgamma, dbeta);
+      break;
+    case ffi::DataType::F64:
+      BackwardAll<double>(pool, s, dout, x, mean, var, gamma, beta, dmean, dvar, eps, dx,
+                          dgamma, dbeta);
+      break;
+    default:
+      return ffi::Error::InvalidArgument("x must be float32 or float64");
+  }
+  return ffi::Error::Success();
+}
+
+}  // namespace
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(JcnnBatchnormReluForward, BatchnormReluForward,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::AnyBuffer>()  // x (..., C)
+                                  .Arg<ffi::AnyBuffer>()  // gamma (C,)
+                                  .Arg<ffi::AnyBuffer>()  // beta (C,)
+                                  .Attr<double>("eps")
+                                  .Ret<ffi::AnyBuffer>()   // out, like x
+                                  .Ret<ffi::AnyBuffer>()   // batch mean (C,)
+                                  .Ret<ffi::AnyBuffer>());  // batch variance (C,)
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(JcnnBatchnormReluBackward, BatchnormReluBackward,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::AnyBuffer>()  // dout, like x
+                                  .Arg<ffi::AnyBuffer>()  // x
+                                  .Arg<ffi::AnyBuffer>()  // mean (C,)
+                                  .Arg<ffi::AnyBuffer>()  // var (C,)
+                                  .Arg<ffi::AnyBuffer>()  // gamma (C,)
+                                  .Arg<ffi::AnyBuffer>()  // beta (C,)
+                                  .Arg<ffi::AnyBuffer>()  // dmean (C,)
+                                  .Arg<ffi::AnyBuffer>()  // dvar (C,)
+                                  .Attr<double>("eps")
+                                  .Ret<ffi::AnyBuffer>()   // dx
+                                  .Ret<ffi::AnyBuffer>()   // dgamma
+                                  .Ret<ffi::AnyBuffer>());  // dbeta
