@@ -45,20 +45,32 @@ Shape ShapeOf(const ffi::AnyBuffer& x, const ffi::AnyBuffer& gamma) {
   return s;
 }
 
-bool UsePool(const Shape& s) { return s.rows * s.channels >= (1 << 16); }
+// Calls body(b, r0, r1) for every block b of rows [r0, r1), on both cores when worth it.
+template <typename Pool, typename Body>
+void ForBlocks(Pool& pool, const Shape& s, Body&& body) {
+  const bool use_pool = s.rows * s.channels >= (1 << 16);
+  jcnn::ParallelFor(pool, s.blocks, use_pool, [&](int64_t b) {
+    const int64_t r0 = b * s.block;
+    body(b, r0, std::min(s.rows, r0 + s.block));
+  });
+}
 
 // s = γ/√(var + ε) and t = β − mean·s, from the statistics as stored (rounded to T), so the
 // forward and the backward pass compute the same relu mask.
 template <typename T>
-void ScaleShift(const T* mean, const T* var, const T* gamma, const T* beta, double eps,
-                int64_t c, T* scale, T* shift, T* inv_std) {
-  for (int64_t k = 0; k < c; ++k) {
-    const double inv = 1.0 / std::sqrt(static_cast<double>(var[k]) + eps);
-    inv_std[k] = static_cast<T>(inv);
-    scale[k] = static_cast<T>(gamma[k] * inv);
-    shift[k] = static_cast<T>(beta[k] - static_cast<double>(mean[k]) * scale[k]);
+struct ScaleShift {
+  std::vector<T> scale, shift, inv_std;
+
+  ScaleShift(const T* mean, const T* var, const T* gamma, const T* beta, double eps, int64_t c)
+      : scale(c), shift(c), inv_std(c) {
+    for (int64_t k = 0; k < c; ++k) {
+      const double inv = 1.0 / std::sqrt(static_cast<double>(var[k]) + eps);
+      inv_std[k] = static_cast<T>(inv);
+      scale[k] = static_cast<T>(gamma[k] * inv);
+      shift[k] = static_cast<T>(beta[k] - static_cast<double>(mean[k]) * scale[k]);
+    }
   }
-}
+};
 
 // Channels go by in chunks of one 64-byte vector (GCC/Clang vector extensions: one AVX-512
 // register, or two AVX2 ones), then one at a time; within a block, each chunk runs down the
@@ -112,8 +124,7 @@ void Forward(Pool& pool, const Shape& s, const T* x, const T* gamma, const T* be
              double eps, T* out, T* mean, T* var) {
   const int64_t c = s.channels;
   std::vector<double> block_mean(s.blocks * c), block_m2(s.blocks * c);
-  jcnn::ParallelFor(pool, s.blocks, UsePool(s), [&](int64_t b) {
-    const int64_t r0 = b * s.block, r1 = std::min(s.rows, r0 + s.block);
+  ForBlocks(pool, s, [&](int64_t b, int64_t r0, int64_t r1) {
     ForChannels<T>(c, [&](auto chunk, int64_t k) {
       using V = decltype(chunk);
       // The block mean as the first row plus the mean offset from it: the offsets are
@@ -146,12 +157,10 @@ void Forward(Pool& pool, const Shape& s, const T* x, const T* gamma, const T* be
     mean[k] = static_cast<T>(n_mean[k]);
     var[k] = static_cast<T>(n > 0 ? n_m2[k] / n : 0.0);
   }
-  std::vector<T> scale(c), shift(c), inv_std(c);
-  ScaleShift(mean, var, gamma, beta, eps, c, scale.data(), shift.data(), inv_std.data());
-  const T* sc = scale.data();
-  const T* sh = shift.data();
-  jcnn::ParallelFor(pool, s.blocks, UsePool(s), [&](int64_t b) {
-    const int64_t r0 = b * s.block, r1 = std::min(s.rows, r0 + s.block);
+  const ScaleShift<T> affine(mean, var, gamma, beta, eps, c);
+  const T* sc = affine.scale.data();
+  const T* sh = affine.shift.data();
+  ForBlocks(pool, s, [&](int64_t b, int64_t r0, int64_t r1) {
     ForChannels<T>(c, [&](auto chunk, int64_t k) {
       using V = decltype(chunk);
       const V scale_k = Load<V>(sc + k), shift_k = Load<V>(sh + k);
@@ -168,13 +177,11 @@ void Backward(Pool& pool, const Shape& s, const T* dout, const T* x, const T* me
               const T* var, const T* gamma, const T* beta, const T* dmean, const T* dvar,
               double eps, T* dx, T* dgamma, T* dbeta) {
   const int64_t c = s.channels;
-  std::vector<T> scale(c), shift(c), inv_std(c);
-  ScaleShift(mean, var, gamma, beta, eps, c, scale.data(), shift.data(), inv_std.data());
-  const T* sc = scale.data();
-  const T* sh = shift.data();
+  const ScaleShift<T> affine(mean, var, gamma, beta, eps, c);
+  const T* sc = affine.scale.data();
+  const T* sh = affine.shift.data();
   std::vector<double> block_g(s.blocks * c), block_gx(s.blocks * c);
-  jcnn::ParallelFor(pool, s.blocks, UsePool(s), [&](int64_t b) {
-    const int64_t r0 = b * s.block, r1 = std::min(s.rows, r0 + s.block);
+  ForBlocks(pool, s, [&](int64_t b, int64_t r0, int64_t r1) {
     ForChannels<T>(c, [&](auto chunk, int64_t k) {
       using V = decltype(chunk);
       const V scale_k = Load<V>(sc + k), shift_k = Load<V>(sh + k), mean_k = Load<V>(mean + k);
@@ -198,7 +205,7 @@ void Backward(Pool& pool, const Shape& s, const T* dout, const T* x, const T* me
       g += block_g[b * c + k];
       gx += block_gx[b * c + k];
     }
-    const double inv = inv_std[k];
+    const double inv = affine.inv_std[k];
     dbeta[k] = static_cast<T>(g);
     dgamma[k] = static_cast<T>(gx * inv);
     a[k] = static_cast<T>(sc[k] * g / m - dmean[k] / m);
@@ -206,8 +213,7 @@ void Backward(Pool& pool, const Shape& s, const T* dout, const T* x, const T* me
   }
   const T* pa = a.data();
   const T* pq = q.data();
-  jcnn::ParallelFor(pool, s.blocks, UsePool(s), [&](int64_t b) {
-    const int64_t r0 = b * s.block, r1 = std::min(s.rows, r0 + s.block);
+  ForBlocks(pool, s, [&](int64_t b, int64_t r0, int64_t r1) {
     ForChannels<T>(c, [&](auto chunk, int64_t k) {
       using V = decltype(chunk);
       const V scale_k = Load<V>(sc + k), shift_k = Load<V>(sh + k), mean_k = Load<V>(mean + k);
