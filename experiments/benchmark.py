@@ -12,9 +12,9 @@ Implementations (``--impls``):
 * ``torch``: the same network in PyTorch eager (:mod:`experiments.torch_models`), when torch is
   importable (``pip install torch``; it is not a jcnn dependency);
 * ``torch_compile`` (not in the default list): the torch step with ``torch.compile`` on the loss;
-* ``jcnn_xla`` (not in the default list): ``jcnn`` with its compiled CPU kernel turned off
+* ``jcnn_xla`` (not in the default list): ``jcnn`` with its compiled CPU kernels turned off
   (``JCNN_NATIVE=0`` in that worker; see :mod:`jcnn.native`), so ``jcnn/jcnn_xla`` is what
-  the kernel brings, measured side by side;
+  the kernels bring, measured side by side;
 * ``solver`` (not in the default list): the jcnn model trained by :class:`jcnn.solver.Solver`
   for two epochs on ``--solver_num_train`` random CIFAR-sized images (minibatch sampling on
   the host, the jitted update, accuracy checks on 1,000 train and 1,000 val images at each
@@ -71,7 +71,7 @@ from pathlib import Path
 from absl import app, flags
 
 MODELS = ("three_layer", "vgg")
-# jcnn_xla: jcnn with its compiled CPU kernel turned off (JCNN_NATIVE=0), XLA's transpose.
+# jcnn_xla: jcnn with its compiled CPU kernels turned off (JCNN_NATIVE=0): XLA's code instead.
 JAX_IMPLS = ("jcnn", "reference", "solver", "jcnn_xla")
 TORCH_IMPLS = ("torch", "torch_compile")
 IMPLS = JAX_IMPLS + TORCH_IMPLS
@@ -824,7 +824,7 @@ def format_header(meta: dict) -> str:
             parts.append(
                 f"{impl}: backend {p['backend']}, devices {p['devices']}, "
                 f"XLA_FLAGS={p['XLA_FLAGS']!r}, huge pages: {p.get('jcnn_hugepages')}, "
-                f"compiled kernel: {p.get('jcnn_native')}"
+                f"compiled kernels: {p.get('jcnn_native')}"
             )
         else:
             parts.append(
