@@ -7,6 +7,10 @@ are computed beside it and carry no gradient.
 
 Backward (training, closed form), with x̂ the normalised input and σ⁻¹ = 1/√(var + eps):
 ``dx = γ·σ⁻¹·(dout − mean(dout) − x̂·mean(dout·x̂))``, ``dγ = Σ dout·x̂``, ``dβ = Σ dout``.
+
+Batchnorm → relu, as the sandwich layers train it, is one layer with its own pair
+(:func:`batchnorm_relu_forward`, :func:`batchnorm_relu_backward`): the same closed form on
+dout masked by the pre-activation, run by compiled kernels on the CPU (:mod:`jcnn.native`).
 """
 
 from __future__ import annotations
@@ -170,13 +174,15 @@ def _batchnorm_relu_backward_xla(dout, x, mean, var, gamma, beta, dmean, dvar, *
     return dx, dgamma, dbeta
 
 
-def batchnorm_relu_forward(x, gamma, beta, *, eps: float = 1e-5, axis: int = 1):
+def batchnorm_relu_forward(
+    x: jax.Array, gamma: jax.Array, beta: jax.Array, *, eps: float = 1e-5, axis: int = 1
+) -> tuple[tuple[jax.Array, jax.Array, jax.Array], BatchnormReluCache]:
     """``relu(batchnorm(x))`` in training mode, normalised over every axis but ``axis``.
 
     Returns ``((out, mean, var), cache)``: ``mean`` and ``var`` ``(D,)`` are the batch
     statistics (for the running averages). Features-last float32/float64 input runs in one
-    compiled CPU kernel where :mod:`jcnn.native` is available (two passes over x instead of
-    XLA's separate statistics, normalisation and relu); elsewhere the same math in XLA.
+    compiled CPU kernel where :mod:`jcnn.native` is available (two cache-blocked passes over
+    x); elsewhere the same math in XLA.
     """
     axis = axis % x.ndim
     shapes = (
@@ -194,7 +200,9 @@ def batchnorm_relu_forward(x, gamma, beta, *, eps: float = 1e-5, axis: int = 1):
     return (out, mean, var), BatchnormReluCache(x, mean, var, gamma_x, beta_x, eps, axis)
 
 
-def batchnorm_relu_backward(douts, cache: BatchnormReluCache):
+def batchnorm_relu_backward(
+    douts: tuple[jax.Array, jax.Array, jax.Array], cache: BatchnormReluCache
+) -> tuple[jax.Array, jax.Array, jax.Array]:
     """VJP of :func:`batchnorm_relu_forward` for ``douts = (dout, dmean, dvar)``; returns
     ``(dx, dgamma, dbeta)``. With g = dout where the pre-activation is > 0 (else 0), the
     batchnorm closed form on g, plus the statistics' own terms:
