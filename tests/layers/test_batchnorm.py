@@ -227,3 +227,18 @@ def test_conv_bn_relu_runs_the_compiled_kernels_on_features_last_input(layout):
     hlo = jax.jit(jax.grad(loss, argnums=(0, 1))).lower(x, w).compile().as_text()
     for target in ("jcnn_batchnorm_relu_forward", "jcnn_batchnorm_relu_backward"):
         assert (target in hlo) == (layout == "NHWC")
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.float64])
+def test_batchnorm_relu_forward_lets_a_nan_through(dtype):
+    # A NaN poisons its channel's statistics; relu must not turn the result into zeros.
+    # Channel 5 lies in a vector chunk, channel 17 among the single channels after them.
+    x = normal(0, 4, 3, 3, 20).astype(dtype)
+    x = x.at[1, 2, 0, 5].set(jnp.nan).at[0, 0, 1, 17].set(jnp.nan)
+    forward = jax.jit(functools.partial(L.batchnorm_relu_forward, eps=1e-5, axis=3))
+    (out, mean, var), _ = forward(x, jnp.ones(20, dtype), jnp.zeros(20, dtype))
+    poisoned = np.zeros(20, bool)
+    poisoned[[5, 17]] = True
+    assert np.isnan(out[..., poisoned]).all()
+    assert np.isnan(mean[poisoned]).all() and np.isnan(var[poisoned]).all()
+    assert np.isfinite(out[..., ~poisoned]).all()
