@@ -59,6 +59,11 @@ def test_vmap_gives_the_batched_transpose():
     np.testing.assert_array_equal(np.asarray(unbatched[1]), np.asarray(want))
 
 
+def test_run_names_the_kernels_it_knows():
+    with pytest.raises(ValueError, match=r"target must be one of \[.*'jcnn_to_channel_major'"):
+        native.run("jcnn_nothing", lambda x: x, None, jnp.ones(3))
+
+
 def test_rejects_anything_but_four_dimensions():
     with pytest.raises(ValueError, match=r"x must be \(N, H, W, C\), got shape \(2, 3\)"):
         native.to_channel_major(jnp.ones((2, 3)))
