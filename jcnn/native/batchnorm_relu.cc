@@ -265,24 +265,31 @@ void BackwardAll(ffi::ThreadPool& pool, const Shape& s, const ffi::AnyBuffer& do
   }
 }
 
+// Checks gamma's rank and calls run(T{}) with T the element type of x: float or double.
+template <typename Run>
+ffi::Error WithFloatType(const ffi::AnyBuffer& x, const ffi::AnyBuffer& gamma, Run&& run) {
+  if (gamma.dimensions().size() == 0) return ffi::Error::InvalidArgument("gamma must be (..., C)");
+  switch (x.element_type()) {
+    case ffi::DataType::F32:
+      run(float{});
+      return ffi::Error::Success();
+    case ffi::DataType::F64:
+      run(double{});
+      return ffi::Error::Success();
+    default:
+      return ffi::Error::InvalidArgument("x must be float32 or float64");
+  }
+}
+
 ffi::Error BatchnormReluForward(ffi::ThreadPool pool, ffi::AnyBuffer x, ffi::AnyBuffer gamma,
                                 ffi::AnyBuffer beta, double eps,
                                 ffi::Result<ffi::AnyBuffer> out,
                                 ffi::Result<ffi::AnyBuffer> mean,
                                 ffi::Result<ffi::AnyBuffer> var) {
-  if (gamma.dimensions().size() == 0) return ffi::Error::InvalidArgument("gamma must be (..., C)");
-  const Shape s = ShapeOf(x, gamma);
-  switch (x.element_type()) {
-    case ffi::DataType::F32:
-      ForwardAll<float>(pool, s, x, gamma, beta, eps, out, mean, var);
-      break;
-    case ffi::DataType::F64:
-      ForwardAll<double>(pool, s, x, gamma, beta, eps, out, mean, var);
-      break;
-    default:
-      return ffi::Error::InvalidArgument("x must be float32 or float64");
-  }
-  return ffi::Error::Success();
+  return WithFloatType(x, gamma, [&](auto type) {
+    using T = decltype(type);
+    ForwardAll<T>(pool, ShapeOf(x, gamma), x, gamma, beta, eps, out, mean, var);
+  });
 }
 
 ffi::Error BatchnormReluBackward(ffi::ThreadPool pool, ffi::AnyBuffer dout, ffi::AnyBuffer x,
@@ -291,21 +298,11 @@ ffi::Error BatchnormReluBackward(ffi::ThreadPool pool, ffi::AnyBuffer dout, ffi:
                                  double eps, ffi::Result<ffi::AnyBuffer> dx,
                                  ffi::Result<ffi::AnyBuffer> dgamma,
                                  ffi::Result<ffi::AnyBuffer> dbeta) {
-  if (gamma.dimensions().size() == 0) return ffi::Error::InvalidArgument("gamma must be (..., C)");
-  const Shape s = ShapeOf(x, gamma);
-  switch (x.element_type()) {
-    case ffi::DataType::F32:
-      BackwardAll<float>(pool, s, dout, x, mean, var, gamma, beta, dmean, dvar, eps, dx,
-                         dgamma, dbeta);
-      break;
-    case ffi::DataType::F64:
-      BackwardAll<double>(pool, s, dout, x, mean, var, gamma, beta, dmean, dvar, eps, dx,
-                          dgamma, dbeta);
-      break;
-    default:
-      return ffi::Error::InvalidArgument("x must be float32 or float64");
-  }
-  return ffi::Error::Success();
+  return WithFloatType(x, gamma, [&](auto type) {
+    using T = decltype(type);
+    BackwardAll<T>(pool, ShapeOf(x, gamma), dout, x, mean, var, gamma, beta, dmean, dvar, eps,
+                   dx, dgamma, dbeta);
+  });
 }
 
 }  // namespace
