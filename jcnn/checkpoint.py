@@ -28,7 +28,6 @@ import hashlib
 import json
 import os
 import re
-import tempfile
 import warnings
 import zipfile
 from collections.abc import Callable, Iterable
@@ -38,11 +37,12 @@ from typing import Any
 import jax
 import numpy as np
 
+from jcnn import files
+from jcnn.files import atomic_write, file_digest, fsync_dir
+
 __all__ = [
     "CorruptCheckpointError",
     "CorruptCheckpointWarning",
-    "atomic_write",
-    "file_sha256",
     "flatten_tree",
     "key_path_name",
     "latest_checkpoint",
@@ -112,74 +112,16 @@ def _npz_path(path: str | os.PathLike) -> Path:
     return p if p.suffix == ".npz" else p.with_name(p.name + ".npz")
 
 
-def _fsync_dir(directory: Path) -> None:
-    """Make a rename in ``directory`` durable where the platform allows it."""
-    with contextlib.suppress(OSError):
-        dir_fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-
-
-def _tmp_prefix(dest: Path) -> str:
-    return f".{dest.name}."
-
-
-def atomic_write(dest: str | os.PathLike, write: Callable[[Any], None]) -> None:
-    """Write ``dest`` atomically: ``write(f)`` fills a temporary file (opened ``w+b``) in the
-    same folder, which is flushed, fsync'ed and renamed over ``dest``; then the folder is
-    fsync'ed. A reader (or a run killed at any moment) sees the old file or the new one,
-    never half of one."""
-    dest = Path(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=_tmp_prefix(dest), suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w+b") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, dest)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    _fsync_dir(dest.parent)
-
-
-_atomic_write = atomic_write  # the name earlier code used
-
-
-def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
-    """Hex SHA-256 of a file's bytes."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
-
-def _json_default(obj: Any) -> Any:
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if isinstance(obj, np.ndarray | jax.Array):
-        return np.asarray(obj).tolist()
-    if isinstance(obj, np.dtype | type):
-        return np.dtype(obj).name
-    if isinstance(obj, Path):
-        return str(obj)
-    raise TypeError(f"metadata value {obj!r} of type {type(obj).__name__} is not JSON-able")
-
-
 def to_plain_json(obj: Any) -> Any:
-    """``obj`` as the plain JSON values a sidecar holds (tuples become lists, numpy scalars
-    Python numbers, dtypes their names), so that a value can be compared with a stored one."""
-    return json.loads(json.dumps(obj, allow_nan=True, default=_json_default))
+    """``obj`` as the plain JSON values a sidecar holds (:func:`jcnn.files.to_json_values`),
+    so that a value can be compared with a stored one."""
+    return files.to_json_values(obj)
 
 
 def _meta_digest(meta: dict[str, Any]) -> str:
     body = {k: v for k, v in meta.items() if k != _META_SHA}
-    text = json.dumps(body, sort_keys=True, allow_nan=True, default=_json_default)
+    # allow_nan: sidecars written before the strict-JSON policy may hold a bare NaN.
+    text = json.dumps(body, sort_keys=True, allow_nan=True)
     return hashlib.sha256(text.encode()).hexdigest()
 
 
@@ -192,7 +134,7 @@ def save_checkpoint(
     and ``sidecar_sha256`` (of its own content). Returns the ``.npz`` path."""
     npz = _npz_path(path)
     arrays = flatten_tree(tree)
-    meta = dict(metadata or {})
+    meta = to_plain_json(dict(metadata or {}))
     clash = {_NPZ_SHA, _META_SHA} & set(meta)
     if clash:
         raise ValueError(f"metadata keys {sorted(clash)} are reserved for the checksums")
@@ -213,7 +155,7 @@ def save_checkpoint(
     atomic_write(npz, write_npz)
     meta[_NPZ_SHA] = digest["npz"]
     meta[_META_SHA] = _meta_digest(meta)
-    text = json.dumps(meta, indent=1, sort_keys=True, allow_nan=True, default=_json_default)
+    text = files.dumps(meta, indent=1, sort_keys=True)
     atomic_write(sidecar_path(npz), lambda f: f.write(text.encode()))
     return npz
 
@@ -245,7 +187,7 @@ def verify_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
         raise CorruptCheckpointError(f"checkpoint {npz} is missing (its sidecar exists)")
     want = meta.get(_NPZ_SHA)
     if want is not None:
-        got = file_sha256(npz)
+        got = file_digest(npz)
         if got != want:
             raise CorruptCheckpointError(
                 f"checkpoint {npz} fails its checksum (sha256 {got[:12]}..., the sidecar "
@@ -319,7 +261,7 @@ def quarantine(path: str | os.PathLike, reason: str) -> list[Path]:
             dest = p.with_name(p.name + ".corrupt")
             os.replace(p, dest)
             moved.append(dest)
-    _fsync_dir(npz.parent)
+    fsync_dir(npz.parent)
     warnings.warn(
         f"{reason}; moved aside to {', '.join(m.name for m in moved) or '(nothing)'}",
         CorruptCheckpointWarning,

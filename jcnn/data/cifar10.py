@@ -25,9 +25,9 @@ from typing import Any
 import numpy as np
 from numpy.typing import DTypeLike
 
-from jcnn.data._files import md5_of_file
 from jcnn.data.dataset import RawDataset, check_split_sizes, split_and_preprocess
 from jcnn.data.errors import DatasetError
+from jcnn.files import file_digest
 
 __all__ = [
     "CIFAR10_FOLDER",
@@ -110,7 +110,7 @@ def download_cifar10(
     if not tarball.exists():
         _download(url, tarball, md5, folder)
     else:
-        actual = md5_of_file(tarball)
+        actual = file_digest(tarball, "md5")
         if actual != md5:
             raise DatasetError(
                 f"Checksum mismatch for {tarball}: MD5 is {actual}, expected {md5}. The file is "

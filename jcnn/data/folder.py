@@ -17,9 +17,9 @@ from typing import Any
 
 import numpy as np
 
-from jcnn.data._files import atomic_write
 from jcnn.data.dataset import RawDataset
 from jcnn.data.errors import DatasetError
+from jcnn.files import atomic_write
 
 __all__ = ["CACHE_DIR_NAME", "IMAGE_SUFFIXES", "load_image_folder"]
 
