@@ -66,8 +66,8 @@ import jax
 import numpy as np
 from absl import flags
 
+from jcnn.optim import LR_SCHEDULES, UPDATE_RULES
 from jcnn.parallel import COMPUTE_DTYPES
-from jcnn.solver import LR_SCHEDULES, UPDATE_RULES
 
 # ----------------------------------------------------------------------------------- flags
 
@@ -975,8 +975,7 @@ def check_resumable(writer: RunWriter, config: Mapping[str, Any]) -> Path | None
 
     Stops the app with one line if the checkpoint was made with other flags (naming them),
     or if the workdir holds a finished run without any checkpoint."""
-    from jcnn.checkpoint import latest_checkpoint
-    from jcnn.solver import CHECKPOINT_PATTERNS, config_differences
+    from jcnn.checkpoint import CHECKPOINT_PATTERNS, config_differences, latest_checkpoint
 
     workdir = writer.workdir
     found = latest_checkpoint(writer.path("checkpoints"), CHECKPOINT_PATTERNS)

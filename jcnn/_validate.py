@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import math
 import operator
 from typing import Any
+
+import numpy as np
 
 
 def positive_int(name: str, value: Any) -> int:
@@ -36,3 +39,69 @@ def _int(name: str, value: Any, what: str) -> int:
         return operator.index(value)
     except TypeError:
         raise ValueError(f"{name} must be {what}, got {value!r}") from None
+
+
+def finite_float(name: str, value: Any, *, minimum: float, strict: bool = False) -> float:
+    """``value`` as a finite float ``>= minimum`` (``> minimum`` with ``strict``)."""
+    what = f"a finite float {'>' if strict else '>='} {minimum:g}"
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be {what}, got {value!r}") from None
+    if isinstance(value, bool) or not math.isfinite(v) or v < minimum or (strict and v == minimum):
+        raise ValueError(f"{name} must be {what}, got {value!r}")
+    return v
+
+
+def seed(name: str, value: Any) -> int:
+    """``value`` as an int in ``[0, 2**32)``, what both NumPy's and JAX's generators take."""
+    v = _int(name, value, "an int in [0, 2**32)")
+    if not 0 <= v < 2**32:
+        raise ValueError(f"{name} must be an int in [0, 2**32), got {value!r}")
+    return v
+
+
+def labelled_images(model: Any, X: Any, y: Any, xname: str, yname: str) -> tuple[Any, Any]:
+    """Host arrays ``(X, y as int32)`` once checked against ``model``: as many labels as
+    images, ``X`` shaped ``(N, *model.input_shape)`` with finite numbers, ``y`` integer
+    labels in ``[0, model.num_classes)``. ValueError naming ``xname``/``yname`` otherwise."""
+    X, y = np.asarray(X), np.asarray(y)
+    if X.ndim < 1 or X.shape[0] == 0:
+        raise ValueError(f"{xname} is empty (shape {X.shape})")
+    if y.ndim != 1:
+        raise ValueError(f"{yname} must be a vector of labels (N,), got shape {y.shape}")
+    if X.shape[0] != y.shape[0]:
+        raise ValueError(
+            f"{xname} and {yname} differ in length: {X.shape[0]} images vs {y.shape[0]} labels"
+        )
+    model.check_input(X, xname)
+    if not (np.issubdtype(X.dtype, np.floating) or np.issubdtype(X.dtype, np.integer)):
+        raise ValueError(f"{xname} must hold numbers, got dtype {X.dtype}")
+    if np.issubdtype(X.dtype, np.floating):
+        _check_finite(xname, X)
+    if not np.issubdtype(y.dtype, np.integer) or y.dtype == np.bool_:
+        raise ValueError(f"{yname} must hold integer class labels, got dtype {y.dtype}")
+    k = model.num_classes
+    out = (y < 0) | (y >= k)
+    if out.any():
+        i = int(np.flatnonzero(out)[0])
+        raise ValueError(
+            f"{yname} holds labels outside [0, {k}) (num_classes of the model): "
+            f"{int(out.sum())} of them, e.g. {yname}[{i}] = {int(y[i])}"
+        )
+    return X, y.astype(np.int32)
+
+
+def _check_finite(name: str, X: np.ndarray, rows: int = 4096) -> None:
+    """ValueError if ``X`` holds NaN or inf (checked in blocks of rows: no full-size mask)."""
+    bad: list[int] = []
+    for start in range(0, X.shape[0], rows):
+        block = X[start : start + rows].reshape(min(rows, X.shape[0] - start), -1)
+        ok = np.isfinite(block).all(axis=1)
+        if not ok.all():
+            bad.extend((start + np.flatnonzero(~ok)).tolist())
+    if bad:
+        raise ValueError(
+            f"{name} holds non-finite values (NaN or inf) in {len(bad)} image(s), "
+            f"first at index {bad[0]}"
+        )

@@ -19,6 +19,14 @@ For runs that resume: :func:`latest_checkpoint` finds the newest complete checkp
 folder whose checksums hold, moving corrupt ones aside (``*.corrupt``) with a warning, so the
 previous one is used; :func:`remove_stale_temporaries` deletes the temporary files a killed
 writer left behind.
+
+A training run's checkpoints (the :class:`~jcnn.solver.Solver`'s and the apps'), in one
+place: their names (:func:`run_checkpoint_path`: ``epoch_{epoch:03d}.npz`` at an epoch's end,
+``step_{iteration:08d}.npz`` between), which are kept (:func:`prune_run_checkpoints`), which
+one a run starts from (:func:`resume_checkpoint`), and whether it may
+(:func:`check_resumable`: the format version, then :func:`config_differences`, the one
+comparison of a checkpoint's settings with the run's, which the apps use for their flags
+too).
 """
 
 from __future__ import annotations
@@ -41,15 +49,24 @@ from jcnn import files
 from jcnn.files import atomic_write, file_digest, fsync_dir
 
 __all__ = [
+    "CHECKPOINT_FORMAT",
+    "CheckpointMismatchError",
     "CorruptCheckpointError",
     "CorruptCheckpointWarning",
+    "check_resumable",
+    "config_differences",
+    "describe_differences",
     "flatten_tree",
     "key_path_name",
     "latest_checkpoint",
     "load_checkpoint",
     "quarantine",
     "read_sidecar",
+    "prune_run_checkpoints",
     "remove_stale_temporaries",
+    "resume_checkpoint",
+    "run_checkpoint_path",
+    "run_checkpoints",
     "save_checkpoint",
     "sidecar_path",
     "verify_checkpoint",
@@ -335,3 +352,183 @@ def remove_stale_temporaries(directory: str | os.PathLike) -> list[Path]:
                     p.unlink()
                     removed.append(p)
     return removed
+
+
+# ----------------------------------------------------------------- a training run's checkpoints
+
+# Version of what a Solver checkpoint holds (arrays and sidecar keys); resuming needs this one.
+CHECKPOINT_FORMAT = 2
+CHECKPOINT_PATTERNS = ("epoch_*.npz", "step_*.npz")
+_RUN_NAME = re.compile(r"(epoch|step)_(\d+)\.npz")
+RESUME_CHOICES = (True, False, "auto")
+# Settings added after checkpoints were first made: one a checkpoint lacks had this value.
+IDENTITY_DEFAULTS: dict[str, Any] = {
+    "model.label_smoothing": 0.0,
+    "solver.lr_schedule": "exponential",
+    "solver.warmup_epochs": 0.0,
+    "solver.compute_dtype": None,
+    "solver.test_time_flip": False,
+}
+_ABSENT = "<absent>"
+
+
+class CheckpointMismatchError(ValueError):
+    """The checkpoint to resume from was made by a differently configured run;
+    ``differences`` maps each differing setting (``'model.num_filters'``) to ``(in the
+    checkpoint, now)``."""
+
+    def __init__(self, message: str, differences: dict[str, tuple[Any, Any]]):
+        super().__init__(message)
+        self.differences = dict(differences)
+
+
+def _dotted(tree: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(tree, dict):
+        return {prefix.rstrip("."): tree}
+    out: dict[str, Any] = {}
+    for k, v in tree.items():
+        out.update(_dotted(v, f"{prefix}{k}."))
+    return out
+
+
+def config_differences(
+    saved: Any,
+    current: Any,
+    *,
+    defaults: dict[str, Any] | None = None,
+    ignore: Iterable[str] = (),
+) -> dict[str, tuple[Any, Any]]:
+    """The one rule for whether a run may continue from a checkpoint: the settings that
+    differ between two nested dicts of plain JSON values.
+
+    Args:
+      saved: what the checkpoint recorded.
+      current: the same for the run now (pass it through :func:`to_plain_json` first).
+      defaults: ``{'dotted.key': value}`` for settings added after older checkpoints were
+        made: a side that lacks the key counts as having this value.
+      ignore: dotted keys (or prefixes of them) that may differ.
+
+    Returns:
+      ``{'dotted.key': (saved value, current value)}`` in key order; a key only one side
+      has (and no default) counts as ``'<absent>'`` on the other.
+    """
+    defaults = defaults or {}
+    ignored = tuple(ignore)
+    a, b = _dotted(saved), _dotted(current)
+    out: dict[str, tuple[Any, Any]] = {}
+    for k in sorted(set(a) | set(b), key=str):
+        if any(k == i or k.startswith(f"{i}.") for i in ignored):
+            continue
+        va, vb = a.get(k, defaults.get(k, _ABSENT)), b.get(k, defaults.get(k, _ABSENT))
+        if va != vb:
+            out[k] = (va, vb)
+    return out
+
+
+def describe_differences(differences: dict[str, tuple[Any, Any]], limit: int = 8) -> str:
+    """``'model.num_filters: [4] in the checkpoint, [8] now; ...'``."""
+    items = [
+        f"{k}: {json.dumps(a)} in the checkpoint, {json.dumps(b)} now"
+        for k, (a, b) in list(differences.items())[:limit]
+    ]
+    more = len(differences) - limit
+    return "; ".join(items) + (f"; and {more} more" if more > 0 else "")
+
+
+def check_resumable(npz: Path, meta: dict[str, Any], identity: dict[str, Any]) -> None:
+    """Raise unless the checkpoint ``npz`` (sidecar ``meta``) can continue a run whose
+    settings are ``identity`` (``{'model', 'solver', 'data'}``; ``num_epochs`` may differ).
+
+    Raises:
+      ValueError: another checkpoint format (naming it).
+      CheckpointMismatchError: a differently configured run (naming each difference).
+    """
+    if meta.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(
+            f"checkpoint {npz} has format {meta.get('format')!r}, not {CHECKPOINT_FORMAT}: "
+            "it was written by another jcnn version and lacks what resuming needs"
+        )
+    saved = {k: meta.get(k) for k in identity}
+    differences = config_differences(
+        saved, identity, defaults=IDENTITY_DEFAULTS, ignore=("solver.num_epochs",)
+    )
+    if differences:
+        raise CheckpointMismatchError(
+            f"checkpoint {npz} was made by a differently configured run: "
+            f"{describe_differences(differences)}. Resume with the settings it was made "
+            "with, or start the new run in another checkpoint_dir",
+            differences,
+        )
+
+
+def run_checkpoint_path(directory: Path, iteration: int, iterations_per_epoch: int) -> Path:
+    """Where a run saves after ``iteration`` updates: ``epoch_{epoch:03d}.npz`` at an epoch's
+    end, else ``step_{iteration:08d}.npz``."""
+    if iteration % iterations_per_epoch == 0:
+        return directory / f"epoch_{iteration // iterations_per_epoch:03d}.npz"
+    return directory / f"step_{iteration:08d}.npz"
+
+
+def run_checkpoints(directory: Path | None, iterations_per_epoch: int) -> list[tuple[int, Path]]:
+    """``(iteration, npz)`` of the complete run checkpoints in ``directory``, oldest first."""
+    out = []
+    if directory is not None and directory.is_dir():
+        for pattern in CHECKPOINT_PATTERNS:
+            for npz in directory.glob(pattern):
+                m = _RUN_NAME.fullmatch(npz.name)
+                if m and sidecar_path(npz).is_file():
+                    n = int(m.group(2))
+                    out.append((n * iterations_per_epoch if m.group(1) == "epoch" else n, npz))
+    return sorted(out)
+
+
+def prune_run_checkpoints(
+    directory: Path, *, iterations_per_epoch: int, keep_epochs: int = 0
+) -> list[Path]:
+    """The one pruning policy: keep the newest ``keep_epochs`` epoch checkpoints (all if 0),
+    the newest checkpoint and at least one before it (so a corrupt newest one has a
+    fallback); delete the rest, each sidecar first (the sidecar marks a checkpoint
+    complete). Returns the deleted ``.npz`` paths."""
+    found = [npz for _, npz in run_checkpoints(directory, iterations_per_epoch)]
+    epochs = [npz for npz in found if npz.name.startswith("epoch_")]
+    keep = set(epochs[-keep_epochs:] if keep_epochs else epochs)
+    keep.update(found[-1:])
+    for npz in reversed(found):
+        if len(keep) >= 2:
+            break
+        keep.add(npz)
+    removed = [npz for npz in found if npz not in keep]
+    for npz in removed:
+        sidecar_path(npz).unlink(missing_ok=True)
+        npz.unlink(missing_ok=True)
+    return removed
+
+
+def resume_checkpoint(
+    directory: Path | None, resume: bool | str, iterations_per_epoch: int
+) -> tuple[Path, dict[str, Any]] | None:
+    """The checkpoint a run in ``directory`` starts from, by the ``resume`` mode:
+    ``'auto'`` the newest good one if any (corrupt ones are moved aside), ``True`` the same
+    but one must exist, ``False`` none, and the folder must hold none.
+
+    Raises:
+      ValueError: ``resume`` is none of ``True``, ``False``, ``'auto'``; or ``False`` and
+        ``directory`` holds checkpoints.
+      FileNotFoundError: ``True`` and there is no good checkpoint.
+    """
+    if not any(resume is c or (isinstance(c, str) and resume == c) for c in RESUME_CHOICES):
+        raise ValueError(f"resume must be True, False or 'auto', got {resume!r}")
+    if directory is None:
+        return None
+    if resume is False:
+        if run_checkpoints(directory, iterations_per_epoch):
+            raise ValueError(
+                f"checkpoint_dir {directory} already holds checkpoints; with resume=False "
+                "the solver would mix two runs: empty it, choose another checkpoint_dir, or "
+                "pass resume='auto' to continue from them"
+            )
+        return None
+    found = latest_checkpoint(directory, CHECKPOINT_PATTERNS)
+    if found is None and resume is True:
+        raise FileNotFoundError(f"resume=True, but {directory} holds no complete checkpoint")
+    return found

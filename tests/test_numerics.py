@@ -95,7 +95,7 @@ def test_nonfinite_loss_stops_naming_the_iteration_and_keeps_the_last_good_check
     assert isinstance(err, FloatingPointError)
     report = err.report
     assert report["iteration"] == hit and report["epoch"] == (hit - 1) // 6 + 1
-    assert report["loss"] == "nan"
+    assert report["loss"] is None  # strict JSON: non-finite numbers are null
     assert (
         report["batch_indices"] == batches()[hit - 1].tolist() and index in report["batch_indices"]
     )
@@ -166,13 +166,13 @@ def test_detection_reads_losses_back_only_when_it_already_did(monkeypatch):
     data, _, _ = poisoned_data()
     data["X_train"][:, 0, 0, 0] = 0.0  # clean
     reads = []
-    flush = Solver._flush_losses
+    flush = Solver._read_losses
 
     def counting(self):
-        reads.append((self.iteration, len(self._pending)))
+        reads.append((self.iteration, len(self._log.pending)))
         flush(self)
 
-    monkeypatch.setattr(Solver, "_flush_losses", counting)
+    monkeypatch.setattr(Solver, "_read_losses", counting)
     make(Poisonable(mode="loss"), data, num_epochs=2).train()
     assert [r for r in reads if r[1]] == [(1, 1), (6, 5), (12, 6)]
 

@@ -15,7 +15,12 @@ import jax
 import numpy as np
 import pytest
 
-from jcnn.checkpoint import CorruptCheckpointWarning, load_checkpoint, verify_checkpoint
+from jcnn.checkpoint import (
+    CorruptCheckpointWarning,
+    load_checkpoint,
+    prune_run_checkpoints,
+    verify_checkpoint,
+)
 from jcnn.models import VGGNet
 from jcnn.solver import CheckpointMismatchError, Solver
 from tests.experiments.util import PYTHON, ROOT, subprocess_env
@@ -127,13 +132,12 @@ def test_checkpoints_kept_and_pruned(reference, crashed):
 def test_keep_checkpoints_keeps_the_last_epochs_and_always_the_newest_two(
     tmp_path, keep, files, kept
 ):
-    solver = make(None, keep_checkpoints=keep)  # 4 iterations per epoch
-    solver.checkpoint_dir = tmp_path
+    ipe = make(None).iterations_per_epoch  # 4 iterations per epoch
     for name in files:
         (tmp_path / f"{name}.npz").write_bytes(b"")
         (tmp_path / f"{name}.json").write_text("{}")
     (tmp_path / "step_00000011.npz").write_bytes(b"")  # no sidecar: incomplete, not counted
-    solver._prune_checkpoints()
+    prune_run_checkpoints(tmp_path, iterations_per_epoch=ipe, keep_epochs=keep)
     assert names(tmp_path) == sorted(
         [f"{n}.{e}" for n in kept for e in ("json", "npz")] + ["step_00000011.npz"]
     )
@@ -248,8 +252,8 @@ def test_the_learning_rate_schedule_must_match_to_resume(crashed, tmp_path):
         make(crashed, lr_decay=1.0, lr_schedule="cosine", warmup_epochs=1)
     assert info.value.differences == {
         "solver.lr_decay": (0.9, 1.0),
-        "solver.lr_schedule": ("<absent>", "cosine"),  # made before the option
-        "solver.warmup_epochs": ("<absent>", 1.0),
+        "solver.lr_schedule": ("exponential", "cosine"),
+        "solver.warmup_epochs": (0.0, 1.0),
     }
     cosine = make(tmp_path, lr_decay=1.0, lr_schedule="cosine", crash_at=4)
     with pytest.raises(Crash):

@@ -14,7 +14,9 @@ import pytest
 
 from jcnn.checkpoint import load_checkpoint
 from jcnn.models import FullyConnectedNet, ThreeLayerConvNet, VGGNet
-from jcnn.solver import Solver, make_optimizer, make_schedule, resolve_optim_config
+from jcnn.checkpoint import IDENTITY_DEFAULTS, config_differences
+from jcnn.optim import make_optimizer, make_schedule, resolve_optim_config
+from jcnn.solver import Solver
 from tests.models.util import synthetic_data
 
 SHAPE = (3, 8, 8)
@@ -167,13 +169,22 @@ def test_test_time_flip_sums_the_scores_of_each_image_and_its_mirror(runs):
         symmetric)[0]), axis=1),
     )  # fmt: skip
     assert solver._identity()["solver"]["test_time_flip"] is True
-    assert "test_time_flip" not in trained._identity()["solver"]  # older checkpoints match
+    # a checkpoint from before the option (no such key) matches a run without it
+    older = trained._identity()
+    assert older["solver"].pop("test_time_flip") is False
+    assert not config_differences(older, trained._identity(), defaults=IDENTITY_DEFAULTS)
 
 
-def test_identity_records_label_smoothing_only_when_set():
-    assert "label_smoothing" not in Solver(SMALL, _data(), verbose=False)._identity()["model"]
+def test_checkpoint_without_label_smoothing_matches_only_runs_without_it():
+    plain = Solver(SMALL, _data(), verbose=False)._identity()
     smooth = dataclasses.replace(SMALL, label_smoothing=0.1)
-    assert Solver(smooth, _data(), verbose=False)._identity()["model"]["label_smoothing"] == 0.1
+    smoothed = Solver(smooth, _data(), verbose=False)._identity()
+    assert plain["model"]["label_smoothing"] == 0.0
+    older = {**plain, "model": {k: v for k, v in plain["model"].items() if k != "label_smoothing"}}
+    assert not config_differences(older, plain, defaults=IDENTITY_DEFAULTS)
+    assert config_differences(older, smoothed, defaults=IDENTITY_DEFAULTS) == {
+        "model.label_smoothing": (0.0, 0.1)
+    }
 
 
 def test_test_time_flip_needs_images():
@@ -387,7 +398,7 @@ def test_augment_transforms_each_minibatch_inside_the_step():
     assert len(keys) == with_augment.num_iterations
     assert len({k.tobytes() for k in keys}) == len(keys)  # a fresh key every step
     dropout_keys = [
-        jax.random.key_data(jax.random.fold_in(with_augment._dropout_key, t))
+        jax.random.key_data(jax.random.fold_in(with_augment.train_state.key, t))
         for t in range(with_augment.num_iterations)
     ]
     assert not any(np.array_equal(k, d) for k in keys for d in dropout_keys)

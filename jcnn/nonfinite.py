@@ -1,0 +1,184 @@
+"""Catching a non-finite loss without a host sync per step, and reporting it.
+
+Each update returns its loss and an ``isfinite`` flag as device scalars. :class:`StepLog`
+queues them and reads them back in one transfer when losses are needed anyway (a progress
+line, an accuracy check, a checkpoint), and keeps the minibatches of the updates since the
+parameters were last verified finite (a finite loss can come with an update that
+overflowed). When something is not finite, :func:`report` gathers what was seen and
+:func:`stop` writes it to ``nonfinite.json`` and raises :class:`NonFiniteLossError`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jcnn import files
+
+__all__ = ["NonFiniteLossError", "StepLog", "all_finite", "nonfinite_leaves", "report", "stop"]
+
+
+class NonFiniteLossError(FloatingPointError):
+    """Training met a non-finite loss (or an update that made the parameters or batchnorm
+    statistics non-finite). The message names the iteration; ``report`` holds what was seen
+    (iteration, loss, learning rate, the minibatch's indices and labels, ...) and
+    ``report_path`` the ``nonfinite.json`` it was written to (None if none was)."""
+
+    def __init__(self, message: str, report: Mapping[str, Any] | None = None, report_path=None):
+        super().__init__(message)
+        self.report = dict(report or {})
+        self.report_path = report_path
+
+
+def all_finite(tree: Any) -> jax.Array:
+    """One boolean: every floating leaf of ``tree`` is finite (use inside ``jit``)."""
+    checks = [
+        jnp.all(jnp.isfinite(leaf))
+        for leaf in jax.tree_util.tree_leaves(tree)
+        if jnp.issubdtype(jnp.asarray(leaf).dtype, jnp.inexact)
+    ]
+    return jnp.all(jnp.stack(checks)) if checks else jnp.bool_(True)
+
+
+def nonfinite_leaves(arrays: Mapping[str, np.ndarray]) -> list[str]:
+    """The names of the floating host arrays that hold NaN or inf."""
+    return [
+        name
+        for name, a in arrays.items()
+        if np.issubdtype(a.dtype, np.inexact) and not np.isfinite(a).all()
+    ]
+
+
+@dataclasses.dataclass
+class StepLog:
+    """The updates whose loss has not been read back yet, and those since the parameters
+    were last verified finite.
+
+    Attributes:
+      pending: ``(loss, finite, iteration, indices)`` per update not read back (device
+        scalars; ``iteration`` counts from 1).
+      verified_iteration: the iteration after which the parameters were verified finite.
+      unverified: ``(iteration, indices)`` of every update since then.
+    """
+
+    pending: list[tuple[jax.Array, jax.Array, int, np.ndarray]] = dataclasses.field(
+        default_factory=list
+    )
+    verified_iteration: int = 0
+    unverified: list[tuple[int, np.ndarray]] = dataclasses.field(default_factory=list)
+
+    def add(self, loss: jax.Array, finite: jax.Array, iteration: int, indices: Any) -> None:
+        """Queue one update's loss and flag."""
+        self.pending.append((loss, finite, iteration, indices))
+        self.unverified.append((iteration, indices))
+
+    def read(self) -> list[tuple[float, bool, int, np.ndarray]]:
+        """The pending ``(loss, finite, iteration, indices)`` as host values (one transfer),
+        emptying the queue."""
+        pending, self.pending = self.pending, []
+        values = jax.device_get([(loss, ok) for loss, ok, _, _ in pending])
+        return [
+            (float(loss), bool(ok), it, idx)
+            for (loss, ok), (_, _, it, idx) in zip(values, pending, strict=True)
+        ]
+
+    def verified(self, iteration: int) -> None:
+        """The parameters after ``iteration`` are known to be finite."""
+        self.verified_iteration = iteration
+        self.unverified = []
+
+
+def _json_float(v: float) -> float | None:
+    return files.to_json_values(float(v))
+
+
+def report(
+    log: StepLog,
+    *,
+    iteration: int,
+    loss: float,
+    indices: Any,
+    labels: Any,
+    learning_rate: float,
+    iterations_per_epoch: int,
+    num_iterations: int,
+    recent_losses: list[float],
+    detected_after: int | None = None,
+    params: bool = False,
+    cause: BaseException | None = None,
+    **context: Any,
+) -> dict[str, Any]:
+    """What a non-finite step looked like, as plain JSON values.
+
+    ``params``: the loss was finite but the parameters or statistics after ``iteration``
+    are not (found at a verification). ``context`` (e.g. ``update_rule``, ``seed``,
+    ``last_good_checkpoint``) is recorded as given. Non-finite floats become None
+    (:mod:`jcnn.files`' policy); the message of :func:`stop` names the value.
+    """
+    what = "parameters after the update (finite loss)" if params else "loss"
+    return files.to_json_values(
+        {
+            "error": f"non-finite {what}",
+            "iteration": iteration,
+            "epoch": (iteration - 1) // iterations_per_epoch + 1,
+            "num_iterations": num_iterations,
+            "loss": _json_float(loss),
+            "learning_rate": learning_rate,
+            "batch_indices": np.asarray(indices).tolist(),
+            "batch_labels": np.asarray(labels).tolist(),
+            "recent_losses": [_json_float(v) for v in recent_losses],
+            "detected_after_iteration": iteration if detected_after is None else detected_after,
+            # Params/state were verified finite after this iteration; any update since then
+            # (their minibatches below) may be the one that made them non-finite.
+            "params_verified_after_iteration": log.verified_iteration,
+            "unverified_batch_indices": {
+                str(t): np.asarray(i).tolist() for t, i in log.unverified if t <= iteration
+            },
+            **context,
+            "jax_debug_nans": bool(jax.config.jax_debug_nans),
+            "cause": None if cause is None else f"{type(cause).__name__}: {cause}",
+            "time": dt.datetime.now().isoformat(timespec="seconds"),
+        }
+    )
+
+
+def stop(
+    found: Mapping[str, Any],
+    *,
+    loss: float,
+    path: Path | None,
+    write: bool = True,
+    last_checkpoint: Path | None = None,
+    cause: BaseException | None = None,
+) -> None:
+    """Write the :func:`report` ``found`` to ``path`` (if given and ``write``) and raise
+    :class:`NonFiniteLossError` with a one-paragraph message naming the iteration, epoch,
+    learning rate, loss and what was kept."""
+    if path is not None and write:
+        files.write_json(path, found)
+    iteration, verified = found["iteration"], found["params_verified_after_iteration"]
+    where = f"; details in {path}" if path is not None else ""
+    kept = (
+        f"; the last good checkpoint, {last_checkpoint}, is kept"
+        if last_checkpoint is not None
+        else ""
+    )
+    since = (
+        f"; parameters last verified finite after iteration {verified}"
+        if iteration - verified > 1
+        else ""
+    )
+    raise NonFiniteLossError(
+        f"{found['error']} at iteration {iteration} / {found['num_iterations']} (epoch "
+        f"{found['epoch']}, learning rate {found['learning_rate']:g}, loss {loss!r}){since}: "
+        f"training stopped{where}{kept}",
+        found,
+        path,
+    ) from cause

@@ -1,0 +1,302 @@
+"""Training as small pure pieces: a :class:`TrainState` pytree, a jitted train step, an eval step.
+
+Everything the :class:`~jcnn.solver.Solver` does per update is here, as functions a notebook
+can use directly (ten lines, the Solver's speed)::
+
+    import jax, numpy as np
+    from jcnn.models import ThreeLayerConvNet
+    from jcnn.optim import make_optimizer
+    from jcnn.train import create_train_state, make_eval_step, make_train_step, predict
+
+    model = ThreeLayerConvNet(input_dim=(3, 32, 32), num_filters=16, hidden_dim=64)
+    optimizer, _ = make_optimizer('adam', {'learning_rate': 1e-3})
+    state = create_train_state(model, optimizer, key=jax.random.key(0))
+    train_step, eval_step = make_train_step(model, optimizer), make_eval_step(model)
+    for t in range(200):
+        idx = np.random.default_rng(t).choice(len(X_train), 50)
+        state, metrics = train_step(state, (X_train[idx], y_train[idx]))
+    val_acc = np.mean(predict(eval_step, state, X_val) == y_val)
+
+One update, ``train_step(state, (X, y)) -> (state, metrics)``: the step's key is
+``fold_in(state.key, state.step)`` (dropout uses it; augmentation uses
+``fold_in(key, AUGMENT_FOLD)``, so the two never share random numbers); the loss and its
+gradient come from ``jax.value_and_grad(model.loss)`` (through the hand-written VJPs of
+:mod:`jcnn.layers`), the optimiser's update is applied, and ``step`` grows by one.
+``metrics`` is ``{'loss': loss, 'finite': isfinite(loss)}`` (device scalars: read them back
+when you need them, not after every step). The input ``state`` is donated: its buffers are
+reused for the new one, so keep no other reference to it (copy what you want to keep, e.g.
+the best parameters, with :func:`copy_tree`).
+
+With a ``mesh`` (:func:`jcnn.parallel.make_mesh`) both steps are data parallel: the
+minibatch is split over the mesh's devices on axis 0, the state is replicated, and XLA turns
+the batch reductions into all-reduces (loss, gradients and batchnorm statistics are those
+of the global batch). ``compute_dtype='bfloat16'`` runs the network in bfloat16 while
+parameters, optimiser state, batchnorm statistics, gradients and the loss stay float32
+(:func:`jcnn.parallel.mixed_precision_loss`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from jcnn import parallel
+
+__all__ = [
+    "AUGMENT_FOLD",
+    "TrainState",
+    "copy_tree",
+    "create_train_state",
+    "make_eval_step",
+    "make_train_step",
+    "predict",
+]
+
+# fold_in data of the augmentation key: far from the small ints models fold in for dropout.
+AUGMENT_FOLD = 0x61756720
+
+Augment = Callable[[jax.Array, jax.Array], jax.Array]
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class TrainState:
+    """Everything one update reads and writes, as one pytree.
+
+    Attributes:
+      params: the model's parameters (nested dicts of arrays, from ``model.init``).
+      model_state: its mutable state (batchnorm running statistics; ``{}`` without).
+      opt_state: the optax optimiser's state.
+      step: int32 scalar, the number of updates done.
+      key: the run's base key; update ``t`` uses ``jax.random.fold_in(key, t)``.
+    """
+
+    params: Any
+    model_state: Any
+    opt_state: Any
+    step: jax.Array
+    key: jax.Array
+
+    def replace(self, **changes: Any) -> TrainState:
+        """A copy with the given fields replaced."""
+        return dataclasses.replace(self, **changes)
+
+
+def copy_tree(tree: Any) -> Any:
+    """Fresh device buffers for every leaf (so that donating ``tree`` later leaves the copy
+    intact)."""
+    return jax.tree_util.tree_map(jnp.array, tree)
+
+
+def create_train_state(
+    model: Any,
+    optimizer: optax.GradientTransformation,
+    *,
+    key: jax.Array,
+    params: Any = None,
+    model_state: Any = None,
+    step: int = 0,
+) -> TrainState:
+    """A fresh :class:`TrainState`.
+
+    ``key`` is split in two: the first half initialises the model (unless ``params`` are
+    given), the second becomes ``state.key`` (the per-update keys).
+
+    Args:
+      model: a :mod:`jcnn.models` model (``init``, ``loss``, ``apply``).
+      optimizer: an optax transformation (e.g. from :func:`jcnn.optim.make_optimizer`).
+      key: a ``jax.random.key``.
+      params, model_state: start from these instead of ``model.init`` (copied).
+      step: the update count to start at.
+
+    Returns:
+      The state, with ``optimizer.init(params)`` as its optimiser state.
+
+    Raises:
+      ValueError: ``model_state`` without ``params``, or ``params`` without the batchnorm
+        statistics of a model that has batchnorm.
+    """
+    init_key, step_key = jax.random.split(key)
+    if params is None:
+        if model_state is not None:
+            raise ValueError("model_state given without params: pass both or neither")
+        params, model_state = model.init(init_key)
+    else:
+        if model_state is None and getattr(model, "batchnorm_layers", tuple)():
+            raise ValueError(
+                "params given without model_state, but the model has batchnorm: pass the "
+                "state (running statistics) that goes with them"
+            )
+        params, model_state = copy_tree(params), copy_tree(model_state or {})
+    if not jax.tree_util.tree_leaves(params):
+        raise ValueError("params has no arrays")
+    return TrainState(
+        params=params,
+        model_state=model_state,
+        opt_state=optimizer.init(params),
+        step=jnp.asarray(step, jnp.int32),
+        key=step_key,
+    )
+
+
+def _augmented(augment: Augment, key: jax.Array, X: jax.Array) -> jax.Array:
+    out = augment(jax.random.fold_in(key, AUGMENT_FOLD), X)
+    if jnp.shape(out) != X.shape:
+        raise ValueError(
+            f"augment must keep the minibatch's shape {X.shape}, returned {jnp.shape(out)}"
+        )
+    return out
+
+
+def _counted(fn: Callable, counter: list[int]) -> Callable:
+    def traced(*args):
+        counter[0] += 1  # runs only while jax traces the function
+        return fn(*args)
+
+    return traced
+
+
+def make_train_step(
+    model: Any,
+    optimizer: optax.GradientTransformation,
+    *,
+    augment: Augment | None = None,
+    compute_dtype: Any = None,
+    mesh: jax.sharding.Mesh | None = None,
+) -> Callable[[TrainState, tuple[Any, Any]], tuple[TrainState, dict[str, jax.Array]]]:
+    """One jitted training update, ``step(state, (X, y)) -> (state, metrics)`` (module docs).
+
+    Args:
+      model: a :mod:`jcnn.models` model; ``model.loss(params, state, X, y, key=key)`` is
+        differentiated.
+      optimizer: the optax transformation ``state.opt_state`` belongs to.
+      augment: ``augment(key, X) -> X`` (same shape) applied to each minibatch inside the
+        step, e.g. :func:`jcnn.augment.random_crop_flip`.
+      compute_dtype: None/``'float32'``, or ``'bfloat16'`` for mixed precision.
+      mesh: a 1-D mesh (:func:`jcnn.parallel.make_mesh`) to train data-parallel over.
+
+    Returns:
+      The jitted step; the state argument is donated. ``step.traces()`` says how often it
+      was traced (once per run when every batch has the same shape and dtype).
+    """
+    loss_fn = parallel.mixed_precision_loss(model, compute_dtype)  # model.loss if None
+
+    def train_step(state: TrainState, batch: tuple[Any, Any]):
+        X, y = batch
+        key = jax.random.fold_in(state.key, state.step)
+        if augment is not None:
+            X = _augmented(augment, key, X)
+        (loss, model_state), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+            state.params, state.model_state, X, y, key=key
+        )
+        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+        new_state = TrainState(
+            params=optax.apply_updates(state.params, updates),
+            model_state=model_state,
+            opt_state=opt_state,
+            step=state.step + 1,
+            key=state.key,
+        )
+        return new_state, {"loss": loss, "finite": jnp.isfinite(loss)}
+
+    traces = [0]
+    shardings = {}
+    if mesh is not None:
+        rep, batch = parallel.replicated_sharding(mesh), parallel.batch_sharding(mesh)
+        shardings = {"in_shardings": (rep, (batch, batch)), "out_shardings": rep}
+    step = jax.jit(_counted(train_step, traces), donate_argnums=0, **shardings)
+    step.traces = lambda: traces[0]
+    return step
+
+
+def make_eval_step(
+    model: Any,
+    *,
+    compute_dtype: Any = None,
+    mesh: jax.sharding.Mesh | None = None,
+    test_time_flip: bool = False,
+) -> Callable[[Any, Any, Any], jax.Array]:
+    """The jitted prediction step, ``eval_step(params, model_state, X) -> labels`` (int32,
+    shape ``(N,)``), in test mode (batchnorm uses its running statistics, no dropout).
+
+    Args:
+      model: a :mod:`jcnn.models` model.
+      compute_dtype: as :func:`make_train_step`'s.
+      mesh: split ``X`` over the mesh's devices on axis 0 (its length must divide evenly);
+        the labels come back replicated.
+      test_time_flip: classify each image by its scores plus those of its left-right mirror
+        image (inputs ``(N, C, H, W)``; twice the compute).
+
+    Returns:
+      The jitted step (``eval_step.traces()`` as for the train step). :func:`predict` runs
+      it over any number of images in fixed-size chunks.
+    """
+
+    def eval_step(params: Any, model_state: Any, X: Any) -> jax.Array:
+        params = parallel.predict_params(params, compute_dtype)
+        scores, _ = model.apply(params, model_state, X, train=False)
+        if test_time_flip:
+            mirrored, _ = model.apply(params, model_state, X[..., ::-1], train=False)
+            scores = scores + mirrored
+        return jnp.argmax(scores, axis=1).astype(jnp.int32)
+
+    traces = [0]
+    shardings = {}
+    if mesh is not None:
+        rep, batch = parallel.replicated_sharding(mesh), parallel.batch_sharding(mesh)
+        shardings = {"in_shardings": (rep, rep, batch), "out_shardings": rep}
+    step = jax.jit(_counted(eval_step, traces), **shardings)
+    step.traces = lambda: traces[0]
+    return step
+
+
+def predict(
+    eval_step: Callable[[Any, Any, Any], jax.Array],
+    state: TrainState | tuple[Any, Any],
+    X: Any,
+    *,
+    batch_size: int = 100,
+    mesh: jax.sharding.Mesh | None = None,
+    dtype: Any = None,
+) -> np.ndarray:
+    """Labels for every image of ``X`` (host array ``(N, ...)``), ``eval_step`` run over
+    chunks of exactly ``batch_size`` rows (the last one zero-padded, the padding cut off
+    again), so any ``N`` reuses one compiled step.
+
+    Args:
+      eval_step: from :func:`make_eval_step`.
+      state: a :class:`TrainState` or ``(params, model_state)``.
+      X: the images.
+      batch_size: rows per chunk; with a ``mesh`` rounded up to a multiple of its size.
+      mesh: the eval step's mesh (each chunk is placed onto it).
+      dtype: the dtype the chunks are cast to (default: the parameters').
+
+    Returns:
+      int32 labels, shape ``(N,)``, on the host.
+    """
+    params, model_state = (
+        (state.params, state.model_state) if isinstance(state, TrainState) else state
+    )
+    if dtype is None:
+        dtype = jax.tree_util.tree_leaves(params)[0].dtype
+    if mesh is not None:
+        batch_size = -(-batch_size // mesh.size) * mesh.size
+    X = np.asarray(X)
+    n = X.shape[0]
+    outs = []
+    for start in range(0, n, batch_size):
+        chunk = np.asarray(X[start : start + batch_size], dtype=dtype)
+        if chunk.shape[0] < batch_size:
+            pad = np.zeros((batch_size - chunk.shape[0], *chunk.shape[1:]), chunk.dtype)
+            chunk = np.concatenate([chunk, pad])
+        if mesh is not None:
+            (chunk,) = parallel.shard_batch(mesh, chunk)
+        outs.append(eval_step(params, model_state, chunk))
+    preds = np.concatenate(jax.device_get(outs)) if outs else np.zeros((0,), np.int32)
+    return preds[:n]

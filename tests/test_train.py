@@ -1,0 +1,122 @@
+"""jcnn.train: the pure training pieces the Solver is built on."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jcnn.models import ThreeLayerConvNet, VGGNet
+from jcnn.optim import make_optimizer
+from jcnn.solver import Solver
+from jcnn.train import (
+    TrainState,
+    copy_tree,
+    create_train_state,
+    make_eval_step,
+    make_train_step,
+    predict,
+)
+from tests.models.util import synthetic_data
+
+SHAPE = (3, 8, 8)
+MODEL = VGGNet(
+    input_dim=SHAPE, num_filters=(4,), blocks=(1,), hidden_dims=(8,), dropout=0.3, reg=1e-3,
+    dtype=jnp.float32,
+)  # fmt: skip
+
+
+def test_ten_lines_train_a_model_as_the_module_docs_show():
+    data = synthetic_data(200, 50, shape=SHAPE)
+    X_train, y_train = data["X_train"], data["y_train"]
+    model = ThreeLayerConvNet(input_dim=SHAPE, num_filters=8, filter_size=3, hidden_dim=32)
+    optimizer, _ = make_optimizer("adam", {"learning_rate": 1e-2})
+    state = create_train_state(model, optimizer, key=jax.random.key(0))
+    train_step, eval_step = make_train_step(model, optimizer), make_eval_step(model)
+    losses = []
+    for t in range(60):
+        idx = np.random.default_rng(t).choice(len(X_train), 50)
+        state, metrics = train_step(state, (X_train[idx], y_train[idx]))
+        losses.append(float(metrics["loss"]))
+    val_acc = np.mean(predict(eval_step, state, data["X_val"]) == data["y_val"])
+    assert int(state.step) == 60
+    assert np.mean(losses[-10:]) < 0.5 * np.mean(losses[:5])
+    assert val_acc > 0.5  # ten classes: chance is 0.1
+    assert train_step.traces() == 1 and eval_step.traces() == 1
+
+
+def test_the_solver_is_these_pieces_loss_for_loss():
+    data = synthetic_data(100, 20, shape=SHAPE)
+    solver = Solver(
+        MODEL, data, update_rule="adam", optim_config={"learning_rate": 1e-3}, batch_size=20,
+        num_epochs=1, seed=3, verbose=False, num_train_samples=None,
+    )  # fmt: skip
+    optimizer, _ = make_optimizer("adam", {"learning_rate": 1e-3})
+    state = create_train_state(MODEL, optimizer, key=jax.random.key(3))
+    step = make_train_step(MODEL, optimizer)
+    rng = np.random.default_rng(3)
+    losses = []
+    for _ in range(solver.num_iterations):
+        idx = rng.choice(100, 20)
+        state, metrics = step(state, (data["X_train"][idx], data["y_train"][idx]))
+        losses.append(float(metrics["loss"]))
+    solver.train()
+    assert solver.loss_history == losses
+
+
+def test_train_step_counts_steps_keeps_the_key_and_flags_a_nonfinite_loss():
+    optimizer, _ = make_optimizer("sgd", {"learning_rate": 0.1})
+    state = create_train_state(MODEL, optimizer, key=jax.random.key(0))
+    key = np.asarray(jax.random.key_data(state.key))  # a host copy: the step donates state
+    step = make_train_step(MODEL, optimizer)
+    X = np.ones((4, *SHAPE), np.float32)
+    state, metrics = step(state, (X, np.zeros(4, np.int32)))
+    assert int(state.step) == 1 and bool(metrics["finite"])
+    np.testing.assert_array_equal(jax.random.key_data(state.key), key)
+    state, metrics = step(state, (X * np.nan, np.zeros(4, np.int32)))
+    assert int(state.step) == 2 and not bool(metrics["finite"])
+
+
+def test_train_step_donates_its_input_state_and_copy_tree_keeps_a_copy():
+    optimizer, _ = make_optimizer("sgd", {"learning_rate": 0.1})
+    state = create_train_state(MODEL, optimizer, key=jax.random.key(0))
+    kept = copy_tree(state.params)
+    step = make_train_step(MODEL, optimizer)
+    new, _ = step(state, (np.ones((4, *SHAPE), np.float32), np.zeros(4, np.int32)))
+    leaf = jax.tree_util.tree_leaves(state.params)[0]
+    assert leaf.is_deleted()
+    assert not any(x.is_deleted() for x in jax.tree_util.tree_leaves(kept))
+    assert isinstance(new, TrainState)
+
+
+def test_augment_runs_inside_the_step_with_its_own_key_and_must_keep_the_shape():
+    optimizer, _ = make_optimizer("sgd", {"learning_rate": 0.1})
+    batch = (np.ones((4, *SHAPE), np.float32), np.zeros(4, np.int32))
+    crop = make_train_step(MODEL, optimizer, augment=lambda key, X: X[..., 1:])
+    state = create_train_state(MODEL, optimizer, key=jax.random.key(0))
+    with pytest.raises(ValueError, match="augment must keep the minibatch's shape"):
+        crop(state, batch)
+
+
+def test_predict_pads_the_last_chunk_and_matches_apply():
+    params, model_state = MODEL.init(jax.random.key(1))
+    X = np.random.default_rng(0).normal(size=(23, *SHAPE)).astype(np.float32)
+    eval_step = make_eval_step(MODEL)
+    got = predict(eval_step, (params, model_state), X, batch_size=10)
+    scores, _ = MODEL.apply(params, model_state, X, train=False)
+    np.testing.assert_array_equal(got, np.argmax(np.asarray(scores), axis=1))
+    assert got.shape == (23,) and eval_step.traces() == 1
+    assert predict(eval_step, (params, model_state), X[:0], batch_size=10).shape == (0,)
+
+
+def test_create_train_state_refuses_half_a_start():
+    optimizer, _ = make_optimizer("sgd")
+    params, model_state = MODEL.init(jax.random.key(1))
+    with pytest.raises(ValueError, match="model_state given without params"):
+        create_train_state(MODEL, optimizer, key=jax.random.key(0), model_state=model_state)
+    with pytest.raises(ValueError, match="params given without model_state"):
+        create_train_state(MODEL, optimizer, key=jax.random.key(0), params=params)
+    state = create_train_state(
+        MODEL, optimizer, key=jax.random.key(0), params=params, model_state=model_state, step=7
+    )
+    assert int(state.step) == 7
+    assert state.params is not params  # copied: donating the state leaves the input intact
