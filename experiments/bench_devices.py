@@ -26,7 +26,7 @@ from typing import Any
 
 from absl import app, flags
 
-import jcnn  # noqa: F401  (before JAX starts: its CPU convolution flag)
+import jcnn.cpu  # before JAX starts: its CPU convolution flag
 
 DEVICES = flags.DEFINE_list("devices", ["1", "2"], "Device counts to compare.")
 BATCH_SIZE = flags.DEFINE_integer("batch_size", 50, "Global minibatch size.", lower_bound=1)
@@ -162,6 +162,7 @@ def format_table(rows: list[dict[str, Any]]) -> str:
 def main(argv: list[str]) -> None:
     config = config_from_flags()
     if WORKER.value is not None:
+        jcnn.cpu.tune()
         print(TAG + json.dumps(measure(config, WORKER.value)), flush=True)
         return
     devices = _ints(DEVICES.value, "devices")

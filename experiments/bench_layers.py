@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 from absl import app, flags
 
+import jcnn.cpu
 import jcnn.layers as L
 
 FLAGS = flags.DEFINE_integer("repeats", 20, "timed calls per measurement (median reported)")
@@ -91,6 +92,7 @@ def format_table(rows: list[dict]) -> str:
 
 def main(argv):
     del argv
+    jcnn.cpu.tune()
     rows = run(FLAGS.value)
     print(
         f"jax {jax.__version__} on {jax.devices()[0].platform}, {os.cpu_count()} cores, "

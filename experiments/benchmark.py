@@ -381,6 +381,7 @@ def _jax_platform(model_kwargs: dict) -> dict:
     import jax
 
     import jcnn
+    import jcnn.cpu
     import jcnn.native
 
     devices = jax.devices()
@@ -393,7 +394,7 @@ def _jax_platform(model_kwargs: dict) -> dict:
         "device_kind": devices[0].device_kind if devices else None,
         "XLA_FLAGS": os.environ.get("XLA_FLAGS"),
         "jcnn_xla_flags": jcnn.XLA_FLAGS_STATUS,
-        "jcnn_hugepages": jcnn.HUGEPAGES_STATUS,
+        "jcnn_hugepages": jcnn.cpu.status(),
         "jcnn_native": jcnn.native.status(),
         "GLIBC_TUNABLES": os.environ.get("GLIBC_TUNABLES"),
         "model_kwargs": {k: v for k, v in model_kwargs.items() if k != "dtype"},
@@ -595,6 +596,10 @@ def run_torch_worker(model: str, impl: str, batch_size: int) -> dict:
 
 def run_worker(model: str, impl: str, batch_size: int) -> dict:
     """Time ``repeats`` steps of one (model, impl, batch size) in this process."""
+    if impl in JAX_IMPLS:  # jcnn's workers tune their process, as a training program does
+        import jcnn.cpu
+
+        jcnn.cpu.tune()
     if impl == "solver":
         result = run_solver_worker(model, batch_size)
     elif impl in JAX_IMPLS:

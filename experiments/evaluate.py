@@ -152,6 +152,9 @@ def format_result(result: Mapping[str, Any]) -> str:
 
 
 def main(argv: Sequence[str]) -> None:
+    import jcnn.cpu
+
+    jcnn.cpu.tune()
     if len(argv) > 1:
         raise train.UsageFailure(f"unexpected argument(s) {argv[1:]!r}")
     print(format_result(run()), flush=True)

@@ -311,6 +311,9 @@ def _profile_ops(model: str, impl: str, batch: int) -> dict:
 
 def main(argv):
     del argv
+    import jcnn.cpu
+
+    jcnn.cpu.tune()
     B.apply_tiny()
     if len(FLAGS.models) != 1 or len(FLAGS.batch_sizes) != 1:
         raise app.UsageError("profile_step takes exactly one of --models and --batch_sizes")

@@ -1032,8 +1032,10 @@ def main(
 
     A ``--workdir`` that holds a run resumes it (after checking its flags), unless
     ``--overwrite`` starts over."""
+    import jcnn.cpu
     from jcnn.solver import CheckpointMismatchError, NonFiniteLossError
 
+    jcnn.cpu.tune()  # before any data or device memory: huge pages for the heap
     if len(argv) > 1:
         raise UsageFailure(
             f"unexpected argument(s) {argv[1:]!r}: flags are written --name=value (in a "

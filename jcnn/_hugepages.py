@@ -1,4 +1,4 @@
-"""Transparent huge pages for the memory XLA computes in, set up when jcnn is imported.
+"""Transparent huge pages for the memory XLA computes in: the work of :func:`jcnn.cpu.tune`.
 
 On the CPU a training step is bound by memory traffic as much as by arithmetic: XLA's
 transposes and batch reductions stride across tensors of several MB, and with 4 KiB pages
@@ -8,14 +8,15 @@ pages made the VGGNet step about 15–20 % faster on our machine (README, Perfor
 Most Linux systems run THP in ``madvise`` mode: only memory a program marks with
 ``madvise(MADV_HUGEPAGE)`` gets huge pages, and glibc's ``malloc`` marks nothing unless the
 process was started with ``GLIBC_TUNABLES=glibc.malloc.hugetlb=1``. Since a library cannot
-set that before its process starts, importing jcnn does the nearest thing at run time:
+set that before its process starts, :func:`apply_hugepages` (called once, by
+:func:`jcnn.cpu.tune`, never on import) does the nearest thing at run time:
 
 - ``mallopt``: one malloc arena and no ``mmap`` for large blocks, so every allocation, XLA's
   buffers and the training data included, comes from the ordinary heap;
 - grows that heap once by :func:`reserve_bytes` (half the machine's memory, at most 16 GiB:
   address space only, pages are committed when first touched), marks that stretch
-  ``MADV_HUGEPAGE`` and frees it for malloc to hand out, keeping a few bytes allocated above
-  it so that the free stretch is never given back (trimmed) to the system.
+  ``MADV_HUGEPAGE`` and frees it for malloc to hand out, keeping a block (``_SENTINEL``)
+  allocated above it so that the free stretch is never given back (trimmed) to the system.
 
 The cost: memory freed inside that stretch is kept for reuse rather than handed back to the
 system, and malloc-heavy multi-threaded code shares one arena. It is done only

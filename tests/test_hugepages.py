@@ -1,75 +1,8 @@
-"""jcnn backs the malloc heap with huge pages only where it is safe; each case runs in a fresh
-interpreter (the settings are per process)."""
-
-import json
-import os
-import platform
-import subprocess
-import sys
+"""The helpers of :func:`jcnn.cpu.tune` (its effects on a process: tests/test_cpu.py)."""
 
 import pytest
 
 from jcnn import _hugepages
-
-PROBE = """
-import json
-import numpy as np
-import jcnn
-
-def heap_flags():
-    flags, current = [], None
-    for line in open("/proc/self/smaps"):
-        head = line.split()
-        if "-" in head[0] and len(head) >= 5:
-            current = line.rstrip().endswith("[heap]")
-        elif current and line.startswith("VmFlags:"):
-            flags.append(head[1:])
-    return flags
-
-big = np.ones(64 * 2**20 // 8)  # 64 MiB: above glibc's largest mmap threshold
-total = float(big.sum())
-print(json.dumps({"status": jcnn.HUGEPAGES_STATUS, "heap_flags": heap_flags(), "sum": total}))
-"""
-
-LINUX_GLIBC = sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc"
-
-
-def _probe(env_extra):
-    env = {k: v for k, v in os.environ.items() if k not in ("GLIBC_TUNABLES", "JCNN_HUGEPAGES")}
-    env.update(env_extra)
-    out = subprocess.run(
-        [sys.executable, "-c", PROBE], env=env, capture_output=True, text=True, timeout=120
-    )
-    assert out.returncode == 0, out.stderr
-    return json.loads(out.stdout.strip().splitlines()[-1])
-
-
-def _huge_heap(result) -> bool:
-    return any("hg" in flags for flags in result["heap_flags"])
-
-
-@pytest.mark.skipif(
-    not LINUX_GLIBC or _hugepages.thp_mode() != "madvise",
-    reason="needs Linux, glibc and transparent huge pages in madvise mode",
-)
-def test_heap_is_marked_for_huge_pages_on_import_and_memory_still_works():
-    result = _probe({})
-    assert result["status"] == "applied"
-    assert _huge_heap(result)
-    assert result["sum"] == 64 * 2**20 // 8  # a large allocation after the change is usable
-
-
-def test_opt_out_leaves_malloc_alone():
-    result = _probe({"JCNN_HUGEPAGES": "0"})
-    assert result["status"] == "opted-out"
-    assert not _huge_heap(result)
-
-
-def test_glibc_tunable_already_set_is_respected():
-    if not LINUX_GLIBC:
-        pytest.skip("GLIBC_TUNABLES only matters with glibc")
-    result = _probe({"GLIBC_TUNABLES": "glibc.malloc.hugetlb=1"})
-    assert result["status"] == "tunable"
 
 
 @pytest.mark.parametrize(
