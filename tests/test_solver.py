@@ -12,9 +12,8 @@ import numpy as np
 import optax
 import pytest
 
-from jcnn.checkpoint import load_checkpoint
+from jcnn.checkpoint import IDENTITY_DEFAULTS, config_differences, load_checkpoint
 from jcnn.models import FullyConnectedNet, ThreeLayerConvNet, VGGNet
-from jcnn.checkpoint import IDENTITY_DEFAULTS, config_differences
 from jcnn.optim import make_optimizer, make_schedule, resolve_optim_config
 from jcnn.solver import Solver
 from tests.models.util import synthetic_data
