@@ -44,7 +44,7 @@ def max_pool2d(x, *, pool_height=2, pool_width=2, stride=2, impl=None, layout="N
     return lax.reduce_window(x, -jnp.inf, lax.max, tuple(window), tuple(strides), "VALID")
 
 
-def _normalise(x, gamma, beta, running_mean, running_var, train, momentum, eps, axis=1):
+def _with_running_stats(x, gamma, beta, running_mean, running_var, *, train, momentum, eps, axis):
     check_batchnorm_args(x, gamma, beta, running_mean, running_var, momentum, eps, axis)
     shape = [1] * x.ndim
     shape[axis] = -1
@@ -65,15 +65,19 @@ def _normalise(x, gamma, beta, running_mean, running_var, train, momentum, eps, 
 
 def batchnorm(x, gamma, beta, running_mean, running_var, *, train, momentum=0.9, eps=1e-5):
     check_rank("x", x, 2, "(N, D)")
-    return _normalise(x, gamma, beta, running_mean, running_var, train, momentum, eps)
+    return _with_running_stats(
+        x, gamma, beta, running_mean, running_var, train=train, momentum=momentum, eps=eps, axis=1
+    )
 
 
 def spatial_batchnorm(
     x, gamma, beta, running_mean, running_var, *, train, momentum=0.9, eps=1e-5, layout="NCHW"
 ):
     check_rank("x", x, 4, f"({', '.join(layout)})")
-    axis = channel_axis(layout)
-    return _normalise(x, gamma, beta, running_mean, running_var, train, momentum, eps, axis)
+    return _with_running_stats(
+        x, gamma, beta, running_mean, running_var, train=train, momentum=momentum, eps=eps,
+        axis=channel_axis(layout),
+    )  # fmt: skip
 
 
 def dropout(x, key, *, rate: float, train: bool) -> jax.Array:

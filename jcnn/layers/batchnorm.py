@@ -232,7 +232,9 @@ def running_update(running, batch, momentum: float):
 _batchnorm = with_vjp(batchnorm_forward, batchnorm_backward)
 
 
-def _normalise(x, gamma, beta, running_mean, running_var, train, momentum, eps, axis=1):
+def _with_running_stats(x, gamma, beta, running_mean, running_var, *, train, momentum, eps, axis):
+    """Batchnorm over every axis but ``axis`` and the new running statistics: the core of
+    :func:`batchnorm` and :func:`spatial_batchnorm`."""
     check_batchnorm_args(x, gamma, beta, running_mean, running_var, momentum, eps, axis)
     out = _batchnorm(
         x, gamma, beta, running_mean, running_var, train=bool(train), eps=float(eps), axis=axis
@@ -247,23 +249,25 @@ def _normalise(x, gamma, beta, running_mean, running_var, train, momentum, eps, 
     )
 
 
-batchnorm_relu_train = with_vjp(batchnorm_relu_forward, batchnorm_relu_backward)
-batchnorm_relu_train.__doc__ = """``(x, gamma, beta, *, eps, axis) -> (out, mean, var)``:
+fused_batchnorm_relu = with_vjp(batchnorm_relu_forward, batchnorm_relu_backward)
+fused_batchnorm_relu.__doc__ = """``(x, gamma, beta, *, eps, axis) -> (out, mean, var)``:
 training-mode batchnorm → relu with the hand-written VJP of :func:`batchnorm_relu_backward`
 (the cotangents of the batch statistics included)."""
 
 
-def normalise_relu(x, gamma, beta, running_mean, running_var, *, train, momentum, eps, axis):
+def batchnorm_relu(x, gamma, beta, running_mean, running_var, *, train, momentum, eps, axis):
     """``relu`` of the batchnorm over every axis but ``axis``, with the running statistics:
-    the sandwich layers' core. Training uses :func:`batchnorm_relu_forward`'s fused pair;
-    test mode is the plain composition."""
+    the sandwich layers' core. Training uses :func:`fused_batchnorm_relu` (the pair
+    :func:`batchnorm_relu_forward`/:func:`batchnorm_relu_backward`); test mode is the plain
+    composition. Returns ``(out, new_running_mean, new_running_var)``."""
     if not train:
-        out, mean, var = _normalise(
-            x, gamma, beta, running_mean, running_var, False, momentum, eps, axis
-        )
+        out, mean, var = _with_running_stats(
+            x, gamma, beta, running_mean, running_var, train=False, momentum=momentum,
+            eps=eps, axis=axis,
+        )  # fmt: skip
         return relu(out), mean, var
     check_batchnorm_args(x, gamma, beta, running_mean, running_var, momentum, eps, axis)
-    out, mean, var = batchnorm_relu_train(x, gamma, beta, eps=float(eps), axis=axis % x.ndim)
+    out, mean, var = fused_batchnorm_relu(x, gamma, beta, eps=float(eps), axis=axis % x.ndim)
     return (
         out,
         running_update(running_mean, mean, float(momentum)),
@@ -288,7 +292,9 @@ def batchnorm(
     (1 − momentum)·batch statistic when training, unchanged at test time.
     """
     check_rank("x", x, 2, "(N, D)")
-    return _normalise(x, gamma, beta, running_mean, running_var, train, momentum, eps)
+    return _with_running_stats(
+        x, gamma, beta, running_mean, running_var, train=train, momentum=momentum, eps=eps, axis=1
+    )
 
 
 def spatial_batchnorm(
@@ -311,5 +317,7 @@ def spatial_batchnorm(
     """
     check_choice("layout", layout, LAYOUTS)
     check_rank("x", x, 4, f"({', '.join(layout)})")
-    axis = channel_axis(layout)
-    return _normalise(x, gamma, beta, running_mean, running_var, train, momentum, eps, axis)
+    return _with_running_stats(
+        x, gamma, beta, running_mean, running_var, train=train, momentum=momentum, eps=eps,
+        axis=channel_axis(layout),
+    )  # fmt: skip

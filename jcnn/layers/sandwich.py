@@ -19,7 +19,7 @@ from jax import lax
 
 from jcnn.layers._windows import channel_axis
 from jcnn.layers.affine import affine
-from jcnn.layers.batchnorm import normalise_relu
+from jcnn.layers.batchnorm import batchnorm_relu
 from jcnn.layers.conv import conv2d
 from jcnn.layers.pool import max_pool2d
 from jcnn.layers.relu import relu
@@ -35,7 +35,7 @@ def affine_bn_relu(
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
     """affine → batchnorm → relu; returns ``(out, new_running_mean, new_running_var)``."""
     a = affine(x, w, b)
-    return normalise_relu(
+    return batchnorm_relu(
         a, gamma, beta, running_mean, running_var, train=train, momentum=momentum, eps=eps, axis=1
     )
 
@@ -99,7 +99,7 @@ def conv_bn_relu(
     """
     bias = jnp.zeros_like(b) if train else b
     a = conv2d(x, w, bias, stride=stride, pad=pad, impl=impl, layout=layout)
-    out, mean, var = normalise_relu(
+    out, mean, var = batchnorm_relu(
         a,
         gamma,
         beta,

@@ -9,7 +9,7 @@ import jcnn.layers as L
 import jcnn.reference as R
 from jcnn import native
 from jcnn.gradcheck import rel_error
-from jcnn.layers.batchnorm import batch_statistics, batchnorm_relu_train
+from jcnn.layers.batchnorm import batch_statistics, fused_batchnorm_relu
 from tests.helpers import assert_vjp_proven, normal
 
 
@@ -166,7 +166,7 @@ def test_bfloat16_activations_with_float32_statistics_and_parameters():
 def _fused(x, gamma, beta, axis):
     """The fused training layer, its three outputs in one array (so one random cotangent
     covers out, mean and var)."""
-    out, mean, var = batchnorm_relu_train(x, gamma, beta, eps=1e-5, axis=axis)
+    out, mean, var = fused_batchnorm_relu(x, gamma, beta, eps=1e-5, axis=axis)
     return jnp.concatenate([out.ravel(), mean, var])
 
 
