@@ -313,10 +313,10 @@ def test_torch_vgg_has_the_seed_layers():
     import torch
 
     from experiments import torch_models
+    from experiments.presets import VGG
 
-    net = torch_models.VGGNet(
-        num_filters=(64, 64, 128, 256), blocks=(2, 2, 3, 3), hidden_dims=(64, 64), dropout=0.2
-    )
+    seed = ("num_filters", "blocks", "hidden_dims", "dropout")
+    net = torch_models.VGGNet(**{k: VGG.model[k] for k in seed})
     kinds = [type(m).__name__ for m in net.modules() if not list(m.children())]
     assert kinds.count("Conv2d") == 10 and kinds.count("BatchNorm2d") == 10
     assert kinds.count("MaxPool2d") == 4 and kinds.count("Dropout") == 2
