@@ -3,8 +3,9 @@
     python -m experiments.bench_devices                        # 1 vs 2 devices, seed model
     python -m experiments.bench_devices --devices=1,2,4 --steps=30 --compute_dtype=bfloat16
 
-For each device count a fresh interpreter builds a :class:`jcnn.solver.Solver` on random
-images with a mesh of that many devices (on the CPU, that many virtual devices:
+For each device count a fresh interpreter builds a :class:`jcnn.solver.Solver` for the
+seed's VGG (:data:`experiments.presets.VGG`, its sizes overridable) on random images with a
+mesh of that many devices (on the CPU, that many virtual devices:
 ``XLA_FLAGS=--xla_force_host_platform_device_count=N``, which must be set before JAX
 starts) and times ``--steps`` training steps after ``--warmup`` ones (compilation
 included there). A step is what training does: sample the global minibatch on the host,
@@ -27,14 +28,21 @@ from typing import Any
 from absl import app, flags
 
 import jcnn.cpu  # before JAX starts: its CPU convolution flag
+from experiments.presets import VGG
 
 DEVICES = flags.DEFINE_list("devices", ["1", "2"], "Device counts to compare.")
-BATCH_SIZE = flags.DEFINE_integer("batch_size", 50, "Global minibatch size.", lower_bound=1)
+BATCH_SIZE = flags.DEFINE_integer(
+    "batch_size", VGG.training["batch_size"], "Global minibatch size.", lower_bound=1
+)
 STEPS = flags.DEFINE_integer("steps", 20, "Timed training steps per device count.", lower_bound=1)
 WARMUP = flags.DEFINE_integer("warmup", 3, "Untimed steps first (compilation).", lower_bound=1)
-NUM_FILTERS = flags.DEFINE_list("num_filters", ["64", "64", "128", "256"], "VGG filters.")
-BLOCKS = flags.DEFINE_list("blocks", ["2", "2", "3", "3"], "VGG blocks per stage.")
-HIDDEN_DIMS = flags.DEFINE_list("hidden_dims", ["64", "64"], "VGG hidden widths.")
+NUM_FILTERS = flags.DEFINE_list(
+    "num_filters", [str(v) for v in VGG.model["num_filters"]], "VGG filters."
+)
+BLOCKS = flags.DEFINE_list("blocks", [str(v) for v in VGG.model["blocks"]], "VGG blocks per stage.")
+HIDDEN_DIMS = flags.DEFINE_list(
+    "hidden_dims", [str(v) for v in VGG.model["hidden_dims"]], "VGG hidden widths."
+)
 IMAGE_SIZE = flags.DEFINE_integer("image_size", 32, "Square image side.", lower_bound=2)
 COMPUTE_DTYPE = flags.DEFINE_enum(
     "compute_dtype", "float32", ["float32", "bfloat16"], "Dtype of the arithmetic."
@@ -73,15 +81,14 @@ def measure(config: dict[str, Any], num_devices: int) -> dict[str, Any]:
     import jax
     import numpy as np
 
-    from jcnn.models import VGGNet
     from jcnn.parallel import make_mesh
     from jcnn.solver import Solver
 
     mesh = make_mesh(num_devices, batch_size=config["batch_size"])
     s = config["image_size"]
-    model = VGGNet(
+    model = VGG.build(
         input_dim=(3, s, s), num_filters=config["num_filters"], blocks=config["blocks"],
-        hidden_dims=config["hidden_dims"], dropout=0.2,
+        hidden_dims=config["hidden_dims"],
     )  # fmt: skip
     rng = np.random.default_rng(0)
     n = max(4 * config["batch_size"], 200)
@@ -92,7 +99,8 @@ def measure(config: dict[str, Any], num_devices: int) -> dict[str, Any]:
         "y_val": rng.integers(0, 10, 10),
     }
     solver = Solver(
-        model, data, update_rule="adam", optim_config={"learning_rate": 5e-4},
+        model, data, update_rule=VGG.training["update_rule"],
+        optim_config={"learning_rate": VGG.training["learning_rate"]},
         batch_size=config["batch_size"], verbose=False, mesh=mesh,
         compute_dtype=config["compute_dtype"],
     )  # fmt: skip

@@ -24,7 +24,11 @@ from typing import Any
 
 from absl import app, flags
 
-from experiments import three_layer_cifar, train, vgg_cifar
+from experiments import three_layer_cifar, vgg_cifar
+from experiments.errors import UsageFailure
+from experiments.rundir import RunWriter
+from experiments.train import load_data
+from experiments.train_flags import CIFAR10_TEST
 
 MAKE_MODEL = {
     vgg_cifar.APP_NAME: vgg_cifar.make_model,
@@ -42,7 +46,7 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
     )  # fmt: skip
     flags.DEFINE_integer(
         "num_test", None, "Test images (the first of the test batch; default: the run's).",
-        lower_bound=1, upper_bound=train.CIFAR10_TEST, flag_values=fv,
+        lower_bound=1, upper_bound=CIFAR10_TEST, flag_values=fv,
     )  # fmt: skip
 
 
@@ -52,14 +56,14 @@ def read_run(workdir: Path) -> dict[str, Any]:
     try:
         started = json.loads(path.read_text())
     except FileNotFoundError:
-        raise train.UsageFailure(
+        raise UsageFailure(
             f"--workdir={workdir} holds no config.json: not the workdir of a "
             f"{' or '.join(MAKE_MODEL)} run"
         ) from None
     except (OSError, ValueError) as e:
-        raise train.UsageFailure(f"--workdir={workdir}: cannot read {path.name}: {e}") from None
+        raise UsageFailure(f"--workdir={workdir}: cannot read {path.name}: {e}") from None
     if started.get("app") not in MAKE_MODEL or not isinstance(started.get("flags"), Mapping):
-        raise train.UsageFailure(
+        raise UsageFailure(
             f"--workdir={workdir}: config.json is from app {started.get('app')!r}; "
             f"this evaluates runs of {', '.join(MAKE_MODEL)}"
         )
@@ -103,10 +107,10 @@ def run(fv: flags.FlagValues = flags.FLAGS) -> dict[str, Any]:
     try:
         model = MAKE_MODEL[started["app"]](config)
     except (KeyError, ValueError) as e:
-        raise train.UsageFailure(f"--workdir={workdir}: config.json's model: {e}") from None
+        raise UsageFailure(f"--workdir={workdir}: config.json's model: {e}") from None
     path = workdir / "checkpoints" / "best.npz"
     if not path.is_file():
-        raise train.UsageFailure(
+        raise UsageFailure(
             f"--workdir={workdir} holds no checkpoints/best.npz: the run has not finished "
             "(running its command again resumes it)"
         )
@@ -114,8 +118,8 @@ def run(fv: flags.FlagValues = flags.FLAGS) -> dict[str, Any]:
     try:
         tree, meta = load_checkpoint(path, like)
     except ValueError as e:  # corrupt, or parameters of another model
-        raise train.UsageFailure(f"--workdir={workdir}: {path.name}: {e}") from None
-    data = train.load_data(config)
+        raise UsageFailure(f"--workdir={workdir}: {path.name}: {e}") from None
+    data = load_data(config)
     t0 = time.perf_counter()
     result = {
         "checkpoint": str(path.relative_to(workdir)),
@@ -125,7 +129,7 @@ def run(fv: flags.FlagValues = flags.FLAGS) -> dict[str, Any]:
         **evaluate(model, tree, data),
     }
     result["seconds"] = round(time.perf_counter() - t0, 1)
-    writer = train.RunWriter(workdir)
+    writer = RunWriter(workdir)
     records = []
     if writer.path(EVALUATION_FILE).is_file():
         records = json.loads(writer.path(EVALUATION_FILE).read_text())
@@ -156,7 +160,7 @@ def main(argv: Sequence[str]) -> None:
 
     jcnn.cpu.tune()
     if len(argv) > 1:
-        raise train.UsageFailure(f"unexpected argument(s) {argv[1:]!r}")
+        raise UsageFailure(f"unexpected argument(s) {argv[1:]!r}")
     print(format_result(run()), flush=True)
 
 

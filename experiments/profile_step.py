@@ -4,8 +4,9 @@ r"""Where the time of one training step goes, two ways.
     python -m experiments.profile_step --models=vgg --by=op        # XLA's per-operation trace
     python -m experiments.profile_step --models=three_layer --impls=reference --by=op --top=15
 
-Both build the same step as :mod:`experiments.benchmark` (same flags for the model sizes,
-batch size and seed) and print its median time first.
+Both build the same step as :mod:`experiments.benchmark`
+(:func:`~experiments.benchmark.workers.make_jax_step`, with the same flags for the model
+sizes, batch size and seed) and print its median time first.
 
 ``--by=layer`` records every layer call the model makes in one forward pass
 (``L.conv_bn_relu``, ``L.max_pool2d``, ... with the real activations), then times each
@@ -38,7 +39,8 @@ from pathlib import Path
 
 from absl import app, flags
 
-from experiments import benchmark as B
+from experiments.benchmark.options import apply_tiny
+from experiments.benchmark.workers import make_data, make_jax_model, make_jax_step
 
 flags.DEFINE_enum("by", "layer", ["layer", "op"], "Per layer call, or per traced HLO operation.")
 flags.DEFINE_integer("steps", 10, "Timed steps, and with --by=op traced steps.")
@@ -235,11 +237,11 @@ def _profile_layers(model: str, batch: int) -> dict:
     import jax
     import jax.numpy as jnp
 
-    steps = {impl: B.make_jax_step(model, impl, batch) for impl in ("jcnn", "reference")}
+    steps = {impl: make_jax_step(model, impl, batch) for impl in ("jcnn", "reference")}
     step_ms = {impl: _step_ms(s[0], s[1]) for impl, s in steps.items()}
-    net, _ = B._make_jax_model(model, "jcnn")
+    net, _ = make_jax_model(model, "jcnn")
     params, state = net.init(jax.random.PRNGKey(FLAGS.seed))
-    x_np, y_np = B.make_data(model, batch, FLAGS.seed)
+    x_np, y_np = make_data(model, batch, FLAGS.seed)
     calls = record_layer_calls(
         net, params, state, jnp.asarray(x_np), jnp.asarray(y_np), jax.random.PRNGKey(1)
     )
@@ -278,7 +280,7 @@ def _step_ms(step, sync) -> float:
 def _profile_ops(model: str, impl: str, batch: int) -> dict:
     import jax
 
-    step, sync, _, _, _, hlo_text = B.make_jax_step(model, impl, batch)
+    step, sync, _, _, _, hlo_text = make_jax_step(model, impl, batch)
     ops = hlo_ops(hlo_text())
     wall_ms = _step_ms(step, sync)
     traced = []
@@ -314,7 +316,7 @@ def main(argv):
     import jcnn.cpu
 
     jcnn.cpu.tune()
-    B.apply_tiny()
+    apply_tiny()
     if len(FLAGS.models) != 1 or len(FLAGS.batch_sizes) != 1:
         raise app.UsageError("profile_step takes exactly one of --models and --batch_sizes")
     model, batch = FLAGS.models[0], int(FLAGS.batch_sizes[0])

@@ -4,7 +4,8 @@
 
 conv (``num_filters`` of ``filter_size``, 'same' padding) - relu - 2×2 max pool - affine
 (``hidden_dim``) - relu - affine - softmax. Every hyper-parameter is a flag (``--helpfull``
-lists them); the run's files go to ``--workdir`` (see :mod:`experiments.train`).
+lists them; the defaults are :data:`experiments.presets.THREE_LAYER`); the run's files go to
+``--workdir`` (see :mod:`experiments.rundir`).
 """
 
 from __future__ import annotations
@@ -14,12 +15,12 @@ from typing import Any
 
 from absl import app, flags
 
-from experiments import train
+from experiments import presets, train, train_flags
 from jcnn.models import ThreeLayerConvNet
 
 APP_NAME = "three_layer_cifar"
 MODEL_FLAGS = ("num_filters", "filter_size", "hidden_dim")
-NAMES = train.COMMON_FLAGS + MODEL_FLAGS
+NAMES = train_flags.COMMON_FLAGS + MODEL_FLAGS
 INPUT_DIM = (3, 32, 32)
 
 
@@ -45,17 +46,19 @@ def _conv_fits(values: Mapping[str, Any]) -> ThreeLayerConvNet:
 def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
     """The app's flags on ``fv``; the defaults are the assignment's run
     (``three_layer_seed.cfg``)."""
-    train.define_common_flags(
-        fv, weight_scale=1e-3, reg=1e-3, update_rule="adam", learning_rate=1e-3, lr_decay=1.0,
-        batch_size=50, num_epochs=1, print_every=20,
-    )  # fmt: skip
-    flags.DEFINE_integer("num_filters", 32, "Conv filters.", lower_bound=1, flag_values=fv)
+    seed = presets.THREE_LAYER.model
+    train_flags.define_common_flags(fv, **presets.THREE_LAYER.flag_defaults())
     flags.DEFINE_integer(
-        "filter_size", 7, "Square conv filter size ('same' padding).", lower_bound=1,
-        flag_values=fv,
+        "num_filters", seed["num_filters"], "Conv filters.", lower_bound=1, flag_values=fv
+    )
+    flags.DEFINE_integer(
+        "filter_size", seed["filter_size"], "Square conv filter size ('same' padding).",
+        lower_bound=1, flag_values=fv,
     )  # fmt: skip
-    flags.DEFINE_integer("hidden_dim", 500, "Hidden affine units.", lower_bound=1, flag_values=fv)
-    train.check_model(fv, ("filter_size",), _conv_fits)
+    train_flags.check_model(fv, ("filter_size",), _conv_fits)
+    flags.DEFINE_integer(
+        "hidden_dim", seed["hidden_dim"], "Hidden affine units.", lower_bound=1, flag_values=fv
+    )
 
 
 def main(argv: Sequence[str]) -> None:
@@ -64,5 +67,5 @@ def main(argv: Sequence[str]) -> None:
 
 if __name__ == "__main__":
     define_flags()
-    flags.adopt_module_key_flags(train)
+    flags.adopt_module_key_flags(train_flags)
     app.run(main)

@@ -8,8 +8,9 @@ The network is ``[(conv - spatial batchnorm - relu) × blocks[s] - 2×2 max pool
 stage ``s`` (``num_filters[s]`` filters of ``filter_size``, 'same' padding), then
 ``(affine - batchnorm - relu - dropout)`` per entry of ``hidden_dims``, then affine - softmax.
 Every hyper-parameter is a flag (``--helpfull`` lists them); flags given later override
-earlier ones, flagfiles included. The run's files go to ``--workdir`` (see
-:mod:`experiments.train`).
+earlier ones, flagfiles included; the defaults are the seed's run
+(:data:`experiments.presets.VGG`). The run's files go to ``--workdir`` (see
+:mod:`experiments.rundir`).
 """
 
 from __future__ import annotations
@@ -19,12 +20,12 @@ from typing import Any
 
 from absl import app, flags
 
-from experiments import train
+from experiments import presets, train, train_flags
 from jcnn.models import VGGNet
 
 APP_NAME = "vgg_cifar"
 MODEL_FLAGS = ("num_filters", "blocks", "filter_size", "hidden_dims", "dropout", "use_batchnorm")
-NAMES = train.COMMON_FLAGS + MODEL_FLAGS
+NAMES = train_flags.COMMON_FLAGS + MODEL_FLAGS
 INPUT_DIM = (3, 32, 32)
 
 
@@ -59,33 +60,35 @@ def _stages(values: Mapping[str, Any]) -> VGGNet:
 
 def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
     """The app's flags on ``fv``; the defaults are the seed's run (``vgg_seed.cfg``)."""
-    train.define_common_flags(
-        fv, weight_scale=1e-2, reg=1e-3, update_rule="adam", learning_rate=5e-4, lr_decay=0.95,
-        batch_size=50, num_epochs=10, print_every=100,
-    )  # fmt: skip
-    train.define_int_list(
-        "num_filters", (64, 64, 128, 256), "Filters of the convolutions of each stage.", fv
+    seed = presets.VGG.model
+    train_flags.define_common_flags(fv, **presets.VGG.flag_defaults())
+    train_flags.define_int_list(
+        "num_filters", seed["num_filters"], "Filters of the convolutions of each stage.", fv
     )
-    train.define_int_list(
-        "blocks", (2, 2, 3, 3), "Conv-bn-relu blocks per stage (the seed's As); one entry per "
-        "--num_filters entry.", fv,
+    train_flags.define_int_list(
+        "blocks", seed["blocks"], "Conv-bn-relu blocks per stage (the seed's As); one entry "
+        "per --num_filters entry.", fv,
     )  # fmt: skip
     flags.DEFINE_integer(
-        "filter_size", 3, "Square conv filter size ('same' padding).", lower_bound=1,
-        flag_values=fv,
+        "filter_size", seed["filter_size"], "Square conv filter size ('same' padding).",
+        lower_bound=1, flag_values=fv,
     )  # fmt: skip
-    train.define_int_list(
-        "hidden_dims", (64, 64), "Widths of the hidden affine layers (may be empty).", fv,
-        allow_empty=True,
+    train_flags.check_model(fv, ("num_filters", "blocks", "filter_size"), _stages)
+    train_flags.define_int_list(
+        "hidden_dims", seed["hidden_dims"], "Widths of the hidden affine layers (may be empty).",
+        fv, allow_empty=True,
     )  # fmt: skip
     flags.DEFINE_float(
-        "dropout", 0.2, "Probability of dropping each hidden unit (0: no dropout).", flag_values=fv
+        "dropout", seed["dropout"], "Probability of dropping each hidden unit (0: no dropout).",
+        flag_values=fv,
+    )  # fmt: skip
+    train_flags.check(
+        fv, "dropout", lambda v: 0.0 <= v < 1.0, "in [0, 1) (a probability of dropping)"
     )
-    train.check(fv, "dropout", lambda v: 0.0 <= v < 1.0, "in [0, 1) (a probability of dropping)")
     flags.DEFINE_bool(
-        "use_batchnorm", True, "Batchnorm after every conv and affine layer.", flag_values=fv
-    )
-    train.check_model(fv, ("num_filters", "blocks", "filter_size"), _stages)
+        "use_batchnorm", seed["use_batchnorm"], "Batchnorm after every conv and affine layer.",
+        flag_values=fv,
+    )  # fmt: skip
 
 
 def main(argv: Sequence[str]) -> None:
@@ -94,5 +97,5 @@ def main(argv: Sequence[str]) -> None:
 
 if __name__ == "__main__":
     define_flags()
-    flags.adopt_module_key_flags(train)
+    flags.adopt_module_key_flags(train_flags)
     app.run(main)

@@ -10,7 +10,7 @@ import jax
 import numpy as np
 from absl import flags
 
-from experiments import three_layer_cifar, train, vgg_cifar
+from experiments import rundir, three_layer_cifar, train, train_flags, vgg_cifar
 from jcnn.checkpoint import load_checkpoint
 from jcnn.data import get_cifar10_data
 from tests.experiments.util import PYTHON, ROOT, subprocess_env
@@ -137,16 +137,15 @@ def test_vgg_cifar_cli_with_a_flagfile(tmp_path, fake_cifar_dir):
     fv = flags.FlagValues()
     vgg_cifar.define_flags(fv)
     fv(["prog", f"--flagfile={workdir / 'flags.cfg'}", f"--workdir={workdir}", "--overwrite"])
-    assert train.config_from_flags(fv, vgg_cifar.NAMES) == summary["flags"]
+    assert train_flags.config_from_flags(fv, vgg_cifar.NAMES) == summary["flags"]
 
 
 def test_a_disabled_writer_writes_nothing(tmp_path):
     """Processes other than 0 get a disabled writer: no files, no checkpoints."""
-    writer = train.RunWriter(tmp_path / "w", enabled=False)
+    writer = rundir.RunWriter(tmp_path / "w", enabled=False)
     writer.write_json("a.json", {"x": 1})
     writer.write_text("b.txt", "x")
     writer.append_jsonl("m.jsonl", [{"x": 1}])
-    writer.prune_checkpoints(1)
     writer.clear()
     assert writer.checkpoint_dir is None
     assert not (tmp_path / "w").exists()

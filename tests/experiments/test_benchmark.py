@@ -16,7 +16,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from experiments import benchmark as B
+from experiments.benchmark import machine, report, spawn
+from experiments.benchmark.options import RESULT_PREFIX
 
 ROOT = Path(__file__).resolve().parents[2]
 HAVE_TORCH = importlib.util.find_spec("torch") is not None
@@ -109,9 +110,9 @@ def test_worker_vgg_tiny():
     """A worker times one (model, impl, batch) and prints one JSON line."""
     proc = _run(["--worker", "--tiny", "--models=vgg", "--impls=jcnn", "--repeats=2", "--warmup=1"])
     assert proc.returncode == 0, proc.stderr[-3000:]
-    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith(B.RESULT_PREFIX)]
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith(RESULT_PREFIX)]
     assert len(lines) == 1
-    rec = json.loads(lines[0][len(B.RESULT_PREFIX) :])
+    rec = json.loads(lines[0][len(RESULT_PREFIX) :])
     _check_record(rec, model="vgg", impl="jcnn", repeats=2)
     kwargs = rec["platform"]["model_kwargs"]
     assert kwargs["num_filters"] == [4, 4] and kwargs["dropout"] == 0.2
@@ -148,8 +149,8 @@ def test_solver_worker_times_the_second_epoch_of_a_real_solver_run():
         ]
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    line = next(ln for ln in proc.stdout.splitlines() if ln.startswith(B.RESULT_PREFIX))
-    rec = json.loads(line[len(B.RESULT_PREFIX) :])
+    line = next(ln for ln in proc.stdout.splitlines() if ln.startswith(RESULT_PREFIX))
+    rec = json.loads(line[len(RESULT_PREFIX) :])
     _check_record(rec, model="three_layer", impl="solver", repeats=1)
     assert rec["iterations_per_epoch"] == 10  # 40 images, batch 4
     # The step is the epoch's training time per iteration; the whole epoch adds the checks.
@@ -193,7 +194,7 @@ def test_summarise_per_round_ratios():
         _fake("vgg", "torch", 3, 0.30),
         _fake("vgg", "reference", 3, 0.0, ok=False),
     ]
-    summaries, ratios = B.summarise(records)
+    summaries, ratios = report.summarise(records)
     by_impl = {s["impl"]: s for s in summaries}
     assert by_impl["jcnn"]["rounds_ok"] == 3 and by_impl["jcnn"]["steps"] == 9
     assert by_impl["jcnn"]["min_s"] == pytest.approx(0.09)
@@ -212,7 +213,7 @@ def test_summarise_per_round_ratios():
     assert r["reference/torch"]["per_round"] == pytest.approx([0.5, 2 / 3])
     assert "jcnn/torch_compile" not in r
 
-    table = B.format_tables(summaries, ratios)
+    table = report.format_tables(summaries, ratios)
     assert "| vgg | 50 | jcnn | 0.0900 | 0.1500 | 333 | 2.00 | 3 |" in table
     assert "| vgg | 50 | reference |" in table and "(1 failed)" in table
     assert "| vgg | 50 | jcnn/torch | 2.00 | 1.00–3.00 | 3 |" in table
@@ -220,22 +221,22 @@ def test_summarise_per_round_ratios():
 
 def test_impl_order_rotates():
     impls = ["jcnn", "reference", "torch"]
-    assert B.impl_order(impls, 1, "rotate") == impls
-    assert B.impl_order(impls, 2, "rotate") == ["reference", "torch", "jcnn"]
-    assert B.impl_order(impls, 4, "rotate") == impls
-    assert B.impl_order(impls, 2, "fixed") == impls
+    assert spawn.impl_order(impls, 1, "rotate") == impls
+    assert spawn.impl_order(impls, 2, "rotate") == ["reference", "torch", "jcnn"]
+    assert spawn.impl_order(impls, 4, "rotate") == impls
+    assert spawn.impl_order(impls, 2, "fixed") == impls
 
 
 def test_wait_for_quiet(monkeypatch):
     loads = iter([3.0, 2.0, 0.4])
-    monkeypatch.setattr(B, "read_loadavg", lambda: next(loads))
+    monkeypatch.setattr(machine, "read_loadavg", lambda: next(loads))
     slept = []
-    q = B.wait_for_quiet(0.5, max_wait=1e6, poll=7, sleep=slept.append)
+    q = machine.wait_for_quiet(0.5, max_wait=1e6, poll=7, sleep=slept.append)
     assert q["quiet"] and q["load_start"] == 3.0 and q["load_end"] == 0.4
     assert slept == [7, 7]
 
-    monkeypatch.setattr(B, "read_loadavg", lambda: 9.0)
-    q = B.wait_for_quiet(0.5, max_wait=0, sleep=slept.append)
+    monkeypatch.setattr(machine, "read_loadavg", lambda: 9.0)
+    q = machine.wait_for_quiet(0.5, max_wait=0, sleep=slept.append)
     assert not q["quiet"] and q["load_end"] == 9.0
 
 
@@ -312,10 +313,10 @@ def test_torch_vgg_has_the_seed_layers():
     import torch
 
     from experiments import torch_models
+    from experiments.presets import VGG
 
-    net = torch_models.VGGNet(
-        num_filters=(64, 64, 128, 256), blocks=(2, 2, 3, 3), hidden_dims=(64, 64), dropout=0.2
-    )
+    seed = ("num_filters", "blocks", "hidden_dims", "dropout")
+    net = torch_models.VGGNet(**{k: VGG.model[k] for k in seed})
     kinds = [type(m).__name__ for m in net.modules() if not list(m.children())]
     assert kinds.count("Conv2d") == 10 and kinds.count("BatchNorm2d") == 10
     assert kinds.count("MaxPool2d") == 4 and kinds.count("Dropout") == 2

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 from absl import flags
 
-from experiments import evaluate, train, vgg_cifar
+from experiments import evaluate, vgg_cifar
+from experiments.errors import UsageFailure
 from jcnn.checkpoint import load_checkpoint
 from jcnn.data import get_cifar10_data
 from tests.experiments.test_apps import TINY_VGG, run_in_process
@@ -69,16 +70,16 @@ def test_more_test_images_add_a_record_and_a_rerun_replaces_its_own(finished, fa
 
 
 def test_a_workdir_without_a_finished_run_stops_with_one_line(finished, tmp_path, fake_cifar_dir):
-    with pytest.raises(train.UsageFailure, match="holds no config.json"):
+    with pytest.raises(UsageFailure, match="holds no config.json"):
         run_evaluate(f"--workdir={tmp_path}")
     workdir, _ = finished
     unfinished = tmp_path / "unfinished"
     (unfinished / "checkpoints").mkdir(parents=True)
     (unfinished / "config.json").write_bytes((workdir / "config.json").read_bytes())
-    with pytest.raises(train.UsageFailure, match="holds no checkpoints/best.npz"):
+    with pytest.raises(UsageFailure, match="holds no checkpoints/best.npz"):
         run_evaluate(f"--workdir={unfinished}", f"--data_dir={fake_cifar_dir}")
     (unfinished / "config.json").write_text(json.dumps({"app": "benchmark", "flags": {}}))
-    with pytest.raises(train.UsageFailure, match="from app 'benchmark'"):
+    with pytest.raises(UsageFailure, match="from app 'benchmark'"):
         run_evaluate(f"--workdir={unfinished}")
     with pytest.raises(flags.IllegalFlagValueError):
         run_evaluate(f"--workdir={workdir}", "--num_test=0")

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from absl import flags
 
-from experiments import three_layer_cifar, train, vgg_cifar
+from experiments import rundir, three_layer_cifar, train, train_flags, vgg_cifar
 from jcnn.models import ThreeLayerConvNet, VGGNet
 from tests.experiments.util import PYTHON, ROOT, subprocess_env, write_fake_cifar
 
@@ -28,7 +28,7 @@ def parse(app, *args: str) -> flags.FlagValues:
 
 
 def config(app, *args: str) -> dict:
-    return train.config_from_flags(parse(app, *args), app.NAMES)
+    return train_flags.config_from_flags(parse(app, *args), app.NAMES)
 
 
 # ---------------------------------------------------------------------------- flagfiles
@@ -101,12 +101,12 @@ def test_later_flags_override_the_flagfile():
 
 def test_flagfile_text_round_trips(tmp_path):
     fv = parse(vgg_cifar, "--num_filters=8,16", "--blocks=1,2", "--weight_scale=he", "--augment")
-    text = train.flagfile_text(fv, vgg_cifar.NAMES)
+    text = train_flags.flagfile_text(fv, vgg_cifar.NAMES)
     assert "--workdir" not in text and "--num_val_samples" not in text  # unset: left out
     path = tmp_path / "flags.cfg"
     path.write_text(text)
     again = config(vgg_cifar, f"--flagfile={path}")
-    want = train.config_from_flags(fv, vgg_cifar.NAMES)
+    want = train_flags.config_from_flags(fv, vgg_cifar.NAMES)
     assert again == want
 
 
@@ -252,5 +252,5 @@ def test_cli_reports_a_data_problem_in_one_line(tmp_path):
 def test_default_workdir():
     import datetime as dt
 
-    path = train.default_workdir("vgg_cifar", dt.datetime(2024, 5, 6, 7, 8, 9))
+    path = rundir.default_workdir("vgg_cifar", dt.datetime(2024, 5, 6, 7, 8, 9))
     assert path == Path("runs") / "vgg_cifar-20240506-070809"

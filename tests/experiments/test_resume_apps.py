@@ -11,8 +11,10 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
+from absl import flags
 
-from experiments import three_layer_cifar, train
+from experiments import resume, rundir, three_layer_cifar, train, train_flags
+from experiments.errors import UsageFailure
 from jcnn.checkpoint import CorruptCheckpointWarning
 from jcnn.solver import Solver
 from tests.experiments.test_apps import TINY, TINY_THREE, read_metrics, run_in_process
@@ -129,16 +131,16 @@ def test_a_checkpoint_from_before_a_flag_existed_resumes_with_its_default(tmp_pa
     monkeypatch.setattr(
         jcnn.checkpoint, "latest_checkpoint", lambda *a: (path, {"run_config": saved})
     )
-    writer = train.RunWriter(tmp_path)
+    writer = rundir.RunWriter(tmp_path)
     now = {**saved, "lr_schedule": "exponential", "warmup_epochs": 0.0, "test_time_flip": False,
            "label_smoothing": 0.0, "cutout": 0}  # fmt: skip
-    assert train.check_resumable(writer, now) == path
-    with pytest.raises(train.UsageFailure, match="--lr_schedule=exponential there, "
+    assert resume.check_resumable(writer, now) == path
+    with pytest.raises(UsageFailure, match="--lr_schedule=exponential there, "
                        "--lr_schedule=cosine now"):  # fmt: skip
-        train.check_resumable(writer, {**now, "lr_schedule": "cosine", "lr_decay": 1.0})
-    with pytest.raises(train.UsageFailure, match="--test_time_flip=false there, "
+        resume.check_resumable(writer, {**now, "lr_schedule": "cosine", "lr_decay": 1.0})
+    with pytest.raises(UsageFailure, match="--test_time_flip=false there, "
                        "--test_time_flip=true now"):  # fmt: skip
-        train.check_resumable(writer, {**now, "test_time_flip": True})
+        resume.check_resumable(writer, {**now, "test_time_flip": True})
 
 
 def test_a_corrupt_newest_checkpoint_falls_back_to_the_previous(
@@ -198,14 +200,14 @@ def test_debug_nans_reports_jax_naming_the_primitive(tmp_path, fake_cifar_dir):
 
 
 def test_the_new_flags():
-    fv = train.flags.FlagValues()
+    fv = flags.FlagValues()
     three_layer_cifar.define_flags(fv)
     fv(["prog", "--checkpoint_every=7", "--debug_nans"])
-    config = train.config_from_flags(fv, three_layer_cifar.NAMES)
+    config = train_flags.config_from_flags(fv, three_layer_cifar.NAMES)
     assert config["checkpoint_every"] == 7 and config["debug_nans"] is True
     kw = train.solver_kwargs(config)
     assert kw["checkpoint_every"] == 7 and kw["keep_checkpoints"] == 3
-    with pytest.raises(train.flags.Error, match="checkpoint_every"):
+    with pytest.raises(flags.Error, match="checkpoint_every"):
         fv(["prog", "--checkpoint_every=0"])
-    assert set(train.RESUME_MAY_DIFFER) <= set(train.COMMON_FLAGS)
+    assert set(resume.RESUME_MAY_DIFFER) <= set(train_flags.COMMON_FLAGS)
     assert TINY  # the shared tiny split

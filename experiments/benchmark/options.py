@@ -1,0 +1,177 @@
+"""The benchmark's flags, their ``--tiny`` values, and the models they describe.
+
+Every process of a benchmark (the parent and each worker) reads its settings from these
+flags; the parent forwards :data:`FORWARDED` to its workers verbatim. The default models
+are :data:`experiments.presets.THREE_LAYER` and :data:`experiments.presets.VGG`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from absl import flags
+
+from experiments.presets import THREE_LAYER, VGG
+
+MODELS = ("three_layer", "vgg")
+# jcnn_xla: jcnn with its compiled CPU kernels turned off (JCNN_NATIVE=0): XLA's code instead.
+JAX_IMPLS = ("jcnn", "reference", "solver", "jcnn_xla")
+TORCH_IMPLS = ("torch", "torch_compile")
+IMPLS = JAX_IMPLS + TORCH_IMPLS
+# (a, b): report throughput(a) / throughput(b) when both were run.
+RATIO_PAIRS = (
+    ("jcnn", "torch"),
+    ("reference", "torch"),
+    ("jcnn", "reference"),
+    ("jcnn", "torch_compile"),
+    ("torch_compile", "torch"),
+    ("solver", "jcnn"),
+    ("jcnn", "jcnn_xla"),
+)
+RESULT_PREFIX = "@@jcnn-benchmark@@ "
+
+# Values --tiny gives to the size flags that were not set explicitly: a model that compiles and
+# runs in well under a second, for smoke tests.
+TINY = {
+    "image_size": 8,
+    "three_layer_filters": 4,
+    "three_layer_filter_size": 3,
+    "three_layer_hidden": 8,
+    "vgg_filters": ["4", "4"],
+    "vgg_blocks": ["1", "1"],
+    "vgg_hidden": ["8"],
+    "batch_sizes": ["4"],
+}
+
+FLAGS = flags.FLAGS
+
+
+def _strs(values: Iterable[int]) -> list[str]:
+    return [str(v) for v in values]
+
+
+flags.DEFINE_list("models", list(MODELS), f"Models to time, from {MODELS}.")
+flags.DEFINE_list("batch_sizes", ["50"], "Batch sizes to time.")
+flags.DEFINE_list(
+    "impls",
+    ["jcnn", "reference", "torch"],
+    f"Implementations, from {IMPLS}; torch ones are skipped when torch is not importable.",
+)
+flags.DEFINE_integer("repeats", 20, "Timed steps per worker (per round).")
+flags.DEFINE_integer("rounds", 5, "Rounds; each runs every (model, batch, impl) once.")
+flags.DEFINE_integer("warmup", 3, "Untimed steps after the first (compiling) call.")
+flags.DEFINE_enum("order", "rotate", ["rotate", "fixed"], "Impl order within a round.")
+flags.DEFINE_string("json_out", None, "Write the full results as JSON to this path.")
+flags.DEFINE_float(
+    "quiet_load", 0.5, "Wait before timing until the 1-min load average is below this."
+)
+flags.DEFINE_float("quiet_max_wait", 300.0, "Give up waiting for a quiet machine after this (s).")
+flags.DEFINE_bool("quiet_each_round", False, "Also wait for a quiet machine before every round.")
+flags.DEFINE_float("worker_timeout", 1800.0, "Seconds before a worker is killed.")
+flags.DEFINE_integer("seed", 0, "Seed for the parameters and the data.")
+flags.DEFINE_float("learning_rate", 1e-3, "Adam learning rate.")
+# One --reg for both models: the presets share it.
+flags.DEFINE_float("reg", VGG.model["reg"], "L2 strength: 0.5·reg·Σ W² added to the loss.")
+flags.DEFINE_integer("num_classes", 10, "Classes.")
+flags.DEFINE_integer("image_size", 32, "Images are 3 x image_size x image_size.")
+flags.DEFINE_integer(
+    "three_layer_filters", THREE_LAYER.model["num_filters"], "ThreeLayerConvNet: conv filters."
+)
+flags.DEFINE_integer(
+    "three_layer_filter_size", THREE_LAYER.model["filter_size"], "ThreeLayerConvNet: filter size."
+)
+flags.DEFINE_integer(
+    "three_layer_hidden", THREE_LAYER.model["hidden_dim"], "ThreeLayerConvNet: hidden units."
+)
+flags.DEFINE_float(
+    "three_layer_weight_scale", THREE_LAYER.model["weight_scale"], "ThreeLayerConvNet: init std."
+)
+flags.DEFINE_list("vgg_filters", _strs(VGG.model["num_filters"]), "VGGNet: filters per stage.")
+flags.DEFINE_list("vgg_blocks", _strs(VGG.model["blocks"]), "VGGNet: conv blocks per stage.")
+flags.DEFINE_list("vgg_hidden", _strs(VGG.model["hidden_dims"]), "VGGNet: hidden affine widths.")
+flags.DEFINE_float(
+    "vgg_dropout", VGG.model["dropout"], "VGGNet: dropout rate (probability of dropping)."
+)
+flags.DEFINE_float("vgg_weight_scale", VGG.model["weight_scale"], "VGGNet: init std.")
+flags.DEFINE_bool(
+    "tiny", False, "Tiny sizes for smoke tests (sets the size flags not given explicitly)."
+)
+flags.DEFINE_integer(
+    "solver_num_train", 10_000, "solver impl: training images (one epoch = this / batch)."
+)
+flags.DEFINE_bool("solver_augment", False, "solver impl: random crops + flips in the step.")
+flags.DEFINE_string("conv_impl", None, "jcnn models: conv_impl (default: the model's).")
+flags.DEFINE_string("pool_impl", None, "jcnn models: pool_impl (default: the model's).")
+flags.DEFINE_integer("torch_threads", 0, "torch.set_num_threads (0: torch's default).")
+flags.DEFINE_string("torch_device", "auto", "torch device: auto (cuda if available), cpu, cuda.")
+# Worker mode: internal, used by the parent to run one (model, batch, impl) in a fresh process.
+flags.DEFINE_bool("worker", False, "Internal: time a single model/batch/impl and print JSON.")
+flags.DEFINE_integer("round", 0, "Internal: the round a worker belongs to.")
+
+# Flags the parent forwards to its workers, verbatim.
+FORWARDED = (
+    "repeats",
+    "warmup",
+    "seed",
+    "learning_rate",
+    "reg",
+    "num_classes",
+    "image_size",
+    "three_layer_filters",
+    "three_layer_filter_size",
+    "three_layer_hidden",
+    "three_layer_weight_scale",
+    "vgg_filters",
+    "vgg_blocks",
+    "vgg_hidden",
+    "vgg_dropout",
+    "vgg_weight_scale",
+    "solver_num_train",
+    "solver_augment",
+    "conv_impl",
+    "pool_impl",
+    "torch_threads",
+    "torch_device",
+)
+
+
+def apply_tiny() -> None:
+    """With ``--tiny``, give every size flag that was not set explicitly its tiny value."""
+    if not FLAGS.tiny:
+        return
+    for name, value in TINY.items():
+        if not FLAGS[name].present:
+            FLAGS[name].value = value
+
+
+def _ints(values: Iterable[str]) -> tuple[int, ...]:
+    return tuple(int(v) for v in values)
+
+
+def model_config(model: str) -> dict:
+    """Constructor keyword arguments shared by the jcnn model and its torch twin."""
+    s = FLAGS.image_size
+    if model == "three_layer":
+        return {
+            "input_dim": (3, s, s),
+            "num_filters": FLAGS.three_layer_filters,
+            "filter_size": FLAGS.three_layer_filter_size,
+            "hidden_dim": FLAGS.three_layer_hidden,
+            "num_classes": FLAGS.num_classes,
+            "weight_scale": FLAGS.three_layer_weight_scale,
+            "reg": FLAGS.reg,
+        }
+    if model == "vgg":
+        return {
+            "input_dim": (3, s, s),
+            "num_filters": _ints(FLAGS.vgg_filters),
+            "filter_size": VGG.model["filter_size"],
+            "blocks": _ints(FLAGS.vgg_blocks),
+            "hidden_dims": _ints(FLAGS.vgg_hidden),
+            "num_classes": FLAGS.num_classes,
+            "weight_scale": FLAGS.vgg_weight_scale,
+            "reg": FLAGS.reg,
+            "use_batchnorm": VGG.model["use_batchnorm"],
+            "dropout": FLAGS.vgg_dropout,
+        }
+    raise ValueError(f"unknown model {model!r}; expected one of {MODELS}")

@@ -1,0 +1,91 @@
+"""The run directory's pieces (experiments.rundir): metrics records, the writer, plots."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+
+from experiments import rundir
+
+
+def test_iteration_records_follow_the_solver_print_lines():
+    loss = [float(i) for i in range(1, 13)]  # 12 iterations, 4 per epoch
+    recs = rundir.iteration_records(loss, 0, 5, 4)
+    assert recs == [
+        {"iteration": 1, "epoch": 1, "loss": 1.0},
+        {"iteration": 6, "epoch": 2, "loss": 6.0},
+        {"iteration": 11, "epoch": 3, "loss": 11.0},
+    ]
+    # Resuming from what was already logged gives the rest, never twice.
+    assert (
+        rundir.iteration_records(loss[:6], 0, 5, 4) + rundir.iteration_records(loss, 6, 5, 4)
+        == recs
+    )
+
+
+def test_epoch_record():
+    check = {"epoch": 2, "iteration": 40, "loss": 1.2, "train_acc": 0.5, "val_acc": 0.25,
+             "lr": np.float32(5e-4).item(), "seconds": 12.34567}  # fmt: skip
+    rec = rundir.epoch_record(check)
+    assert rec["epoch"] == 2 and rec["train_acc"] == 0.5 and rec["val_acc"] == 0.25
+    assert rec["lr"] == 5e-4  # float32 noise rounded away
+    assert rec["at_iteration"] == 40 and rec["elapsed_s"] == 12.346
+
+
+def test_writer_files(tmp_path):
+    w = rundir.RunWriter(tmp_path / "run", enabled=True)
+    assert not w.holds_run()
+    w.write_json("summary.json", {"a": np.float32(0.5), "b": float("nan"), "d": np.dtype("f4")})
+    assert json.loads((tmp_path / "run" / "summary.json").read_text()) == {
+        "a": 0.5, "b": None, "d": "float32",
+    }  # fmt: skip
+    w.append_jsonl("metrics.jsonl", [{"i": 1}, {"loss": float("inf")}])
+    w.append_jsonl("metrics.jsonl", [{"i": 2}])
+    lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(s) for s in lines] == [{"i": 1}, {"loss": None}, {"i": 2}]
+    assert w.holds_run()
+    assert not list((tmp_path / "run").glob(".*tmp"))  # no temporary files left behind
+
+    ckpt = tmp_path / "run" / "checkpoints"
+    ckpt.mkdir()
+    for e in range(1, 6):
+        (ckpt / f"epoch_{e:03d}.npz").write_bytes(b"x")
+        (ckpt / f"epoch_{e:03d}.json").write_text("{}")
+    (ckpt / "best.npz").write_bytes(b"x")
+    (tmp_path / "run" / "notes.txt").write_text("mine")
+    w.clear()
+    assert not w.holds_run() and not list(ckpt.iterdir())
+    assert (tmp_path / "run" / "notes.txt").exists()  # only the run's own files go
+
+
+def test_first_conv_weights():
+    w = np.ones((4, 3, 3, 3))
+    assert rundir.first_conv_weights({"conv1": {"w": w}, "fc1": {"w": np.ones((2, 2))}}) is not None
+    assert rundir.first_conv_weights({"conv1_1": {"w": w}}).shape == (4, 3, 3, 3)
+    assert rundir.first_conv_weights({"fc1": {"w": np.ones((2, 2))}}) is None
+
+
+def test_history_records_are_the_lines_a_run_writes_in_order():
+    from types import SimpleNamespace
+
+    checks = [{"epoch": e, "iteration": i, "train_acc": 0.5, "val_acc": 0.5, "lr": 1e-3,
+               "seconds": 1.0} for e, i in ((0, 1), (1, 4), (2, 8))]  # fmt: skip
+    solver = SimpleNamespace(
+        loss_history=[float(i) for i in range(1, 11)], eval_history=checks, iterations_per_epoch=4
+    )
+    recs = rundir.history_records(solver, 3)
+    assert [(r.get("iteration"), r.get("train_acc") and r["epoch"]) for r in recs] == [
+        (1, None), (None, 0), (4, None), (None, 1), (7, None), (None, 2), (10, None),
+    ]  # fmt: skip
+
+
+def test_writer_sees_a_run_that_only_has_checkpoints(tmp_path):
+    w = rundir.RunWriter(tmp_path, enabled=True)
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "checkpoints" / "step_00000003.json").write_text("{}")
+    (tmp_path / "checkpoints" / "step_00000004.npz.corrupt").write_bytes(b"x")
+    (tmp_path / "nonfinite.json").write_text("{}")
+    assert w.holds_run()
+    w.clear()
+    assert not w.holds_run() and not list(tmp_path.rglob("*.*"))
