@@ -334,8 +334,9 @@ class Solver:
         if self.best_params is not None:
             self.params, self.state = copy_tree((self.best_params, self.best_state))
 
-    def _step(self) -> None:
-        """One update on a random minibatch; its loss is queued, read back later."""
+    def _step(self) -> jax.Array:
+        """One update on a random minibatch; returns its (device) loss, queued to be read
+        back later with its finite flag."""
         idx = self._rng.choice(self.num_train, self.batch_size)  # the same in every process
         rows = idx if self.mesh is None else idx[self._rows]  # this process's rows only
         X, y = np.asarray(self.X_train[rows], dtype=self._x_dtype), self.y_train[rows]
@@ -348,6 +349,7 @@ class Solver:
             self._stop_nonfinite(self.iteration + 1, float("nan"), idx, cause=e)
         self.iteration += 1
         self._log.add(metrics["loss"], metrics["finite"], self.iteration, idx)
+        return metrics["loss"]
 
     def _read_losses(self) -> None:
         """Read the pending losses into ``loss_history``; the first non-finite one stops."""
