@@ -160,6 +160,27 @@ def make_mesh(
     return mesh
 
 
+def check_mesh(mesh: Any, batch_size: int) -> Mesh:
+    """``mesh`` if it is a 1-D :class:`~jax.sharding.Mesh` with axis :data:`DATA_AXIS` over
+    which ``batch_size`` splits evenly; ValueError naming ``mesh`` or ``batch_size`` else."""
+    if not isinstance(mesh, Mesh) or mesh.axis_names != (DATA_AXIS,):
+        raise ValueError(
+            f"mesh must be a 1-D jax.sharding.Mesh with axis {DATA_AXIS!r} "
+            f"(see jcnn.parallel.make_mesh), got {mesh!r}"
+        )
+    check_batch_divisible(batch_size, mesh)
+    return mesh
+
+
+def assert_same_in_every_process(value: int, message: str) -> None:
+    """With several processes: raise (with ``message``) unless every process passes the same
+    ``value``; nothing with one."""
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.assert_equal(np.int64(value), message)
+
+
 def check_batch_divisible(batch_size: int, mesh: Mesh, name: str = "batch_size") -> int:
     """``batch_size`` if it splits evenly over the mesh's devices, else ValueError."""
     b = positive_int(name, batch_size)

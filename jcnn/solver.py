@@ -1,48 +1,33 @@
-"""The cs231n ``Solver``: a thin facade over :mod:`jcnn.train`, :mod:`jcnn.optim` and
-:mod:`jcnn.checkpoint`.
+"""The cs231n ``Solver``: the assignment's interface as a thin facade over :mod:`jcnn.train`
+(the jitted step), :mod:`jcnn.optim` (optimisers, schedules), :mod:`jcnn.checkpoint`
+(checkpoints, resuming) and :mod:`jcnn.nonfinite` (catching a non-finite loss).
 
 >>> solver = Solver(model, data, update_rule='adam', optim_config={'learning_rate': 1e-3},
 ...                 lr_decay=0.95, batch_size=100, num_epochs=10, print_every=100)  # doctest: +SKIP
 >>> solver.train()                                                               # doctest: +SKIP
 (Iteration 1 / 4900) loss: 2.302585
 (Epoch 0 / 10) train acc: 0.103000; val_acc: 0.098000
-...
 >>> solver.check_accuracy(data['X_test'], data['y_test'])                        # doctest: +SKIP
 
-- Optimiser and learning rate: ``update_rule``/``optim_config`` with cs231n's names and
-  defaults, ``lr_decay`` after every epoch (``lr_schedule='exponential'``) or
-  ``lr_schedule='cosine'``, after ``warmup_epochs`` of linear warm-up: see
-  :mod:`jcnn.optim`.
-- One update is :func:`jcnn.train.make_train_step`'s jitted step on a minibatch drawn on the
-  host with replacement (``rng.choice(num_train, batch_size)``, as cs231n does), always
-  ``batch_size`` examples, so a run compiles it once; accuracy uses
-  :func:`jcnn.train.predict` (fixed-size chunks, also compiled once). ``augment(key, X)``
-  transforms each minibatch inside the step; ``mesh`` trains data-parallel over its devices
-  (``batch_size`` is the global batch); ``compute_dtype='bfloat16'`` in mixed precision.
-- Randomness: ``seed`` seeds the host generator (minibatches, accuracy subsamples) and the
-  JAX key (:func:`jcnn.train.create_train_state`). Same seed, same run, bit for bit (on
-  CPU), interrupted and resumed or not.
-- As in cs231n, accuracy is checked after the first iteration (epoch 0) and at the end of
-  every epoch; the parameters with the best validation accuracy are kept in
-  ``best_params``/``best_state`` and become ``params``/``state`` when ``train`` ends.
-  ``test_time_flip`` classifies each image by its scores plus its mirror image's.
-- Hooks (no subclassing): ``on_iteration(solver, iteration, loss)`` after every update
-  (``iteration`` from 1; asking for them makes each step wait for its loss),
-  ``on_epoch_end(solver, epoch)`` after each accuracy check and its checkpoint, when
-  ``solver.eval_history[-1]`` holds that check's record.
-- Checkpoints (``checkpoint_dir``): every epoch end, and every ``checkpoint_every`` updates,
-  a checkpoint holds everything the run needs to continue bit for bit (names, pruning,
-  ``keep_checkpoints``, format: :mod:`jcnn.checkpoint`). ``resume='auto'`` restores the newest
-  good one when the Solver is built, ``True`` insists on one, ``False`` refuses a folder that
-  holds any; a checkpoint of a differently configured run is a
-  :class:`~jcnn.checkpoint.CheckpointMismatchError` naming what differs (``num_epochs`` may
-  grow, to extend a run). With several processes every process reads checkpoints, only
-  process 0 writes.
-- Numerics (:mod:`jcnn.nonfinite`): each loss is checked when read back (with the next
-  progress line, accuracy check or checkpoint: no sync per step), the parameters every
-  ``print_every`` updates and before each check and checkpoint; the first bad one stops
-  training with a :class:`~jcnn.nonfinite.NonFiniteLossError` and ``nonfinite.json`` beside
-  ``checkpoint_dir``. Checkpoints never hold non-finite values.
+As in cs231n: minibatches are drawn on the host with replacement
+(``rng.choice(num_train, batch_size)``), always ``batch_size`` examples (one compile per run);
+accuracy is checked after the first iteration (epoch 0) and after every epoch, and the
+parameters with the best validation accuracy become ``params``/``state`` when ``train`` ends.
+``seed`` seeds the host generator and the JAX key: same seed, same run, bit for bit (on CPU),
+interrupted and resumed or not. Hooks instead of subclassing: ``on_iteration(solver,
+iteration, loss)`` after every update (each step then waits for its loss) and
+``on_epoch_end(solver, epoch)`` after each accuracy check and its checkpoint.
+
+With a ``checkpoint_dir`` every epoch end (and every ``checkpoint_every`` updates) writes a
+checkpoint holding all the run needs to continue bit for bit; ``resume='auto'`` restores the
+newest good one when the Solver is built (``True``: one must exist; ``False``: the folder must
+hold none); one of a differently configured run is a
+:class:`~jcnn.checkpoint.CheckpointMismatchError` naming what differs (``num_epochs`` may grow).
+Losses are checked when read back (no sync per step) and the parameters every
+``print_every`` updates: the first non-finite one raises
+:class:`~jcnn.nonfinite.NonFiniteLossError` and writes ``nonfinite.json`` beside
+``checkpoint_dir``. ``mesh`` trains data-parallel (``batch_size`` is the global batch; only
+process 0 writes), ``compute_dtype='bfloat16'`` in mixed precision.
 """
 
 from __future__ import annotations
@@ -175,21 +160,8 @@ class Solver:
         if augment is not None and not callable(augment):
             raise ValueError(f"augment must be a function (key, X) -> X or None, got {augment!r}")
         self.augment = augment
-        if not isinstance(test_time_flip, bool | np.bool_):
-            raise ValueError(f"test_time_flip must be True or False, got {test_time_flip!r}")
-        if test_time_flip and len(model.input_shape) != 3:
-            raise ValueError(
-                "test_time_flip mirrors images (C, H, W); this model takes inputs shaped "
-                f"{model.input_shape}"
-            )
-        self.test_time_flip = bool(test_time_flip)
         if mesh is not None:
-            if not isinstance(mesh, jax.sharding.Mesh) or mesh.axis_names != (parallel.DATA_AXIS,):
-                raise ValueError(
-                    f"mesh must be a 1-D jax.sharding.Mesh with axis {parallel.DATA_AXIS!r} "
-                    f"(see jcnn.parallel.make_mesh), got {mesh!r}"
-                )
-            parallel.check_batch_divisible(self.batch_size, mesh)
+            parallel.check_mesh(mesh, self.batch_size)
             self._rows = parallel.process_slice(mesh, self.batch_size)  # this process's rows
         self.mesh = mesh
         self.compute_dtype = parallel.resolve_compute_dtype(compute_dtype)
@@ -226,9 +198,10 @@ class Solver:
         self._train_step = make_train_step(
             model, self.optimizer, augment=augment, compute_dtype=self.compute_dtype, mesh=mesh
         )
-        self._eval_step = make_eval_step(
+        self._eval_step = make_eval_step(  # checks test_time_flip
             model, compute_dtype=self.compute_dtype, mesh=mesh, test_time_flip=test_time_flip
         )
+        self.test_time_flip = bool(test_time_flip)
         self._all_finite = jax.jit(nonfinite.all_finite)
         self._rng = np.random.default_rng(self.seed)
         self._reset()
@@ -236,14 +209,11 @@ class Solver:
         found = ckpt.resume_checkpoint(self.checkpoint_dir, resume, self.iterations_per_epoch)
         if found is not None:
             self._restore(*found)
-        if jax.process_count() > 1:  # every process must continue from the same point
-            from jax.experimental import multihost_utils
-
-            multihost_utils.assert_equal(
-                np.int64(self.iteration),
-                "processes restored different checkpoints (or only some found one): put "
-                "checkpoint_dir on a filesystem every process sees, or start over",
-            )
+        parallel.assert_same_in_every_process(
+            self.iteration,
+            "processes restored different checkpoints (or only some found one): put "
+            "checkpoint_dir on a filesystem every process sees, or start over",
+        )
 
     # -------------------------------------------------------------------------- state
 

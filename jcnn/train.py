@@ -236,7 +236,18 @@ def make_eval_step(
     Returns:
       The jitted step (``eval_step.traces()`` as for the train step). :func:`predict` runs
       it over any number of images in fixed-size chunks.
+
+    Raises:
+      ValueError: ``test_time_flip`` is not a bool, or set for a model whose inputs are not
+        images ``(C, H, W)``.
     """
+    if not isinstance(test_time_flip, bool | np.bool_):
+        raise ValueError(f"test_time_flip must be True or False, got {test_time_flip!r}")
+    if test_time_flip and len(model.input_shape) != 3:
+        raise ValueError(
+            "test_time_flip mirrors images (C, H, W); this model takes inputs shaped "
+            f"{model.input_shape}"
+        )
 
     def eval_step(params: Any, model_state: Any, X: Any) -> jax.Array:
         params = parallel.predict_params(params, compute_dtype)
