@@ -296,6 +296,27 @@ class Model:
             )
         return self.L.softmax_loss(scores, y, label_smoothing=self.label_smoothing)
 
+    def _head(self, params, state, x, names, new_state, *, train: bool, key):
+        """The fully connected part shared by the nets: ``(affine - [batchnorm] - relu -
+        [dropout]) × len(names) - affine``; the k-th hidden layer (from 1) drops out with
+        ``fold_in(key, k)``. Fills ``new_state`` with the batchnorm statistics; returns the
+        class scores."""
+        L = self.L
+        for k, name in enumerate(names, start=1):
+            p = params[name]
+            if self.use_batchnorm:
+                s = state[name]
+                x, rm, rv = L.affine_bn_relu(
+                    x, p["w"], p["b"], p["gamma"], p["beta"], s["running_mean"], s["running_var"],
+                    train=bool(train), momentum=self.bn_momentum, eps=self.bn_eps,
+                )  # fmt: skip
+                new_state[name] = {"running_mean": rm, "running_var": rv}
+            else:
+                x = L.affine_relu(x, p["w"], p["b"])
+            if train and self.dropout > 0.0:
+                x = L.dropout(x, jax.random.fold_in(key, k), rate=self.dropout, train=True)
+        return L.affine(x, params["out"]["w"], params["out"]["b"])
+
     def _dropout_key(self, key, train: bool, rate: float):
         if train and rate > 0.0 and key is None:
             raise ValueError(

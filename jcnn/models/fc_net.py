@@ -108,23 +108,9 @@ class FullyConnectedNet(C.Model):
     def apply(self, params, state, X, *, train: bool = False, key=None):
         """Class scores ``(N, num_classes)`` and the new state (updated running statistics
         when ``train``; unchanged otherwise). ``key`` drives dropout when ``train``."""
-        L = self.L
         key = self._dropout_key(key, train, self.dropout)
         x = self._prepare(params, X)
         x = x.reshape(x.shape[0], -1)
         new_state: dict[str, dict[str, jax.Array]] = {}
-        for k, name in enumerate(self.layer_names(), start=1):
-            p = params[name]
-            if self.use_batchnorm:
-                s = state[name]
-                x, rm, rv = L.affine_bn_relu(
-                    x, p["w"], p["b"], p["gamma"], p["beta"], s["running_mean"], s["running_var"],
-                    train=bool(train), momentum=self.bn_momentum, eps=self.bn_eps,
-                )  # fmt: skip
-                new_state[name] = {"running_mean": rm, "running_var": rv}
-            else:
-                x = L.affine_relu(x, p["w"], p["b"])
-            if train and self.dropout > 0.0:
-                x = L.dropout(x, jax.random.fold_in(key, k), rate=self.dropout, train=True)
-        scores = L.affine(x, params["out"]["w"], params["out"]["b"])
+        scores = self._head(params, state, x, self.layer_names(), new_state, train=train, key=key)
         return scores, new_state

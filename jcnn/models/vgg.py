@@ -171,18 +171,5 @@ class VGGNet(C.Model):
                 x, pool_height=2, pool_width=2, stride=2, impl=self.pool_impl, layout=self.layout
             )
         x = C.from_layout(x, self.layout)
-        for k, name in enumerate(fcs, start=1):
-            p = params[name]
-            if self.use_batchnorm:
-                s = state[name]
-                x, rm, rv = L.affine_bn_relu(
-                    x, p["w"], p["b"], p["gamma"], p["beta"], s["running_mean"], s["running_var"],
-                    **bn,
-                )  # fmt: skip
-                new_state[name] = {"running_mean": rm, "running_var": rv}
-            else:
-                x = L.affine_relu(x, p["w"], p["b"])
-            if train and self.dropout > 0.0:
-                x = L.dropout(x, jax.random.fold_in(key, k), rate=self.dropout, train=True)
-        scores = L.affine(x, params["out"]["w"], params["out"]["b"])
+        scores = self._head(params, state, x, fcs, new_state, train=train, key=key)
         return scores, new_state
