@@ -6,15 +6,21 @@ BIN := $(VENV)/bin
 
 .PHONY: run test install install-test lint clean
 
+# -qq: pip prints errors only (no progress, no build-backend warnings to read past).
+PIP := $(BIN)/python -m pip --disable-pip-version-check -qq
+
 $(BIN)/python:
-	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
+	@echo "creating $(VENV)"
+	@$(PYTHON) -m venv $(VENV)
+	@$(PIP) install --upgrade pip
 
 install: $(BIN)/python
-	$(BIN)/pip install --quiet -e '.[plots]'
+	@echo "installing jcnn into $(VENV) (a few minutes the first time)"
+	@$(PIP) install -e '.[plots]'
 
 install-test: $(BIN)/python
-	$(BIN)/pip install --quiet -e '.[test]'
+	@echo "installing jcnn and its test tools into $(VENV) (a few minutes the first time)"
+	@$(PIP) install -e '.[test]'
 
 # DATA_DIR: a folder holding cifar-10-batches-py/ or cifar-10-python.tar.gz (default: $$JCNN_DATA_DIR,
 # else ~/.cache/jcnn, where the official archive is downloaded and checked if missing).
