@@ -49,7 +49,7 @@ def temporary_prefix(dest: Path) -> str:
 
 
 def atomic_write(
-    dest: str | os.PathLike, write: Callable[[BinaryIO], None], *, mode: int = 0o644
+    dest: str | os.PathLike, write: Callable[[BinaryIO], object], *, mode: int = 0o644
 ) -> Path:
     """Write ``dest`` atomically.
 

@@ -142,7 +142,7 @@ def report(
                 str(t): np.asarray(i).tolist() for t, i in log.unverified if t <= iteration
             },
             **context,
-            "jax_debug_nans": bool(jax.config.jax_debug_nans),
+            "jax_debug_nans": bool(jax.config.jax_debug_nans),  # type: ignore[attr-defined]
             "cause": None if cause is None else f"{type(cause).__name__}: {cause}",
             "time": dt.datetime.now().isoformat(timespec="seconds"),
         }

@@ -243,8 +243,8 @@ def process_slice(mesh: Mesh, global_batch: int) -> slice:
     (``slice(0, global_batch)`` with one process)."""
     b = check_batch_divisible(global_batch, mesh, "global batch")
     index_map = batch_sharding(mesh).addressable_devices_indices_map((b,))
-    starts = sorted({(idx[0].start or 0, b if idx[0].stop is None else idx[0].stop)
-                     for idx in index_map.values()})  # fmt: skip
+    rows = [idx[0] for idx in index_map.values() if idx is not None]
+    starts = sorted({(r.start or 0, b if r.stop is None else r.stop) for r in rows})
     lo, hi = starts[0][0], starts[-1][1]
     covered = sum(stop - start for start, stop in starts)
     if covered != hi - lo:  # cannot happen for make_mesh's process-ordered meshes

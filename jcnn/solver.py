@@ -309,11 +309,11 @@ class Solver:
         back later with its finite flag."""
         idx = self._rng.choice(self.num_train, self.batch_size)  # the same in every process
         rows = idx if self.mesh is None else idx[self._rows]  # this process's rows only
-        X, y = np.asarray(self.X_train[rows], dtype=self._x_dtype), self.y_train[rows]
+        batch: tuple[Any, ...] = (np.asarray(self.X_train[rows], self._x_dtype), self.y_train[rows])
         if self.mesh is not None:
-            X, y = parallel.put_batch(self.mesh, (X, y), self.batch_size)
+            batch = parallel.put_batch(self.mesh, batch, self.batch_size)
         try:
-            self.train_state, metrics = self._train_step(self.train_state, (X, y))
+            self.train_state, metrics = self._train_step(self.train_state, batch)
         except FloatingPointError as e:  # jax_debug_nans: JAX names the primitive
             self._read_losses()  # an earlier bad step is the one to report
             self._stop_nonfinite(self.iteration + 1, float("nan"), idx, cause=e)
@@ -419,7 +419,8 @@ class Solver:
         """The settings a checkpoint must share with this Solver to be resumed (plain JSON;
         :func:`jcnn.checkpoint.check_resumable` compares them)."""
         model = self.model
-        model_config = dataclasses.asdict(model) if dataclasses.is_dataclass(model) else {}
+        is_instance = dataclasses.is_dataclass(model) and not isinstance(model, type)
+        model_config = dataclasses.asdict(model) if is_instance else {}
         return ckpt.to_plain_json(
             {
                 "model": {"class": type(model).__name__, **model_config},
@@ -487,16 +488,17 @@ class Solver:
                 f"refusing to checkpoint non-finite values at iteration {self.iteration}: "
                 f"{bad[:5]}{'...' if len(bad) > 5 else ''}"
             )
-        if path is None and self.checkpoint_dir is None:
+        folder = self.checkpoint_dir
+        if path is None and folder is None:
             raise ValueError("no path given and the solver has no checkpoint_dir")
         target = Path(path) if path is not None else ckpt.run_checkpoint_path(
-            self.checkpoint_dir, self.iteration, self.iterations_per_epoch
+            folder, self.iteration, self.iterations_per_epoch  # type: ignore[arg-type]
         )  # fmt: skip
         if parallel.is_primary():
             target = ckpt.save_checkpoint(target, host, meta)
-            if path is None:
+            if path is None and folder is not None:
                 ckpt.prune_run_checkpoints(
-                    self.checkpoint_dir, iterations_per_epoch=self.iterations_per_epoch,
+                    folder, iterations_per_epoch=self.iterations_per_epoch,
                     keep_epochs=self.keep_checkpoints,
                 )  # fmt: skip
         self.last_checkpoint = target
@@ -523,13 +525,15 @@ class Solver:
         tree, _ = ckpt.load_checkpoint(npz, self.checkpoint_tree(), verify=False)
         self._reset()
         key = jax.random.wrap_key_data(
-            np.asarray(tree["rng"]["dropout_key"]), impl=jax.random.key_impl(self.train_state.key)
+            jax.numpy.asarray(tree["rng"]["dropout_key"]),
+            impl=jax.random.key_impl(self.train_state.key),
         )
         self.iteration, self.epoch = int(meta["iteration"]), int(meta["epoch"])
+        params, model_state, opt_state = copy_tree(
+            (tree["params"], tree["state"], tree["opt_state"])
+        )
         self.train_state = TrainState(
-            *copy_tree((tree["params"], tree["state"], tree["opt_state"])),
-            step=jax.numpy.asarray(self.iteration, jax.numpy.int32),
-            key=key,
+            params, model_state, opt_state, jax.numpy.asarray(self.iteration, jax.numpy.int32), key
         )
         if meta["has_best"]:
             self.best_params, self.best_state = copy_tree((tree["best_params"], tree["best_state"]))

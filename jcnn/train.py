@@ -39,7 +39,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol, cast
 
 import jax
 import jax.numpy as jnp
@@ -62,6 +62,28 @@ __all__ = [
 AUGMENT_FOLD = 0x61756720
 
 Augment = Callable[[jax.Array, jax.Array], jax.Array]
+
+
+class TrainStep(Protocol):
+    """What :func:`make_train_step` returns."""
+
+    def __call__(
+        self, state: TrainState, batch: tuple[Any, Any]
+    ) -> tuple[TrainState, dict[str, jax.Array]]: ...
+
+    def traces(self) -> int:
+        """How often the step was traced (compiled)."""
+        ...
+
+
+class EvalStep(Protocol):
+    """What :func:`make_eval_step` returns."""
+
+    def __call__(self, params: Any, model_state: Any, X: Any) -> jax.Array: ...
+
+    def traces(self) -> int:
+        """How often the step was traced (compiled)."""
+        ...
 
 
 @jax.tree_util.register_dataclass
@@ -169,7 +191,7 @@ def make_train_step(
     augment: Augment | None = None,
     compute_dtype: Any = None,
     mesh: jax.sharding.Mesh | None = None,
-) -> Callable[[TrainState, tuple[Any, Any]], tuple[TrainState, dict[str, jax.Array]]]:
+) -> TrainStep:
     """One jitted training update, ``step(state, (X, y)) -> (state, metrics)`` (module docs).
 
     Args:
@@ -206,13 +228,16 @@ def make_train_step(
         return new_state, {"loss": loss, "finite": jnp.isfinite(loss)}
 
     traces = [0]
-    shardings = {}
-    if mesh is not None:
+    if mesh is None:
+        step = jax.jit(_counted(train_step, traces), donate_argnums=0)
+    else:
         rep, batch = parallel.replicated_sharding(mesh), parallel.batch_sharding(mesh)
-        shardings = {"in_shardings": (rep, (batch, batch)), "out_shardings": rep}
-    step = jax.jit(_counted(train_step, traces), donate_argnums=0, **shardings)
-    step.traces = lambda: traces[0]
-    return step
+        step = jax.jit(
+            _counted(train_step, traces), donate_argnums=0, in_shardings=(rep, (batch, batch)),
+            out_shardings=rep,
+        )  # fmt: skip
+    step.traces = lambda: traces[0]  # type: ignore[attr-defined]
+    return cast(TrainStep, step)
 
 
 def make_eval_step(
@@ -221,7 +246,7 @@ def make_eval_step(
     compute_dtype: Any = None,
     mesh: jax.sharding.Mesh | None = None,
     test_time_flip: bool = False,
-) -> Callable[[Any, Any, Any], jax.Array]:
+) -> EvalStep:
     """The jitted prediction step, ``eval_step(params, model_state, X) -> labels`` (int32,
     shape ``(N,)``), in test mode (batchnorm uses its running statistics, no dropout).
 
@@ -258,17 +283,19 @@ def make_eval_step(
         return jnp.argmax(scores, axis=1).astype(jnp.int32)
 
     traces = [0]
-    shardings = {}
-    if mesh is not None:
+    if mesh is None:
+        step = jax.jit(_counted(eval_step, traces))
+    else:
         rep, batch = parallel.replicated_sharding(mesh), parallel.batch_sharding(mesh)
-        shardings = {"in_shardings": (rep, rep, batch), "out_shardings": rep}
-    step = jax.jit(_counted(eval_step, traces), **shardings)
-    step.traces = lambda: traces[0]
-    return step
+        step = jax.jit(
+            _counted(eval_step, traces), in_shardings=(rep, rep, batch), out_shardings=rep
+        )
+    step.traces = lambda: traces[0]  # type: ignore[attr-defined]
+    return cast(EvalStep, step)
 
 
 def predict(
-    eval_step: Callable[[Any, Any, Any], jax.Array],
+    eval_step: EvalStep,
     state: TrainState | tuple[Any, Any],
     X: Any,
     *,
@@ -300,14 +327,13 @@ def predict(
         batch_size = -(-batch_size // mesh.size) * mesh.size
     X = np.asarray(X)
     n = X.shape[0]
-    outs = []
+    outs: list[jax.Array] = []
     for start in range(0, n, batch_size):
         chunk = np.asarray(X[start : start + batch_size], dtype=dtype)
         if chunk.shape[0] < batch_size:
             pad = np.zeros((batch_size - chunk.shape[0], *chunk.shape[1:]), chunk.dtype)
             chunk = np.concatenate([chunk, pad])
-        if mesh is not None:
-            (chunk,) = parallel.shard_batch(mesh, chunk)
-        outs.append(eval_step(params, model_state, chunk))
+        placed = parallel.shard_batch(mesh, chunk)[0] if mesh is not None else chunk
+        outs.append(eval_step(params, model_state, placed))
     preds = np.concatenate(jax.device_get(outs)) if outs else np.zeros((0,), np.int32)
     return preds[:n]

@@ -8,6 +8,7 @@ re-decodes the folder.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -248,7 +249,7 @@ def _write_cache(
         cache_dir.mkdir(exist_ok=True)
         (cache_dir / _META).unlink(missing_ok=True)  # invalid until everything is rewritten
         for name, array in arrays.items():
-            atomic_write(cache_dir / f"{name}.npy", lambda f, a=array: np.save(f, a))
+            atomic_write(cache_dir / f"{name}.npy", functools.partial(_save_npy, array=array))
         payload = json.dumps(meta, indent=1).encode()
         atomic_write(cache_dir / _META, lambda f: f.write(payload))
     except OSError as e:
@@ -258,3 +259,7 @@ def _write_cache(
             RuntimeWarning,
             stacklevel=3,
         )
+
+
+def _save_npy(f: Any, *, array: np.ndarray) -> None:
+    np.save(f, array)

@@ -10,13 +10,17 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import typing
 from collections.abc import Callable
 from typing import Any
 
 import jax
 
+_T = typing.TypeVar("_T")
 
-def cache_dataclass(*, static: tuple[str, ...] = ()) -> Callable[[type], type]:
+
+@typing.dataclass_transform(frozen_default=True)
+def cache_dataclass(*, static: tuple[str, ...] = ()) -> Callable[[type[_T]], type[_T]]:
     """Make ``cls`` a frozen dataclass registered as a pytree.
 
     Fields named in ``static`` are pytree metadata (Python values such as stride or pad),
@@ -25,9 +29,9 @@ def cache_dataclass(*, static: tuple[str, ...] = ()) -> Callable[[type], type]:
     ``custom_vjp`` residual.
     """
 
-    def wrap(cls: type) -> type:
+    def wrap(cls: type[_T]) -> type[_T]:
         cls = dataclasses.dataclass(frozen=True)(cls)
-        names = [f.name for f in dataclasses.fields(cls)]
+        names = [f.name for f in dataclasses.fields(cls)]  # type: ignore[arg-type]
         unknown = set(static) - set(names)
         if unknown:
             raise TypeError(f"{cls.__name__}: static fields {sorted(unknown)} are not fields")

@@ -14,6 +14,9 @@ first (row-major) position holding the window's maximum; overlapping windows add
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import jax
 import jax.numpy as jnp
 from jax import lax
@@ -165,7 +168,7 @@ def max_pool_backward_fast(dout, cache: FastPoolCache):
 
 # ------------------------------------------------------------------------------ public API
 
-PAIRS = {
+PAIRS: dict[str, tuple[Callable[..., Any], Callable[..., Any]]] = {
     "naive": (max_pool_forward_naive, max_pool_backward_naive),
     "fast": (max_pool_forward_fast, max_pool_backward_fast),
 }

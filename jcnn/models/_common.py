@@ -204,7 +204,30 @@ def l2_penalty(params: Any, reg: float) -> jax.Array:
     ]
     if not leaves or reg == 0.0:
         return jnp.zeros((), leaves[0].dtype if leaves else jnp.float32)
-    return 0.5 * reg * sum(jnp.sum(jnp.square(w)) for w in leaves)
+    squares = sum((jnp.sum(jnp.square(w)) for w in leaves), start=jnp.zeros((), leaves[0].dtype))
+    return 0.5 * reg * squares
+
+
+def dense_head(model: Any, params, state, x, names, new_state, *, train: bool, key):
+    """The fully connected part of :class:`VGGNet` and :class:`FullyConnectedNet`:
+    ``(affine - [batchnorm] - relu - [dropout]) × len(names) - affine``; the k-th hidden
+    layer (from 1) drops out with ``fold_in(key, k)``. Fills ``new_state`` with the
+    batchnorm statistics; returns the class scores."""
+    L = model.L
+    for k, name in enumerate(names, start=1):
+        p = params[name]
+        if model.use_batchnorm:
+            s = state[name]
+            x, rm, rv = L.affine_bn_relu(
+                x, p["w"], p["b"], p["gamma"], p["beta"], s["running_mean"], s["running_var"],
+                train=bool(train), momentum=model.bn_momentum, eps=model.bn_eps,
+            )  # fmt: skip
+            new_state[name] = {"running_mean": rm, "running_var": rv}
+        else:
+            x = L.affine_relu(x, p["w"], p["b"])
+        if train and model.dropout > 0.0:
+            x = L.dropout(x, jax.random.fold_in(key, k), rate=model.dropout, train=True)
+    return L.affine(x, params["out"]["w"], params["out"]["b"])
 
 
 # -------------------------------------------------------------------------------- model
@@ -225,15 +248,21 @@ class Model:
     num_classes: int
     weight_scale: float | str
     dtype: Any
+    input_dim: Any
+
+    def apply(
+        self, params: Any, state: Any, X: Any, *, train: bool = False, key: jax.Array | None = None
+    ) -> tuple[jax.Array, Any]:
+        """Class scores ``(N, num_classes)`` and the new state (each model defines it)."""
+        raise NotImplementedError
 
     @property
     def L(self) -> ModuleType:
         """The layer module the model is built on: :mod:`jcnn.layers` or :mod:`jcnn.reference`."""
-        if self.layers == "jcnn":
-            import jcnn.layers as mod
-        else:
-            import jcnn.reference as mod
-        return mod
+        import jcnn.layers
+        import jcnn.reference
+
+        return jcnn.layers if self.layers == "jcnn" else jcnn.reference
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -295,27 +324,6 @@ class Model:
                 f"y must have shape ({scores.shape[0]},) to match X, got {tuple(y.shape)}"
             )
         return self.L.softmax_loss(scores, y, label_smoothing=self.label_smoothing)
-
-    def _head(self, params, state, x, names, new_state, *, train: bool, key):
-        """The fully connected part shared by the nets: ``(affine - [batchnorm] - relu -
-        [dropout]) × len(names) - affine``; the k-th hidden layer (from 1) drops out with
-        ``fold_in(key, k)``. Fills ``new_state`` with the batchnorm statistics; returns the
-        class scores."""
-        L = self.L
-        for k, name in enumerate(names, start=1):
-            p = params[name]
-            if self.use_batchnorm:
-                s = state[name]
-                x, rm, rv = L.affine_bn_relu(
-                    x, p["w"], p["b"], p["gamma"], p["beta"], s["running_mean"], s["running_var"],
-                    train=bool(train), momentum=self.bn_momentum, eps=self.bn_eps,
-                )  # fmt: skip
-                new_state[name] = {"running_mean": rm, "running_var": rv}
-            else:
-                x = L.affine_relu(x, p["w"], p["b"])
-            if train and self.dropout > 0.0:
-                x = L.dropout(x, jax.random.fold_in(key, k), rate=self.dropout, train=True)
-        return L.affine(x, params["out"]["w"], params["out"]["b"])
 
     def _dropout_key(self, key, train: bool, rate: float):
         if train and rate > 0.0 and key is None:

@@ -112,5 +112,7 @@ class FullyConnectedNet(C.Model):
         x = self._prepare(params, X)
         x = x.reshape(x.shape[0], -1)
         new_state: dict[str, dict[str, jax.Array]] = {}
-        scores = self._head(params, state, x, self.layer_names(), new_state, train=train, key=key)
+        scores = C.dense_head(
+            self, params, state, x, self.layer_names(), new_state, train=train, key=key
+        )
         return scores, new_state

@@ -171,5 +171,5 @@ class VGGNet(C.Model):
                 x, pool_height=2, pool_width=2, stride=2, impl=self.pool_impl, layout=self.layout
             )
         x = C.from_layout(x, self.layout)
-        scores = self._head(params, state, x, fcs, new_state, train=train, key=key)
+        scores = C.dense_head(self, params, state, x, fcs, new_state, train=train, key=key)
         return scores, new_state
