@@ -131,3 +131,21 @@ def test_an_unreachable_coordinator_ends_in_one_line_after_the_timeout(tmp_path)
     line = the_fatal_line(stderr)
     assert address in line and "--coordinator_timeout" in line
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("kept", [None, "checkpoints/step_00000003.npz"])
+def test_the_nonfinite_line_says_what_a_rerun_does(tmp_path, monkeypatch, kept):
+    from experiments import train
+    from jcnn.nonfinite import NonFiniteLossError
+
+    def nonfinite(*args, **kwargs):
+        raise NonFiniteLossError("non-finite loss at iteration 4", {"last_good_checkpoint": kept})
+
+    monkeypatch.setattr(train, "train_and_evaluate", nonfinite)
+    with pytest.raises(SystemExit) as info:
+        run(tmp_path / "run", tmp_path / "no_data")
+    message = fatal_line(info)
+    if kept:
+        assert f"Running the same command again resumes from {kept}" in message
+    else:
+        assert "No checkpoint was written before it" in message and "resumes" not in message
