@@ -17,8 +17,16 @@ and this module runs them::
 Bad flags stop the program with one line naming the flag, before data is loaded: the flag
 validators (:mod:`experiments.train_flags`) run while the command line and flagfiles are
 parsed, and the model itself is built (its dataclass checks every field; no arrays yet)
-before the data. The files a run writes are listed in :mod:`experiments.rundir`; rerunning
-the same command resumes it (:mod:`experiments.resume`), ``--overwrite`` starts over.
+before the data; so is a ``--workdir`` or ``--data_dir`` that names a file, or a workdir (or
+its checkpoints folder) that cannot be written (:func:`check_paths`). Every other failure a
+user can fix ends the same way, ``FATAL <cause>: <what to do>`` on stderr and exit status 1,
+no traceback (:mod:`experiments.errors`; ``JCNN_DEBUG=1`` prints the traceback too): a
+flagfile that is not text, a full disk (the last good checkpoint is kept, and the same
+command resumes from it), a permission problem, bad data, a non-finite loss, processes that
+do not all reach ``--coordinator_address`` within ``--coordinator_timeout`` seconds. Any
+other exception is a bug and keeps its traceback. The files a run writes are listed in
+:mod:`experiments.rundir`; rerunning the same command resumes it
+(:mod:`experiments.resume`), ``--overwrite`` starts over.
 
 Scaling out: training is data-parallel over ``--num_devices`` devices per process (default:
 all local ones); ``--batch_size`` is the global batch, split evenly over them (a batch that
