@@ -22,10 +22,10 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from absl import app, flags
+from absl import flags
 
 from experiments import three_layer_cifar, vgg_cifar
-from experiments.errors import UsageFailure
+from experiments.errors import UsageFailure, failures_in_one_line, run_app
 from experiments.rundir import RunWriter
 from experiments.train import load_data
 from experiments.train_flags import CIFAR10_TEST
@@ -161,9 +161,10 @@ def main(argv: Sequence[str]) -> None:
     jcnn.cpu.tune()
     if len(argv) > 1:
         raise UsageFailure(f"unexpected argument(s) {argv[1:]!r}")
-    print(format_result(run()), flush=True)
+    with failures_in_one_line():
+        print(format_result(run()), flush=True)
 
 
 if __name__ == "__main__":
     define_flags()
-    app.run(main)
+    run_app(main)

@@ -25,7 +25,7 @@ from jcnn.files import to_json_values
 RESUME_MAY_DIFFER = (
     "workdir", "overwrite", "data_dir", "num_test", "num_epochs", "print_every",
     "plot_every_epoch", "keep_checkpoints", "checkpoint_every", "debug_nans",
-    "num_devices", "coordinator_address", "num_processes", "process_id",
+    "num_devices", "coordinator_address", "num_processes", "process_id", "coordinator_timeout",
 )  # fmt: skip
 # Flags added after runs were made: a checkpoint without them was made with these values.
 ADDED_FLAG_DEFAULTS = {

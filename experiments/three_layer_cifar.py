@@ -13,9 +13,9 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from absl import app, flags
+from absl import flags
 
-from experiments import presets, train, train_flags
+from experiments import errors, presets, train, train_flags
 from jcnn.models import ThreeLayerConvNet
 
 APP_NAME = "three_layer_cifar"
@@ -68,4 +68,4 @@ def main(argv: Sequence[str]) -> None:
 if __name__ == "__main__":
     define_flags()
     flags.adopt_module_key_flags(train_flags)
-    app.run(main)
+    errors.run_app(main)

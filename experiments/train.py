@@ -17,8 +17,16 @@ and this module runs them::
 Bad flags stop the program with one line naming the flag, before data is loaded: the flag
 validators (:mod:`experiments.train_flags`) run while the command line and flagfiles are
 parsed, and the model itself is built (its dataclass checks every field; no arrays yet)
-before the data. The files a run writes are listed in :mod:`experiments.rundir`; rerunning
-the same command resumes it (:mod:`experiments.resume`), ``--overwrite`` starts over.
+before the data; so is a ``--workdir`` or ``--data_dir`` that names a file, or a workdir (or
+its checkpoints folder) that cannot be written (:func:`check_paths`). Every other failure a
+user can fix ends the same way, ``FATAL <cause>: <what to do>`` on stderr and exit status 1,
+no traceback (:mod:`experiments.errors`; ``JCNN_DEBUG=1`` prints the traceback too): a
+flagfile that is not text, a full disk (the last good checkpoint is kept, and the same
+command resumes from it), a permission problem, bad data, a non-finite loss, processes that
+do not all reach ``--coordinator_address`` within ``--coordinator_timeout`` seconds. Any
+other exception is a bug and keeps its traceback. The files a run writes are listed in
+:mod:`experiments.rundir`; rerunning the same command resumes it
+(:mod:`experiments.resume`), ``--overwrite`` starts over.
 
 Scaling out: training is data-parallel over ``--num_devices`` devices per process (default:
 all local ones); ``--batch_size`` is the global batch, split evenly over them (a batch that
@@ -35,6 +43,10 @@ from __future__ import annotations
 
 import functools
 import json
+import os
+import sys
+import tempfile
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -43,7 +55,7 @@ from typing import Any
 import jax
 from absl import flags
 
-from experiments import rundir
+from experiments import errors, rundir
 from experiments.errors import UsageFailure
 from experiments.resume import check_resumable
 from experiments.rundir import RunLogger, RunWriter
@@ -115,18 +127,75 @@ def make_run_mesh(config: Mapping[str, Any]) -> Any:
 
 def start_processes(config: Mapping[str, Any]) -> None:
     """``jax.distributed.initialize`` for a multi-host run (``--num_processes`` > 1, or a
-    ``--coordinator_address``); a failure stops the app with one line."""
+    ``--coordinator_address``); a failure stops the app with one line, and so does not
+    hearing from every process within ``--coordinator_timeout`` seconds (JAX would abort)."""
     from jcnn.parallel import initialize_distributed
 
     n = config.get("num_processes") or 1
-    if n == 1 and not config.get("coordinator_address"):
+    address = config.get("coordinator_address")
+    if n == 1 and not address:
         return
-    try:
-        initialize_distributed(config.get("coordinator_address"), n, config.get("process_id"))
+    pid, timeout = config.get("process_id"), int(config.get("coordinator_timeout") or 300)
+
+    def give_up() -> None:  # JAX's own timeout aborts the process with a C++ stack trace
+        sys.stderr.write(
+            f"FATAL could not start process {pid} of {n}: not every process connected to "
+            f"the coordinator at {address} (--coordinator_address) within {timeout} s "
+            "(--coordinator_timeout): start process 0 there with the same "
+            "--coordinator_address and --num_processes, start every process, and check that "
+            "the address is reachable from this host\n"
+        )
+        sys.stderr.flush()
+        os._exit(1)
+
+    watchdog = threading.Timer(timeout, give_up)
+    watchdog.daemon = True
+    if not errors.debug():  # JCNN_DEBUG: let JAX abort with its own report
+        watchdog.start()
+    try:  # JAX gets a little longer, so that the watchdog speaks first
+        initialize_distributed(address, n, pid, timeout_s=timeout + 10)
     except (ValueError, RuntimeError) as e:
-        raise UsageFailure(
-            f"could not start process {config.get('process_id')} of {n}: {e}"
-        ) from None
+        raise UsageFailure(f"could not start process {pid} of {n}: {e}") from None
+    finally:
+        watchdog.cancel()
+
+
+def _probe_writable(folder: Path) -> str | None:
+    """Why ``folder`` cannot be written (None: it can): a probe file created and removed."""
+    if not os.access(folder, os.W_OK | os.X_OK):
+        return "permission denied"
+    try:
+        fd, probe = tempfile.mkstemp(dir=folder, prefix=".jcnn-probe.", suffix=".tmp")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        return e.strerror or str(e)
+    return None
+
+
+def check_paths(config: Mapping[str, Any]) -> None:
+    """Before any data is loaded or training starts: ``--workdir`` and ``--data_dir`` must
+    not name files, and the workdir (its checkpoints folder too, if any; else its nearest
+    existing parent) must be writable. Each problem stops the app with one line."""
+    from jcnn.data.cifar10 import resolve_data_dir
+
+    workdir = Path(config["workdir"]) if config.get("workdir") else Path("runs")
+    for flag, path in (("workdir", workdir), ("data_dir", resolve_data_dir(config["data_dir"]))):
+        if path.exists() and not path.is_dir():
+            raise UsageFailure(f"--{flag}={path} is a file, not a folder: choose a folder")
+    folders = [p for p in (workdir, workdir / "checkpoints") if p.is_dir()]
+    if not folders:  # created later: its nearest existing parent must take it
+        parent = next((p for p in workdir.absolute().parents if p.exists()), None)
+        if parent is not None and not parent.is_dir():
+            raise UsageFailure(f"--workdir={workdir}: {parent} is a file, not a folder")
+        folders = [parent] if parent is not None else []
+    for folder in folders:
+        why = _probe_writable(folder)
+        if why is not None:
+            raise UsageFailure(
+                f"--workdir={workdir}: cannot write in {folder} ({why}): make it writable, or "
+                "choose another --workdir"
+            )
 
 
 def _printer(primary: bool) -> Callable[..., None]:
@@ -143,20 +212,26 @@ def make_solver(
     mesh: Any,
 ) -> Any:
     """The run's Solver, resumed from the workdir's newest checkpoint if it holds one."""
+    from jcnn.checkpoint import CheckpointMismatchError
     from jcnn.parallel import is_primary
     from jcnn.solver import Solver
 
-    return Solver(
-        model,
-        data,
-        checkpoint_dir=writer.solver_checkpoint_dir,
-        on_epoch_end=[logger],
-        augment=make_augment(config),
-        resume="auto",
-        run_config=config,
-        mesh=mesh,
-        **{**solver_kwargs(config), "verbose": is_primary()},
-    )
+    try:
+        return Solver(
+            model,
+            data,
+            checkpoint_dir=writer.solver_checkpoint_dir,
+            on_epoch_end=[logger],
+            augment=make_augment(config),
+            resume="auto",
+            run_config=config,
+            mesh=mesh,
+            **{**solver_kwargs(config), "verbose": is_primary()},
+        )
+    except CheckpointMismatchError:
+        raise  # main names the workdir
+    except ValueError as e:  # a setting the flag checks let through; the message names it
+        raise UsageFailure(f"invalid training flags: {e}") from e
 
 
 def describe_run(
@@ -350,9 +425,42 @@ def main(
     A ``--workdir`` that holds a run resumes it (after checking its flags), unless
     ``--overwrite`` starts over."""
     import jcnn.cpu
-    from jcnn.solver import CheckpointMismatchError, NonFiniteLossError
 
     jcnn.cpu.tune()  # a training program: huge pages for the heap (jcnn.cpu)
+    with errors.failures_in_one_line():
+        return _main(argv, app_name=app_name, names=names, make_model=make_model, fv=fv)
+
+
+def _disk_full(writer: RunWriter, e: OSError) -> UsageFailure:
+    """The line for a full disk while the run writes its files: where, and what is kept."""
+    from jcnn.checkpoint import CHECKPOINT_PATTERNS, latest_checkpoint
+
+    try:
+        found = latest_checkpoint(writer.path("checkpoints"), CHECKPOINT_PATTERNS)
+    except Exception:  # noqa: BLE001 - only for the advice; the failure is the full disk
+        found = None
+    kept = (
+        f"the last good checkpoint, {found[0]}, is kept: free some space and run the same "
+        "command again to resume from it"
+        if found is not None
+        else "no checkpoint was written yet: free some space and run the same command again "
+        "to start over"
+    )
+    where = f" ({e.filename})" if e.filename else ""
+    return UsageFailure(
+        f"the disk is full: could not write the run's files in {writer.workdir}{where}; {kept}"
+    )
+
+
+def _main(
+    argv: Sequence[str],
+    *,
+    app_name: str,
+    names: Sequence[str],
+    make_model: Callable[[Mapping[str, Any]], Any],
+    fv: flags.FlagValues,
+) -> dict[str, Any]:
+    from jcnn.solver import CheckpointMismatchError, NonFiniteLossError
 
     if len(argv) > 1:
         raise UsageFailure(
@@ -366,14 +474,26 @@ def main(
     except ValueError as e:
         raise UsageFailure(f"invalid model flags: {e}") from None
     mesh = make_run_mesh(config)  # a batch that does not split stops here, before the data
+    if jax.process_index() == 0:  # the one that writes
+        check_paths(config)  # a file in the way or a read-only workdir stops here
     writer = prepare_workdir(config, fv, names, app_name)
     try:
         return train_and_evaluate(config, model, writer, app_name=app_name, mesh=mesh)
     except CheckpointMismatchError as e:
         raise UsageFailure(f"--workdir={writer.workdir}: {e}; or pass --overwrite") from None
     except NonFiniteLossError as e:
+        kept = e.report.get("last_good_checkpoint")
+        rerun = (
+            f"Running the same command again resumes from {kept} and meets the same step"
+            if kept
+            else "No checkpoint was written before it, so running the same command again "
+            "starts over and meets the same step"
+        )
         raise UsageFailure(
-            f"{e}. Running the same command again resumes from that checkpoint and meets the "
-            "same step: start over (--overwrite, or another --workdir) with, e.g., a lower "
+            f"{e}. {rerun}: start over (--overwrite, or another --workdir) with, e.g., a lower "
             "--learning_rate"
         ) from e
+    except OSError as e:
+        if e.errno not in errors.DISK_FULL or errors.debug():
+            raise
+        raise _disk_full(writer, e) from e

@@ -18,6 +18,7 @@ import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
+import numpy as np
 from absl import flags
 
 from jcnn.optim import LR_SCHEDULES, UPDATE_RULES
@@ -34,9 +35,10 @@ COMMON_FLAGS = (
     "num_val_samples",
     "plot_every_epoch", "keep_checkpoints", "checkpoint_every", "debug_nans",
     "num_devices", "compute_dtype", "coordinator_address", "num_processes", "process_id",
+    "coordinator_timeout",
 )  # fmt: skip
 # Where a run executes, not what it computes: left out of the run's flags.cfg.
-DEPLOYMENT_FLAGS = ("coordinator_address", "num_processes", "process_id")
+DEPLOYMENT_FLAGS = ("coordinator_address", "num_processes", "process_id", "coordinator_timeout")
 
 # ------------------------------------------------------------------------- parsers, checks
 
@@ -120,6 +122,13 @@ def check_model(
 
 def _finite_positive(v: float) -> bool:
     return math.isfinite(v) and v > 0
+
+
+def _positive_in_float32(v: float) -> bool:
+    """Finite and > 0, and still so as a float32 (1e39 would be inf, 1e-50 zero)."""
+    with np.errstate(over="ignore", under="ignore"):
+        as32 = np.float32(v)
+    return _finite_positive(v) and bool(np.isfinite(as32)) and as32 > 0
 
 
 def _finite_nonnegative(v: float) -> bool:
@@ -223,7 +232,7 @@ def define_optimiser_flags(
         flag_values=fv,
     )  # fmt: skip
     flags.DEFINE_float("learning_rate", learning_rate, "Initial learning rate.", flag_values=fv)
-    check(fv, "learning_rate", _finite_positive, "a finite float > 0")
+    check(fv, "learning_rate", _positive_in_float32, "a float > 0, finite in float32 (< 3.4e38)")
     flags.DEFINE_float(
         "lr_decay", lr_decay, "The learning rate is multiplied by this after every epoch.",
         flag_values=fv,
@@ -247,7 +256,7 @@ def define_optimiser_flags(
     )  # fmt: skip
     flags.DEFINE_integer(
         "seed", 0, "Seeds the initialisation, minibatches, dropout and augmentation.",
-        flag_values=fv,
+        lower_bound=0, upper_bound=2**32 - 1, flag_values=fv,
     )  # fmt: skip
 
 
@@ -369,6 +378,11 @@ def define_device_flags(fv: flags.FlagValues) -> None:
     flags.DEFINE_integer(
         "process_id", 0, "Multi-host runs: this process's rank in [0, num_processes); "
         "process 0 writes the run's files.", lower_bound=0, flag_values=fv,
+    )  # fmt: skip
+    flags.DEFINE_integer(
+        "coordinator_timeout", 300, "Multi-host runs: seconds to wait for every process to "
+        "connect to --coordinator_address before stopping with an error.", lower_bound=1,
+        flag_values=fv,
     )  # fmt: skip
     flags.register_multi_flags_validator(
         ["num_processes", "process_id", "coordinator_address"], _processes_fit, flag_values=fv

@@ -81,13 +81,17 @@ def initialize_distributed(
     coordinator_address: str | None = None,
     num_processes: int | None = None,
     process_id: int | None = None,
+    *,
+    timeout_s: int | None = None,
 ) -> bool:
     """:func:`jax.distributed.initialize` for a multi-host run; returns whether it ran.
 
     Call it before anything touches a device (creating an array, ``jax.devices()``). With no
     arguments (or ``num_processes`` 1 and no coordinator) it does nothing: a single-process
     run. ``coordinator_address`` is ``host:port`` of process 0, reachable from every process;
-    ``process_id`` is this process's rank in ``[0, num_processes)``.
+    ``process_id`` is this process's rank in ``[0, num_processes)``. ``timeout_s``: how long
+    to wait for every process to connect (JAX's default, 300 s, if None); JAX then ends the
+    process (an abort, not an exception).
     """
     if coordinator_address is None and num_processes in (None, 1) and process_id in (None, 0):
         return False
@@ -105,8 +109,9 @@ def initialize_distributed(
     pid = nonnegative_int("process_id", process_id)
     if not 0 <= pid < n:
         raise ValueError(f"process_id must be in [0, num_processes={n}), got {process_id!r}")
+    timeout = {} if timeout_s is None else {"initialization_timeout": int(timeout_s)}
     jax.distributed.initialize(
-        coordinator_address=coordinator_address, num_processes=n, process_id=pid
+        coordinator_address=coordinator_address, num_processes=n, process_id=pid, **timeout
     )
     return True
 

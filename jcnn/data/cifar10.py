@@ -122,14 +122,27 @@ def download_cifar10(
     return folder
 
 
+def _restore_advice(folder: Path) -> str:
+    """How to get a good ``folder`` back: re-extract the tarball next to it if there is one,
+    else get the data again."""
+    tarball = folder.parent / CIFAR10_TARBALL
+    if tarball.is_file():
+        return f"Delete the folder {folder} and run again to re-extract it from {tarball}."
+    return (
+        f"Delete the folder {folder} and run again to download CIFAR-10 again (this needs "
+        f"network access; or put {CIFAR10_TARBALL} in {folder.parent}), or point data_dir at "
+        "a good copy."
+    )
+
+
 def _check_folder_complete(folder: Path) -> None:
     if not folder.is_dir():
         raise DatasetError(f"{folder} exists but is not a folder; delete it and run again.")
     missing = [name for name in REQUIRED_FILES if not (folder / name).is_file()]
     if missing:
         raise DatasetError(
-            f"CIFAR-10 folder {folder} is incomplete (missing {', '.join(missing)}). Delete "
-            f"the folder and run again to extract/download it afresh."
+            f"CIFAR-10 folder {folder} is incomplete (missing {', '.join(missing)}). "
+            + _restore_advice(folder)
         )
 
 
@@ -256,14 +269,11 @@ def _unpickle(path: Path, folder: Path) -> dict[bytes, Any]:
         with open(path, "rb") as f:
             obj = _BatchUnpickler(f, encoding="bytes").load()
     except FileNotFoundError as e:
-        raise DatasetError(
-            f"CIFAR-10 file {path} is missing. Delete the folder {folder} and run again to "
-            f"re-extract/re-download it."
-        ) from e
+        raise DatasetError(f"CIFAR-10 file {path} is missing. " + _restore_advice(folder)) from e
     except Exception as e:  # corrupt pickles raise almost anything
         raise DatasetError(
-            f"CIFAR-10 file {path} is corrupt or truncated ({type(e).__name__}: {e}). Delete "
-            f"the folder {folder} and run again to re-extract/re-download it."
+            f"CIFAR-10 file {path} is corrupt or truncated ({type(e).__name__}: {e}). "
+            + _restore_advice(folder)
         ) from e
     if not isinstance(obj, dict):
         raise _bad_content(path, folder, f"expected a pickled dict, got {type(obj).__name__}")
@@ -272,8 +282,7 @@ def _unpickle(path: Path, folder: Path) -> dict[bytes, Any]:
 
 def _bad_content(path: Path, folder: Path, what: str) -> DatasetError:
     return DatasetError(
-        f"CIFAR-10 file {path} has unexpected content: {what}. Delete the folder {folder} "
-        f"and run again to re-extract/re-download it."
+        f"CIFAR-10 file {path} has unexpected content: {what}. " + _restore_advice(folder)
     )
 
 

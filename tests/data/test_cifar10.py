@@ -177,6 +177,18 @@ def test_truncated_pickle_names_the_file(fake_cifar):
     assert "Delete the folder" in str(info.value)
 
 
+def test_corrupt_batch_advice_depends_on_whether_a_tarball_can_restore_it(fake_cifar):
+    path = fake_cifar.folder / "data_batch_3"
+    path.write_bytes(b"garbage")
+    with pytest.raises(DatasetError) as info:
+        load_cifar10_batches(fake_cifar.folder)
+    assert "download CIFAR-10 again" in str(info.value) and "good copy" in str(info.value)
+    (fake_cifar.folder.parent / TARBALL).write_bytes(b"a tarball")
+    with pytest.raises(DatasetError) as info:
+        load_cifar10_batches(fake_cifar.folder)
+    assert "re-extract it from" in str(info.value) and "download" not in str(info.value)
+
+
 @pytest.mark.parametrize(
     "data, labels",
     [

@@ -178,6 +178,9 @@ def test_a_nonfinite_loss_stops_the_app_with_one_line(tmp_path, fake_cifar_dir):
     assert len(report["batch_indices"]) == 8 and report["learning_rate"] == pytest.approx(1e30)
     assert report["jax_debug_nans"] is True
     assert "--overwrite" in message and "learning_rate" in message
+    kept = report["last_good_checkpoint"]  # the rerun's advice says what a rerun does
+    assert ("resumes from" in message) == (kept is not None)
+    assert ("No checkpoint was written" in message) == (kept is None)
     assert jax.config.jax_debug_nans is False  # restored
 
 

@@ -1,0 +1,151 @@
+"""Every failure a user can cause or meet ends the apps with one ``FATAL`` line, exit status
+1 and no traceback (``JCNN_DEBUG=1`` adds the traceback): files in the way, read-only
+workdirs, a full disk, binary flagfiles, an unreachable coordinator."""
+
+from __future__ import annotations
+
+import errno
+import os
+import socket
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from experiments import three_layer_cifar
+from tests.experiments.test_apps import TINY_THREE, run_in_process
+from tests.experiments.util import PYTHON, ROOT, subprocess_env
+
+ARGS = (*TINY_THREE, "--num_epochs=2", "--checkpoint_every=3", "--noplot_every_epoch")
+
+
+def run(workdir: Path, data_dir: Path, *args: str) -> dict:
+    return run_in_process(three_layer_cifar, workdir, data_dir, *ARGS, *args)
+
+
+def fatal_line(info: pytest.ExceptionInfo) -> str:
+    message = str(info.value.code)
+    assert message.startswith("FATAL ") and "\n" not in message, message
+    return message
+
+
+def run_cli(*args: str, **env: str) -> tuple[int, str]:
+    proc = subprocess.run(
+        [PYTHON, "-m", "experiments.three_layer_cifar", *args],
+        capture_output=True, text=True, timeout=60, cwd=ROOT, env=subprocess_env(**env),
+    )  # fmt: skip
+    return proc.returncode, proc.stderr
+
+
+def the_fatal_line(stderr: str) -> str:
+    errors = [line for line in stderr.splitlines() if line.startswith("FATAL")]
+    assert len(errors) == 1, stderr
+    return errors[0]
+
+
+# ------------------------------------------------------------------------------ in process
+
+
+@pytest.mark.parametrize("flag", ["workdir", "data_dir"])
+def test_a_workdir_or_data_dir_naming_a_file_stops_before_the_data(tmp_path, flag):
+    a_file = tmp_path / "a_file"
+    a_file.write_text("not a folder")
+    paths = {"workdir": tmp_path / "run", "data_dir": tmp_path / "no_data", flag: a_file}
+    with pytest.raises(SystemExit) as info:
+        run(paths["workdir"], paths["data_dir"])
+    message = fatal_line(info)
+    assert f"--{flag}={a_file} is a file" in message and "CIFAR" not in message
+
+
+def test_a_read_only_workdir_stops_before_the_data(tmp_path, monkeypatch):
+    workdir = tmp_path / "run"
+    (workdir / "checkpoints").mkdir(parents=True)
+    (workdir / "checkpoints").chmod(0o555)
+    if os.geteuid() == 0:  # root writes anyway: the check then sees what os.access says
+        real_access = os.access
+        monkeypatch.setattr(
+            os, "access", lambda p, mode: "checkpoints" not in str(p) and real_access(p, mode)
+        )
+    try:
+        with pytest.raises(SystemExit) as info:
+            run(workdir, tmp_path / "no_data")  # had it loaded the data, it would say so
+    finally:
+        (workdir / "checkpoints").chmod(0o755)
+    message = fatal_line(info)
+    assert f"cannot write in {workdir / 'checkpoints'}" in message and "--workdir" in message
+
+
+def test_a_full_disk_during_a_checkpoint_keeps_the_last_good_one_and_a_rerun_resumes(
+    tmp_path, fake_cifar_dir, monkeypatch
+):
+    workdir = tmp_path / "run"
+    real_savez, calls = np.savez, []
+
+    def savez_on_a_filling_disk(*args, **kwargs):
+        calls.append(1)
+        if len(calls) > 1:  # the first checkpoint fits, the second does not
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real_savez(*args, **kwargs)
+
+    monkeypatch.setattr(np, "savez", savez_on_a_filling_disk)
+    with pytest.raises(SystemExit) as info:
+        run(workdir, fake_cifar_dir)
+    message = fatal_line(info)
+    kept = sorted((workdir / "checkpoints").glob("*.npz"))
+    assert [p.name for p in kept] == ["step_00000003.npz"]
+    assert "the disk is full" in message and str(workdir) in message
+    assert f"the last good checkpoint, {kept[0]}, is kept" in message
+    assert "run the same command again to resume" in message
+    assert not list((workdir / "checkpoints").glob("*.tmp"))
+
+    monkeypatch.setattr(np, "savez", real_savez)
+    summary = run(workdir, fake_cifar_dir)  # space freed: the same command resumes
+    assert summary["resumed_from_iteration"] == 3 and summary["iterations"] == 10
+
+
+# ------------------------------------------------------------------------------ command line
+
+
+def test_a_binary_flagfile_ends_in_one_line_and_jcnn_debug_adds_the_traceback(tmp_path):
+    flagfile = tmp_path / "flags.cfg"
+    flagfile.write_bytes(b"\x89PNG\r\n\x1a\n\xff\xfe")
+    rc, stderr = run_cli(f"--flagfile={flagfile}")
+    assert rc == 1 and "Traceback" not in stderr
+    assert "--flagfile is not a text file" in the_fatal_line(stderr)
+    rc, stderr = run_cli(f"--flagfile={flagfile}", JCNN_DEBUG="1")
+    assert rc == 1 and "Traceback" in stderr and "UnicodeDecodeError" in stderr
+    assert "--flagfile is not a text file" in the_fatal_line(stderr)
+
+
+def test_an_unreachable_coordinator_ends_in_one_line_after_the_timeout(tmp_path):
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    address = f"127.0.0.1:{port}"
+    rc, stderr = run_cli(
+        f"--workdir={tmp_path / 'run'}", f"--coordinator_address={address}",
+        "--num_processes=2", "--process_id=1", "--coordinator_timeout=2",
+    )  # fmt: skip
+    assert rc == 1 and "Traceback" not in stderr and "Check failure" not in stderr
+    line = the_fatal_line(stderr)
+    assert address in line and "--coordinator_timeout" in line
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("kept", [None, "checkpoints/step_00000003.npz"])
+def test_the_nonfinite_line_says_what_a_rerun_does(tmp_path, monkeypatch, kept):
+    from experiments import train
+    from jcnn.nonfinite import NonFiniteLossError
+
+    def nonfinite(*args, **kwargs):
+        raise NonFiniteLossError("non-finite loss at iteration 4", {"last_good_checkpoint": kept})
+
+    monkeypatch.setattr(train, "train_and_evaluate", nonfinite)
+    with pytest.raises(SystemExit) as info:
+        run(tmp_path / "run", tmp_path / "no_data")
+    message = fatal_line(info)
+    if kept:
+        assert f"Running the same command again resumes from {kept}" in message
+    else:
+        assert "No checkpoint was written before it" in message and "resumes" not in message
