@@ -19,6 +19,13 @@ A run writes into its workdir, through one :class:`RunWriter` (only process 0 wr
                      rate and the minibatch's indices (written by the Solver)
     evaluation.json  only after ``python -m experiments.evaluate --workdir=...``: the best
                      parameters' val/test accuracy again, plain and with test-time flips
+    .lock            the run's lock (:mod:`experiments.lock`): one run per workdir at a time;
+                     it holds the pid of the process running there
+
+Without ``--workdir`` a run gets a new ``runs/<app>-<YYYYmmdd-HHMMSS>-<pid>``
+(:func:`create_workdir`, never one another run uses). :meth:`RunWriter.clear` (``--overwrite``)
+deletes only the files listed here, never others; nothing else clears a workdir that holds
+checkpoint files, even corrupt ones (:mod:`experiments.resume`).
 
 Whole files are written atomically and as strict JSON (non-finite floats as null) by
 :mod:`jcnn.files`; ``metrics.jsonl`` grows by whole lines. A resumed run rewrites

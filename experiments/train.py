@@ -18,7 +18,9 @@ Bad flags stop the program with one line naming the flag, before data is loaded:
 validators (:mod:`experiments.train_flags`) run while the command line and flagfiles are
 parsed, and the model itself is built (its dataclass checks every field; no arrays yet)
 before the data. The files a run writes are listed in :mod:`experiments.rundir`; rerunning
-the same command resumes it (:mod:`experiments.resume`), ``--overwrite`` starts over.
+the same command resumes it (:mod:`experiments.resume`), ``--overwrite`` starts over. Process
+0 locks the workdir (:mod:`experiments.lock`) before it reads or clears it, until the run
+ends: a second run started there stops with one line naming the first one's pid.
 
 Scaling out: training is data-parallel over ``--num_devices`` devices per process (default:
 all local ones); ``--batch_size`` is the global batch, split evenly over them (a batch that

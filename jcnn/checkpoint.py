@@ -26,7 +26,12 @@ place: their names (:func:`run_checkpoint_path`: ``epoch_{epoch:03d}.npz`` at an
 one a run starts from (:func:`resume_checkpoint`), and whether it may
 (:func:`check_resumable`: the format version, then :func:`config_differences`, the one
 comparison of a checkpoint's settings with the run's, which the apps use for their flags
-too).
+too). The settings include ``data.fingerprint``, a SHA-256 of the training and validation
+arrays (:attr:`jcnn.solver.Solver.data_fingerprint`): other data is a mismatch unless the
+caller ignores that key (``Solver(check_data=False)``); a checkpoint made before the key
+existed is not checked on it (:data:`IDENTITY_ACCEPT_ABSENT`). Pruning also deletes orphans,
+``.npz`` files older than the newest complete checkpoint whose sidecar is gone (a kill while
+pruning); corrupt checkpoints moved aside (``*.corrupt``) are never deleted here.
 """
 
 from __future__ import annotations
