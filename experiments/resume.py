@@ -5,8 +5,11 @@ Running the same command again (same ``--workdir``) resumes from the newest comp
 checkpoint whose checksums hold (a corrupt one is set aside with a warning and the one before
 it used) and ends exactly as an uninterrupted run would. A checkpoint made with other flags
 (those that shape the model or the training; :data:`RESUME_MAY_DIFFER` lists the others)
-stops the app with one line naming them (:func:`check_resumable`). ``--overwrite`` starts
-over instead.
+stops the app with one line naming them (:func:`check_resumable`); so does a ``--num_epochs``
+below what the run has done, and training data other than the run's (the Solver's data
+fingerprint; ``--allow_data_change`` accepts it). A workdir holding checkpoint files but no
+good one (all moved aside as ``*.corrupt``) stops with one line listing them: nothing the
+user might salvage is deleted unless they pass ``--overwrite``, which starts over.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ RESUME_MAY_DIFFER = (
     "workdir", "overwrite", "data_dir", "num_test", "num_epochs", "print_every",
     "plot_every_epoch", "keep_checkpoints", "checkpoint_every", "debug_nans",
     "num_devices", "coordinator_address", "num_processes", "process_id", "coordinator_timeout",
+    "allow_data_change",
 )  # fmt: skip
 # Flags added after runs were made: a checkpoint without them was made with these values.
 ADDED_FLAG_DEFAULTS = {
@@ -40,11 +44,41 @@ def _flag_text(value: Any) -> str:
     return json.dumps(value) if value is None or isinstance(value, bool) else str(value)
 
 
+def _listed(writer: RunWriter, paths: list[Path], limit: int = 6) -> str:
+    """``'metrics.jsonl, checkpoints/step_00000006.npz.corrupt, ... and 3 more'``."""
+    names = ["metrics.jsonl"] if writer.path("metrics.jsonl").exists() else []
+    names += [str(p.relative_to(writer.workdir)) for p in paths]
+    more = len(names) - limit
+    return ", ".join(names[:limit]) + (f" and {more} more" if more > 0 else "")
+
+
+def check_num_epochs(
+    workdir: Path, path: Path, meta: Mapping[str, Any], config: Mapping[str, Any]
+) -> None:
+    """Stop with one line if ``--num_epochs`` is below what the checkpoint has done (equal:
+    a finished run, fine; more: the run is extended)."""
+    done, per_epoch = meta.get("iteration"), meta.get("iterations_per_epoch")
+    if not isinstance(done, int) or not isinstance(per_epoch, int) or per_epoch < 1:
+        return
+    num_epochs = int(config["num_epochs"])
+    if num_epochs * per_epoch < done:
+        needed = -(-done // per_epoch)
+        raise UsageFailure(
+            f"--num_epochs={num_epochs} is below what the run in --workdir={workdir} has "
+            f"already done ({done} iterations, epoch {meta.get('epoch')}, checkpoint "
+            f"{path.name}): pass --num_epochs={needed} or more to resume it, or --overwrite "
+            "to start over"
+        )
+
+
 def check_resumable(writer: RunWriter, config: Mapping[str, Any]) -> Path | None:
     """The checkpoint a rerun in ``writer``'s workdir resumes from (None: none, start over).
 
     Stops the app with one line if the checkpoint was made with other flags (naming them),
-    or if the workdir holds a finished run without any checkpoint."""
+    if ``--num_epochs`` is below what it has done, if the workdir holds a finished run
+    without any checkpoint, or checkpoint files but no good one (nothing is deleted then:
+    ``--overwrite`` is the user's choice). A workdir killed before its first checkpoint is
+    cleared and the run starts over."""
     from jcnn.checkpoint import CHECKPOINT_PATTERNS, config_differences, latest_checkpoint
 
     workdir = writer.workdir
@@ -55,7 +89,16 @@ def check_resumable(writer: RunWriter, config: Mapping[str, Any]) -> Path | None
                 f"--workdir={workdir} holds a finished run and no checkpoint to resume from; "
                 "choose another --workdir or pass --overwrite"
             )
-        print(f"{workdir} holds no complete checkpoint: starting the run over", flush=True)
+        salvage = writer.checkpoint_files((".json", ".corrupt"))
+        if salvage:  # never delete what might be salvaged: the user decides
+            raise UsageFailure(
+                f"--workdir={workdir} holds a run but no good checkpoint to resume from; "
+                f"found {_listed(writer, salvage)} (corrupt checkpoints are moved aside as "
+                "*.corrupt and kept): to start over, deleting them, pass --overwrite, or "
+                "choose another --workdir"
+            )
+        # Killed before its first checkpoint: nothing to salvage, the rerun redoes it all.
+        print(f"{workdir} holds no checkpoint yet: starting the run over", flush=True)
         writer.clear()
         return None
     path, meta = found
@@ -78,4 +121,5 @@ def check_resumable(writer: RunWriter, config: Mapping[str, Any]) -> Path | None
             f"its flags (--flagfile={workdir / 'flags.cfg'}), or choose another --workdir, or "
             "pass --overwrite to start over"
         )
+    check_num_epochs(workdir, path, meta, config)
     return path

@@ -19,6 +19,13 @@ A run writes into its workdir, through one :class:`RunWriter` (only process 0 wr
                      rate and the minibatch's indices (written by the Solver)
     evaluation.json  only after ``python -m experiments.evaluate --workdir=...``: the best
                      parameters' val/test accuracy again, plain and with test-time flips
+    .lock            the run's lock (:mod:`experiments.lock`): one run per workdir at a time;
+                     it holds the pid of the process running there
+
+Without ``--workdir`` a run gets a new ``runs/<app>-<YYYYmmdd-HHMMSS>-<pid>``
+(:func:`create_workdir`, never one another run uses). :meth:`RunWriter.clear` (``--overwrite``)
+deletes only the files listed here, never others; nothing else clears a workdir that holds
+checkpoint files, even corrupt ones (:mod:`experiments.resume`).
 
 Whole files are written atomically and as strict JSON (non-finite floats as null) by
 :mod:`jcnn.files`; ``metrics.jsonl`` grows by whole lines. A resumed run rewrites
@@ -32,6 +39,7 @@ import dataclasses
 import datetime as dt
 import os
 import platform
+import secrets
 import sys
 import time
 from collections.abc import Iterable, Mapping, Sequence
@@ -47,8 +55,28 @@ RESULT_FILES = ("metrics.jsonl", "summary.json")
 
 
 def default_workdir(app_name: str, now: dt.datetime | None = None) -> Path:
+    """``runs/<app>-<YYYYmmdd-HHMMSS>``: the stem of a new run's default workdir."""
     now = now or dt.datetime.now()
     return Path("runs") / f"{app_name}-{now:%Y%m%d-%H%M%S}"
+
+
+def create_workdir(app_name: str, *, root: str | os.PathLike | None = None) -> Path:
+    """A new, empty default workdir, ``runs/<app>-<YYYYmmdd-HHMMSS>-<pid>`` (under ``root``
+    if given), created here with ``mkdir(exist_ok=False)``: two runs started in the same
+    second never share one (on a clash a random suffix is added and it tries again)."""
+    stem = default_workdir(app_name)
+    parent = stem.parent if root is None else Path(root)
+    parent.mkdir(parents=True, exist_ok=True)
+    name = f"{stem.name}-{os.getpid()}"
+    for _ in range(100):
+        path = parent / name
+        try:
+            path.mkdir()
+        except FileExistsError:
+            name = f"{stem.name}-{os.getpid()}-{secrets.token_hex(3)}"
+            continue
+        return path
+    raise FileExistsError(f"could not create a new workdir in {parent}")  # pragma: no cover
 
 
 def jsonl_lines(records: Iterable[Mapping[str, Any]]) -> str:
@@ -68,6 +96,13 @@ class RunWriter:
     def __init__(self, workdir: str | os.PathLike, *, enabled: bool | None = None):
         self.workdir = Path(workdir)
         self.enabled = (jax.process_index() == 0) if enabled is None else bool(enabled)
+        self.lock: Any = None  # the workdir's WorkdirLock while a run holds it
+
+    def close(self) -> None:
+        """Release the workdir's lock (:mod:`experiments.lock`) if this writer holds it."""
+        if self.lock is not None:
+            self.lock.release()
+            self.lock = None
 
     def path(self, name: str) -> Path:
         return self.workdir / name
@@ -86,11 +121,20 @@ class RunWriter:
         return None
 
     def holds_run(self) -> bool:
-        """Whether the workdir holds (part of) a run: result files or checkpoints."""
+        """Whether the workdir holds (part of) a run: result files or checkpoint files
+        (``*.npz``, ``*.json``, and the ``*.corrupt`` ones moved aside)."""
         if any(self.path(n).exists() for n in RESULT_FILES):
             return True
+        return bool(self.checkpoint_files())
+
+    def checkpoint_files(
+        self, suffixes: Sequence[str] = (".npz", ".json", ".corrupt")
+    ) -> list[Path]:
+        """The files in ``checkpoints/`` with one of ``suffixes``, sorted by name."""
         ckpt = self.path("checkpoints")
-        return ckpt.is_dir() and any(ckpt.glob("*.json"))
+        if not ckpt.is_dir():
+            return []
+        return sorted(f for f in ckpt.iterdir() if f.is_file() and f.suffix in suffixes)
 
     def clear(self) -> None:
         """Remove the files of an earlier run (only those this module writes)."""

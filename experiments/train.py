@@ -27,6 +27,8 @@ do not all reach ``--coordinator_address`` within ``--coordinator_timeout`` seco
 other exception is a bug and keeps its traceback. The files a run writes are listed in
 :mod:`experiments.rundir`; rerunning the same command resumes it
 (:mod:`experiments.resume`), ``--overwrite`` starts over.
+Process 0 locks the workdir (:mod:`experiments.lock`) before it reads or clears it, until the
+run ends: a second run started there stops with one line naming the first one's pid.
 
 Scaling out: training is data-parallel over ``--num_devices`` devices per process (default:
 all local ones); ``--batch_size`` is the global batch, split evenly over them (a batch that
@@ -57,6 +59,7 @@ from absl import flags
 
 from experiments import errors, rundir
 from experiments.errors import UsageFailure
+from experiments.lock import WorkdirLock
 from experiments.resume import check_resumable
 from experiments.rundir import RunLogger, RunWriter
 from experiments.train_flags import config_from_flags, flagfile_text
@@ -110,6 +113,7 @@ def solver_kwargs(config: Mapping[str, Any]) -> dict[str, Any]:
         seed=config["seed"],
         compute_dtype=config.get("compute_dtype"),
         test_time_flip=config.get("test_time_flip", False),
+        check_data=not config.get("allow_data_change", False),
         verbose=True,
     )
 
@@ -387,26 +391,57 @@ def train_and_evaluate(
     )  # fmt: skip
 
 
+def mismatch_message(workdir: Path, config: Mapping[str, Any], error: Exception) -> str:
+    """The line for a checkpoint the Solver refused (CheckpointMismatchError); other data
+    than the run was trained on gets its own, naming ``--allow_data_change``."""
+    from jcnn.checkpoint import describe_differences
+
+    others = dict(getattr(error, "differences", {}))
+    data = others.pop("data.fingerprint", None)
+    if data is None:
+        return f"--workdir={workdir}: {error}; or pass --overwrite"
+    short = [str(v).removeprefix("sha256:")[:12] for v in data]
+    also = f"; also {describe_differences(others)}" if others else ""
+    return (
+        f"--workdir={workdir}: the training/validation data differ from the data the run was "
+        f"trained on (data fingerprint sha256 {short[0]}... in the checkpoint, {short[1]}... "
+        f"now; --data_dir={config.get('data_dir')}{also}): resume with the same data, pass "
+        "--allow_data_change to continue on these, or --overwrite to start over"
+    )
+
+
 def prepare_workdir(
     config: dict[str, Any], fv: flags.FlagValues, names: Sequence[str], app_name: str
 ) -> RunWriter:
     """The run's writer: ``--workdir`` (or a new default one, recorded in ``config``)
-    cleared with ``--overwrite``, else checked for a run to resume; then flags.cfg. With
-    several processes, the others wait here until process 0 is done with it."""
-    workdir = Path(config["workdir"]) if config["workdir"] else rundir.default_workdir(app_name)
+    locked for this run (:mod:`experiments.lock`; released by ``writer.close()`` or when
+    the process ends), cleared with ``--overwrite``, else checked for a run to resume; then
+    flags.cfg. With several processes, the others wait here until process 0 is done with it."""
+    primary = jax.process_index() == 0
+    if config["workdir"]:
+        workdir = Path(config["workdir"])
+    else:  # a new folder no other run can share
+        make = rundir.create_workdir if primary else rundir.default_workdir
+        workdir = make(app_name)
     config["workdir"] = str(workdir)
     writer = RunWriter(workdir)
-    if config["overwrite"]:
-        writer.clear()
-    elif writer.enabled and writer.holds_run():  # process 0 checks (and tidies) the workdir
-        resume_from = check_resumable(writer, config)
-        if resume_from is not None:
-            print(f"{app_name}: resuming the run in {workdir} from {resume_from}", flush=True)
-    writer.write_text("flags.cfg", flagfile_text(fv, names))
-    if jax.process_count() > 1:  # the others read the workdir only once process 0 is done
-        from jax.experimental import multihost_utils
+    if writer.enabled:  # before the workdir is read or cleared
+        writer.lock = WorkdirLock(workdir).acquire()
+    try:
+        if config["overwrite"]:
+            writer.clear()
+        elif writer.enabled and writer.holds_run():  # process 0 checks (and tidies) the workdir
+            resume_from = check_resumable(writer, config)
+            if resume_from is not None:
+                print(f"{app_name}: resuming the run in {workdir} from {resume_from}", flush=True)
+        writer.write_text("flags.cfg", flagfile_text(fv, names))
+        if jax.process_count() > 1:  # the others read the workdir only once process 0 is done
+            from jax.experimental import multihost_utils
 
-        multihost_utils.sync_global_devices("jcnn: workdir ready")
+            multihost_utils.sync_global_devices("jcnn: workdir ready")
+    except BaseException:
+        writer.close()
+        raise
     return writer
 
 
@@ -480,7 +515,7 @@ def _main(
     try:
         return train_and_evaluate(config, model, writer, app_name=app_name, mesh=mesh)
     except CheckpointMismatchError as e:
-        raise UsageFailure(f"--workdir={writer.workdir}: {e}; or pass --overwrite") from None
+        raise UsageFailure(mismatch_message(writer.workdir, config, e)) from None
     except NonFiniteLossError as e:
         kept = e.report.get("last_good_checkpoint")
         rerun = (
@@ -497,3 +532,5 @@ def _main(
         if e.errno not in errors.DISK_FULL or errors.debug():
             raise
         raise _disk_full(writer, e) from e
+    finally:
+        writer.close()  # the workdir's lock

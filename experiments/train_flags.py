@@ -33,7 +33,7 @@ COMMON_FLAGS = (
     "batch_size", "num_epochs", "seed",
     "augment", "augment_pad", "cutout", "test_time_flip", "print_every", "num_train_samples",
     "num_val_samples",
-    "plot_every_epoch", "keep_checkpoints", "checkpoint_every", "debug_nans",
+    "plot_every_epoch", "keep_checkpoints", "checkpoint_every", "allow_data_change", "debug_nans",
     "num_devices", "compute_dtype", "coordinator_address", "num_processes", "process_id",
     "coordinator_timeout",
 )  # fmt: skip
@@ -334,6 +334,11 @@ def define_run_dir_flags(fv: flags.FlagValues) -> None:
     flags.DEFINE_integer(
         "keep_checkpoints", 3, "Keep the last this many epoch checkpoints (0: all).",
         lower_bound=0, flag_values=fv,
+    )  # fmt: skip
+    flags.DEFINE_bool(
+        "allow_data_change", False, "Resume a run on data other than it was trained on (the "
+        "checkpoint's data fingerprint differs); without it, that stops the app.",
+        flag_values=fv,
     )  # fmt: skip
     flags.DEFINE_integer(
         "checkpoint_every", None, "Also checkpoint every this many iterations (default: at "

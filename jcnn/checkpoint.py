@@ -26,7 +26,12 @@ place: their names (:func:`run_checkpoint_path`: ``epoch_{epoch:03d}.npz`` at an
 one a run starts from (:func:`resume_checkpoint`), and whether it may
 (:func:`check_resumable`: the format version, then :func:`config_differences`, the one
 comparison of a checkpoint's settings with the run's, which the apps use for their flags
-too).
+too). The settings include ``data.fingerprint``, a SHA-256 of the training and validation
+arrays (:attr:`jcnn.solver.Solver.data_fingerprint`): other data is a mismatch unless the
+caller ignores that key (``Solver(check_data=False)``); a checkpoint made before the key
+existed is not checked on it (:data:`IDENTITY_ACCEPT_ABSENT`). Pruning also deletes orphans,
+``.npz`` files older than the newest complete checkpoint whose sidecar is gone (a kill while
+pruning); corrupt checkpoints moved aside (``*.corrupt``) are never deleted here.
 """
 
 from __future__ import annotations
@@ -369,6 +374,9 @@ IDENTITY_DEFAULTS: dict[str, Any] = {
     "solver.compute_dtype": None,
     "solver.test_time_flip": False,
 }
+# Settings added later that an older checkpoint could not record and no default stands
+# for (the data's fingerprint): one a checkpoint lacks is not compared ("unknown: accept").
+IDENTITY_ACCEPT_ABSENT = frozenset({"data.fingerprint"})
 _ABSENT = "<absent>"
 
 
@@ -397,6 +405,7 @@ def config_differences(
     *,
     defaults: dict[str, Any] | None = None,
     ignore: Iterable[str] = (),
+    accept_absent: Iterable[str] = (),
 ) -> dict[str, tuple[Any, Any]]:
     """The one rule for whether a run may continue from a checkpoint: the settings that
     differ between two nested dicts of plain JSON values.
@@ -407,6 +416,9 @@ def config_differences(
       defaults: ``{'dotted.key': value}`` for settings added after older checkpoints were
         made: a side that lacks the key counts as having this value.
       ignore: dotted keys (or prefixes of them) that may differ.
+      accept_absent: dotted keys that ``saved`` may lack: then they are not compared (a
+        setting older checkpoints could not record and no default stands for, e.g. a
+        fingerprint of the data). When ``saved`` has one, it must match as usual.
 
     Returns:
       ``{'dotted.key': (saved value, current value)}`` in key order; a key only one side
@@ -414,10 +426,13 @@ def config_differences(
     """
     defaults = defaults or {}
     ignored = tuple(ignore)
+    unknown = set(accept_absent)
     a, b = _dotted(saved), _dotted(current)
     out: dict[str, tuple[Any, Any]] = {}
     for k in sorted(set(a) | set(b), key=str):
         if any(k == i or k.startswith(f"{i}.") for i in ignored):
+            continue
+        if k in unknown and k not in a:
             continue
         va, vb = a.get(k, defaults.get(k, _ABSENT)), b.get(k, defaults.get(k, _ABSENT))
         if va != vb:
@@ -435,9 +450,14 @@ def describe_differences(differences: dict[str, tuple[Any, Any]], limit: int = 8
     return "; ".join(items) + (f"; and {more} more" if more > 0 else "")
 
 
-def check_resumable(npz: Path, meta: dict[str, Any], identity: dict[str, Any]) -> None:
+def check_resumable(
+    npz: Path, meta: dict[str, Any], identity: dict[str, Any], *, ignore: Iterable[str] = ()
+) -> None:
     """Raise unless the checkpoint ``npz`` (sidecar ``meta``) can continue a run whose
-    settings are ``identity`` (``{'model', 'solver', 'data'}``; ``num_epochs`` may differ).
+    settings are ``identity`` (``{'model', 'solver', 'data'}``; ``num_epochs`` may differ,
+    and so may the dotted keys in ``ignore``, e.g. ``'data.fingerprint'``). A checkpoint
+    made before a setting existed counts as made with its :data:`IDENTITY_DEFAULTS` value;
+    one without a data fingerprint (:data:`IDENTITY_ACCEPT_ABSENT`) is not checked on it.
 
     Raises:
       ValueError: another checkpoint format (naming it).
@@ -450,12 +470,17 @@ def check_resumable(npz: Path, meta: dict[str, Any], identity: dict[str, Any]) -
         )
     saved = {k: meta.get(k) for k in identity}
     differences = config_differences(
-        saved, identity, defaults=IDENTITY_DEFAULTS, ignore=("solver.num_epochs",)
-    )
+        saved, identity, defaults=IDENTITY_DEFAULTS, ignore=("solver.num_epochs", *ignore),
+        accept_absent=IDENTITY_ACCEPT_ABSENT,
+    )  # fmt: skip
     if differences:
+        data = (
+            " (the data differ from the data it was trained on: check_data=False accepts "
+            "that)" if "data.fingerprint" in differences else ""
+        )  # fmt: skip
         raise CheckpointMismatchError(
             f"checkpoint {npz} was made by a differently configured run: "
-            f"{describe_differences(differences)}. Resume with the settings it was made "
+            f"{describe_differences(differences)}{data}. Resume with the settings it was made "
             "with, or start the new run in another checkpoint_dir",
             differences,
         )
@@ -469,17 +494,26 @@ def run_checkpoint_path(directory: Path, iteration: int, iterations_per_epoch: i
     return directory / f"step_{iteration:08d}.npz"
 
 
-def run_checkpoints(directory: Path | None, iterations_per_epoch: int) -> list[tuple[int, Path]]:
-    """``(iteration, npz)`` of the complete run checkpoints in ``directory``, oldest first."""
+def _run_files(directory: Path | None, iterations_per_epoch: int) -> list[tuple[int, Path]]:
+    """``(iteration, npz)`` of every run-checkpoint ``.npz`` in ``directory`` (by name)."""
     out = []
     if directory is not None and directory.is_dir():
         for pattern in CHECKPOINT_PATTERNS:
             for npz in directory.glob(pattern):
                 m = _RUN_NAME.fullmatch(npz.name)
-                if m and sidecar_path(npz).is_file():
+                if m and npz.is_file():
                     n = int(m.group(2))
                     out.append((n * iterations_per_epoch if m.group(1) == "epoch" else n, npz))
     return sorted(out)
+
+
+def run_checkpoints(directory: Path | None, iterations_per_epoch: int) -> list[tuple[int, Path]]:
+    """``(iteration, npz)`` of the complete run checkpoints in ``directory``, oldest first."""
+    return [
+        (n, npz)
+        for n, npz in _run_files(directory, iterations_per_epoch)
+        if sidecar_path(npz).is_file()
+    ]
 
 
 def prune_run_checkpoints(
@@ -488,8 +522,17 @@ def prune_run_checkpoints(
     """The one pruning policy: keep the newest ``keep_epochs`` epoch checkpoints (all if 0),
     the newest checkpoint and at least one before it (so a corrupt newest one has a
     fallback); delete the rest, each sidecar first (the sidecar marks a checkpoint
-    complete). Returns the deleted ``.npz`` paths."""
-    found = [npz for _, npz in run_checkpoints(directory, iterations_per_epoch)]
+    complete). Also deletes orphans: run-checkpoint ``.npz`` files without a sidecar that
+    are older than the newest complete checkpoint (a kill while pruning, between the two
+    deletes, leaves one); a newer one is left alone. Returns the deleted ``.npz`` paths."""
+    complete = run_checkpoints(directory, iterations_per_epoch)
+    found = [npz for _, npz in complete]
+    newest = complete[-1][0] if complete else 0
+    orphans = [
+        npz
+        for n, npz in _run_files(directory, iterations_per_epoch)
+        if n < newest and not sidecar_path(npz).exists()
+    ]
     epochs = [npz for npz in found if npz.name.startswith("epoch_")]
     keep = set(epochs[-keep_epochs:] if keep_epochs else epochs)
     keep.update(found[-1:])
@@ -501,7 +544,9 @@ def prune_run_checkpoints(
     for npz in removed:
         sidecar_path(npz).unlink(missing_ok=True)
         npz.unlink(missing_ok=True)
-    return removed
+    for npz in orphans:
+        npz.unlink(missing_ok=True)
+    return removed + orphans
 
 
 def resume_checkpoint(

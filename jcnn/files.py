@@ -21,13 +21,21 @@ import json
 import math
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, BinaryIO
 
 import numpy as np
 
-__all__ = ["atomic_write", "dumps", "file_digest", "fsync_dir", "to_json_values", "write_json"]
+__all__ = [
+    "arrays_digest",
+    "atomic_write",
+    "dumps",
+    "file_digest",
+    "fsync_dir",
+    "to_json_values",
+    "write_json",
+]
 
 _CHUNK = 1 << 20
 
@@ -95,6 +103,18 @@ def file_digest(path: str | os.PathLike, algorithm: str = "sha256") -> str:
     with open(path, "rb") as f:
         while block := f.read(_CHUNK):
             h.update(block)
+    return h.hexdigest()
+
+
+def arrays_digest(arrays: Iterable[Any], algorithm: str = "sha256") -> str:
+    """Hex digest of arrays as they are in memory: each one's dtype, shape and bytes (C
+    order), in turn. The same values in the same dtypes and shapes give the same digest on
+    every machine of the same byte order."""
+    h = hashlib.new(algorithm)
+    for a in arrays:
+        a = np.ascontiguousarray(a)
+        h.update(f"{a.dtype.str}{list(a.shape)};".encode())
+        h.update(memoryview(a.reshape(-1)).cast("B"))
     return h.hexdigest()
 
 

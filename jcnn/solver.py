@@ -22,7 +22,10 @@ With a ``checkpoint_dir`` every epoch end (and every ``checkpoint_every`` update
 checkpoint holding all the run needs to continue bit for bit; ``resume='auto'`` restores the
 newest good one when the Solver is built (``True``: one must exist; ``False``: the folder must
 hold none); one of a differently configured run is a
-:class:`~jcnn.checkpoint.CheckpointMismatchError` naming what differs (``num_epochs`` may grow).
+:class:`~jcnn.checkpoint.CheckpointMismatchError` naming what differs (``num_epochs`` may grow,
+not shrink below what the checkpoint has done). The run's identity includes a SHA-256
+fingerprint of the training and validation arrays (:attr:`Solver.data_fingerprint`), so a run
+does not silently continue on other data; ``check_data=False`` accepts that (only that).
 Losses are checked when read back (no sync per step) and the parameters every
 ``print_every`` updates: the first non-finite one raises
 :class:`~jcnn.nonfinite.NonFiniteLossError` and writes ``nonfinite.json`` beside
@@ -82,7 +85,9 @@ class Solver:
     model's ``input_dim``, integer labels in ``[0, num_classes)``); other keys are ignored.
     ``params``/``state`` start training from given values instead of ``model.init``.
     ``run_config`` (JSON-able, e.g. the command line's flags) is recorded in every
-    checkpoint. Every argument is checked when the Solver is built (ValueError naming it).
+    checkpoint. ``check_data=False`` resumes a checkpoint made on other data (its data
+    fingerprint differs). Every argument is checked when the Solver is built (ValueError
+    naming it).
 
     Attributes: ``params``, ``state``, ``opt_state`` (views of ``train_state``, a
     :class:`~jcnn.train.TrainState`); ``epoch``, ``iteration`` (updates done);
@@ -124,6 +129,7 @@ class Solver:
         mesh: jax.sharding.Mesh | None = None,
         compute_dtype: Any = None,
         test_time_flip: bool = False,
+        check_data: bool = True,
     ):
         for attr in ("init", "apply", "loss", "check_input", "num_classes"):
             if not hasattr(model, attr):
@@ -178,6 +184,8 @@ class Solver:
             model, data["X_val"], data["y_val"], "X_val", "y_val"
         )
 
+        self.check_data = bool(check_data)
+        self._fingerprint: str | None = None
         self.num_train = self.X_train.shape[0]
         self.iterations_per_epoch = max(self.num_train // self.batch_size, 1)
         self.num_iterations = self.num_epochs * self.iterations_per_epoch
@@ -415,6 +423,19 @@ class Solver:
 
     # -------------------------------------------------------------------- checkpoints
 
+    @property
+    def data_fingerprint(self) -> str:
+        """``'sha256:...'`` of the training and validation arrays as the Solver holds them
+        (:func:`jcnn.files.arrays_digest` over X_train, y_train, X_val, y_val), computed
+        once: part of the run's identity, so a run does not resume on other data (unless
+        ``check_data=False``)."""
+        if self._fingerprint is None:
+            from jcnn.files import arrays_digest
+
+            arrays = (self.X_train, self.y_train, self.X_val, self.y_val)
+            self._fingerprint = "sha256:" + arrays_digest(arrays)
+        return self._fingerprint
+
     def _identity(self) -> dict[str, Any]:
         """The settings a checkpoint must share with this Solver to be resumed (plain JSON;
         :func:`jcnn.checkpoint.check_resumable` compares them)."""
@@ -437,6 +458,7 @@ class Solver:
                 "data": {
                     "num_train": int(self.num_train), "num_val": int(self.X_val.shape[0]),
                     "image_shape": list(self.X_train.shape[1:]), "dtype": self._x_dtype.name,
+                    "fingerprint": self.data_fingerprint,
                 },
             }
         )  # fmt: skip
@@ -521,7 +543,19 @@ class Solver:
         return self._restore(npz, ckpt.verify_checkpoint(npz))
 
     def _restore(self, npz: Path, meta: Mapping[str, Any]) -> Path:
-        ckpt.check_resumable(npz, dict(meta), self._identity())
+        ckpt.check_resumable(
+            npz, dict(meta), self._identity(),
+            ignore=() if self.check_data else ("data.fingerprint",),
+        )  # fmt: skip
+        done = int(meta["iteration"])
+        if done > self.num_iterations:
+            needed = -(-done // self.iterations_per_epoch)
+            raise CheckpointMismatchError(
+                f"num_epochs={self.num_epochs} ({self.num_iterations} iterations) is below "
+                f"what checkpoint {npz} has done ({done} iterations, epoch {meta['epoch']}): "
+                f"pass num_epochs={needed} or more to continue it",
+                {"solver.num_epochs": (meta.get("num_epochs"), self.num_epochs)},
+            )
         tree, _ = ckpt.load_checkpoint(npz, self.checkpoint_tree(), verify=False)
         self._reset()
         key = jax.random.wrap_key_data(

@@ -128,3 +128,35 @@ def test_stale_temporaries_are_removed(tmp_path):
     (tmp_path / "keep.npz").write_bytes(b"x")
     assert [p.name for p in ck.remove_stale_temporaries(tmp_path)] == [".epoch_001.npz.x1y2.tmp"]
     assert [p.name for p in tmp_path.iterdir()] == ["keep.npz"]
+
+
+def test_config_differences_accepts_a_key_only_when_the_saved_side_lacks_it():
+    now = {"data": {"num_train": 40, "fingerprint": "sha256:b"}}
+    older = {"data": {"num_train": 40}}  # made before fingerprints existed
+    assert ck.config_differences(older, now) == {"data.fingerprint": ("<absent>", "sha256:b")}
+    assert not ck.config_differences(older, now, accept_absent={"data.fingerprint"})
+    other = {"data": {"num_train": 40, "fingerprint": "sha256:a"}}
+    assert ck.config_differences(other, now, accept_absent={"data.fingerprint"}) == {
+        "data.fingerprint": ("sha256:a", "sha256:b")
+    }
+    assert "data.fingerprint" in ck.IDENTITY_ACCEPT_ABSENT
+
+
+def test_pruning_deletes_orphaned_npz_files_older_than_the_newest_complete_one(tmp_path):
+    """A kill while pruning (sidecar deleted, .npz not yet) leaves an orphan: the next prune
+    deletes it, so no more than --keep_checkpoints remain; a newer sidecar-less one stays."""
+    for name in ("epoch_001", "epoch_002", "step_00000010"):
+        (tmp_path / f"{name}.npz").write_bytes(b"")
+        (tmp_path / f"{name}.json").write_text("{}")
+    for orphan in ("epoch_000", "step_00000003", "step_00000009"):
+        (tmp_path / f"{orphan}.npz").write_bytes(b"")
+    (tmp_path / "step_00000011.npz").write_bytes(b"")  # newer than every complete one
+    (tmp_path / "step_00000002.npz.corrupt").write_bytes(b"")  # moved aside: kept
+    removed = ck.prune_run_checkpoints(tmp_path, iterations_per_epoch=4, keep_epochs=1)
+    assert sorted(p.name for p in removed) == [
+        "epoch_000.npz", "epoch_001.npz", "step_00000003.npz", "step_00000009.npz",
+    ]  # fmt: skip
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "epoch_002.json", "epoch_002.npz", "step_00000002.npz.corrupt",
+        "step_00000010.json", "step_00000010.npz", "step_00000011.npz",
+    ]  # fmt: skip

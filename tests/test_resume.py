@@ -39,7 +39,7 @@ class Crash(Exception):
     """Stands for the process dying: whatever is on disk is all that survives."""
 
 
-def make(checkpoint_dir=None, *, model=MODEL, crash_at=None, **overrides):
+def make(checkpoint_dir=None, *, model=MODEL, data=DATA, crash_at=None, **overrides):
     def hook(solver, iteration, loss):
         if iteration == crash_at:
             raise Crash(iteration)
@@ -51,7 +51,7 @@ def make(checkpoint_dir=None, *, model=MODEL, crash_at=None, **overrides):
         checkpoint_every=3, on_iteration=hook,
     )  # fmt: skip
     kw.update(overrides)
-    return Solver(model, DATA, **kw)
+    return Solver(model, data, **kw)
 
 
 def leaves(tree):
@@ -136,10 +136,12 @@ def test_keep_checkpoints_keeps_the_last_epochs_and_always_the_newest_two(
     for name in files:
         (tmp_path / f"{name}.npz").write_bytes(b"")
         (tmp_path / f"{name}.json").write_text("{}")
-    (tmp_path / "step_00000011.npz").write_bytes(b"")  # no sidecar: incomplete, not counted
+    # No sidecar and newer than every complete one: incomplete, not counted, left alone
+    # (older ones are orphans and deleted: tests/test_checkpoint.py).
+    (tmp_path / "step_00000099.npz").write_bytes(b"")
     prune_run_checkpoints(tmp_path, iterations_per_epoch=ipe, keep_epochs=keep)
     assert names(tmp_path) == sorted(
-        [f"{n}.{e}" for n in kept for e in ("json", "npz")] + ["step_00000011.npz"]
+        [f"{n}.{e}" for n in kept for e in ("json", "npz")] + ["step_00000099.npz"]
     )
 
 
@@ -152,8 +154,10 @@ def test_a_checkpoint_holds_everything_to_continue(crashed):
     assert isinstance(meta["host_rng"]["state"]["state"], int)
     assert len(meta["npz_sha256"]) == 64 and meta["has_best"] is True
     assert meta["model"]["num_filters"] == [4] and meta["solver"]["seed"] == 5
+    fingerprint = make(None).data_fingerprint
     assert meta["data"] == {"num_train": 40, "num_val": 15, "image_shape": [3, 8, 8],
-                            "dtype": "float32"}  # fmt: skip
+                            "dtype": "float32", "fingerprint": fingerprint}  # fmt: skip
+    assert meta["data"]["fingerprint"].startswith("sha256:")
     like = make(None).checkpoint_tree()
     tree, _ = load_checkpoint(path, like)
     assert set(tree) == {"params", "state", "opt_state", "best_params", "best_state", "rng"}
@@ -261,6 +265,31 @@ def test_the_learning_rate_schedule_must_match_to_resume(crashed, tmp_path):
     assert make(tmp_path, lr_decay=1.0, lr_schedule="cosine").iteration == 3
     with pytest.raises(CheckpointMismatchError, match="lr_schedule"):
         make(tmp_path, lr_decay=1.0)
+
+
+def test_resuming_on_other_data_is_refused_naming_the_data_unless_check_data_is_off(crashed):
+    other = {**DATA, "X_val": DATA["X_val"] + 1.0}  # same shapes, other values
+    solver = Solver(MODEL, other, num_epochs=1)
+    assert solver.data_fingerprint != make(None).data_fingerprint
+    with pytest.raises(CheckpointMismatchError, match="data.fingerprint.*check_data=False") as e:
+        make(crashed, data=other)
+    assert set(e.value.differences) == {"data.fingerprint"}
+    assert make(crashed, data=other, check_data=False).iteration == 9
+
+
+def test_a_checkpoint_from_before_data_fingerprints_resumes(crashed):
+    from jcnn.checkpoint import check_resumable
+
+    path = crashed / "step_00000009.npz"
+    meta = verify_checkpoint(path)
+    del meta["data"]["fingerprint"]  # what older checkpoints hold
+    check_resumable(path, meta, make(None)._identity())  # no difference: accepted
+
+
+def test_num_epochs_below_what_the_checkpoint_has_done_is_refused(crashed):
+    with pytest.raises(ValueError, match=r"num_epochs=2 \(8 iterations\) is below .*\(9 "
+                       "iterations.*num_epochs=3 or more"):  # fmt: skip
+        make(crashed, num_epochs=2)
 
 
 def test_resume_modes(crashed, tmp_path):

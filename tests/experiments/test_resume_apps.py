@@ -4,6 +4,7 @@ same results as an uninterrupted run); other flags, corrupt checkpoints, non-fin
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -15,10 +16,11 @@ from absl import flags
 
 from experiments import resume, rundir, three_layer_cifar, train, train_flags
 from experiments.errors import UsageFailure
+from experiments.lock import WorkdirLock
 from jcnn.checkpoint import CorruptCheckpointWarning
 from jcnn.solver import Solver
 from tests.experiments.test_apps import TINY, TINY_THREE, read_metrics, run_in_process
-from tests.experiments.util import PYTHON, ROOT, subprocess_env
+from tests.experiments.util import PYTHON, ROOT, subprocess_env, write_fake_cifar
 
 ARGS = (
     *TINY_THREE,
@@ -214,3 +216,64 @@ def test_the_new_flags():
         fv(["prog", "--checkpoint_every=0"])
     assert set(resume.RESUME_MAY_DIFFER) <= set(train_flags.COMMON_FLAGS)
     assert TINY  # the shared tiny split
+
+
+def one_line(info) -> str:
+    message = str(info.value.code)
+    assert message.startswith("FATAL") and "\n" not in message
+    return message
+
+
+def test_a_second_run_on_a_locked_workdir_stops_naming_the_holder(crashed, tmp_path):
+    """Another process holds the workdir's lock: the app stops with one line naming it and
+    touches nothing (the lock is taken before the workdir is read)."""
+    workdir = copy(crashed, tmp_path)
+    before = sorted(p.name for p in workdir.rglob("*"))
+    with WorkdirLock(workdir):  # this test process stands for the run already going
+        proc = subprocess.run(
+            [PYTHON, "-m", "experiments.three_layer_cifar", f"--workdir={workdir}",
+             "--data_dir=/nonexistent", *ARGS, *TINY],
+            capture_output=True, text=True, timeout=240, cwd=ROOT, env=subprocess_env(),
+        )  # fmt: skip
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("FATAL")]
+    assert len(errors) == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert f"--workdir={workdir} is in use by another run (pid {os.getpid()}" in errors[0]
+    assert sorted(p.name for p in workdir.rglob("*")) == before
+
+
+def test_every_checkpoint_corrupt_stops_with_one_line_and_keeps_the_files(crashed, tmp_path):
+    workdir = copy(crashed, tmp_path)
+    for npz in (workdir / "checkpoints").glob("*.npz"):
+        npz.write_bytes(b"garbage")
+    with pytest.warns(CorruptCheckpointWarning), pytest.raises(SystemExit) as info:
+        run(workdir, tmp_path / "no-data-needed")
+    message = one_line(info)
+    assert "holds a run but no good checkpoint" in message and "--overwrite" in message
+    assert "metrics.jsonl" in message and "step_00000006.npz.corrupt" in message
+    kept = sorted(p.name for p in (workdir / "checkpoints").iterdir())
+    assert kept and all(name.endswith(".corrupt") for name in kept)
+    assert (workdir / "metrics.jsonl").is_file()
+    with pytest.raises(SystemExit, match="no good checkpoint"):  # the same, run after run
+        run(workdir, tmp_path / "no-data-needed")
+
+
+def test_resume_on_other_data_stops_naming_it_unless_allowed(crashed, tmp_path, fake_cifar_dir):
+    workdir = copy(crashed, tmp_path)
+    other = write_fake_cifar(tmp_path / "other", seed=1)  # same shapes, other images
+    with pytest.raises(SystemExit) as info:
+        run(workdir, other)
+    message = one_line(info)
+    assert "data differ from the data the run was trained on" in message
+    assert "--allow_data_change" in message and f"--data_dir={other}" in message
+    summary = run(workdir, other, "--allow_data_change")
+    assert summary["resumed_from_iteration"] == 6
+
+
+def test_num_epochs_below_what_the_run_has_done_stops_with_one_line(crashed, tmp_path):
+    workdir = copy(crashed, tmp_path)  # at iteration 6 of 5 per epoch
+    with pytest.raises(SystemExit) as info:
+        run(workdir, tmp_path / "no-data-needed", "--num_epochs=1")
+    message = one_line(info)
+    assert "--num_epochs=1 is below what the run" in message and "--num_epochs=2 or more" in message
+    assert not (workdir / "summary.json").exists()

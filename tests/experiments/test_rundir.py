@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
 
 import numpy as np
+import pytest
 
 from experiments import rundir
+from experiments.lock import WorkdirLock
+from tests.experiments.util import PYTHON, ROOT, subprocess_env
 
 
 def test_iteration_records_follow_the_solver_print_lines():
@@ -89,3 +95,57 @@ def test_writer_sees_a_run_that_only_has_checkpoints(tmp_path):
     assert w.holds_run()
     w.clear()
     assert not w.holds_run() and not list(tmp_path.rglob("*.*"))
+
+
+def test_a_workdir_with_only_corrupt_checkpoints_holds_a_run(tmp_path):
+    w = rundir.RunWriter(tmp_path, enabled=True)
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "checkpoints" / "step_00000004.npz.corrupt").write_bytes(b"x")
+    assert w.holds_run()
+
+
+def test_default_workdirs_never_collide(tmp_path, monkeypatch):
+    from pathlib import Path
+
+    monkeypatch.setattr(rundir, "default_workdir", lambda app: Path("runs") / "app-20240506-070809")
+    a = rundir.create_workdir("app", root=tmp_path)
+    b = rundir.create_workdir("app", root=tmp_path)  # same second, same process
+    assert a != b and a.is_dir() and b.is_dir() and not list(a.iterdir())
+    assert a.name == f"app-20240506-070809-{os.getpid()}"
+    assert b.name.startswith(a.name + "-")
+
+
+def test_the_workdir_lock_is_exclusive_and_names_the_holder(tmp_path):
+    workdir = tmp_path / "run"
+    with WorkdirLock(workdir) as held:
+        assert held.held and (workdir / ".lock").read_text() == f"{os.getpid()}\n"
+        with pytest.raises(SystemExit) as info:
+            WorkdirLock(workdir).acquire()  # another open file: refused, even in-process
+        message = str(info.value.code)
+        assert message.startswith("FATAL") and "\n" not in message
+        assert f"--workdir={workdir} is in use by another run (pid {os.getpid()}" in message
+    with WorkdirLock(workdir):  # released on leaving the block
+        pass
+
+
+def test_a_killed_holder_never_blocks_its_workdir(tmp_path):
+    """The OS drops a flock when its process dies, SIGKILL included."""
+    workdir = tmp_path / "run"
+    code = (
+        "import sys, time; from experiments.lock import WorkdirLock; "
+        "WorkdirLock(sys.argv[1]).acquire(); print('locked', flush=True); time.sleep(120)"
+    )
+    proc = subprocess.Popen(
+        [PYTHON, "-c", code, str(workdir)], stdout=subprocess.PIPE, text=True, cwd=ROOT,
+        env=subprocess_env(),
+    )  # fmt: skip
+    try:
+        assert proc.stdout.readline().strip() == "locked"
+        with pytest.raises(SystemExit, match=f"pid {proc.pid}"):
+            WorkdirLock(workdir).acquire()
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+        proc.stdout.close()
+    with WorkdirLock(workdir) as lock:
+        assert lock.held

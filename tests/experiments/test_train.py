@@ -28,3 +28,5 @@ def test_solver_kwargs_map_the_flags():
     assert kw["update_rule"] == "adam" and kw["lr_decay"] == 0.9 and kw["seed"] == 3
     assert kw["test_time_flip"] is False  # a config from before the flag
     assert train.solver_kwargs({**cfg, "test_time_flip": True})["test_time_flip"] is True
+    assert kw["check_data"] is True  # --allow_data_change turns the data check off
+    assert train.solver_kwargs({**cfg, "allow_data_change": True})["check_data"] is False
