@@ -25,7 +25,8 @@ def test_readme_python_blocks_run():
 def test_readme_has_no_machine_paths_or_run_labels():
     text = README.read_text()
     assert "/work/" not in text
-    labels = [c for c in re.findall(r"`([^`\n]+)`", text) if re.search(r"\bs[0-9]+_?[a-z]*[0-9]*\b", c)]
+    label = re.compile(r"\bs[0-9]+_?[a-z]*[0-9]*\b")
+    labels = [c for c in re.findall(r"`([^`\n]+)`", text) if label.search(c)]
     assert not labels, f"run labels in README.md: {labels}"
 
 
