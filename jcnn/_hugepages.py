@@ -3,7 +3,7 @@
 On the CPU a training step is bound by memory traffic as much as by arithmetic: XLA's
 transposes and batch reductions stride across tensors of several MB, and with 4 KiB pages
 they spend much of their time on TLB misses. Backing the heap with 2 MiB transparent huge
-pages made the VGGNet step about 15–20 % faster on our machine (README, Performance).
+pages made the VGGNet step about 15–20 % faster on our machine (docs/performance.md).
 
 Most Linux systems run THP in ``madvise`` mode: only memory a program marks with
 ``madvise(MADV_HUGEPAGE)`` gets huge pages, and glibc's ``malloc`` marks nothing unless the

@@ -2,7 +2,7 @@
 
 On the CPU, jaxlib 0.10 sends float32 convolutions to YNNPACK, which is several times slower
 than XLA's own (Eigen) path for the convolutions of these networks; the flag below takes
-only convolutions away from YNNPACK (see README, Performance). It is applied only when
+only convolutions away from YNNPACK (see docs/performance.md). It is applied only when
 
 - the user's ``XLA_FLAGS`` does not mention the same option (theirs wins, untouched),
 - ``JCNN_XLA_FLAGS`` is not ``0`` (the opt-out),

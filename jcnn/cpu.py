@@ -26,7 +26,7 @@ def tune() -> str:
     On the CPU a training step is bound by memory traffic as much as by arithmetic, and with
     4 KiB pages XLA's transposes and batch reductions spend much of their time on TLB misses;
     with the heap on 2 MiB huge pages the VGGNet step was about 15–20 % faster on our machine
-    (README, Performance). What it changes in the process, for good (there is no undo):
+    (docs/performance.md). What it changes in the process, for good (there is no undo):
 
     - ``mallopt(M_MMAP_MAX, 0)``: malloc no longer serves large blocks with ``mmap``, so every
       allocation (XLA's buffers, NumPy arrays, the training data) comes from the heap;

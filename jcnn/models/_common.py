@@ -32,7 +32,7 @@ def resolve_layout(layout: str, conv_impl: str, pool_impl: str) -> str:
 
     ``'auto'`` is NHWC whenever the chosen impls support it (``conv_impl='xla'``,
     ``pool_impl='fast'``): XLA's CPU convolutions are channels-last, so NCHW activations
-    cost a transpose around every layer (see README, Performance). An explicit ``'NHWC'``
+    cost a transpose around every layer (see docs/performance.md). An explicit ``'NHWC'``
     with an NCHW-only impl is a ValueError.
     """
     choice("layout", layout, LAYOUTS)

@@ -23,7 +23,7 @@ The kernels compose like any jax function: under ``jit``, ``vmap`` (a kernel tak
 batch dimensions) and ``jax_debug_nans``; on other backends (``lax.platform_dependent``: the
 kernel is the CPU's branch, the XLA twin everyone else's). They are used only in a process
 with a single device; with several (data parallelism, :mod:`jcnn.parallel`), the XLA twins
-run, which XLA partitions like the rest (README, Performance).
+run, which XLA partitions like the rest (docs/performance.md).
 """
 
 from __future__ import annotations

@@ -1,0 +1,45 @@
+"""README.md's python blocks run as written, and README/docs stay a user's documentation."""
+
+import pathlib
+import re
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+README = ROOT / "README.md"
+DOCS = sorted((ROOT / "docs").glob("*.md"))
+
+
+def python_blocks(text):
+    return re.findall(r"^```python\n(.*?)^```", text, flags=re.M | re.S)
+
+
+def test_readme_python_blocks_run():
+    blocks = python_blocks(README.read_text())
+    assert blocks, "README.md has no python blocks"
+    namespace = {"__name__": "readme"}  # all blocks in order, in one namespace, like a notebook
+    for i, block in enumerate(blocks):
+        exec(compile(block, f"README.md python block {i + 1}", "exec"), namespace)
+
+
+def test_readme_has_no_machine_paths_or_run_labels():
+    text = README.read_text()
+    assert "/work/" not in text
+    label = re.compile(r"\bs[0-9]+_?[a-z]*[0-9]*\b")
+    labels = [c for c in re.findall(r"`([^`\n]+)`", text) if label.search(c)]
+    assert not labels, f"run labels in README.md: {labels}"
+
+
+@pytest.mark.parametrize("path", [README, *DOCS], ids=lambda p: p.name)
+def test_no_work_diary_words(path):
+    text = path.read_text().lower()
+    for word in ("session", "throwaway"):
+        assert word not in text, f"{path.name} says {word!r}"
+
+
+def test_readme_links_into_docs_exist():
+    links = re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", README.read_text())
+    relative = [link for link in links if "://" not in link]
+    assert any(link.startswith("docs/") for link in relative)
+    missing = [link for link in relative if not (ROOT / link).is_file()]
+    assert not missing, f"README.md links to missing files: {missing}"
