@@ -114,7 +114,7 @@ def arrays_digest(arrays: Iterable[Any], algorithm: str = "sha256") -> str:
     for a in arrays:
         a = np.ascontiguousarray(a)
         h.update(f"{a.dtype.str}{list(a.shape)};".encode())
-        h.update(memoryview(a.reshape(-1)).cast("B"))
+        h.update(a.reshape(-1).view(np.uint8).data)
     return h.hexdigest()
 
 

@@ -109,9 +109,11 @@ def initialize_distributed(
     pid = nonnegative_int("process_id", process_id)
     if not 0 <= pid < n:
         raise ValueError(f"process_id must be in [0, num_processes={n}), got {process_id!r}")
-    timeout = {} if timeout_s is None else {"initialization_timeout": int(timeout_s)}
     jax.distributed.initialize(
-        coordinator_address=coordinator_address, num_processes=n, process_id=pid, **timeout
+        coordinator_address=coordinator_address,
+        num_processes=n,
+        process_id=pid,
+        initialization_timeout=300 if timeout_s is None else int(timeout_s),
     )
     return True
 
