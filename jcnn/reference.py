@@ -16,7 +16,7 @@ from jcnn.layers._windows import channel_axis, spatial_axes
 from jcnn.layers.batchnorm import batch_statistics, check_batchnorm_args, running_update
 from jcnn.layers.conv import check_conv_args
 from jcnn.layers.dropout import check_rate, keep_mask
-from jcnn.layers.losses import check_label_smoothing
+from jcnn.layers.losses import check_label_smoothing, valid_labels
 from jcnn.layers.pool import check_pool_args
 
 
@@ -87,9 +87,16 @@ def dropout(x, key, *, rate: float, train: bool) -> jax.Array:
     return jnp.where(keep_mask(key, x.shape, rate), x / (1.0 - rate), jnp.zeros_like(x))
 
 
+def _nan_rows_of_invalid(scores: jax.Array, y: jax.Array) -> jax.Array:
+    """``scores`` with the rows of out-of-range labels NaN, in value and in gradient (a factor
+    of NaN): what the layers do with a traced bad label (:mod:`jcnn.layers.losses`)."""
+    return scores * jnp.where(valid_labels(y, scores.shape[1]), 1.0, jnp.nan)[:, None]
+
+
 def softmax_loss(scores: jax.Array, y: jax.Array, *, label_smoothing: float = 0.0) -> jax.Array:
     check_labels(scores, y)
     eps = check_label_smoothing(label_smoothing)
+    scores = _nan_rows_of_invalid(scores, y)
     log_probs = jax.nn.log_softmax(scores, axis=1)
     nll = -jnp.take_along_axis(log_probs, y[:, None], axis=1)[:, 0]
     uniform = -jnp.mean(log_probs, axis=1)  # cross-entropy against the uniform target
@@ -98,6 +105,7 @@ def softmax_loss(scores: jax.Array, y: jax.Array, *, label_smoothing: float = 0.
 
 def svm_loss(scores: jax.Array, y: jax.Array) -> jax.Array:
     check_labels(scores, y)
+    scores = _nan_rows_of_invalid(scores, y)
     correct = jnp.take_along_axis(scores, y[:, None], axis=1)
     margins = jnp.maximum(0, scores - correct + 1)
     is_correct = jnp.arange(scores.shape[1])[None, :] == y[:, None]

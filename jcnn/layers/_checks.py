@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from jcnn._validate import choice as check_choice
-from jcnn._validate import nonnegative_int, positive_int
+from jcnn._validate import labels_in_range, nonnegative_int, positive_int
 
 __all__ = [
     "check_choice",
@@ -38,14 +38,31 @@ def check_floating(name: str, x: Any) -> None:
 
 
 def check_labels(scores: Any, y: Any) -> None:
+    """``scores (N, K)`` with N, K >= 1 and integer labels ``y (N,)``; when ``y`` is concrete
+    (not a tracer), every label in ``[0, K)``. ValueError naming the argument otherwise.
+
+    Shapes and dtypes are static, so they are checked under ``jit`` too; the label values only
+    when they are known while tracing (a traced ``y`` is checked by the caller's data path).
+    """
+    import jax
     import jax.numpy as jnp
 
     check_rank("scores", scores, 2, "(N, num_classes)")
     check_rank("y", y, 1, "(N,)")
-    if y.shape[0] != scores.shape[0]:
+    n, k = scores.shape
+    if n == 0:
         raise ValueError(
-            f"y has {y.shape[0]} labels but scores has {scores.shape[0]} rows "
+            f"scores is an empty batch (shape {tuple(scores.shape)}): the mean loss over "
+            "no examples is undefined"
+        )
+    if k == 0:
+        raise ValueError(f"scores has no classes (shape {tuple(scores.shape)})")
+    if y.shape[0] != n:
+        raise ValueError(
+            f"y has {y.shape[0]} labels but scores has {n} rows "
             f"(scores {tuple(scores.shape)}, y {tuple(y.shape)})"
         )
     if not jnp.issubdtype(y.dtype, jnp.integer):
         raise ValueError(f"y must hold integer class labels, got dtype {y.dtype}")
+    if not isinstance(y, jax.core.Tracer):
+        labels_in_range("y", y, k, f"the {k} classes of scores")

@@ -407,7 +407,7 @@ def test_loss_vjp(loss, n, k, dtype, seed):
 @settings(max_examples=budget(15))
 @given(
     loss=st.sampled_from(["softmax_loss", "svm_loss"]),
-    kind=st.sampled_from(["scores_rank", "y_rank", "length", "y_dtype"]),
+    kind=st.sampled_from(["scores_rank", "y_rank", "length", "y_dtype", "empty", "no_classes"]),
     n=small,
     k=small,
 )
@@ -419,6 +419,10 @@ def test_loss_invalid(loss, kind, n, k):
         y = np.zeros((n, 1), np.int32)
     elif kind == "length":
         y = np.zeros(n + 1, np.int32)
+    elif kind == "empty":
+        scores, y = zeros(0, k), np.zeros(0, np.int32)
+    elif kind == "no_classes":
+        scores = zeros(n, 0)
     else:
         y = np.zeros(n, np.float32)
     raises_value_error(getattr(L, loss), scores, y)
