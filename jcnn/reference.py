@@ -45,7 +45,9 @@ def max_pool2d(x, *, pool_height=2, pool_width=2, stride=2, impl=None, layout="N
 
 
 def _with_running_stats(x, gamma, beta, running_mean, running_var, *, train, momentum, eps, axis):
-    check_batchnorm_args(x, gamma, beta, running_mean, running_var, momentum, eps, axis)
+    check_batchnorm_args(
+        x, gamma, beta, running_mean, running_var, momentum, eps, axis, train=bool(train)
+    )
     shape = [1] * x.ndim
     shape[axis] = -1
     if train:

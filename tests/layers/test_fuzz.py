@@ -335,7 +335,7 @@ def test_spatial_batchnorm_vjp(layout, n, c, h, w, dtype, seed, train, momentum,
 
 
 BN_INVALID = ["x_rank", "gamma", "beta", "running_mean", "running_var", "momentum", "eps",
-              "layout"]  # fmt: skip
+              "layout", "empty_training_batch"]  # fmt: skip
 
 
 @settings(max_examples=budget(30))
@@ -353,6 +353,11 @@ def test_batchnorm_invalid(kind, spatial, train, d, data):
         kw["momentum"] = data.draw(st.sampled_from([-0.1, 1.5, float("nan")]))
     elif kind == "eps":
         kw["eps"] = data.draw(st.sampled_from([0.0, -1e-5, float("nan")]))
+    elif kind == "empty_training_batch":
+        x = np.zeros((0, *x.shape[1:]), np.float32)
+        if spatial and data.draw(st.booleans()):  # or an empty spatial axis
+            x = zeros(2, d, 3, 0)
+        kw["train"] = True
     elif spatial:
         kw["layout"] = "NWHC"
     else:
