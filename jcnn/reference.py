@@ -15,7 +15,7 @@ from jcnn.layers._checks import check_labels, check_rank
 from jcnn.layers._windows import channel_axis, spatial_axes
 from jcnn.layers.batchnorm import batch_statistics, check_batchnorm_args, running_update
 from jcnn.layers.conv import check_conv_args
-from jcnn.layers.dropout import check_rate, keep_mask
+from jcnn.layers.dropout import check_dropout_key, check_rate, keep_mask
 from jcnn.layers.losses import check_label_smoothing, valid_labels
 from jcnn.layers.pool import check_pool_args
 
@@ -86,6 +86,7 @@ def dropout(x, key, *, rate: float, train: bool) -> jax.Array:
     rate = check_rate(rate)
     if not train or rate == 0.0:
         return x
+    check_dropout_key(key)
     return jnp.where(keep_mask(key, x.shape, rate), x / (1.0 - rate), jnp.zeros_like(x))
 
 

@@ -389,8 +389,9 @@ def test_dropout_invalid(rate, train):
     raises_value_error(lambda x: L.dropout(x, key, rate=rate, train=train), zeros(2, 3))
 
 
-def test_dropout_training_needs_a_key():
-    raises_value_error(lambda x: L.dropout(x, None, rate=0.5, train=True), zeros(2, 3))
+@pytest.mark.parametrize("key", [None, 0, np.zeros(4, np.uint32)], ids=["None", "0", "uint32[4]"])
+def test_dropout_training_needs_a_key(key):
+    raises_value_error(lambda x: L.dropout(x, key, rate=0.5, train=True), zeros(2, 3))
 
 
 # ---------------------------------------------------------------------------------- losses
