@@ -81,15 +81,21 @@ def labelled_images(model: Any, X: Any, y: Any, xname: str, yname: str) -> tuple
         _check_finite(xname, X)
     if not np.issubdtype(y.dtype, np.integer) or y.dtype == np.bool_:
         raise ValueError(f"{yname} must hold integer class labels, got dtype {y.dtype}")
-    k = model.num_classes
-    out = (y < 0) | (y >= k)
+    labels_in_range(yname, y, model.num_classes, "num_classes of the model")
+    return X, y.astype(np.int32)
+
+
+def labels_in_range(name: str, y: Any, num_classes: int, what: str) -> None:
+    """ValueError naming ``name``, the range and the first bad index unless every label of the
+    host array ``y`` is in ``[0, num_classes)``; ``what`` says where ``num_classes`` comes from."""
+    y = np.asarray(y)
+    out = (y < 0) | (y >= num_classes)
     if out.any():
         i = int(np.flatnonzero(out)[0])
         raise ValueError(
-            f"{yname} holds labels outside [0, {k}) (num_classes of the model): "
-            f"{int(out.sum())} of them, e.g. {yname}[{i}] = {int(y[i])}"
+            f"{name} holds labels outside [0, {num_classes}) ({what}): "
+            f"{int(out.sum())} of them, the first is {name}[{i}] = {int(y[i])}"
         )
-    return X, y.astype(np.int32)
 
 
 def _check_finite(name: str, X: np.ndarray, rows: int = 4096) -> None:

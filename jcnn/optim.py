@@ -22,9 +22,11 @@ from collections.abc import Mapping
 from typing import Any
 
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 __all__ = [
+    "FLOAT32_MAX",
     "LR_SCHEDULES",
     "UPDATE_RULES",
     "check_schedule",
@@ -35,6 +37,10 @@ __all__ = [
 
 UPDATE_RULES = ("sgd", "sgd_momentum", "rmsprop", "adam")
 LR_SCHEDULES = ("exponential", "cosine")
+
+# The largest magnitude a config value may have: float32 parameters' updates multiply by it,
+# and a larger one becomes inf there.
+FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 # cs231n's per-rule defaults (optim.py), in its config key names.
 _DEFAULTS: dict[str, dict[str, float]] = {
@@ -148,8 +154,17 @@ def make_schedule(
 
 
 def resolve_optim_config(update_rule: str, optim_config: Mapping[str, Any] | None) -> dict:
-    """cs231n defaults for ``update_rule`` overridden by ``optim_config``; unknown keys and
-    non-finite or out-of-range values raise ValueError."""
+    """cs231n defaults for ``update_rule`` overridden by ``optim_config``.
+
+    Every value must be a finite float that stays finite in float32 (``|v| <=``
+    :data:`FLOAT32_MAX`, about 3.4e38: float32 parameters' updates are computed with it).
+
+    Raises:
+      ValueError: an unknown ``update_rule``; ``optim_config`` not a mapping or with keys the
+        rule does not use; a value (named by its key) that is not a float, not finite, beyond
+        float32's range, or out of its range (``learning_rate > 0``; ``momentum``,
+        ``decay_rate``, ``beta1``, ``beta2`` in [0, 1); ``epsilon >= 0``).
+    """
     if update_rule not in UPDATE_RULES:
         raise ValueError(f"update_rule must be one of {UPDATE_RULES}, got {update_rule!r}")
     if optim_config is None:
@@ -170,6 +185,11 @@ def resolve_optim_config(update_rule: str, optim_config: Mapping[str, Any] | Non
             raise ValueError(f"optim_config[{k!r}] must be a float, got {v!r}") from None
         if not math.isfinite(v):
             raise ValueError(f"optim_config[{k!r}] must be finite, got {v!r}")
+        if abs(v) > FLOAT32_MAX:
+            raise ValueError(
+                f"optim_config[{k!r}] must be finite in float32 (|value| <= "
+                f"{FLOAT32_MAX:.7g}), got {v!r}"
+            )
         config[k] = v
     if config["learning_rate"] <= 0:
         raise ValueError(

@@ -15,8 +15,8 @@ from jcnn.layers._checks import check_labels, check_rank
 from jcnn.layers._windows import channel_axis, spatial_axes
 from jcnn.layers.batchnorm import batch_statistics, check_batchnorm_args, running_update
 from jcnn.layers.conv import check_conv_args
-from jcnn.layers.dropout import check_rate, keep_mask
-from jcnn.layers.losses import check_label_smoothing
+from jcnn.layers.dropout import check_dropout_key, check_rate, keep_mask
+from jcnn.layers.losses import check_label_smoothing, valid_labels
 from jcnn.layers.pool import check_pool_args
 
 
@@ -45,7 +45,9 @@ def max_pool2d(x, *, pool_height=2, pool_width=2, stride=2, impl=None, layout="N
 
 
 def _with_running_stats(x, gamma, beta, running_mean, running_var, *, train, momentum, eps, axis):
-    check_batchnorm_args(x, gamma, beta, running_mean, running_var, momentum, eps, axis)
+    check_batchnorm_args(
+        x, gamma, beta, running_mean, running_var, momentum, eps, axis, train=bool(train)
+    )
     shape = [1] * x.ndim
     shape[axis] = -1
     if train:
@@ -84,12 +86,20 @@ def dropout(x, key, *, rate: float, train: bool) -> jax.Array:
     rate = check_rate(rate)
     if not train or rate == 0.0:
         return x
+    check_dropout_key(key)
     return jnp.where(keep_mask(key, x.shape, rate), x / (1.0 - rate), jnp.zeros_like(x))
+
+
+def _nan_rows_of_invalid(scores: jax.Array, y: jax.Array) -> jax.Array:
+    """``scores`` with the rows of out-of-range labels NaN, in value and in gradient (a factor
+    of NaN): what the layers do with a traced bad label (:mod:`jcnn.layers.losses`)."""
+    return scores * jnp.where(valid_labels(y, scores.shape[1]), 1.0, jnp.nan)[:, None]
 
 
 def softmax_loss(scores: jax.Array, y: jax.Array, *, label_smoothing: float = 0.0) -> jax.Array:
     check_labels(scores, y)
     eps = check_label_smoothing(label_smoothing)
+    scores = _nan_rows_of_invalid(scores, y)
     log_probs = jax.nn.log_softmax(scores, axis=1)
     nll = -jnp.take_along_axis(log_probs, y[:, None], axis=1)[:, 0]
     uniform = -jnp.mean(log_probs, axis=1)  # cross-entropy against the uniform target
@@ -98,6 +108,7 @@ def softmax_loss(scores: jax.Array, y: jax.Array, *, label_smoothing: float = 0.
 
 def svm_loss(scores: jax.Array, y: jax.Array) -> jax.Array:
     check_labels(scores, y)
+    scores = _nan_rows_of_invalid(scores, y)
     correct = jnp.take_along_axis(scores, y[:, None], axis=1)
     margins = jnp.maximum(0, scores - correct + 1)
     is_correct = jnp.arange(scores.shape[1])[None, :] == y[:, None]

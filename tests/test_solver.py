@@ -251,6 +251,28 @@ def test_optim_config_defaults_and_checks():
         resolve_optim_config("adam", {"learning_rate": -1})
 
 
+@pytest.mark.parametrize(
+    "rule,key,value",
+    [
+        ("sgd", "learning_rate", 1e39),
+        ("adam", "learning_rate", 3.5e38),
+        ("rmsprop", "epsilon", 1e39),
+        ("adam", "epsilon", 1e300),
+        ("sgd_momentum", "momentum", -1e39),
+    ],
+)
+def test_optim_config_value_beyond_float32_range_raises_naming_the_key(rule, key, value):
+    with pytest.raises(ValueError, match=rf"optim_config\['{key}'\] must be finite in float32"):
+        resolve_optim_config(rule, {key: value})
+    with pytest.raises(ValueError, match=rf"optim_config\['{key}'\]"):
+        make_optimizer(rule, {key: value})
+
+
+def test_optim_config_takes_the_largest_float32_learning_rate():
+    big = float(np.finfo(np.float32).max)
+    assert resolve_optim_config("sgd", {"learning_rate": big})["learning_rate"] == big
+
+
 # ------------------------------------------------------------------- learning rate
 
 

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 from jcnn._validate import choice as check_choice
-from jcnn._validate import nonnegative_int, positive_int
+from jcnn._validate import labels_in_range, nonnegative_int, positive_int
 
 __all__ = [
     "check_choice",
     "check_floating",
     "check_labels",
+    "check_prng_key",
     "check_rank",
     "check_shape",
     "nonnegative_int",
@@ -38,14 +40,64 @@ def check_floating(name: str, x: Any) -> None:
 
 
 def check_labels(scores: Any, y: Any) -> None:
+    """``scores (N, K)`` with N, K >= 1 and integer labels ``y (N,)``; when ``y`` is concrete
+    (not a tracer), every label in ``[0, K)``. ValueError naming the argument otherwise.
+
+    Shapes and dtypes are static, so they are checked under ``jit`` too; the label values only
+    when they are known while tracing (a traced ``y`` is checked by the caller's data path).
+    """
+    import jax
     import jax.numpy as jnp
 
     check_rank("scores", scores, 2, "(N, num_classes)")
     check_rank("y", y, 1, "(N,)")
-    if y.shape[0] != scores.shape[0]:
+    n, k = scores.shape
+    if n == 0:
         raise ValueError(
-            f"y has {y.shape[0]} labels but scores has {scores.shape[0]} rows "
+            f"scores is an empty batch (shape {tuple(scores.shape)}): the mean loss over "
+            "no examples is undefined"
+        )
+    if k == 0:
+        raise ValueError(f"scores has no classes (shape {tuple(scores.shape)})")
+    if y.shape[0] != n:
+        raise ValueError(
+            f"y has {y.shape[0]} labels but scores has {n} rows "
             f"(scores {tuple(scores.shape)}, y {tuple(y.shape)})"
         )
     if not jnp.issubdtype(y.dtype, jnp.integer):
         raise ValueError(f"y must hold integer class labels, got dtype {y.dtype}")
+    if not isinstance(y, jax.core.Tracer):
+        labels_in_range("y", y, k, f"the {k} classes of scores")
+
+
+@functools.cache
+def _raw_key_shape(impl: str) -> tuple[int, ...]:
+    """The shape of a legacy ``jax.random.PRNGKey`` under the default implementation ``impl``."""
+    import jax
+
+    return tuple(jax.eval_shape(jax.random.PRNGKey, 0).shape)
+
+
+def check_prng_key(name: str, key: Any, why: str = "") -> None:
+    """ValueError naming ``name`` unless ``key`` is one JAX PRNG key: a typed key
+    (``jax.random.key(seed)``, shape ``()``) or a legacy raw key (``jax.random.PRNGKey(seed)``,
+    uint32 of shape ``(2,)`` for the default threefry implementation), concrete or traced,
+    e.g. ``jax.random.fold_in(key, k)``. Ints, None and batches of keys are refused."""
+    import jax
+    import numpy as np
+
+    dtype, shape = getattr(key, "dtype", None), getattr(key, "shape", None)
+    if dtype is not None and shape is not None:
+        shape = tuple(shape)
+        if jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key):
+            if shape == ():
+                return
+        elif dtype == np.uint32 and shape == _raw_key_shape(jax.config.jax_default_prng_impl):
+            return
+        got = f"an array of dtype {dtype} and shape {shape}"
+    else:
+        got = f"{key!r} ({type(key).__name__})"
+    raise ValueError(
+        f"{name} must be a single JAX PRNG key (jax.random.key(seed), or a legacy uint32 "
+        f"jax.random.PRNGKey(seed)){why}, got {got}"
+    )

@@ -16,6 +16,7 @@ dout masked by the pre-activation, run by compiled kernels on the CPU (:mod:`jcn
 from __future__ import annotations
 
 import functools
+import math
 
 import jax
 import jax.numpy as jnp
@@ -50,6 +51,24 @@ def _per_feature(v, ndim: int, axis: int):
     return v.reshape(shape)
 
 
+def values_per_feature(shape: tuple[int, ...], axis: int) -> int:
+    """m, the number of values each feature's statistics are taken over (0 for an empty
+    batch; the product of every size but the feature axis's, so no division by D)."""
+    return math.prod(size for a, size in enumerate(shape) if a != axis % len(shape))
+
+
+def check_batch_statistics(x, axis: int = 1) -> None:
+    """ValueError naming ``x`` if some feature has no values to take batch statistics over
+    (N = 0, or an empty spatial axis): their mean and variance would be NaN. Static (shapes
+    only), so it holds under ``jit`` too."""
+    if values_per_feature(x.shape, axis) == 0:
+        raise ValueError(
+            f"x has no values per feature to take batch statistics over (shape "
+            f"{tuple(x.shape)}, features on axis {axis % x.ndim}): training mode needs a "
+            "non-empty batch (test mode, with the running statistics, takes an empty one)"
+        )
+
+
 def batch_statistics(x: jax.Array, axis: int = 1) -> tuple[jax.Array, jax.Array]:
     """Per-feature mean and biased variance over every axis but ``axis``, shapes ``(D,)``."""
     axes = _reduce_axes(x.ndim, axis)
@@ -58,7 +77,12 @@ def batch_statistics(x: jax.Array, axis: int = 1) -> tuple[jax.Array, jax.Array]
     return mean, var
 
 
-def check_batchnorm_args(x, gamma, beta, running_mean, running_var, momentum, eps, axis=1):
+def check_batchnorm_args(
+    x, gamma, beta, running_mean, running_var, momentum, eps, axis=1, *, train=True
+):
+    """ValueError naming the argument: parameters and running statistics not ``(D,)``,
+    ``momentum`` outside [0, 1], ``eps`` not > 0, and with ``train`` an ``x`` with no values
+    per feature (:func:`check_batch_statistics`). Shared with :mod:`jcnn.reference`."""
     d = x.shape[axis]
     for name, v in (
         ("gamma", gamma),
@@ -71,14 +95,21 @@ def check_batchnorm_args(x, gamma, beta, running_mean, running_var, momentum, ep
         raise ValueError(f"momentum must be in [0, 1], got {momentum}")
     if not float(eps) > 0.0:
         raise ValueError(f"eps must be > 0, got {eps}")
+    if train:
+        check_batch_statistics(x, axis)
 
 
 def batchnorm_forward(
     x, gamma, beta, running_mean, running_var, *, train: bool, eps: float = 1e-5, axis: int = 1
 ):
     """Normalise over every axis but ``axis`` (the features); returns ``(out, cache)``.
-    Running stats are not updated here (see :func:`running_update`)."""
+    Running stats are not updated here (see :func:`running_update`).
+
+    Raises:
+      ValueError: naming ``x`` if ``train`` and ``x`` is empty (:func:`check_batch_statistics`).
+    """
     if train:
+        check_batch_statistics(x, axis)
         mean, var = batch_statistics(x, axis)
     else:
         mean, var = running_mean, running_var
@@ -102,7 +133,7 @@ def batchnorm_backward(dout, cache: BatchnormCache):
     dbeta = jnp.sum(dout, axis=axes)
     dgamma = jnp.sum(dout * x_hat, axis=axes)
     if cache.train:
-        m = dout.size // dout.shape[axis]
+        m = values_per_feature(dout.shape, axis)
         dx = (gamma * inv_std) * (
             dout - _per_feature(dbeta / m, nd, axis) - x_hat * _per_feature(dgamma / m, nd, axis)
         )
@@ -122,7 +153,7 @@ def batchnorm_backward_graph(dout, cache: BatchnormCache):
         return batchnorm_backward(dout, cache)
     axis = cache.axis
     axes = _reduce_axes(dout.ndim, axis)
-    m = dout.size // dout.shape[axis]
+    m = values_per_feature(dout.shape, axis)
     x_mu = cache.x - cache.mean
     inv_std = cache.inv_std
     std = 1.0 / inv_std
@@ -168,7 +199,7 @@ def _batchnorm_relu_backward_xla(dout, x, mean, var, gamma, beta, dmean, dvar, *
     out, cache = batchnorm_forward(x, gamma, beta, mean, var, train=False, eps=eps, axis=axis)
     cache = BatchnormCache(cache.x, cache.mean, cache.inv_std, gamma, True, axis)
     dx, dgamma, dbeta, _, _ = batchnorm_backward(jnp.where(out > 0, dout, 0), cache)
-    m = dout.size // dout.shape[axis]
+    m = values_per_feature(dout.shape, axis)
     x_mu = x - cache.mean
     dx = dx + _per_feature(dmean / m, nd, axis) + x_mu * _per_feature(2.0 * dvar / m, nd, axis)
     return dx, dgamma, dbeta
@@ -183,7 +214,11 @@ def batchnorm_relu_forward(
     statistics (for the running averages). Features-last float32/float64 input runs in one
     compiled CPU kernel where :mod:`jcnn.native` is available (two cache-blocked passes over
     x); elsewhere the same math in XLA.
+
+    Raises:
+      ValueError: naming ``x`` if it is empty (:func:`check_batch_statistics`).
     """
+    check_batch_statistics(x, axis)
     axis = axis % x.ndim
     shapes = (
         jax.ShapeDtypeStruct(x.shape, x.dtype),
@@ -235,7 +270,9 @@ _batchnorm = with_vjp(batchnorm_forward, batchnorm_backward)
 def _with_running_stats(x, gamma, beta, running_mean, running_var, *, train, momentum, eps, axis):
     """Batchnorm over every axis but ``axis`` and the new running statistics: the core of
     :func:`batchnorm` and :func:`spatial_batchnorm`."""
-    check_batchnorm_args(x, gamma, beta, running_mean, running_var, momentum, eps, axis)
+    check_batchnorm_args(
+        x, gamma, beta, running_mean, running_var, momentum, eps, axis, train=bool(train)
+    )
     out = _batchnorm(
         x, gamma, beta, running_mean, running_var, train=bool(train), eps=float(eps), axis=axis
     )
@@ -259,14 +296,18 @@ def batchnorm_relu(x, gamma, beta, running_mean, running_var, *, train, momentum
     """``relu`` of the batchnorm over every axis but ``axis``, with the running statistics:
     the sandwich layers' core. Training uses :func:`fused_batchnorm_relu` (the pair
     :func:`batchnorm_relu_forward`/:func:`batchnorm_relu_backward`); test mode is the plain
-    composition. Returns ``(out, new_running_mean, new_running_var)``."""
+    composition. Returns ``(out, new_running_mean, new_running_var)``.
+
+    Raises:
+      ValueError: as :func:`batchnorm` (:func:`check_batchnorm_args`).
+    """
     if not train:
         out, mean, var = _with_running_stats(
             x, gamma, beta, running_mean, running_var, train=False, momentum=momentum,
             eps=eps, axis=axis,
         )  # fmt: skip
         return relu(out), mean, var
-    check_batchnorm_args(x, gamma, beta, running_mean, running_var, momentum, eps, axis)
+    check_batchnorm_args(x, gamma, beta, running_mean, running_var, momentum, eps, axis, train=True)
     out, mean, var = fused_batchnorm_relu(x, gamma, beta, eps=float(eps), axis=axis % x.ndim)
     return (
         out,
@@ -289,7 +330,14 @@ def batchnorm(
     """Batchnorm of x ``(N, D)`` with a hand-written VJP; gamma, beta, running stats ``(D,)``.
 
     Returns ``(out, new_running_mean, new_running_var)``; running = momentum·running +
-    (1 − momentum)·batch statistic when training, unchanged at test time.
+    (1 − momentum)·batch statistic when training, unchanged at test time. At test time an
+    empty batch (N = 0) is fine: the output is empty and the running statistics unchanged.
+
+    Raises:
+      ValueError: naming ``x`` if it is not ``(N, D)``, or if ``train`` and N = 0 (no batch
+        statistics to take; checked from the shape, so under ``jit`` too); naming ``gamma``,
+        ``beta``, ``running_mean`` or ``running_var`` if not ``(D,)``; ``momentum`` outside
+        [0, 1]; ``eps`` not > 0.
     """
     check_rank("x", x, 2, "(N, D)")
     return _with_running_stats(
@@ -313,7 +361,14 @@ def spatial_batchnorm(
 
     The same core as :func:`batchnorm` (it normalises over every axis but the channel axis),
     so no transpose to ``(N·H·W, C)`` is needed. ``layout='NHWC'`` for channels-last input.
-    Returns ``(out, new_running_mean, new_running_var)``.
+    Returns ``(out, new_running_mean, new_running_var)``. At test time an empty batch is fine
+    (empty output, running statistics unchanged).
+
+    Raises:
+      ValueError: naming ``x`` if it is not rank 4, or if ``train`` and N, H or W is 0 (no
+        batch statistics to take; checked from the shape, so under ``jit`` too); naming
+        ``layout`` if not ``'NCHW'``/``'NHWC'``; ``gamma``, ``beta``, ``running_mean`` or
+        ``running_var`` if not ``(C,)``; ``momentum`` outside [0, 1]; ``eps`` not > 0.
     """
     check_choice("layout", layout, LAYOUTS)
     check_rank("x", x, 4, f"({', '.join(layout)})")

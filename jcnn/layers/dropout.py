@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 
 from jcnn.layers._binding import cache_dataclass, with_vjp
+from jcnn.layers._checks import check_prng_key
 
 
 @cache_dataclass(static=("rate",))
@@ -15,6 +16,7 @@ class DropoutCache:
 
 
 def check_rate(rate: float) -> float:
+    """``rate`` as a float in [0, 1), or ValueError naming it (shared with the reference)."""
     try:
         rate = float(rate)
     except (TypeError, ValueError):
@@ -29,8 +31,19 @@ def keep_mask(key: jax.Array, shape: tuple[int, ...], rate: float) -> jax.Array:
     return jax.random.bernoulli(key, 1.0 - rate, shape)
 
 
+def check_dropout_key(key) -> None:
+    """ValueError naming ``key`` unless it is one JAX PRNG key (what training with a rate > 0
+    needs; shared with the reference)."""
+    check_prng_key("key", key, " when train=True and rate > 0")
+
+
 def dropout_forward(x: jax.Array, key: jax.Array, *, rate: float) -> tuple[jax.Array, DropoutCache]:
-    """Training-mode dropout; x any shape."""
+    """Training-mode dropout; x any shape.
+
+    Raises:
+      ValueError: naming ``key`` if it is not one JAX PRNG key (:func:`check_dropout_key`).
+    """
+    check_dropout_key(key)
     keep = keep_mask(key, x.shape, rate)
     out = jnp.where(keep, x / (1.0 - rate), jnp.zeros_like(x))
     return out, DropoutCache(keep, rate)
@@ -49,11 +62,18 @@ def dropout(x: jax.Array, key: jax.Array | None, *, rate: float, train: bool) ->
     """Inverted dropout with a hand-written VJP.
 
     ``rate`` is the probability of dropping a unit. With ``train=False`` (or ``rate=0``) the
-    layer is the identity and ``key`` may be ``None``.
+    layer is the identity and ``key`` is not looked at (it may be ``None``). Otherwise ``key``
+    is one JAX PRNG key, concrete or traced: ``jax.random.key(seed)``, a legacy
+    ``jax.random.PRNGKey(seed)``, or one derived from them (``jax.random.fold_in(key, k)``).
+
+    Raises:
+      ValueError: naming ``rate`` if it is not a float in [0, 1); naming ``key`` if training
+        with ``rate > 0`` and ``key`` is not one PRNG key (an int, None, a batch of keys, a
+        uint32 array of the wrong shape), checked from its dtype and shape, so under ``jit``
+        too.
     """
     rate = check_rate(rate)
     if not train or rate == 0.0:
         return x
-    if key is None:
-        raise ValueError("key must be a jax.random key when train=True and rate > 0")
+    check_dropout_key(key)
     return _dropout(x, key, rate=rate)

@@ -9,7 +9,7 @@ import jcnn.layers as L
 import jcnn.reference as R
 from jcnn import native
 from jcnn.gradcheck import rel_error
-from jcnn.layers.batchnorm import batch_statistics, fused_batchnorm_relu
+from jcnn.layers.batchnorm import batch_statistics, batchnorm_relu, fused_batchnorm_relu
 from tests.helpers import assert_vjp_proven, normal
 
 
@@ -242,3 +242,64 @@ def test_batchnorm_relu_forward_lets_a_nan_through(dtype):
     assert np.isnan(out[..., poisoned]).all()
     assert np.isnan(mean[poisoned]).all() and np.isnan(var[poisoned]).all()
     assert np.isfinite(out[..., ~poisoned]).all()
+
+
+def _bn_call(name, xs, *, train, jit=False):
+    """Call ``name`` (``[reference.]batchnorm``, ``[reference.]spatial_batchnorm[_nhwc]``,
+    ``batchnorm_relu``) on zeros of shape ``xs``."""
+    module = R if name.startswith("reference.") else L
+    name = name.removeprefix("reference.")
+    layout = "NHWC" if name.endswith("_nhwc") else "NCHW"
+    d = xs[-1] if layout == "NHWC" or len(xs) == 2 or name == "batchnorm_relu" else xs[1]
+    p = jnp.ones(d)
+    if name == "batchnorm":
+        f = functools.partial(module.batchnorm, train=train)
+    elif name == "batchnorm_relu":
+        f = functools.partial(batchnorm_relu, train=train, momentum=0.9, eps=1e-5, axis=-1)
+    else:
+        f = functools.partial(module.spatial_batchnorm, train=train, layout=layout)
+    return (jax.jit(f) if jit else f)(jnp.zeros(xs), p, p, p, p)
+
+
+EMPTY_BATCHES = [
+    (prefix + name, xs)
+    for prefix in ("", "reference.")
+    for name, xs in [
+        ("batchnorm", (0, 3)),
+        ("spatial_batchnorm", (0, 3, 4, 4)),
+        ("spatial_batchnorm", (2, 3, 0, 4)),
+        ("spatial_batchnorm_nhwc", (0, 4, 4, 3)),
+        ("spatial_batchnorm_nhwc", (2, 4, 0, 3)),
+    ]
+] + [("batchnorm_relu", (0, 3)), ("batchnorm_relu", (0, 4, 4, 3))]
+
+
+@pytest.mark.parametrize("jit", [False, True])
+@pytest.mark.parametrize("name,xs", EMPTY_BATCHES)
+def test_training_batchnorm_on_an_empty_batch_raises_naming_x_even_under_jit(name, xs, jit):
+    with pytest.raises(ValueError, match=r"x has no values per feature .* training mode"):
+        _bn_call(name, xs, train=True, jit=jit)
+
+
+@pytest.mark.parametrize("name,xs", EMPTY_BATCHES)
+def test_test_mode_batchnorm_on_an_empty_batch_gives_an_empty_output_and_keeps_the_stats(name, xs):
+    out, mean, var = _bn_call(name, xs, train=False)
+    assert out.shape == xs
+    np.testing.assert_array_equal(mean, 1.0)
+    np.testing.assert_array_equal(var, 1.0)
+
+
+def test_the_batchnorm_pair_refuses_an_empty_training_batch():
+    p = jnp.ones(3)
+    with pytest.raises(ValueError, match="x has no values per feature"):
+        L.batchnorm_forward(jnp.zeros((0, 3)), p, p, p, p, train=True)
+    with pytest.raises(ValueError, match="x has no values per feature"):
+        L.batchnorm_relu_forward(jnp.zeros((0, 3)), p, p)
+
+
+@pytest.mark.parametrize("fn", [L.batchnorm, R.batchnorm])
+def test_training_batchnorm_with_no_features_differentiates_without_dividing_by_zero(fn):
+    p = jnp.ones(0)
+    loss = lambda x, g: fn(x, g, p, p, p, train=True)[0].sum()  # noqa: E731
+    dx, dgamma = jax.grad(loss, argnums=(0, 1))(jnp.zeros((4, 0)), p)
+    assert dx.shape == (4, 0) and dgamma.shape == (0,)

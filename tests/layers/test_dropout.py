@@ -49,3 +49,53 @@ def test_dropout_rate_outside_unit_interval_raises(rate):
 def test_dropout_without_key_in_training_raises():
     with pytest.raises(ValueError, match="key"):
         L.dropout(jnp.ones(3), None, rate=0.5, train=True)
+
+
+KEYS_THAT_WORK = {
+    "key": jax.random.key(1),
+    "PRNGKey": jax.random.PRNGKey(1),
+    "fold_in(key)": jax.random.fold_in(jax.random.key(1), 2),
+    "fold_in(PRNGKey)": jax.random.fold_in(jax.random.PRNGKey(1), 2),
+    "numpy uint32[2]": np.array([0, 1], np.uint32),
+}
+
+
+@pytest.mark.parametrize("f", [L.dropout, R.dropout], ids=["layers", "reference"])
+@pytest.mark.parametrize("key", KEYS_THAT_WORK.values(), ids=KEYS_THAT_WORK.keys())
+def test_dropout_takes_typed_legacy_and_folded_keys_eagerly_and_traced(f, key):
+    x = jnp.ones((4, 5))
+    out = f(x, key, rate=0.5, train=True)
+    np.testing.assert_array_equal(jax.jit(lambda x, k: f(x, k, rate=0.5, train=True))(x, key), out)
+
+
+BAD_KEYS = {
+    "0": 0,
+    "None": None,
+    "float": 0.5,
+    "int32[2]": jnp.array([0, 1], jnp.int32),
+    "uint32 scalar": jnp.uint32(0),
+    "uint32[4]": jnp.zeros(4, jnp.uint32),
+    "batch of keys": jax.random.split(jax.random.key(0)),
+    "batch of legacy keys": jax.random.split(jax.random.PRNGKey(0)),
+}
+
+
+@pytest.mark.parametrize("f", [L.dropout, R.dropout], ids=["layers", "reference"])
+@pytest.mark.parametrize("key", BAD_KEYS.values(), ids=BAD_KEYS.keys())
+def test_dropout_with_a_key_that_is_not_one_prng_key_raises_naming_key(f, key):
+    with pytest.raises(ValueError, match=r"^key must be a single JAX PRNG key"):
+        f(jnp.ones((2, 3)), key, rate=0.5, train=True)
+
+
+def test_dropout_with_key_0_raises_naming_key_under_jit_too():
+    with pytest.raises(ValueError, match=r"key must be a single JAX PRNG key .*got 0 \(int\)"):
+        L.dropout(jnp.ones(3), 0, rate=0.5, train=True)
+    with pytest.raises(ValueError, match=r"key must be .* dtype int\d+ and shape \(\)"):
+        jax.jit(lambda x, k: L.dropout(x, k, rate=0.5, train=True))(jnp.ones(3), 0)
+
+
+@pytest.mark.parametrize("f", [L.dropout, R.dropout], ids=["layers", "reference"])
+def test_dropout_does_not_look_at_the_key_when_it_is_the_identity(f):
+    x = jnp.ones(3)
+    assert f(x, 0, rate=0.5, train=False) is x
+    assert f(x, "anything", rate=0.0, train=True) is x

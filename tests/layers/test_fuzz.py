@@ -335,7 +335,7 @@ def test_spatial_batchnorm_vjp(layout, n, c, h, w, dtype, seed, train, momentum,
 
 
 BN_INVALID = ["x_rank", "gamma", "beta", "running_mean", "running_var", "momentum", "eps",
-              "layout"]  # fmt: skip
+              "layout", "empty_training_batch"]  # fmt: skip
 
 
 @settings(max_examples=budget(30))
@@ -353,6 +353,11 @@ def test_batchnorm_invalid(kind, spatial, train, d, data):
         kw["momentum"] = data.draw(st.sampled_from([-0.1, 1.5, float("nan")]))
     elif kind == "eps":
         kw["eps"] = data.draw(st.sampled_from([0.0, -1e-5, float("nan")]))
+    elif kind == "empty_training_batch":
+        x = np.zeros((0, *x.shape[1:]), np.float32)
+        if spatial and data.draw(st.booleans()):  # or an empty spatial axis
+            x = zeros(2, d, 3, 0)
+        kw["train"] = True
     elif spatial:
         kw["layout"] = "NWHC"
     else:
@@ -384,8 +389,9 @@ def test_dropout_invalid(rate, train):
     raises_value_error(lambda x: L.dropout(x, key, rate=rate, train=train), zeros(2, 3))
 
 
-def test_dropout_training_needs_a_key():
-    raises_value_error(lambda x: L.dropout(x, None, rate=0.5, train=True), zeros(2, 3))
+@pytest.mark.parametrize("key", [None, 0, np.zeros(4, np.uint32)], ids=["None", "0", "uint32[4]"])
+def test_dropout_training_needs_a_key(key):
+    raises_value_error(lambda x: L.dropout(x, key, rate=0.5, train=True), zeros(2, 3))
 
 
 # ---------------------------------------------------------------------------------- losses
@@ -407,7 +413,7 @@ def test_loss_vjp(loss, n, k, dtype, seed):
 @settings(max_examples=budget(15))
 @given(
     loss=st.sampled_from(["softmax_loss", "svm_loss"]),
-    kind=st.sampled_from(["scores_rank", "y_rank", "length", "y_dtype"]),
+    kind=st.sampled_from(["scores_rank", "y_rank", "length", "y_dtype", "empty", "no_classes"]),
     n=small,
     k=small,
 )
@@ -419,6 +425,10 @@ def test_loss_invalid(loss, kind, n, k):
         y = np.zeros((n, 1), np.int32)
     elif kind == "length":
         y = np.zeros(n + 1, np.int32)
+    elif kind == "empty":
+        scores, y = zeros(0, k), np.zeros(0, np.int32)
+    elif kind == "no_classes":
+        scores = zeros(n, 0)
     else:
         y = np.zeros(n, np.float32)
     raises_value_error(getattr(L, loss), scores, y)

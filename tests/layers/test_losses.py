@@ -81,3 +81,61 @@ def test_label_smoothing_out_of_range_raises(eps):
     for f in (L.softmax_loss, R.softmax_loss):
         with pytest.raises(ValueError, match="label_smoothing must be a float in"):
             f(jnp.zeros((2, 3)), jnp.zeros(2, int), label_smoothing=eps)
+
+
+LOSSES = [L.softmax_loss, L.svm_loss, R.softmax_loss, R.svm_loss]
+LOSS_IDS = ["softmax_loss", "svm_loss", "reference.softmax_loss", "reference.svm_loss"]
+
+
+@pytest.mark.parametrize("f", LOSSES, ids=LOSS_IDS)
+@pytest.mark.parametrize("bad", [10, -1, 99])
+@pytest.mark.parametrize("as_array", [jnp.asarray, np.asarray])
+def test_concrete_out_of_range_label_raises_naming_y_the_range_and_first_bad_index(
+    f, bad, as_array
+):
+    y = as_array([3, 9, bad, 0, bad])
+    with pytest.raises(ValueError, match=rf"y holds labels outside \[0, 10\).* y\[2\] = {bad}"):
+        f(jnp.zeros((5, 10)), y)
+
+
+@pytest.mark.parametrize("f", LOSSES, ids=LOSS_IDS)
+def test_concrete_bad_label_raises_inside_grad_too(f):
+    with pytest.raises(ValueError, match=r"outside \[0, 3\)"):
+        jax.grad(lambda s: f(s, jnp.array([0, 3])))(jnp.zeros((2, 3)))
+
+
+@pytest.mark.parametrize("f", LOSSES, ids=LOSS_IDS)
+@pytest.mark.parametrize(
+    "ss,y,match",
+    [
+        ((0, 10), jnp.zeros(0, int), "scores is an empty batch"),
+        ((3, 0), jnp.zeros(3, int), "scores has no classes"),
+        ((4, 3), jnp.zeros(5, int), "5 labels but scores has 4 rows"),
+        ((4, 3), jnp.zeros(4, jnp.float32), "y must hold integer class labels"),
+        ((4, 3), jnp.zeros(4, bool), "y must hold integer class labels"),
+    ],
+)
+def test_empty_batch_wrong_length_and_non_integer_labels_raise_even_under_jit(f, ss, y, match):
+    with pytest.raises(ValueError, match=match):
+        f(jnp.zeros(ss), y)
+    with pytest.raises(ValueError, match=match):
+        jax.jit(f)(jnp.zeros(ss), y)
+
+
+@pytest.mark.parametrize(
+    "name,kw", [("softmax_loss", {}), ("softmax_loss", {"label_smoothing": 0.2}), ("svm_loss", {})]
+)
+@pytest.mark.parametrize("bad", [10, -1, 99])
+def test_traced_out_of_range_label_makes_the_loss_and_its_gradient_row_nan(name, kw, bad):
+    """What the docstrings promise under jit: no error, a NaN loss, NaN in the bad example's
+    gradient row only, the other rows as with a valid label there; the layer and its twin
+    alike."""
+    scores = normal(11, 4, 10)
+    y = jnp.array([1, bad, 7, 0])
+    good = jnp.array([1, 0, 7, 0])
+    for f in (getattr(L, name), getattr(R, name)):
+        loss, g = jax.jit(jax.value_and_grad(lambda s, y, f=f: f(s, y, **kw)))(scores, y)
+        _, g_good = jax.value_and_grad(lambda s, f=f: f(s, good, **kw))(scores)
+        assert np.isnan(float(loss))
+        assert np.isnan(np.asarray(g[1])).all()
+        np.testing.assert_allclose(np.asarray(g)[[0, 2, 3]], np.asarray(g_good)[[0, 2, 3]])
