@@ -60,6 +60,7 @@ from absl import flags
 from experiments import errors, rundir
 from experiments.errors import UsageFailure
 from experiments.lock import WorkdirLock
+from experiments.progress import Progress
 from experiments.resume import check_resumable
 from experiments.rundir import RunLogger, RunWriter
 from experiments.train_flags import config_from_flags, flagfile_text
@@ -214,6 +215,7 @@ def make_solver(
     writer: RunWriter,
     logger: RunLogger,
     mesh: Any,
+    progress: Progress | None = None,
 ) -> Any:
     """The run's Solver, resumed from the workdir's newest checkpoint if it holds one."""
     from jcnn.checkpoint import CheckpointMismatchError
@@ -226,6 +228,7 @@ def make_solver(
             data,
             checkpoint_dir=writer.solver_checkpoint_dir,
             on_epoch_end=[logger],
+            on_progress=[] if progress is None else [progress],
             augment=make_augment(config),
             resume="auto",
             run_config=config,
@@ -365,7 +368,10 @@ def train_and_evaluate(
     data_s = time.perf_counter() - t_start
 
     logger = RunLogger(writer, config, plots=plots)
-    solver = make_solver(config, model, data, writer, logger, mesh)
+    progress = Progress(
+        int(config["batch_size"]), lambda: logger.outside_training_s, enabled=is_primary()
+    )
+    solver = make_solver(config, model, data, writer, logger, mesh, progress)
     start_iteration = solver.iteration
     if solver.resumed_from is not None:
         if solver.iteration >= solver.num_iterations and writer.path("summary.json").is_file():
@@ -382,6 +388,7 @@ def train_and_evaluate(
         ),
     )  # fmt: skip
     say(describe_run(app_name, model, solver, data, mesh, writer.workdir), flush=True)
+    progress.start(solver)
     train_wall = run_training(solver, logger, config)
 
     return finish_run(

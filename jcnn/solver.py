@@ -15,8 +15,10 @@ accuracy is checked after the first iteration (epoch 0) and after every epoch, a
 parameters with the best validation accuracy become ``params``/``state`` when ``train`` ends.
 ``seed`` seeds the host generator and the JAX key: same seed, same run, bit for bit (on CPU),
 interrupted and resumed or not. Hooks instead of subclassing: ``on_iteration(solver,
-iteration, loss)`` after every update (each step then waits for its loss) and
-``on_epoch_end(solver, epoch)`` after each accuracy check and its checkpoint.
+iteration, loss)`` after every update (each step then waits for its loss),
+``on_progress(solver, iteration)`` with every progress line (every ``print_every`` updates,
+no extra wait) and ``on_epoch_end(solver, epoch)`` after each accuracy check and its
+checkpoint.
 
 With a ``checkpoint_dir`` every epoch end (and every ``checkpoint_every`` updates) writes a
 checkpoint holding all the run needs to continue bit for bit; ``resume='auto'`` restores the
@@ -125,6 +127,7 @@ class Solver:
         state: Any = None,
         on_iteration: Callable | Iterable[Callable] | None = None,
         on_epoch_end: Callable | Iterable[Callable] | None = None,
+        on_progress: Callable | Iterable[Callable] | None = None,
         augment: Callable[[jax.Array, jax.Array], jax.Array] | None = None,
         mesh: jax.sharding.Mesh | None = None,
         compute_dtype: Any = None,
@@ -163,6 +166,7 @@ class Solver:
         self.seed = check.seed("seed", seed)
         self.on_iteration = _hooks("on_iteration", on_iteration)
         self.on_epoch_end = _hooks("on_epoch_end", on_epoch_end)
+        self.on_progress = _hooks("on_progress", on_progress)
         if augment is not None and not callable(augment):
             raise ValueError(f"augment must be a function (key, X) -> X or None, got {augment!r}")
         self.augment = augment
@@ -294,6 +298,8 @@ class Solver:
                         f"loss: {self.loss_history[-1]:f}",
                         flush=True,
                     )
+                for hook in self.on_progress:
+                    hook(self, self.iteration)
             epoch_end = (t + 1) % self.iterations_per_epoch == 0
             self.epoch += epoch_end
             evaluate = t == 0 or t == self.num_iterations - 1 or epoch_end
