@@ -70,6 +70,12 @@ def check_labels(scores: Any, y: Any) -> None:
         labels_in_range("y", y, k, f"the {k} classes of scores")
 
 
+def _default_prng_impl() -> str:
+    import jax
+
+    return jax.config.jax_default_prng_impl  # type: ignore[attr-defined]
+
+
 @functools.cache
 def _raw_key_shape(impl: str) -> tuple[int, ...]:
     """The shape of a legacy ``jax.random.PRNGKey`` under the default implementation ``impl``."""
@@ -92,7 +98,7 @@ def check_prng_key(name: str, key: Any, why: str = "") -> None:
         if jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key):
             if shape == ():
                 return
-        elif dtype == np.uint32 and shape == _raw_key_shape(jax.config.jax_default_prng_impl):
+        elif dtype == np.uint32 and shape == _raw_key_shape(_default_prng_impl()):
             return
         got = f"an array of dtype {dtype} and shape {shape}"
     else:
