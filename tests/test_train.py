@@ -1,5 +1,6 @@
 """jcnn.train: the pure training pieces the Solver is built on."""
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -61,6 +62,31 @@ def test_the_solver_is_these_pieces_loss_for_loss():
         losses.append(float(metrics["loss"]))
     solver.train()
     assert solver.loss_history == losses
+    # the Adam moments, bit for bit (the Solver adds a schedule state beside them)
+    chex.assert_trees_all_equal(solver.opt_state[0], state.opt_state[0])
+
+
+class _TraceCounted:
+    """``model`` with its loss wrapped in ``chex.assert_max_traces``: tracing the train step
+    twice would trace the loss twice and fail."""
+
+    def __init__(self, model, n):
+        self._model = model
+        self.loss = chex.assert_max_traces(model.loss, n=n)
+
+    def __getattr__(self, name):
+        return getattr(self._model, name)
+
+
+def test_one_compile_for_a_whole_run_of_same_shaped_batches():
+    optimizer, _ = make_optimizer("adam", {"learning_rate": 1e-3})
+    state = create_train_state(MODEL, optimizer, key=jax.random.key(0))
+    step = make_train_step(_TraceCounted(MODEL, n=1), optimizer)
+    rng = np.random.default_rng(0)
+    for _ in range(4):  # new host arrays every time, same shapes and dtypes
+        X = rng.normal(size=(8, *SHAPE)).astype(np.float32)
+        state, _ = step(state, (X, rng.integers(0, 10, 8)))
+    assert step.traces() == 1
 
 
 def test_train_step_counts_steps_keeps_the_key_and_flags_a_nonfinite_loss():
