@@ -41,6 +41,15 @@ def _int(name: str, value: Any, what: str) -> int:
         raise ValueError(f"{name} must be {what}, got {value!r}") from None
 
 
+def callables(name: str, value: Any) -> list:
+    """``value`` (None, a callable or an iterable of callables) as a list of callables."""
+    hooks = [] if value is None else [value] if callable(value) else list(value)
+    for h in hooks:
+        if not callable(h):
+            raise ValueError(f"{name} must be a callable or a list of callables, got {h!r}")
+    return hooks
+
+
 def finite_float(name: str, value: Any, *, minimum: float, strict: bool = False) -> float:
     """``value`` as a finite float ``>= minimum`` (``> minimum`` with ``strict``)."""
     what = f"a finite float {'>' if strict else '>='} {minimum:g}"

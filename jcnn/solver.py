@@ -21,15 +21,10 @@ no extra wait) and ``on_epoch_end(solver, epoch)`` after each accuracy check and
 checkpoint.
 
 With a ``checkpoint_dir`` every epoch end (and every ``checkpoint_every`` updates) writes a
-checkpoint holding all the run needs to continue bit for bit; ``resume='auto'`` restores the
-newest good one when the Solver is built (``True``: one must exist; ``False``: the folder must
-hold none); one of a differently configured run is a
-:class:`~jcnn.checkpoint.CheckpointMismatchError` naming what differs (``num_epochs`` may grow,
-not shrink below what the checkpoint has done). The run's identity includes a SHA-256
-fingerprint of the training and validation arrays (:attr:`Solver.data_fingerprint`), so a run
-does not silently continue on other data; ``check_data=False`` accepts that (only that).
-Losses are checked when read back (no sync per step) and the parameters every
-``print_every`` updates: the first non-finite one raises
+checkpoint holding all the run needs to continue bit for bit, and ``resume='auto'`` restores
+the newest good one when the Solver is built (:mod:`jcnn.solver_checkpoints`). Losses are
+checked when read back (no sync per step) and the parameters every ``print_every`` updates:
+the first non-finite one raises
 :class:`~jcnn.nonfinite.NonFiniteLossError` and writes ``nonfinite.json`` beside
 ``checkpoint_dir``. ``mesh`` trains data-parallel (``batch_size`` is the global batch; only
 process 0 writes), ``compute_dtype='bfloat16'`` in mixed precision.
@@ -37,7 +32,6 @@ process 0 writes), ``compute_dtype='bfloat16'`` in mixed precision.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -52,8 +46,8 @@ from jcnn import checkpoint as ckpt
 from jcnn import nonfinite, optim, parallel
 from jcnn.checkpoint import CheckpointMismatchError
 from jcnn.nonfinite import NonFiniteLossError
+from jcnn.solver_checkpoints import CheckpointedRun
 from jcnn.train import (
-    TrainState,
     copy_tree,
     create_train_state,
     make_eval_step,
@@ -66,21 +60,7 @@ __all__ = ["DATA_KEYS", "CheckpointMismatchError", "NonFiniteLossError", "Solver
 DATA_KEYS = ("X_train", "y_train", "X_val", "y_val")
 
 
-def _hooks(name: str, value: Callable | Iterable[Callable] | None) -> list[Callable]:
-    hooks = [] if value is None else [value] if callable(value) else list(value)
-    for h in hooks:
-        if not callable(h):
-            raise ValueError(f"{name} must be a callable or a list of callables, got {h!r}")
-    return hooks
-
-
-def _name(fn: Callable) -> str:
-    """A readable name for a function (``functools.partial`` included)."""
-    inner = getattr(fn, "func", fn)
-    return getattr(inner, "__qualname__", None) or repr(fn)
-
-
-class Solver:
+class Solver(CheckpointedRun):
     """Train a :mod:`jcnn.models` model on ``data`` the cs231n way (see the module docs).
 
     ``data`` holds ``X_train, y_train, X_val, y_val`` (host arrays; images shaped like the
@@ -164,9 +144,9 @@ class Solver:
         except TypeError as e:
             raise ValueError(f"run_config must be JSON-able: {e}") from None
         self.seed = check.seed("seed", seed)
-        self.on_iteration = _hooks("on_iteration", on_iteration)
-        self.on_epoch_end = _hooks("on_epoch_end", on_epoch_end)
-        self.on_progress = _hooks("on_progress", on_progress)
+        self.on_iteration = check.callables("on_iteration", on_iteration)
+        self.on_epoch_end = check.callables("on_epoch_end", on_epoch_end)
+        self.on_progress = check.callables("on_progress", on_progress)
         if augment is not None and not callable(augment):
             raise ValueError(f"augment must be a function (key, X) -> X or None, got {augment!r}")
         self.augment = augment
@@ -426,176 +406,3 @@ class Solver:
             mask = self._rng.choice(X.shape[0], num_samples)
             X, y = X[mask], y[mask]
         return float(np.mean(self.predict(X, batch_size, **kw) == y))
-
-    # -------------------------------------------------------------------- checkpoints
-
-    @property
-    def data_fingerprint(self) -> str:
-        """``'sha256:...'`` of the training and validation arrays as the Solver holds them
-        (:func:`jcnn.files.arrays_digest` over X_train, y_train, X_val, y_val), computed
-        once: part of the run's identity, so a run does not resume on other data (unless
-        ``check_data=False``)."""
-        if self._fingerprint is None:
-            from jcnn.files import arrays_digest
-
-            arrays = (self.X_train, self.y_train, self.X_val, self.y_val)
-            self._fingerprint = "sha256:" + arrays_digest(arrays)
-        return self._fingerprint
-
-    def _identity(self) -> dict[str, Any]:
-        """The settings a checkpoint must share with this Solver to be resumed (plain JSON;
-        :func:`jcnn.checkpoint.check_resumable` compares them)."""
-        model = self.model
-        is_instance = dataclasses.is_dataclass(model) and not isinstance(model, type)
-        model_config = dataclasses.asdict(model) if is_instance else {}
-        return ckpt.to_plain_json(
-            {
-                "model": {"class": type(model).__name__, **model_config},
-                "solver": {
-                    "update_rule": self.update_rule, "optim_config": self.optim_config,
-                    "lr_decay": self.lr_decay, "lr_schedule": self.lr_schedule,
-                    "warmup_epochs": self.warmup_epochs, "batch_size": self.batch_size,
-                    "num_train_samples": self.num_train_samples,
-                    "num_val_samples": self.num_val_samples, "seed": self.seed,
-                    "augment": None if self.augment is None else _name(self.augment),
-                    "compute_dtype": getattr(self.compute_dtype, "name", None),
-                    "test_time_flip": self.test_time_flip,  # the best parameters depend on it
-                },
-                "data": {
-                    "num_train": int(self.num_train), "num_val": int(self.X_val.shape[0]),
-                    "image_shape": list(self.X_train.shape[1:]), "dtype": self._x_dtype.name,
-                    "fingerprint": self.data_fingerprint,
-                },
-            }
-        )  # fmt: skip
-
-    def checkpoint_metadata(self) -> dict[str, Any]:
-        """What a checkpoint's JSON sidecar records (verifies the pending losses and the
-        parameters first)."""
-        self._verify_finite()
-        identity = self._identity()
-        return {
-            "format": ckpt.CHECKPOINT_FORMAT, "epoch": self.epoch, "iteration": self.iteration,
-            "num_epochs": self.num_epochs, "num_iterations": self.num_iterations,
-            "iterations_per_epoch": self.iterations_per_epoch,
-            "loss_history": self.loss_history, "train_acc_history": self.train_acc_history,
-            "val_acc_history": self.val_acc_history, "lr_history": self.lr_history,
-            "eval_history": self.eval_history, "best_val_acc": self.best_val_acc,
-            "best_epoch": self.best_epoch, "has_best": self.best_params is not None,
-            "host_rng": self._rng.bit_generator.state, "elapsed_s": self.elapsed_s,
-            "model": identity["model"],
-            "solver": {**identity["solver"], "num_epochs": self.num_epochs},
-            "data": identity["data"], "run_config": self.run_config,
-            "num_devices": 1 if self.mesh is None else int(self.mesh.size),  # may change
-            "jax_version": jax.__version__,
-        }  # fmt: skip
-
-    def checkpoint_tree(self) -> dict[str, Any]:
-        """The arrays a checkpoint holds: ``{'params', 'state', 'opt_state', 'best_params',
-        'best_state', 'rng': {'dropout_key'}}`` (best = current before the first check)."""
-        best = self.best_params is not None
-        return {
-            "params": self.params,
-            "state": self.state,
-            "opt_state": self.opt_state,
-            "best_params": self.best_params if best else self.params,
-            "best_state": self.best_state if best else self.state,
-            "rng": {"dropout_key": jax.random.key_data(self.train_state.key)},
-        }
-
-    def save_checkpoint(self, path: str | os.PathLike | None = None) -> Path:
-        """Write the current checkpoint (default: :func:`jcnn.checkpoint.run_checkpoint_path`
-        in ``checkpoint_dir``, then prune old ones). Pending losses are checked first, and
-        non-finite arrays are never written: both raise NonFiniteLossError. With several
-        processes only process 0 writes. Returns the path."""
-        meta = self.checkpoint_metadata()  # reads the pending losses back: may raise
-        host = jax.device_get(self.checkpoint_tree())
-        bad = nonfinite.nonfinite_leaves(ckpt.flatten_tree(host))
-        if bad:
-            raise NonFiniteLossError(
-                f"refusing to checkpoint non-finite values at iteration {self.iteration}: "
-                f"{bad[:5]}{'...' if len(bad) > 5 else ''}"
-            )
-        folder = self.checkpoint_dir
-        if path is None and folder is None:
-            raise ValueError("no path given and the solver has no checkpoint_dir")
-        target = Path(path) if path is not None else ckpt.run_checkpoint_path(
-            folder, self.iteration, self.iterations_per_epoch  # type: ignore[arg-type]
-        )  # fmt: skip
-        if parallel.is_primary():
-            target = ckpt.save_checkpoint(target, host, meta)
-            if path is None and folder is not None:
-                ckpt.prune_run_checkpoints(
-                    folder, iterations_per_epoch=self.iterations_per_epoch,
-                    keep_epochs=self.keep_checkpoints,
-                )  # fmt: skip
-        self.last_checkpoint = target
-        return target
-
-    def restore(self, path: str | os.PathLike | None = None) -> Path:
-        """Restore a checkpoint written by :meth:`save_checkpoint` (default: the newest good
-        one in ``checkpoint_dir``), so that :meth:`train` continues the run exactly. Raises
-        CheckpointMismatchError for a differently configured run, CorruptCheckpointError
-        if its checksums fail. Returns its path."""
-        if path is None:
-            if self.checkpoint_dir is None:
-                raise ValueError("no path given and the solver has no checkpoint_dir")
-            found = ckpt.latest_checkpoint(self.checkpoint_dir, ckpt.CHECKPOINT_PATTERNS)
-            if found is None:
-                raise FileNotFoundError(f"{self.checkpoint_dir} holds no complete checkpoint")
-            return self._restore(*found)
-        npz = Path(path)
-        npz = npz if npz.suffix == ".npz" else npz.with_name(npz.name + ".npz")
-        return self._restore(npz, ckpt.verify_checkpoint(npz))
-
-    def _restore(self, npz: Path, meta: Mapping[str, Any]) -> Path:
-        ckpt.check_resumable(
-            npz, dict(meta), self._identity(),
-            ignore=() if self.check_data else ("data.fingerprint",),
-        )  # fmt: skip
-        done = int(meta["iteration"])
-        if done > self.num_iterations:
-            needed = -(-done // self.iterations_per_epoch)
-            raise CheckpointMismatchError(
-                f"num_epochs={self.num_epochs} ({self.num_iterations} iterations) is below "
-                f"what checkpoint {npz} has done ({done} iterations, epoch {meta['epoch']}): "
-                f"pass num_epochs={needed} or more to continue it",
-                {"solver.num_epochs": (meta.get("num_epochs"), self.num_epochs)},
-            )
-        tree, _ = ckpt.load_checkpoint(npz, self.checkpoint_tree(), verify=False)
-        self._reset()
-        key = jax.random.wrap_key_data(
-            jax.numpy.asarray(tree["rng"]["dropout_key"]),
-            impl=jax.random.key_impl(self.train_state.key),
-        )
-        self.iteration, self.epoch = int(meta["iteration"]), int(meta["epoch"])
-        params, model_state, opt_state = copy_tree(
-            (tree["params"], tree["state"], tree["opt_state"])
-        )
-        self.train_state = TrainState(
-            params, model_state, opt_state, jax.numpy.asarray(self.iteration, jax.numpy.int32), key
-        )
-        if meta["has_best"]:
-            self.best_params, self.best_state = copy_tree((tree["best_params"], tree["best_state"]))
-        self._replicate()
-        self._rng.bit_generator.state = meta["host_rng"]
-        for name in ("loss_history", "train_acc_history", "val_acc_history", "lr_history"):
-            setattr(self, name, [float(v) for v in meta[name]])
-        self.eval_history = [dict(r) for r in meta["eval_history"]]
-        self.best_val_acc, self.best_epoch = float(meta["best_val_acc"]), meta["best_epoch"]
-        self.elapsed_s = float(meta["elapsed_s"])
-        self._log.verified(self.iteration)  # checkpoints hold only finite values
-        self.last_checkpoint = npz
-        self.resumed_from = {
-            "path": str(npz), "iteration": self.iteration, "epoch": self.epoch,
-            "elapsed_s": self.elapsed_s,
-        }  # fmt: skip
-        if self.checkpoint_dir is not None and parallel.is_primary():
-            ckpt.remove_stale_temporaries(self.checkpoint_dir)
-        if self.verbose:
-            print(
-                f"(Resuming from {npz}: iteration {self.iteration} / {self.num_iterations}, "
-                f"epoch {self.epoch} / {self.num_epochs})",
-                flush=True,
-            )
-        return npz
