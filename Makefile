@@ -32,6 +32,7 @@ lint: install-test
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	$(BIN)/mkdocs build --strict --quiet --site-dir site
 
 test: lint
 	$(BIN)/pytest -n 2

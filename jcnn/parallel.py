@@ -1,8 +1,10 @@
 """Data-parallel training over devices and hosts with :mod:`jax.sharding`, and mixed precision.
 
->>> mesh = make_mesh(num_devices=4, batch_size=100)   # 1-D mesh, axis 'data'   # doctest: +SKIP
->>> params = replicate(params, mesh)                   # a full copy on every device
->>> X, y = shard_batch(mesh, X_global, y_global)       # rows split over the devices
+::
+
+    mesh = make_mesh(num_devices=4, batch_size=100)   # 1-D mesh, axis 'data'
+    params = replicate(params, mesh)                   # a full copy on every device
+    X, y = shard_batch(mesh, X_global, y_global)       # rows split over the devices
 
 Nothing here is home-made SPMD: a :class:`jax.sharding.Mesh` with one axis
 (:data:`DATA_AXIS`) over the devices, :class:`~jax.sharding.NamedSharding` for the batch
