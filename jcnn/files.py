@@ -41,7 +41,15 @@ _CHUNK = 1 << 20
 
 
 def fsync_dir(directory: str | os.PathLike) -> None:
-    """Make a rename in ``directory`` durable where the platform allows it."""
+    """Make a rename in ``directory`` durable where the platform allows it.
+
+    Args:
+      directory: the folder whose entries were changed.
+
+    Returns:
+      None. An ``OSError`` (the folder cannot be opened, or the platform cannot fsync a
+      folder) is swallowed: the rename stands, only its durability is not assured.
+    """
     with contextlib.suppress(OSError):
         dir_fd = os.open(directory, os.O_RDONLY)
         try:
@@ -52,7 +60,14 @@ def fsync_dir(directory: str | os.PathLike) -> None:
 
 def temporary_prefix(dest: Path) -> str:
     """The name prefix of :func:`atomic_write`'s temporary files for ``dest``
-    (``.<name>.``; they end in ``.tmp``)."""
+    (``.<name>.``; they end in ``.tmp``).
+
+    Args:
+      dest: the file :func:`atomic_write` writes.
+
+    Returns:
+      ``'.' + dest.name + '.'``.
+    """
     return f".{dest.name}."
 
 
@@ -98,7 +113,19 @@ def atomic_write(
 
 def file_digest(path: str | os.PathLike, algorithm: str = "sha256") -> str:
     """Hex digest (``'sha256'``, ``'md5'``, any :mod:`hashlib` name) of a file's bytes,
-    read in 1 MiB chunks."""
+    read in 1 MiB chunks.
+
+    Args:
+      path: the file to read.
+      algorithm: a :func:`hashlib.new` name (default ``'sha256'``).
+
+    Returns:
+      The digest as a lower-case hex string.
+
+    Raises:
+      ValueError: ``algorithm`` is not a hash :mod:`hashlib` knows.
+      OSError: the file cannot be opened or read (``FileNotFoundError`` when it is missing).
+    """
     h = hashlib.new(algorithm)
     with open(path, "rb") as f:
         while block := f.read(_CHUNK):
@@ -109,7 +136,19 @@ def file_digest(path: str | os.PathLike, algorithm: str = "sha256") -> str:
 def arrays_digest(arrays: Iterable[Any], algorithm: str = "sha256") -> str:
     """Hex digest of arrays as they are in memory: each one's dtype, shape and bytes (C
     order), in turn. The same values in the same dtypes and shapes give the same digest on
-    every machine of the same byte order."""
+    every machine of the same byte order.
+
+    Args:
+      arrays: array-likes (NumPy or JAX arrays, scalars), any shapes and dtypes, each taken
+        through :func:`numpy.ascontiguousarray`; their order matters.
+      algorithm: a :func:`hashlib.new` name (default ``'sha256'``).
+
+    Returns:
+      The digest as a lower-case hex string.
+
+    Raises:
+      ValueError: ``algorithm`` is not a hash :mod:`hashlib` knows.
+    """
     h = hashlib.new(algorithm)
     for a in arrays:
         a = np.ascontiguousarray(a)
@@ -145,17 +184,55 @@ def _finite(value: Any) -> Any:
 def to_json_values(obj: Any) -> Any:
     """``obj`` as the plain JSON values a file holds (see the module docs): what
     ``json.loads`` of the written file gives back, so a value can be compared with a stored
-    one. Raises TypeError for objects with no JSON form."""
+    one. Raises TypeError for objects with no JSON form.
+
+    Args:
+      obj: JSON values, NumPy/JAX scalars and arrays, dtypes, paths, tuples, nested in dicts
+        and lists.
+
+    Returns:
+      Plain ``dict``/``list``/``str``/``int``/``float``/``bool``/``None`` values: arrays as
+      nested lists, tuples as lists, non-finite floats as ``None``.
+
+    Raises:
+      TypeError: a value with no JSON form (e.g. a set or an arbitrary object), or a dict key
+        that is not a ``str``, ``int``, ``float``, ``bool`` or ``None``.
+    """
     return _finite(json.loads(json.dumps(obj, allow_nan=True, default=_default)))
 
 
 def dumps(obj: Any, **kw: Any) -> str:
     """``json.dumps`` under the module's policy (strict JSON, non-finite floats as null);
-    keyword arguments as ``json.dumps``'s (``indent``, ``sort_keys``)."""
+    keyword arguments as ``json.dumps``'s (``indent``, ``sort_keys``).
+
+    Args:
+      obj: as for :func:`to_json_values`.
+      **kw: passed to :func:`json.dumps` (``allow_nan`` is fixed at False, so not accepted).
+
+    Returns:
+      The JSON text, strict RFC 8259.
+
+    Raises:
+      TypeError: ``obj`` holds a value with no JSON form (:func:`to_json_values`), or ``kw``
+        has a key ``json.dumps`` does not take (or ``allow_nan``).
+    """
     return json.dumps(to_json_values(obj), allow_nan=False, **kw)
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> Path:
-    """Write ``obj`` to ``path`` atomically as indented JSON under the module's policy."""
+    """Write ``obj`` to ``path`` atomically as indented JSON under the module's policy.
+
+    Args:
+      path: the file to write (its missing parent folders are created).
+      obj: as for :func:`to_json_values`.
+
+    Returns:
+      ``path`` as a :class:`~pathlib.Path`.
+
+    Raises:
+      TypeError: ``obj`` holds a value with no JSON form (nothing is written).
+      OSError: the file cannot be written (:func:`atomic_write`; the old file is untouched).
+    """
+
     text = dumps(obj, indent=1) + "\n"
     return atomic_write(path, lambda f: f.write(text.encode()))
