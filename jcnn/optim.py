@@ -90,7 +90,19 @@ def make_optimizer(
 
 
 def check_schedule(lr_schedule: str, lr_decay: float) -> None:
-    """ValueError unless ``lr_schedule`` is known and ``lr_decay`` fits it."""
+    """ValueError unless ``lr_schedule`` is known and ``lr_decay`` fits it.
+
+    Args:
+      lr_schedule: ``'exponential'`` or ``'cosine'`` (:data:`LR_SCHEDULES`).
+      lr_decay: the per-epoch decay factor.
+
+    Returns:
+      None: the pair is valid.
+
+    Raises:
+      ValueError: ``lr_schedule`` is not in :data:`LR_SCHEDULES`, or it is ``'cosine'`` and
+        ``lr_decay != 1.0``.
+    """
     if lr_schedule not in LR_SCHEDULES:
         raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, got {lr_schedule!r}")
     if lr_schedule == "cosine" and lr_decay != 1.0:
@@ -122,6 +134,23 @@ def make_schedule(
     ...                   num_iterations=100, warmup_iterations=10)
     >>> [round(float(f(t)), 4) for t in (0, 9, 10, 55, 99)]
     [0.01, 0.1, 0.1, 0.05, 0.0]
+
+    Args:
+      learning_rate: the base rate ``lr``.
+      lr_schedule: ``'exponential'`` (default) or ``'cosine'``.
+      lr_decay: the per-epoch factor of ``'exponential'`` (default 1.0: constant); must be
+        1.0 with ``'cosine'``.
+      iterations_per_epoch: updates per epoch (the staircase step of ``'exponential'``).
+      num_iterations: updates in the whole run (where ``'cosine'`` reaches 0).
+      warmup_iterations: ``W``, the updates of the linear ramp (default 0: none).
+
+    Returns:
+      An optax schedule: a function of the update count ``t`` (an int or a scalar integer
+      array) giving the learning rate as a scalar float32 array.
+
+    Raises:
+      ValueError: :func:`check_schedule` refuses ``lr_schedule``/``lr_decay``, or
+        ``warmup_iterations`` is negative or not shorter than ``num_iterations``.
     """
     check_schedule(lr_schedule, lr_decay)
     warmup = int(warmup_iterations)
@@ -159,7 +188,16 @@ def resolve_optim_config(update_rule: str, optim_config: Mapping[str, Any] | Non
     Every value must be a finite float that stays finite in float32 (``|v| <=``
     :data:`FLOAT32_MAX`, about 3.4e38: float32 parameters' updates are computed with it).
 
+    Args:
+      update_rule: ``'sgd'``, ``'sgd_momentum'``, ``'rmsprop'`` or ``'adam'``.
+      optim_config: cs231n's keys (module docs) to override, or None for all defaults.
+
+    Returns:
+      A new ``dict`` of every key the rule uses to a Python ``float``: the defaults with
+      ``optim_config``'s values in place.
+
     Raises:
+
       ValueError: an unknown ``update_rule``; ``optim_config`` not a mapping or with keys the
         rule does not use; a value (named by its key) that is not a float, not finite, beyond
         float32's range, or out of its range (``learning_rate > 0``; ``momentum``,
