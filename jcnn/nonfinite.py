@@ -29,7 +29,13 @@ class NonFiniteLossError(FloatingPointError):
     """Training met a non-finite loss (or an update that made the parameters or batchnorm
     statistics non-finite). The message names the iteration; ``report`` holds what was seen
     (iteration, loss, learning rate, the minibatch's indices and labels, ...) and
-    ``report_path`` the ``nonfinite.json`` it was written to (None if none was)."""
+    ``report_path`` the ``nonfinite.json`` it was written to (None if none was).
+
+    Args:
+      message: the error message.
+      report: the :func:`report` of the step (copied into a ``dict``; None: empty).
+      report_path: where the report was written, or None.
+    """
 
     def __init__(self, message: str, report: Mapping[str, Any] | None = None, report_path=None):
         super().__init__(message)
@@ -38,7 +44,16 @@ class NonFiniteLossError(FloatingPointError):
 
 
 def all_finite(tree: Any) -> jax.Array:
-    """One boolean: every floating leaf of ``tree`` is finite (use inside ``jit``)."""
+    """One boolean: every floating leaf of ``tree`` is finite (use inside ``jit``).
+
+    Args:
+      tree: a pytree of arrays (parameters, model state, a loss); integer and boolean leaves
+        are skipped.
+
+    Returns:
+      A scalar boolean array, ``True`` when every floating leaf is free of NaN and inf (also
+      when there are no floating leaves).
+    """
     checks = [
         jnp.all(jnp.isfinite(leaf))
         for leaf in jax.tree_util.tree_leaves(tree)
@@ -48,7 +63,14 @@ def all_finite(tree: Any) -> jax.Array:
 
 
 def nonfinite_leaves(arrays: Mapping[str, np.ndarray]) -> list[str]:
-    """The names of the floating host arrays that hold NaN or inf."""
+    """The names of the floating host arrays that hold NaN or inf.
+
+    Args:
+      arrays: name → NumPy array (e.g. a flattened checkpoint); non-floating ones are skipped.
+
+    Returns:
+      The names, in ``arrays``' order, of the floating arrays with a NaN or an inf.
+    """
     return [
         name
         for name, a in arrays.items()
@@ -75,13 +97,26 @@ class StepLog:
     unverified: list[tuple[int, np.ndarray]] = dataclasses.field(default_factory=list)
 
     def add(self, loss: jax.Array, finite: jax.Array, iteration: int, indices: Any) -> None:
-        """Queue one update's loss and flag."""
+        """Queue one update's loss and flag.
+
+        Args:
+          loss: the update's loss, a device scalar.
+          finite: its :func:`all_finite` flag, a device scalar boolean.
+          iteration: the update's number, counting from 1.
+          indices: the minibatch's example indices (kept for a report).
+        """
         self.pending.append((loss, finite, iteration, indices))
         self.unverified.append((iteration, indices))
 
     def read(self) -> list[tuple[float, bool, int, np.ndarray]]:
         """The pending ``(loss, finite, iteration, indices)`` as host values (one transfer),
-        emptying the queue."""
+        emptying the queue.
+
+        Returns:
+          One ``(loss, finite, iteration, indices)`` per queued update, oldest first:
+          ``loss`` a Python ``float``, ``finite`` a ``bool``, ``iteration`` and ``indices``
+          as given to :meth:`add`.
+        """
         pending, self.pending = self.pending, []
         values = jax.device_get([(loss, ok) for loss, ok, _, _ in pending])
         return [
@@ -90,7 +125,12 @@ class StepLog:
         ]
 
     def verified(self, iteration: int) -> None:
-        """The parameters after ``iteration`` are known to be finite."""
+        """The parameters after ``iteration`` are known to be finite.
+
+        Args:
+          iteration: the last update whose result was verified finite; the list of
+            unverified updates is emptied.
+        """
         self.verified_iteration = iteration
         self.unverified = []
 
@@ -121,6 +161,33 @@ def report(
     are not (found at a verification). ``context`` (e.g. ``update_rule``, ``seed``,
     ``last_good_checkpoint``) is recorded as given. Non-finite floats become None
     (:mod:`jcnn.files`' policy); the message of :func:`stop` names the value.
+
+    Args:
+      log: the run's :class:`StepLog` (its verified iteration and unverified minibatches are
+        recorded, those up to ``iteration``).
+      iteration: the update that was not finite, counting from 1.
+      loss: its loss (may be NaN or inf).
+      indices: the minibatch's example indices, shape ``(N,)``.
+      labels: the minibatch's labels, shape ``(N,)``.
+      learning_rate: the learning rate of that update.
+      iterations_per_epoch: to give the epoch (counting from 1).
+      num_iterations: updates in the whole run.
+      recent_losses: the last losses read back before it.
+      detected_after: the iteration at which it was found, if later than ``iteration``
+        (None: at ``iteration``).
+      params: True when the loss was finite but the parameters or statistics are not.
+      cause: the exception that revealed it, if any (recorded as ``'Type: message'``).
+      **context: further JSON-able entries, recorded as given.
+
+    Returns:
+      A ``dict`` of plain JSON values: ``error``, ``iteration``, ``epoch``,
+      ``num_iterations``, ``loss``, ``learning_rate``, ``batch_indices``, ``batch_labels``,
+      ``recent_losses``, ``detected_after_iteration``, ``params_verified_after_iteration``,
+      ``unverified_batch_indices`` (iteration as a string → indices), the ``context``
+      entries, ``jax_debug_nans``, ``cause`` and ``time``.
+
+    Raises:
+      TypeError: a ``context`` value has no JSON form (:func:`jcnn.files.to_json_values`).
     """
     what = "parameters after the update (finite loss)" if params else "loss"
     return files.to_json_values(
@@ -160,7 +227,25 @@ def stop(
 ) -> None:
     """Write the :func:`report` ``found`` to ``path`` (if given and ``write``) and raise
     :class:`NonFiniteLossError` with a one-paragraph message naming the iteration, epoch,
-    learning rate, loss and what was kept."""
+    learning rate, loss and what was kept.
+
+    Args:
+      found: a :func:`report`.
+      loss: the loss as read back (its ``repr`` goes in the message, e.g. ``nan``).
+      path: where to write ``found`` (``nonfinite.json``), or None to write nothing.
+      write: False to leave ``path`` unwritten (e.g. on a process other than the primary)
+        while still naming it in the message.
+      last_checkpoint: the last good checkpoint, named in the message as kept, or None.
+      cause: the exception to chain the error to (``raise ... from cause``), or None.
+
+    Returns:
+      Never returns.
+
+    Raises:
+      NonFiniteLossError: always, carrying ``found`` and ``path``.
+      OSError: ``path`` could not be written (then nothing else is raised).
+    """
+
     if path is not None and write:
         files.write_json(path, found)
     iteration, verified = found["iteration"], found["params_verified_after_iteration"]

@@ -146,7 +146,7 @@ def make_schedule(
 
     Returns:
       An optax schedule: a function of the update count ``t`` (an int or a scalar integer
-      array) giving the learning rate as a scalar float32 array.
+      array) giving the learning rate as a scalar JAX array.
 
     Raises:
       ValueError: :func:`check_schedule` refuses ``lr_schedule``/``lr_decay``, or
