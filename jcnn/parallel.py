@@ -94,6 +94,21 @@ def initialize_distributed(
     ``process_id`` is this process's rank in ``[0, num_processes)``. ``timeout_s``: how long
     to wait for every process to connect (JAX's default, 300 s, if None); JAX then ends the
     process (an abort, not an exception).
+
+    Args:
+      coordinator_address: ``'host:port'`` of process 0, or None for a single process.
+      num_processes: how many processes take part (a positive int), or None.
+      process_id: this process's rank in ``[0, num_processes)``, or None.
+      timeout_s: seconds to wait for every process to connect (None: 300).
+
+    Returns:
+      True if :func:`jax.distributed.initialize` ran, False for a single-process run.
+
+    Raises:
+      ValueError: a multi-process run (``num_processes`` not None/1 or ``process_id`` not
+        None/0, or a coordinator given) without all three of ``coordinator_address``,
+        ``num_processes`` and ``process_id``; ``num_processes`` not a positive int,
+        ``process_id`` not a non-negative int or not below ``num_processes``.
     """
     if coordinator_address is None and num_processes in (None, 1) and process_id in (None, 0):
         return False
@@ -121,7 +136,11 @@ def initialize_distributed(
 
 
 def is_primary() -> bool:
-    """Whether this is process 0 (the one that writes files and prints)."""
+    """Whether this is process 0 (the one that writes files and prints).
+
+    Returns:
+      ``jax.process_index() == 0`` (True in a single-process run).
+    """
     return jax.process_index() == 0
 
 
@@ -142,6 +161,21 @@ def make_mesh(
     gives the mesh's devices explicitly instead. With ``batch_size`` (the global batch),
     also checks that it splits evenly over the mesh. ValueError when more devices are asked
     for than there are, or when the batch does not divide.
+
+    Args:
+      num_devices: local devices per process to use, a positive int (None: all of them);
+        with ``devices``, must equal ``len(devices)`` if given.
+      batch_size: the global batch size to check against the mesh, or None.
+      devices: the mesh's devices explicitly, in order (None: chosen as above).
+
+    Returns:
+      The :class:`~jax.sharding.Mesh`, axis names ``(DATA_AXIS,)``.
+
+    Raises:
+      ValueError: ``num_devices`` is not a positive int or exceeds this process's local
+        devices; ``devices`` is empty or its length differs from ``num_devices``;
+        ``batch_size`` is not a positive int or not divisible by the mesh's size
+        (:func:`check_batch_divisible`).
     """
     if devices is None:
         local = jax.local_device_count()
@@ -171,7 +205,19 @@ def make_mesh(
 
 def check_mesh(mesh: Any, batch_size: int) -> Mesh:
     """``mesh`` if it is a 1-D :class:`~jax.sharding.Mesh` with axis :data:`DATA_AXIS` over
-    which ``batch_size`` splits evenly; ValueError naming ``mesh`` or ``batch_size`` else."""
+    which ``batch_size`` splits evenly; ValueError naming ``mesh`` or ``batch_size`` else.
+
+    Args:
+      mesh: the value to check (e.g. a user's ``mesh=`` argument).
+      batch_size: the global batch size.
+
+    Returns:
+      ``mesh``, unchanged.
+
+    Raises:
+      ValueError: ``mesh`` is not a :class:`~jax.sharding.Mesh` with axis names
+        ``(DATA_AXIS,)``, or ``batch_size`` is not a positive int divisible by its size.
+    """
     if not isinstance(mesh, Mesh) or mesh.axis_names != (DATA_AXIS,):
         raise ValueError(
             f"mesh must be a 1-D jax.sharding.Mesh with axis {DATA_AXIS!r} "
@@ -183,7 +229,16 @@ def check_mesh(mesh: Any, batch_size: int) -> Mesh:
 
 def assert_same_in_every_process(value: int, message: str) -> None:
     """With several processes: raise (with ``message``) unless every process passes the same
-    ``value``; nothing with one."""
+    ``value``; nothing with one.
+
+    Args:
+      value: an integer every process should agree on (compared as ``int64``).
+      message: the error message if they do not.
+
+    Raises:
+      AssertionError: the processes passed different values
+        (:func:`jax.experimental.multihost_utils.assert_equal`).
+    """
     if jax.process_count() > 1:
         from jax.experimental import multihost_utils
 
@@ -191,7 +246,20 @@ def assert_same_in_every_process(value: int, message: str) -> None:
 
 
 def check_batch_divisible(batch_size: int, mesh: Mesh, name: str = "batch_size") -> int:
-    """``batch_size`` if it splits evenly over the mesh's devices, else ValueError."""
+    """``batch_size`` if it splits evenly over the mesh's devices, else ValueError.
+
+    Args:
+      batch_size: the global batch size.
+      mesh: the mesh whose devices share each batch.
+      name: the argument's name in the error message (default ``'batch_size'``).
+
+    Returns:
+      ``batch_size`` as an ``int``.
+
+    Raises:
+      ValueError: ``batch_size`` is not a positive int, or not divisible by ``mesh.size``
+        (the message suggests the nearest sizes that are).
+    """
     b = positive_int(name, batch_size)
     n = mesh.size
     if b % n:
@@ -206,12 +274,26 @@ def check_batch_divisible(batch_size: int, mesh: Mesh, name: str = "batch_size")
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:
-    """Axis 0 split over the mesh (``P('data')``), the other axes whole."""
+    """Axis 0 split over the mesh (``P('data')``), the other axes whole.
+
+    Args:
+      mesh: a mesh with axis :data:`DATA_AXIS`.
+
+    Returns:
+      ``NamedSharding(mesh, P(DATA_AXIS))``.
+    """
     return NamedSharding(mesh, P(DATA_AXIS))
 
 
 def replicated_sharding(mesh: Mesh) -> NamedSharding:
-    """A full copy on every device of the mesh (``P()``)."""
+    """A full copy on every device of the mesh (``P()``).
+
+    Args:
+      mesh: the mesh.
+
+    Returns:
+      ``NamedSharding(mesh, P())``.
+    """
     return NamedSharding(mesh, P())
 
 
@@ -228,6 +310,14 @@ def replicate(tree: Any, mesh: Mesh) -> Any:
     The values must be the same in every process (they are: the same seed builds them).
     Typed PRNG keys go through their raw key data (``device_put`` refuses keys for a mesh
     that spans other processes).
+
+    Args:
+      tree: a pytree of arrays (host or device), scalars or typed PRNG keys.
+      mesh: the mesh to replicate over.
+
+    Returns:
+      A pytree of the same structure whose leaves are :class:`jax.Array` with
+      :func:`replicated_sharding` (leaves already so placed are returned as they are).
     """
     sharding = replicated_sharding(mesh)
 
@@ -249,7 +339,19 @@ def replicate(tree: Any, mesh: Mesh) -> Any:
 
 def process_slice(mesh: Mesh, global_batch: int) -> slice:
     """The rows of a global batch of ``global_batch`` examples that this process holds
-    (``slice(0, global_batch)`` with one process)."""
+    (``slice(0, global_batch)`` with one process).
+
+    Args:
+      mesh: the mesh the batch is sharded over (from :func:`make_mesh`).
+      global_batch: the number of examples in the global batch.
+
+    Returns:
+      ``slice(start, stop)``: this process's consecutive rows.
+
+    Raises:
+      ValueError: ``global_batch`` is not a positive int divisible by the mesh's size, or this
+        process's devices do not hold one consecutive block (a mesh not ordered by process).
+    """
     b = check_batch_divisible(global_batch, mesh, "global batch")
     index_map = batch_sharding(mesh).addressable_devices_indices_map((b,))
     rows = [idx[0] for idx in index_map.values() if idx is not None]
@@ -270,6 +372,20 @@ def put_batch(mesh: Mesh, local: Sequence[Any], global_batch: int) -> tuple[jax.
     ``local`` holds host arrays whose axis 0 is this process's :func:`process_slice` of the
     global batch (all of it with one process). With one process this is
     :func:`jax.device_put`; with several, :func:`jax.make_array_from_process_local_data`.
+
+    Args:
+      mesh: the mesh to shard over.
+      local: array-likes, each of shape ``(global_batch / P, ...)`` for ``P`` processes
+        (the rows :func:`process_slice` gives).
+      global_batch: the number of rows of the global batch.
+
+    Returns:
+      One :class:`jax.Array` per entry of ``local``, shape ``(global_batch, ...)``, with
+      :func:`batch_sharding`.
+
+    Raises:
+      ValueError: ``global_batch`` does not suit the mesh (:func:`process_slice`), or an
+        array's axis 0 is not this process's number of rows.
     """
     sharding = batch_sharding(mesh)
     sl = process_slice(mesh, global_batch)
@@ -291,7 +407,20 @@ def put_batch(mesh: Mesh, local: Sequence[Any], global_batch: int) -> tuple[jax.
 
 def shard_batch(mesh: Mesh, *arrays: Any) -> tuple[jax.Array, ...]:
     """Whole global batch arrays (the same on every process) placed onto the mesh: each
-    process sends only its own rows."""
+    process sends only its own rows.
+
+    Args:
+      mesh: the mesh to shard over.
+      *arrays: array-likes of the whole global batch, each of shape ``(N, ...)`` with the
+        same ``N``.
+
+    Returns:
+      One :class:`jax.Array` per array, shape ``(N, ...)``, with :func:`batch_sharding`
+      (``()`` when no arrays are given).
+
+    Raises:
+      ValueError: ``N`` is not divisible by the mesh's size, or the arrays' ``N`` differ.
+    """
     if not arrays:
         return ()
     n = np.shape(arrays[0])[0]
@@ -304,7 +433,17 @@ def shard_batch(mesh: Mesh, *arrays: Any) -> tuple[jax.Array, ...]:
 
 def resolve_compute_dtype(compute_dtype: Any) -> np.dtype | None:
     """``None``/``'float32'`` → None (compute in the parameters' dtype); ``'bfloat16'`` (or
-    any floating dtype) → that dtype."""
+    any floating dtype) → that dtype.
+
+    Args:
+      compute_dtype: None, or a dtype or its name (``'float32'``, ``'bfloat16'``, ...).
+
+    Returns:
+      None for None or float32, else the floating :class:`numpy.dtype`.
+
+    Raises:
+      ValueError: ``compute_dtype`` is not a dtype, or not a floating one.
+    """
     if compute_dtype is None:
         return None
     try:
@@ -323,7 +462,16 @@ def resolve_compute_dtype(compute_dtype: Any) -> np.dtype | None:
 
 
 def cast_floating(tree: Any, dtype: Any) -> Any:
-    """Floating leaves of ``tree`` cast to ``dtype``; other leaves (ints, keys) untouched."""
+    """Floating leaves of ``tree`` cast to ``dtype``; other leaves (ints, keys) untouched.
+
+    Args:
+      tree: a pytree of arrays.
+      dtype: the floating dtype to cast to.
+
+    Returns:
+      A pytree of the same structure; floating leaves have ``dtype``, the others are the
+      same objects.
+    """
 
     def cast(x):
         if hasattr(x, "dtype") and jnp.issubdtype(x.dtype, jnp.floating):
@@ -342,6 +490,17 @@ def mixed_precision_loss(model: Any, compute_dtype: Any):
     L2 penalty uses the float32 parameters: the loss is float32, and so are the gradients
     (the cast's transpose casts them back). The new state keeps the old state's dtypes.
     ``compute_dtype`` None (or float32) returns ``model.loss`` itself.
+
+    Args:
+      model: a jcnn model (``loss``, ``apply``, ``data_loss`` and ``reg``).
+      compute_dtype: as for :func:`resolve_compute_dtype`.
+
+    Returns:
+      The loss function ``loss(params, state, X, y, *, key=None) -> (loss, new_state)``:
+      a scalar float32 loss and the new model state.
+
+    Raises:
+      ValueError: ``compute_dtype`` is not a floating dtype.
     """
     dtype = resolve_compute_dtype(compute_dtype)
     if dtype is None:
@@ -359,6 +518,18 @@ def mixed_precision_loss(model: Any, compute_dtype: Any):
 
 
 def predict_params(params: Any, compute_dtype: Any) -> Any:
-    """The parameters as the network uses them: cast to ``compute_dtype`` (None: as given)."""
+    """The parameters as the network uses them: cast to ``compute_dtype`` (None: as given).
+
+    Args:
+      params: the parameter pytree.
+      compute_dtype: as for :func:`resolve_compute_dtype`.
+
+    Returns:
+      ``params`` itself for None/float32, else a copy with floating leaves cast.
+
+    Raises:
+      ValueError: ``compute_dtype`` is not a floating dtype.
+    """
+
     dtype = resolve_compute_dtype(compute_dtype)
     return params if dtype is None else cast_floating(params, dtype)
