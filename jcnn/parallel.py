@@ -419,7 +419,8 @@ def shard_batch(mesh: Mesh, *arrays: Any) -> tuple[jax.Array, ...]:
       (``()`` when no arrays are given).
 
     Raises:
-      ValueError: ``N`` is not divisible by the mesh's size, or the arrays' ``N`` differ.
+      ValueError: ``N`` (the first array's) is not a positive int divisible by the mesh's
+        size, or another array is too short to give this process's rows.
     """
     if not arrays:
         return ()
