@@ -108,12 +108,35 @@ def _key_name(k: Any) -> str:
 
 
 def key_path_name(path: tuple) -> str:
-    """``(DictKey('params'), DictKey('conv1'), DictKey('w'))`` -> ``'params/conv1/w'``."""
+    """``(DictKey('params'), DictKey('conv1'), DictKey('w'))`` -> ``'params/conv1/w'``.
+
+    Args:
+      path: a key path from :func:`jax.tree_util.tree_flatten_with_path` (dict keys,
+        attribute names, sequence indices, flattened indices).
+
+    Returns:
+      The keys' names joined with ``'/'``.
+
+    Raises:
+      ValueError: a key's name is empty or contains ``'/'``.
+    """
     return "/".join(_key_name(k) for k in path)
 
 
 def flatten_tree(tree: Any) -> dict[str, np.ndarray]:
-    """``{'/'-joined key path: host numpy array}`` for every leaf of ``tree``."""
+    """``{'/'-joined key path: host numpy array}`` for every leaf of ``tree``.
+
+    Args:
+      tree: a pytree of arrays (device or host) and scalars.
+
+    Returns:
+      ``{key_path_name: numpy array}``, one entry per leaf in flattening order, each copied
+      to the host with its shape and dtype.
+
+    Raises:
+      ValueError: a key's name is empty or contains ``'/'`` (:func:`key_path_name`), or two
+        leaves get the same name.
+    """
     leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
     out: dict[str, np.ndarray] = {}
     for path, leaf in leaves:
@@ -125,7 +148,15 @@ def flatten_tree(tree: Any) -> dict[str, np.ndarray]:
 
 
 def sidecar_path(path: str | os.PathLike) -> Path:
-    """The JSON sidecar that goes with ``path`` (same name, ``.json``)."""
+    """The JSON sidecar that goes with ``path`` (same name, ``.json``).
+
+    Args:
+      path: the checkpoint, with or without its ``.npz`` suffix.
+
+    Returns:
+      The ``.json`` path beside the ``.npz`` (``run/epoch_003.npz`` ->
+      ``run/epoch_003.json``).
+    """
     return _npz_path(path).with_suffix(".json")
 
 
@@ -136,7 +167,17 @@ def _npz_path(path: str | os.PathLike) -> Path:
 
 def to_plain_json(obj: Any) -> Any:
     """``obj`` as the plain JSON values a sidecar holds (:func:`jcnn.files.to_json_values`),
-    so that a value can be compared with a stored one."""
+    so that a value can be compared with a stored one.
+
+    Args:
+      obj: JSON values, NumPy/JAX scalars and arrays, dtypes, paths, tuples, nested.
+
+    Returns:
+      Plain JSON values (dicts, lists, str, numbers, bool, None; non-finite floats as None).
+
+    Raises:
+      TypeError: a value with no JSON form.
+    """
     return files.to_json_values(obj)
 
 
@@ -153,7 +194,24 @@ def save_checkpoint(
     """Write ``tree`` to ``path`` (``.npz`` appended if missing) and ``metadata`` (JSON-able)
     to the sidecar ``.json``, each atomically, the sidecar last. The sidecar also records
     ``keys`` (the array names), ``npz_sha256`` (checksum of the ``.npz`` file as written)
-    and ``sidecar_sha256`` (of its own content). Returns the ``.npz`` path."""
+    and ``sidecar_sha256`` (of its own content). Returns the ``.npz`` path.
+
+    Args:
+      path: where to write; ``.npz`` is appended unless it ends so. Missing parent folders
+        are created.
+      tree: a pytree of arrays (parameters, model state, optimiser state, ...).
+      metadata: JSON-able settings and counters for the sidecar (None: none); the keys
+        ``npz_sha256`` and ``sidecar_sha256`` are reserved (``keys`` is overwritten).
+
+    Returns:
+      The ``.npz`` path.
+
+    Raises:
+      ValueError: ``metadata`` uses a reserved key, or the tree's key paths cannot name
+        arrays (:func:`flatten_tree`); nothing is written.
+      TypeError: ``metadata`` holds a value with no JSON form; nothing is written.
+      OSError: a file cannot be written (:func:`jcnn.files.atomic_write`).
+    """
     npz = _npz_path(path)
     arrays = flatten_tree(tree)
     meta = to_plain_json(dict(metadata or {}))
@@ -184,7 +242,19 @@ def save_checkpoint(
 
 def read_sidecar(path: str | os.PathLike) -> dict[str, Any]:
     """The metadata of the checkpoint at ``path``; :class:`CorruptCheckpointError` if the
-    sidecar is missing, is not JSON, or fails its own checksum."""
+    sidecar is missing, is not JSON, or fails its own checksum.
+
+    Args:
+      path: the checkpoint, with or without its ``.npz`` suffix.
+
+    Returns:
+      The sidecar's JSON object as a ``dict``, including ``keys`` and the checksums (when it
+      was written with them).
+
+    Raises:
+      CorruptCheckpointError: the sidecar is missing, unreadable, not UTF-8 JSON, not a JSON
+        object, or fails its ``sidecar_sha256``.
+    """
     side = sidecar_path(path)
     try:
         meta = json.loads(side.read_text())
@@ -202,7 +272,19 @@ def read_sidecar(path: str | os.PathLike) -> dict[str, Any]:
 def verify_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     """Check the sidecar and the ``.npz`` checksum of a checkpoint; returns its metadata or
     raises :class:`CorruptCheckpointError` (checkpoints written before checksums existed
-    pass on the sidecar alone)."""
+    pass on the sidecar alone).
+
+    Args:
+      path: the checkpoint, with or without its ``.npz`` suffix.
+
+    Returns:
+      Its metadata, as :func:`read_sidecar`.
+
+    Raises:
+      CorruptCheckpointError: the sidecar is bad (:func:`read_sidecar`), the ``.npz`` is
+        missing, or its SHA-256 differs from the recorded ``npz_sha256``.
+      OSError: the ``.npz`` exists but cannot be read.
+    """
     npz = _npz_path(path)
     meta = read_sidecar(npz)
     if not npz.is_file():
@@ -228,6 +310,25 @@ def load_checkpoint(
     :class:`CorruptCheckpointError` if they fail. Raises ValueError if a key of ``like_tree``
     is missing from the file, if the file holds keys ``like_tree`` lacks, or if a leaf's
     shape or dtype differs.
+
+    Args:
+      path: the checkpoint, with or without its ``.npz`` suffix.
+      like_tree: a pytree with the structure, leaf shapes and dtypes to read into (its
+        values are not used).
+      verify: check the ``.npz`` checksum against the sidecar (default True); False still
+        reads the sidecar and checks its own checksum.
+
+    Returns:
+      ``(tree, metadata)``: a pytree shaped like ``like_tree`` whose leaves are host NumPy
+      arrays, and the sidecar's ``dict`` (``{}`` if there is no sidecar).
+
+    Raises:
+      FileNotFoundError: there is no ``.npz`` at ``path``.
+      CorruptCheckpointError: the sidecar or a checksum fails, or the ``.npz`` or one of its
+        arrays cannot be read.
+      ValueError: the file's array names differ from ``like_tree``'s key paths, a key path
+        cannot name an array (:func:`key_path_name`), or an array's shape or dtype differs
+        from its leaf in ``like_tree``.
     """
     npz = _npz_path(path)
     if not npz.is_file():
@@ -275,7 +376,21 @@ def load_checkpoint(
 
 def quarantine(path: str | os.PathLike, reason: str) -> list[Path]:
     """Move a checkpoint's files aside (``name.npz`` -> ``name.npz.corrupt``, likewise the
-    sidecar) with a :class:`CorruptCheckpointWarning`; returns the new paths."""
+    sidecar) with a :class:`CorruptCheckpointWarning`; returns the new paths.
+
+    Args:
+      path: the checkpoint, with or without its ``.npz`` suffix.
+      reason: what is wrong with it, the start of the warning's message.
+
+    Returns:
+      The new paths of the files that existed, the sidecar's first (empty if neither did).
+
+    Raises:
+      OSError: a file cannot be renamed.
+
+    Warns:
+      CorruptCheckpointWarning: always, naming ``reason`` and the moved files.
+    """
     npz = _npz_path(path)
     moved = []
     for p in (sidecar_path(npz), npz):  # the sidecar first: without it the pair is incomplete
@@ -323,6 +438,23 @@ def latest_checkpoint(
     (``(path, meta) -> sort key``) is given. Corrupt ones met on the way (unreadable sidecar,
     missing ``.npz``, failed checksum) are moved aside with :func:`quarantine`, so the
     previous checkpoint is the one returned.
+
+    Args:
+      directory: the folder to search (a missing folder gives None).
+      patterns: glob patterns, ending in ``.npz``, of the checkpoints to consider (default
+        every ``*.npz``).
+      order: ``(npz path, metadata) -> sort key``, the largest newest (None: by
+        ``metadata['iteration']``, else the last number in the name, then the name).
+
+    Returns:
+      ``(npz path, metadata)`` of the newest checkpoint that verifies
+      (:func:`verify_checkpoint`), or None if there is none.
+
+    Raises:
+      OSError: a corrupt checkpoint cannot be moved aside, or a ``.npz`` cannot be read.
+
+    Warns:
+      CorruptCheckpointWarning: for each corrupt checkpoint moved aside.
     """
     directory = Path(directory)
     if not directory.is_dir():
@@ -347,7 +479,17 @@ def latest_checkpoint(
 
 def remove_stale_temporaries(directory: str | os.PathLike) -> list[Path]:
     """Delete the temporary files (``.<name>.<random>.tmp``) that :func:`atomic_write` leaves
-    when its process is killed mid-write; returns what was removed."""
+    when its process is killed mid-write; returns what was removed.
+
+    Args:
+      directory: the folder to clean (a missing folder is left alone).
+
+    Returns:
+      The paths of the files deleted (hidden files ending in ``.tmp``).
+
+    Raises:
+      OSError: a file cannot be deleted (other than one already gone).
+    """
     directory = Path(directory)
     removed = []
     if directory.is_dir():
@@ -383,7 +525,13 @@ _ABSENT = "<absent>"
 class CheckpointMismatchError(ValueError):
     """The checkpoint to resume from was made by a differently configured run;
     ``differences`` maps each differing setting (``'model.num_filters'``) to ``(in the
-    checkpoint, now)``."""
+    checkpoint, now)``.
+
+    Args:
+      message: the error message.
+      differences: ``{'dotted.key': (saved value, current value)}``, as from
+        :func:`config_differences` (copied).
+    """
 
     def __init__(self, message: str, differences: dict[str, tuple[Any, Any]]):
         super().__init__(message)
@@ -441,7 +589,20 @@ def config_differences(
 
 
 def describe_differences(differences: dict[str, tuple[Any, Any]], limit: int = 8) -> str:
-    """``'model.num_filters: [4] in the checkpoint, [8] now; ...'``."""
+    """``'model.num_filters: [4] in the checkpoint, [8] now; ...'``.
+
+    Args:
+      differences: ``{'dotted.key': (saved value, current value)}`` from
+        :func:`config_differences`.
+      limit: how many differences to spell out (default 8); the rest are counted.
+
+    Returns:
+      One line, the differences joined by ``'; '`` in the mapping's order, ending
+      ``'; and N more'`` when there are more than ``limit``.
+
+    Raises:
+      TypeError: a value that :func:`json.dumps` cannot write (plain JSON values never are).
+    """
     items = [
         f"{k}: {json.dumps(a)} in the checkpoint, {json.dumps(b)} now"
         for k, (a, b) in list(differences.items())[:limit]
@@ -458,6 +619,16 @@ def check_resumable(
     and so may the dotted keys in ``ignore``, e.g. ``'data.fingerprint'``). A checkpoint
     made before a setting existed counts as made with its :data:`IDENTITY_DEFAULTS` value;
     one without a data fingerprint (:data:`IDENTITY_ACCEPT_ABSENT`) is not checked on it.
+
+    Args:
+      npz: the checkpoint's path (named in the messages).
+      meta: its sidecar metadata (``format`` and the ``identity`` keys).
+      identity: the run's settings as plain JSON values, e.g. ``{'model': {...},
+        'solver': {...}, 'data': {...}}``; each top-level key is compared with ``meta``'s.
+      ignore: further dotted keys (or prefixes) that may differ.
+
+    Returns:
+      None: the checkpoint may be resumed.
 
     Raises:
       ValueError: another checkpoint format (naming it).
@@ -488,7 +659,20 @@ def check_resumable(
 
 def run_checkpoint_path(directory: Path, iteration: int, iterations_per_epoch: int) -> Path:
     """Where a run saves after ``iteration`` updates: ``epoch_{epoch:03d}.npz`` at an epoch's
-    end, else ``step_{iteration:08d}.npz``."""
+    end, else ``step_{iteration:08d}.npz``.
+
+    Args:
+      directory: the run's checkpoint folder.
+      iteration: updates done so far.
+      iterations_per_epoch: updates per epoch (a positive int).
+
+    Returns:
+      ``directory / 'epoch_{epoch:03d}.npz'`` when ``iteration`` ends an epoch, else
+      ``directory / 'step_{iteration:08d}.npz'``.
+
+    Raises:
+      ZeroDivisionError: ``iterations_per_epoch`` is 0.
+    """
     if iteration % iterations_per_epoch == 0:
         return directory / f"epoch_{iteration // iterations_per_epoch:03d}.npz"
     return directory / f"step_{iteration:08d}.npz"
@@ -508,7 +692,16 @@ def _run_files(directory: Path | None, iterations_per_epoch: int) -> list[tuple[
 
 
 def run_checkpoints(directory: Path | None, iterations_per_epoch: int) -> list[tuple[int, Path]]:
-    """``(iteration, npz)`` of the complete run checkpoints in ``directory``, oldest first."""
+    """``(iteration, npz)`` of the complete run checkpoints in ``directory``, oldest first.
+
+    Args:
+      directory: the run's checkpoint folder (None or a missing folder: none).
+      iterations_per_epoch: updates per epoch, to turn ``epoch_N`` into an iteration.
+
+    Returns:
+      ``[(iteration, npz path), ...]`` of the ``epoch_*.npz``/``step_*.npz`` files whose
+      sidecar exists, sorted by iteration (checksums are not verified here).
+    """
     return [
         (n, npz)
         for n, npz in _run_files(directory, iterations_per_epoch)
@@ -524,7 +717,19 @@ def prune_run_checkpoints(
     fallback); delete the rest, each sidecar first (the sidecar marks a checkpoint
     complete). Also deletes orphans: run-checkpoint ``.npz`` files without a sidecar that
     are older than the newest complete checkpoint (a kill while pruning, between the two
-    deletes, leaves one); a newer one is left alone. Returns the deleted ``.npz`` paths."""
+    deletes, leaves one); a newer one is left alone. Returns the deleted ``.npz`` paths.
+
+    Args:
+      directory: the run's checkpoint folder.
+      iterations_per_epoch: updates per epoch, to order ``epoch_*`` and ``step_*`` files.
+      keep_epochs: how many epoch checkpoints to keep, newest first (0: all).
+
+    Returns:
+      The deleted ``.npz`` paths: the pruned checkpoints, oldest first, then the orphans.
+
+    Raises:
+      OSError: a file cannot be deleted (other than one already gone).
+    """
     complete = run_checkpoints(directory, iterations_per_epoch)
     found = [npz for _, npz in complete]
     newest = complete[-1][0] if complete else 0
@@ -556,7 +761,17 @@ def resume_checkpoint(
     ``'auto'`` the newest good one if any (corrupt ones are moved aside), ``True`` the same
     but one must exist, ``False`` none, and the folder must hold none.
 
+    Args:
+      directory: the run's checkpoint folder (None: no checkpoints, nothing to resume).
+      resume: ``True``, ``False`` or ``'auto'``.
+      iterations_per_epoch: updates per epoch (for the ``resume=False`` check).
+
+    Returns:
+      ``(npz path, metadata)`` of the checkpoint to start from (:func:`latest_checkpoint`),
+      or None to start afresh.
+
     Raises:
+
       ValueError: ``resume`` is none of ``True``, ``False``, ``'auto'``; or ``False`` and
         ``directory`` holds checkpoints.
       FileNotFoundError: ``True`` and there is no good checkpoint.
