@@ -72,7 +72,11 @@ class TrainStep(Protocol):
     ) -> tuple[TrainState, dict[str, jax.Array]]: ...
 
     def traces(self) -> int:
-        """How often the step was traced (compiled)."""
+        """How often the step was traced (compiled).
+
+        Returns:
+          The number of traces so far (0 before the first call).
+        """
         ...
 
 
@@ -82,7 +86,11 @@ class EvalStep(Protocol):
     def __call__(self, params: Any, model_state: Any, X: Any) -> jax.Array: ...
 
     def traces(self) -> int:
-        """How often the step was traced (compiled)."""
+        """How often the step was traced (compiled).
+
+        Returns:
+          The number of traces so far (0 before the first call).
+        """
         ...
 
 
@@ -106,13 +114,32 @@ class TrainState:
     key: jax.Array
 
     def replace(self, **changes: Any) -> TrainState:
-        """A copy with the given fields replaced."""
+        """A copy with the given fields replaced.
+
+        Args:
+          **changes: field name → new value (``params``, ``model_state``, ``opt_state``,
+            ``step``, ``key``).
+
+        Returns:
+          A new :class:`TrainState`; the fields not named are the same objects.
+
+        Raises:
+          TypeError: a name that is not a field (:func:`dataclasses.replace`).
+        """
         return dataclasses.replace(self, **changes)
 
 
 def copy_tree(tree: Any) -> Any:
     """Fresh device buffers for every leaf (so that donating ``tree`` later leaves the copy
-    intact)."""
+    intact).
+
+    Args:
+      tree: a pytree of arrays (device or host) or scalars.
+
+    Returns:
+      A pytree of the same structure whose leaves are new :class:`jax.Array` copies (same
+      shapes and dtypes).
+    """
     return jax.tree_util.tree_map(jnp.array, tree)
 
 
@@ -206,6 +233,10 @@ def make_train_step(
     Returns:
       The jitted step; the state argument is donated. ``step.traces()`` says how often it
       was traced (once per run when every batch has the same shape and dtype).
+
+    Raises:
+      ValueError: ``compute_dtype`` is not a floating dtype (here); when the step is
+        traced, ``augment`` returns a different shape than the minibatch's.
     """
     loss_fn = parallel.mixed_precision_loss(model, compute_dtype)  # model.loss if None
 
@@ -317,7 +348,11 @@ def predict(
 
     Returns:
       int32 labels, shape ``(N,)``, on the host.
+
+    Raises:
+      ValueError: ``batch_size`` is 0.
     """
+
     params, model_state = (
         (state.params, state.model_state) if isinstance(state, TrainState) else state
     )
