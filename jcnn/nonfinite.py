@@ -34,7 +34,7 @@ class NonFiniteLossError(FloatingPointError):
     Args:
       message: the error message.
       report: the :func:`report` of the step (copied into a ``dict``; None: empty).
-      report_path: where the report was written, or None.
+      report_path (Path | None): where the report was written, or None.
     """
 
     def __init__(self, message: str, report: Mapping[str, Any] | None = None, report_path=None):

@@ -130,10 +130,11 @@ def make_schedule(
     ``lr · (t + 1) / W`` for ``t < W`` (the first update already moves; update ``W - 1``
     uses ``lr``).
 
-    >>> f = make_schedule(0.1, lr_schedule='cosine', iterations_per_epoch=10,
-    ...                   num_iterations=100, warmup_iterations=10)
-    >>> [round(float(f(t)), 4) for t in (0, 9, 10, 55, 99)]
-    [0.01, 0.1, 0.1, 0.05, 0.0]
+    Examples:
+      >>> f = make_schedule(0.1, lr_schedule='cosine', iterations_per_epoch=10,
+      ...                   num_iterations=100, warmup_iterations=10)
+      >>> [round(float(f(t)), 4) for t in (0, 9, 10, 55, 99)]
+      [0.01, 0.1, 0.1, 0.05, 0.0]
 
     Args:
       learning_rate: the base rate ``lr``.

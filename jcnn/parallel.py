@@ -497,8 +497,8 @@ def mixed_precision_loss(model: Any, compute_dtype: Any):
       compute_dtype: as for :func:`resolve_compute_dtype`.
 
     Returns:
-      The loss function ``loss(params, state, X, y, *, key=None) -> (loss, new_state)``:
-      a scalar float32 loss and the new model state.
+      loss (Callable): ``loss(params, state, X, y, *, key=None) -> (loss, new_state)``, giving
+        a scalar float32 loss and the new model state (``model.loss`` itself for None/float32).
 
     Raises:
       ValueError: ``compute_dtype`` is not a floating dtype.

@@ -161,7 +161,8 @@ def create_train_state(
       model: a :mod:`jcnn.models` model (``init``, ``loss``, ``apply``).
       optimizer: an optax transformation (e.g. from :func:`jcnn.optim.make_optimizer`).
       key: a ``jax.random.key``.
-      params, model_state: start from these instead of ``model.init`` (copied).
+      params: start from these parameters instead of ``model.init``'s (copied).
+      model_state: the model state that goes with ``params`` (copied; None: ``{}``).
       step: the update count to start at.
 
     Returns:
