@@ -186,9 +186,9 @@ def filter_grid(w: Any, *, padding: int = 1) -> np.ndarray:
         padding: pixels of background between tiles, >= 0.
 
     Returns:
-        float64 ``(rows·HH + (rows − 1)·padding, cols·WW + (cols − 1)·padding)``, with a last
-        axis of 3 when C = 3, where ``n`` tiles (F, or F·C when C is not 3) are laid out in
-        ``cols = ceil(sqrt(n))`` columns and ``rows = ceil(n / cols)`` rows.
+        float64 ``(rows·HH + (rows − 1)·padding, cols·WW + (cols − 1)·padding)``, with
+        a last axis of 3 when C = 3, where ``n`` tiles (F, or F·C when C is not 3) are laid
+        out in ``cols = ceil(sqrt(n))`` columns and ``rows = ceil(n / cols)`` rows.
 
     Raises:
         ValueError: if ``w`` is not rank 4, has an empty axis, or ``padding`` is negative.
