@@ -121,7 +121,7 @@ class ThreeLayerConvNet(C.Model):
         Raises:
             ValueError: if ``X`` is not ``(N, *input_shape)`` (:meth:`check_input`); from the
                 layers if ``params`` or ``state`` hold arrays of the wrong shapes.
-            KeyError: if ``params`` or ``state`` lacks a layer.
+            KeyError: if ``params`` lacks a layer.
         """
         L = self.L
         x = self._prepare(params, X)
