@@ -381,7 +381,8 @@ class Model:
 
         Raises:
             ValueError: as :meth:`apply` with ``train=True`` (``X`` of the wrong shape; ``key``
-                missing or not a PRNG key with ``dropout > 0``), and as :meth:`data_loss` (``y``).
+                None with ``dropout > 0``), and as :meth:`data_loss` (``y``).
+            TypeError: as :meth:`apply`, if ``dropout > 0`` and ``key`` is not a PRNG key.
         """
         scores, new_state = self.apply(params, state, X, train=True, key=key)
         data_loss = self.data_loss(scores, y)

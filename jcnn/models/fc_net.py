@@ -151,8 +151,8 @@ class FullyConnectedNet(C.Model):
                 if ``X`` does not have the shape above (:meth:`check_input`); from the layers if
                 ``params`` or ``state`` hold arrays of the wrong shapes.
             KeyError: if ``params`` or ``state`` lacks a layer.
-        TypeError: from ``jax.random.fold_in`` if ``train`` with ``dropout > 0`` and ``key``
-            is not a PRNG key.
+            TypeError: from ``jax.random.fold_in`` if ``train`` with ``dropout > 0`` and
+                ``key`` is not a PRNG key.
         """
         key = self._dropout_key(key, train, self.dropout)
         x = self._prepare(params, X)

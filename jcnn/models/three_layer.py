@@ -120,7 +120,7 @@ class ThreeLayerConvNet(C.Model):
 
         Raises:
             ValueError: if ``X`` is not ``(N, *input_shape)`` (:meth:`check_input`); from the
-                layers if ``params`` or ``state`` hold arrays of the wrong shapes.
+                layers if ``params`` hold arrays of the wrong shapes.
             KeyError: if ``params`` lacks a layer.
         """
         L = self.L

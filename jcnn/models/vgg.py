@@ -192,8 +192,8 @@ class VGGNet(C.Model):
                 if ``X`` is not ``(N, *input_dim)`` (:meth:`check_input`); from the layers if
                 ``params`` or ``state`` hold arrays of the wrong shapes.
             KeyError: if ``params`` or ``state`` lacks a layer.
-        TypeError: from ``jax.random.fold_in`` if ``train`` with ``dropout > 0`` and ``key``
-            is not a PRNG key.
+            TypeError: from ``jax.random.fold_in`` if ``train`` with ``dropout > 0`` and
+                ``key`` is not a PRNG key.
         """
         L = self.L
         key = self._dropout_key(key, train, self.dropout)
