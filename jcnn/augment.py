@@ -72,20 +72,55 @@ def _cutout(key: jax.Array, X: jax.Array, size: int) -> jax.Array:
 
 def cutout(key: jax.Array, X, *, size: int = 8) -> jax.Array:
     """Each image of ``X`` (N, C, H, W) with a ``size × size`` square set to 0 (every
-    channel), centred on a uniformly random pixel and clipped at the borders."""
+    channel), centred on a uniformly random pixel and clipped at the borders.
+
+    Args:
+        key: a ``jax.random`` key; the same key gives the same output.
+        X: a batch of images ``(N, C, H, W)``.
+        size: side of the square, a non-negative int; 0 leaves ``X`` as it is.
+
+    Returns:
+        An array of the shape and dtype of ``X``.
+
+    Raises:
+        ValueError: if ``X`` is not rank 4, or naming ``size`` if it is not a non-negative int.
+    """
     X, size = _check(X, size, "size")
     return _cutout(key, X, size)
 
 
 def random_crop(key: jax.Array, X, *, pad: int = 4) -> jax.Array:
     """Each image of ``X`` (N, C, H, W) padded with ``pad`` zeros per side and cropped back
-    to H × W at a uniformly random offset in ``[0, 2·pad]`` along each axis."""
+    to H × W at a uniformly random offset in ``[0, 2·pad]`` along each axis.
+
+    Args:
+        key: a ``jax.random`` key; the same key gives the same output.
+        X: a batch of images ``(N, C, H, W)``.
+        pad: zero padding per side, a non-negative int (the largest shift); 0 leaves ``X``.
+
+    Returns:
+        An array of the shape and dtype of ``X``.
+
+    Raises:
+        ValueError: if ``X`` is not rank 4, or naming ``pad`` if it is not a non-negative int.
+    """
     X, pad = _check(X, pad)
     return _crop(key, X, pad)
 
 
 def random_flip(key: jax.Array, X) -> jax.Array:
-    """Each image of ``X`` (N, C, H, W) mirrored left-right with probability 1/2."""
+    """Each image of ``X`` (N, C, H, W) mirrored left-right with probability 1/2.
+
+    Args:
+        key: a ``jax.random`` key; the same key gives the same output.
+        X: a batch of images ``(N, C, H, W)``.
+
+    Returns:
+        An array of the shape and dtype of ``X``.
+
+    Raises:
+        ValueError: if ``X`` is not rank 4.
+    """
     X, _ = _check(X, 0)
     return _flip(key, X)
 
@@ -102,6 +137,10 @@ def random_crop_flip(key: jax.Array, X, *, pad: int = 4, cutout: int = 0) -> jax
 
     Returns:
         An array of the shape and dtype of ``X``.
+
+    Raises:
+        ValueError: if ``X`` is not rank 4, or naming ``pad`` or ``cutout`` if it is not a
+            non-negative int.
     """
     X, pad = _check(X, pad)
     _, size = _check(X, cutout, "cutout")

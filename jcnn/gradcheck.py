@@ -20,7 +20,18 @@ import numpy as np
 
 
 def rel_error(a: Any, b: Any) -> float:
-    """``max |a − b| / max(1e-8, |a| + |b|)``, elementwise, as in cs231n."""
+    """``max |a − b| / max(1e-8, |a| + |b|)``, elementwise, as in cs231n.
+
+    Args:
+        a: array-like of any shape (converted to float64 numpy).
+        b: array-like of the shape of ``a``.
+
+    Returns:
+        The largest elementwise relative error, a Python float (0.0 for empty arrays).
+
+    Raises:
+        ValueError: if ``a`` and ``b`` differ in shape.
+    """
     a = np.asarray(a, dtype=np.float64)
     b = np.asarray(b, dtype=np.float64)
     if a.shape != b.shape:
@@ -42,6 +53,18 @@ def numerical_gradient(
     ``f`` maps an array to an array (a scalar when ``dout`` is None); it is jitted once and
     called twice per element of ``x``, each time on a fresh host copy (so no call can see
     another's perturbation through shared memory).
+
+    Args:
+        f: function of one array ``x``, returning an array of any shape.
+        x: the point ``x`` of any shape.
+        dout: cotangent, of the shape of ``f(x)``; None: all ones.
+        h: the step of the centred difference.
+
+    Returns:
+        The numerical gradient, of the shape and dtype of ``x`` (reduced in float64 on the host).
+
+    Raises:
+        ValueError: if ``dout`` does not have the shape of ``f(x)``.
     """
     x = jnp.asarray(x)
     f_jit = jax.jit(f)
@@ -65,7 +88,18 @@ def numerical_gradient(
 
 def of_args(fn: Callable, args: Sequence, argnums: Sequence[int]) -> Callable:
     """``fn`` as a function of ``args[i] for i in argnums`` only, the other arguments fixed
-    to their values in ``args`` (what ``jax.vjp`` needs to differentiate some of them)."""
+    to their values in ``args`` (what ``jax.vjp`` needs to differentiate some of them).
+
+    Args:
+        fn: the function, called as ``fn(*args)``.
+        args: a full list of positional arguments for ``fn``.
+        argnums: the positions of the arguments that become the new function's arguments.
+
+    Returns:
+        ``g(*diff)`` calling ``fn`` with ``args[argnums[j]]`` replaced by ``diff[j]``; it raises
+        ValueError (from ``zip(..., strict=True)``) if given other than ``len(argnums)``
+        arguments.
+    """
     fixed = list(args)
 
     def g(*diff):
@@ -93,6 +127,26 @@ def check_vjp(
     ``f(*args)`` must return one array. A random cotangent is drawn (from ``seed``); for each
     differentiated argument (``argnums``, default all floating-point arrays) the result holds
     ``{'twin': rel_error vs jax.vjp(twin), 'numeric': rel_error vs centred differences}``.
+
+    Args:
+        f: the function under test (a layer with a hand-written VJP), returning one array.
+        twin: the same function differentiated by JAX (e.g. from :mod:`jcnn.reference`), or
+            None to skip that comparison.
+        args: the positional arguments to check at (arrays of any shape).
+        argnums: positions of the arguments to differentiate; None: every floating-point array.
+        names: one name per argument (all of ``args``, not just ``argnums``), used as the keys
+            of the result; None: ``'arg0'``, ``'arg1'``, ...
+        h: the step of the centred differences.
+        seed: seed of NumPy's generator for the cotangent (of the shape of ``f(*args)``).
+        numeric: compare with centred differences too (one pair of calls per element).
+
+    Returns:
+        ``{name: {'twin': float, 'numeric': float}}`` for each differentiated argument, the
+        relative errors of :func:`rel_error`; a key is absent when ``twin`` is None or
+        ``numeric`` is false.
+
+    Raises:
+        IndexError: if ``names`` has fewer entries than ``args`` reaches (an argnum past its end).
     """
     args = tuple(args)
     if argnums is None:

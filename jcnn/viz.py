@@ -31,7 +31,17 @@ __all__ = [
 
 
 def new_figure(figsize: tuple[float, float] = (6.4, 4.0)):
-    """A matplotlib ``Figure`` attached to an Agg canvas (no pyplot involved)."""
+    """A matplotlib ``Figure`` attached to an Agg canvas (no pyplot involved).
+
+    Args:
+        figsize: ``(width, height)`` in inches.
+
+    Returns:
+        A ``matplotlib.figure.Figure`` with constrained layout.
+
+    Raises:
+        ImportError: if matplotlib is not installed (the message says how to install it).
+    """
     try:
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
@@ -46,7 +56,20 @@ def new_figure(figsize: tuple[float, float] = (6.4, 4.0)):
 
 def save_figure(fig, path: str | os.PathLike, *, dpi: int = 100) -> Path:
     """Write ``fig`` as an image (format from the suffix, e.g. ``.png``) and return the path.
-    The folder is created if needed."""
+    The folder is created if needed.
+
+    Args:
+        fig: a matplotlib ``Figure`` (e.g. from :func:`plot_loss`).
+        path: the file to write; its suffix picks the format.
+        dpi: resolution in dots per inch.
+
+    Returns:
+        ``path`` as a :class:`pathlib.Path`.
+
+    Raises:
+        OSError: if the folder cannot be created or the file cannot be written.
+        ValueError: from matplotlib if the suffix is not a format it can write.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=dpi)
@@ -67,7 +90,22 @@ def plot_loss(
 ):
     """The loss of every iteration (faint dots, as cs231n plots them) and its moving average
     over ``smooth`` iterations (default: about 1/50 of the run, at least 1). With
-    ``iterations_per_epoch`` the x axis is in epochs."""
+    ``iterations_per_epoch`` the x axis is in epochs.
+
+    Args:
+        loss_history: the loss of each iteration, any shape (flattened), e.g.
+            ``solver.loss_history``; empty gives empty axes.
+        iterations_per_epoch: if given (and nonzero), the x axis is ``iteration / this``.
+        smooth: moving-average window in iterations; None: ``max(1, len // 50)``. No average
+            is drawn for a window of 1 or longer than the history.
+        title: the axes' title.
+
+    Returns:
+        A matplotlib ``Figure`` (see :func:`new_figure`).
+
+    Raises:
+        ImportError: if matplotlib is not installed.
+    """
     loss = np.asarray(loss_history, dtype=np.float64).reshape(-1)
     fig = new_figure()
     ax = fig.add_subplot()
@@ -98,7 +136,21 @@ def plot_accuracy(
     title: str = "Classification accuracy",
 ):
     """Train and validation accuracy at each check; ``epochs`` (default 0, 1, 2, ...) gives
-    the x position of each check."""
+    the x position of each check.
+
+    Args:
+        train_acc_history: training accuracy at each check, shape ``(K,)`` (flattened).
+        val_acc_history: validation accuracy at each check, shape ``(K,)``.
+        epochs: x position of each check, shape ``(K,)``; None: ``0, 1, ..., K − 1``.
+        title: the axes' title.
+
+    Returns:
+        A matplotlib ``Figure`` (see :func:`new_figure`), y axis from 0 to 1.
+
+    Raises:
+        ValueError: if the two histories differ in length, or ``epochs`` is not ``(K,)``.
+        ImportError: if matplotlib is not installed.
+    """
     train = np.asarray(train_acc_history, dtype=np.float64).reshape(-1)
     val = np.asarray(val_acc_history, dtype=np.float64).reshape(-1)
     if train.shape != val.shape:
@@ -128,6 +180,18 @@ def filter_grid(w: Any, *, padding: int = 1) -> np.ndarray:
     on a ``ceil(sqrt(F))``-wide grid with ``padding`` pixels of background (0) between tiles.
     Returns float64 ``(H, W, 3)`` for RGB filters (C = 3) and ``(H, W)`` otherwise; for C
     other than 1 and 3 every channel of every filter gets its own grey tile.
+
+    Args:
+        w: filter bank ``(F, C, HH, WW)``, array-like.
+        padding: pixels of background between tiles, >= 0.
+
+    Returns:
+        float64 ``(rows·HH + (rows − 1)·padding, cols·WW + (cols − 1)·padding)``, with
+        a last axis of 3 when C = 3, where ``n`` tiles (F, or F·C when C is not 3) are laid
+        out in ``cols = ceil(sqrt(n))`` columns and ``rows = ceil(n / cols)`` rows.
+
+    Raises:
+        ValueError: if ``w`` is not rank 4, has an empty axis, or ``padding`` is negative.
     """
     w = np.asarray(w, dtype=np.float64)
     if w.ndim != 4:
@@ -164,7 +228,20 @@ def filter_grid(w: Any, *, padding: int = 1) -> np.ndarray:
 
 
 def plot_filters(w: Any, *, title: str = "First-layer filters", padding: int = 1):
-    """The filter bank ``w`` (F, C, HH, WW) as an image grid (see :func:`filter_grid`)."""
+    """The filter bank ``w`` (F, C, HH, WW) as an image grid (see :func:`filter_grid`).
+
+    Args:
+        w: filter bank ``(F, C, HH, WW)``, e.g. ``params['conv1']['w']``.
+        title: the axes' title.
+        padding: pixels of background between tiles, >= 0.
+
+    Returns:
+        A 5 × 5 inch matplotlib ``Figure``: the grid in colour for C = 3, in grey otherwise.
+
+    Raises:
+        ValueError: as :func:`filter_grid`.
+        ImportError: if matplotlib is not installed.
+    """
     grid = filter_grid(w, padding=padding)
     fig = new_figure((5.0, 5.0))
     ax = fig.add_subplot()

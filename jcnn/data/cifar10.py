@@ -89,6 +89,10 @@ def download_cifar10(
             cannot be skipped.
         url: where to download from.
 
+    Returns:
+        The path of the extracted folder, ``data_dir/cifar-10-batches-py`` (``~`` expanded),
+        holding the five training batches, ``test_batch`` and ``batches.meta``.
+
     Raises:
         DatasetError: no data and the download failed (the message says where to put the
             files by hand), the checksum does not match (it says which file to delete), the
@@ -325,6 +329,10 @@ def load_cifar10_batches(folder: str | os.PathLike[str]) -> RawDataset:
 
     Batches may hold any number of rows (the real ones hold 10000 each).
 
+    Args:
+        folder: the extracted folder (``~`` is expanded), as :func:`download_cifar10`
+            returns it.
+
     Returns:
         ``RawDataset(X_train, y_train, X_test, y_test, label_names)``: ``X_train`` uint8
         (50000, 3, 32, 32) NCHW with channels R, G, B; ``y_train`` int64 (50000,);
@@ -353,7 +361,14 @@ def load_cifar10_batches(folder: str | os.PathLike[str]) -> RawDataset:
 
 def resolve_data_dir(data_dir: str | os.PathLike[str] | None) -> Path:
     """``data_dir`` if given, else ``$JCNN_DATA_DIR`` if set, else ``~/.cache/jcnn``;
-    with ``~`` expanded."""
+    with ``~`` expanded.
+
+    Args:
+        data_dir: the folder, or None for the default.
+
+    Returns:
+        The folder as a :class:`pathlib.Path` (not created, not checked).
+    """
     if data_dir is None:
         data_dir = os.environ.get(DATA_DIR_ENV) or DEFAULT_DATA_DIR
     return Path(data_dir).expanduser()

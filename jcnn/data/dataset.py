@@ -26,6 +26,12 @@ class RawDataset:
 
     Iterating yields the fields in the order above, so
     ``X_train, y_train, X_test, y_test, label_names = raw`` works.
+
+    Raises:
+        ValueError: on construction, naming the field: an ``X`` that is not a uint8 numpy
+            array of rank 4; a ``y`` that is not an int64 numpy array ``(N,)`` matching its
+            ``X``; a label outside ``[0, len(label_names))``; non-empty ``X_test`` images of
+            another ``(C, H, W)`` than ``X_train``'s.
     """
 
     X_train: np.ndarray
@@ -79,7 +85,17 @@ def _check_count(name: str, value: object, minimum: int) -> int:
 
 
 def check_split_sizes(num_training: object, num_validation: object, num_test: object) -> None:
-    """Check the split sizes on their own (before any data is loaded); ValueError if bad."""
+    """Check the split sizes on their own (before any data is loaded); ValueError if bad.
+
+    Args:
+        num_training: training images, an int >= 1.
+        num_validation: validation images, an int >= 0.
+        num_test: test images, an int >= 0.
+
+    Raises:
+        ValueError: naming the argument, if it is not an integer (bools refused) or below its
+            minimum.
+    """
     _check_count("num_training", num_training, 1)
     _check_count("num_validation", num_validation, 0)
     _check_count("num_test", num_test, 0)
@@ -101,6 +117,16 @@ def split_and_preprocess(
 
     With ``subtract_mean`` the per-pixel mean image of the *training split* is subtracted
     from all three splits (pixel values stay on the 0..255 scale otherwise).
+
+    Args:
+        raw: the dataset, e.g. from :func:`~jcnn.data.load_cifar10_batches` or
+            :func:`~jcnn.data.load_image_folder`; images ``(N, C, H, W)`` uint8.
+        num_training: training images, >= 1.
+        num_validation: validation images, >= 0; ``num_training + num_validation`` at most
+            ``len(raw.X_train)``.
+        num_test: test images, >= 0 and at most ``len(raw.X_test)``.
+        subtract_mean: subtract the training split's mean image from all splits.
+        dtype: floating-point dtype of the returned images and mean image.
 
     Returns:
         A dict with ``X_train`` (num_training, C, H, W), ``X_val`` (num_validation, C, H, W),

@@ -253,12 +253,31 @@ class Model:
     def apply(
         self, params: Any, state: Any, X: Any, *, train: bool = False, key: jax.Array | None = None
     ) -> tuple[jax.Array, Any]:
-        """Class scores ``(N, num_classes)`` and the new state (each model defines it)."""
+        """Class scores ``(N, num_classes)`` and the new state (each model defines it).
+
+        Args:
+            params: the parameters, as :meth:`init` returns them (``{layer: {'w', 'b', ...}}``).
+            state: the batchnorm running statistics, as :meth:`init` returns them.
+            X: inputs ``(N, *input_shape)``, cast to the parameters' dtype.
+            train: training mode: dropout on (if ``dropout > 0``), batchnorm on batch statistics.
+            key: a JAX PRNG key for dropout; needed only when ``train`` and ``dropout > 0``.
+
+        Returns:
+            ``(scores, new_state)``: ``scores`` ``(N, num_classes)`` and a state of the structure
+            of ``state``.
+
+        Raises:
+            NotImplementedError: always, here; the models override it.
+        """
         raise NotImplementedError
 
     @property
     def L(self) -> ModuleType:
-        """The layer module the model is built on: :mod:`jcnn.layers` or :mod:`jcnn.reference`."""
+        """The layer module the model is built on: :mod:`jcnn.layers` or :mod:`jcnn.reference`.
+
+        Returns:
+            :mod:`jcnn.layers` when ``layers == 'jcnn'``, else :mod:`jcnn.reference`.
+        """
         import jcnn.layers
         import jcnn.reference
 
@@ -266,21 +285,51 @@ class Model:
 
     @property
     def input_shape(self) -> tuple[int, ...]:
-        """The shape of one example (``X.shape[1:]``)."""
+        """The shape of one example (``X.shape[1:]``).
+
+        Returns:
+            A tuple of ints, e.g. ``(3, 32, 32)``.
+
+        Raises:
+            NotImplementedError: here; the models override it.
+        """
         raise NotImplementedError
 
     def weight_shapes(self) -> dict[str, tuple[int, ...]]:
-        """``{layer name: shape of its 'w'}`` in forward order."""
+        """``{layer name: shape of its 'w'}`` in forward order.
+
+        Returns:
+            A dict from layer name to the shape of its weights: ``(F, C, HH, WW)`` for a conv,
+            ``(D, M)`` for an affine layer.
+
+        Raises:
+            NotImplementedError: here; the models override it.
+        """
         raise NotImplementedError
 
     def batchnorm_layers(self) -> tuple[str, ...]:
-        """Names of the layers followed by (spatial) batchnorm."""
+        """Names of the layers followed by (spatial) batchnorm.
+
+        Returns:
+            A tuple of layer names (keys of :meth:`weight_shapes`); empty here.
+        """
         return ()
 
     def init(self, key: jax.Array) -> tuple[dict, dict]:
         """``(params, state)``: Gaussian weights (``weight_scale`` std, or He), zero biases,
         batchnorm ``gamma = 1``, ``beta = 0``, running mean 0 and running variance 1, all in
-        ``dtype``. Weights come from one normal draw (:func:`init_weights`)."""
+        ``dtype``. Weights come from one normal draw (:func:`init_weights`).
+
+        Args:
+            key: a JAX PRNG key; the same key gives the same weights.
+
+        Returns:
+            ``(params, state)``: ``params[name] = {'w': weight_shapes()[name], 'b': (M,)}``
+            for every layer, where ``M`` is the number of outputs (filters ``F`` of a conv,
+            columns of an affine ``w``), plus ``'gamma'``, ``'beta'`` ``(M,)`` for the
+            :meth:`batchnorm_layers`; ``state[name] = {'running_mean': (M,), 'running_var':
+            (M,)}`` for those layers only.
+        """
         ws = init_weights(key, self.weight_shapes(), self.weight_scale, self.dtype)
         bn = set(self.batchnorm_layers())
         params = {name: layer_params(w, batchnorm=name in bn) for name, w in ws.items()}
@@ -290,7 +339,15 @@ class Model:
         return params, state
 
     def check_input(self, X: Any, name: str = "X") -> None:
-        """ValueError unless ``X`` is a batch ``(N, *input_shape)``."""
+        """ValueError unless ``X`` is a batch ``(N, *input_shape)``.
+
+        Args:
+            X: array-like batch of inputs.
+            name: the name the error message gives ``X``.
+
+        Raises:
+            ValueError: naming ``name``, if ``X`` is not ``(N, *input_shape)``.
+        """
         shape = tuple(np.shape(X))
         want = self.input_shape
         if len(shape) != len(want) + 1 or shape[1:] != want:
@@ -310,6 +367,22 @@ class Model:
 
         Returns ``(data_loss + 0.5·reg·Σ W², new_state)``, so that
         ``jax.value_and_grad(model.loss, has_aux=True)`` gives ``((loss, state), grads)``.
+
+        Args:
+            params: the parameters, as :meth:`init` returns them.
+            state: the batchnorm running statistics, as :meth:`init` returns them.
+            X: inputs ``(N, *input_shape)``.
+            y: integer labels ``(N,)`` in ``[0, num_classes)``.
+            key: a JAX PRNG key for dropout; needed only when ``dropout > 0``.
+
+        Returns:
+            ``(loss, new_state)``: the scalar loss ``()`` in the parameters' dtype, and the state
+            with the running statistics updated.
+
+        Raises:
+            ValueError: as :meth:`apply` with ``train=True`` (``X`` of the wrong shape; ``key``
+                None with ``dropout > 0``), and as :meth:`data_loss` (``y``).
+            TypeError: as :meth:`apply`, if ``dropout > 0`` and ``key`` is not a PRNG key.
         """
         scores, new_state = self.apply(params, state, X, train=True, key=key)
         data_loss = self.data_loss(scores, y)
@@ -317,7 +390,19 @@ class Model:
 
     def data_loss(self, scores: jax.Array, y: Any) -> jax.Array:
         """Mean softmax cross-entropy of ``scores (N, num_classes)`` against ``y (N,)``,
-        with the model's ``label_smoothing``."""
+        with the model's ``label_smoothing``.
+
+        Args:
+            scores: class scores ``(N, num_classes)``.
+            y: integer labels ``(N,)`` in ``[0, num_classes)``.
+
+        Returns:
+            The scalar loss ``()``, without the L2 term.
+
+        Raises:
+            ValueError: if ``y`` is not ``(N,)``; as the layer's ``softmax_loss`` if ``y`` is not
+                of an integer dtype or (when concrete) holds a label outside ``[0, num_classes)``.
+        """
         y = jnp.asarray(y)
         if y.shape != (scores.shape[0],):
             raise ValueError(

@@ -70,17 +70,27 @@ class FullyConnectedNet(C.Model):
 
     @property
     def num_features(self) -> int:
+        """``D``, the number of features of one example: ``input_dim`` or its product."""
         d = self.input_dim
         return d if isinstance(d, int) else math.prod(d)
 
     @property
     def input_shape(self) -> tuple[int, ...]:
+        """The shape of one example: ``(D,)`` for an int ``input_dim``, else ``input_dim``."""
         d = self.input_dim
         return (d,) if isinstance(d, int) else d
 
     def check_input(self, X: Any, name: str = "X") -> None:
         """``X`` must be ``(N, ...)`` with ``prod(X.shape[1:]) == D`` when ``input_dim`` is an
-        int ``D``, or exactly ``(N, *input_dim)`` when it is a shape."""
+        int ``D``, or exactly ``(N, *input_dim)`` when it is a shape.
+
+        Args:
+            X: array-like batch of inputs.
+            name: the name the error message gives ``X``.
+
+        Raises:
+            ValueError: naming ``name``, if ``X`` does not have that shape.
+        """
         if not isinstance(self.input_dim, int):
             return super().check_input(X, name)
         shape = tuple(jnp.shape(X))
@@ -91,9 +101,17 @@ class FullyConnectedNet(C.Model):
             )
 
     def layer_names(self) -> list[str]:
+        """The hidden layers' names, ``['fc1', ..., 'fcK']`` for ``K = len(hidden_dims)``."""
         return [f"fc{k}" for k in range(1, len(self.hidden_dims) + 1)]
 
     def weight_shapes(self) -> dict[str, tuple[int, ...]]:
+        """``{layer name: shape of its 'w'}`` in forward order.
+
+        Returns:
+            ``{'fc1': (D, hidden_dims[0]), 'fc2': (hidden_dims[0], hidden_dims[1]), ...,
+            'out': (hidden_dims[-1], num_classes)}`` (``'out': (D, num_classes)`` with no hidden
+            layer), ``D`` being :attr:`num_features`.
+        """
         shapes: dict[str, tuple[int, ...]] = {}
         d_in = self.num_features
         for name, d in zip(self.layer_names(), self.hidden_dims, strict=True):
@@ -103,11 +121,39 @@ class FullyConnectedNet(C.Model):
         return shapes
 
     def batchnorm_layers(self) -> tuple[str, ...]:
+        """Names of the layers followed by batchnorm: every hidden layer with ``use_batchnorm``.
+
+        Returns:
+            ``('fc1', ..., 'fcK')`` with ``use_batchnorm``, else ``()``.
+        """
         return tuple(self.layer_names()) if self.use_batchnorm else ()
 
     def apply(self, params, state, X, *, train: bool = False, key=None):
         """Class scores ``(N, num_classes)`` and the new state (updated running statistics
-        when ``train``; unchanged otherwise). ``key`` drives dropout when ``train``."""
+        when ``train``; unchanged otherwise). ``key`` drives dropout when ``train``.
+
+        Args:
+            params: the parameters, as :meth:`init` returns them.
+            state: the batchnorm running statistics, as :meth:`init` returns them.
+            X: inputs ``(N, d1, ..., dk)`` with ``d1·...·dk = D`` (int ``input_dim``) or
+                ``(N, *input_dim)``, flattened to ``(N, D)`` and cast to the parameters' dtype.
+            train: training mode: dropout on (if ``dropout > 0``), batchnorm on batch statistics.
+            key: a JAX PRNG key; needed only when ``train`` and ``dropout > 0``; hidden layer ``k``
+                uses ``jax.random.fold_in(key, k)``.
+
+        Returns:
+            ``(scores, new_state)``: ``scores`` ``(N, num_classes)``; ``new_state[name] =
+            {'running_mean': (M,), 'running_var': (M,)}`` per hidden layer with ``use_batchnorm``
+            (``{}`` without).
+
+        Raises:
+            ValueError: if ``train`` with ``dropout > 0`` and ``key`` is None;
+                if ``X`` does not have the shape above (:meth:`check_input`); from the layers if
+                ``params`` or ``state`` hold arrays of the wrong shapes.
+            KeyError: if ``params`` or ``state`` lacks a layer.
+            TypeError: from ``jax.random.fold_in`` if ``train`` with ``dropout > 0`` and
+                ``key`` is not a PRNG key.
+        """
         key = self._dropout_key(key, train, self.dropout)
         x = self._prepare(params, X)
         x = x.reshape(x.shape[0], -1)

@@ -71,10 +71,12 @@ class ThreeLayerConvNet(C.Model):
 
     @property
     def pad(self) -> int:
+        """The conv's zero padding per side, ``(filter_size − 1) // 2``."""
         return (self.filter_size - 1) // 2
 
     @property
     def input_shape(self) -> tuple[int, ...]:
+        """The shape of one example: ``input_dim``, ``(C, H, W)``."""
         return self.input_dim
 
     @property
@@ -86,6 +88,13 @@ class ThreeLayerConvNet(C.Model):
         return self.num_filters, conv_h // 2, conv_w // 2
 
     def weight_shapes(self) -> dict[str, tuple[int, ...]]:
+        """``{layer name: shape of its 'w'}`` in forward order.
+
+        Returns:
+            ``{'conv1': (num_filters, C, filter_size, filter_size), 'fc1': (num_filters·H'·W',
+            hidden_dim), 'out': (hidden_dim, num_classes)}``, ``(num_filters, H', W')`` being
+            :attr:`pooled_shape`.
+        """
         c = self.input_dim[0]
         f, hp, wp = self.pooled_shape
         k = self.filter_size
@@ -97,7 +106,23 @@ class ThreeLayerConvNet(C.Model):
 
     def apply(self, params, state, X, *, train: bool = False, key=None):
         """Class scores ``(N, num_classes)`` and the (unchanged) state; ``train`` and ``key``
-        are accepted for a uniform interface (this net has no dropout or batchnorm)."""
+        are accepted for a uniform interface (this net has no dropout or batchnorm).
+
+        Args:
+            params: the parameters, as :meth:`init` returns them.
+            state: the state, ``{}`` from :meth:`init`; returned as it is.
+            X: images ``(N, C, H, W)`` (``(N, *input_dim)``), cast to the parameters' dtype.
+            train: ignored.
+            key: ignored.
+
+        Returns:
+            ``(scores, state)``: ``scores`` ``(N, num_classes)`` in the parameters' dtype.
+
+        Raises:
+            ValueError: if ``X`` is not ``(N, *input_shape)`` (:meth:`check_input`); from the
+                layers if ``params`` hold arrays of the wrong shapes.
+            KeyError: if ``params`` lacks a layer.
+        """
         L = self.L
         x = self._prepare(params, X)
         p = params["conv1"]

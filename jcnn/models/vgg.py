@@ -92,15 +92,22 @@ class VGGNet(C.Model):
 
     @property
     def pad(self) -> int:
+        """The convs' zero padding per side, ``(filter_size − 1) // 2``."""
         return (self.filter_size - 1) // 2
 
     @property
     def input_shape(self) -> tuple[int, ...]:
+        """The shape of one example: ``input_dim``, ``(C, H, W)``."""
         return self.input_dim
 
     @property
     def stage_shapes(self) -> tuple[tuple[int, int, int], ...]:
-        """``(F, H, W)`` after each stage's pool."""
+        """``(F, H, W)`` after each stage's pool.
+
+        Raises:
+            ValueError: if a stage would max-pool a map smaller than 2 × 2 (checked when the model
+                is built).
+        """
         _, h, w = self.input_dim
         shrink = self.filter_size - 1 - 2 * self.pad  # 0 for odd filter sizes
         shapes = []
@@ -117,12 +124,25 @@ class VGGNet(C.Model):
         return tuple(shapes)
 
     def layer_names(self) -> tuple[list[str], list[str]]:
-        """``(['conv1_1', ...], ['fc1', ...])``."""
+        """``(['conv1_1', ...], ['fc1', ...])``.
+
+        Returns:
+            ``(convs, fcs)``: ``conv{s}_{a}`` for stage ``s`` and block ``a`` (both from 1), and
+            ``fc{k}`` for each hidden dim.
+        """
         convs = [f"conv{s}_{a}" for s, n in enumerate(self.blocks, 1) for a in range(1, n + 1)]
         fcs = [f"fc{k}" for k in range(1, len(self.hidden_dims) + 1)]
         return convs, fcs
 
     def weight_shapes(self) -> dict[str, tuple[int, ...]]:
+        """``{layer name: shape of its 'w'}`` in forward order.
+
+        Returns:
+            ``{'conv{s}_{a}': (num_filters[s-1], C_in, filter_size, filter_size), ...,
+            'fc{k}': (D_in, hidden_dims[k-1]), ..., 'out': (D_in, num_classes)}``, where
+            ``C_in`` is the previous conv's filters (the image channels first) and the first
+            ``D_in`` is ``F·H·W`` of the last stage (:attr:`stage_shapes`).
+        """
         convs, fcs = self.layer_names()
         names = iter(convs)
         shapes: dict[str, tuple[int, ...]] = {}
@@ -140,12 +160,41 @@ class VGGNet(C.Model):
         return shapes
 
     def batchnorm_layers(self) -> tuple[str, ...]:
+        """Names of the layers followed by (spatial) batchnorm: every conv and hidden layer with
+        ``use_batchnorm``.
+
+        Returns:
+            ``(*convs, *fcs)`` of :meth:`layer_names` with ``use_batchnorm``, else ``()``.
+        """
         convs, fcs = self.layer_names()
         return (*convs, *fcs) if self.use_batchnorm else ()
 
     def apply(self, params, state, X, *, train: bool = False, key=None):
         """Class scores ``(N, num_classes)`` and the new state (updated running statistics
-        when ``train``; unchanged otherwise). ``key`` drives dropout when ``train``."""
+        when ``train``; unchanged otherwise). ``key`` drives dropout when ``train``.
+
+        Args:
+            params: the parameters, as :meth:`init` returns them.
+            state: the batchnorm running statistics, as :meth:`init` returns them.
+            X: images ``(N, C, H, W)`` (``(N, *input_dim)``, NCHW whatever ``layout``), cast to
+                the parameters' dtype.
+            train: training mode: dropout on (if ``dropout > 0``), batchnorm on batch statistics.
+            key: a JAX PRNG key; needed only when ``train`` and ``dropout > 0``; hidden layer ``k``
+                uses ``jax.random.fold_in(key, k)``.
+
+        Returns:
+            ``(scores, new_state)``: ``scores`` ``(N, num_classes)``; ``new_state[name] =
+            {'running_mean': (M,), 'running_var': (M,)}`` per conv and hidden layer with
+            ``use_batchnorm`` (``{}`` without), ``M`` its filters or hidden units.
+
+        Raises:
+            ValueError: if ``train`` with ``dropout > 0`` and ``key`` is None;
+                if ``X`` is not ``(N, *input_dim)`` (:meth:`check_input`); from the layers if
+                ``params`` or ``state`` hold arrays of the wrong shapes.
+            KeyError: if ``params`` or ``state`` lacks a layer.
+            TypeError: from ``jax.random.fold_in`` if ``train`` with ``dropout > 0`` and
+                ``key`` is not a PRNG key.
+        """
         L = self.L
         key = self._dropout_key(key, train, self.dropout)
         x = C.to_layout(self._prepare(params, X), self.layout)

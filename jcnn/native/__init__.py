@@ -65,11 +65,22 @@ _status: str | None = None
 
 def status() -> str:
     """``'loaded'``, ``'not-built-yet'``, ``'opted-out'``, ``'no-compiler'``,
-    ``'unsupported-platform'`` or ``'failed: <why>'``."""
+    ``'unsupported-platform'`` or ``'failed: <why>'``.
+
+    Returns:
+        The state of the kernel library in this process, one of the strings above
+        (``'not-built-yet'`` until :func:`load` has run).
+    """
     return _status or "not-built-yet"
 
 
 def cache_dir() -> Path:
+    """Where the compiled library is cached.
+
+    Returns:
+        ``$JCNN_CACHE_DIR`` if set (and non-empty), else ``~/.cache/jcnn``, as a
+        :class:`pathlib.Path` (not created here).
+    """
     return Path(os.environ.get(CACHE_DIR_VARIABLE) or Path.home() / ".cache" / "jcnn")
 
 
@@ -125,7 +136,13 @@ def _build(compiler: str, target: Path) -> None:
 
 def load() -> bool:
     """Build (or find in the cache) and register the kernel, once per process; True if it
-    is available. A failed build warns once and leaves :func:`to_channel_major` on XLA."""
+    is available. A failed build warns once and leaves :func:`to_channel_major` on XLA.
+
+    Returns:
+        True if the library is loaded and its FFI targets registered; False if opted out,
+        on another platform than Linux, with no compiler, or after a failure (see
+        :func:`status`). A failed build is not raised: it warns (``RuntimeWarning``) once.
+    """
     global _status
     with _lock:
         if _status is None:
@@ -179,7 +196,12 @@ def _single_device() -> bool:
 
 def available() -> bool:
     """True where the kernels can be used in this process: built or cached, and a single
-    device (see :func:`_single_device`)."""
+    device (see :func:`_single_device`).
+
+    Returns:
+        ``True`` if this process has one device and :func:`load` succeeds, else ``False``
+        (with several devices nothing is built).
+    """
     return _single_device() and load()
 
 
@@ -187,7 +209,21 @@ def run(target: str, fallback: Callable, out_shapes, *args: jax.Array, **attribu
     """``target``'s kernel on the CPU, ``fallback(*args)`` on other backends or where the
     kernels are not available. Both must give the same ``out_shapes`` (one
     :class:`jax.ShapeDtypeStruct` or a sequence). Under ``vmap`` the kernel gets the batch
-    as leading dimensions of every operand."""
+    as leading dimensions of every operand.
+
+    Args:
+        target: the FFI target, a key of ``TARGETS`` (e.g. ``'jcnn_to_channel_major'``).
+        fallback: the XLA twin, called as ``fallback(*args)`` (without ``attributes``).
+        out_shapes: the output's :class:`jax.ShapeDtypeStruct`, or a sequence of them.
+        *args: the operands, arrays of the shapes the kernel expects.
+        **attributes: the kernel's FFI attributes (e.g. ``eps=np.float64(...)``).
+
+    Returns:
+        The output(s) of the shapes and dtypes ``out_shapes`` describes.
+
+    Raises:
+        ValueError: naming ``target`` if it is not one of ``TARGETS``.
+    """
     if target not in TARGETS:
         raise ValueError(f"target must be one of {sorted(TARGETS)}, got {target!r}")
     if not available():
@@ -202,7 +238,18 @@ def run(target: str, fallback: Callable, out_shapes, *args: jax.Array, **attribu
 
 def to_channel_major(x: jax.Array) -> jax.Array:
     """``(N, H, W, C) -> (C, H, W, N)``, i.e. ``jnp.transpose(x, (3, 1, 2, 0))``; on the CPU
-    by the compiled kernel when it is available (see the module docs), else by XLA."""
+    by the compiled kernel when it is available (see the module docs), else by XLA.
+
+    Args:
+        x: an array ``(N, H, W, C)``; dtypes of 2, 4 or 8 bytes go through the kernel, others
+            through ``jnp.transpose``.
+
+    Returns:
+        ``(C, H, W, N)``, of the dtype of ``x``.
+
+    Raises:
+        ValueError: naming ``x`` if it is not rank 4.
+    """
     if getattr(x, "ndim", None) != 4:
         raise ValueError(f"x must be (N, H, W, C), got shape {getattr(x, 'shape', None)}")
     if jnp.dtype(x.dtype).itemsize not in (2, 4, 8):
