@@ -46,7 +46,7 @@ def affine_forward(x: jax.Array, w: jax.Array, b: jax.Array) -> tuple[jax.Array,
 
     Returns:
         ``(out, cache)``: ``out = x.reshape(N, D) @ w + b`` of shape ``(N, M)``, and the
-        :class:`AffineCache` for :func:`affine_backward`.
+            :class:`AffineCache` for :func:`affine_backward`.
 
     Raises:
         ValueError: naming ``x`` if it has rank < 2; naming ``w`` if it is not rank 2, or if its

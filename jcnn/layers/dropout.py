@@ -87,7 +87,7 @@ def dropout_forward(x: jax.Array, key: jax.Array, *, rate: float) -> tuple[jax.A
 
     Returns:
         ``(out, cache)``: ``out = x·mask/(1 − rate)`` shaped like x, and the
-        :class:`DropoutCache` for :func:`dropout_backward`.
+            :class:`DropoutCache` for :func:`dropout_backward`.
 
     Raises:
       ValueError: naming ``key`` if it is not one JAX PRNG key (:func:`check_dropout_key`).
@@ -132,7 +132,7 @@ def dropout(x: jax.Array, key: jax.Array | None, *, rate: float, train: bool) ->
 
     Returns:
         Shaped like x: ``x·mask/(1 − rate)`` when training with ``rate > 0``, else x itself.
-        The VJP is :func:`dropout_backward`.
+            The VJP is :func:`dropout_backward`.
 
     Raises:
       ValueError: naming ``rate`` if it is not a float in [0, 1); naming ``key`` if training

@@ -117,7 +117,7 @@ def softmax_loss_forward(
 
     Returns:
         ``(loss, cache)``: the scalar mean loss (shape ``()``) and the :class:`SoftmaxCache`
-        for :func:`softmax_loss_backward`.
+            for :func:`softmax_loss_backward`.
 
     Raises:
       ValueError: as :func:`softmax_loss`.
@@ -159,7 +159,7 @@ def svm_loss_forward(scores: jax.Array, y: jax.Array) -> tuple[jax.Array, SvmCac
 
     Returns:
         ``(loss, cache)``: the scalar mean hinge loss (shape ``()``) and the :class:`SvmCache`
-        for :func:`svm_loss_backward`.
+            for :func:`svm_loss_backward`.
 
     Raises:
       ValueError: as :func:`svm_loss`.

@@ -28,7 +28,7 @@ def relu_forward(x: jax.Array) -> tuple[jax.Array, ReluCache]:
 
     Returns:
         ``(out, cache)``: ``out = max(x, 0)`` shaped like x, and the :class:`ReluCache` for
-        :func:`relu_backward`.
+            :func:`relu_backward`.
     """
     out = jnp.maximum(x, 0)
     return out, ReluCache(out)

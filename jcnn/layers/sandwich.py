@@ -98,7 +98,7 @@ def conv_relu(
 
     Returns:
         ``relu(conv2d(x, w, b))``: ``(N, F, H', W')`` (``(N, H', W', F)`` for NHWC), with
-        ``H' = 1 + (H + 2·pad − HH) / stride`` and likewise W'.
+            ``H' = 1 + (H + 2·pad − HH) / stride`` and likewise W'.
 
     Raises:
         ValueError: naming ``impl`` if not ``'naive'``/``'im2col'``/``'xla'``; naming
@@ -142,8 +142,8 @@ def conv_relu_pool(
 
     Returns:
         ``(N, F, H'', W'')`` (``(N, H'', W'', F)`` for NHWC): the conv output ``(H', W')`` as
-        in :func:`conv_relu`, pooled to ``H'' = 1 + (H' − pool_height) // pool_stride`` and
-        likewise W''.
+            in :func:`conv_relu`, pooled to ``H'' = 1 + (H' − pool_height) // pool_stride`` and
+            likewise W''.
 
     Raises:
         ValueError: naming ``impl`` if not ``'naive'``/``'im2col'``/``'xla'``; naming
