@@ -497,7 +497,8 @@ def conv_forward(
     Returns:
         (tuple[jax.Array, ConvCache]): ``(out, cache)``, with out
             ``(N, F, H', W')`` with ``H' = 1 + (H + 2·pad − HH) / stride``, likewise W'
-            (``(N, H', W', F)`` for NHWC), and the cache for :func:`conv_backward` with the same ``impl``.
+            (``(N, H', W', F)`` for NHWC), and the cache for :func:`conv_backward`
+            with the same ``impl``.
 
     Raises:
         ValueError: naming ``impl`` if not one of ``'naive'``, ``'im2col'``, ``'xla'``;
