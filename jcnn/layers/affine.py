@@ -13,6 +13,13 @@ from jcnn.layers._checks import check_rank, check_shape
 
 @cache_dataclass()
 class AffineCache:
+    """What :func:`affine_backward` needs from the forward pass.
+
+    Attributes:
+        x: the input, ``(N, d1, ..., dk)``.
+        w: the weights, ``(D, M)``.
+    """
+
     x: jax.Array
     w: jax.Array
 
@@ -30,14 +37,38 @@ def _check(x, w, b) -> None:
 
 
 def affine_forward(x: jax.Array, w: jax.Array, b: jax.Array) -> tuple[jax.Array, AffineCache]:
-    """x ``(N, d1..dk)``, w ``(D, M)``, b ``(M,)`` -> out ``(N, M)``."""
+    """x ``(N, d1..dk)``, w ``(D, M)``, b ``(M,)`` -> out ``(N, M)``.
+
+    Args:
+        x: input ``(N, d1, ..., dk)``, flattened to ``(N, D)`` with ``D = d1·...·dk``.
+        w: weights ``(D, M)``.
+        b: biases ``(M,)``.
+
+    Returns:
+        ``(out, cache)``: ``out = x.reshape(N, D) @ w + b`` of shape ``(N, M)``, and the
+            :class:`AffineCache` for :func:`affine_backward`.
+
+    Raises:
+        ValueError: naming ``x`` if it has rank < 2; naming ``w`` if it is not rank 2, or if its
+            rows differ from D; naming ``b`` if it is not ``(M,)``.
+    """
     _check(x, w, b)
     out = x.reshape(x.shape[0], -1) @ w + b
     return out, AffineCache(x, w)
 
 
 def affine_backward(dout: jax.Array, cache: AffineCache):
-    """dx = dout·wᵀ (reshaped like x), dw = xᵀ·dout, db = Σₙ dout."""
+    """dx = dout·wᵀ (reshaped like x), dw = xᵀ·dout, db = Σₙ dout.
+
+    Args:
+        dout: upstream gradient ``(N, M)``.
+        cache: the :class:`AffineCache` from :func:`affine_forward`.
+
+    Returns:
+        dx (jax.Array): ``dout @ w.T`` reshaped to x's shape ``(N, d1, ..., dk)``.
+        dw (jax.Array): ``x.reshape(N, D).T @ dout``, shape ``(D, M)``.
+        db (jax.Array): ``Σₙ dout``, shape ``(M,)``.
+    """
     x, w = cache.x, cache.w
     dx = (dout @ w.T).reshape(x.shape)
     dw = x.reshape(x.shape[0], -1).T @ dout
@@ -49,5 +80,17 @@ _affine = with_vjp(affine_forward, affine_backward)
 
 
 def affine(x: jax.Array, w: jax.Array, b: jax.Array) -> jax.Array:
-    """Affine layer with a hand-written VJP. x ``(N, d1..dk)``, w ``(D, M)``, b ``(M,)``."""
+    """Affine layer with a hand-written VJP. x ``(N, d1..dk)``, w ``(D, M)``, b ``(M,)``.
+
+    Args:
+        x: input ``(N, d1, ..., dk)``, flattened to ``(N, D)`` with ``D = d1·...·dk``.
+        w: weights ``(D, M)``.
+        b: biases ``(M,)``.
+
+    Returns:
+        ``x.reshape(N, D) @ w + b``, shape ``(N, M)``; its VJP is :func:`affine_backward`.
+
+    Raises:
+        ValueError: as :func:`affine_forward` (x of rank < 2, w not ``(D, M)``, b not ``(M,)``).
+    """
     return _affine(x, w, b)

@@ -32,6 +32,17 @@ from jcnn.layers.relu import relu
 
 @cache_dataclass(static=("train", "axis"))
 class BatchnormCache:
+    """What :func:`batchnorm_backward` needs from the forward pass.
+
+    Attributes:
+        x: the input.
+        mean: batch mean (train) or running mean (test), broadcastable to x.
+        inv_std: ``1/√(var + eps)``, broadcastable to x.
+        gamma: the scale ``(D,)``.
+        train: whether the forward used the batch statistics (static).
+        axis: the feature axis (static).
+    """
+
     x: jax.Array
     mean: jax.Array  # batch mean (train) or running mean (test), broadcastable to x
     inv_std: jax.Array  # 1/sqrt(var + eps), broadcastable to x
@@ -53,14 +64,33 @@ def _per_feature(v, ndim: int, axis: int):
 
 def values_per_feature(shape: tuple[int, ...], axis: int) -> int:
     """m, the number of values each feature's statistics are taken over (0 for an empty
-    batch; the product of every size but the feature axis's, so no division by D)."""
+    batch; the product of every size but the feature axis's, so no division by D).
+
+    Args:
+        shape: the input's shape.
+        axis: the feature axis (negative counts from the end).
+
+    Returns:
+        m, the product of every size of ``shape`` but ``shape[axis]``.
+    """
     return math.prod(size for a, size in enumerate(shape) if a != axis % len(shape))
 
 
 def check_batch_statistics(x, axis: int = 1) -> None:
     """ValueError naming ``x`` if some feature has no values to take batch statistics over
     (N = 0, or an empty spatial axis): their mean and variance would be NaN. Static (shapes
-    only), so it holds under ``jit`` too."""
+    only), so it holds under ``jit`` too.
+
+    Args:
+        x (jax.Array): the input, features on ``axis``.
+        axis: the feature axis.
+
+    Returns:
+        Nothing; the check only raises.
+
+    Raises:
+        ValueError: naming ``x`` if :func:`values_per_feature` is 0.
+    """
     if values_per_feature(x.shape, axis) == 0:
         raise ValueError(
             f"x has no values per feature to take batch statistics over (shape "
@@ -70,7 +100,15 @@ def check_batch_statistics(x, axis: int = 1) -> None:
 
 
 def batch_statistics(x: jax.Array, axis: int = 1) -> tuple[jax.Array, jax.Array]:
-    """Per-feature mean and biased variance over every axis but ``axis``, shapes ``(D,)``."""
+    """Per-feature mean and biased variance over every axis but ``axis``, shapes ``(D,)``.
+
+    Args:
+        x: the input, features on ``axis`` (D of them).
+        axis: the feature axis.
+
+    Returns:
+        ``(mean, var)``, each ``(D,)``; var divides by m (biased).
+    """
     axes = _reduce_axes(x.ndim, axis)
     mean = jnp.mean(x, axis=axes)
     var = jnp.mean(jnp.square(x - _per_feature(mean, x.ndim, axis)), axis=axes)
@@ -82,7 +120,27 @@ def check_batchnorm_args(
 ):
     """ValueError naming the argument: parameters and running statistics not ``(D,)``,
     ``momentum`` outside [0, 1], ``eps`` not > 0, and with ``train`` an ``x`` with no values
-    per feature (:func:`check_batch_statistics`). Shared with :mod:`jcnn.reference`."""
+    per feature (:func:`check_batch_statistics`). Shared with :mod:`jcnn.reference`.
+
+    Args:
+        x (jax.Array): the input, features on ``axis``; D = ``x.shape[axis]``.
+        gamma (jax.Array): scale, must be ``(D,)``.
+        beta (jax.Array): shift, must be ``(D,)``.
+        running_mean (jax.Array): running mean, must be ``(D,)``.
+        running_var (jax.Array): running variance, must be ``(D,)``.
+        momentum (float): must be in [0, 1].
+        eps (float): must be > 0.
+        axis (int): the feature axis.
+        train (bool): also check that x has values per feature to take batch statistics over.
+
+    Returns:
+        (None): Nothing; the check only raises.
+
+    Raises:
+        ValueError: naming ``gamma``, ``beta``, ``running_mean`` or ``running_var`` if not
+            ``(D,)``; naming ``momentum`` if outside [0, 1]; naming ``eps`` if not > 0; with
+            ``train``, naming ``x`` if it has no values per feature.
+    """
     d = x.shape[axis]
     for name, v in (
         ("gamma", gamma),
@@ -105,6 +163,23 @@ def batchnorm_forward(
     """Normalise over every axis but ``axis`` (the features); returns ``(out, cache)``.
     Running stats are not updated here (see :func:`running_update`).
 
+    Args:
+        x (jax.Array): input with the features on ``axis``: ``(N, D)``, or e.g. ``(N, C, H, W)``
+            with ``axis=1``; D the size of that axis.
+        gamma (jax.Array): scale ``(D,)``.
+        beta (jax.Array): shift ``(D,)``.
+        running_mean (jax.Array): running mean ``(D,)``.
+        running_var (jax.Array): running variance ``(D,)``.
+        train: True to normalise with the batch mean and biased variance; False to use
+            ``running_mean`` and ``running_var``.
+        eps: added to the variance before the square root.
+        axis: the feature axis.
+
+    Returns:
+        (tuple[jax.Array, BatchnormCache]): ``(out, cache)``, with
+            ``out = γ·(x − μ)/√(var + eps) + β`` shaped like x, and the
+            :class:`BatchnormCache` for :func:`batchnorm_backward`.
+
     Raises:
       ValueError: naming ``x`` if ``train`` and ``x`` is empty (:func:`check_batch_statistics`).
     """
@@ -124,7 +199,24 @@ def batchnorm_forward(
 
 def batchnorm_backward(dout, cache: BatchnormCache):
     """Closed form; one pass over dout. Returns ``(dx, dgamma, dbeta, drunning_mean,
-    drunning_var)`` (the running statistics get zero gradient in training mode)."""
+    drunning_var)`` (the running statistics get no gradient, None, in training mode).
+
+    Training: ``dx = γ·σ⁻¹·(dout − mean(dout) − x̂·mean(dout·x̂))``, means over the m values
+    of each feature. Test mode (the running statistics are the constants used):
+    ``dx = γ·σ⁻¹·dout``, ``drunning_mean = −γσ⁻¹·Σ dout``,
+    ``drunning_var = −½·γσ⁻³·Σ dout·(x − μ)``.
+
+    Args:
+        dout (jax.Array): upstream gradient, shaped like x.
+        cache (BatchnormCache): from :func:`batchnorm_forward`.
+
+    Returns:
+        dx (jax.Array): shaped like x.
+        dgamma (jax.Array): ``Σ dout·x̂`` over every axis but ``axis``, ``(D,)``.
+        dbeta (jax.Array): ``Σ dout`` over every axis but ``axis``, ``(D,)``.
+        drunning_mean (jax.Array | None): ``(D,)`` in test mode, None when training.
+        drunning_var (jax.Array | None): ``(D,)`` in test mode, None when training.
+    """
     axis, nd = cache.axis, dout.ndim
     axes = _reduce_axes(nd, axis)
     inv_std = cache.inv_std
@@ -148,7 +240,21 @@ def batchnorm_backward(dout, cache: BatchnormCache):
 def batchnorm_backward_graph(dout, cache: BatchnormCache):
     """The step-by-step backward through the computational graph of the training forward
     (x − μ, its square, the variance, √, 1/√, x̂, γ·x̂ + β), node by node. Same result as
-    :func:`batchnorm_backward`; kept to show where the closed form comes from."""
+    :func:`batchnorm_backward`; kept to show where the closed form comes from.
+
+    In test mode it defers to :func:`batchnorm_backward`.
+
+    Args:
+        dout (jax.Array): upstream gradient, shaped like x.
+        cache (BatchnormCache): from :func:`batchnorm_forward`.
+
+    Returns:
+        dx (jax.Array): shaped like x.
+        dgamma (jax.Array): ``Σ dout·x̂`` over every axis but ``axis``, ``(D,)``.
+        dbeta (jax.Array): ``Σ dout`` over every axis but ``axis``, ``(D,)``.
+        drunning_mean (jax.Array | None): None when training; ``(D,)`` in test mode.
+        drunning_var (jax.Array | None): None when training; ``(D,)`` in test mode.
+    """
     if not cache.train:
         return batchnorm_backward(dout, cache)
     axis = cache.axis
@@ -174,6 +280,18 @@ def batchnorm_backward_graph(dout, cache: BatchnormCache):
 
 @cache_dataclass(static=("eps", "axis"))
 class BatchnormReluCache:
+    """What :func:`batchnorm_relu_backward` needs from the forward pass.
+
+    Attributes:
+        x: the input.
+        mean: batch mean ``(D,)``.
+        var: biased batch variance ``(D,)``.
+        gamma: the scale ``(D,)``, in x's dtype.
+        beta: the shift ``(D,)``, in x's dtype.
+        eps: added to the variance (static).
+        axis: the feature axis, non-negative (static).
+    """
+
     x: jax.Array
     mean: jax.Array  # batch mean, (D,)
     var: jax.Array  # biased batch variance, (D,)
@@ -215,6 +333,17 @@ def batchnorm_relu_forward(
     compiled CPU kernel where :mod:`jcnn.native` is available (two cache-blocked passes over
     x); elsewhere the same math in XLA.
 
+    Args:
+        x: the input, features on ``axis`` (D of them).
+        gamma: scale ``(D,)``.
+        beta: shift ``(D,)``.
+        eps: added to the variance before the square root.
+        axis: the feature axis.
+
+    Returns:
+        ``((out, mean, var), cache)``: out shaped like x; mean and var ``(D,)`` in x's
+            dtype; the :class:`BatchnormReluCache` for :func:`batchnorm_relu_backward`.
+
     Raises:
       ValueError: naming ``x`` if it is empty (:func:`check_batch_statistics`).
     """
@@ -241,7 +370,17 @@ def batchnorm_relu_backward(
     """VJP of :func:`batchnorm_relu_forward` for ``douts = (dout, dmean, dvar)``; returns
     ``(dx, dgamma, dbeta)``. With g = dout where the pre-activation is > 0 (else 0), the
     batchnorm closed form on g, plus the statistics' own terms:
-    ``dx = γσ⁻¹(g − mean(g) − x̂·mean(g·x̂)) + dmean/m + 2·dvar·(x − μ)/m``."""
+    ``dx = γσ⁻¹(g − mean(g) − x̂·mean(g·x̂)) + dmean/m + 2·dvar·(x − μ)/m``.
+
+    Args:
+        douts: ``(dout, dmean, dvar)``: dout shaped like x, dmean and dvar ``(D,)``.
+        cache: the :class:`BatchnormReluCache` from :func:`batchnorm_relu_forward`.
+
+    Returns:
+        dx: shaped like x.
+        dgamma: ``Σ g·x̂`` over every axis but ``axis``, ``(D,)``.
+        dbeta: ``Σ g`` over every axis but ``axis``, ``(D,)``.
+    """
     dout, dmean, dvar = douts
     x, axis = cache.x, cache.axis
     dmean, dvar = dmean.astype(x.dtype), dvar.astype(x.dtype)
@@ -259,7 +398,16 @@ def batchnorm_relu_backward(
 
 
 def running_update(running, batch, momentum: float):
-    """``momentum·running + (1 − momentum)·batch``, with no gradient."""
+    """``momentum·running + (1 − momentum)·batch``, with no gradient.
+
+    Args:
+        running (jax.Array): the running statistic ``(D,)``.
+        batch (jax.Array): the batch statistic ``(D,)``; gradients are stopped through it.
+        momentum: weight of the old running value, in [0, 1].
+
+    Returns:
+        (jax.Array): the new running statistic ``(D,)``, in ``running``'s dtype.
+    """
     batch = lax.stop_gradient(batch).astype(running.dtype)
     return momentum * running + (1.0 - momentum) * batch
 
@@ -298,6 +446,24 @@ def batchnorm_relu(x, gamma, beta, running_mean, running_var, *, train, momentum
     :func:`batchnorm_relu_forward`/:func:`batchnorm_relu_backward`); test mode is the plain
     composition. Returns ``(out, new_running_mean, new_running_var)``.
 
+    Args:
+        x (jax.Array): input with the features on ``axis``: ``(N, D)``, or e.g. ``(N, C, H, W)``
+            with ``axis=1``; D the size of that axis.
+        gamma (jax.Array): scale ``(D,)``.
+        beta (jax.Array): shift ``(D,)``.
+        running_mean (jax.Array): running mean ``(D,)``.
+        running_var (jax.Array): running variance ``(D,)``.
+        train (bool): True to use (and fold into the running ones) the batch statistics;
+            False to use the running statistics.
+        momentum (float): weight of the old running statistics in their update, in [0, 1].
+        eps (float): added to the variance before the square root, > 0.
+        axis (int): the feature axis.
+
+    Returns:
+        (tuple[jax.Array, jax.Array, jax.Array]): ``(out, new_running_mean,
+            new_running_var)``: out shaped like x, the running statistics ``(D,)`` (unchanged
+            at test time).
+
     Raises:
       ValueError: as :func:`batchnorm` (:func:`check_batchnorm_args`).
     """
@@ -333,6 +499,22 @@ def batchnorm(
     (1 − momentum)·batch statistic when training, unchanged at test time. At test time an
     empty batch (N = 0) is fine: the output is empty and the running statistics unchanged.
 
+    Args:
+        x: input ``(N, D)``.
+        gamma: scale ``(D,)``.
+        beta: shift ``(D,)``.
+        running_mean: running mean ``(D,)``.
+        running_var: running variance ``(D,)``.
+        train: True to normalise with the batch mean and biased variance (and update the
+            running statistics); False to use the running statistics.
+        momentum: weight of the old running statistics in their update, in [0, 1].
+        eps: added to the variance before the square root, > 0.
+
+    Returns:
+        out: ``(N, D)``.
+        new_running_mean: ``(D,)``.
+        new_running_var: ``(D,)``.
+
     Raises:
       ValueError: naming ``x`` if it is not ``(N, D)``, or if ``train`` and N = 0 (no batch
         statistics to take; checked from the shape, so under ``jit`` too); naming ``gamma``,
@@ -363,6 +545,23 @@ def spatial_batchnorm(
     so no transpose to ``(N·H·W, C)`` is needed. ``layout='NHWC'`` for channels-last input.
     Returns ``(out, new_running_mean, new_running_var)``. At test time an empty batch is fine
     (empty output, running statistics unchanged).
+
+    Args:
+        x: input ``(N, C, H, W)`` (``layout='NCHW'``) or ``(N, H, W, C)``.
+        gamma: scale ``(C,)``.
+        beta: shift ``(C,)``.
+        running_mean: running mean ``(C,)``.
+        running_var: running variance ``(C,)``.
+        train: True to normalise with the batch statistics over N, H, W (and update the
+            running statistics); False to use the running statistics.
+        momentum: weight of the old running statistics in their update, in [0, 1].
+        eps: added to the variance before the square root, > 0.
+        layout: ``'NCHW'`` or ``'NHWC'``, for x and out.
+
+    Returns:
+        out: shaped like x.
+        new_running_mean: ``(C,)``.
+        new_running_var: ``(C,)``.
 
     Raises:
       ValueError: naming ``x`` if it is not rank 4, or if ``train`` and N, H or W is 0 (no

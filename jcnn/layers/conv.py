@@ -36,6 +36,16 @@ IMPLS = ("naive", "im2col", "xla")
 
 @cache_dataclass(static=("stride", "pad", "layout"))
 class ConvCache:
+    """What the conv backward passes need from the forward pass.
+
+    Attributes:
+        x: the (unpadded) input, ``(N, C, H, W)`` or ``(N, H, W, C)``.
+        w: the filters ``(F, C, HH, WW)``.
+        stride: the filter step (static).
+        pad: the zero padding (static).
+        layout: ``'NCHW'`` or ``'NHWC'`` (static).
+    """
+
     x: jax.Array
     w: jax.Array
     stride: int
@@ -44,7 +54,22 @@ class ConvCache:
 
 
 def conv_output_size(size: int, filter_size: int, stride: int, pad: int, name: str = "H") -> int:
-    """``1 + (size + 2·pad − filter_size) / stride``, or ValueError if it does not tile."""
+    """``1 + (size + 2·pad − filter_size) / stride``, or ValueError if it does not tile.
+
+    Args:
+        size: the input's extent along one spatial axis.
+        filter_size: the filter's extent along that axis.
+        stride: the filter step.
+        pad: zero padding on each side.
+        name: the axis's name for the error message (``'H'`` or ``'W'``).
+
+    Returns:
+        The output's extent along that axis.
+
+    Raises:
+        ValueError: if the filter is larger than the padded input, or if
+            ``(size + 2·pad − filter_size) % stride != 0``.
+    """
     span = size + 2 * pad - filter_size
     if span < 0:
         raise ValueError(
@@ -59,7 +84,27 @@ def conv_output_size(size: int, filter_size: int, stride: int, pad: int, name: s
 
 
 def check_conv_args(x, w, b, stride, pad, layout: str = "NCHW") -> tuple[int, int]:
-    """Validate a conv2d call; returns the output size ``(H', W')``."""
+    """Validate a conv2d call; returns the output size ``(H', W')``.
+
+    Args:
+        x (jax.Array): input ``(N, C, H, W)`` (``layout='NCHW'``) or ``(N, H, W, C)``.
+        w (jax.Array): filters ``(F, C, HH, WW)``.
+        b (jax.Array): biases ``(F,)``.
+        stride (int): the filter step, a positive int.
+        pad (int): zero padding on every side, a non-negative int.
+        layout: ``'NCHW'`` or ``'NHWC'``.
+
+    Returns:
+        ``(H', W')`` with ``H' = 1 + (H + 2·pad − HH) / stride``, likewise W'.
+
+    Raises:
+        ValueError: naming ``layout`` if not ``'NCHW'``/``'NHWC'``; naming ``x`` or ``w`` if
+            not rank 4; naming ``stride`` (``pad``) if not a positive (non-negative) int, bools
+            refused; naming ``x`` if its channels differ from w's C; naming ``b`` if not
+            ``(F,)``; naming ``x`` if not floating; if w or b is not in x's dtype; naming ``w``
+            if a dimension is empty; if the filter does not fit or the stride does not tile
+            the padded input (:func:`conv_output_size`).
+    """
     check_choice("layout", layout, LAYOUTS)
     check_rank("x", x, 4, f"({', '.join(layout)})")
     check_rank("w", w, 4, "(F, C, HH, WW)")
@@ -96,7 +141,26 @@ def _db(dout: jax.Array, layout: str = "NCHW") -> jax.Array:
 
 
 def conv_forward_naive(x, w, b, *, stride: int = 1, pad: int = 0):
-    """The definition: for each output position (i, j), out[:, f, i, j] = Σ window·w[f] + b[f]."""
+    """The definition: for each output position (i, j), out[:, f, i, j] = Σ window·w[f] + b[f].
+
+    Args:
+        x (jax.Array): input images ``(N, C, H, W)``, floating.
+        w (jax.Array): filters ``(F, C, HH, WW)``, x's dtype.
+        b (jax.Array): biases ``(F,)``, x's dtype.
+        stride: step of the filter over the padded input, a positive int.
+        pad: zero padding added on every side of H and W, a non-negative int.
+
+    Returns:
+        (tuple[jax.Array, ConvCache]): ``(out, cache)``, with out
+            ``(N, F, H', W')`` with ``H' = 1 + (H + 2·pad − HH) / stride``, likewise W', and the
+            :class:`ConvCache` for :func:`conv_backward_naive`.
+
+    Raises:
+        ValueError: as :func:`check_conv_args`: x or w not rank 4, channels of x and w
+            differ, b not ``(F,)``, x not floating or w, b not in x's dtype, w with an empty
+            dimension, stride/pad not a positive/non-negative int, or a filter that does not
+            fit or a stride that does not tile the padded input.
+    """
     h_out, w_out = check_conv_args(x, w, b, stride, pad)
     n, c, hh, ww, f = x.shape[0], x.shape[1], w.shape[2], w.shape[3], w.shape[0]
     x_pad = _pad(x, pad)
@@ -112,7 +176,20 @@ def conv_forward_naive(x, w, b, *, stride: int = 1, pad: int = 0):
 
 
 def conv_backward_naive(dout, cache: ConvCache):
-    """The same loop: dx_pad[window] += Σ_f w[f]·dout, dw[f] += dout·window, db += dout."""
+    """The same loop: dx_pad[window] += Σ_f w[f]·dout, dw[f] += dout·window, db += dout.
+
+    Backward: ``dx = Σ_f dout[f] ⋆ᵀ w[f]`` (cropped to the unpadded input),
+    ``dw[f] = Σₙ dout[n, f] ⋆ x_pad[n]``, ``db = Σ_{n,i,j} dout``.
+
+    Args:
+        dout (jax.Array): upstream gradient ``(N, F, H', W')``.
+        cache: the :class:`ConvCache` from the matching forward.
+
+    Returns:
+        dx (jax.Array): ``(N, C, H, W)``.
+        dw (jax.Array): ``(F, C, HH, WW)``.
+        db (jax.Array): ``(F,)``.
+    """
     x, w, stride, pad = cache.x, cache.w, cache.stride, cache.pad
     n, c, h, wd = x.shape
     hh, ww = w.shape[2:]
@@ -142,7 +219,20 @@ def conv_backward_naive(dout, cache: ConvCache):
 
 
 def im2col(x_pad, hh: int, ww: int, h_out: int, w_out: int, stride: int) -> jax.Array:
-    """Receptive fields as columns ``(N, C·HH·WW, H'·W')``, rows ordered as ``w.reshape(F, -1)``."""
+    """Receptive fields as columns ``(N, C·HH·WW, H'·W')``, rows ordered as ``w.reshape(F, -1)``.
+
+    Args:
+        x_pad (jax.Array): the zero-padded input ``(N, C, H + 2·pad, W + 2·pad)``.
+        hh: filter height HH.
+        ww: filter width WW.
+        h_out: output height H'.
+        w_out: output width W'.
+        stride: the filter step.
+
+    Returns:
+        ``(N, C·HH·WW, H'·W')``: column ``p`` holds the receptive field of output position
+            ``p = i·W' + j``.
+    """
     n, c = x_pad.shape[:2]
     taps = [x_pad[tap(kh, kw, h_out, w_out, stride)] for kh in range(hh) for kw in range(ww)]
     cols = jnp.stack(taps, axis=2)  # (N, C, HH*WW, H', W')
@@ -150,7 +240,21 @@ def im2col(x_pad, hh: int, ww: int, h_out: int, w_out: int, stride: int) -> jax.
 
 
 def col2im(cols, x_pad_shape, hh: int, ww: int, h_out: int, w_out: int, stride: int):
-    """The adjoint of :func:`im2col`: scatter-add every column back to its receptive field."""
+    """The adjoint of :func:`im2col`: scatter-add every column back to its receptive field.
+
+    Args:
+        cols (jax.Array): columns ``(N, C·HH·WW, H'·W')``, laid out as :func:`im2col` makes them.
+        x_pad_shape (tuple[int, ...]): shape of the padded input ``(N, C, H_pad, W_pad)``.
+        hh: filter height HH.
+        ww: filter width WW.
+        h_out: output height H'.
+        w_out: output width W'.
+        stride: the filter step.
+
+    Returns:
+        (jax.Array): ``(N, C, H_pad, W_pad)``, each column added back over its receptive field
+            (overlaps summed).
+    """
     n, c = x_pad_shape[:2]
     cols = cols.reshape(n, c, hh, ww, h_out, w_out)
     dx_pad = jnp.zeros(x_pad_shape, cols.dtype)
@@ -161,7 +265,26 @@ def col2im(cols, x_pad_shape, hh: int, ww: int, h_out: int, w_out: int, stride: 
 
 
 def conv_forward_im2col(x, w, b, *, stride: int = 1, pad: int = 0):
-    """out = w.reshape(F, C·HH·WW) @ im2col(x) + b."""
+    """out = w.reshape(F, C·HH·WW) @ im2col(x) + b.
+
+    Args:
+        x (jax.Array): input images ``(N, C, H, W)``, floating.
+        w (jax.Array): filters ``(F, C, HH, WW)``, x's dtype.
+        b (jax.Array): biases ``(F,)``, x's dtype.
+        stride: step of the filter over the padded input, a positive int.
+        pad: zero padding added on every side of H and W, a non-negative int.
+
+    Returns:
+        (tuple[jax.Array, ConvCache]): ``(out, cache)``, with out
+            ``(N, F, H', W')`` with ``H' = 1 + (H + 2·pad − HH) / stride``, likewise W', and the
+            :class:`ConvCache` for :func:`conv_backward_im2col`.
+
+    Raises:
+        ValueError: as :func:`check_conv_args`: x or w not rank 4, channels of x and w
+            differ, b not ``(F,)``, x not floating or w, b not in x's dtype, w with an empty
+            dimension, stride/pad not a positive/non-negative int, or a filter that does not
+            fit or a stride that does not tile the padded input.
+    """
     h_out, w_out = check_conv_args(x, w, b, stride, pad)
     f, _, hh, ww = w.shape
     cols = im2col(_pad(x, pad), hh, ww, h_out, w_out, stride)
@@ -170,7 +293,21 @@ def conv_forward_im2col(x, w, b, *, stride: int = 1, pad: int = 0):
 
 
 def conv_backward_im2col(dout, cache: ConvCache):
-    """dw = Σₙ dout·colsᵀ; dx = col2im(w_flatᵀ·dout)."""
+    """dw = Σₙ dout·colsᵀ; dx = col2im(w_flatᵀ·dout).
+
+    With ``cols = im2col(x_pad)`` and ``dout`` flattened to ``(N, F, H'·W')``: ``dw`` is the
+    matrix product summed over the batch, ``dx`` the columns ``w_flatᵀ·dout`` scattered back
+    by :func:`col2im` and cropped to the unpadded input, ``db = Σ_{n,i,j} dout``.
+
+    Args:
+        dout (jax.Array): upstream gradient ``(N, F, H', W')``.
+        cache: the :class:`ConvCache` from the matching forward.
+
+    Returns:
+        dx (jax.Array): ``(N, C, H, W)``.
+        dw (jax.Array): ``(F, C, HH, WW)``.
+        db (jax.Array): ``(F,)``.
+    """
     x, w, stride, pad = cache.x, cache.w, cache.stride, cache.pad
     n, c, h, wd = x.shape
     f, _, hh, ww = w.shape
@@ -194,7 +331,29 @@ def _crop(x, layout: str, pad: int, h: int, w: int):
 
 
 def conv_forward_xla(x, w, b, *, stride: int = 1, pad: int = 0, layout: str = "NCHW"):
-    """``lax.conv_general_dilated`` (cross-correlation) plus bias, on NCHW or NHWC input."""
+    """``lax.conv_general_dilated`` (cross-correlation) plus bias, on NCHW or NHWC input.
+
+    Args:
+        x (jax.Array): input images ``(N, C, H, W)`` (``layout='NCHW'``) or ``(N, H, W, C)``,
+            floating.
+        w (jax.Array): filters ``(F, C, HH, WW)`` in either layout, x's dtype.
+        b (jax.Array): biases ``(F,)``, x's dtype.
+        stride: step of the filter over the padded input, a positive int.
+        pad: zero padding added on every side of H and W, a non-negative int.
+        layout: ``'NCHW'`` or ``'NHWC'``, for x and out.
+
+    Returns:
+        (tuple[jax.Array, ConvCache]): ``(out, cache)``, with out
+            ``(N, F, H', W')`` with ``H' = 1 + (H + 2·pad − HH) / stride``, likewise W'
+            (``(N, H', W', F)`` for NHWC), and the :class:`ConvCache` for :func:`conv_backward_xla`.
+
+    Raises:
+        ValueError: as :func:`check_conv_args`: x or w not rank 4, channels of x and w
+            differ, b not ``(F,)``, x not floating or w, b not in x's dtype, w with an empty
+            dimension, stride/pad not a positive/non-negative int, or a filter that does not
+            fit or a stride that does not tile the padded input.
+        ValueError: naming ``layout`` if not ``'NCHW'``/``'NHWC'``.
+    """
     check_conv_args(x, w, b, stride, pad, layout)
     out = lax.conv_general_dilated(
         x, w, (stride, stride), ((pad, pad), (pad, pad)), dimension_numbers=(layout, "OIHW", layout)
@@ -206,7 +365,19 @@ def conv_forward_xla(x, w, b, *, stride: int = 1, pad: int = 0, layout: str = "N
 def conv_dx_xla(dout, w, x_shape, stride: int, pad: int, layout: str = "NCHW"):
     """dx as a convolution: dout dilated by ``stride`` against w flipped, with its in/out
     channels swapped, padded so that the output is exactly x's size (when ``pad`` exceeds
-    ``filter − 1``, a full convolution cropped by ``pad`` instead)."""
+    ``filter − 1``, a full convolution cropped by ``pad`` instead).
+
+    Args:
+        dout (jax.Array): upstream gradient ``(N, F, H', W')`` (``(N, H', W', F)`` for NHWC).
+        w (jax.Array): filters ``(F, C, HH, WW)``.
+        x_shape (tuple[int, ...]): the input's shape.
+        stride: the forward's filter step.
+        pad: the forward's zero padding.
+        layout: ``'NCHW'`` or ``'NHWC'``, for dout and dx.
+
+    Returns:
+        (jax.Array): dx, of shape ``x_shape``.
+    """
     hh, ww = w.shape[2:]
     h_axis, w_axis = spatial_axes(layout)
     h, wd = x_shape[h_axis], x_shape[w_axis]
@@ -237,7 +408,19 @@ def conv_dx_xla(dout, w, x_shape, stride: int, pad: int, layout: str = "NCHW"):
 def conv_dw_xla(dout, x, w_shape, stride: int, pad: int, layout: str = "NCHW"):
     """dw as a convolution over the batch: x (batch ↔ channel roles swapped) against dout,
     dilated by ``stride``: dw[f, c] = Σₙ x_pad[n, c] ⋆ dout[n, f]. Channels-last x is first
-    made channel-major by :func:`jcnn.native.to_channel_major` (what XLA would do, faster)."""
+    made channel-major by :func:`jcnn.native.to_channel_major` (what XLA would do, faster).
+
+    Args:
+        dout (jax.Array): upstream gradient ``(N, F, H', W')`` (``(N, H', W', F)`` for NHWC).
+        x (jax.Array): the forward's input ``(N, C, H, W)`` (``(N, H, W, C)`` for NHWC).
+        w_shape (tuple[int, ...]): the filters' shape ``(F, C, HH, WW)``.
+        stride: the forward's filter step.
+        pad: the forward's zero padding.
+        layout: ``'NCHW'`` or ``'NHWC'``, for dout and x.
+
+    Returns:
+        (jax.Array): dw ``(F, C, HH, WW)``.
+    """
     hh, ww = w_shape[2:]
     # x plays the batch ↔ channel-swapped role; dout's N is the kernel's in, its C the out.
     rhs = layout.replace("N", "I").replace("C", "O")
@@ -258,7 +441,19 @@ def conv_dw_xla(dout, x, w_shape, stride: int, pad: int, layout: str = "NCHW"):
 
 
 def conv_backward_xla(dout, cache: ConvCache):
-    """dx and dw as the two transposed convolutions, db as a sum."""
+    """dx and dw as the two transposed convolutions, db as a sum.
+
+    ``dx`` by :func:`conv_dx_xla`, ``dw`` by :func:`conv_dw_xla`, ``db = Σ_{n,i,j} dout``.
+
+    Args:
+        dout (jax.Array): upstream gradient ``(N, F, H', W')`` (``(N, H', W', F)`` for NHWC).
+        cache: the :class:`ConvCache` from :func:`conv_forward_xla`.
+
+    Returns:
+        dx (jax.Array): shaped like x, ``(N, C, H, W)`` or ``(N, H, W, C)``.
+        dw (jax.Array): ``(F, C, HH, WW)``.
+        db (jax.Array): ``(F,)``.
+    """
     x, w, stride, pad, layout = cache.x, cache.w, cache.stride, cache.pad, cache.layout
     dx = conv_dx_xla(dout, w, x.shape, stride, pad, layout)
     dw = conv_dw_xla(dout, x, w.shape, stride, pad, layout)
@@ -287,13 +482,56 @@ def _layout_kwargs(impl: str, layout: str) -> dict:
 def conv_forward(
     x, w, b, *, stride: int = 1, pad: int = 0, impl: str = "xla", layout: str = "NCHW"
 ):
-    """cs231n-style pair half: ``(out, cache)`` with the chosen formulation."""
+    """cs231n-style pair half: ``(out, cache)`` with the chosen formulation.
+
+    Args:
+        x (jax.Array): input images ``(N, C, H, W)`` (``layout='NCHW'``) or ``(N, H, W, C)``,
+            floating.
+        w (jax.Array): filters ``(F, C, HH, WW)`` in either layout, x's dtype.
+        b (jax.Array): biases ``(F,)``, x's dtype.
+        stride: step of the filter over the padded input, a positive int.
+        pad: zero padding added on every side of H and W, a non-negative int.
+        impl: ``'naive'``, ``'im2col'`` or ``'xla'``.
+        layout: ``'NCHW'`` or ``'NHWC'`` (``impl='xla'`` only), for x and out.
+
+    Returns:
+        (tuple[jax.Array, ConvCache]): ``(out, cache)``, with out
+            ``(N, F, H', W')`` with ``H' = 1 + (H + 2·pad − HH) / stride``, likewise W'
+            (``(N, H', W', F)`` for NHWC), and the cache for :func:`conv_backward`
+            with the same ``impl``.
+
+    Raises:
+        ValueError: naming ``impl`` if not one of ``'naive'``, ``'im2col'``, ``'xla'``;
+            naming ``layout`` if not ``'NCHW'``/``'NHWC'``, or ``'NHWC'`` with an impl other
+            than ``'xla'``.
+        ValueError: as :func:`check_conv_args`: x or w not rank 4, channels of x and w
+            differ, b not ``(F,)``, x not floating or w, b not in x's dtype, w with an empty
+            dimension, stride/pad not a positive/non-negative int, or a filter that does not
+            fit or a stride that does not tile the padded input.
+    """
     check_choice("impl", impl, IMPLS)
     return PAIRS[impl][0](x, w, b, stride=stride, pad=pad, **_layout_kwargs(impl, layout))
 
 
 def conv_backward(dout, cache: ConvCache, *, impl: str = "xla"):
-    """cs231n-style pair half: ``(dx, dw, db)`` with the chosen formulation."""
+    """cs231n-style pair half: ``(dx, dw, db)`` with the chosen formulation.
+
+    Backward: ``dx = Σ_f dout[f] ⋆ᵀ w[f]``, ``dw[f] = Σₙ dout[n, f] ⋆ x_pad[n]``,
+    ``db = Σ_{n,i,j} dout``.
+
+    Args:
+        dout (jax.Array): upstream gradient, shaped like out.
+        cache: the :class:`ConvCache` from :func:`conv_forward` with the same ``impl``.
+        impl: ``'naive'``, ``'im2col'`` or ``'xla'``.
+
+    Returns:
+        dx (jax.Array): shaped like x.
+        dw (jax.Array): ``(F, C, HH, WW)``.
+        db (jax.Array): ``(F,)``.
+
+    Raises:
+        ValueError: naming ``impl`` if not one of ``'naive'``, ``'im2col'``, ``'xla'``.
+    """
     check_choice("impl", impl, IMPLS)
     return PAIRS[impl][1](dout, cache)
 
@@ -314,6 +552,28 @@ def conv2d(
     (``lax.conv_general_dilated``; backward as the two transposed convolutions).
     ``layout='NHWC'`` (``impl='xla'`` only) takes and returns channels-last activations, for
     models that keep NHWC inside (faster on the CPU); w stays ``(F, C, HH, WW)``.
+
+    Args:
+        x: input images ``(N, C, H, W)`` (``layout='NCHW'``) or ``(N, H, W, C)``, floating.
+        w: filters ``(F, C, HH, WW)`` in either layout, x's dtype.
+        b: biases ``(F,)``, x's dtype.
+        stride: step of the filter over the padded input, a positive int.
+        pad: zero padding added on every side of H and W, a non-negative int.
+        impl: the formulation, ``'naive'``, ``'im2col'`` or ``'xla'``.
+        layout: ``'NCHW'`` or ``'NHWC'`` (``impl='xla'`` only), for x and out.
+
+    Returns:
+        ``(N, F, H', W')`` with ``H' = 1 + (H + 2·pad − HH) / stride``, likewise W'
+            (``(N, H', W', F)`` for NHWC); the VJP is the impl's hand-written backward.
+
+    Raises:
+        ValueError: naming ``impl`` if not one of ``'naive'``, ``'im2col'``, ``'xla'``;
+            naming ``layout`` if not ``'NCHW'``/``'NHWC'``, or ``'NHWC'`` with an impl other
+            than ``'xla'``.
+        ValueError: as :func:`check_conv_args`: x or w not rank 4, channels of x and w
+            differ, b not ``(F,)``, x not floating or w, b not in x's dtype, w with an empty
+            dimension, stride/pad not a positive/non-negative int, or a filter that does not
+            fit or a stride that does not tile the padded input.
     """
     check_choice("impl", impl, IMPLS)
     stride = positive_int("stride", stride)

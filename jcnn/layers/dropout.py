@@ -11,12 +11,29 @@ from jcnn.layers._checks import check_prng_key
 
 @cache_dataclass(static=("rate",))
 class DropoutCache:
+    """What :func:`dropout_backward` needs from the forward pass.
+
+    Attributes:
+        keep: boolean mask of the kept units, shaped like x.
+        rate: the probability of dropping a unit (static).
+    """
+
     keep: jax.Array
     rate: float
 
 
 def check_rate(rate: float) -> float:
-    """``rate`` as a float in [0, 1), or ValueError naming it (shared with the reference)."""
+    """``rate`` as a float in [0, 1), or ValueError naming it (shared with the reference).
+
+    Args:
+        rate: the probability of dropping a unit; anything ``float()`` accepts.
+
+    Returns:
+        ``float(rate)``.
+
+    Raises:
+        ValueError: naming ``rate`` if ``float(rate)`` fails or the value is outside [0, 1).
+    """
     try:
         rate = float(rate)
     except (TypeError, ValueError):
@@ -27,18 +44,50 @@ def check_rate(rate: float) -> float:
 
 
 def keep_mask(key: jax.Array, shape: tuple[int, ...], rate: float) -> jax.Array:
-    """The boolean mask of kept units; a function of ``key`` alone (shared with the reference)."""
+    """The boolean mask of kept units; a function of ``key`` alone (shared with the reference).
+
+    Args:
+        key: one JAX PRNG key.
+        shape: the shape of the mask (that of x).
+        rate: the probability of dropping a unit; each unit is kept with probability
+            ``1 − rate``.
+
+    Returns:
+        A boolean array of shape ``shape``, True where the unit is kept.
+    """
     return jax.random.bernoulli(key, 1.0 - rate, shape)
 
 
 def check_dropout_key(key) -> None:
     """ValueError naming ``key`` unless it is one JAX PRNG key (what training with a rate > 0
-    needs; shared with the reference)."""
+    needs; shared with the reference).
+
+    Args:
+        key (jax.Array): the key to check: a typed key (``jax.random.key(seed)``, shape ``()``)
+            or a legacy uint32 ``jax.random.PRNGKey(seed)``, concrete or traced.
+
+    Returns:
+        Nothing; the check only raises.
+
+    Raises:
+        ValueError: naming ``key`` if it is not one PRNG key (an int, None, a batch of keys, a
+            uint32 array of the wrong shape), judged from its dtype and shape.
+    """
     check_prng_key("key", key, " when train=True and rate > 0")
 
 
 def dropout_forward(x: jax.Array, key: jax.Array, *, rate: float) -> tuple[jax.Array, DropoutCache]:
     """Training-mode dropout; x any shape.
+
+    Args:
+        x: input of any shape and floating dtype.
+        key: one JAX PRNG key; the mask is a function of it alone (:func:`keep_mask`).
+        rate: the probability of dropping a unit, in [0, 1) (not checked here; see
+            :func:`check_rate`).
+
+    Returns:
+        ``(out, cache)``: ``out = x·mask/(1 − rate)`` shaped like x, and the
+            :class:`DropoutCache` for :func:`dropout_backward`.
 
     Raises:
       ValueError: naming ``key`` if it is not one JAX PRNG key (:func:`check_dropout_key`).
@@ -50,7 +99,16 @@ def dropout_forward(x: jax.Array, key: jax.Array, *, rate: float) -> tuple[jax.A
 
 
 def dropout_backward(dout: jax.Array, cache: DropoutCache):
-    """dx = dout·mask/(1−rate); the key gets no gradient."""
+    """dx = dout·mask/(1−rate); the key gets no gradient.
+
+    Args:
+        dout: upstream gradient, shaped like x.
+        cache: the :class:`DropoutCache` from :func:`dropout_forward`.
+
+    Returns:
+        dx (jax.Array): ``dout·mask/(1 − rate)``, shaped like x.
+        dkey (None): None: the key gets no gradient.
+    """
     dx = jnp.where(cache.keep, dout / (1.0 - cache.rate), jnp.zeros_like(dout))
     return dx, None
 
@@ -65,6 +123,16 @@ def dropout(x: jax.Array, key: jax.Array | None, *, rate: float, train: bool) ->
     layer is the identity and ``key`` is not looked at (it may be ``None``). Otherwise ``key``
     is one JAX PRNG key, concrete or traced: ``jax.random.key(seed)``, a legacy
     ``jax.random.PRNGKey(seed)``, or one derived from them (``jax.random.fold_in(key, k)``).
+
+    Args:
+        x: input of any shape and floating dtype.
+        key: one JAX PRNG key when training with ``rate > 0``; otherwise ignored (may be None).
+        rate: the probability of dropping a unit, a float in [0, 1).
+        train: True to drop units (training); False for the identity (test time).
+
+    Returns:
+        Shaped like x: ``x·mask/(1 − rate)`` when training with ``rate > 0``, else x itself.
+            The VJP is :func:`dropout_backward`.
 
     Raises:
       ValueError: naming ``rate`` if it is not a float in [0, 1); naming ``key`` if training

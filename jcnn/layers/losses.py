@@ -18,6 +18,14 @@ from jcnn.layers._checks import check_labels
 
 @cache_dataclass(static=("label_smoothing",))
 class SoftmaxCache:
+    """What :func:`softmax_loss_backward` needs from the forward pass.
+
+    Attributes:
+        probs: the softmax probabilities ``(N, K)``.
+        y: the integer labels ``(N,)``.
+        label_smoothing: the smoothing ε in [0, 1) (static).
+    """
+
     probs: jax.Array
     y: jax.Array
     label_smoothing: float = 0.0
@@ -25,13 +33,28 @@ class SoftmaxCache:
 
 @cache_dataclass()
 class SvmCache:
+    """What :func:`svm_loss_backward` needs from the forward pass.
+
+    Attributes:
+        positive: boolean ``(N, K)``, True where a margin (j ≠ yₙ) is > 0.
+        y: the integer labels ``(N,)``.
+    """
+
     positive: jax.Array
     y: jax.Array
 
 
 def valid_labels(y: jax.Array, num_classes: int) -> jax.Array:
     """``(N,)`` bool: which labels are class indices, ``0 <= y < num_classes`` (shared with
-    the reference twins, which poison the same rows)."""
+    the reference twins, which poison the same rows).
+
+    Args:
+        y: integer labels ``(N,)``.
+        num_classes: K, the number of classes.
+
+    Returns:
+        Boolean ``(N,)``, True where ``0 <= y < num_classes``.
+    """
     return (y >= 0) & (y < num_classes)
 
 
@@ -48,7 +71,17 @@ def _one_hot(y: jax.Array, num_classes: int, dtype) -> jax.Array:
 
 
 def check_label_smoothing(label_smoothing: float) -> float:
-    """``label_smoothing`` as a float in [0, 1), or ValueError naming it."""
+    """``label_smoothing`` as a float in [0, 1), or ValueError naming it.
+
+    Args:
+        label_smoothing: the smoothing ε; anything ``float()`` accepts.
+
+    Returns:
+        ``float(label_smoothing)``.
+
+    Raises:
+        ValueError: naming ``label_smoothing`` if ``float()`` fails or it is outside [0, 1).
+    """
     try:
         value = float(label_smoothing)
     except (TypeError, ValueError):
@@ -77,6 +110,15 @@ def softmax_loss_forward(
     of the one-hot label: L = −(1/N) Σₙ Σₖ qₙₖ log softmax(scoresₙ)ₖ. NaN if a (traced) label
     is outside ``[0, K)``.
 
+    Args:
+        scores: class scores ``(N, K)``.
+        y: integer labels ``(N,)``, each in ``[0, K)``.
+        label_smoothing: ε in [0, 1), the share of the target spread evenly over the K classes.
+
+    Returns:
+        ``(loss, cache)``: the scalar mean loss (shape ``()``) and the :class:`SoftmaxCache`
+            for :func:`softmax_loss_backward`.
+
     Raises:
       ValueError: as :func:`softmax_loss`.
     """
@@ -91,7 +133,16 @@ def softmax_loss_forward(
 
 def softmax_loss_backward(dloss: jax.Array, cache: SoftmaxCache):
     """dscores = (softmax(scores) − q) / N · dL, q the (smoothed) one-hot targets, since
-    Σₖ qₖ = 1; labels get no gradient. Rows whose label is outside ``[0, K)`` are NaN."""
+    Σₖ qₖ = 1; labels get no gradient. Rows whose label is outside ``[0, K)`` are NaN.
+
+    Args:
+        dloss: upstream gradient of the scalar loss, shape ``()``.
+        cache: the :class:`SoftmaxCache` from :func:`softmax_loss_forward`.
+
+    Returns:
+        dscores (jax.Array): ``(softmax(scores) − q)·dloss/N``, shape ``(N, K)``.
+        dy (None): None: the labels get no gradient.
+    """
     probs, y = cache.probs, cache.y
     targets = _targets(y, probs.shape[1], probs.dtype, cache.label_smoothing)
     dscores = (probs - targets) * (dloss / probs.shape[0])
@@ -101,6 +152,14 @@ def softmax_loss_backward(dloss: jax.Array, cache: SoftmaxCache):
 def svm_loss_forward(scores: jax.Array, y: jax.Array) -> tuple[jax.Array, SvmCache]:
     """L = (1/N) Σₙ Σ_{j≠yₙ} max(0, sₙⱼ − sₙ,yₙ + 1); NaN if a (traced) label is outside
     ``[0, K)``.
+
+    Args:
+        scores: class scores ``(N, K)``.
+        y: integer labels ``(N,)``, each in ``[0, K)``.
+
+    Returns:
+        ``(loss, cache)``: the scalar mean hinge loss (shape ``()``) and the :class:`SvmCache`
+            for :func:`svm_loss_backward`.
 
     Raises:
       ValueError: as :func:`svm_loss`.
@@ -115,7 +174,16 @@ def svm_loss_forward(scores: jax.Array, y: jax.Array) -> tuple[jax.Array, SvmCac
 
 def svm_loss_backward(dloss: jax.Array, cache: SvmCache):
     """dsⱼ = [marginⱼ > 0]/N for j ≠ y; ds_y = −(number of positive margins)/N; times dL.
-    Rows whose label is outside ``[0, K)`` are NaN."""
+    Rows whose label is outside ``[0, K)`` are NaN.
+
+    Args:
+        dloss: upstream gradient of the scalar loss, shape ``()``.
+        cache: the :class:`SvmCache` from :func:`svm_loss_forward`.
+
+    Returns:
+        dscores (jax.Array): shape ``(N, K)``, as above.
+        dy (None): None: the labels get no gradient.
+    """
     dtype = dloss.dtype
     positive = cache.positive.astype(dtype)
     onehot = _one_hot(cache.y, positive.shape[1], dtype)
@@ -135,6 +203,15 @@ def softmax_loss(scores: jax.Array, y: jax.Array, *, label_smoothing: float = 0.
     ``[0, K)`` (negative, or ``>= K``) then makes the loss NaN and that example's row of the
     gradient NaN (the other rows are unaffected); no error is raised.
 
+    Args:
+        scores: class scores ``(N, K)``.
+        y: integer labels ``(N,)``, each in ``[0, K)``.
+        label_smoothing: ε in [0, 1), the share of each target spread evenly over the K
+            classes (0: the plain cs231n loss).
+
+    Returns:
+        The scalar mean loss, shape ``()``; its VJP is :func:`softmax_loss_backward`.
+
     Raises:
       ValueError: naming ``scores`` if it is not ``(N, K)`` or is empty (N = 0 or K = 0);
         naming ``y`` if it is not ``(N,)``, not of an integer dtype, or (when concrete) holds
@@ -153,6 +230,13 @@ def svm_loss(scores: jax.Array, y: jax.Array) -> jax.Array:
     Under ``jit`` with a traced ``y`` the label values cannot be checked: a label outside
     ``[0, K)`` (negative, or ``>= K``) then makes the loss NaN and that example's row of the
     gradient NaN (the other rows are unaffected); no error is raised.
+
+    Args:
+        scores: class scores ``(N, K)``.
+        y: integer labels ``(N,)``, each in ``[0, K)``.
+
+    Returns:
+        The scalar mean loss, shape ``()``; its VJP is :func:`svm_loss_backward`.
 
     Raises:
       ValueError: naming ``scores`` if it is not ``(N, K)`` or is empty (N = 0 or K = 0);

@@ -30,6 +30,15 @@ IMPLS = ("naive", "fast")
 
 @cache_dataclass(static=("pool_height", "pool_width", "stride"))
 class PoolCache:
+    """What :func:`max_pool_backward_naive` needs from the forward pass.
+
+    Attributes:
+        x: the input ``(N, C, H, W)``.
+        pool_height: window height (static).
+        pool_width: window width (static).
+        stride: window step (static).
+    """
+
     x: jax.Array
     pool_height: int
     pool_width: int
@@ -38,6 +47,18 @@ class PoolCache:
 
 @cache_dataclass(static=("x_shape", "pool_height", "pool_width", "stride", "layout"))
 class FastPoolCache:
+    """What :func:`max_pool_backward_fast` needs from the forward pass (no copy of x).
+
+    Attributes:
+        argmax: int8 index ``kh·pool_width + kw`` of each window's first winning tap, shaped
+            like out.
+        x_shape: the input's shape (static).
+        pool_height: window height (static).
+        pool_width: window width (static).
+        stride: window step (static).
+        layout: ``'NCHW'`` or ``'NHWC'`` (static).
+    """
+
     argmax: jax.Array  # int8 index of the winning tap of each window, shaped like out
     x_shape: tuple[int, ...]
     pool_height: int
@@ -47,7 +68,24 @@ class FastPoolCache:
 
 
 def check_pool_args(x, pool_height, pool_width, stride, layout: str = "NCHW") -> tuple[int, int]:
-    """Validate a max_pool2d call; returns ``(H', W')``."""
+    """Validate a max_pool2d call; returns ``(H', W')``.
+
+    Args:
+        x (jax.Array): input ``(N, C, H, W)`` (``layout='NCHW'``) or ``(N, H, W, C)``.
+        pool_height (int): height of the pooling window, a positive int.
+        pool_width (int): width of the pooling window, a positive int.
+        stride (int): step of the window, a positive int.
+        layout: ``'NCHW'`` or ``'NHWC'``.
+
+    Returns:
+        ``(H', W')`` with ``H' = 1 + (H − pool_height) // stride``, likewise W'.
+
+    Raises:
+        ValueError: naming ``layout`` if not ``'NCHW'``/``'NHWC'``; naming ``x`` if it is
+            not rank 4; naming ``pool_height``, ``pool_width`` or ``stride`` if not a
+            positive int (bools refused); if the window has more than 127 taps or is larger
+            than x's H or W.
+    """
     check_choice("layout", layout, LAYOUTS)
     check_rank("x", x, 4, f"({', '.join(layout)})")
     ph = positive_int("pool_height", pool_height)
@@ -72,7 +110,24 @@ def _first_max_onehot(idx: jax.Array, taps: int, dtype) -> jax.Array:
 
 
 def max_pool_forward_naive(x, *, pool_height: int = 2, pool_width: int = 2, stride: int = 2):
-    """For each output position (i, j): out[:, :, i, j] = max of the window."""
+    """For each output position (i, j): out[:, :, i, j] = max of the window.
+
+    Args:
+        x (jax.Array): input ``(N, C, H, W)``.
+        pool_height: height of the pooling window, a positive int.
+        pool_width: width of the pooling window, a positive int.
+        stride: step of the window, a positive int.
+
+    Returns:
+        (tuple[jax.Array, PoolCache]): ``(out, cache)``, with out
+            ``(N, C, H', W')`` with ``H' = 1 + (H − pool_height) // stride``
+            (likewise W'), and the :class:`PoolCache` for :func:`max_pool_backward_naive`.
+
+    Raises:
+        ValueError: naming ``x`` if it is not rank 4; naming ``pool_height``,
+            ``pool_width`` or ``stride`` if not a positive int; if the window has more than 127
+            taps or does not fit x's spatial size (:func:`check_pool_args`).
+    """
     h_out, w_out = check_pool_args(x, pool_height, pool_width, stride)
     n, c = x.shape[:2]
 
@@ -89,7 +144,16 @@ def max_pool_forward_naive(x, *, pool_height: int = 2, pool_width: int = 2, stri
 
 
 def max_pool_backward_naive(dout, cache: PoolCache):
-    """For each window: dx[first argmax] += dout[:, :, i, j]."""
+    """For each window: dx[first argmax] += dout[:, :, i, j].
+
+    Args:
+        dout (jax.Array): upstream gradient ``(N, C, H', W')``.
+        cache: the :class:`PoolCache` from :func:`max_pool_forward_naive`.
+
+    Returns:
+        (tuple[jax.Array]): ``(dx,)``, dx ``(N, C, H, W)``: each window's dout at the first
+            (row-major) position of its maximum, overlapping windows summed, 0 elsewhere.
+    """
     x, ph, pw, s = cache.x, cache.pool_height, cache.pool_width, cache.stride
     n, c = x.shape[:2]
     h_out, w_out = dout.shape[2:]
@@ -117,7 +181,27 @@ def max_pool_forward_fast(
     x, *, pool_height: int = 2, pool_width: int = 2, stride: int = 2, layout: str = "NCHW"
 ):
     """One strided view per window tap and a running (max, argmax) over the taps; a strict
-    ``>`` keeps the first maximum. No patch buffer, no transpose; any window and stride."""
+    ``>`` keeps the first maximum. No patch buffer, no transpose; any window and stride.
+
+    Args:
+        x (jax.Array): input ``(N, C, H, W)`` (``layout='NCHW'``) or ``(N, H, W, C)``.
+        pool_height: height of the pooling window, a positive int.
+        pool_width: width of the pooling window, a positive int.
+        stride: step of the window, a positive int.
+        layout: ``'NCHW'`` or ``'NHWC'``, for x and out.
+
+    Returns:
+        (tuple[jax.Array, FastPoolCache]): ``(out, cache)``, with out
+            ``(N, C, H', W')`` (``(N, H', W', C)`` for NHWC) with
+            ``H' = 1 + (H − pool_height) // stride`` (likewise W'), and the
+            :class:`FastPoolCache` for :func:`max_pool_backward_fast`.
+
+    Raises:
+        ValueError: naming ``x`` if it is not rank 4; naming ``pool_height``,
+            ``pool_width`` or ``stride`` if not a positive int; if the window has more than 127
+            taps or does not fit x's spatial size (:func:`check_pool_args`).
+        ValueError: naming ``layout`` if not ``'NCHW'``/``'NHWC'``.
+    """
     h_out, w_out = check_pool_args(x, pool_height, pool_width, stride, layout)
     ph, pw, s = pool_height, pool_width, stride
     best, idx = x[tap(0, 0, h_out, w_out, s, layout)], None
@@ -153,7 +237,16 @@ def _tiled_backward(dout, cache: FastPoolCache):
 
 def max_pool_backward_fast(dout, cache: FastPoolCache):
     """dx = Σ_taps place(dout where the tap won); each placement is a strided pad. Windows
-    that tile the input (stride = window size, the usual 2×2/2) take one broadcast pass."""
+    that tile the input (stride = window size, the usual 2×2/2) take one broadcast pass.
+
+    Args:
+        dout (jax.Array): upstream gradient ``(N, C, H', W')`` (``(N, H', W', C)`` for NHWC).
+        cache: the :class:`FastPoolCache` from :func:`max_pool_forward_fast`.
+
+    Returns:
+        (tuple[jax.Array]): ``(dx,)``, dx shaped like x (``cache.x_shape``): each window's
+            dout at its first winning tap, overlapping windows summed, 0 elsewhere.
+    """
     ph, pw, s, layout = cache.pool_height, cache.pool_width, cache.stride, cache.layout
     if s == ph == pw:
         return (_tiled_backward(dout, cache),)
@@ -187,14 +280,48 @@ def _layout_kwargs(impl: str, layout: str) -> dict:
 def max_pool_forward(
     x, *, pool_height=2, pool_width=2, stride=2, impl: str = "fast", layout: str = "NCHW"
 ):
-    """cs231n-style pair half: ``(out, cache)``."""
+    """cs231n-style pair half: ``(out, cache)``.
+
+    Args:
+        x (jax.Array): input ``(N, C, H, W)`` (``layout='NCHW'``) or ``(N, H, W, C)``.
+        pool_height (int): height of the pooling window, a positive int.
+        pool_width (int): width of the pooling window, a positive int.
+        stride (int): step of the window, a positive int.
+        impl: ``'naive'`` or ``'fast'``.
+        layout: ``'NCHW'`` or ``'NHWC'`` (``impl='fast'`` only), for x and out.
+
+    Returns:
+        (tuple[jax.Array, PoolCache | FastPoolCache]): ``(out, cache)``, with out
+            ``(N, C, H', W')`` (``(N, H', W', C)`` for NHWC) with
+            ``H' = 1 + (H − pool_height) // stride``, and the cache for :func:`max_pool_backward`
+            with the same ``impl``.
+
+    Raises:
+        ValueError: naming ``impl`` if not ``'naive'``/``'fast'``; naming ``layout`` if not
+            ``'NCHW'``/``'NHWC'``, or ``'NHWC'`` with ``impl='naive'``.
+        ValueError: naming ``x`` if it is not rank 4; naming ``pool_height``,
+            ``pool_width`` or ``stride`` if not a positive int; if the window has more than 127
+            taps or does not fit x's spatial size (:func:`check_pool_args`).
+    """
     check_choice("impl", impl, IMPLS)
     kw = _layout_kwargs(impl, layout)
     return PAIRS[impl][0](x, pool_height=pool_height, pool_width=pool_width, stride=stride, **kw)
 
 
 def max_pool_backward(dout, cache, *, impl: str = "fast"):
-    """cs231n-style pair half: ``(dx,)``."""
+    """cs231n-style pair half: ``(dx,)``.
+
+    Args:
+        dout (jax.Array): upstream gradient, shaped like out.
+        cache (PoolCache | FastPoolCache): from :func:`max_pool_forward` with the same ``impl``.
+        impl: ``'naive'`` or ``'fast'``.
+
+    Returns:
+        (tuple[jax.Array]): ``(dx,)``, dx shaped like x.
+
+    Raises:
+        ValueError: naming ``impl`` if not ``'naive'``/``'fast'``.
+    """
     check_choice("impl", impl, IMPLS)
     return PAIRS[impl][1](dout, cache)
 
@@ -209,7 +336,28 @@ def max_pool2d(
     layout: str = "NCHW",
 ) -> jax.Array:
     """Max pooling with a hand-written VJP; x ``(N, C, H, W)`` -> ``(N, C, H', W')``
-    (``layout='NHWC'``, ``impl='fast'`` only: channels-last in and out)."""
+    (``layout='NHWC'``, ``impl='fast'`` only: channels-last in and out).
+
+    Args:
+        x: input ``(N, C, H, W)`` (``layout='NCHW'``) or ``(N, H, W, C)``.
+        pool_height: height of the pooling window, a positive int.
+        pool_width: width of the pooling window, a positive int.
+        stride: step of the window, a positive int.
+        impl: ``'naive'`` (one output position at a time) or ``'fast'`` (strided taps).
+        layout: ``'NCHW'`` or ``'NHWC'`` (``impl='fast'`` only), for x and out.
+
+    Returns:
+        ``(N, C, H', W')`` (``(N, H', W', C)`` for NHWC) with
+            ``H' = 1 + (H − pool_height) // stride``, likewise W'; the VJP routes each window's
+            gradient to its first maximum.
+
+    Raises:
+        ValueError: naming ``impl`` if not ``'naive'``/``'fast'``; naming ``layout`` if not
+            ``'NCHW'``/``'NHWC'``, or ``'NHWC'`` with ``impl='naive'``.
+        ValueError: naming ``x`` if it is not rank 4; naming ``pool_height``,
+            ``pool_width`` or ``stride`` if not a positive int; if the window has more than 127
+            taps or does not fit x's spatial size (:func:`check_pool_args`).
+    """
     check_choice("impl", impl, IMPLS)
     ph = positive_int("pool_height", pool_height)
     pw = positive_int("pool_width", pool_width)
