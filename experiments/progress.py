@@ -8,10 +8,10 @@ on a terminal (the bar), and the same figures without the bar in a log file or u
 
     31.2% done, 412 img/s, 12:05 left
 
-Throughput counts training images over training time in this process (since it started or
-resumed): accuracy checks, checkpoints and plots are left out, as in ``summary.json``'s
-``images_per_s``. Time left is the remaining updates at that rate (accuracy checks come on
-top).
+Throughput counts training images over training time in this process from its first
+progress line on (so the step's compilation is left out; that first line says "measuring
+speed"); accuracy checks, checkpoints and plots are left out too. Time left is the remaining
+updates at that rate (accuracy checks come on top).
 """
 
 from __future__ import annotations
@@ -78,12 +78,17 @@ class Progress:
         self.t0 = time.perf_counter()
         self.outside0 = 0.0
         self.start_iteration = 0
+        self.warm = False
 
     def start(self, solver: Any) -> None:
-        """Count from now and from the solver's current iteration (a resumed run too)."""
+        """Count from the first progress line after now (a resumed run too)."""
+        self._count_from(solver.iteration)
+        self.warm = False
+
+    def _count_from(self, iteration: int) -> None:
         self.t0 = time.perf_counter()
         self.outside0 = self.outside_s()
-        self.start_iteration = solver.iteration
+        self.start_iteration = iteration
 
     def images_per_s(self, iteration: int) -> float | None:
         """Training images per second of training time since :meth:`start`."""
@@ -100,8 +105,11 @@ class Progress:
         line = progress_line(
             iteration,
             solver.num_iterations,
-            self.images_per_s(iteration),
+            self.images_per_s(iteration) if self.warm else None,
             self.batch_size,
             bar=stream.isatty(),
         )
         print(line, file=stream, flush=True)
+        if not self.warm:  # the first line follows the compilation: count from here on
+            self._count_from(iteration)
+            self.warm = True

@@ -32,17 +32,22 @@ class _Clock:
         return self.now
 
 
-def test_throughput_leaves_out_time_outside_training(monkeypatch):
+def test_throughput_leaves_out_compilation_and_time_outside_training(monkeypatch):
     clock, outside = _Clock(), [0.0]
     monkeypatch.setattr(P.time, "perf_counter", clock)
     out = io.StringIO()
     prog = P.Progress(10, lambda: outside[0], stream=out)
     solver = types.SimpleNamespace(iteration=20, num_iterations=120)
-    prog.start(solver)  # a resumed run: counts from iteration 20
+    prog.start(solver)  # a resumed run
+    clock.now += 30.0  # the first update, compilation included
+    prog(solver, 21)
     clock.now += 12.0
     outside[0] = 2.0  # an accuracy check took 2 of the 12 s
-    prog(solver, 70)  # 50 updates x 10 images in 10 s of training
-    assert out.getvalue() == "58.3% done, 50 img/s, 00:10 left\n"
+    prog(solver, 71)  # 50 updates x 10 images in 10 s of training
+    assert out.getvalue().splitlines() == [
+        "17.5% done, measuring speed",
+        "59.2% done, 50 img/s, 00:10 left",
+    ]
 
 
 def test_the_solver_reports_progress_with_every_progress_line():
