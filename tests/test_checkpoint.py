@@ -9,6 +9,7 @@ import optax
 import pytest
 
 from jcnn import checkpoint as ck
+from jcnn.files import file_digest
 
 
 def _tree():
@@ -90,7 +91,7 @@ def test_checksums_catch_truncation_and_tampering(tmp_path):
     tree = _tree()
     path = ck.save_checkpoint(tmp_path / "c", tree, {"iteration": 3})
     meta = ck.verify_checkpoint(path)
-    assert meta["npz_sha256"] == ck.file_digest(path) and len(meta["sidecar_sha256"]) == 64
+    assert meta["npz_sha256"] == file_digest(path) and len(meta["sidecar_sha256"]) == 64
     good = path.read_bytes()
     path.write_bytes(good[: len(good) // 2])
     with pytest.raises(ck.CorruptCheckpointError, match="fails its checksum"):
