@@ -67,6 +67,10 @@ from experiments.train_flags import config_from_flags, flagfile_text
 from jcnn import files
 
 
+# An app's own Solver arguments: (config, model, data) -> keyword arguments.
+SolverOptions = Callable[[Mapping[str, Any], Any, Mapping[str, Any]], dict[str, Any]]
+
+
 def load_data(config: Mapping[str, Any]) -> dict[str, Any]:
     """CIFAR-10 split the cs231n way (mean image subtracted, float32 NCHW); a problem with
     the data on disk or the split sizes stops the app with one line."""
@@ -216,24 +220,29 @@ def make_solver(
     logger: RunLogger,
     mesh: Any,
     progress: Progress | None = None,
+    solver_options: SolverOptions | None = None,
 ) -> Any:
-    """The run's Solver, resumed from the workdir's newest checkpoint if it holds one."""
+    """The run's Solver, resumed from the workdir's newest checkpoint if it holds one.
+    ``solver_options(config, model, data)`` gives the app's own Solver arguments (they
+    override the common flags' ones)."""
     from jcnn.checkpoint import CheckpointMismatchError
     from jcnn.parallel import is_primary
     from jcnn.solver import Solver
 
+    kwargs = {"augment": make_augment(config), **solver_kwargs(config), "verbose": is_primary()}
     try:
+        if solver_options is not None:
+            kwargs.update(solver_options(config, model, data))
         return Solver(
             model,
             data,
             checkpoint_dir=writer.solver_checkpoint_dir,
             on_epoch_end=[logger],
             on_progress=[] if progress is None else [progress],
-            augment=make_augment(config),
             resume="auto",
             run_config=config,
             mesh=mesh,
-            **{**solver_kwargs(config), "verbose": is_primary()},
+            **kwargs,
         )
     except CheckpointMismatchError:
         raise  # main names the workdir
@@ -287,12 +296,13 @@ def save_best(writer: RunWriter, solver: Any, model: Any, test_acc: float | None
     )
 
 
-def accuracy_on_test(solver: Any, data: Mapping[str, Any]) -> float | None:
-    """The best parameters' accuracy on the test split (None without one)."""
+def accuracy_on_test(solver: Any, data: Mapping[str, Any], *, augment: bool = True) -> float | None:
+    """The best parameters' accuracy on the test split (None without one); ``augment=False``
+    without the run's test-time flips and shifts."""
     X_test = data.get("X_test")
     if X_test is None or not len(X_test):
         return None
-    return solver.check_accuracy(X_test, data["y_test"])
+    return solver.check_accuracy(X_test, data["y_test"], augment=augment)
 
 
 def finish_run(
@@ -314,6 +324,8 @@ def finish_run(
     from jcnn.parallel import is_primary
 
     test_acc = accuracy_on_test(solver, data)
+    augmented = solver.test_time_flip or solver.test_time_translate
+    plain_acc = accuracy_on_test(solver, data, augment=False) if augmented else None
     save_best(writer, solver, model, test_acc)
     if plots:
         rundir.write_plots(writer, solver)
@@ -327,9 +339,13 @@ def finish_run(
         solver, app_name=app_name, model=model, config=config, test_acc=test_acc,
         timings=timings, start_iteration=start_iteration,
     )  # fmt: skip
+    if augmented:
+        summary["test_acc_without_tta"] = plain_acc
     summary = files.to_json_values(summary)  # plain JSON values, exactly what the file holds
     writer.write_json("summary.json", summary)
     test = "n/a" if test_acc is None else f"{test_acc:f}"
+    if plain_acc is not None:
+        test += f" ({plain_acc:f} without test-time augmentation)"
     _printer(is_primary())(
         f"best val_acc: {solver.best_val_acc:f} (epoch {solver.best_epoch}); test acc of the "
         f"best parameters: {test}; {summary['images_per_s']} training images/s; "
@@ -347,6 +363,7 @@ def train_and_evaluate(
     app_name: str,
     data: Mapping[str, Any] | None = None,
     mesh: Any = None,
+    solver_options: SolverOptions | None = None,
 ) -> dict[str, Any]:
     """Load the data (unless given), train ``model`` with the Solver (resuming from the
     workdir's newest checkpoint if it holds one), evaluate the best parameters on the test
@@ -371,7 +388,7 @@ def train_and_evaluate(
     progress = Progress(
         int(config["batch_size"]), lambda: logger.outside_training_s, enabled=is_primary()
     )
-    solver = make_solver(config, model, data, writer, logger, mesh, progress)
+    solver = make_solver(config, model, data, writer, logger, mesh, progress, solver_options)
     start_iteration = solver.iteration
     if solver.resumed_from is not None:
         if solver.iteration >= solver.num_iterations and writer.path("summary.json").is_file():
@@ -459,6 +476,7 @@ def main(
     names: Sequence[str],
     make_model: Callable[[Mapping[str, Any]], Any],
     fv: flags.FlagValues = flags.FLAGS,
+    solver_options: SolverOptions | None = None,
 ) -> dict[str, Any]:
     """The body of an app's ``main``: checks that need more than the flag validators, then
     :func:`train_and_evaluate`. Every problem found before training stops with one line; so
@@ -470,7 +488,10 @@ def main(
 
     jcnn.cpu.tune()  # a training program: huge pages for the heap (jcnn.cpu)
     with errors.failures_in_one_line():
-        return _main(argv, app_name=app_name, names=names, make_model=make_model, fv=fv)
+        return _main(
+            argv, app_name=app_name, names=names, make_model=make_model, fv=fv,
+            solver_options=solver_options,
+        )  # fmt: skip
 
 
 def _disk_full(writer: RunWriter, e: OSError) -> UsageFailure:
@@ -501,6 +522,7 @@ def _main(
     names: Sequence[str],
     make_model: Callable[[Mapping[str, Any]], Any],
     fv: flags.FlagValues,
+    solver_options: SolverOptions | None = None,
 ) -> dict[str, Any]:
     from jcnn.solver import CheckpointMismatchError, NonFiniteLossError
 
@@ -520,7 +542,9 @@ def _main(
         check_paths(config)  # a file in the way or a read-only workdir stops here
     writer = prepare_workdir(config, fv, names, app_name)
     try:
-        return train_and_evaluate(config, model, writer, app_name=app_name, mesh=mesh)
+        return train_and_evaluate(
+            config, model, writer, app_name=app_name, mesh=mesh, solver_options=solver_options
+        )
     except CheckpointMismatchError as e:
         raise UsageFailure(mismatch_message(writer.workdir, config, e)) from None
     except NonFiniteLossError as e:

@@ -161,8 +161,9 @@ def define_data_flags(fv: flags.FlagValues) -> None:
         lower_bound=1, flag_values=fv,
     )  # fmt: skip
     flags.DEFINE_integer(
-        "num_val", 1_000, "Validation images, the ones after the training images.",
-        lower_bound=1, flag_values=fv,
+        "num_val", 1_000, "Validation images, the ones after the training images (0: none, "
+        "for recipes that select no parameters on validation accuracy).",
+        lower_bound=0, flag_values=fv,
     )  # fmt: skip
     flags.DEFINE_integer(
         "num_test", 1_000, "Test images (the first of the test batch); 0: no test accuracy.",

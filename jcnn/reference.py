@@ -189,6 +189,50 @@ def spatial_batchnorm(
     )  # fmt: skip
 
 
+def gelu(x: jax.Array, *, approximate: bool = False) -> jax.Array:
+    """Twin of :func:`jcnn.layers.gelu`: :func:`jax.nn.gelu`.
+
+    Args:
+        x: input of any shape and floating dtype.
+        approximate: the tanh form instead of the exact ``x·Φ(x)``.
+
+    Returns:
+        gelu(x), shaped like x.
+    """
+    return jax.nn.gelu(x, approximate=approximate)
+
+
+def batchnorm_gelu(
+    x, beta, running_mean, running_var, *, train, momentum=0.9, eps=1e-5, layout="NCHW",
+    approximate=False,
+):  # fmt: skip
+    """Twin of :func:`jcnn.layers.batchnorm_gelu`: batchnorm with scale 1, then GELU.
+
+    Args:
+        x: ``(N, C, H, W)`` (``layout='NCHW'``), ``(N, H, W, C)`` (``'NHWC'``) or ``(N, D)``.
+        beta: shift ``(C,)``.
+        running_mean: running mean ``(C,)``, used (not updated) when not ``train``.
+        running_var: running variance ``(C,)``, used (not updated) when not ``train``.
+        train: batch statistics (and updated running ones) if true, running ones if false.
+        momentum: in [0, 1]; running = momentum·running + (1 − momentum)·batch statistic.
+        eps: > 0, added to the variance.
+        layout: ``'NCHW'`` or ``'NHWC'`` for rank-4 x.
+        approximate: GELU's tanh form.
+
+    Returns:
+        ``(out, new_running_mean, new_running_var)`` as :func:`jcnn.layers.batchnorm_gelu`.
+
+    Raises:
+        ValueError: as ``check_batchnorm_args`` (shapes, ``momentum``, ``eps``).
+    """
+    axis = 1 if x.ndim == 2 else channel_axis(layout)
+    out, rm, rv = _with_running_stats(
+        x, jnp.ones_like(beta), beta, running_mean, running_var, train=train,
+        momentum=momentum, eps=eps, axis=axis,
+    )  # fmt: skip
+    return jax.nn.gelu(out, approximate=approximate), rm, rv
+
+
 def dropout(x, key, *, rate: float, train: bool) -> jax.Array:
     """Twin of :func:`jcnn.layers.dropout`: inverted dropout, the same mask for the same key.
 

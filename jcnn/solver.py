@@ -40,6 +40,7 @@ from typing import Any
 
 import jax
 import numpy as np
+import optax
 
 from jcnn import _validate as check
 from jcnn import checkpoint as ckpt
@@ -48,6 +49,7 @@ from jcnn.checkpoint import CheckpointMismatchError
 from jcnn.nonfinite import NonFiniteLossError
 from jcnn.solver_checkpoints import CheckpointedRun
 from jcnn.train import (
+    Lookahead,
     copy_tree,
     create_train_state,
     make_eval_step,
@@ -58,6 +60,7 @@ from jcnn.train import (
 __all__ = ["DATA_KEYS", "CheckpointMismatchError", "NonFiniteLossError", "Solver"]
 
 DATA_KEYS = ("X_train", "y_train", "X_val", "y_val")
+SAMPLINGS = ("replacement", "epoch")
 
 
 class Solver(CheckpointedRun):
@@ -112,7 +115,13 @@ class Solver(CheckpointedRun):
         mesh: jax.sharding.Mesh | None = None,
         compute_dtype: Any = None,
         test_time_flip: bool = False,
+        test_time_translate: int = 0,
         check_data: bool = True,
+        optimizer: optax.GradientTransformation | None = None,
+        schedule: Callable[[Any], Any] | None = None,
+        sampling: str = "replacement",
+        select_best: bool = True,
+        lookahead: Lookahead | None = None,
     ):
         for attr in ("init", "apply", "loss", "check_input", "num_classes"):
             if not hasattr(model, attr):
@@ -164,9 +173,19 @@ class Solver(CheckpointedRun):
         self.X_train, self.y_train = check.labelled_images(
             model, data["X_train"], data["y_train"], "X_train", "y_train"
         )
-        self.X_val, self.y_val = check.labelled_images(
-            model, data["X_val"], data["y_val"], "X_val", "y_val"
-        )
+        if select_best not in (True, False):
+            raise ValueError(f"select_best must be True or False, got {select_best!r}")
+        self.select_best = bool(select_best)
+        if not self.select_best and np.shape(data["X_val"])[0] == 0:
+            self.X_val = np.zeros((0, *np.shape(self.X_train)[1:]), self.X_train.dtype)
+            self.y_val = np.zeros((0,), np.int32)
+        else:
+            self.X_val, self.y_val = check.labelled_images(
+                model, data["X_val"], data["y_val"], "X_val", "y_val"
+            )
+        if sampling not in SAMPLINGS:
+            raise ValueError(f"sampling must be one of {SAMPLINGS}, got {sampling!r}")
+        self.sampling = sampling
 
         self.check_data = bool(check_data)
         self._fingerprint: str | None = None
@@ -174,26 +193,47 @@ class Solver(CheckpointedRun):
         self.iterations_per_epoch = max(self.num_train // self.batch_size, 1)
         self.num_iterations = self.num_epochs * self.iterations_per_epoch
         self.warmup_iterations = round(self.warmup_epochs * self.iterations_per_epoch)
-        self.schedule = optim.make_schedule(
-            self.optim_config["learning_rate"],
-            lr_schedule=self.lr_schedule,
-            lr_decay=self.lr_decay,
-            iterations_per_epoch=self.iterations_per_epoch,
-            num_iterations=self.num_iterations,
-            warmup_iterations=self.warmup_iterations,
-        )
-        self.optimizer, _ = optim.make_optimizer(update_rule, self.optim_config, self.schedule)
+        self.custom_optimizer = optimizer
+        if optimizer is None:
+            self.schedule = optim.make_schedule(
+                self.optim_config["learning_rate"],
+                lr_schedule=self.lr_schedule,
+                lr_decay=self.lr_decay,
+                iterations_per_epoch=self.iterations_per_epoch,
+                num_iterations=self.num_iterations,
+                warmup_iterations=self.warmup_iterations,
+            )
+            self.optimizer, _ = optim.make_optimizer(update_rule, self.optim_config, self.schedule)
+        else:
+            if not hasattr(optimizer, "init") or not hasattr(optimizer, "update"):
+                raise ValueError(f"optimizer must be an optax transformation, got {optimizer!r}")
+            if schedule is not None and not callable(schedule):
+                raise ValueError(
+                    f"schedule must be a function of the update count, got {schedule!r}"
+                )
+            self.optimizer = optimizer
+            self.schedule = schedule if schedule is not None else (lambda t: float("nan"))
+        self.lookahead = lookahead
         self.train_state = create_train_state(
-            model, self.optimizer, key=jax.random.key(self.seed), params=params, model_state=state
-        )
+            model, self.optimizer, key=jax.random.key(self.seed), params=params,
+            model_state=state, lookahead=lookahead,
+        )  # fmt: skip
         self._x_dtype = np.dtype(jax.tree_util.tree_leaves(self.params)[0].dtype)
         self._train_step = make_train_step(
-            model, self.optimizer, augment=augment, compute_dtype=self.compute_dtype, mesh=mesh
-        )
-        self._eval_step = make_eval_step(  # checks test_time_flip
-            model, compute_dtype=self.compute_dtype, mesh=mesh, test_time_flip=test_time_flip
+            model, self.optimizer, augment=augment, compute_dtype=self.compute_dtype, mesh=mesh,
+            lookahead=lookahead,
+        )  # fmt: skip
+        self._eval_step = make_eval_step(  # checks test_time_flip and test_time_translate
+            model, compute_dtype=self.compute_dtype, mesh=mesh, test_time_flip=test_time_flip,
+            test_time_translate=test_time_translate,
+        )  # fmt: skip
+        self._plain_eval_step = (
+            make_eval_step(model, compute_dtype=self.compute_dtype, mesh=mesh)
+            if test_time_flip or test_time_translate
+            else self._eval_step
         )
         self.test_time_flip = bool(test_time_flip)
+        self.test_time_translate = int(test_time_translate)
         self._all_finite = jax.jit(nonfinite.all_finite)
         self._rng = np.random.default_rng(self.seed)
         self._reset()
@@ -244,6 +284,7 @@ class Solver(CheckpointedRun):
         self.resumed_from: dict[str, Any] | None = None
         self.last_checkpoint: Path | None = None
         self._log = nonfinite.StepLog()
+        self._order: np.ndarray | None = None
 
     def _replicate(self) -> None:
         """With a mesh: the train state (and best_*) replicated on its devices."""
@@ -301,7 +342,7 @@ class Solver(CheckpointedRun):
     def _step(self) -> jax.Array:
         """One update on a random minibatch; returns its (device) loss, queued to be read
         back later with its finite flag."""
-        idx = self._rng.choice(self.num_train, self.batch_size)  # the same in every process
+        idx = self._next_indices()  # the same in every process
         rows = idx if self.mesh is None else idx[self._rows]  # this process's rows only
         batch: tuple[Any, ...] = (np.asarray(self.X_train[rows], self._x_dtype), self.y_train[rows])
         if self.mesh is not None:
@@ -314,6 +355,17 @@ class Solver(CheckpointedRun):
         self.iteration += 1
         self._log.add(metrics["loss"], metrics["finite"], self.iteration, idx)
         return metrics["loss"]
+
+    def _next_indices(self) -> np.ndarray:
+        """The next minibatch's rows: drawn with replacement, or (``sampling='epoch'``) the
+        next ``batch_size`` rows of this epoch's permutation (the last partial batch of an
+        epoch is left out)."""
+        if self.sampling == "replacement":
+            return self._rng.choice(self.num_train, self.batch_size)
+        k = self.iteration % self.iterations_per_epoch
+        if k == 0 or self._order is None:
+            self._order = self._rng.permutation(self.num_train)
+        return self._order[k * self.batch_size : (k + 1) * self.batch_size]
 
     def _read_losses(self) -> None:
         """Read the pending losses into ``loss_history``; the first non-finite one stops."""
@@ -336,7 +388,11 @@ class Solver(CheckpointedRun):
     def _evaluate(self, elapsed: float) -> None:
         self._verify_finite()
         train_acc = self.check_accuracy(self.X_train, self.y_train, self.num_train_samples)
-        val_acc = self.check_accuracy(self.X_val, self.y_val, self.num_val_samples)
+        val_acc = (
+            self.check_accuracy(self.X_val, self.y_val, self.num_val_samples)
+            if len(self.y_val)
+            else float("nan")
+        )
         lr = self.lr_at(self.iteration - 1)
         self.train_acc_history.append(train_acc)
         self.val_acc_history.append(val_acc)
@@ -351,7 +407,9 @@ class Solver(CheckpointedRun):
                 f"val_acc: {val_acc:f}",
                 flush=True,
             )
-        if val_acc > self.best_val_acc or self.best_params is None:
+        if not self.select_best:
+            self.best_val_acc, self.best_epoch = val_acc, self.epoch
+        elif val_acc > self.best_val_acc or self.best_params is None:
             self.best_val_acc, self.best_epoch = val_acc, self.epoch
             self.best_params, self.best_state = copy_tree((self.params, self.state))
 
@@ -376,17 +434,21 @@ class Solver(CheckpointedRun):
 
     # --------------------------------------------------------------------- evaluation
 
-    def predict(self, X: Any, batch_size: int = 100, *, params=None, state=None) -> np.ndarray:
+    def predict(
+        self, X: Any, batch_size: int = 100, *, params=None, state=None, augment: bool = True
+    ) -> np.ndarray:
         """Predicted labels for ``X`` (test mode) by :func:`jcnn.train.predict`, with the
-        solver's current ``params``/``state`` unless given."""
+        solver's current ``params``/``state`` unless given; ``augment=False`` leaves out the
+        test-time flips and shifts."""
         batch_size = check.positive_int("batch_size", batch_size)
         self.model.check_input(np.asarray(X))
         variables = (
             self.params if params is None else params,
             self.state if state is None else state,
         )
+        step = self._eval_step if augment else self._plain_eval_step
         return predict(
-            self._eval_step, variables, X, batch_size=batch_size, mesh=self.mesh,
+            step, variables, X, batch_size=batch_size, mesh=self.mesh,
             dtype=self._x_dtype,
         )  # fmt: skip
 

@@ -64,6 +64,11 @@ class CheckpointedRun:
     augment: Callable | None
     compute_dtype: Any
     test_time_flip: bool
+    test_time_translate: int
+    custom_optimizer: Any
+    sampling: str
+    select_best: bool
+    lookahead: Any
     check_data: bool
     run_config: dict[str, Any] | None
     mesh: Any
@@ -129,6 +134,14 @@ class CheckpointedRun:
                     "augment": None if self.augment is None else _name(self.augment),
                     "compute_dtype": getattr(self.compute_dtype, "name", None),
                     "test_time_flip": self.test_time_flip,  # the best parameters depend on it
+                    "test_time_translate": self.test_time_translate,
+                    "optimizer": None if self.custom_optimizer is None else _name(self.custom_optimizer),
+                    "sampling": self.sampling, "select_best": self.select_best,
+                    "lookahead": None if self.lookahead is None else {
+                        "every": self.lookahead.every,
+                        "num_iterations": self.lookahead.num_iterations,
+                        "decay": None if self.lookahead.decay is None else _name(self.lookahead.decay),
+                    },
                 },
                 "data": {
                     "num_train": int(self.num_train), "num_val": int(self.X_val.shape[0]),
@@ -170,6 +183,7 @@ class CheckpointedRun:
             "best_params": self.best_params if best else self.train_state.params,
             "best_state": self.best_state if best else self.train_state.model_state,
             "rng": {"dropout_key": jax.random.key_data(self.train_state.key)},
+            **({} if self.train_state.slow is None else {"slow": self.train_state.slow}),
         }
 
     def save_checkpoint(self, path: str | os.PathLike | None = None) -> Path:
@@ -238,11 +252,11 @@ class CheckpointedRun:
             impl=jax.random.key_impl(self.train_state.key),
         )
         self.iteration, self.epoch = int(meta["iteration"]), int(meta["epoch"])
-        params, model_state, opt_state = copy_tree(
-            (tree["params"], tree["state"], tree["opt_state"])
+        params, model_state, opt_state, slow = copy_tree(
+            (tree["params"], tree["state"], tree["opt_state"], tree.get("slow"))
         )
         self.train_state = TrainState(
-            params, model_state, opt_state, jnp.asarray(self.iteration, jnp.int32), key
+            params, model_state, opt_state, jnp.asarray(self.iteration, jnp.int32), key, slow
         )
         if meta["has_best"]:
             self.best_params, self.best_state = copy_tree((tree["best_params"], tree["best_state"]))

@@ -38,6 +38,7 @@ parameters, optimiser state, batchnorm statistics, gradients and the loss stay f
 from __future__ import annotations
 
 import dataclasses
+import inspect
 from collections.abc import Callable
 from typing import Any, Protocol, cast
 
@@ -50,6 +51,7 @@ from jcnn import parallel
 
 __all__ = [
     "AUGMENT_FOLD",
+    "Lookahead",
     "TrainState",
     "copy_tree",
     "create_train_state",
@@ -105,6 +107,7 @@ class TrainState:
       opt_state: the optax optimiser's state.
       step: int32 scalar, the number of updates done.
       key: the run's base key; update ``t`` uses ``jax.random.fold_in(key, t)``.
+      slow: with :class:`Lookahead`, its slow copy ``{'params', 'model_state'}``; else None.
     """
 
     params: Any
@@ -112,6 +115,7 @@ class TrainState:
     opt_state: Any
     step: jax.Array
     key: jax.Array
+    slow: Any = None
 
     def replace(self, **changes: Any) -> TrainState:
         """A copy with the given fields replaced.
@@ -151,6 +155,7 @@ def create_train_state(
     params: Any = None,
     model_state: Any = None,
     step: int = 0,
+    lookahead: Lookahead | None = None,
 ) -> TrainState:
     """A fresh :class:`TrainState`.
 
@@ -164,6 +169,7 @@ def create_train_state(
       params: start from these parameters instead of ``model.init``'s (copied).
       model_state: the model state that goes with ``params`` (copied; None: ``{}``).
       step: the update count to start at.
+      lookahead: start its slow copy at the initial parameters and state.
 
     Returns:
       The state, with ``optimizer.init(params)`` as its optimiser state.
@@ -192,11 +198,76 @@ def create_train_state(
         opt_state=optimizer.init(params),
         step=jnp.asarray(step, jnp.int32),
         key=step_key,
+        slow=None
+        if lookahead is None
+        else copy_tree({"params": params, "model_state": model_state}),
     )
 
 
-def _augmented(augment: Augment, key: jax.Array, X: jax.Array) -> jax.Array:
-    out = augment(jax.random.fold_in(key, AUGMENT_FOLD), X)
+@dataclasses.dataclass(frozen=True)
+class Lookahead:
+    """Lookahead with an exponential moving average of the weights (airbench's version).
+
+    Every ``every`` updates (and after the last one) the slow copy ``(θ̄, s̄)`` of the
+    parameters θ *and* the model state s (batchnorm statistics) moves towards the trained
+    ones, and training continues from it:
+    ``θ̄ ← θ̄ + (1 − α(t))·(θ − θ̄)``, ``θ ← θ̄`` (likewise s), where ``α(t)`` is the weight
+    kept on the slow copy after ``t`` updates: airbench uses
+    ``α(t) = 0.95^5 · (t/T)³``, so early updates simply copy the trained weights and later
+    ones average over the last few dozen updates. After update ``num_iterations`` (T) the
+    trained weights become the slow copy (``α = 1``).
+
+    Attributes:
+      every: updates between two averaging steps.
+      num_iterations: T, updates in the whole run.
+      decay: ``α(t)`` as a function of the update count (a JAX scalar); None: airbench's.
+    """
+
+    every: int
+    num_iterations: int
+    decay: Any = None
+
+    def __post_init__(self):
+        if int(self.every) < 1 or int(self.num_iterations) < 1:
+            raise ValueError(
+                f"Lookahead needs every >= 1 and num_iterations >= 1, got every={self.every}, "
+                f"num_iterations={self.num_iterations}"
+            )
+
+    def alpha(self, t: jax.Array) -> jax.Array:
+        """α(t) (class docs), a float32 scalar."""
+        if self.decay is not None:
+            return jnp.asarray(self.decay(t), jnp.float32)
+        frac = jnp.asarray(t, jnp.float32) / self.num_iterations
+        return jnp.float32(0.95**5) * frac**3
+
+    def __call__(self, state: TrainState) -> TrainState:
+        """The state after an update (``state.step`` updates done), averaged when due."""
+        t = state.step
+        last = t >= self.num_iterations
+        due = (t % self.every == 0) | last
+        alpha = jnp.where(last, 1.0, self.alpha(t))
+        fast = {"params": state.params, "model_state": state.model_state}
+
+        def mix(slow, new):
+            avg = slow + (1.0 - alpha).astype(slow.dtype) * (new - slow)
+            return jnp.where(due, avg, slow)
+
+        slow = jax.tree_util.tree_map(mix, state.slow, fast)
+        fast = jax.tree_util.tree_map(lambda a, b: jnp.where(due, a, b), slow, fast)
+        return state.replace(params=fast["params"], model_state=fast["model_state"], slow=slow)
+
+
+def _takes_step(augment: Augment) -> bool:
+    try:
+        return "step" in inspect.signature(augment).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def _augmented(augment: Augment, key: jax.Array, X: jax.Array, step: jax.Array) -> jax.Array:
+    akey = jax.random.fold_in(key, AUGMENT_FOLD)
+    out = augment(akey, X, step=step) if _takes_step(augment) else augment(akey, X)
     if jnp.shape(out) != X.shape:
         raise ValueError(
             f"augment must keep the minibatch's shape {X.shape}, returned {jnp.shape(out)}"
@@ -219,6 +290,7 @@ def make_train_step(
     augment: Augment | None = None,
     compute_dtype: Any = None,
     mesh: jax.sharding.Mesh | None = None,
+    lookahead: Lookahead | None = None,
 ) -> TrainStep:
     """One jitted training update, ``step(state, (X, y)) -> (state, metrics)`` (module docs).
 
@@ -227,9 +299,12 @@ def make_train_step(
         differentiated.
       optimizer: the optax transformation ``state.opt_state`` belongs to.
       augment: ``augment(key, X) -> X`` (same shape) applied to each minibatch inside the
-        step, e.g. :func:`jcnn.augment.random_crop_flip`.
+        step, e.g. :func:`jcnn.augment.random_crop_flip`; one with a ``step`` keyword also
+        gets the update count (e.g. :func:`jcnn.augment.alternating_flip_crop`).
       compute_dtype: None/``'float32'``, or ``'bfloat16'`` for mixed precision.
       mesh: a 1-D mesh (:func:`jcnn.parallel.make_mesh`) to train data-parallel over.
+      lookahead: average the weights after the update (:class:`Lookahead`); the state must
+        have been created with it.
 
     Returns:
       The jitted step; the state argument is donated. ``step.traces()`` says how often it
@@ -245,7 +320,7 @@ def make_train_step(
         X, y = batch
         key = jax.random.fold_in(state.key, state.step)
         if augment is not None:
-            X = _augmented(augment, key, X)
+            X = _augmented(augment, key, X, state.step)
         (loss, model_state), grads = jax.value_and_grad(loss_fn, has_aux=True)(
             state.params, state.model_state, X, y, key=key
         )
@@ -256,7 +331,10 @@ def make_train_step(
             opt_state=opt_state,
             step=state.step + 1,
             key=state.key,
+            slow=state.slow,
         )
+        if lookahead is not None:
+            new_state = lookahead(new_state)
         return new_state, {"loss": loss, "finite": jnp.isfinite(loss)}
 
     traces = [0]
@@ -278,6 +356,7 @@ def make_eval_step(
     compute_dtype: Any = None,
     mesh: jax.sharding.Mesh | None = None,
     test_time_flip: bool = False,
+    test_time_translate: int = 0,
 ) -> EvalStep:
     """The jitted prediction step, ``eval_step(params, model_state, X) -> labels`` (int32,
     shape ``(N,)``), in test mode (batchnorm uses its running statistics, no dropout).
@@ -300,18 +379,38 @@ def make_eval_step(
     """
     if not isinstance(test_time_flip, bool | np.bool_):
         raise ValueError(f"test_time_flip must be True or False, got {test_time_flip!r}")
-    if test_time_flip and len(model.input_shape) != 3:
+    shift = int(test_time_translate)
+    if shift != test_time_translate or shift < 0:
+        raise ValueError(f"test_time_translate must be an int >= 0, got {test_time_translate!r}")
+    if (test_time_flip or shift) and len(model.input_shape) != 3:
         raise ValueError(
-            "test_time_flip mirrors images (C, H, W); this model takes inputs shaped "
+            "test-time flips and shifts move images (C, H, W); this model takes inputs shaped "
             f"{model.input_shape}"
+        )
+    if shift and shift >= min(model.input_shape[1:]):
+        raise ValueError(
+            f"test_time_translate={shift} must be smaller than the images {model.input_shape}"
         )
 
     def eval_step(params: Any, model_state: Any, X: Any) -> jax.Array:
         params = parallel.predict_params(params, compute_dtype)
-        scores, _ = model.apply(params, model_state, X, train=False)
-        if test_time_flip:
-            mirrored, _ = model.apply(params, model_state, X[..., ::-1], train=False)
-            scores = scores + mirrored
+
+        def view_scores(X):
+            scores, _ = model.apply(params, model_state, X, train=False)
+            if test_time_flip:
+                mirrored, _ = model.apply(params, model_state, X[..., ::-1], train=False)
+                scores = scores + mirrored
+            return scores
+
+        scores = view_scores(X)
+        if shift:
+            h, w = X.shape[-2:]
+            padded = jnp.pad(X, ((0, 0), (0, 0), (shift, shift), (shift, shift)), mode="reflect")
+            far = 2 * shift
+            scores = 0.5 * scores + 0.25 * (
+                view_scores(padded[..., :h, :w])
+                + view_scores(padded[..., far : far + h, far : far + w])
+            )
         return jnp.argmax(scores, axis=1).astype(jnp.int32)
 
     traces = [0]

@@ -39,6 +39,11 @@ IDENTITY_DEFAULTS: dict[str, Any] = {
     "solver.warmup_epochs": 0.0,
     "solver.compute_dtype": None,
     "solver.test_time_flip": False,
+    "solver.test_time_translate": 0,
+    "solver.optimizer": None,
+    "solver.sampling": "replacement",
+    "solver.select_best": True,
+    "solver.lookahead": None,
 }
 # Settings added later that an older checkpoint could not record and no default stands
 # for (the data's fingerprint): one a checkpoint lacks is not compared ("unknown: accept").

@@ -30,6 +30,14 @@ from jcnn.layers.conv import (
     conv_forward_xla,
 )
 from jcnn.layers.dropout import dropout, dropout_backward, dropout_forward
+from jcnn.layers.gelu import (
+    batchnorm_gelu,
+    batchnorm_gelu_backward,
+    batchnorm_gelu_forward,
+    gelu,
+    gelu_backward,
+    gelu_forward,
+)
 from jcnn.layers.losses import (
     softmax_loss,
     softmax_loss_backward,
@@ -66,6 +74,9 @@ __all__ = [
     "batchnorm_backward",
     "batchnorm_backward_graph",
     "batchnorm_forward",
+    "batchnorm_gelu",
+    "batchnorm_gelu_backward",
+    "batchnorm_gelu_forward",
     "batchnorm_relu_backward",
     "batchnorm_relu_forward",
     "conv2d",
@@ -83,6 +94,9 @@ __all__ = [
     "dropout",
     "dropout_backward",
     "dropout_forward",
+    "gelu",
+    "gelu_backward",
+    "gelu_forward",
     "max_pool2d",
     "max_pool_backward",
     "max_pool_backward_fast",

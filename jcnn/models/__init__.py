@@ -16,11 +16,13 @@ hand-written :mod:`jcnn.layers`.
 """
 
 from jcnn.models._common import Model, init_weight, init_weights, l2_penalty
+from jcnn.models.airbench import AirbenchNet, whitening_filters
 from jcnn.models.fc_net import FullyConnectedNet
 from jcnn.models.three_layer import ThreeLayerConvNet
 from jcnn.models.vgg import VGGNet
 
 __all__ = [
+    "AirbenchNet",
     "FullyConnectedNet",
     "Model",
     "ThreeLayerConvNet",
@@ -28,4 +30,5 @@ __all__ = [
     "init_weight",
     "init_weights",
     "l2_penalty",
+    "whitening_filters",
 ]
