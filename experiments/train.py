@@ -66,7 +66,6 @@ from experiments.rundir import RunLogger, RunWriter
 from experiments.train_flags import config_from_flags, flagfile_text
 from jcnn import files
 
-
 # An app's own Solver arguments: (config, model, data) -> keyword arguments.
 SolverOptions = Callable[[Mapping[str, Any], Any, Mapping[str, Any]], dict[str, Any]]
 

@@ -44,6 +44,20 @@ def _name(fn: Callable) -> str:
     return getattr(inner, "__qualname__", None) or repr(fn)
 
 
+def _name_or_none(fn: Any) -> str | None:
+    return None if fn is None else _name(fn)
+
+
+def _lookahead_identity(lookahead: Any) -> dict[str, Any] | None:
+    if lookahead is None:
+        return None
+    return {
+        "every": lookahead.every,
+        "num_iterations": lookahead.num_iterations,
+        "decay": _name_or_none(lookahead.decay),
+    }
+
+
 class CheckpointedRun:
     """Checkpoints of a :class:`~jcnn.solver.Solver` (a mixin: it reads and sets the
     Solver's attributes — settings, ``train_state``, counters, histories, ``best_*``)."""
@@ -135,13 +149,10 @@ class CheckpointedRun:
                     "compute_dtype": getattr(self.compute_dtype, "name", None),
                     "test_time_flip": self.test_time_flip,  # the best parameters depend on it
                     "test_time_translate": self.test_time_translate,
-                    "optimizer": None if self.custom_optimizer is None else _name(self.custom_optimizer),
+                    # An optax object has no stable name: its settings are the run_config's.
+                    "optimizer": None if self.custom_optimizer is None else "custom",
                     "sampling": self.sampling, "select_best": self.select_best,
-                    "lookahead": None if self.lookahead is None else {
-                        "every": self.lookahead.every,
-                        "num_iterations": self.lookahead.num_iterations,
-                        "decay": None if self.lookahead.decay is None else _name(self.lookahead.decay),
-                    },
+                    "lookahead": _lookahead_identity(self.lookahead),
                 },
                 "data": {
                     "num_train": int(self.num_train), "num_val": int(self.X_val.shape[0]),

@@ -9,7 +9,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jcnn.augment import cutout, random_crop, random_crop_flip, random_flip
+from jcnn.augment import (
+    alternating_flip_crop,
+    cutout,
+    random_crop,
+    random_crop_flip,
+    random_flip,
+)
 
 
 def _images(n=6, c=3, h=8, w=8, dtype=np.float32):
@@ -153,3 +159,38 @@ def test_random_crop_flip_with_cutout_and_without():
         cutout(key, X, size=2.5)
     jitted = jax.jit(lambda k, x: random_crop_flip(k, x, pad=1, cutout=3))
     np.testing.assert_array_equal(jitted(key, X), random_crop_flip(key, X, pad=1, cutout=3))
+
+
+def test_alternating_flip_crop_mirrors_each_image_in_every_other_epoch():
+    X = np.random.default_rng(3).normal(size=(64, 3, 8, 8)).astype(np.float32)
+    key = jax.random.key(0)
+    epochs = [
+        np.asarray(alternating_flip_crop(key, X, step=s, steps_per_epoch=4, pad=0))
+        for s in (0, 3, 4, 9)  # epochs 0, 0, 1, 2
+    ]
+    flipped = [np.all(e == X[..., ::-1], axis=(1, 2, 3)) for e in epochs]
+    kept = [np.all(e == X, axis=(1, 2, 3)) for e in epochs]
+    for f, k in zip(flipped, kept, strict=True):
+        assert np.all(f ^ k)  # each image exactly one way
+    np.testing.assert_array_equal(flipped[0], flipped[1])  # same epoch, same choice
+    np.testing.assert_array_equal(flipped[2], ~flipped[0])  # the next epoch: the other way
+    np.testing.assert_array_equal(flipped[3], flipped[0])
+    assert 16 < flipped[0].sum() < 48  # about half start mirrored
+
+
+def test_alternating_flip_crop_translates_with_reflect_padding():
+    X = _images(n=8)
+    out = np.asarray(alternating_flip_crop(jax.random.key(1), X, step=0, steps_per_epoch=1, pad=2))
+    for img, o in zip(X, out, strict=True):
+        padded = np.pad(img, ((0, 0), (2, 2), (2, 2)), mode="reflect")
+        views = [padded[:, dy : dy + 8, dx : dx + 8] for dy in range(5) for dx in range(5)]
+        assert any(np.array_equal(o, v) or np.array_equal(o, v[:, :, ::-1]) for v in views)
+    assert not np.any(out == 0)  # reflect, not zeros
+
+
+def test_alternating_flip_crop_checks_its_arguments():
+    X = _images(n=2)
+    with pytest.raises(ValueError, match="pad"):
+        alternating_flip_crop(jax.random.key(0), X, step=0, steps_per_epoch=1, pad=8)
+    with pytest.raises(ValueError, match="steps_per_epoch"):
+        alternating_flip_crop(jax.random.key(0), X, step=0, steps_per_epoch=0)

@@ -10,6 +10,7 @@ from jcnn.models import ThreeLayerConvNet, VGGNet
 from jcnn.optim import make_optimizer
 from jcnn.solver import Solver
 from jcnn.train import (
+    Lookahead,
     TrainState,
     copy_tree,
     create_train_state,
@@ -146,3 +147,82 @@ def test_create_train_state_refuses_half_a_start():
     )
     assert int(state.step) == 7
     assert state.params is not params  # copied: donating the state leaves the input intact
+
+
+def _toy_state(params, model_state, step, slow):
+    return TrainState(
+        params=params, model_state=model_state, opt_state=(), step=jnp.asarray(step, jnp.int32),
+        key=jax.random.key(0), slow=slow,
+    )  # fmt: skip
+
+
+def test_lookahead_averages_weights_and_statistics_when_due_and_copies_at_the_end():
+    la = Lookahead(every=5, num_iterations=20)
+    slow = {"params": {"w": jnp.array([0.0, 2.0])}, "model_state": {"m": jnp.array([1.0])}}
+    fast_p, fast_s = {"w": jnp.array([4.0, 6.0])}, {"m": jnp.array([3.0])}
+    not_due = la(_toy_state(fast_p, fast_s, 7, slow))
+    np.testing.assert_array_equal(not_due.params["w"], [4.0, 6.0])  # unchanged
+    np.testing.assert_array_equal(not_due.slow["params"]["w"], [0.0, 2.0])
+    due = la(_toy_state(fast_p, fast_s, 10, slow))
+    alpha = 0.95**5 * (10 / 20) ** 3
+    want = np.array([0.0, 2.0]) + (1 - alpha) * np.array([4.0, 4.0])
+    np.testing.assert_allclose(due.params["w"], want, rtol=1e-6)
+    np.testing.assert_allclose(due.slow["params"]["w"], want, rtol=1e-6)
+    np.testing.assert_allclose(due.model_state["m"], [1.0 + (1 - alpha) * 2.0], rtol=1e-6)
+    last = la(_toy_state(fast_p, fast_s, 20, slow))  # α = 1: the slow copy wins
+    np.testing.assert_array_equal(last.params["w"], [0.0, 2.0])
+    np.testing.assert_array_equal(last.model_state["m"], [1.0])
+    with pytest.raises(ValueError, match="every"):
+        Lookahead(every=0, num_iterations=10)
+
+
+def test_train_step_with_lookahead_keeps_params_equal_to_the_slow_copy_on_due_steps():
+    data = synthetic_data(64, 8, shape=SHAPE)
+    optimizer, _ = make_optimizer("sgd_momentum", {"learning_rate": 0.05})
+    la = Lookahead(every=2, num_iterations=6)
+    state = create_train_state(MODEL, optimizer, key=jax.random.key(0), lookahead=la)
+    step = make_train_step(MODEL, optimizer, lookahead=la)
+    for t in range(1, 7):
+        state, _ = step(state, (data["X_train"][:16], data["y_train"][:16]))
+        same = jax.tree_util.tree_map(
+            lambda a, b: bool(jnp.all(a == b)), state.params, state.slow["params"]
+        )
+        assert all(jax.tree_util.tree_leaves(same)) == (t % 2 == 0), t
+
+
+def test_an_augment_with_a_step_keyword_gets_the_update_count():
+    seen = []
+
+    def augment(key, X, *, step):
+        seen.append(step)
+        return X + step.astype(X.dtype)
+
+    optimizer, _ = make_optimizer("sgd", {"learning_rate": 0.0})
+    state = create_train_state(MODEL, optimizer, key=jax.random.key(0))
+    step = make_train_step(MODEL, optimizer, augment=augment)
+    data = synthetic_data(8, 8, shape=SHAPE)
+    state, m0 = step(state, (data["X_train"], data["y_train"]))
+    state, m1 = step(state, (data["X_train"], data["y_train"]))
+    assert len(seen) == 1  # traced once; the step is an argument, not a constant
+    assert float(m0["loss"]) != float(m1["loss"])
+
+
+def test_test_time_translate_averages_shifted_views_and_checks_its_argument():
+    model = VGGNet(
+        input_dim=SHAPE, num_filters=(4,), blocks=(1,), hidden_dims=(), dtype=jnp.float32
+    )
+    params, state = model.init(jax.random.key(0))
+    X = np.random.default_rng(0).normal(size=(5, *SHAPE)).astype(np.float32)
+    labels = make_eval_step(model, test_time_flip=True, test_time_translate=1)(params, state, X)
+
+    def scores(x):
+        s, _ = model.apply(params, state, x)
+        m, _ = model.apply(params, state, x[..., ::-1])
+        return s + m
+
+    padded = np.pad(X, ((0, 0), (0, 0), (1, 1), (1, 1)), mode="reflect")
+    total = 0.5 * scores(X) + 0.25 * (scores(padded[..., :8, :8]) + scores(padded[..., 2:, 2:]))
+    np.testing.assert_array_equal(labels, np.argmax(total, axis=1))
+    for bad in (-1, 1.5, 8):
+        with pytest.raises(ValueError, match="test_time_translate"):
+            make_eval_step(model, test_time_translate=bad)
