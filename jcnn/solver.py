@@ -74,6 +74,15 @@ class Solver(CheckpointedRun):
     fingerprint differs). Every argument is checked when the Solver is built (ValueError
     naming it).
 
+    For recipes beyond cs231n's (e.g. :mod:`experiments.airbench_cifar`): ``optimizer``, an
+    optax transformation used instead of ``update_rule``/``optim_config``/``lr_*``
+    (``schedule(t)`` then gives the learning rate recorded in ``lr_history``);
+    ``sampling='epoch'``, a new permutation of the training set each epoch (the last partial
+    batch left out) instead of draws with replacement; ``select_best=False``, the final
+    weights are the result (``data['X_val']`` may then be empty, and ``val_acc`` is NaN);
+    ``lookahead`` (:class:`~jcnn.train.Lookahead`); ``test_time_translate``, test-time
+    shifts (:func:`~jcnn.train.make_eval_step`). ``augment`` may take a ``step`` keyword.
+
     Attributes: ``params``, ``state``, ``opt_state`` (views of ``train_state``, a
     :class:`~jcnn.train.TrainState`); ``epoch``, ``iteration`` (updates done);
     ``loss_history`` (one float per iteration), ``train_acc_history``, ``val_acc_history``,
@@ -284,7 +293,7 @@ class Solver(CheckpointedRun):
         self.resumed_from: dict[str, Any] | None = None
         self.last_checkpoint: Path | None = None
         self._log = nonfinite.StepLog()
-        self._order: np.ndarray | None = None
+        self._order: tuple[int, np.ndarray] | None = None
 
     def _replicate(self) -> None:
         """With a mesh: the train state (and best_*) replicated on its devices."""
@@ -359,13 +368,15 @@ class Solver(CheckpointedRun):
     def _next_indices(self) -> np.ndarray:
         """The next minibatch's rows: drawn with replacement, or (``sampling='epoch'``) the
         next ``batch_size`` rows of this epoch's permutation (the last partial batch of an
-        epoch is left out)."""
+        epoch is left out). Epoch ``e``'s permutation comes from ``(seed, e)`` alone, so a
+        run resumed in the middle of an epoch continues it exactly."""
         if self.sampling == "replacement":
             return self._rng.choice(self.num_train, self.batch_size)
-        k = self.iteration % self.iterations_per_epoch
-        if k == 0 or self._order is None:
-            self._order = self._rng.permutation(self.num_train)
-        return self._order[k * self.batch_size : (k + 1) * self.batch_size]
+        epoch, k = divmod(self.iteration, self.iterations_per_epoch)
+        if self._order is None or self._order[0] != epoch:
+            order = np.random.default_rng([self.seed, epoch]).permutation(self.num_train)
+            self._order = (epoch, order)
+        return self._order[1][k * self.batch_size : (k + 1) * self.batch_size]
 
     def _read_losses(self) -> None:
         """Read the pending losses into ``loss_history``; the first non-finite one stops."""

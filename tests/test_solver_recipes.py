@@ -88,16 +88,16 @@ def test_bad_recipe_options_raise_naming_them():
         _solver(select_best="no")
 
 
-def test_a_run_with_lookahead_resumes_bit_for_bit(tmp_path):
+def test_a_run_with_lookahead_resumes_bit_for_bit_from_the_middle_of_an_epoch(tmp_path):
     whole, _ = _solver(tmp_path / "a")
     whole.train()
-    first, _ = _solver(tmp_path / "b", num_epochs=EPOCHS, checkpoint_every=None)
-    # stop after the first epoch (its checkpoint), as a crash would
-    first.num_iterations = first.iterations_per_epoch
+    first, _ = _solver(tmp_path / "b", checkpoint_every=2)
+    # stop after update 4 (its checkpoint; epoch 2 is one update in), as a crash would
+    first.num_iterations = 4
     with contextlib.redirect_stdout(io.StringIO()):
         first.train()
-    resumed, _ = _solver(tmp_path / "b")
-    assert resumed.iteration == resumed.iterations_per_epoch
+    resumed, _ = _solver(tmp_path / "b", checkpoint_every=2)
+    assert resumed.iteration == 4
     resumed.train()
     assert resumed.loss_history == whole.loss_history
     same = jax.tree_util.tree_map(lambda a, b: bool(jnp.all(a == b)), resumed.params, whole.params)
