@@ -44,6 +44,12 @@ def _name(fn: Callable) -> str:
     return getattr(inner, "__qualname__", None) or repr(fn)
 
 
+def _float(v: Any) -> float:
+    """A number read back from a sidecar: JSON has no NaN, so a NaN (e.g. the val accuracy
+    of a run without a validation split) was written as null."""
+    return float("nan") if v is None else float(v)
+
+
 def _name_or_none(fn: Any) -> str | None:
     return None if fn is None else _name(fn)
 
@@ -274,9 +280,12 @@ class CheckpointedRun:
         self._replicate()
         self._rng.bit_generator.state = meta["host_rng"]
         for name in ("loss_history", "train_acc_history", "val_acc_history", "lr_history"):
-            setattr(self, name, [float(v) for v in meta[name]])
-        self.eval_history = [dict(r) for r in meta["eval_history"]]
-        self.best_val_acc, self.best_epoch = float(meta["best_val_acc"]), meta["best_epoch"]
+            setattr(self, name, [_float(v) for v in meta[name]])
+        self.eval_history = [
+            {k: _float(v) if k == "val_acc" else v for k, v in r.items()}
+            for r in meta["eval_history"]
+        ]
+        self.best_val_acc, self.best_epoch = _float(meta["best_val_acc"]), meta["best_epoch"]
         self.elapsed_s = float(meta["elapsed_s"])
         self._log.verified(self.iteration)  # checkpoints hold only finite values
         self.last_checkpoint = npz

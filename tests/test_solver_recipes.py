@@ -24,7 +24,8 @@ N, BATCH, EPOCHS = 50, 16, 3  # 3 updates per epoch, 2 images left out of each
 
 
 def _solver(tmp=None, **kw):
-    data = synthetic_data(N, 0, shape=SHAPE)
+    data = synthetic_data(N, 1, shape=SHAPE)
+    data["X_val"], data["y_val"] = data["X_val"][:0], data["y_val"][:0]  # no validation split
     per_epoch = N // BATCH
     args = dict(
         optimizer=optax.sgd(0.05, momentum=0.9, nesterov=True),
