@@ -330,6 +330,68 @@ def test_torch_vgg_has_the_seed_layers():
 # ------------------------------------------------------------------ airbench
 
 
+def test_airbench_end_to_end_tiny(tmp_path):
+    """airbench beside the jcnn impls (and torch): one worker each, the table and the JSON."""
+    impls = ["jcnn", "reference", "jcnn_xla"] + (["torch"] if HAVE_TORCH else [])
+    out = tmp_path / "bench.json"
+    proc = _run(
+        ["--tiny", "--models=airbench", f"--impls={','.join(impls)}", "--rounds=1",
+         "--repeats=2", "--warmup=0", "--quiet_max_wait=0", f"--json_out={out}"]
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for impl in impls:
+        assert f"| airbench | 4 | {impl} |" in proc.stdout
+    assert "| airbench | 4 | jcnn/reference |" in proc.stdout
+    assert "optimiser SGD, Nesterov momentum 0.85" in proc.stdout
+    if HAVE_TORCH:
+        assert "| airbench | 4 | jcnn/torch |" in proc.stdout
+
+    data = json.loads(out.read_text())
+    meta = data["meta"]
+    cfg = meta["models"]["airbench"]
+    assert cfg["input_dim"] == [3, 12, 12] and cfg["widths"] == [4, 8, 8]
+    assert cfg["label_smoothing"] == 0.2 and cfg["bn_momentum"] == 0.6 and cfg["reg"] == 0.0
+    assert meta["batch_sizes"] == {"airbench": [4]}
+    runs = {r["impl"]: r for r in data["runs"]}
+    assert set(runs) == set(impls)
+    for impl in impls:
+        _check_record(runs[impl], model="airbench", impl=impl, repeats=2)
+        # Scores near 0 at the start (head_scale 1/9): the loss is about log(10) everywhere.
+        assert abs(runs[impl]["first_loss"] - math.log(10)) < 0.3
+    kwargs = runs["jcnn"]["platform"]["model_kwargs"]
+    assert kwargs["layers"] == "jcnn" and kwargs["widths"] == [4, 8, 8]
+    assert runs["reference"]["platform"]["model_kwargs"]["layers"] == "reference"
+    assert runs["jcnn_xla"]["platform"]["jcnn_native"] == "opted-out"
+    # Same init key, same data: the three JAX impls start from one loss.
+    for impl in ("reference", "jcnn_xla"):
+        np.testing.assert_allclose(runs[impl]["first_loss"], runs["jcnn"]["first_loss"], 1e-4)
+
+
+def test_airbench_refuses_the_solver_impl():
+    proc = _run(["--tiny", "--models=airbench", "--impls=jcnn,solver", "--quiet_max_wait=0"])
+    assert proc.returncode != 0
+    assert "the solver impl does not support --models=airbench" in proc.stderr
+    assert RESULT_PREFIX not in proc.stdout
+
+
+def test_airbench_batch_size_is_its_own_unless_given():
+    from experiments.benchmark import options
+
+    flag = options.FLAGS["batch_sizes"]
+    saved = flag.value
+    try:
+        flag.value = None
+        assert options.batch_sizes("airbench") == [1024]
+        assert options.batch_sizes("vgg") == [50] and options.batch_sizes("three_layer") == [50]
+        flag.value = ["256", "512"]
+        assert options.batch_sizes("airbench") == [256, 512]
+    finally:
+        flag.value = saved
+    assert options.unsupported("airbench", ["jcnn", "torch"]) is None
+    assert "solver" in options.unsupported("airbench", ["jcnn", "solver"])
+    assert options.unsupported("vgg", ["solver"]) is None
+
+
 def test_airbench_preset_is_the_model_and_the_apps_defaults():
     from absl import flags
 
