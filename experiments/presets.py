@@ -1,12 +1,13 @@
-"""The models the apps and the benchmarks share, defined once: the seed's VGG run and the
-assignment's three-layer net.
+"""The models the apps and the benchmarks share, defined once: the seed's VGG run, the
+assignment's three-layer net and airbench94's net.
 
 Each :class:`Preset` holds the model's constructor arguments (``model``: everything but the
 input size and the implementation choices) and the training settings of its run
 (``training``: the defaults of the apps' flags; the flagfiles in ``experiments/configs/``
 spell the same runs out). The training apps take their flag defaults from here,
 :mod:`experiments.benchmark`, :mod:`experiments.bench_devices` and
-:mod:`experiments.profile_step` their default model::
+:mod:`experiments.profile_step` their default model (:data:`AIRBENCH` holds the defaults of
+:mod:`experiments.airbench_cifar`, which defines its own flags: a test keeps the two equal)::
 
     presets.VGG.build(input_dim=(3, 32, 32))   # the seed's VGGNet
     presets.VGG.flag_defaults()                 # --weight_scale, --reg, --learning_rate, ...
@@ -85,5 +86,35 @@ THREE_LAYER = Preset(
         batch_size=50,
         num_epochs=1,
         print_every=20,
+    ),
+)
+
+
+# airbench94's net and run (Jordan, 2024; experiments/configs/airbench94.cfg): the model's
+# arguments are jcnn.models.AirbenchNet's defaults, the training settings the defaults of
+# experiments.airbench_cifar's flags (Nesterov SGD in airbench's units per 1,024 examples;
+# that app defines its own flags, so this preset has no flag_defaults()).
+AIRBENCH = Preset(
+    model_class="AirbenchNet",
+    model=_frozen(
+        widths=(64, 256, 256),
+        whiten_kernel=2,
+        head_scale=1.0 / 9.0,
+        bn_momentum=0.6,
+        bn_eps=1e-12,
+        label_smoothing=0.2,
+        reg=0.0,
+    ),
+    training=_frozen(
+        learning_rate=11.5,
+        momentum=0.85,
+        weight_decay=0.0153,
+        bias_scaler=64.0,
+        whiten_bias_epochs=3.0,
+        whiten_images=5000,
+        lookahead_every=5,
+        batch_size=1024,
+        num_epochs=10,
+        print_every=10,
     ),
 )

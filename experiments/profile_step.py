@@ -39,7 +39,7 @@ from pathlib import Path
 
 from absl import app, flags
 
-from experiments.benchmark.options import apply_tiny
+from experiments.benchmark.options import apply_tiny, batch_sizes
 from experiments.benchmark.workers import make_data, make_jax_model, make_jax_step
 
 flags.DEFINE_enum("by", "layer", ["layer", "op"], "Per layer call, or per traced HLO operation.")
@@ -317,9 +317,10 @@ def main(argv):
 
     jcnn.cpu.tune()
     apply_tiny()
-    if len(FLAGS.models) != 1 or len(FLAGS.batch_sizes) != 1:
+    if len(FLAGS.models) != 1 or len(batch_sizes(FLAGS.models[0])) != 1:
         raise app.UsageError("profile_step takes exactly one of --models and --batch_sizes")
-    model, batch = FLAGS.models[0], int(FLAGS.batch_sizes[0])
+    model = FLAGS.models[0]
+    batch = batch_sizes(model)[0]
     if FLAGS.by == "layer":
         if FLAGS["impls"].present:
             raise app.UsageError(

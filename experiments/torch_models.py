@@ -1,4 +1,5 @@
-"""PyTorch eager twins of :class:`jcnn.models.ThreeLayerConvNet` and :class:`jcnn.models.VGGNet`.
+"""PyTorch eager twins of :class:`jcnn.models.ThreeLayerConvNet`, :class:`jcnn.models.VGGNet`
+and :class:`jcnn.models.AirbenchNet`.
 
 They exist so that :mod:`experiments.benchmark` can time the same network, the same loss and
 the same optimiser in PyTorch. ``torch`` is an optional dependency: this module imports it at
@@ -24,17 +25,49 @@ Two differences, neither of which changes the loss, the gradients or the cost of
 an affine weight is ``(D, M)`` in jcnn (``x @ w``) and ``(M, D)`` in torch's
 :class:`~torch.nn.Linear` (:func:`load_jcnn_params` transposes); and torch updates the running
 variance with the unbiased batch variance, jcnn (like cs231n) with the biased one.
+
+:class:`AirbenchNet` is airbench94's net (Jordan, 2024) as :class:`jcnn.models.AirbenchNet`
+computes it, with its own conventions rather than the cs231n ones above:
+
+* a 2x2 whitening conv with bias (no padding), GELU, then per block of ``widths[s]`` filters
+  conv3x3 (no bias) - 2x2 max pool (floor) - batchnorm - GELU - conv3x3 (no bias) -
+  batchnorm - GELU; a max pool over the whole final map, a linear head without bias, its
+  scores times ``head_scale`` (1/9); GELU is the exact one (:class:`~torch.nn.GELU`);
+* batchnorm shifts only: :class:`~torch.nn.BatchNorm2d` with its weight fixed at 1
+  (``requires_grad=False``), ``eps=1e-12``; jcnn's ``bn_momentum=0.6`` (the weight of the old
+  running statistics) is torch's ``momentum=0.4``;
+* the loss is the mean cross-entropy with ``label_smoothing=0.2``
+  (:func:`torch.nn.functional.cross_entropy`'s smoothing is jcnn's: targets
+  ``(1 − ε)·onehot + ε/K``), plus the L2 term when ``reg > 0`` (0 in airbench);
+* PyTorch's default weights (uniform ``±1/√fan_in``) with the first ``min(F, C_in)``
+  filters of every 3x3 conv set to the identity, zero biases and shifts, as jcnn's ``init``;
+  the whitening filters stay random unless loaded (airbench computes them from the data) and
+  are frozen (``requires_grad=False``) unless ``train_whiten=True``;
+* :func:`make_sgd_nesterov` builds the benchmark's optimiser for it: SGD with Nesterov
+  momentum (airbench's 0.85) over every parameter that requires a gradient, one learning
+  rate, no weight decay (airbench's parameter groups and schedule are left out: a step costs
+  its forward and backward pass); :func:`load_jcnn_airbench_params` loads jcnn's parameters.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["ThreeLayerConvNet", "VGGNet", "load_jcnn_params", "make_adam", "train_step"]
+__all__ = [
+    "AirbenchNet",
+    "ThreeLayerConvNet",
+    "VGGNet",
+    "load_jcnn_airbench_params",
+    "load_jcnn_params",
+    "make_adam",
+    "make_sgd_nesterov",
+    "train_step",
+]
 
 
 def _init_(module: nn.Module, weight_scale: float) -> None:
@@ -50,16 +83,18 @@ def _init_(module: nn.Module, weight_scale: float) -> None:
 
 
 class _L2Loss(nn.Module):
-    """Mixin: ``loss(x, y)`` = softmax cross-entropy + ``0.5·reg·Σ W²`` over :meth:`weights`."""
+    """Mixin: ``loss(x, y)`` = softmax cross-entropy (with ``label_smoothing``, 0 unless set)
+    + ``0.5·reg·Σ W²`` over :meth:`weights`."""
 
     reg: float
+    label_smoothing: float = 0.0
 
     def weights(self) -> list[torch.Tensor]:
         """The tensors the L2 penalty applies to: conv and affine weights only."""
         return [m.weight for m in self.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
 
     def loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        data_loss = F.cross_entropy(self(x), y)
+        data_loss = F.cross_entropy(self(x), y, label_smoothing=self.label_smoothing)
         if not self.reg:
             return data_loss
         return data_loss + 0.5 * self.reg * sum(w.pow(2).sum() for w in self.weights())
@@ -148,6 +183,84 @@ class VGGNet(_L2Loss):
         return self.classifier(self.features(x))
 
 
+class AirbenchNet(_L2Loss):
+    """whitening conv - gelu - [conv - pool - BN(shift) - gelu - conv - BN(shift) - gelu] x 3
+    - global max pool - linear (no bias) x head_scale (module docs).
+
+    The arguments are :class:`jcnn.models.AirbenchNet`'s (``bn_momentum`` in jcnn's
+    convention, the weight of the old running statistics), plus ``train_whiten``: True to
+    train the whitening filters too (airbench freezes them). Modules: ``whiten``,
+    ``convs['conv{s}_{a}']``, ``norms['norm{s}_{a}']`` (jcnn's parameter names), ``out``.
+    """
+
+    def __init__(
+        self,
+        input_dim: Sequence[int] = (3, 32, 32),
+        widths: Sequence[int] = (64, 256, 256),
+        whiten_kernel: int = 2,
+        num_classes: int = 10,
+        head_scale: float = 1.0 / 9.0,
+        bn_momentum: float = 0.6,
+        bn_eps: float = 1e-12,
+        label_smoothing: float = 0.2,
+        reg: float = 0.0,
+        train_whiten: bool = False,
+    ):
+        super().__init__()
+        if len(widths) != 3:
+            raise ValueError(f"widths must have 3 entries (one per block), got {widths!r}")
+        c, h, w = input_dim
+        k = whiten_kernel
+        self.reg = reg
+        self.label_smoothing = label_smoothing
+        self.head_scale = head_scale
+        c_in = 2 * c * k * k
+        self.whiten = nn.Conv2d(c, c_in, k, bias=True)
+        self.convs = nn.ModuleDict()
+        self.norms = nn.ModuleDict()
+        h, w = h - k + 1, w - k + 1
+        for s, width in enumerate(widths, start=1):
+            if h < 2 or w < 2:
+                raise ValueError(f"input_dim={tuple(input_dim)} is too small for block {s}")
+            h, w = h // 2, w // 2
+            for a, fan_in in ((1, c_in), (2, width)):
+                self.convs[f"conv{s}_{a}"] = nn.Conv2d(fan_in, width, 3, padding=1, bias=False)
+                bn = nn.BatchNorm2d(width, eps=bn_eps, momentum=1.0 - bn_momentum)
+                bn.weight.requires_grad_(False)
+                self.norms[f"norm{s}_{a}"] = bn
+            c_in = width
+        self.pool = nn.MaxPool2d(kernel_size=2, stride=2)
+        self.head_pool = nn.MaxPool2d(kernel_size=(h, w))
+        self.out = nn.Linear(c_in, num_classes, bias=False)
+        self.act = nn.GELU()
+        with torch.no_grad():
+            nn.init.zeros_(self.whiten.bias)
+            for conv in self.convs.values():
+                n = min(conv.out_channels, conv.in_channels)
+                nn.init.dirac_(conv.weight[:n])
+        self.whiten.weight.requires_grad_(train_whiten)
+
+    def _conv_norm(self, x: torch.Tensor, s: int, a: int) -> torch.Tensor:
+        x = self.convs[f"conv{s}_{a}"](x)
+        if a == 1:
+            x = self.pool(x)
+        return self.act(self.norms[f"norm{s}_{a}"](x))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.act(self.whiten(x))
+        for s in (1, 2, 3):
+            x = self._conv_norm(self._conv_norm(x, s, 1), s, 2)
+        return self.out(torch.flatten(self.head_pool(x), 1)) * self.head_scale
+
+
+def _put(param: torch.Tensor, value) -> None:
+    """Copy ``value`` (anything :func:`numpy.asarray` accepts) into ``param``, shapes equal."""
+    value = torch.from_numpy(np.array(value)).to(dtype=param.dtype, device=param.device)
+    if value.shape != param.shape:
+        raise ValueError(f"shape {tuple(value.shape)} does not fit {tuple(param.shape)}")
+    param.data.copy_(value)
+
+
 def load_jcnn_params(model: nn.Module, layers: Sequence[dict]) -> None:
     """Copy jcnn parameters into ``model``, in place.
 
@@ -157,33 +270,77 @@ def load_jcnn_params(model: nn.Module, layers: Sequence[dict]) -> None:
     batchnorm, ``'gamma'`` and ``'beta'``. Affine weights ``(D, M)`` are transposed to torch's
     ``(M, D)``. Arrays may be numpy or anything :func:`numpy.asarray` accepts.
     """
-    import numpy as np
-
     weighted = [m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
     norms = iter(m for m in model.modules() if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)))
     if len(weighted) != len(layers):
         raise ValueError(f"{len(layers)} parameter dicts for {len(weighted)} conv/affine layers")
 
-    def put(param: torch.Tensor, value) -> None:
-        value = torch.from_numpy(np.array(value)).to(dtype=param.dtype, device=param.device)
-        if value.shape != param.shape:
-            raise ValueError(f"shape {tuple(value.shape)} does not fit {tuple(param.shape)}")
-        param.data.copy_(value)
-
     with torch.no_grad():
         for module, p in zip(weighted, layers, strict=True):
             w = np.asarray(p["w"])
-            put(module.weight, w.T if isinstance(module, nn.Linear) else w)
-            put(module.bias, p["b"])
+            _put(module.weight, w.T if isinstance(module, nn.Linear) else w)
+            _put(module.bias, p["b"])
             if "gamma" in p:
                 bn = next(norms)
-                put(bn.weight, p["gamma"])
-                put(bn.bias, p["beta"])
+                _put(bn.weight, p["gamma"])
+                _put(bn.bias, p["beta"])
+
+
+def load_jcnn_airbench_params(
+    model: AirbenchNet, params: Mapping[str, Mapping], state: Mapping[str, Mapping] | None = None
+) -> None:
+    """Copy the parameters (and running statistics) of a :class:`jcnn.models.AirbenchNet`
+    into its twin ``model``, in place.
+
+    Args:
+        model: the twin, built with the jcnn model's sizes.
+        params: jcnn's parameters: ``whiten`` (``w``, ``b``), ``conv{s}_{a}`` (``w``),
+            ``norm{s}_{a}`` (``beta``), ``out`` (``w``, ``(D, M)``: transposed to torch's
+            ``(M, D)``); numpy arrays or anything :func:`numpy.asarray` accepts.
+        state: jcnn's state (``norm{s}_{a}``: ``running_mean``, ``running_var``), or None to
+            leave the twin's running statistics as they are.
+
+    Raises:
+        ValueError: ``params`` does not name exactly the twin's layers, or an array's shape
+            does not fit.
+    """
+    want = {"whiten", "out", *model.convs, *model.norms}
+    if set(params) != want:
+        raise ValueError(f"params has layers {sorted(params)}, the twin {sorted(want)}")
+    with torch.no_grad():
+        _put(model.whiten.weight, params["whiten"]["w"])
+        _put(model.whiten.bias, params["whiten"]["b"])
+        for name, conv in model.convs.items():
+            _put(conv.weight, params[name]["w"])
+        for name, bn in model.norms.items():
+            _put(bn.bias, params[name]["beta"])
+            if state is not None:
+                _put(bn.running_mean, state[name]["running_mean"])
+                _put(bn.running_var, state[name]["running_var"])
+        _put(model.out.weight, np.asarray(params["out"]["w"]).T)
 
 
 def make_adam(model: nn.Module, learning_rate: float) -> torch.optim.Adam:
     """Adam with optax's defaults: betas (0.9, 0.999), eps 1e-8, no weight decay."""
     return torch.optim.Adam(model.parameters(), lr=learning_rate, betas=(0.9, 0.999), eps=1e-8)
+
+
+def make_sgd_nesterov(
+    model: nn.Module, learning_rate: float, momentum: float = 0.85
+) -> torch.optim.SGD:
+    """SGD with Nesterov momentum, no weight decay, over the parameters that require a gradient
+    (for :class:`AirbenchNet`: all but the whitening filters and the batchnorm weights).
+
+    Args:
+        model: the model.
+        learning_rate: the one learning rate.
+        momentum: the Nesterov momentum (airbench's 0.85).
+
+    Returns:
+        The optimiser; its update is optax's ``sgd(learning_rate, momentum, nesterov=True)``.
+    """
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    return torch.optim.SGD(trainable, lr=learning_rate, momentum=momentum, nesterov=True)
 
 
 def train_step(

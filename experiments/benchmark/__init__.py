@@ -1,8 +1,28 @@
-r"""Time one training step (forward + backward + Adam) of jcnn models against PyTorch eager.
+r"""Time one training step (forward + backward + optimiser update) of jcnn models against
+PyTorch eager.
 
-    python -m experiments.benchmark                                  # both models, batch 50
+    python -m experiments.benchmark                                  # three_layer, vgg; batch 50
     python -m experiments.benchmark --models=vgg --rounds=7 --repeats=30 --json_out=vgg.json
+    python -m experiments.benchmark --models=airbench --batch_sizes=256 --rounds=1 --repeats=3
     python -m experiments.benchmark --tiny --repeats=2 --rounds=1    # smoke run, seconds
+
+Models (``--models``; their sizes come from :mod:`experiments.presets`, overridable by the
+``--three_layer_*``, ``--vgg_*`` and ``--airbench_*`` flags):
+
+* ``three_layer``: the assignment's :class:`~jcnn.models.ThreeLayerConvNet` (hidden 500);
+* ``vgg``: the seed configuration's :class:`~jcnn.models.VGGNet`;
+* ``airbench`` (not in the default list): airbench94's :class:`~jcnn.models.AirbenchNet`
+  (widths 64, 256, 256; label smoothing 0.2), with random whitening filters (the values do
+  not change the cost). Its batch is airbench's 1,024 unless ``--batch_sizes`` says
+  otherwise; a 1,024-image step takes seconds on a 2-core CPU, so a short run takes
+  ``--batch_sizes=256 --repeats=3`` (and few rounds).
+
+The cs231n models update with Adam (optax's defaults, ``--learning_rate``). airbench updates
+with plain SGD with Nesterov momentum 0.85 (airbench's momentum) at ``--learning_rate``, in
+both frameworks, on every trainable parameter (all but the frozen whitening filters; torch's
+batchnorm weights are fixed at 1, jcnn's batchnorm has none): airbench's parameter groups,
+weight decay, schedule and lookahead are left out, since what a step costs is its forward
+and backward pass. The ``solver`` impl does not run airbench.
 
 Implementations (``--impls``):
 
@@ -25,7 +45,8 @@ Implementations (``--impls``):
 
 The JAX step is written the way a user writes it in a notebook, with only the public model API:
 one ``jax.jit`` function over ``jax.value_and_grad(model.loss, has_aux=True)`` and
-``optax.adam``, with params / state / optimiser state / key donated. The torch step is
+``optax.adam`` (airbench: ``optax.sgd`` with ``nesterov=True``), with params / state /
+optimiser state / key donated. The torch step is
 ``zero_grad`` / forward / ``backward`` / ``step``.
 
 How it is measured:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from absl import app
@@ -16,10 +16,13 @@ from experiments.benchmark.options import (
     FLAGS,
     IMPLS,
     MODELS,
+    OPTIMIZERS,
     RESULT_PREFIX,
     TORCH_IMPLS,
     apply_tiny,
+    batch_sizes,
     model_config,
+    unsupported,
 )
 from experiments.benchmark.workers import run_worker
 
@@ -29,9 +32,15 @@ def _stderr(msg: str) -> None:
 
 
 def worker_main() -> int:
-    if len(FLAGS.models) != 1 or len(FLAGS.impls) != 1 or len(FLAGS.batch_sizes) != 1:
+    if len(FLAGS.models) != 1 or len(FLAGS.impls) != 1:
         raise app.UsageError("--worker takes exactly one of --models, --impls, --batch_sizes")
-    record = run_worker(FLAGS.models[0], FLAGS.impls[0], int(FLAGS.batch_sizes[0]))
+    model = FLAGS.models[0]
+    if model not in MODELS:
+        raise app.UsageError(f"unknown model {model!r}; expected one of {MODELS}")
+    sizes = batch_sizes(model)
+    if len(sizes) != 1:
+        raise app.UsageError("--worker takes exactly one of --models, --impls, --batch_sizes")
+    record = run_worker(model, FLAGS.impls[0], sizes[0])
     print(RESULT_PREFIX + json.dumps(record), flush=True)
     return 0
 
@@ -53,10 +62,14 @@ def selected_impls(log=_stderr) -> tuple[list[str], list[str]]:
 
 
 def run_rounds(
-    models: Sequence[str], batch_sizes: Sequence[int], impls: Sequence[str], log=_stderr
+    models: Sequence[str],
+    sizes: Mapping[str, Sequence[int]],
+    impls: Sequence[str],
+    log=_stderr,
 ) -> tuple[list[dict], dict, list[dict]]:
     """Every round's workers, one after another: ``(records, quiet, quiet_rounds)``, where
-    ``quiet`` is the wait for a quiet machine before the first round."""
+    ``quiet`` is the wait for a quiet machine before the first round; ``sizes`` holds each
+    model's batch sizes."""
     quiet = machine.wait_for_quiet(FLAGS.quiet_load, FLAGS.quiet_max_wait, log=log)
     log(f"load {quiet['load_end']} (quiet: {quiet['quiet']}); timing {FLAGS.rounds} rounds")
     quiet_rounds = [quiet]
@@ -67,7 +80,7 @@ def run_rounds(
                 machine.wait_for_quiet(FLAGS.quiet_load, FLAGS.quiet_max_wait, log=log)
             )
         for model in models:
-            for bs in batch_sizes:
+            for bs in sizes[model]:
                 for impl in spawn.impl_order(impls, rnd, FLAGS.order):
                     rec = spawn.spawn_worker(model, impl, bs, rnd, FLAGS.worker_timeout)
                     records.append(rec)
@@ -91,8 +104,12 @@ def parent_main() -> int:
         if m not in MODELS:
             raise app.UsageError(f"unknown model {m!r}; expected one of {MODELS}")
     impls, skipped = selected_impls(log)
-    batch_sizes = [int(b) for b in FLAGS.batch_sizes]
-    records, quiet, quiet_rounds = run_rounds(models, batch_sizes, impls, log)
+    for m in models:
+        reason = unsupported(m, impls)
+        if reason:
+            raise app.UsageError(reason)
+    sizes = {m: batch_sizes(m) for m in models}
+    records, quiet, quiet_rounds = run_rounds(models, sizes, impls, log)
 
     summaries, ratios = report.summarise(records)
     others = [r["others_cpu_frac"] for r in records if r.get("others_cpu_frac") is not None]
@@ -105,7 +122,8 @@ def parent_main() -> int:
         "quiet_rounds": quiet_rounds,
         "others_cpu_frac_max": max(others, default=None),
         "models": {m: model_config(m) for m in models},
-        "batch_sizes": batch_sizes,
+        "optimizers": {m: OPTIMIZERS[m] for m in models},
+        "batch_sizes": sizes,
         "impls": impls,
         "skipped_impls": skipped,
         "rounds": FLAGS.rounds,

@@ -1,8 +1,9 @@
 """The benchmark's flags, their ``--tiny`` values, and the models they describe.
 
 Every process of a benchmark (the parent and each worker) reads its settings from these
-flags; the parent forwards :data:`FORWARDED` to its workers verbatim. The default models
-are :data:`experiments.presets.THREE_LAYER` and :data:`experiments.presets.VGG`.
+flags; the parent forwards :data:`FORWARDED` to its workers verbatim. The models
+are :data:`experiments.presets.THREE_LAYER` and :data:`experiments.presets.VGG` (the default
+``--models``) and :data:`experiments.presets.AIRBENCH` (``--models=airbench``).
 """
 
 from __future__ import annotations
@@ -11,9 +12,19 @@ from collections.abc import Iterable
 
 from absl import flags
 
-from experiments.presets import THREE_LAYER, VGG
+from experiments.presets import AIRBENCH, THREE_LAYER, VGG, Preset
 
-MODELS = ("three_layer", "vgg")
+PRESETS: dict[str, Preset] = {"three_layer": THREE_LAYER, "vgg": VGG, "airbench": AIRBENCH}
+MODELS = tuple(PRESETS)
+DEFAULT_MODELS = ("three_layer", "vgg")
+# The optimiser of each model's step, in both frameworks: Adam (optax's defaults) for the
+# cs231n models; airbench's Nesterov SGD with its momentum, plain (one learning rate, no
+# weight decay, every trainable parameter: all but the frozen whitening filters).
+OPTIMIZERS = {
+    "three_layer": "Adam",
+    "vgg": "Adam",
+    "airbench": f"SGD, Nesterov momentum {AIRBENCH.training['momentum']}",
+}
 # jcnn_xla: jcnn with its compiled CPU kernels turned off (JCNN_NATIVE=0): XLA's code instead.
 JAX_IMPLS = ("jcnn", "reference", "solver", "jcnn_xla")
 TORCH_IMPLS = ("torch", "torch_compile")
@@ -40,6 +51,8 @@ TINY = {
     "vgg_filters": ["4", "4"],
     "vgg_blocks": ["1", "1"],
     "vgg_hidden": ["8"],
+    "airbench_widths": ["4", "8", "8"],
+    "airbench_image_size": 12,  # airbench takes no --image_size under 9
     "batch_sizes": ["4"],
 }
 
@@ -50,8 +63,14 @@ def _strs(values: Iterable[int]) -> list[str]:
     return [str(v) for v in values]
 
 
-flags.DEFINE_list("models", list(MODELS), f"Models to time, from {MODELS}.")
-flags.DEFINE_list("batch_sizes", ["50"], "Batch sizes to time.")
+flags.DEFINE_list("models", list(DEFAULT_MODELS), f"Models to time, from {MODELS}.")
+flags.DEFINE_list(
+    "batch_sizes",
+    None,
+    "Batch sizes to time (default: each model's own, "
+    + ", ".join(f"{m} {p.training['batch_size']}" for m, p in PRESETS.items())
+    + ").",
+)
 flags.DEFINE_list(
     "impls",
     ["jcnn", "reference", "torch"],
@@ -69,9 +88,13 @@ flags.DEFINE_float("quiet_max_wait", 300.0, "Give up waiting for a quiet machine
 flags.DEFINE_bool("quiet_each_round", False, "Also wait for a quiet machine before every round.")
 flags.DEFINE_float("worker_timeout", 1800.0, "Seconds before a worker is killed.")
 flags.DEFINE_integer("seed", 0, "Seed for the parameters and the data.")
-flags.DEFINE_float("learning_rate", 1e-3, "Adam learning rate.")
-# One --reg for both models: the presets share it.
-flags.DEFINE_float("reg", VGG.model["reg"], "L2 strength: 0.5·reg·Σ W² added to the loss.")
+flags.DEFINE_float(
+    "learning_rate", 1e-3, "Learning rate of every model's optimiser (Adam; airbench: SGD)."
+)
+# One --reg for the cs231n models: their presets share it. airbench has no L2 term (reg 0).
+flags.DEFINE_float(
+    "reg", VGG.model["reg"], "three_layer, vgg: L2 strength, 0.5·reg·Σ W² added to the loss."
+)
 flags.DEFINE_integer("num_classes", 10, "Classes.")
 flags.DEFINE_integer("image_size", 32, "Images are 3 x image_size x image_size.")
 flags.DEFINE_integer(
@@ -93,6 +116,14 @@ flags.DEFINE_float(
     "vgg_dropout", VGG.model["dropout"], "VGGNet: dropout rate (probability of dropping)."
 )
 flags.DEFINE_float("vgg_weight_scale", VGG.model["weight_scale"], "VGGNet: init std.")
+flags.DEFINE_list(
+    "airbench_widths", _strs(AIRBENCH.model["widths"]), "AirbenchNet: filters of the 3 blocks."
+)
+flags.DEFINE_integer(
+    "airbench_image_size",
+    None,
+    "AirbenchNet: images are 3 x this x this (default: --image_size; at least 9).",
+)
 flags.DEFINE_bool(
     "tiny", False, "Tiny sizes for smoke tests (sets the size flags not given explicitly)."
 )
@@ -126,6 +157,8 @@ FORWARDED = (
     "vgg_hidden",
     "vgg_dropout",
     "vgg_weight_scale",
+    "airbench_widths",
+    "airbench_image_size",
     "solver_num_train",
     "solver_augment",
     "conv_impl",
@@ -136,12 +169,60 @@ FORWARDED = (
 
 
 def apply_tiny() -> None:
-    """With ``--tiny``, give every size flag that was not set explicitly its tiny value."""
+    """With ``--tiny``, give every size flag that was not set explicitly its tiny value
+    (``--airbench_image_size`` only when ``--image_size`` was not given either)."""
     if not FLAGS.tiny:
         return
     for name, value in TINY.items():
+        if name == "airbench_image_size" and FLAGS["image_size"].present:
+            continue
         if not FLAGS[name].present:
             FLAGS[name].value = value
+
+
+def batch_sizes(model: str) -> list[int]:
+    """The batch sizes to time ``model`` at.
+
+    Args:
+        model: one of :data:`MODELS`.
+
+    Returns:
+        ``--batch_sizes`` when it has a value (given, or set by ``--tiny``), else the
+        model's own batch size (its preset's: 50 for the cs231n models, 1024 for airbench).
+
+    Raises:
+        ValueError: ``model`` is not one of :data:`MODELS`.
+    """
+    if model not in PRESETS:
+        raise ValueError(f"unknown model {model!r}; expected one of {MODELS}")
+    given = FLAGS["batch_sizes"].value
+    if given:
+        return [int(b) for b in given]
+    return [int(PRESETS[model].training["batch_size"])]
+
+
+def unsupported(model: str, impls: Iterable[str]) -> str | None:
+    """Why ``model`` cannot run with ``impls`` and the flags given, in one line, or None.
+
+    Args:
+        model: one of :data:`MODELS`.
+        impls: the implementations asked for.
+
+    Returns:
+        The reason (airbench with the ``solver`` impl, or with ``--conv_impl`` /
+        ``--pool_impl``, which it does not have), or None when the combination runs.
+    """
+    if model != "airbench":
+        return None
+    if "solver" in impls:
+        return (
+            "the solver impl does not support --models=airbench (its recipe is "
+            "experiments.airbench_cifar); drop solver from --impls"
+        )
+    for name in ("conv_impl", "pool_impl"):
+        if FLAGS[name].value is not None:
+            return f"--{name} does not apply to --models=airbench (AirbenchNet has no {name})"
+    return None
 
 
 def _ints(values: Iterable[str]) -> tuple[int, ...]:
@@ -173,5 +254,19 @@ def model_config(model: str) -> dict:
             "reg": FLAGS.reg,
             "use_batchnorm": VGG.model["use_batchnorm"],
             "dropout": FLAGS.vgg_dropout,
+        }
+    if model == "airbench":
+        a = AIRBENCH.model
+        side = FLAGS.airbench_image_size or s
+        return {
+            "input_dim": (3, side, side),
+            "widths": _ints(FLAGS.airbench_widths),
+            "whiten_kernel": a["whiten_kernel"],
+            "num_classes": FLAGS.num_classes,
+            "head_scale": a["head_scale"],
+            "bn_momentum": a["bn_momentum"],
+            "bn_eps": a["bn_eps"],
+            "label_smoothing": a["label_smoothing"],
+            "reg": a["reg"],
         }
     raise ValueError(f"unknown model {model!r}; expected one of {MODELS}")

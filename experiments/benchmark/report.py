@@ -140,7 +140,10 @@ def format_header(meta: dict) -> str:
             )
     for model, cfg in meta["models"].items():
         shown = ", ".join(f"{k}={v}" for k, v in cfg.items())
-        parts.append(f"{model}: {shown}; batch sizes {meta['batch_sizes']}")
+        parts.append(
+            f"{model}: {shown}; batch sizes {meta['batch_sizes'][model]}; "
+            f"optimiser {meta['optimizers'][model]}, learning rate {meta['learning_rate']}"
+        )
     q = meta["quiet"]
     parts.append(
         f"load (1 min) before timing: {q['load_start']} -> {q['load_end']} after "
@@ -148,7 +151,7 @@ def format_header(meta: dict) -> str:
         f"max CPU share used by other processes while timing: {meta['others_cpu_frac_max']}"
     )
     parts.append(
-        f"float32, one step = forward + backward + Adam; {meta['rounds']} rounds x "
+        f"float32, one step = forward + backward + optimiser update; {meta['rounds']} rounds x "
         f"{meta['repeats']} timed steps (+{meta['warmup']} warm-up) per worker"
     )
     return "\n".join(f"- {p}" for p in parts)

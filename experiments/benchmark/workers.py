@@ -4,6 +4,13 @@ A worker builds the model (fixed ``--seed``), draws float32 data once and keeps 
 device, times the first call (trace + compile + one step), runs ``--warmup`` untimed steps,
 then times ``--repeats`` steps one by one (:func:`run_worker`). :func:`make_jax_step` is the
 JAX step as a user writes it; :mod:`experiments.profile_step` times the same step.
+
+The update is Adam for the cs231n models; for airbench it is SGD with Nesterov momentum 0.85
+(airbench's momentum) on every trainable parameter, in both frameworks: one learning rate, no
+weight decay, none of airbench's parameter groups or schedules, since what a step costs is
+its forward and backward pass. As in airbench, the whitening filters are frozen (an optax
+``set_to_zero`` group; ``requires_grad=False`` in torch) and so are the batchnorm scales
+(jcnn's batchnorm has none; torch's are fixed at 1).
 """
 
 from __future__ import annotations
@@ -14,7 +21,16 @@ import statistics
 import time
 
 from experiments.benchmark.machine import OthersCpu, jax_platform, read_loadavg, torch_platform
-from experiments.benchmark.options import FLAGS, IMPLS, JAX_IMPLS, TORCH_IMPLS, model_config
+from experiments.benchmark.options import (
+    AIRBENCH,
+    FLAGS,
+    IMPLS,
+    JAX_IMPLS,
+    PRESETS,
+    TORCH_IMPLS,
+    model_config,
+    unsupported,
+)
 
 
 def make_data(model: str, batch_size: int, seed: int):
@@ -57,15 +73,48 @@ def make_jax_model(model: str, impl: str):
     constructor arguments."""
     import jax.numpy as jnp
 
-    from jcnn.models import ThreeLayerConvNet, VGGNet
+    import jcnn.models
 
+    reason = unsupported(model, [impl])
+    if reason:
+        raise ValueError(reason)
     cfg = model_config(model)
     layers = "jcnn" if impl in ("solver", "jcnn_xla") else impl
     kwargs = dict(cfg, layers=layers, dtype=jnp.float32)
     for name in ("conv_impl", "pool_impl"):
         if FLAGS[name].value is not None:
             kwargs[name] = FLAGS[name].value
-    return (ThreeLayerConvNet if model == "three_layer" else VGGNet)(**kwargs), kwargs
+    return getattr(jcnn.models, PRESETS[model].model_class)(**kwargs), kwargs
+
+
+def make_jax_optimizer(model: str, params):
+    """The optax optimiser of ``model``'s step (module docs).
+
+    Args:
+        model: one of the benchmark's models.
+        params: the model's parameters (for airbench, to name the frozen whitening filters).
+
+    Returns:
+        ``optax.adam(--learning_rate)`` with optax's defaults for the cs231n models; for
+        airbench, Nesterov SGD of momentum 0.85 at ``--learning_rate`` on every parameter
+        but ``params['whiten']['w']``, which stays as it is.
+    """
+    import optax
+
+    if model != "airbench":
+        return optax.adam(FLAGS.learning_rate, b1=0.9, b2=0.999, eps=1e-8)
+    labels = {
+        layer: {k: "frozen" if (layer, k) == ("whiten", "w") else "sgd" for k in leaves}
+        for layer, leaves in params.items()
+    }
+    momentum = AIRBENCH.training["momentum"]
+    return optax.multi_transform(
+        {
+            "sgd": optax.sgd(FLAGS.learning_rate, momentum=momentum, nesterov=True),
+            "frozen": optax.set_to_zero(),
+        },
+        labels,
+    )
 
 
 def run_solver_worker(model: str, batch_size: int) -> dict:
@@ -131,7 +180,8 @@ def run_solver_worker(model: str, batch_size: int) -> dict:
 
 
 def make_jax_step(model: str, impl: str, batch_size: int):
-    """The jcnn/reference training step of ``model`` on fixed data, as a user writes it:
+    """The jcnn/reference training step of ``model`` on fixed data, as a user writes it
+    (the optimiser of :func:`make_jax_optimizer`):
     returns ``(step, sync, carry, losses, model_kwargs, hlo_text)``; ``step()`` runs one
     update in place on ``carry`` (params, state, opt_state, key), ``sync(out)`` waits for it
     and records its loss in ``losses``, ``hlo_text()`` is the compiled step's HLO."""
@@ -143,7 +193,7 @@ def make_jax_step(model: str, impl: str, batch_size: int):
 
     # -- the training step, as a user writes it --------------------------------------------
     params, state = net.init(jax.random.PRNGKey(FLAGS.seed))
-    optimizer = optax.adam(FLAGS.learning_rate, b1=0.9, b2=0.999, eps=1e-8)
+    optimizer = make_jax_optimizer(model, params)
     opt_state = optimizer.init(params)
 
     def train_step(params, state, opt_state, key, x, y):
@@ -206,9 +256,12 @@ def run_torch_worker(model: str, impl: str, batch_size: int) -> dict:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     torch.manual_seed(FLAGS.seed)
     cfg = model_config(model)
-    cls = torch_models.ThreeLayerConvNet if model == "three_layer" else torch_models.VGGNet
-    net = cls(**cfg).to(device).train()
-    optimizer = torch_models.make_adam(net, FLAGS.learning_rate)
+    net = getattr(torch_models, PRESETS[model].model_class)(**cfg).to(device).train()
+    if model == "airbench":
+        momentum = AIRBENCH.training["momentum"]
+        optimizer = torch_models.make_sgd_nesterov(net, FLAGS.learning_rate, momentum)
+    else:
+        optimizer = torch_models.make_adam(net, FLAGS.learning_rate)
     loss_fn = torch.compile(net.loss) if impl == "torch_compile" else net.loss
 
     x_np, y_np = make_data(model, batch_size, FLAGS.seed)

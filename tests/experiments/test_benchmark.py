@@ -325,3 +325,162 @@ def test_torch_vgg_has_the_seed_layers():
     assert net.classifier[1].in_features == 256 * 2 * 2
     out = net.eval()(torch.zeros(2, 3, 32, 32))
     assert out.shape == (2, 10)
+
+
+# ------------------------------------------------------------------ airbench
+
+
+def test_airbench_end_to_end_tiny(tmp_path):
+    """airbench beside the jcnn impls (and torch): one worker each, the table and the JSON."""
+    impls = ["jcnn", "reference", "jcnn_xla"] + (["torch"] if HAVE_TORCH else [])
+    out = tmp_path / "bench.json"
+    proc = _run(
+        ["--tiny", "--models=airbench", f"--impls={','.join(impls)}", "--rounds=1",
+         "--repeats=2", "--warmup=0", "--quiet_max_wait=0", f"--json_out={out}"]
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for impl in impls:
+        assert f"| airbench | 4 | {impl} |" in proc.stdout
+    assert "| airbench | 4 | jcnn/reference |" in proc.stdout
+    assert "optimiser SGD, Nesterov momentum 0.85" in proc.stdout
+    if HAVE_TORCH:
+        assert "| airbench | 4 | jcnn/torch |" in proc.stdout
+
+    data = json.loads(out.read_text())
+    meta = data["meta"]
+    cfg = meta["models"]["airbench"]
+    assert cfg["input_dim"] == [3, 12, 12] and cfg["widths"] == [4, 8, 8]
+    assert cfg["label_smoothing"] == 0.2 and cfg["bn_momentum"] == 0.6 and cfg["reg"] == 0.0
+    assert meta["batch_sizes"] == {"airbench": [4]}
+    runs = {r["impl"]: r for r in data["runs"]}
+    assert set(runs) == set(impls)
+    for impl in impls:
+        _check_record(runs[impl], model="airbench", impl=impl, repeats=2)
+        # Scores near 0 at the start (head_scale 1/9): the loss is about log(10) everywhere.
+        assert abs(runs[impl]["first_loss"] - math.log(10)) < 0.3
+    kwargs = runs["jcnn"]["platform"]["model_kwargs"]
+    assert kwargs["layers"] == "jcnn" and kwargs["widths"] == [4, 8, 8]
+    assert runs["reference"]["platform"]["model_kwargs"]["layers"] == "reference"
+    assert runs["jcnn_xla"]["platform"]["jcnn_native"] == "opted-out"
+    # Same init key, same data: the three JAX impls start from one loss.
+    for impl in ("reference", "jcnn_xla"):
+        np.testing.assert_allclose(runs[impl]["first_loss"], runs["jcnn"]["first_loss"], 1e-4)
+
+
+def test_airbench_refuses_the_solver_impl():
+    proc = _run(["--tiny", "--models=airbench", "--impls=jcnn,solver", "--quiet_max_wait=0"])
+    assert proc.returncode != 0
+    assert "the solver impl does not support --models=airbench" in proc.stderr
+    assert RESULT_PREFIX not in proc.stdout
+
+
+def test_airbench_batch_size_is_its_own_unless_given():
+    from experiments.benchmark import options
+
+    flag = options.FLAGS["batch_sizes"]
+    saved = flag.value
+    try:
+        flag.value = None
+        assert options.batch_sizes("airbench") == [1024]
+        assert options.batch_sizes("vgg") == [50] and options.batch_sizes("three_layer") == [50]
+        flag.value = ["256", "512"]
+        assert options.batch_sizes("airbench") == [256, 512]
+    finally:
+        flag.value = saved
+    assert options.unsupported("airbench", ["jcnn", "torch"]) is None
+    assert "solver" in options.unsupported("airbench", ["jcnn", "solver"])
+    assert options.unsupported("vgg", ["solver"]) is None
+
+
+def test_airbench_preset_is_the_model_and_the_apps_defaults():
+    from absl import flags
+
+    from experiments import airbench_cifar
+    from experiments.presets import AIRBENCH
+    from jcnn.models import AirbenchNet
+
+    assert AIRBENCH.build(input_dim=(3, 32, 32)) == AirbenchNet()
+    fv = flags.FlagValues()
+    airbench_cifar.define_flags(fv)
+    fv(["prog"])
+    for name, value in AIRBENCH.training.items():
+        assert fv[name].value == value, name
+    assert tuple(fv["widths"].value) == AIRBENCH.model["widths"]
+
+
+@needs_torch
+def test_torch_airbench_is_the_same_network():
+    """Loss, every gradient and the running statistics of jcnn's AirbenchNet and its torch
+    twin on the same parameters (float64)."""
+    import jax
+    import jax.numpy as jnp
+    import torch
+
+    from experiments import torch_models
+    from jcnn.models import AirbenchNet
+
+    model = AirbenchNet(input_dim=(3, 16, 16), widths=(4, 8, 8), num_classes=5, dtype=jnp.float64)
+    rng = np.random.default_rng(2)
+    n = 6
+    x = rng.standard_normal((n, 3, 16, 16))
+    y = rng.integers(0, 5, size=n)
+    params, state = model.init_with_data(jax.random.PRNGKey(0), x)
+    # Non-zero shifts and whitening bias, so that each one moves the function.
+    params = {
+        layer: {
+            k: v + 0.1 * rng.standard_normal(v.shape) if k in ("b", "beta") else v
+            for k, v in leaves.items()
+        }
+        for layer, leaves in params.items()
+    }
+    step = jax.jit(jax.value_and_grad(model.loss, has_aux=True))
+    (loss, new_state), grads = step(params, state, x, y)
+
+    fields = ("input_dim", "widths", "whiten_kernel", "num_classes", "head_scale",
+              "bn_momentum", "bn_eps", "label_smoothing", "reg")  # fmt: skip
+    net = torch_models.AirbenchNet(**{f: getattr(model, f) for f in fields}, train_whiten=True)
+    net = net.double().train()
+    torch_models.load_jcnn_airbench_params(net, params, state)
+    opt = torch_models.make_sgd_nesterov(net, 0.0)
+    t_loss = torch_models.train_step(net, opt, torch.from_numpy(x), torch.from_numpy(y).long())
+
+    np.testing.assert_allclose(t_loss.item(), float(loss), rtol=1e-10)
+
+    def close(t_grad, j_grad):
+        np.testing.assert_allclose(t_grad.numpy(), np.asarray(j_grad), rtol=1e-7, atol=1e-12)
+
+    close(net.whiten.weight.grad, grads["whiten"]["w"])
+    close(net.whiten.bias.grad, grads["whiten"]["b"])
+    for name, conv in net.convs.items():
+        assert conv.bias is None
+        close(conv.weight.grad, grads[name]["w"])
+    sizes = model.block_sizes  # (H, W) after the whitening conv, then after each block's pool
+    for name, bn in net.norms.items():
+        assert bn.weight.grad is None and bool(torch.all(bn.weight == 1))
+        close(bn.bias.grad, grads[name]["beta"])
+        # Running statistics: jcnn's momentum 0.6 is torch's 0.4; torch's running variance
+        # takes the unbiased batch variance (m values per channel), jcnn's the biased one.
+        j = new_state[name]
+        np.testing.assert_allclose(bn.running_mean.numpy(), np.asarray(j["running_mean"]), 1e-10)
+        h, w = sizes[int(name[4])]
+        m = n * h * w
+        biased = (np.asarray(j["running_var"]) - 0.6) / 0.4
+        np.testing.assert_allclose(bn.running_var.numpy(), 0.6 + 0.4 * biased * m / (m - 1), 1e-10)
+    close(net.out.weight.grad.T, grads["out"]["w"])
+
+    # Test mode, on the running statistics: the same scores.
+    torch_models.load_jcnn_airbench_params(net, params, new_state)
+    scores, _ = model.apply(params, new_state, x, train=False)
+    with torch.no_grad():
+        t_scores = net.eval()(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(t_scores, np.asarray(scores), rtol=1e-9, atol=1e-12)
+
+    # As airbench trains it: the whitening filters and the batchnorm weights frozen.
+    frozen = torch_models.AirbenchNet(input_dim=(3, 16, 16), widths=(4, 8, 8))
+    trainable = {name for name, p in frozen.named_parameters() if p.requires_grad}
+    assert "whiten.weight" not in trainable and "whiten.bias" in trainable
+    assert not any(t.startswith("norms.") and t.endswith(".weight") for t in trainable)
+    opt = torch_models.make_sgd_nesterov(frozen, 0.1)
+    group = opt.param_groups[0]
+    assert group["nesterov"] and group["momentum"] == 0.85 and group["weight_decay"] == 0
+    assert len(group["params"]) == len(trainable)
