@@ -63,7 +63,8 @@ __all__ = [
 # fold_in data of the augmentation key: far from the small ints models fold in for dropout.
 AUGMENT_FOLD = 0x61756720
 
-Augment = Callable[[jax.Array, jax.Array], jax.Array]
+# augment(key, X) -> X, or augment(key, X, *, step) -> X (it also gets the update count).
+Augment = Callable[..., jax.Array]
 
 
 class TrainStep(Protocol):

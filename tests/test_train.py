@@ -197,7 +197,7 @@ def test_an_augment_with_a_step_keyword_gets_the_update_count():
         seen.append(step)
         return X + step.astype(X.dtype)
 
-    optimizer, _ = make_optimizer("sgd", {"learning_rate": 0.0})
+    optimizer, _ = make_optimizer("sgd", {"learning_rate": 1e-9})
     state = create_train_state(MODEL, optimizer, key=jax.random.key(0))
     step = make_train_step(MODEL, optimizer, augment=augment)
     data = synthetic_data(8, 8, shape=SHAPE)

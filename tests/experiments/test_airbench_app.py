@@ -1,0 +1,61 @@
+"""experiments.airbench_cifar end to end on a tiny fake CIFAR-10: no validation split, test
+accuracy with and without test-time augmentation, and a crashed run resumed to the same
+result."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+from absl import flags
+
+from experiments import airbench_cifar, train
+
+TINY = [
+    "--flagfile=experiments/configs/airbench94.cfg", "--num_train=40", "--num_val=0",
+    "--num_test=20", "--batch_size=8", "--num_epochs=2", "--widths=4,8,8", "--print_every=2",
+    "--num_train_samples=10", "--keep_checkpoints=3",
+]  # fmt: skip
+
+
+def _run(workdir: Path, data_dir: Path, *args: str) -> dict:
+    fv = flags.FlagValues()
+    airbench_cifar.define_flags(fv)
+    argv = fv(["prog", f"--workdir={workdir}", f"--data_dir={data_dir}", *TINY, *args])
+    return train.main(
+        argv, app_name=airbench_cifar.APP_NAME, names=airbench_cifar.NAMES,
+        make_model=airbench_cifar.make_model, fv=fv,
+        solver_options=airbench_cifar.solver_options,
+    )  # fmt: skip
+
+
+def test_the_recipe_trains_without_validation_and_reports_test_accuracy_both_ways(
+    fake_cifar_dir, tmp_path
+):
+    summary = _run(tmp_path / "run", fake_cifar_dir)
+    assert summary["iterations"] == 2 * 5
+    assert summary["best_val_acc"] is None and summary["best_epoch"] == 2  # NaN: no val split
+    assert 0.0 <= summary["test_acc"] <= 1.0 and 0.0 <= summary["test_acc_without_tta"] <= 1.0
+    lines = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    checks = [r for r in lines if "train_acc" in r]
+    assert [r["epoch"] for r in checks] == [0, 1, 2]
+    assert all(r["val_acc"] is None for r in checks)
+    started = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert started["model"]["class"] == "AirbenchNet"
+
+
+def test_a_crashed_run_resumes_to_the_same_result(fake_cifar_dir, tmp_path):
+    whole = _run(tmp_path / "whole", fake_cifar_dir)
+    crashed = tmp_path / "crashed"
+    _run(crashed, fake_cifar_dir)
+    # make it look killed after epoch 1: no epoch-2 checkpoint, no final files
+    for name in ("epoch_002.npz", "epoch_002.json", "best.npz", "best.json"):
+        (crashed / "checkpoints" / name).unlink()
+    (crashed / "summary.json").unlink()
+    shutil.rmtree(crashed / "checkpoints" / "tmp", ignore_errors=True)
+    resumed = _run(crashed, fake_cifar_dir)
+    assert resumed["test_acc"] == whole["test_acc"]
+    assert resumed["test_acc_without_tta"] == whole["test_acc_without_tta"]
+    assert np.isclose(resumed["final_loss"], whole["final_loss"], rtol=0, atol=0)
