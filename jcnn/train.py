@@ -385,8 +385,8 @@ def make_eval_step(
         raise ValueError(f"test_time_translate must be an int >= 0, got {test_time_translate!r}")
     if (test_time_flip or shift) and len(model.input_shape) != 3:
         raise ValueError(
-            "test-time flips and shifts move images (C, H, W); this model takes inputs shaped "
-            f"{model.input_shape}"
+            "test_time_flip mirrors images (C, H, W) and test_time_translate shifts them; this "
+            f"model takes inputs shaped {model.input_shape}"
         )
     if shift and shift >= min(model.input_shape[1:]):
         raise ValueError(

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from absl import flags
 
-from experiments import rundir, three_layer_cifar, train, train_flags, vgg_cifar
+from experiments import airbench_cifar, rundir, three_layer_cifar, train, train_flags, vgg_cifar
 from jcnn.models import ThreeLayerConvNet, VGGNet
 from tests.experiments.util import PYTHON, ROOT, subprocess_env, write_fake_cifar
 
@@ -91,7 +91,15 @@ def test_overfit_small_and_best_flagfiles_parse():
 
 def test_every_config_file_is_a_known_flagfile():
     names = sorted(p.name for p in CONFIGS.glob("*.cfg"))
-    assert names == ["overfit_small.cfg", "three_layer_seed.cfg", "vgg_best.cfg", "vgg_seed.cfg"]
+    assert names == [
+        "airbench94.cfg", "overfit_small.cfg", "three_layer_seed.cfg", "vgg_best.cfg",
+        "vgg_seed.cfg",
+    ]  # fmt: skip
+
+
+def test_the_airbench_flagfile_parses_with_its_app():
+    cfg = config(airbench_cifar, f"--flagfile={CONFIGS / 'airbench94.cfg'}")
+    assert cfg["num_val"] == 0 and cfg["batch_size"] == 1024 and cfg["widths"] == [64, 256, 256]
 
 
 def test_later_flags_override_the_flagfile():
