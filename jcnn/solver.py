@@ -334,6 +334,8 @@ class Solver(CheckpointedRun):
             self.epoch += epoch_end
             evaluate = t == 0 or t == self.num_iterations - 1 or epoch_end
             if evaluate:
+                # Wait for the queued steps first: their time is training, not the check's.
+                self._verify_finite()
                 self._evaluate(time.perf_counter() - clock0)
             if self.checkpoint_dir is not None and (
                 epoch_end or (self.checkpoint_every and (t + 1) % self.checkpoint_every == 0)

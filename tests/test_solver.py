@@ -449,3 +449,24 @@ def test_augment_must_be_a_function_that_keeps_the_shape():
         Solver(MODEL, data, augment="crop")
     with pytest.raises(ValueError, match="augment must keep the minibatch's shape"):
         _augment_run(data, lambda key, X: X[:, :, :4, :4])
+
+
+def test_a_checks_clock_starts_once_the_steps_before_it_are_done():
+    """Steps run asynchronously; a check's ``seconds`` (which the apps subtract as time
+    outside training) is taken once the queued steps have finished (their losses read
+    back), else their time would count as the check's."""
+    data = synthetic_data(N_TRAIN, N_VAL, shape=SHAPE)
+    solver = Solver(
+        MODEL, data, batch_size=BATCH, num_epochs=EPOCHS, print_every=100, verbose=False
+    )
+    evaluate, seen = solver._evaluate, []
+
+    def recording(elapsed):
+        seen.append((solver.iteration, len(solver.loss_history)))
+        evaluate(elapsed)
+
+    solver._evaluate = recording
+    solver.train()
+    assert len(seen) == EPOCHS + 1
+    for iteration, losses_read in seen:
+        assert losses_read == iteration
