@@ -120,11 +120,12 @@ def check_batchnorm_args(
 ):
     """ValueError naming the argument: parameters and running statistics not ``(D,)``,
     ``momentum`` outside [0, 1], ``eps`` not > 0, and with ``train`` an ``x`` with no values
-    per feature (:func:`check_batch_statistics`). Shared with :mod:`jcnn.reference`.
+    per feature (:func:`check_batch_statistics`). Shared with :mod:`jcnn.reference` and
+    :func:`jcnn.layers.batchnorm_gelu` (which has no ``gamma``: it passes None).
 
     Args:
         x (jax.Array): the input, features on ``axis``; D = ``x.shape[axis]``.
-        gamma (jax.Array): scale, must be ``(D,)``.
+        gamma (jax.Array | None): scale, must be ``(D,)``; None for a batchnorm without one.
         beta (jax.Array): shift, must be ``(D,)``.
         running_mean (jax.Array): running mean, must be ``(D,)``.
         running_var (jax.Array): running variance, must be ``(D,)``.
@@ -148,6 +149,8 @@ def check_batchnorm_args(
         ("running_mean", running_mean),
         ("running_var", running_var),
     ):
+        if name == "gamma" and gamma is None:
+            continue
         check_shape(name, v, (d,), f"one value per feature of x {tuple(x.shape)}")
     if not 0.0 <= float(momentum) <= 1.0:
         raise ValueError(f"momentum must be in [0, 1], got {momentum}")

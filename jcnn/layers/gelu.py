@@ -30,13 +30,14 @@ import jax.numpy as jnp
 from jax import lax
 
 from jcnn.layers._binding import cache_dataclass, with_vjp
-from jcnn.layers._checks import check_choice, check_rank, check_shape
+from jcnn.layers._checks import check_choice, check_rank
 from jcnn.layers._windows import LAYOUTS, channel_axis
 from jcnn.layers.batchnorm import (
     _per_feature,
     _reduce_axes,
     batch_statistics,
     check_batch_statistics,
+    check_batchnorm_args,
     running_update,
     values_per_feature,
 )
@@ -286,18 +287,10 @@ def batchnorm_gelu(
     if x.ndim not in (2, 4):
         check_rank("x", x, 4, f"({', '.join(layout)}) or (N, D)")
     axis = 1 if x.ndim == 2 else channel_axis(layout)
-    d = x.shape[axis]
-    for name, v in (("beta", beta), ("running_mean", running_mean), ("running_var", running_var)):
-        check_shape(name, v, (d,), f"one per feature of x {tuple(x.shape)}")
-    if not 0.0 <= float(momentum) <= 1.0:
-        raise ValueError(f"momentum must be in [0, 1], got {momentum!r}")
-    if not float(eps) > 0.0:
-        raise ValueError(f"eps must be > 0, got {eps!r}")
+    train = bool(train)
+    check_batchnorm_args(x, None, beta, running_mean, running_var, momentum, eps, axis, train=train)
     if not isinstance(approximate, bool):
         raise ValueError(f"approximate must be True or False, got {approximate!r}")
-    train = bool(train)
-    if train:
-        check_batch_statistics(x, axis)
     out, mean, var = _batchnorm_gelu(
         x, beta, running_mean, running_var, train=train, eps=float(eps), axis=axis,
         approximate=approximate,
