@@ -1,15 +1,18 @@
 """Evaluate a finished CIFAR-10 run's best parameters again, with and without test-time
-flips.
+augmentation.
 
     python -m experiments.evaluate --workdir=runs/vgg_best
-    python -m experiments.evaluate --workdir=runs/vgg_best --num_test=10000 --data_dir=...
+    python -m experiments.evaluate --workdir=runs/vgg_best --num_test=10000 --data_dir=DIR
 
 Reads the run's flags and model from ``<workdir>/config.json``, its parameters from
 ``<workdir>/checkpoints/best.npz`` (written when the run ends), loads the same CIFAR-10
-split, and measures the validation and test accuracy twice: plainly, and with
-``test_time_flip`` (each image classified by its scores plus those of its left-right
-mirror; see :class:`jcnn.solver.Solver`). ``--num_test`` evaluates on more of the 10,000
-test images than the run did (on 1,000 images the standard error is about one point).
+split, and measures the validation and test accuracy plainly and with ``test_time_flip``
+(each image classified by its scores plus those of its left-right mirror; see
+:class:`jcnn.solver.Solver`); for a run with ``--test_time_translate`` (the airbench
+recipe) also with the flips and those shifts, as the run itself was scored. A run without
+a validation split (``--num_val=0``) gets ``n/a`` there. ``--num_test`` evaluates on more
+of the 10,000 test images than the run did (on 1,000 images the standard error is about
+one point).
 Prints a table and writes ``<workdir>/evaluation.json`` (one entry per number of test
 images evaluated; nothing else in the workdir is touched).
 """
@@ -24,7 +27,7 @@ from typing import Any
 
 from absl import flags
 
-from experiments import three_layer_cifar, vgg_cifar
+from experiments import airbench_cifar, three_layer_cifar, vgg_cifar
 from experiments.errors import UsageFailure, failures_in_one_line, run_app
 from experiments.rundir import RunWriter
 from experiments.train import load_data
@@ -33,7 +36,10 @@ from experiments.train_flags import CIFAR10_TEST
 MAKE_MODEL = {
     vgg_cifar.APP_NAME: vgg_cifar.make_model,
     three_layer_cifar.APP_NAME: three_layer_cifar.make_model,
+    airbench_cifar.APP_NAME: airbench_cifar.make_model,
 }
+# Key suffixes of the test-time augmentations measured (see `views`).
+PLAIN, FLIP, FLIP_SHIFT = "", "_flip", "_flip_shift"
 EVALUATION_FILE = "evaluation.json"
 
 
@@ -70,24 +76,41 @@ def read_run(workdir: Path) -> dict[str, Any]:
     return started
 
 
+def views(config: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """The test-time augmentations to measure for a run with ``config``: plain, flipped,
+    and (for a run with ``test_time_translate``) flipped and shifted, as Solver arguments."""
+    out: dict[str, dict[str, Any]] = {PLAIN: {}, FLIP: {"test_time_flip": True}}
+    shift = int(config.get("test_time_translate") or 0)
+    if shift:
+        out[FLIP_SHIFT] = {"test_time_flip": True, "test_time_translate": shift}
+    return out
+
+
 def evaluate(
-    model: Any, tree: Mapping[str, Any], data: Mapping[str, Any]
+    model: Any,
+    tree: Mapping[str, Any],
+    data: Mapping[str, Any],
+    views: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> dict[str, float | None]:
-    """Val and test accuracy of ``tree['params']``/``tree['state']``, plain and flipped."""
+    """Val and test accuracy of ``tree['params']``/``tree['state']`` under each of
+    ``views`` (key suffix -> Solver arguments; default plain and flipped):
+    ``val_acc<suffix>``, ``test_acc<suffix>``, None for an empty split."""
     from jcnn.solver import Solver
 
+    if views is None:
+        views = {PLAIN: {}, FLIP: {"test_time_flip": True}}
+
+    def accuracy(solver: Solver, X: Any, y: Any) -> float | None:
+        return solver.check_accuracy(X, y) if X is not None and len(X) else None
+
     out: dict[str, float | None] = {}
-    for flip in (False, True):
+    for suffix, options in views.items():
         solver = Solver(
-            model, data, params=tree["params"], state=tree["state"], test_time_flip=flip,
-            verbose=False,
+            model, data, params=tree["params"], state=tree["state"], select_best=False,
+            verbose=False, **options,
         )  # fmt: skip
-        suffix = "_flip" if flip else ""
-        out["val_acc" + suffix] = solver.check_accuracy(data["X_val"], data["y_val"])
-        has_test = data.get("X_test") is not None and len(data["X_test"])
-        out["test_acc" + suffix] = (
-            solver.check_accuracy(data["X_test"], data["y_test"]) if has_test else None
-        )
+        out["val_acc" + suffix] = accuracy(solver, data["X_val"], data["y_val"])
+        out["test_acc" + suffix] = accuracy(solver, data.get("X_test"), data.get("y_test"))
     return out
 
 
@@ -126,7 +149,7 @@ def run(fv: flags.FlagValues = flags.FLAGS) -> dict[str, Any]:
         "epoch": meta.get("best_epoch"),
         "num_val": int(len(data["y_val"])),
         "num_test": int(len(data.get("y_test", ()))),
-        **evaluate(model, tree, data),
+        **evaluate(model, tree, data, views(config)),
     }
     result["seconds"] = round(time.perf_counter() - t0, 1)
     writer = RunWriter(workdir)
@@ -139,20 +162,24 @@ def run(fv: flags.FlagValues = flags.FLAGS) -> dict[str, Any]:
     return result
 
 
+ROWS = {PLAIN: "plain", FLIP: "test-time flip", FLIP_SHIFT: "test-time flip and shifts"}
+
+
 def format_result(result: Mapping[str, Any]) -> str:
     def pct(v: float | None) -> str:
         return "n/a" if v is None else f"{v:.4f}"
 
-    return "\n".join(
-        [
-            f"{result['checkpoint']} (best epoch {result['epoch']}): "
-            f"{result['num_val']} val / {result['num_test']} test images",
-            "| | val | test |",
-            "| --- | ---: | ---: |",
-            f"| plain | {pct(result['val_acc'])} | {pct(result['test_acc'])} |",
-            f"| test-time flip | {pct(result['val_acc_flip'])} | {pct(result['test_acc_flip'])} |",
-        ]
-    )
+    lines = [
+        f"{result['checkpoint']} (best epoch {result['epoch']}): "
+        f"{result['num_val']} val / {result['num_test']} test images",
+        "| | val | test |",
+        "| --- | ---: | ---: |",
+    ]
+    for suffix, row in ROWS.items():
+        if "test_acc" + suffix in result:
+            val, test = result["val_acc" + suffix], result["test_acc" + suffix]
+            lines.append(f"| {row} | {pct(val)} | {pct(test)} |")
+    return "\n".join(lines)
 
 
 def main(argv: Sequence[str]) -> None:

@@ -59,3 +59,21 @@ def test_a_crashed_run_resumes_to_the_same_result(fake_cifar_dir, tmp_path):
     assert resumed["test_acc"] == whole["test_acc"]
     assert resumed["test_acc_without_tta"] == whole["test_acc_without_tta"]
     assert np.isclose(resumed["final_loss"], whole["final_loss"], rtol=0, atol=0)
+
+
+def test_evaluate_measures_a_finished_run_again_with_each_test_time_augmentation(
+    fake_cifar_dir, tmp_path
+):
+    from experiments import evaluate
+
+    summary = _run(tmp_path / "run", fake_cifar_dir)
+    fv = flags.FlagValues()
+    evaluate.define_flags(fv)
+    fv(["prog", f"--workdir={tmp_path / 'run'}", f"--data_dir={fake_cifar_dir}"])
+    result = evaluate.run(fv)
+    assert result["num_val"] == 0 and result["val_acc"] is None
+    assert result["test_acc"] == summary["test_acc_without_tta"]  # plain
+    assert result["test_acc_flip_shift"] == summary["test_acc"]  # the run's own augmentation
+    assert 0.0 <= result["test_acc_flip"] <= 1.0
+    table = evaluate.format_result(result)
+    assert "| test-time flip and shifts | n/a |" in table
