@@ -215,8 +215,10 @@ class Lookahead:
     ``θ̄ ← θ̄ + (1 − α(t))·(θ − θ̄)``, ``θ ← θ̄`` (likewise s), where ``α(t)`` is the weight
     kept on the slow copy after ``t`` updates: airbench uses
     ``α(t) = 0.95^5 · (t/T)³``, so early updates simply copy the trained weights and later
-    ones average over the last few dozen updates. After update ``num_iterations`` (T) the
-    trained weights become the slow copy (``α = 1``).
+    ones average over the last few dozen updates. After update ``num_iterations`` (T)
+    training ends on the slow copy: averaged as usual first when T is a multiple of
+    ``every``, else taken as it stands (``α = 1``: the updates since the last average are
+    dropped), as airbench does.
 
     Attributes:
       every: updates between two averaging steps.
@@ -245,9 +247,10 @@ class Lookahead:
     def __call__(self, state: TrainState) -> TrainState:
         """The state after an update (``state.step`` updates done), averaged when due."""
         t = state.step
+        on_schedule = t % self.every == 0
         last = t >= self.num_iterations
-        due = (t % self.every == 0) | last
-        alpha = jnp.where(last, 1.0, self.alpha(t))
+        due = on_schedule | last
+        alpha = jnp.where(on_schedule, self.alpha(t), 1.0)
         fast = {"params": state.params, "model_state": state.model_state}
 
         def mix(slow, new):

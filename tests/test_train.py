@@ -156,22 +156,29 @@ def _toy_state(params, model_state, step, slow):
     )  # fmt: skip
 
 
-def test_lookahead_averages_weights_and_statistics_when_due_and_copies_at_the_end():
-    la = Lookahead(every=5, num_iterations=20)
+def test_lookahead_averages_weights_and_statistics_when_due_and_ends_on_the_slow_copy():
+    la = Lookahead(every=5, num_iterations=22)
     slow = {"params": {"w": jnp.array([0.0, 2.0])}, "model_state": {"m": jnp.array([1.0])}}
     fast_p, fast_s = {"w": jnp.array([4.0, 6.0])}, {"m": jnp.array([3.0])}
     not_due = la(_toy_state(fast_p, fast_s, 7, slow))
     np.testing.assert_array_equal(not_due.params["w"], [4.0, 6.0])  # unchanged
     np.testing.assert_array_equal(not_due.slow["params"]["w"], [0.0, 2.0])
     due = la(_toy_state(fast_p, fast_s, 10, slow))
-    alpha = 0.95**5 * (10 / 20) ** 3
+    alpha = 0.95**5 * (10 / 22) ** 3
     want = np.array([0.0, 2.0]) + (1 - alpha) * np.array([4.0, 4.0])
     np.testing.assert_allclose(due.params["w"], want, rtol=1e-6)
     np.testing.assert_allclose(due.slow["params"]["w"], want, rtol=1e-6)
     np.testing.assert_allclose(due.model_state["m"], [1.0 + (1 - alpha) * 2.0], rtol=1e-6)
-    last = la(_toy_state(fast_p, fast_s, 20, slow))  # α = 1: the slow copy wins
+    last = la(_toy_state(fast_p, fast_s, 22, slow))  # off schedule: the slow copy as it is
     np.testing.assert_array_equal(last.params["w"], [0.0, 2.0])
     np.testing.assert_array_equal(last.model_state["m"], [1.0])
+    np.testing.assert_array_equal(last.slow["params"]["w"], [0.0, 2.0])
+    on_schedule = Lookahead(every=5, num_iterations=20)
+    last = on_schedule(_toy_state(fast_p, fast_s, 20, slow))  # averaged with α(T), then copied
+    alpha = 0.95**5
+    np.testing.assert_allclose(last.params["w"], [4.0 * (1 - alpha), 2.0 + 4.0 * (1 - alpha)])
+    np.testing.assert_allclose(last.model_state["m"], [1.0 + 2.0 * (1 - alpha)], rtol=1e-6)
+    np.testing.assert_array_equal(last.params["w"], last.slow["params"]["w"])
     with pytest.raises(ValueError, match="every"):
         Lookahead(every=0, num_iterations=10)
 
