@@ -13,8 +13,9 @@ with parameter groups (:func:`jcnn.optim.airbench_sgd`: ``--learning_rate``,
 for the batchnorm shifts, the whitening bias trained for ``--whiten_bias_epochs``), a
 warm-up then linear decay per update, lookahead averaging of the weights and batchnorm
 statistics every ``--lookahead_every`` updates (:class:`jcnn.train.Lookahead`), label
-smoothing, alternating flips and ``--augment_pad``-pixel reflect translations inside the
-step (:func:`jcnn.augment.alternating_flip_crop`), and test-time augmentation over flips and
+smoothing, alternating flips (``--flips=random``: a coin per image and step instead) and
+``--augment_pad``-pixel reflect translations inside the step
+(:func:`jcnn.augment.alternating_flip_crop`), and test-time augmentation over flips and
 ``--test_time_translate``-pixel shifts. The common flags ``--update_rule``, ``--lr_decay``,
 ``--lr_schedule``, ``--warmup_epochs``, ``--weight_scale``, ``--reg``, ``--conv_impl``,
 ``--pool_impl``, ``--cutout`` and ``--augment`` do not apply to this app. The run's files go
@@ -35,7 +36,7 @@ from jcnn.models import AirbenchNet
 APP_NAME = "airbench_cifar"
 MODEL_FLAGS = (
     "widths", "momentum", "weight_decay", "bias_scaler", "whiten_bias_epochs",
-    "whiten_images", "lookahead_every", "test_time_translate",
+    "whiten_images", "lookahead_every", "flips", "test_time_translate",
 )  # fmt: skip
 NAMES = train_flags.COMMON_FLAGS + MODEL_FLAGS
 INPUT_DIM = (3, 32, 32)
@@ -57,7 +58,7 @@ def solver_options(
     test-time augmentation and the data-dependent initialisation."""
     import jax
 
-    from jcnn.augment import alternating_flip_crop
+    from jcnn.augment import alternating_flip_crop, random_crop_flip
     from jcnn.optim import airbench_sgd
     from jcnn.train import Lookahead
 
@@ -73,6 +74,11 @@ def solver_options(
         whiten_bias_epochs=config["whiten_bias_epochs"],
     )  # fmt: skip
     every = int(config["lookahead_every"])
+    pad = int(config["augment_pad"])
+    if config.get("flips", "alternating") == "alternating":
+        augment = functools.partial(alternating_flip_crop, steps_per_epoch=per_epoch, pad=pad)
+    else:
+        augment = functools.partial(random_crop_flip, pad=pad, padding="reflect")
     return {
         "params": params,
         "state": state,
@@ -81,9 +87,7 @@ def solver_options(
         "sampling": "epoch",
         "select_best": False,
         "lookahead": Lookahead(every, total) if every else None,
-        "augment": functools.partial(
-            alternating_flip_crop, steps_per_epoch=per_epoch, pad=int(config["augment_pad"])
-        ),
+        "augment": augment,
         "test_time_translate": int(config["test_time_translate"]),
     }
 
@@ -120,6 +124,11 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
     flags.DEFINE_integer(
         "lookahead_every", 5, "Updates between two lookahead averaging steps (0: no lookahead).",
         lower_bound=0, flag_values=fv,
+    )  # fmt: skip
+    flags.DEFINE_enum(
+        "flips", "alternating", ["alternating", "random"], "Training flips: 'alternating' "
+        "(each image mirrored in every other epoch) or 'random' (a coin per image and step).",
+        flag_values=fv,
     )  # fmt: skip
     flags.DEFINE_integer(
         "test_time_translate", 1, "Test-time augmentation: also classify each image shifted "

@@ -1,4 +1,5 @@
-"""Data augmentation on device: random crops with zero padding, horizontal flips, cutout.
+"""Data augmentation on device: random crops (zero or reflect padding), horizontal flips
+(random or alternating by epoch), cutout.
 
 >>> X_aug = random_crop_flip(key, X)          # X (N, C, H, W), same shape out  # doctest: +SKIP
 
@@ -36,6 +37,19 @@ def _check(X, value: int, name: str = "pad") -> tuple[jax.Array, int]:
     if X.ndim != 4:
         raise ValueError(f"X must be a batch of images (N, C, H, W), got shape {tuple(X.shape)}")
     return X, nonnegative_int(name, value)
+
+
+# ``padding`` -> jnp.pad's mode: zeros (the mean pixel of mean-subtracted data), or the
+# image mirrored at its border without repeating the edge pixels.
+_PAD_MODES = {"zeros": "constant", "reflect": "reflect"}
+
+
+def _check_padding(padding: str, pad: int, X: jax.Array) -> str:
+    if padding not in _PAD_MODES:
+        raise ValueError(f"padding must be one of {sorted(_PAD_MODES)}, got {padding!r}")
+    if padding == "reflect" and pad >= min(X.shape[2:]):
+        raise ValueError(f"pad={pad} must be smaller than the images {X.shape[2:]} to reflect")
+    return _PAD_MODES[padding]
 
 
 def _crop(key: jax.Array, X: jax.Array, pad: int, mode: str = "constant") -> jax.Array:
@@ -89,23 +103,26 @@ def cutout(key: jax.Array, X, *, size: int = 8) -> jax.Array:
     return _cutout(key, X, size)
 
 
-def random_crop(key: jax.Array, X, *, pad: int = 4) -> jax.Array:
-    """Each image of ``X`` (N, C, H, W) padded with ``pad`` zeros per side and cropped back
+def random_crop(key: jax.Array, X, *, pad: int = 4, padding: str = "zeros") -> jax.Array:
+    """Each image of ``X`` (N, C, H, W) padded with ``pad`` pixels per side and cropped back
     to H × W at a uniformly random offset in ``[0, 2·pad]`` along each axis.
 
     Args:
         key: a ``jax.random`` key; the same key gives the same output.
         X: a batch of images ``(N, C, H, W)``.
-        pad: zero padding per side, a non-negative int (the largest shift); 0 leaves ``X``.
+        pad: padding per side, a non-negative int (the largest shift); 0 leaves ``X``.
+        padding: what the padding holds: ``"zeros"`` (default), or ``"reflect"``: the
+            image mirrored at its border (the edge pixel not repeated; airbench's choice).
 
     Returns:
         An array of the shape and dtype of ``X``.
 
     Raises:
-        ValueError: if ``X`` is not rank 4, or naming ``pad`` if it is not a non-negative int.
+        ValueError: if ``X`` is not rank 4, naming ``pad`` if it is not a non-negative int
+            (or, to reflect, not smaller than the images), or naming ``padding``.
     """
     X, pad = _check(X, pad)
-    return _crop(key, X, pad)
+    return _crop(key, X, pad, _check_padding(padding, pad, X))
 
 
 def random_flip(key: jax.Array, X) -> jax.Array:
@@ -125,27 +142,31 @@ def random_flip(key: jax.Array, X) -> jax.Array:
     return _flip(key, X)
 
 
-def random_crop_flip(key: jax.Array, X, *, pad: int = 4, cutout: int = 0) -> jax.Array:
+def random_crop_flip(
+    key: jax.Array, X, *, pad: int = 4, cutout: int = 0, padding: str = "zeros"
+) -> jax.Array:
     """:func:`random_crop` then :func:`random_flip` (then :func:`cutout` if ``cutout`` > 0),
     each with its own part of ``key``.
 
     Args:
         key: a ``jax.random`` key; the same key gives the same output.
         X: a batch of images (N, C, H, W), any float dtype (kept).
-        pad: zero padding per side, i.e. the largest shift in pixels; 0 only flips.
+        pad: padding per side, i.e. the largest shift in pixels; 0 only flips.
         cutout: side of the square zeroed in each image; 0 (default): none.
+        padding: ``"zeros"`` (default) or ``"reflect"``, as in :func:`random_crop`.
 
     Returns:
         An array of the shape and dtype of ``X``.
 
     Raises:
-        ValueError: if ``X`` is not rank 4, or naming ``pad`` or ``cutout`` if it is not a
-            non-negative int.
+        ValueError: if ``X`` is not rank 4, naming ``pad`` or ``cutout`` if it is not a
+            non-negative int, or naming ``padding``.
     """
     X, pad = _check(X, pad)
     _, size = _check(X, cutout, "cutout")
+    mode = _check_padding(padding, pad, X)
     k_crop, k_flip = jax.random.split(key)
-    out = _flip(k_flip, _crop(k_crop, X, pad))
+    out = _flip(k_flip, _crop(k_crop, X, pad, mode))
     if size:  # a third key only then, so that cutout=0 draws exactly as before
         out = _cutout(jax.random.fold_in(key, 2), out, size)
     return out
@@ -191,11 +212,10 @@ def alternating_flip_crop(
             images, or ``steps_per_epoch`` is not positive.
     """
     X, pad = _check(X, pad)
-    if pad >= min(X.shape[2:]):
-        raise ValueError(f"pad={pad} must be smaller than the images {X.shape[2:]}")
+    mode = _check_padding("reflect", pad, X)
     if int(steps_per_epoch) < 1:
         raise ValueError(f"steps_per_epoch must be a positive int, got {steps_per_epoch!r}")
     odd_epoch = (jnp.asarray(step) // int(steps_per_epoch)) % 2 == 1
     flip = _image_bits(X) ^ odd_epoch
-    out = _crop(key, X, pad, mode="reflect")
+    out = _crop(key, X, pad, mode)
     return jnp.where(flip[:, None, None, None], out[..., ::-1], out)

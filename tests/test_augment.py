@@ -1,4 +1,5 @@
-"""jcnn.augment: every output image is a shifted (zero-filled) and maybe mirrored input."""
+"""jcnn.augment: every output image is a shifted (zero- or reflect-filled) and maybe mirrored
+input."""
 
 from __future__ import annotations
 
@@ -24,17 +25,18 @@ def _images(n=6, c=3, h=8, w=8, dtype=np.float32):
     return (rng.uniform(0.5, 1.5, size=(n, c, h, w))).astype(dtype)
 
 
-def _candidates(img: np.ndarray, pad: int):
-    """Every (dy, dx, flip) crop of ``img`` padded with ``pad`` zeros per side."""
+def _candidates(img: np.ndarray, pad: int, mode: str = "constant"):
+    """Every (dy, dx, flip) crop of ``img`` padded with ``pad`` pixels per side (numpy's
+    ``mode``: zeros by default)."""
     c, h, w = img.shape
-    padded = np.pad(img, ((0, 0), (pad, pad), (pad, pad)))
+    padded = np.pad(img, ((0, 0), (pad, pad), (pad, pad)), mode=mode)
     for dy, dx, flip in itertools.product(range(2 * pad + 1), range(2 * pad + 1), (False, True)):
         crop = padded[:, dy : dy + h, dx : dx + w]
         yield (dy, dx, flip), (crop[:, :, ::-1] if flip else crop)
 
 
-def _match(out: np.ndarray, img: np.ndarray, pad: int):
-    found = [k for k, cand in _candidates(img, pad) if np.array_equal(out, cand)]
+def _match(out: np.ndarray, img: np.ndarray, pad: int, mode: str = "constant"):
+    found = [k for k, cand in _candidates(img, pad, mode) if np.array_equal(out, cand)]
     assert found, "output image is no crop/flip of its input"
     return found[0]
 
@@ -109,6 +111,29 @@ def test_keeps_dtype():
 def test_bad_input(X, pad, match):
     with pytest.raises(ValueError, match=match):
         random_crop_flip(jax.random.key(0), X, pad=pad)
+
+
+def test_reflect_padding_shifts_in_the_mirrored_border_instead_of_zeros():
+    X = _images(n=200, c=1, h=6, w=6)
+    key = jax.random.key(2)
+    out = np.asarray(random_crop_flip(key, X, pad=2, padding="reflect"))
+    seen = [_match(o, x, 2, "reflect") for o, x in zip(out, X, strict=True)]
+    assert not np.any(out == 0)  # the images are > 0: no zero came in from the border
+    assert {s[0] for s in seen} == set(range(5)) and 0.3 < np.mean([s[2] for s in seen]) < 0.7
+    # the same draws as with zeros: only what fills the border differs
+    zeros = np.asarray(random_crop_flip(key, X, pad=2))
+    assert [_match(o, x, 2) for o, x in zip(zeros, X, strict=True)] == seen
+    crop = np.asarray(random_crop(key, X, pad=1, padding="reflect"))
+    for o, x in zip(crop, X, strict=True):
+        assert not _match(o, x, 1, "reflect")[2]  # shifted, never mirrored
+
+
+def test_bad_padding_raises_naming_it():
+    X = _images(n=2)
+    with pytest.raises(ValueError, match="padding must be one of"):
+        random_crop_flip(jax.random.key(0), X, padding="edge")
+    with pytest.raises(ValueError, match="pad=8 must be smaller"):
+        random_crop(jax.random.key(0), X, pad=8, padding="reflect")
 
 
 # ------------------------------------------------------------------------------ cutout

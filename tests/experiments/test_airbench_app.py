@@ -77,3 +77,30 @@ def test_evaluate_measures_a_finished_run_again_with_each_test_time_augmentation
     assert 0.0 <= result["test_acc_flip"] <= 1.0
     table = evaluate.format_result(result)
     assert "| test-time flip and shifts | n/a |" in table
+
+
+def test_flips_flag_chooses_alternating_or_random_flips_both_with_reflect_translation():
+    from jcnn.augment import alternating_flip_crop, random_crop_flip
+
+    data = {"X_train": np.random.default_rng(0).normal(size=(40, 3, 32, 32)).astype(np.float32)}
+    data["y_train"] = np.arange(40) % 10
+    chosen = {}
+    for flips in ("alternating", "random"):
+        fv = flags.FlagValues()
+        airbench_cifar.define_flags(fv)
+        fv(["prog", *TINY, "--whiten_images=40", f"--flips={flips}"])
+        config = {name: fv[name].value for name in airbench_cifar.NAMES}
+        model = airbench_cifar.make_model(config)
+        chosen[flips] = airbench_cifar.solver_options(config, model, data)["augment"]
+    assert chosen["alternating"].func is alternating_flip_crop
+    assert chosen["alternating"].keywords == {"steps_per_epoch": 5, "pad": 2}
+    assert chosen["random"].func is random_crop_flip
+    assert chosen["random"].keywords == {"pad": 2, "padding": "reflect"}
+    fv = flags.FlagValues()
+    airbench_cifar.define_flags(fv)
+    try:
+        fv(["prog", "--flips=sometimes"])
+    except flags.IllegalFlagValueError as e:
+        assert "flips" in str(e)
+    else:
+        raise AssertionError("--flips=sometimes was accepted")
