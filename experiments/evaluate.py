@@ -38,7 +38,7 @@ MAKE_MODEL = {
     three_layer_cifar.APP_NAME: three_layer_cifar.make_model,
     airbench_cifar.APP_NAME: airbench_cifar.make_model,
 }
-# Key suffixes of the test-time augmentations measured (see `views`).
+# Key suffixes of the test-time augmentations measured (see `tta_views`).
 PLAIN, FLIP, FLIP_SHIFT = "", "_flip", "_flip_shift"
 EVALUATION_FILE = "evaluation.json"
 
@@ -76,7 +76,7 @@ def read_run(workdir: Path) -> dict[str, Any]:
     return started
 
 
-def views(config: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+def tta_views(config: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
     """The test-time augmentations to measure for a run with ``config``: plain, flipped,
     and (for a run with ``test_time_translate``) flipped and shifted, as Solver arguments."""
     out: dict[str, dict[str, Any]] = {PLAIN: {}, FLIP: {"test_time_flip": True}}
@@ -98,7 +98,7 @@ def evaluate(
     from jcnn.solver import Solver
 
     if views is None:
-        views = {PLAIN: {}, FLIP: {"test_time_flip": True}}
+        views = tta_views({})
 
     def accuracy(solver: Solver, X: Any, y: Any) -> float | None:
         return solver.check_accuracy(X, y) if X is not None and len(X) else None
@@ -149,7 +149,7 @@ def run(fv: flags.FlagValues = flags.FLAGS) -> dict[str, Any]:
         "epoch": meta.get("best_epoch"),
         "num_val": int(len(data["y_val"])),
         "num_test": int(len(data.get("y_test", ()))),
-        **evaluate(model, tree, data, views(config)),
+        **evaluate(model, tree, data, tta_views(config)),
     }
     result["seconds"] = round(time.perf_counter() - t0, 1)
     writer = RunWriter(workdir)
