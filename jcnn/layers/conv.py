@@ -10,7 +10,9 @@ Backward, whatever the formulation:
 - ``naive``: the definition, one output position at a time (a ``fori_loop``).
 - ``im2col``: gather every receptive field into a column, one matrix product.
 - ``xla``: ``lax.conv_general_dilated`` forward; dx and dw are themselves convolutions.
-  Also on channels-last activations (``layout='NHWC'``), the models' fast path on the CPU.
+  Also on channels-last activations (``layout='NHWC'``), the models' fast path on the CPU:
+  there, float32 and bfloat16 convolutions (all three directions) run on oneDNN's primitives
+  when jcnn's compiled kernels are available (:mod:`jcnn.native.onednn`), else on XLA's.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from jcnn.layers._checks import (
     positive_int,
 )
 from jcnn.layers._windows import LAYOUTS, channel_axis, spatial_axes, tap
-from jcnn.native import to_channel_major
+from jcnn.native import onednn, to_channel_major
 
 IMPLS = ("naive", "im2col", "xla")
 
@@ -355,8 +357,20 @@ def conv_forward_xla(x, w, b, *, stride: int = 1, pad: int = 0, layout: str = "N
         ValueError: naming ``layout`` if not ``'NCHW'``/``'NHWC'``.
     """
     check_conv_args(x, w, b, stride, pad, layout)
-    out = lax.conv_general_dilated(
-        x, w, (stride, stride), ((pad, pad), (pad, pad)), dimension_numbers=(layout, "OIHW", layout)
+
+    def xla(x, w):
+        return lax.conv_general_dilated(
+            x,
+            w,
+            (stride, stride),
+            ((pad, pad), (pad, pad)),
+            dimension_numbers=(layout, "OIHW", layout),
+        )
+
+    out = (
+        xla(x, w)
+        if layout == "NCHW"
+        else onednn.conv_forward(x, w, stride=stride, pad=pad, fallback=xla)
     )
     bias = b[None, :, None, None] if layout == "NCHW" else b
     return out + bias, ConvCache(x, w, stride, pad, layout)
@@ -378,6 +392,15 @@ def conv_dx_xla(dout, w, x_shape, stride: int, pad: int, layout: str = "NCHW"):
     Returns:
         (jax.Array): dx, of shape ``x_shape``.
     """
+    if layout == "NHWC":
+        return onednn.conv_backward_data(
+            dout, w, x_shape, stride=stride, pad=pad,
+            fallback=lambda dout, w: _dx_xla(dout, w, x_shape, stride, pad, layout),
+        )  # fmt: skip
+    return _dx_xla(dout, w, x_shape, stride, pad, layout)
+
+
+def _dx_xla(dout, w, x_shape, stride: int, pad: int, layout: str):
     hh, ww = w.shape[2:]
     h_axis, w_axis = spatial_axes(layout)
     h, wd = x_shape[h_axis], x_shape[w_axis]
@@ -421,6 +444,15 @@ def conv_dw_xla(dout, x, w_shape, stride: int, pad: int, layout: str = "NCHW"):
     Returns:
         (jax.Array): dw ``(F, C, HH, WW)``.
     """
+    if layout == "NHWC":
+        return onednn.conv_backward_weights(
+            dout, x, w_shape, stride=stride, pad=pad,
+            fallback=lambda dout, x: _dw_xla(dout, x, w_shape, stride, pad, layout),
+        )  # fmt: skip
+    return _dw_xla(dout, x, w_shape, stride, pad, layout)
+
+
+def _dw_xla(dout, x, w_shape, stride: int, pad: int, layout: str):
     hh, ww = w_shape[2:]
     # x plays the batch ↔ channel-swapped role; dout's N is the kernel's in, its C the out.
     rhs = layout.replace("N", "I").replace("C", "O")

@@ -1,23 +1,26 @@
 """Compiled CPU kernels for what XLA's CPU code generation does badly, built on first use.
 
-- :func:`to_channel_major` (``transpose.cc``): the transpose ``(N, H, W, C) -> (C, H, W, N)``.
-  XLA's CPU convolution wants the activation channel-major for a channels-last weight
-  gradient (:func:`jcnn.layers.conv.conv_dw_xla`), and XLA emits that transpose as an
-  untiled strided loop; the kernel copies it block by block on both cores instead.
-- ``jcnn_batchnorm_relu_forward`` / ``_backward`` (``batchnorm_relu.cc``): training-mode
-  batchnorm → relu on features-last input, each way in two cache-blocked passes over the
-  activations (:func:`jcnn.layers.batchnorm.batchnorm_relu_forward` and its backward, where
-  the math is; they call :func:`run`).
+Two libraries:
 
-All kernels are one library, compiled the first time one is needed with the system's C++
+- ``kernels``: :func:`to_channel_major` (``transpose.cc``), the transpose
+  ``(N, H, W, C) -> (C, H, W, N)`` that XLA's CPU convolution wants for a channels-last
+  weight gradient and emits as an untiled strided loop (the kernel copies it block by block
+  on both cores); and ``jcnn_batchnorm_relu_forward`` / ``_backward`` (``batchnorm_relu.cc``):
+  training-mode batchnorm → relu on features-last input, each way in two cache-blocked passes
+  (:func:`jcnn.layers.batchnorm.batchnorm_relu_forward` and its backward, where the math is).
+- ``onednn``: the three directions of a channels-last convolution on oneDNN's primitives, in
+  float32 or bfloat16 (``onednn_conv.cc``; :mod:`jcnn.native.onednn`, used by
+  :func:`jcnn.layers.conv_forward_xla` and its gradients). It needs oneDNN's PyPI wheels.
+
+Each library is compiled the first time one of its kernels is needed, with the system's C++
 compiler (``$CXX``, else ``c++`` or ``g++``; ``-O3 -march=native``) against the XLA FFI
 headers that ship with jaxlib, and registered with :func:`jax.ffi.register_ffi_target`. It is
 cached in ``$JCNN_CACHE_DIR`` (default ``~/.cache/jcnn``) under a name that hashes the
 sources, the jaxlib version, the compiler and this CPU's features, and written atomically, so
 processes that build it at the same time are safe. Where it cannot be built (no compiler,
-another operating system) or ``JCNN_NATIVE=0``, every kernel's caller gets its XLA twin
-instead (:func:`run`'s ``fallback``): the same values at XLA's speed. :func:`status` says
-which.
+another operating system, oneDNN missing) or ``JCNN_NATIVE=0`` (``JCNN_ONEDNN=0`` for the
+convolutions only), every kernel's caller gets its XLA twin instead (:func:`run`'s
+``fallback``): the same values at XLA's speed. :func:`status` says which.
 
 The kernels compose like any jax function: under ``jit``, ``vmap`` (a kernel takes leading
 batch dimensions) and ``jax_debug_nans``; on other backends (``lax.platform_dependent``: the
@@ -28,16 +31,6 @@ run, which XLA partitions like the rest (docs/performance.md).
 
 from __future__ import annotations
 
-import ctypes
-import hashlib
-import importlib.metadata
-import os
-import platform
-import shutil
-import subprocess
-import tempfile
-import threading
-import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -45,138 +38,84 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-OPT_OUT = "JCNN_NATIVE"
-CACHE_DIR_VARIABLE = "JCNN_CACHE_DIR"
+from jcnn.native import onednn
+from jcnn.native._library import CACHE_DIR_VARIABLE, OPT_OUT, Library
+from jcnn.native._library import cache_dir as cache_dir
+from jcnn.native._library import compiler as _compiler  # noqa: F401 (tests use it)
+
 HERE = Path(__file__).parent
-SOURCES = (HERE / "transpose.cc", HERE / "batchnorm_relu.cc")
-HEADERS = (HERE / "parallel.h",)
-# FFI target name -> the handler's symbol in the library.
-TARGETS = {
-    "jcnn_to_channel_major": "JcnnToChannelMajor",
-    "jcnn_batchnorm_relu_forward": "JcnnBatchnormReluForward",
-    "jcnn_batchnorm_relu_backward": "JcnnBatchnormReluBackward",
+LIBRARIES = {
+    "kernels": Library(
+        name="kernels",
+        sources=(HERE / "transpose.cc", HERE / "batchnorm_relu.cc"),
+        headers=(HERE / "parallel.h",),
+        targets={
+            "jcnn_to_channel_major": "JcnnToChannelMajor",
+            "jcnn_batchnorm_relu_forward": "JcnnBatchnormReluForward",
+            "jcnn_batchnorm_relu_backward": "JcnnBatchnormReluBackward",
+        },
+    ),
+    "onednn": Library(
+        name="onednn",
+        sources=(HERE / "onednn_conv.cc",),
+        headers=(HERE / "parallel.h",),
+        targets=onednn.TARGETS,
+        requirements=onednn.requirements,
+        opt_out=onednn.OPT_OUT,
+    ),
 }
+SOURCES = tuple(s for lib in LIBRARIES.values() for s in lib.sources)
+HEADERS = tuple(sorted({h for lib in LIBRARIES.values() for h in lib.headers}))
+# FFI target name -> the library that holds it.
+TARGETS = {target: lib for lib in LIBRARIES.values() for target in lib.targets}
 TARGET = "jcnn_to_channel_major"
 PERMUTATION = (3, 1, 2, 0)
+__all__ = [
+    "CACHE_DIR_VARIABLE", "OPT_OUT", "available", "cache_dir", "load", "run", "status",
+    "to_channel_major",
+]  # fmt: skip
 
-_lock = threading.Lock()
-_status: str | None = None
+
+def _library(name: str) -> Library:
+    if name not in LIBRARIES:
+        raise ValueError(f"library must be one of {sorted(LIBRARIES)}, got {name!r}")
+    return LIBRARIES[name]
 
 
-def status() -> str:
-    """``'loaded'``, ``'not-built-yet'``, ``'opted-out'``, ``'no-compiler'``,
-    ``'unsupported-platform'`` or ``'failed: <why>'``.
+def status(library: str = "kernels") -> str:
+    """The state of one kernel library in this process.
+
+    Args:
+        library: ``'kernels'`` (the transpose and batchnorm → relu) or ``'onednn'`` (the
+            convolutions).
 
     Returns:
-        The state of the kernel library in this process, one of the strings above
-        (``'not-built-yet'`` until :func:`load` has run).
+        ``'loaded'``, ``'not-built-yet'`` (until first needed), ``'opted-out'``,
+        ``'no-compiler'``, ``'unsupported-platform'``, ``'no-onednn'`` (``'onednn'`` only:
+        its wheels are not installed) or ``'failed: <why>'``.
+
+    Raises:
+        ValueError: naming ``library`` if it is not one of the two.
     """
-    return _status or "not-built-yet"
+    return _library(library).status()
 
 
-def cache_dir() -> Path:
-    """Where the compiled library is cached.
+def load(library: str = "kernels") -> bool:
+    """Build (or find in the cache) and register one library, once per process.
 
-    Returns:
-        ``$JCNN_CACHE_DIR`` if set (and non-empty), else ``~/.cache/jcnn``, as a
-        :class:`pathlib.Path` (not created here).
-    """
-    return Path(os.environ.get(CACHE_DIR_VARIABLE) or Path.home() / ".cache" / "jcnn")
-
-
-def _compiler() -> str | None:
-    return os.environ.get("CXX") or shutil.which("c++") or shutil.which("g++")
-
-
-def _cpu_features() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                return line
-    except OSError:
-        pass
-    return platform.processor()
-
-
-def _library_path(compiler: str) -> Path:
-    version = subprocess.run(
-        [compiler, "--version"], capture_output=True, text=True, check=True
-    ).stdout
-    key = "\n".join(
-        (
-            *(path.read_text() for path in SOURCES + HEADERS),
-            importlib.metadata.version("jaxlib"),
-            version,
-            _cpu_features(),
-        )
-    )
-    digest = hashlib.sha256(key.encode()).hexdigest()[:16]
-    return cache_dir() / f"kernels-{digest}.so"
-
-
-def _build(compiler: str, target: Path) -> None:
-    """Compile :data:`SOURCES` into one library, ``target``, atomically (a temporary file,
-    then a rename)."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=target.stem, suffix=".tmp")
-    os.close(fd)
-    command = [
-        compiler, "-O3", "-march=native", "-std=c++17", "-shared", "-fPIC", "-w",
-        f"-I{jax.ffi.include_dir()}", *map(str, SOURCES), "-o", tmp,
-    ]  # fmt: skip
-    try:
-        done = subprocess.run(command, capture_output=True, text=True, timeout=300)
-        if done.returncode != 0:
-            raise RuntimeError(f"{' '.join(command)} failed:\n{done.stderr[-2000:]}")
-        os.replace(tmp, target)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
-def load() -> bool:
-    """Build (or find in the cache) and register the kernel, once per process; True if it
-    is available. A failed build warns once and leaves :func:`to_channel_major` on XLA.
+    Args:
+        library: ``'kernels'`` or ``'onednn'``.
 
     Returns:
         True if the library is loaded and its FFI targets registered; False if opted out,
-        on another platform than Linux, with no compiler, or after a failure (see
-        :func:`status`). A failed build is not raised: it warns (``RuntimeWarning``) once.
+        on another platform than Linux, with no compiler, without oneDNN (``'onednn'``), or
+        after a failure (see :func:`status`). A failed build is not raised: it warns
+        (``RuntimeWarning``) once.
+
+    Raises:
+        ValueError: naming ``library`` if it is not one of the two.
     """
-    global _status
-    with _lock:
-        if _status is None:
-            _status = _load()
-            if _status.startswith("failed"):
-                warnings.warn(
-                    f"jcnn could not build its CPU kernels ({_status}); using XLA's "
-                    f"code instead (slower). {OPT_OUT}=0 silences this.",
-                    RuntimeWarning,
-                    stacklevel=3,
-                )
-        return _status == "loaded"
-
-
-def _load() -> str:
-    if os.environ.get(OPT_OUT, "1") == "0":
-        return "opted-out"
-    if platform.system() != "Linux":
-        return "unsupported-platform"
-    compiler = _compiler()
-    if compiler is None:
-        return "no-compiler"
-    try:
-        path = _library_path(compiler)
-        if not path.exists():
-            _build(compiler, path)
-        library = ctypes.cdll.LoadLibrary(str(path))
-        for target, symbol in TARGETS.items():
-            handler = jax.ffi.pycapsule(getattr(library, symbol))
-            jax.ffi.register_ffi_target(target, handler, platform="cpu")
-    except Exception as error:  # any failure means: fall back to XLA
-        first_line = (str(error).strip().splitlines() or [repr(error)])[0]
-        return f"failed: {first_line}"
-    return "loaded"
+    return _library(library).load()
 
 
 def _transpose(x: jax.Array) -> jax.Array:
@@ -194,15 +133,21 @@ def _single_device() -> bool:
     return jax.process_count() == 1 and jax.device_count() == 1
 
 
-def available() -> bool:
-    """True where the kernels can be used in this process: built or cached, and a single
-    device (see :func:`_single_device`).
+def available(library: str = "kernels") -> bool:
+    """True where one library's kernels can be used in this process: built or cached, and a
+    single device (see :func:`_single_device`).
+
+    Args:
+        library: ``'kernels'`` or ``'onednn'``.
 
     Returns:
         ``True`` if this process has one device and :func:`load` succeeds, else ``False``
         (with several devices nothing is built).
+
+    Raises:
+        ValueError: naming ``library`` if it is not one of the two.
     """
-    return _single_device() and load()
+    return _single_device() and _library(library).load()
 
 
 def run(target: str, fallback: Callable, out_shapes, *args: jax.Array, **attributes):
@@ -226,7 +171,7 @@ def run(target: str, fallback: Callable, out_shapes, *args: jax.Array, **attribu
     """
     if target not in TARGETS:
         raise ValueError(f"target must be one of {sorted(TARGETS)}, got {target!r}")
-    if not available():
+    if not (_single_device() and TARGETS[target].load()):
         return fallback(*args)
 
     def kernel(*operands):

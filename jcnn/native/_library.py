@@ -1,0 +1,173 @@
+"""One compiled library of FFI kernels: built on first use, cached, loaded, registered.
+
+A :class:`Library` compiles its sources with the system's C++ compiler (``$CXX``, else ``c++``
+or ``g++``; ``-O3 -march=native``) against the XLA FFI headers that ship with jaxlib, caches
+the result in ``$JCNN_CACHE_DIR`` (default ``~/.cache/jcnn``) under a name that hashes the
+sources, the jaxlib version, the compiler, this CPU's features and any extra inputs, writes it
+atomically (processes that build it at the same time are safe), and registers its targets with
+:func:`jax.ffi.register_ffi_target`. Any failure leaves the library unavailable, and the
+callers on XLA's code.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import importlib.metadata
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+import threading
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import jax
+
+OPT_OUT = "JCNN_NATIVE"
+CACHE_DIR_VARIABLE = "JCNN_CACHE_DIR"
+
+
+class Unavailable(Exception):
+    """Raised by a library's ``requirements`` when something it needs is missing; the
+    message is the library's status (e.g. ``'no-onednn'``)."""
+
+
+@dataclass(frozen=True)
+class Requirements:
+    """What a library needs beyond the FFI headers: compiler and linker flags, and text
+    that identifies those dependencies in the cache key (e.g. their versions)."""
+
+    compile_flags: tuple[str, ...] = ()
+    link_flags: tuple[str, ...] = ()
+    key: str = ""
+
+
+def cache_dir() -> Path:
+    """``$JCNN_CACHE_DIR`` if set (and non-empty), else ``~/.cache/jcnn``."""
+    return Path(os.environ.get(CACHE_DIR_VARIABLE) or Path.home() / ".cache" / "jcnn")
+
+
+def compiler() -> str | None:
+    """``$CXX``, else ``c++`` or ``g++`` on the ``PATH``, else None."""
+    return os.environ.get("CXX") or shutil.which("c++") or shutil.which("g++")
+
+
+def _cpu_features() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return line
+    except OSError:
+        pass
+    return platform.processor()
+
+
+@dataclass
+class Library:
+    """FFI targets compiled from ``sources`` into ``<name>-<hash>.so``.
+
+    Attributes:
+        name: the cached file's prefix, and the name warnings use.
+        sources: the ``.cc`` files, compiled together.
+        headers: files the sources include (part of the cache key).
+        targets: FFI target name -> the handler's symbol in the library.
+        requirements: returns the extra :class:`Requirements`, or raises
+            :class:`Unavailable` with the status to report (checked before compiling).
+        opt_out: an environment variable that, set to ``0``, turns this library off
+            (besides ``JCNN_NATIVE=0``, which turns off every library).
+    """
+
+    name: str
+    sources: tuple[Path, ...]
+    headers: tuple[Path, ...]
+    targets: dict[str, str]
+    requirements: Callable[[], Requirements] = Requirements
+    opt_out: str | None = None
+    _status: str | None = field(default=None, init=False, repr=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
+
+    def status(self) -> str:
+        """``'loaded'``, ``'not-built-yet'``, ``'opted-out'``, ``'no-compiler'``,
+        ``'unsupported-platform'``, a missing requirement (e.g. ``'no-onednn'``) or
+        ``'failed: <why>'``."""
+        return self._status or "not-built-yet"
+
+    def load(self) -> bool:
+        """Build (or find in the cache) and register the library, once per process; True if
+        it is available. A failed build warns (``RuntimeWarning``) once; it is not raised."""
+        with self._lock:
+            if self._status is None:
+                self._status = self._load()
+                if self._status.startswith("failed"):
+                    warnings.warn(
+                        f"jcnn could not build its CPU kernels ({self.name}, {self._status}); "
+                        f"using XLA's code instead (slower). {OPT_OUT}=0 silences this.",
+                        RuntimeWarning,
+                        stacklevel=4,
+                    )
+            return self._status == "loaded"
+
+    def _load(self) -> str:
+        for variable in (OPT_OUT, self.opt_out):
+            if variable and os.environ.get(variable, "1") == "0":
+                return "opted-out"
+        if platform.system() != "Linux":
+            return "unsupported-platform"
+        cxx = compiler()
+        if cxx is None:
+            return "no-compiler"
+        try:
+            needs = self.requirements()
+        except Unavailable as missing:
+            return str(missing)
+        try:
+            path = self._path(cxx, needs)
+            if not path.exists():
+                self._build(cxx, needs, path)
+            library = ctypes.cdll.LoadLibrary(str(path))
+            for target, symbol in self.targets.items():
+                handler = jax.ffi.pycapsule(getattr(library, symbol))
+                jax.ffi.register_ffi_target(target, handler, platform="cpu")
+        except Exception as error:  # any failure means: fall back to XLA
+            first_line = (str(error).strip().splitlines() or [repr(error)])[0]
+            return f"failed: {first_line}"
+        return "loaded"
+
+    def _path(self, cxx: str, needs: Requirements) -> Path:
+        version = subprocess.run(
+            [cxx, "--version"], capture_output=True, text=True, check=True
+        ).stdout
+        key = "\n".join(
+            (
+                *(path.read_text() for path in self.sources + self.headers),
+                importlib.metadata.version("jaxlib"),
+                version,
+                _cpu_features(),
+                needs.key,
+            )
+        )
+        digest = hashlib.sha256(key.encode()).hexdigest()[:16]
+        return cache_dir() / f"{self.name}-{digest}.so"
+
+    def _build(self, cxx: str, needs: Requirements, target: Path) -> None:
+        """Compile the sources into ``target`` atomically (a temporary file, then a rename)."""
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=target.stem, suffix=".tmp")
+        os.close(fd)
+        command = [
+            cxx, "-O3", "-march=native", "-std=c++17", "-shared", "-fPIC", "-w",
+            f"-I{jax.ffi.include_dir()}", *needs.compile_flags, *map(str, self.sources),
+            "-o", tmp, *needs.link_flags,
+        ]  # fmt: skip
+        try:
+            done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+            if done.returncode != 0:
+                raise RuntimeError(f"{' '.join(command)} failed:\n{done.stderr[-2000:]}")
+            os.replace(tmp, target)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
