@@ -35,6 +35,13 @@ Implementations (``--impls``):
 * ``jcnn_xla`` (not in the default list): ``jcnn`` with its compiled CPU kernels turned off
   (``JCNN_NATIVE=0`` in that worker; see :mod:`jcnn.native`), so ``jcnn/jcnn_xla`` is what
   the kernels bring, measured side by side;
+* ``jcnn_no_onednn`` (not in the default list): ``jcnn`` with only its oneDNN convolutions
+  turned off (``JCNN_ONEDNN=0``; :mod:`jcnn.native.onednn`): XLA's convolutions, jcnn's
+  other kernels;
+* ``jcnn_bf16`` and ``torch_bf16`` (not in the default list): the network computed in bfloat16
+  with float32 parameters, optimiser and loss: jcnn through
+  :func:`jcnn.parallel.mixed_precision_loss` (``compute_dtype='bfloat16'``), PyTorch eager
+  under ``torch.autocast('cpu', torch.bfloat16)``, its fastest CPU mode;
 * ``solver`` (not in the default list): the jcnn model trained by :class:`jcnn.solver.Solver`
   for two epochs on ``--solver_num_train`` random CIFAR-sized images (minibatch sampling on
   the host, the jitted update, accuracy checks on 1,000 train and 1,000 val images at each

@@ -148,6 +148,7 @@ def jax_platform(model_kwargs: dict) -> dict:
         "jcnn_xla_flags": jcnn.XLA_FLAGS_STATUS,
         "jcnn_hugepages": jcnn.cpu.status(),
         "jcnn_native": jcnn.native.status(),
+        "jcnn_onednn": jcnn.native.status("onednn"),
         "GLIBC_TUNABLES": os.environ.get("GLIBC_TUNABLES"),
         "model_kwargs": {k: v for k, v in model_kwargs.items() if k != "dtype"},
     }

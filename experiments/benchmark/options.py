@@ -26,8 +26,14 @@ OPTIMIZERS = {
     "airbench": f"SGD, Nesterov momentum {AIRBENCH.training['momentum']}",
 }
 # jcnn_xla: jcnn with its compiled CPU kernels turned off (JCNN_NATIVE=0): XLA's code instead.
-JAX_IMPLS = ("jcnn", "reference", "solver", "jcnn_xla")
-TORCH_IMPLS = ("torch", "torch_compile")
+# jcnn_no_onednn: jcnn with only its oneDNN convolutions turned off (JCNN_ONEDNN=0).
+# *_bf16: the network computed in bfloat16 (jcnn: compute_dtype through
+# jcnn.parallel.mixed_precision_loss; torch: torch.autocast('cpu', torch.bfloat16)).
+JAX_IMPLS = ("jcnn", "reference", "solver", "jcnn_xla", "jcnn_no_onednn", "jcnn_bf16")
+TORCH_IMPLS = ("torch", "torch_compile", "torch_bf16")
+BF16_IMPLS = ("jcnn_bf16", "torch_bf16")
+# The worker environment of the impls that turn kernels off.
+IMPL_ENV = {"jcnn_xla": {"JCNN_NATIVE": "0"}, "jcnn_no_onednn": {"JCNN_ONEDNN": "0"}}
 IMPLS = JAX_IMPLS + TORCH_IMPLS
 # (a, b): report throughput(a) / throughput(b) when both were run.
 RATIO_PAIRS = (
@@ -38,6 +44,10 @@ RATIO_PAIRS = (
     ("torch_compile", "torch"),
     ("solver", "jcnn"),
     ("jcnn", "jcnn_xla"),
+    ("jcnn", "jcnn_no_onednn"),
+    ("jcnn_bf16", "torch_bf16"),
+    ("jcnn_bf16", "jcnn"),
+    ("torch_bf16", "torch"),
 )
 RESULT_PREFIX = "@@jcnn-benchmark@@ "
 

@@ -130,7 +130,8 @@ def format_header(meta: dict) -> str:
             parts.append(
                 f"{impl}: backend {p['backend']}, devices {p['devices']}, "
                 f"XLA_FLAGS={p['XLA_FLAGS']!r}, huge pages: {p.get('jcnn_hugepages')}, "
-                f"compiled kernels: {p.get('jcnn_native')}"
+                f"compiled kernels: {p.get('jcnn_native')}, oneDNN convolutions: "
+                f"{p.get('jcnn_onednn')}"
             )
         else:
             parts.append(
@@ -151,7 +152,8 @@ def format_header(meta: dict) -> str:
         f"max CPU share used by other processes while timing: {meta['others_cpu_frac_max']}"
     )
     parts.append(
-        f"float32, one step = forward + backward + optimiser update; {meta['rounds']} rounds x "
+        "float32 (the *_bf16 impls: the network in bfloat16, parameters and optimiser float32), "
+        f"one step = forward + backward + optimiser update; {meta['rounds']} rounds x "
         f"{meta['repeats']} timed steps (+{meta['warmup']} warm-up) per worker"
     )
     return "\n".join(f"- {p}" for p in parts)

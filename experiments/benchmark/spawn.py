@@ -11,7 +11,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from experiments.benchmark.options import FLAGS, FORWARDED, RESULT_PREFIX
+from experiments.benchmark.options import FLAGS, FORWARDED, IMPL_ENV, RESULT_PREFIX
 
 
 def _flag_arg(name: str) -> str | None:
@@ -42,10 +42,9 @@ def worker_command(model: str, impl: str, batch_size: int, round_: int) -> list[
 
 def _worker_env(impl: str) -> dict:
     """The parent's environment, with the project root importable (for ``-m experiments``);
-    ``jcnn_xla`` workers also get ``JCNN_NATIVE=0``."""
+    ``jcnn_xla`` workers also get ``JCNN_NATIVE=0``, ``jcnn_no_onednn`` ``JCNN_ONEDNN=0``."""
     env = dict(os.environ)
-    if impl == "jcnn_xla":
-        env["JCNN_NATIVE"] = "0"
+    env.update(IMPL_ENV.get(impl, {}))
     root = str(Path(__file__).resolve().parents[2])
     path = env.get("PYTHONPATH")
     env["PYTHONPATH"] = root + (os.pathsep + path if path else "")

@@ -23,6 +23,7 @@ import time
 from experiments.benchmark.machine import OthersCpu, jax_platform, read_loadavg, torch_platform
 from experiments.benchmark.options import (
     AIRBENCH,
+    BF16_IMPLS,
     FLAGS,
     IMPLS,
     JAX_IMPLS,
@@ -79,7 +80,7 @@ def make_jax_model(model: str, impl: str):
     if reason:
         raise ValueError(reason)
     cfg = model_config(model)
-    layers = "jcnn" if impl in ("solver", "jcnn_xla") else impl
+    layers = "reference" if impl == "reference" else "jcnn"
     kwargs = dict(cfg, layers=layers, dtype=jnp.float32)
     for name in ("conv_impl", "pool_impl"):
         if FLAGS[name].value is not None:
@@ -189,7 +190,11 @@ def make_jax_step(model: str, impl: str, batch_size: int):
     import jax.numpy as jnp
     import optax
 
+    from jcnn.parallel import mixed_precision_loss
+
     net, kwargs = make_jax_model(model, impl)
+    # float32, or the network in bfloat16 (parameters, optimiser and loss stay float32)
+    loss_fn = mixed_precision_loss(net, "bfloat16" if impl in BF16_IMPLS else None)
 
     # -- the training step, as a user writes it --------------------------------------------
     params, state = net.init(jax.random.PRNGKey(FLAGS.seed))
@@ -198,7 +203,7 @@ def make_jax_step(model: str, impl: str, batch_size: int):
 
     def train_step(params, state, opt_state, key, x, y):
         key, subkey = jax.random.split(key)
-        (loss, state), grads = jax.value_and_grad(net.loss, has_aux=True)(
+        (loss, state), grads = jax.value_and_grad(loss_fn, has_aux=True)(
             params, state, x, y, key=subkey
         )
         updates, opt_state = optimizer.update(grads, opt_state, params)
@@ -263,6 +268,7 @@ def run_torch_worker(model: str, impl: str, batch_size: int) -> dict:
     else:
         optimizer = torch_models.make_adam(net, FLAGS.learning_rate)
     loss_fn = torch.compile(net.loss) if impl == "torch_compile" else net.loss
+    autocast = torch.autocast(device.split(":")[0], torch.bfloat16, enabled=impl in BF16_IMPLS)
 
     x_np, y_np = make_data(model, batch_size, FLAGS.seed)
     x = torch.from_numpy(x_np).to(device)
@@ -271,7 +277,8 @@ def run_torch_worker(model: str, impl: str, batch_size: int) -> dict:
 
     def step():
         optimizer.zero_grad(set_to_none=True)
-        loss = loss_fn(x, y)
+        with autocast:
+            loss = loss_fn(x, y)
         loss.backward()
         optimizer.step()
         return loss

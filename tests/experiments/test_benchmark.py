@@ -137,6 +137,33 @@ def test_jcnn_xla_is_jcnn_with_the_compiled_kernel_off(tmp_path):
     assert runs["jcnn"]["first_loss"] == pytest.approx(runs["jcnn_xla"]["first_loss"], rel=1e-6)
 
 
+def test_bf16_impls_compute_in_bfloat16_and_no_onednn_turns_only_the_convolutions_off(tmp_path):
+    """``jcnn_bf16`` trains the same model with the network in bfloat16 (its first loss is
+    float32's to bfloat16 precision, not equal); ``jcnn_no_onednn`` keeps jcnn's other
+    kernels; ``torch_bf16`` runs under autocast when torch is there."""
+    out = tmp_path / "bench.json"
+    impls = "jcnn,jcnn_bf16,jcnn_no_onednn" + (",torch,torch_bf16" if HAVE_TORCH else "")
+    proc = _run(
+        ["--tiny", "--models=airbench", f"--impls={impls}", "--rounds=1", "--repeats=2",
+         "--warmup=0", "--quiet_max_wait=0", f"--json_out={out}"]
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "| airbench | 4 | jcnn_bf16/jcnn |" in proc.stdout
+    assert "| airbench | 4 | jcnn/jcnn_no_onednn |" in proc.stdout
+    runs = {r["impl"]: r for r in json.loads(out.read_text())["runs"]}
+    assert runs["jcnn_no_onednn"]["platform"]["jcnn_onednn"] == "opted-out"
+    assert runs["jcnn_no_onednn"]["platform"]["jcnn_native"] != "opted-out"
+    assert runs["jcnn_no_onednn"]["first_loss"] == pytest.approx(
+        runs["jcnn"]["first_loss"], rel=1e-5
+    )
+    bf16, f32 = runs["jcnn_bf16"]["first_loss"], runs["jcnn"]["first_loss"]
+    assert bf16 != f32 and bf16 == pytest.approx(f32, rel=2e-2)
+    if HAVE_TORCH:
+        assert "| airbench | 4 | jcnn_bf16/torch_bf16 |" in proc.stdout
+        t16, t32 = runs["torch_bf16"]["first_loss"], runs["torch"]["first_loss"]
+        assert t16 != t32 and t16 == pytest.approx(t32, rel=2e-2)
+
+
 def test_solver_worker_times_the_second_epoch_of_a_real_solver_run():
     proc = _run(
         [
