@@ -370,8 +370,9 @@ def define_device_flags(fv: flags.FlagValues) -> None:
     )  # fmt: skip
     flags.DEFINE_enum(
         "compute_dtype", "float32", list(COMPUTE_DTYPES), "Dtype of the network's arithmetic "
-        "(bfloat16: mixed precision for GPU/TPU; parameters, optimiser state and the loss "
-        "stay float32).", flag_values=fv,
+        "(bfloat16: mixed precision, for GPU/TPU and CPUs with bfloat16 units such as "
+        "AVX512-BF16 or AMX; parameters, optimiser state and the loss stay float32).",
+        flag_values=fv,
     )  # fmt: skip
     flags.DEFINE_string(
         "coordinator_address", None, "Multi-host runs: host:port of process 0, passed with "
