@@ -66,9 +66,9 @@ def requirements() -> Requirements:
 
 
 def eligible(*operands: jax.Array) -> bool:
-    """True if the kernels take these operands: all float32, or all bfloat16."""
+    """True if the kernels take these operands: all float32, or all bfloat16, none empty."""
     dtypes = {jnp.dtype(a.dtype) for a in operands}
-    return len(dtypes) == 1 and dtypes.pop() in DTYPES
+    return len(dtypes) == 1 and dtypes.pop() in DTYPES and all(a.size for a in operands)
 
 
 def _call(target: str, fallback: Callable, shape, dtype, a, b, stride: int, pad: int):

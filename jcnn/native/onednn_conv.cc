@@ -22,6 +22,7 @@
 
 #include <cstdint>
 #include <cstring>
+#include <exception>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -141,13 +142,24 @@ void* Scratch(std::vector<std::vector<char>>& pool, int which, size_t bytes) {
   return pool[which].data();
 }
 
+// oneDNN single-threaded on this thread while it lives; the thread's OpenMP setting is
+// restored afterwards, also when oneDNN throws.
+class SingleThreaded {
+ public:
+  SingleThreaded() : saved_(omp_get_max_threads()) { omp_set_num_threads(1); }
+  ~SingleThreaded() { omp_set_num_threads(saved_); }
+  SingleThreaded(const SingleThreaded&) = delete;
+  SingleThreaded& operator=(const SingleThreaded&) = delete;
+
+ private:
+  int saved_;
+};
+
 // Runs one half: `input` is x (forward, weights) or dout (data), `filters` is w (forward,
 // data) or the half's float32 oihw partial dw (weights), `output` is out, dx or unused.
 void RunHalf(const Geometry& g, Direction d, const void* x, const void* dout, const void* w,
              void* out, float* dw_partial) {
-  // Single-threaded oneDNN on this thread only; restore the caller's setting afterwards.
-  const int threads = omp_get_max_threads();
-  omp_set_num_threads(1);
+  const SingleThreaded single_threaded;
   {
     thread_local std::vector<std::vector<char>> scratch;
     const Plan& plan = PlanFor(g, d);
@@ -180,7 +192,6 @@ void RunHalf(const Geometry& g, Direction d, const void* x, const void* dout, co
     }
     stream.wait();
   }
-  omp_set_num_threads(threads);
 }
 
 size_t Bytes(memory::data_type t) { return t == memory::data_type::f32 ? 4 : 2; }
@@ -193,15 +204,18 @@ uint16_t ToBfloat16(float v) {  // round to nearest even, as XLA's convert does
   return static_cast<uint16_t>(bits >> 16);
 }
 
-// One problem (one vmap index): splits the batch in two halves over both cores.
-void RunProblem(ffi::ThreadPool& pool, const Geometry& all, Direction d, const char* x,
-                const char* dout, const char* w, char* result) {
+// One problem (one vmap index): splits the batch in two halves over both cores. Returns
+// the first error of either half ("" if none): nothing may throw on a pool thread.
+std::string RunProblem(ffi::ThreadPool& pool, const Geometry& all, Direction d, const char* x,
+                       const char* dout, const char* w, char* result) {
   const int64_t halves = all.n >= 2 ? 2 : 1;
   const int64_t first = (all.n + 1) / 2;
   const size_t unit = Bytes(all.type);
   const size_t x_image = all.h * all.w * all.c * unit, out_image = all.ho * all.wo * all.f * unit;
   const int64_t filter_count = all.f * all.c * all.kh * all.kw;
   std::vector<float> partial(d == Direction::kWeights ? halves * filter_count : 0);
+  std::mutex error_mutex;
+  std::string error;
   jcnn::ParallelFor(pool, halves, true, [&](int64_t half) {
     Geometry g = all;
     const int64_t start = half == 0 ? 0 : first;
@@ -212,10 +226,15 @@ void RunProblem(ffi::ThreadPool& pool, const Geometry& all, Direction d, const c
     char* out_half = nullptr;
     if (d == Direction::kForward) out_half = result + start * out_image;
     if (d == Direction::kData) out_half = result + start * x_image;
-    RunHalf(g, d, x_half, dout_half, w, out_half,
-            d == Direction::kWeights ? partial.data() + half * filter_count : nullptr);
+    try {
+      RunHalf(g, d, x_half, dout_half, w, out_half,
+              d == Direction::kWeights ? partial.data() + half * filter_count : nullptr);
+    } catch (const std::exception& e) {
+      std::lock_guard<std::mutex> lock(error_mutex);
+      if (error.empty()) error = std::string("oneDNN: ") + e.what();
+    }
   });
-  if (d != Direction::kWeights) return;
+  if (!error.empty() || d != Direction::kWeights) return error;
   for (int64_t i = 0; i < filter_count; ++i) {
     const float sum = halves == 2 ? partial[i] + partial[filter_count + i] : partial[i];
     if (all.type == memory::data_type::f32) {
@@ -224,6 +243,7 @@ void RunProblem(ffi::ThreadPool& pool, const Geometry& all, Direction d, const c
       reinterpret_cast<uint16_t*>(result)[i] = ToBfloat16(sum);
     }
   }
+  return error;
 }
 
 ffi::Error TypeOf(const ffi::AnyBuffer& a, memory::data_type* type) {
@@ -287,14 +307,12 @@ ffi::Error Run(ffi::ThreadPool& pool, Direction d, const ffi::AnyBuffer& images,
   const size_t result_bytes = d == Direction::kForward ? out_bytes
                               : d == Direction::kData  ? x_bytes
                                                        : w_bytes;
-  try {
-    for (int64_t p = 0; p < problems; ++p) {
-      RunProblem(pool, g, d, x ? base(x) + p * x_bytes : nullptr,
-                 dout ? base(dout) + p * out_bytes : nullptr, w ? base(w) + p * w_bytes : nullptr,
-                 out + p * result_bytes);
-    }
-  } catch (const dnnl::error& e) {
-    return ffi::Error::Internal(std::string("oneDNN: ") + e.what());
+  for (int64_t p = 0; p < problems; ++p) {
+    const std::string error = RunProblem(
+        pool, g, d, x ? base(x) + p * x_bytes : nullptr,
+        dout ? base(dout) + p * out_bytes : nullptr, w ? base(w) + p * w_bytes : nullptr,
+        out + p * result_bytes);
+    if (!error.empty()) return ffi::Error::Internal(error);
   }
   return ffi::Error::Success();
 }
