@@ -284,3 +284,14 @@ def test_with_several_devices_xla_convolves(tmp_path):
     result = _probe(tmp_path, XLA_FLAGS="--xla_force_host_platform_device_count=2")
     assert result["devices"] == 2 and not result["custom_call"] and result["close"]
     assert result["onednn"] == "not-built-yet"  # never needed
+
+
+@needs_onednn
+def test_the_openmp_thread_count_of_the_process_is_left_alone():
+    import ctypes
+
+    gomp = ctypes.CDLL("libgomp.so.1")
+    before = gomp.omp_get_max_threads()
+    x, w, dout = _operands(4, 8, 3, 5, 3, 1, 1)
+    jax.block_until_ready(jax.jit(_kernels, static_argnums=(3, 4))(x, w, dout, 1, 1))
+    assert gomp.omp_get_max_threads() == before
