@@ -305,8 +305,9 @@ class BatchnormReluCache:
 
 
 def _uses_native(x, axis: int) -> bool:
-    """The compiled CPU kernels (:mod:`jcnn.native`) take features-last float32/float64."""
-    return axis % x.ndim == x.ndim - 1 and x.dtype in (jnp.float32, jnp.float64)
+    """The compiled CPU kernels (:mod:`jcnn.native`) take features-last float32, float64 or
+    bfloat16 (computed in float32)."""
+    return axis % x.ndim == x.ndim - 1 and x.dtype in (jnp.float32, jnp.float64, jnp.bfloat16)
 
 
 def _batchnorm_relu_xla(x, gamma, beta, *, eps: float, axis: int):
@@ -332,9 +333,9 @@ def batchnorm_relu_forward(
     """``relu(batchnorm(x))`` in training mode, normalised over every axis but ``axis``.
 
     Returns ``((out, mean, var), cache)``: ``mean`` and ``var`` ``(D,)`` are the batch
-    statistics (for the running averages). Features-last float32/float64 input runs in one
-    compiled CPU kernel where :mod:`jcnn.native` is available (two cache-blocked passes over
-    x); elsewhere the same math in XLA.
+    statistics (for the running averages). Features-last float32/float64/bfloat16 input runs
+    in one compiled CPU kernel (bfloat16 computed in float32) where :mod:`jcnn.native` is
+    available (two cache-blocked passes over x); elsewhere the same math in XLA.
 
     Args:
         x: the input, features on ``axis`` (D of them).

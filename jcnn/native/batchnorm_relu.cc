@@ -14,10 +14,13 @@
 //           dx = s·(g − dβ/m − x̂·dγ/m) + dmean/m + 2·dvar·(x − mean)/m,
 //           m = rows; dmean and dvar are the cotangents of the returned batch statistics.
 // Leading dimensions of gamma (from jax.vmap) are a batch of independent problems.
+// Storage is float32, float64 or bfloat16; bfloat16 values are computed in float32 (each
+// output rounded to nearest even once), float32 and float64 in their own type.
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 #include <vector>
 
 #include "parallel.h"
@@ -53,6 +56,52 @@ void ForBlocks(Pool& pool, const Shape& s, Body&& body) {
     const int64_t r0 = b * s.block;
     body(b, r0, std::min(s.rows, r0 + s.block));
   });
+}
+
+// bfloat16 storage: the upper half of a float32.
+struct Bf16 {
+  uint16_t bits;
+};
+
+// The type a storage type S is computed in.
+template <typename S>
+using Compute = std::conditional_t<std::is_same_v<S, Bf16>, float, S>;
+
+inline uint16_t RoundToBf16(uint32_t bits) {  // nearest even; NaN stays a quiet NaN
+  if ((bits & 0x7fffffffu) > 0x7f800000u) return static_cast<uint16_t>((bits >> 16) | 0x40);
+  return static_cast<uint16_t>((bits + 0x7fffu + ((bits >> 16) & 1u)) >> 16);
+}
+
+template <typename S>
+inline S FromDouble(double v) {
+  if constexpr (std::is_same_v<S, Bf16>) {
+    const float f = static_cast<float>(v);
+    uint32_t bits;
+    std::memcpy(&bits, &f, 4);
+    return Bf16{RoundToBf16(bits)};
+  } else {
+    return static_cast<S>(v);
+  }
+}
+
+template <typename S>
+inline double ToDouble(const S& v) {
+  if constexpr (std::is_same_v<S, Bf16>) {
+    const uint32_t bits = static_cast<uint32_t>(v.bits) << 16;
+    float f;
+    std::memcpy(&f, &bits, 4);
+    return f;
+  } else {
+    return static_cast<double>(v);
+  }
+}
+
+// c per-channel values in the compute type.
+template <typename S>
+std::vector<Compute<S>> Widen(const S* p, int64_t c) {
+  std::vector<Compute<S>> out(c);
+  for (int64_t k = 0; k < c; ++k) out[k] = static_cast<Compute<S>>(ToDouble(p[k]));
+  return out;
 }
 
 // s = γ/√(var + ε) and t = β − mean·s, from the statistics as stored (rounded to T), so the
@@ -95,6 +144,33 @@ inline void Store(void* p, const V& v) {
   std::memcpy(p, &v, sizeof v);
 }
 
+// A chunk V (of the compute type) from storage S, and back; plain copies unless S is Bf16.
+template <typename V, typename S>
+inline V LoadAs(const S* p) {
+  if constexpr (std::is_same_v<S, Bf16>) {
+    constexpr size_t n = sizeof(V) / sizeof(float);
+    uint32_t bits[n];
+    for (size_t j = 0; j < n; ++j) bits[j] = static_cast<uint32_t>(p[j].bits) << 16;
+    V v;
+    std::memcpy(&v, bits, sizeof v);
+    return v;
+  } else {
+    return Load<V>(p);
+  }
+}
+
+template <typename S, typename V>
+inline void StoreAs(S* p, const V& v) {
+  if constexpr (std::is_same_v<S, Bf16>) {
+    constexpr size_t n = sizeof(V) / sizeof(float);
+    uint32_t bits[n];
+    std::memcpy(bits, &v, sizeof v);
+    for (size_t j = 0; j < n; ++j) p[j].bits = RoundToBf16(bits[j]);
+  } else {
+    Store(p, v);
+  }
+}
+
 // dst[0 : lanes] = v, widened to double.
 template <typename T, typename V>
 inline void Spill(const V& v, double* dst) {
@@ -119,9 +195,10 @@ inline V Preactivation(const V& x, const V& scale, const V& shift) {
   return x * scale + shift;
 }
 
-template <typename T, typename Pool>
-void Forward(Pool& pool, const Shape& s, const T* x, const T* gamma, const T* beta,
-             double eps, T* out, T* mean, T* var) {
+template <typename S, typename Pool>
+void Forward(Pool& pool, const Shape& s, const S* x, const S* gamma_s, const S* beta_s,
+             double eps, S* out, S* mean_s, S* var_s) {
+  using T = Compute<S>;
   const int64_t c = s.channels;
   std::vector<double> block_mean(s.blocks * c), block_m2(s.blocks * c);
   ForBlocks(pool, s, [&](int64_t b, int64_t r0, int64_t r1) {
@@ -129,12 +206,12 @@ void Forward(Pool& pool, const Shape& s, const T* x, const T* gamma, const T* be
       using V = decltype(chunk);
       // The block mean as the first row plus the mean offset from it: the offsets are
       // small, so their float sum stays exact where one of the values themselves would not.
-      const V first = Load<V>(x + r0 * c + k);
+      const V first = LoadAs<V>(x + r0 * c + k);
       V sum{}, m2{};
-      for (int64_t r = r0 + 1; r < r1; ++r) sum += Load<V>(x + r * c + k) - first;
+      for (int64_t r = r0 + 1; r < r1; ++r) sum += LoadAs<V>(x + r * c + k) - first;
       const V m = first + sum / static_cast<T>(r1 - r0);
       for (int64_t r = r0; r < r1; ++r) {
-        const V d = Load<V>(x + r * c + k) - m;
+        const V d = LoadAs<V>(x + r * c + k) - m;
         m2 += d * d;
       }
       Spill<T>(m, block_mean.data() + b * c + k);
@@ -153,11 +230,16 @@ void Forward(Pool& pool, const Shape& s, const T* x, const T* gamma, const T* be
     }
     n = total;
   }
+  // The statistics as stored (rounded to S) are what the backward pass will read.
+  std::vector<T> mean(c), var(c);
   for (int64_t k = 0; k < c; ++k) {
-    mean[k] = static_cast<T>(n_mean[k]);
-    var[k] = static_cast<T>(n > 0 ? n_m2[k] / n : 0.0);
+    mean_s[k] = FromDouble<S>(n_mean[k]);
+    var_s[k] = FromDouble<S>(n > 0 ? n_m2[k] / n : 0.0);
+    mean[k] = static_cast<T>(ToDouble(mean_s[k]));
+    var[k] = static_cast<T>(ToDouble(var_s[k]));
   }
-  const ScaleShift<T> affine(mean, var, gamma, beta, eps, c);
+  const std::vector<T> gamma = Widen(gamma_s, c), beta = Widen(beta_s, c);
+  const ScaleShift<T> affine(mean.data(), var.data(), gamma.data(), beta.data(), eps, c);
   const T* sc = affine.scale.data();
   const T* sh = affine.shift.data();
   ForBlocks(pool, s, [&](int64_t b, int64_t r0, int64_t r1) {
@@ -165,19 +247,24 @@ void Forward(Pool& pool, const Shape& s, const T* x, const T* gamma, const T* be
       using V = decltype(chunk);
       const V scale_k = Load<V>(sc + k), shift_k = Load<V>(sh + k);
       for (int64_t r = r0; r < r1; ++r) {
-        const V y = Preactivation(Load<V>(x + r * c + k), scale_k, shift_k);
-        Store(out + r * c + k, y < V{} ? V{} : y);  // NaN stays NaN
+        const V y = Preactivation(LoadAs<V>(x + r * c + k), scale_k, shift_k);
+        StoreAs(out + r * c + k, y < V{} ? V{} : y);  // NaN stays NaN
       }
     });
   });
 }
 
-template <typename T, typename Pool>
-void Backward(Pool& pool, const Shape& s, const T* dout, const T* x, const T* mean,
-              const T* var, const T* gamma, const T* beta, const T* dmean, const T* dvar,
-              double eps, T* dx, T* dgamma, T* dbeta) {
+template <typename S, typename Pool>
+void Backward(Pool& pool, const Shape& s, const S* dout, const S* x, const S* mean_s,
+              const S* var_s, const S* gamma_s, const S* beta_s, const S* dmean_s,
+              const S* dvar_s, double eps, S* dx, S* dgamma, S* dbeta) {
+  using T = Compute<S>;
   const int64_t c = s.channels;
-  const ScaleShift<T> affine(mean, var, gamma, beta, eps, c);
+  const std::vector<T> mean_v = Widen(mean_s, c), var = Widen(var_s, c);
+  const std::vector<T> gamma = Widen(gamma_s, c), beta = Widen(beta_s, c);
+  const std::vector<T> dmean = Widen(dmean_s, c), dvar = Widen(dvar_s, c);
+  const T* mean = mean_v.data();
+  const ScaleShift<T> affine(mean, var.data(), gamma.data(), beta.data(), eps, c);
   const T* sc = affine.scale.data();
   const T* sh = affine.shift.data();
   std::vector<double> block_g(s.blocks * c), block_gx(s.blocks * c);
@@ -187,8 +274,8 @@ void Backward(Pool& pool, const Shape& s, const T* dout, const T* x, const T* me
       const V scale_k = Load<V>(sc + k), shift_k = Load<V>(sh + k), mean_k = Load<V>(mean + k);
       V sum_g{}, sum_gx{};
       for (int64_t r = r0; r < r1; ++r) {
-        const V xv = Load<V>(x + r * c + k);
-        const V g = Preactivation(xv, scale_k, shift_k) > V{} ? Load<V>(dout + r * c + k) : V{};
+        const V xv = LoadAs<V>(x + r * c + k);
+        const V g = Preactivation(xv, scale_k, shift_k) > V{} ? LoadAs<V>(dout + r * c + k) : V{};
         sum_g += g;
         sum_gx += g * (xv - mean_k);
       }
@@ -206,8 +293,8 @@ void Backward(Pool& pool, const Shape& s, const T* dout, const T* x, const T* me
       gx += block_gx[b * c + k];
     }
     const double inv = affine.inv_std[k];
-    dbeta[k] = static_cast<T>(g);
-    dgamma[k] = static_cast<T>(gx * inv);
+    dbeta[k] = FromDouble<S>(g);
+    dgamma[k] = FromDouble<S>(gx * inv);
     a[k] = static_cast<T>(sc[k] * g / m - dmean[k] / m);
     q[k] = static_cast<T>(sc[k] * gx * inv * inv / m - 2.0 * dvar[k] / m);
   }
@@ -219,9 +306,9 @@ void Backward(Pool& pool, const Shape& s, const T* dout, const T* x, const T* me
       const V scale_k = Load<V>(sc + k), shift_k = Load<V>(sh + k), mean_k = Load<V>(mean + k);
       const V a_k = Load<V>(pa + k), q_k = Load<V>(pq + k);
       for (int64_t r = r0; r < r1; ++r) {
-        const V xv = Load<V>(x + r * c + k);
-        const V g = Preactivation(xv, scale_k, shift_k) > V{} ? Load<V>(dout + r * c + k) : V{};
-        Store(dx + r * c + k, scale_k * g - a_k - (xv - mean_k) * q_k);
+        const V xv = LoadAs<V>(x + r * c + k);
+        const V g = Preactivation(xv, scale_k, shift_k) > V{} ? LoadAs<V>(dout + r * c + k) : V{};
+        StoreAs(dx + r * c + k, scale_k * g - a_k - (xv - mean_k) * q_k);
       }
     });
   });
@@ -265,7 +352,8 @@ void BackwardAll(ffi::ThreadPool& pool, const Shape& s, const ffi::AnyBuffer& do
   }
 }
 
-// Checks gamma's rank and calls run(T{}) with T the element type of x: float or double.
+// Checks gamma's rank and calls run(T{}) with T the element type of x: float, double or
+// Bf16.
 template <typename Run>
 ffi::Error WithFloatType(const ffi::AnyBuffer& x, const ffi::AnyBuffer& gamma, Run&& run) {
   if (gamma.dimensions().size() == 0) return ffi::Error::InvalidArgument("gamma must be (..., C)");
@@ -276,8 +364,11 @@ ffi::Error WithFloatType(const ffi::AnyBuffer& x, const ffi::AnyBuffer& gamma, R
     case ffi::DataType::F64:
       run(double{});
       return ffi::Error::Success();
+    case ffi::DataType::BF16:
+      run(Bf16{});
+      return ffi::Error::Success();
     default:
-      return ffi::Error::InvalidArgument("x must be float32 or float64");
+      return ffi::Error::InvalidArgument("x must be float32, float64 or bfloat16");
   }
 }
 

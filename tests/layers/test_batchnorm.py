@@ -229,6 +229,42 @@ def test_conv_bn_relu_runs_the_compiled_kernels_on_features_last_input(layout):
         assert (target in hlo) == (layout == "NHWC")
 
 
+@pytest.mark.skipif(native._compiler() is None, reason="no C++ compiler on this machine")
+def test_batchnorm_relu_in_bfloat16_is_the_float32_result_rounded():
+    # 37 channels: two vector chunks of 16 and 5 single channels; several row blocks.
+    x = (normal(0, 40, 6, 6, 37) * 2.0 + 0.5).astype(jnp.bfloat16)
+    gamma = (1.0 + 0.1 * normal(1, 37)).astype(jnp.bfloat16)
+    beta = (0.1 * normal(2, 37)).astype(jnp.bfloat16)
+    dout = normal(3, 40, 6, 6, 37).astype(jnp.bfloat16)
+    dmean, dvar = (
+        (0.1 * normal(4, 37)).astype(jnp.bfloat16),
+        (0.1 * normal(5, 37)).astype(jnp.bfloat16),
+    )
+
+    def both_ways(x, gamma, beta, dout, dmean, dvar):
+        (out, mean, var), cache = L.batchnorm_relu_forward(x, gamma, beta, eps=1e-5, axis=3)
+        return (out, mean, var), L.batchnorm_relu_backward((dout, dmean, dvar), cache)
+
+    f = jax.jit(both_ways)
+    args = (x, gamma, beta, dout, dmean, dvar)
+    hlo = f.lower(*args).compile().as_text()
+    assert "jcnn_batchnorm_relu_forward" in hlo and "jcnn_batchnorm_relu_backward" in hlo
+    (out, mean, var), grads = f(*args)
+    (out32, mean32, var32), grads32 = f(*(a.astype(jnp.float32) for a in args))
+    assert all(a.dtype == jnp.bfloat16 for a in (out, mean, var, *grads))
+    bf16_ulp = 2.0**-8  # relative rounding of one bfloat16 value
+    np.testing.assert_allclose(np.float32(mean), mean32, rtol=bf16_ulp)
+    np.testing.assert_allclose(np.float32(var), var32, rtol=bf16_ulp)
+    # out: the statistics' and the result's rounding, relative to its scale
+    out_error = np.abs(np.float32(out) - out32).max() / np.abs(out32).max()
+    assert out_error < 4 * bf16_ulp
+    # The gradients also differ where a pre-activation within that rounding of 0 flips the
+    # relu mask (a few of 53,280 values): close in norm, to a few bfloat16 roundings.
+    for name, got, want in zip(("dx", "dgamma", "dbeta"), grads, grads32, strict=True):
+        error = np.linalg.norm(np.float32(got) - want) / np.linalg.norm(want)
+        assert error < 4 * bf16_ulp, (name, error)
+
+
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.float64])
 def test_batchnorm_relu_forward_lets_a_nan_through(dtype):
     # A NaN poisons its channel's statistics; relu must not turn the result into zeros.
