@@ -48,15 +48,20 @@ flags.DEFINE_integer("top", 30, "Rows to print (--by=op).")
 FLAGS = flags.FLAGS
 
 _DEFINITION = re.compile(r"^\s*(?:ROOT )?%(\S+) = (\S+?)(?:\{[^}]*\})? ([a-z-]+)\(", re.M)
+_CUSTOM_CALL = re.compile(
+    r"^\s*(?:ROOT )?%(\S+) = .*? custom-call\(.*?custom_call_target=\"([^\"]+)\"", re.M
+)
 
 
 def hlo_ops(hlo_text: str) -> dict[str, tuple[str, str]]:
     """HLO instruction name -> (kind, output shape): kind is the fusion's name without its
-    number (``transpose_copy_fusion``) or the opcode (``convolution``, ``copy``)."""
+    number (``transpose_copy_fusion``), a custom call's target (``jcnn_conv_forward``) or
+    the opcode (``convolution``, ``copy``)."""
     ops = {}
+    targets = dict(_CUSTOM_CALL.findall(hlo_text))
     for name, shape, opcode in _DEFINITION.findall(hlo_text):
         kind = re.sub(r"\.\d+$", "", name) if opcode == "fusion" else opcode
-        ops[name] = (kind, shape)
+        ops[name] = (targets.get(name, kind), shape)
     return ops
 
 

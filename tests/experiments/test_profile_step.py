@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from experiments import profile_step as P
+from jcnn import native
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -65,7 +66,9 @@ def test_tiny_traced_run_prints_the_table(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "vgg, jcnn, batch 4: median step" in proc.stdout and "while traced" in proc.stdout
     assert "| operation | output shape | ms/step |" in proc.stdout
-    assert "| convolution | f32[" in proc.stdout
+    # XLA's convolutions, or oneDNN's custom calls named by their target
+    conv = "jcnn_conv_forward" if native.load("onednn") else "convolution"
+    assert f"| {conv} | f32[" in proc.stdout
     import json
 
     data = json.loads(out.read_text())
@@ -183,3 +186,15 @@ def test_refuses_several_models():
         capture_output=True, text=True, timeout=120, cwd=ROOT, env=env,
     )  # fmt: skip
     assert proc.returncode != 0 and "exactly one" in proc.stderr
+
+
+def test_a_custom_call_is_named_by_its_target():
+    hlo = (
+        "  ROOT %ffi_call.1 = f32[2,4,4,4]{3,2,1,0} custom-call(%x.1, %w.1), "
+        'custom_call_target="jcnn_conv_forward", api_version=API_VERSION_TYPED_FFI\n'
+        "  %copy.3 = f32[4]{0} copy(%p.2)\n"
+    )
+    assert P.hlo_ops(hlo) == {
+        "ffi_call.1": ("jcnn_conv_forward", "f32[2,4,4,4]"),
+        "copy.3": ("copy", "f32[4]"),
+    }
