@@ -8,14 +8,16 @@ The net is :class:`jcnn.models.AirbenchNet` (a frozen whitening conv from the da
 conv-pool-batchnorm-GELU blocks, a scaled linear head). The recipe around it: the whole
 training set of 50,000 images, each epoch a new permutation (``--num_val=0``: nothing is
 selected on a validation split, the final weights are the result); airbench's Nesterov SGD
-with parameter groups (:func:`jcnn.optim.airbench_sgd`: ``--learning_rate``,
-``--momentum``, ``--weight_decay`` in airbench's units per 1,024 examples, ``--bias_scaler``
-for the batchnorm shifts, the whitening bias trained for ``--whiten_bias_epochs``), a
-warm-up then linear decay per update, lookahead averaging of the weights and batchnorm
-statistics every ``--lookahead_every`` updates (:class:`jcnn.train.Lookahead`), label
-smoothing, alternating flips (``--flips=random``: a coin per image and step instead) and
-``--augment_pad``-pixel reflect translations inside the step
-(:func:`jcnn.augment.alternating_flip_crop`), and test-time augmentation over flips and
+with parameter groups (:func:`jcnn.optim.airbench_sgd`: ``--learning_rate``, ``--momentum``,
+``--weight_decay`` in airbench's units per 1,024 examples, ``--bias_scaler`` for the
+batchnorm shifts, the whitening bias trained for ``--whiten_bias_epochs``), a warm-up then
+linear decay per update, or with ``--optimizer=muon`` airbench94_muon's
+(:func:`jcnn.optim.airbench_muon`: Muon on the 3×3 filters at ``--muon_learning_rate`` and
+``--muon_momentum``, the SGD groups as before, a linear decay to 0), lookahead averaging of
+the weights and batchnorm statistics every ``--lookahead_every`` updates
+(:class:`jcnn.train.Lookahead`), label smoothing, alternating flips (``--flips=random``: a
+coin per image and step instead) and ``--augment_pad``-pixel reflect translations inside the
+step (:func:`jcnn.augment.alternating_flip_crop`), and test-time augmentation over flips and
 ``--test_time_translate``-pixel shifts. The common flags ``--update_rule``, ``--lr_decay``,
 ``--lr_schedule``, ``--warmup_epochs``, ``--weight_scale``, ``--reg``, ``--conv_impl``,
 ``--pool_impl``, ``--cutout`` and ``--augment`` do not apply to this app. The run's files go
@@ -36,7 +38,8 @@ from jcnn.models import AirbenchNet
 APP_NAME = "airbench_cifar"
 MODEL_FLAGS = (
     "widths", "momentum", "weight_decay", "bias_scaler", "whiten_bias_epochs",
-    "whiten_images", "lookahead_every", "flips", "test_time_translate",
+    "whiten_images", "lookahead_every", "flips", "test_time_translate", "optimizer",
+    "muon_learning_rate", "muon_momentum",
 )  # fmt: skip
 NAMES = train_flags.COMMON_FLAGS + MODEL_FLAGS
 INPUT_DIM = (3, 32, 32)
@@ -59,7 +62,7 @@ def solver_options(
     import jax
 
     from jcnn.augment import alternating_flip_crop, random_crop_flip
-    from jcnn.optim import airbench_sgd
+    from jcnn.optim import airbench_muon, airbench_sgd
     from jcnn.train import Lookahead
 
     batch = int(config["batch_size"])
@@ -67,12 +70,19 @@ def solver_options(
     total = per_epoch * int(config["num_epochs"])
     init_key = jax.random.split(jax.random.key(int(config["seed"])))[0]
     params, state = model.init_with_data(init_key, data["X_train"][: config["whiten_images"]])
-    optimizer, schedule = airbench_sgd(
-        params, num_iterations=total, iterations_per_epoch=per_epoch, batch_size=batch,
+    common = dict(
+        num_iterations=total, iterations_per_epoch=per_epoch, batch_size=batch,
         learning_rate=config["learning_rate"], momentum=config["momentum"],
         weight_decay=config["weight_decay"], bias_scaler=config["bias_scaler"],
         whiten_bias_epochs=config["whiten_bias_epochs"],
     )  # fmt: skip
+    if config.get("optimizer", "sgd") == "muon":
+        optimizer, schedule = airbench_muon(
+            params, muon_learning_rate=config["muon_learning_rate"],
+            muon_momentum=config["muon_momentum"], **common,
+        )  # fmt: skip
+    else:
+        optimizer, schedule = airbench_sgd(params, **common)
     every = int(config["lookahead_every"])
     pad = int(config["augment_pad"])
     if config.get("flips", "alternating") == "alternating":
@@ -130,6 +140,24 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
         "(each image mirrored in every other epoch) or 'random' (a coin per image and step).",
         flag_values=fv,
     )  # fmt: skip
+    flags.DEFINE_enum(
+        "optimizer", "sgd", ["sgd", "muon"], "'sgd': airbench94's Nesterov SGD on every group "
+        "(jcnn.optim.airbench_sgd), a warm-up then a linear decay to 0.07; 'muon': "
+        "airbench94_muon's Muon on the 3x3 filters and Nesterov SGD on the head and shifts "
+        "(jcnn.optim.airbench_muon), a linear decay to 0 without warm-up.", flag_values=fv,
+    )  # fmt: skip
+    flags.DEFINE_float(
+        "muon_learning_rate", 0.24, "With --optimizer=muon: the filters' Muon step at the "
+        "start (relative to weights renormalised to Frobenius norm sqrt(filters)).",
+        lower_bound=0.0, flag_values=fv,
+    )  # fmt: skip
+    flags.DEFINE_float(
+        "muon_momentum",
+        0.6,
+        "With --optimizer=muon: the filters' Nesterov momentum.",
+        flag_values=fv,
+    )
+    train_flags.check(fv, "muon_momentum", lambda v: 0.0 <= v < 1.0, "in [0, 1)")
     flags.DEFINE_integer(
         "test_time_translate", 1, "Test-time augmentation: also classify each image shifted "
         "by this many pixels diagonally each way (0: none; see --test_time_flip).",

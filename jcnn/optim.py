@@ -30,6 +30,7 @@ __all__ = [
     "FLOAT32_MAX",
     "LR_SCHEDULES",
     "UPDATE_RULES",
+    "airbench_muon",
     "airbench_sgd",
     "check_schedule",
     "freeze_after",
@@ -419,13 +420,98 @@ def airbench_sgd(
         "whiten_bias": freeze_after(weights, round(whiten_bias_epochs * iterations_per_epoch)),
         "frozen": optax.set_to_zero(),
     }
-    labels = group_labels(
-        params,
-        {
-            "frozen": lambda p: p == "whiten/w",
-            "whiten_bias": lambda p: p == "whiten/b",
-            "norm_shifts": lambda p: p.startswith("norm"),
-        },
-        default="weights",
+    return optax.multi_transform(txs, _airbench_labels(params)), schedule
+
+
+def _airbench_labels(params: Any, *, filters: bool = False) -> Any:
+    """:class:`jcnn.models.AirbenchNet`'s parameter groups: ``frozen`` (the whitening
+    filters), ``whiten_bias``, ``norm_shifts``, ``filters`` (the 3×3 convs, when asked
+    for) and ``weights`` (the rest)."""
+    groups = {
+        "frozen": lambda p: p == "whiten/w",
+        "whiten_bias": lambda p: p == "whiten/b",
+        "norm_shifts": lambda p: p.startswith("norm"),
+    }
+    if filters:
+        groups["filters"] = lambda p: p.startswith("conv")
+    return group_labels(params, groups, default="weights")
+
+
+def airbench_muon(
+    params: Any,
+    *,
+    num_iterations: int,
+    iterations_per_epoch: int,
+    batch_size: int,
+    learning_rate: float = 6.5,
+    momentum: float = 0.85,
+    weight_decay: float = 0.0157,
+    bias_scaler: float = 64.0,
+    whiten_bias_epochs: float = 3.0,
+    muon_learning_rate: float = 0.24,
+    muon_momentum: float = 0.6,
+) -> tuple[optax.GradientTransformation, optax.Schedule]:
+    """airbench94_muon's optimiser for :class:`jcnn.models.AirbenchNet` parameters, for a
+    loss that is the batch mean: :func:`jcnn.muon.muon` on the 3×3 conv filters,
+    :func:`sgd_nesterov` on the rest, every rate falling linearly from its peak to 0 over
+    the run, ``s(t) = 1 − t/T``, without warm-up.
+
+    The SGD groups take :func:`airbench_sgd`'s units (``learning_rate`` and
+    ``weight_decay`` per 1,024 examples, divided by ``K = 1024·(1 + 1/(1 − μ))``);
+    airbench94_muon's rates for a summed loss (head 0.67 with a ``1/256`` head and
+    unit-variance init, shifts 0.053, decay ``2·10⁻⁶`` per example) are the defaults here for
+    :class:`~jcnn.models.AirbenchNet`'s ``1/9`` head and PyTorch init. With B =
+    ``batch_size`` and ``lr = learning_rate·B/K``:
+
+    - the 3×3 filters: Muon, ``muon_learning_rate · s(t)``, momentum ``muon_momentum``,
+      weights renormalised each step, no weight decay;
+    - the head: ``lr · s(t)``, decay ``λ = weight_decay / learning_rate``;
+    - the batchnorm shifts: ``bias_scaler · lr · s(t)``, ``λ / bias_scaler``;
+    - the whitening bias: as the shifts, but falling to 0 over its ``whiten_bias_epochs``,
+      then frozen; the whitening filters: frozen.
+
+    Args:
+      params: the model's parameters (only their names are read).
+      num_iterations: updates in the whole run ``T``.
+      iterations_per_epoch: updates per epoch.
+      batch_size: B.
+      learning_rate: the head's rate in airbench's units.
+      momentum: the SGD groups' Nesterov momentum μ.
+      weight_decay: the SGD groups' decay in airbench's units.
+      bias_scaler: the shifts' and whitening bias's factor on ``lr``.
+      whiten_bias_epochs: epochs the whitening bias trains for.
+      muon_learning_rate: the filters' Muon step at the start.
+      muon_momentum: the filters' Nesterov momentum.
+
+    Returns:
+      ``(optimizer, schedule)``: the transformation and the filters' Muon rate as a schedule
+      (for the learning-rate history).
+
+    Raises:
+      ValueError: ``num_iterations`` not positive, or a momentum outside [0, 1).
+    """
+    from jcnn.muon import muon
+
+    for name, mu in (("momentum", momentum), ("muon_momentum", muon_momentum)):
+        if not 0.0 <= mu < 1.0:
+            raise ValueError(f"{name} must be in [0, 1), got {mu!r}")
+    shape = warmup_linear_decay(num_iterations, warmup_fraction=0.0, start=1.0, end=0.0)
+    whiten_iterations = max(round(whiten_bias_epochs * iterations_per_epoch), 0)
+    whiten_shape = warmup_linear_decay(
+        max(whiten_iterations, 1), warmup_fraction=0.0, start=1.0, end=0.0
     )
-    return optax.multi_transform(txs, labels), schedule
+    lr = learning_rate * batch_size / (1024.0 * (1.0 + 1.0 / (1.0 - momentum)))
+    decay = weight_decay / learning_rate
+    filters = lambda t: muon_learning_rate * shape(t)  # noqa: E731
+    bias = lambda t: bias_scaler * lr * shape(t)  # noqa: E731
+    whiten_bias = lambda t: bias_scaler * lr * whiten_shape(t)  # noqa: E731
+    txs = {
+        "filters": muon(filters, muon_momentum),
+        "weights": sgd_nesterov(lambda t: lr * shape(t), momentum, decay),
+        "norm_shifts": sgd_nesterov(bias, momentum, decay / bias_scaler),
+        "whiten_bias": freeze_after(
+            sgd_nesterov(whiten_bias, momentum, decay / bias_scaler), whiten_iterations
+        ),
+        "frozen": optax.set_to_zero(),
+    }
+    return optax.multi_transform(txs, _airbench_labels(params, filters=True)), filters
