@@ -70,9 +70,9 @@ def orthogonalize(g: jax.Array, *, steps: int = 3, eps: float = 1e-7) -> jax.Arr
 
 
 class MuonState(NamedTuple):
-    """:func:`muon`'s state: the update count and the momentum buffers (like the params)."""
+    """:func:`muon`'s state: the updates done so far and the momentum buffers (like the params)."""
 
-    count: jax.Array
+    iteration: jax.Array
     momentum: Any
 
 
@@ -134,7 +134,7 @@ def muon(
         if params is None:
             raise ValueError("muon needs params: call update(grads, state, params)")
         check(params)
-        lr = schedule(state.count)
+        lr = schedule(state.iteration)
 
         buffers = jax.tree_util.tree_map(lambda g, b: momentum * b + g, grads, state.momentum)
 
@@ -149,6 +149,6 @@ def muon(
             return (new_w - lr * direction - w).astype(w.dtype)
 
         updates = jax.tree_util.tree_map(step, grads, buffers, params)
-        return updates, MuonState(state.count + 1, buffers)
+        return updates, MuonState(state.iteration + 1, buffers)
 
     return optax.GradientTransformation(init, update)

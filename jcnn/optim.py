@@ -407,8 +407,7 @@ def airbench_sgd(
       ``(optimizer, schedule)``: the transformation and the weights' learning rate
       ``lr·s(t)`` as a schedule (for the learning-rate history).
     """
-    kilostep = 1024.0 * (1.0 + 1.0 / (1.0 - momentum))
-    lr = learning_rate * batch_size / kilostep
+    lr = _per_batch_rate(learning_rate, momentum, batch_size)
     decay = weight_decay / learning_rate
     shape = warmup_linear_decay(num_iterations)
     schedule = lambda t: lr * shape(t)  # noqa: E731
@@ -421,6 +420,12 @@ def airbench_sgd(
         "frozen": optax.set_to_zero(),
     }
     return optax.multi_transform(txs, _airbench_labels(params)), schedule
+
+
+def _per_batch_rate(learning_rate: float, momentum: float, batch_size: int) -> float:
+    """airbench's rate per 1,024 examples as the rate of a batch-mean loss:
+    ``learning_rate·B/K`` with ``K = 1024·(1 + 1/(1 − μ))``."""
+    return learning_rate * batch_size / (1024.0 * (1.0 + 1.0 / (1.0 - momentum)))
 
 
 def _airbench_labels(params: Any, *, filters: bool = False) -> Any:
@@ -500,7 +505,7 @@ def airbench_muon(
     whiten_shape = warmup_linear_decay(
         max(whiten_iterations, 1), warmup_fraction=0.0, start=1.0, end=0.0
     )
-    lr = learning_rate * batch_size / (1024.0 * (1.0 + 1.0 / (1.0 - momentum)))
+    lr = _per_batch_rate(learning_rate, momentum, batch_size)
     decay = weight_decay / learning_rate
     filters = lambda t: muon_learning_rate * shape(t)  # noqa: E731
     bias = lambda t: bias_scaler * lr * shape(t)  # noqa: E731

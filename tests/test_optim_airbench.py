@@ -8,7 +8,9 @@ import optax
 import pytest
 
 from jcnn.models import AirbenchNet
+from jcnn.muon import MuonState
 from jcnn.optim import (
+    airbench_muon,
     airbench_sgd,
     freeze_after,
     group_labels,
@@ -92,3 +94,37 @@ def test_airbench_sgd_groups_rates_and_frozen_filters():
         upd, state = tx.update(grads, state, zero)
     assert np.all(np.asarray(upd["whiten"]["b"]) == 0)
     assert np.all(np.asarray(upd["conv1_1"]["w"]) < 0)
+
+
+def test_airbench_muon_groups_rates_and_schedules():
+    params, _ = AirbenchNet(widths=(8, 8, 8), input_dim=(3, 16, 16)).init(jax.random.key(0))
+    tx, schedule = airbench_muon(
+        params, num_iterations=20, iterations_per_epoch=4, batch_size=2000, whiten_bias_epochs=1
+    )
+    np.testing.assert_allclose([float(schedule(t)) for t in (0, 10, 20)], [0.24, 0.12, 0.0])
+    lr = 6.5 * 2000 / (1024 * (1 + 1 / 0.15))
+    state = tx.init(params)
+    assert isinstance(state.inner_states["filters"].inner_state, MuonState)
+    grads = jax.tree_util.tree_map(jnp.ones_like, params)
+    zero = jax.tree_util.tree_map(jnp.zeros_like, params)
+    upd, state = tx.update(grads, state, zero)  # zero params: no decay, no renormalisation
+    first = lr * (1 + 0.85)  # no warm-up; Nesterov's first step: g + μ·g
+    assert np.all(np.asarray(upd["whiten"]["w"]) == 0)
+    np.testing.assert_allclose(upd["out"]["w"], -first, rtol=1e-5)
+    np.testing.assert_allclose(upd["norm2_1"]["beta"], -64 * first, rtol=1e-5)
+    np.testing.assert_allclose(upd["whiten"]["b"], -64 * first, rtol=1e-5)
+    # the filters' step is 0.24 times a rank-one orthogonal direction: norm 0.24·s, s ≈ 1
+    w = np.asarray(upd["conv2_2"]["w"]).reshape(8, -1)
+    s = np.linalg.svd(w, compute_uv=False)
+    assert 0.24 * 0.5 < s[0] < 0.24 * 1.5 and s[1] < 1e-4 * s[0]
+    updates = [upd]
+    for _ in range(4):  # the whitening bias falls to 0 over its epoch, then stays frozen
+        upd, state = tx.update(grads, state, zero)
+        updates.append(upd)
+    assert abs(float(updates[3]["whiten"]["b"][0])) < abs(float(updates[1]["whiten"]["b"][0]))
+    assert np.all(np.asarray(updates[4]["whiten"]["b"]) == 0)
+    assert np.all(np.asarray(updates[4]["out"]["w"]) < 0)
+    with pytest.raises(ValueError, match="muon_momentum"):
+        airbench_muon(
+            params, num_iterations=2, iterations_per_epoch=1, batch_size=8, muon_momentum=1.0
+        )

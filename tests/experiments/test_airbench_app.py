@@ -58,6 +58,18 @@ def test_the_recipe_trains_in_bfloat16_with_float32_parameters(fake_cifar_dir, t
     assert started["flags"]["compute_dtype"] == "bfloat16"
 
 
+def test_the_muon_recipe_trains_its_filters_with_muon(fake_cifar_dir, tmp_path):
+    muon_flags = ("--optimizer=muon", "--learning_rate=6.5", "--lookahead_every=0")
+    summary = _run(tmp_path / "run", fake_cifar_dir, *muon_flags)
+    assert summary["iterations"] == 2 * 5
+    assert 0.0 <= summary["test_acc"] <= 1.0
+    lines = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    losses = [r["loss"] for r in lines if "loss" in r]
+    assert losses and all(np.isfinite(losses))
+    started = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert started["flags"]["optimizer"] == "muon"
+
+
 def test_a_crashed_run_resumes_to_the_same_result(fake_cifar_dir, tmp_path):
     whole = _run(tmp_path / "whole", fake_cifar_dir)
     crashed = tmp_path / "crashed"

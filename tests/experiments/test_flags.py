@@ -92,7 +92,8 @@ def test_overfit_small_and_best_flagfiles_parse():
 def test_every_config_file_is_a_known_flagfile():
     names = sorted(p.name for p in CONFIGS.glob("*.cfg"))
     assert names == [
-        "airbench94.cfg", "overfit_small.cfg", "three_layer_seed.cfg", "vgg_best.cfg",
+        "airbench94.cfg", "airbench94_muon.cfg", "overfit_small.cfg", "three_layer_seed.cfg",
+        "vgg_best.cfg",
         "vgg_seed.cfg",
     ]  # fmt: skip
 
@@ -100,6 +101,10 @@ def test_every_config_file_is_a_known_flagfile():
 def test_the_airbench_flagfile_parses_with_its_app():
     cfg = config(airbench_cifar, f"--flagfile={CONFIGS / 'airbench94.cfg'}")
     assert cfg["num_val"] == 0 and cfg["batch_size"] == 1024 and cfg["widths"] == [64, 256, 256]
+    assert cfg["optimizer"] == "sgd"
+    muon = config(airbench_cifar, f"--flagfile={CONFIGS / 'airbench94_muon.cfg'}")
+    assert muon["optimizer"] == "muon" and muon["batch_size"] == 2000
+    assert muon["lookahead_every"] == 0 and muon["num_epochs"] == 10
 
 
 def test_later_flags_override_the_flagfile():
