@@ -59,9 +59,9 @@ def test_vmap_gives_the_batched_transpose():
     np.testing.assert_array_equal(np.asarray(unbatched[1]), np.asarray(want))
 
 
-def test_run_names_the_kernels_it_knows():
+def test_a_kernel_names_the_targets_its_library_has():
     with pytest.raises(ValueError, match=r"target must be one of \[.*'jcnn_to_channel_major'"):
-        native.run("jcnn_nothing", lambda x: x, None, jnp.ones(3))
+        native.Kernel("jcnn_nothing", native.LIBRARIES["kernels"], lambda x: x, lambda x: x)
 
 
 def test_rejects_anything_but_four_dimensions():

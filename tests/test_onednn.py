@@ -14,7 +14,7 @@ import pytest
 
 import jcnn.layers as L
 from jcnn import native
-from jcnn.layers.conv import _dw_xla, _dx_xla, conv_dw_xla, conv_dx_xla, conv_forward_xla
+from jcnn.layers.conv import _ONEDNN, _dw_xla, _dx_xla, conv_dw_xla, conv_dx_xla, conv_forward_xla
 from jcnn.models import AirbenchNet, VGGNet
 from jcnn.native import onednn
 from jcnn.native._library import Library, Unavailable
@@ -50,8 +50,8 @@ def _xla(x, w, dout, stride, pad):
     out = jax.lax.conv_general_dilated(
         x, w, (stride, stride), ((pad, pad), (pad, pad)), dimension_numbers=("NHWC", "OIHW", "NHWC")
     )
-    dx = _dx_xla(dout, w, x.shape, stride, pad, "NHWC")
-    dw = _dw_xla(dout, x, w.shape, stride, pad, "NHWC")
+    dx = _dx_xla(dout, w, stride=stride, pad=pad, x_shape=x.shape)
+    dw = _dw_xla(dout, x, stride=stride, pad=pad, w_shape=w.shape)
     return out, dx, dw
 
 
@@ -205,6 +205,8 @@ def _without_onednn(monkeypatch):
     monkeypatch.setitem(native.LIBRARIES, "onednn", stand_in)
     for target in onednn.TARGETS:
         monkeypatch.setitem(native.TARGETS, target, stand_in)
+    for kernel in (_ONEDNN.forward, _ONEDNN.backward_data, _ONEDNN.backward_weights):
+        monkeypatch.setattr(kernel, "library", stand_in)
 
 
 @needs_onednn

@@ -15,7 +15,6 @@ dout masked by the pre-activation, run by compiled kernels on the CPU (:mod:`jcn
 
 from __future__ import annotations
 
-import functools
 import math
 
 import jax
@@ -327,6 +326,39 @@ def _batchnorm_relu_backward_xla(dout, x, mean, var, gamma, beta, dmean, dvar, *
     return dx, dgamma, dbeta
 
 
+def _features_last(fn):
+    """An XLA twin for the kernels, which take the features on the last axis."""
+    return lambda *arrays, eps: fn(*arrays, eps=eps, axis=arrays[0].ndim - 1)
+
+
+def _like_x_and_two_vectors(x, *rest, eps):
+    vector = jax.ShapeDtypeStruct(rest[-1].shape, x.dtype)
+    return jax.ShapeDtypeStruct(x.shape, x.dtype), vector, vector
+
+
+# The compiled kernels (jcnn.native) for features-last input. Their derivatives (needed only
+# to differentiate the first-order gradient: grad-of-grad, Hessian-vector products) are those
+# of the XLA twins above, which are written with this module's hand-written pairs.
+_FORWARD_KERNEL = native.Kernel(
+    "jcnn_batchnorm_relu_forward",
+    native.LIBRARIES["kernels"],
+    _features_last(_batchnorm_relu_xla),
+    _like_x_and_two_vectors,
+    {"eps": np.float64},
+    multiple_results=True,
+)
+_BACKWARD_KERNEL = native.Kernel(
+    "jcnn_batchnorm_relu_backward",
+    native.LIBRARIES["kernels"],
+    _features_last(_batchnorm_relu_backward_xla),
+    _like_x_and_two_vectors,
+    {"eps": np.float64},
+    multiple_results=True,
+)
+_FORWARD_KERNEL.defjvp_by_fallback()
+_BACKWARD_KERNEL.defjvp_by_fallback()
+
+
 def batchnorm_relu_forward(
     x: jax.Array, gamma: jax.Array, beta: jax.Array, *, eps: float = 1e-5, axis: int = 1
 ) -> tuple[tuple[jax.Array, jax.Array, jax.Array], BatchnormReluCache]:
@@ -353,18 +385,11 @@ def batchnorm_relu_forward(
     """
     check_batch_statistics(x, axis)
     axis = axis % x.ndim
-    shapes = (
-        jax.ShapeDtypeStruct(x.shape, x.dtype),
-        jax.ShapeDtypeStruct(gamma.shape, x.dtype),
-        jax.ShapeDtypeStruct(gamma.shape, x.dtype),
-    )
-    xla = functools.partial(_batchnorm_relu_xla, eps=eps, axis=axis)
     gamma_x, beta_x = gamma.astype(x.dtype), beta.astype(x.dtype)
     if _uses_native(x, axis):
-        target = "jcnn_batchnorm_relu_forward"
-        out, mean, var = native.run(target, xla, shapes, x, gamma_x, beta_x, eps=np.float64(eps))
+        out, mean, var = _FORWARD_KERNEL(x, gamma_x, beta_x, eps=float(eps))
     else:
-        out, mean, var = xla(x, gamma_x, beta_x)
+        out, mean, var = _batchnorm_relu_xla(x, gamma_x, beta_x, eps=eps, axis=axis)
     return (out, mean, var), BatchnormReluCache(x, mean, var, gamma_x, beta_x, eps, axis)
 
 
@@ -388,17 +413,10 @@ def batchnorm_relu_backward(
     dout, dmean, dvar = douts
     x, axis = cache.x, cache.axis
     dmean, dvar = dmean.astype(x.dtype), dvar.astype(x.dtype)
-    xla = functools.partial(_batchnorm_relu_backward_xla, eps=cache.eps, axis=axis)
     args = (dout, x, cache.mean, cache.var, cache.gamma, cache.beta, dmean, dvar)
     if not _uses_native(x, axis):
-        return xla(*args)
-    shapes = (
-        jax.ShapeDtypeStruct(x.shape, x.dtype),
-        jax.ShapeDtypeStruct(cache.gamma.shape, x.dtype),
-        jax.ShapeDtypeStruct(cache.gamma.shape, x.dtype),
-    )
-    target = "jcnn_batchnorm_relu_backward"
-    return native.run(target, xla, shapes, *args, eps=np.float64(cache.eps))
+        return _batchnorm_relu_backward_xla(*args, eps=cache.eps, axis=axis)
+    return tuple(_BACKWARD_KERNEL(*args, eps=float(cache.eps)))
 
 
 def running_update(running, batch, momentum: float):

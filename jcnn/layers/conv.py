@@ -357,20 +357,10 @@ def conv_forward_xla(x, w, b, *, stride: int = 1, pad: int = 0, layout: str = "N
         ValueError: naming ``layout`` if not ``'NCHW'``/``'NHWC'``.
     """
     check_conv_args(x, w, b, stride, pad, layout)
-
-    def xla(x, w):
-        return lax.conv_general_dilated(
-            x,
-            w,
-            (stride, stride),
-            ((pad, pad), (pad, pad)),
-            dimension_numbers=(layout, "OIHW", layout),
-        )
-
     out = (
-        xla(x, w)
+        _forward_xla(x, w, stride=stride, pad=pad, layout=layout)
         if layout == "NCHW"
-        else onednn.conv_forward(x, w, stride=stride, pad=pad, fallback=xla)
+        else _ONEDNN.conv_forward(x, w, stride=stride, pad=pad)
     )
     bias = b[None, :, None, None] if layout == "NCHW" else b
     return out + bias, ConvCache(x, w, stride, pad, layout)
@@ -393,14 +383,17 @@ def conv_dx_xla(dout, w, x_shape, stride: int, pad: int, layout: str = "NCHW"):
         (jax.Array): dx, of shape ``x_shape``.
     """
     if layout == "NHWC":
-        return onednn.conv_backward_data(
-            dout, w, x_shape, stride=stride, pad=pad,
-            fallback=lambda dout, w: _dx_xla(dout, w, x_shape, stride, pad, layout),
-        )  # fmt: skip
-    return _dx_xla(dout, w, x_shape, stride, pad, layout)
+        return _ONEDNN.conv_backward_data(dout, w, x_shape, stride=stride, pad=pad)
+    return _dx_xla(dout, w, stride=stride, pad=pad, x_shape=x_shape, layout=layout)
 
 
-def _dx_xla(dout, w, x_shape, stride: int, pad: int, layout: str):
+def _forward_xla(x, w, *, stride: int, pad: int, layout: str = "NHWC"):
+    return lax.conv_general_dilated(
+        x, w, (stride, stride), ((pad, pad), (pad, pad)), dimension_numbers=(layout, "OIHW", layout)
+    )
+
+
+def _dx_xla(dout, w, *, stride: int, pad: int, x_shape, layout: str = "NHWC"):
     hh, ww = w.shape[2:]
     h_axis, w_axis = spatial_axes(layout)
     h, wd = x_shape[h_axis], x_shape[w_axis]
@@ -445,14 +438,11 @@ def conv_dw_xla(dout, x, w_shape, stride: int, pad: int, layout: str = "NCHW"):
         (jax.Array): dw ``(F, C, HH, WW)``.
     """
     if layout == "NHWC":
-        return onednn.conv_backward_weights(
-            dout, x, w_shape, stride=stride, pad=pad,
-            fallback=lambda dout, x: _dw_xla(dout, x, w_shape, stride, pad, layout),
-        )  # fmt: skip
-    return _dw_xla(dout, x, w_shape, stride, pad, layout)
+        return _ONEDNN.conv_backward_weights(dout, x, w_shape, stride=stride, pad=pad)
+    return _dw_xla(dout, x, stride=stride, pad=pad, w_shape=w_shape, layout=layout)
 
 
-def _dw_xla(dout, x, w_shape, stride: int, pad: int, layout: str):
+def _dw_xla(dout, x, *, stride: int, pad: int, w_shape, layout: str = "NHWC"):
     hh, ww = w_shape[2:]
     # x plays the batch ↔ channel-swapped role; dout's N is the kernel's in, its C the out.
     rhs = layout.replace("N", "I").replace("C", "O")
@@ -470,6 +460,11 @@ def _dw_xla(dout, x, w_shape, stride: int, pad: int, layout: str):
         dimension_numbers=(lhs, rhs, "CNHW"),  # output laid out (F, C, HH, WW)
     )
     return dw[:, :, :hh, :ww]
+
+
+# Channels-last convolutions on oneDNN where it runs (XLA's above elsewhere), with derivative
+# rules: grad-of-grad and Hessian-vector products stay on oneDNN.
+_ONEDNN = onednn.Convolutions(_forward_xla, _dx_xla, _dw_xla)
 
 
 def conv_backward_xla(dout, cache: ConvCache):

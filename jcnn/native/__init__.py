@@ -22,26 +22,31 @@ another operating system, oneDNN missing) or ``JCNN_NATIVE=0`` (``JCNN_ONEDNN=0`
 convolutions only), every kernel's caller gets its XLA twin instead (:func:`run`'s
 ``fallback``): the same values at XLA's speed. :func:`status` says which.
 
-The kernels compose like any jax function: under ``jit``, ``vmap`` (a kernel takes leading
-batch dimensions) and ``jax_debug_nans``; on other backends (``lax.platform_dependent``: the
-kernel is the CPU's branch, the XLA twin everyone else's). They are used only in a process
-with a single device; with several (data parallelism, :mod:`jcnn.parallel`), the XLA twins
-run, which XLA partitions like the rest (docs/performance.md).
+Each kernel is a JAX primitive of its own (:class:`Kernel`), so it composes like any jax
+function: under ``jit``, ``vmap`` (a kernel takes leading batch dimensions), ``grad``,
+grad-of-grad, ``jvp`` of ``grad`` (Hessian-vector products, ``jax.hessian``),
+``jax.checkpoint`` and ``jax_debug_nans``. Its derivative rules are written out where the
+kernel's math allows (the convolutions' three directions are each other's derivatives and
+transposes, :class:`jcnn.native.onednn.Convolutions`; the transpose is its own transpose) and
+are the derivatives of the XLA twin elsewhere (batchnorm → relu). The kernel runs on the CPU
+of a process with a single device; its XLA twin runs on other backends, with several devices
+(data parallelism, :mod:`jcnn.parallel`: XLA partitions it like the rest), and in every
+program lowered for :mod:`jax.export`, which therefore runs anywhere without jcnn.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
-from jax import lax
+from jax.interpreters import ad
 
 from jcnn.native import onednn
 from jcnn.native._library import CACHE_DIR_VARIABLE, OPT_OUT, Library
 from jcnn.native._library import cache_dir as cache_dir
 from jcnn.native._library import compiler as _compiler  # noqa: F401 (tests use it)
+from jcnn.native._primitive import Kernel, single_device
 
 HERE = Path(__file__).parent
 LIBRARIES = {
@@ -71,7 +76,7 @@ TARGETS = {target: lib for lib in LIBRARIES.values() for target in lib.targets}
 TARGET = "jcnn_to_channel_major"
 PERMUTATION = (3, 1, 2, 0)
 __all__ = [
-    "CACHE_DIR_VARIABLE", "OPT_OUT", "available", "cache_dir", "load", "run", "status",
+    "CACHE_DIR_VARIABLE", "OPT_OUT", "Kernel", "available", "cache_dir", "load", "status",
     "to_channel_major",
 ]  # fmt: skip
 
@@ -126,16 +131,9 @@ def _out_shape(x) -> jax.ShapeDtypeStruct:
     return jax.ShapeDtypeStruct(tuple(x.shape[i] for i in PERMUTATION), x.dtype)
 
 
-def _single_device() -> bool:
-    """The kernel is used only where nothing can be partitioned: XLA would gather a sharded
-    operand of a custom call onto every device (``jax.experimental.custom_partitioning``
-    avoids that, but it also turns off ``jax_debug_nans``'s checks of later calls)."""
-    return jax.process_count() == 1 and jax.device_count() == 1
-
-
 def available(library: str = "kernels") -> bool:
     """True where one library's kernels can be used in this process: built or cached, and a
-    single device (see :func:`_single_device`).
+    single device (see :func:`jcnn.native._primitive.single_device`).
 
     Args:
         library: ``'kernels'`` or ``'onednn'``.
@@ -147,38 +145,28 @@ def available(library: str = "kernels") -> bool:
     Raises:
         ValueError: naming ``library`` if it is not one of the two.
     """
-    return _single_device() and _library(library).load()
+    return single_device() and _library(library).load()
 
 
-def run(target: str, fallback: Callable, out_shapes, *args: jax.Array, **attributes):
-    """``target``'s kernel on the CPU, ``fallback(*args)`` on other backends or where the
-    kernels are not available. Both must give the same ``out_shapes`` (one
-    :class:`jax.ShapeDtypeStruct` or a sequence). Under ``vmap`` the kernel gets the batch
-    as leading dimensions of every operand.
+# The permutation is its own inverse, so the kernel is its own transpose.
+_TO_CHANNEL_MAJOR = Kernel(TARGET, LIBRARIES["kernels"], _transpose, _out_shape)
 
-    Args:
-        target: the FFI target, a key of ``TARGETS`` (e.g. ``'jcnn_to_channel_major'``).
-        fallback: the XLA twin, called as ``fallback(*args)`` (without ``attributes``).
-        out_shapes: the output's :class:`jax.ShapeDtypeStruct`, or a sequence of them.
-        *args: the operands, arrays of the shapes the kernel expects.
-        **attributes: the kernel's FFI attributes (e.g. ``eps=np.float64(...)``).
 
-    Returns:
-        The output(s) of the shapes and dtypes ``out_shapes`` describes.
+def _to_channel_major_jvp(primals, tangents, **params):
+    out = _TO_CHANNEL_MAJOR.bind(*primals, **params)
+    if type(tangents[0]) is ad.Zero:
+        return out, ad.Zero.from_primal_value(out)
+    return out, _TO_CHANNEL_MAJOR.bind(*tangents, **params)
 
-    Raises:
-        ValueError: naming ``target`` if it is not one of ``TARGETS``.
-    """
-    if target not in TARGETS:
-        raise ValueError(f"target must be one of {sorted(TARGETS)}, got {target!r}")
-    if not (_single_device() and TARGETS[target].load()):
-        return fallback(*args)
 
-    def kernel(*operands):
-        call = jax.ffi.ffi_call(target, out_shapes, vmap_method="broadcast_all")
-        return call(*operands, **attributes)
+def _to_channel_major_transpose(ct, x, **params):
+    if type(ct) is ad.Zero:
+        return (ad.Zero(x.aval),)
+    return (_TO_CHANNEL_MAJOR.bind(ct, **params),)
 
-    return lax.platform_dependent(*args, cpu=kernel, default=fallback)
+
+_TO_CHANNEL_MAJOR.defjvp(_to_channel_major_jvp)
+_TO_CHANNEL_MAJOR.deftranspose(_to_channel_major_transpose)
 
 
 def to_channel_major(x: jax.Array) -> jax.Array:
@@ -199,4 +187,4 @@ def to_channel_major(x: jax.Array) -> jax.Array:
         raise ValueError(f"x must be (N, H, W, C), got shape {getattr(x, 'shape', None)}")
     if jnp.dtype(x.dtype).itemsize not in (2, 4, 8):
         return _transpose(x)
-    return run(TARGET, _transpose, _out_shape(x), x)
+    return _TO_CHANNEL_MAJOR(x)

@@ -23,8 +23,10 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.interpreters import ad
 
 from jcnn.native._library import Requirements, Unavailable
+from jcnn.native._primitive import Kernel
 
 LIBRARY_DIST = "onednn-cpu-gomp"
 HEADERS_DIST = "onednn-devel-cpu-gomp"
@@ -71,63 +73,176 @@ def eligible(*operands: jax.Array) -> bool:
     return len(dtypes) == 1 and dtypes.pop() in DTYPES and all(a.size for a in operands)
 
 
-def _call(target: str, fallback: Callable, shape, dtype, a, b, stride: int, pad: int):
-    from jcnn import native  # the package imports this module
-
-    if not eligible(a, b):
-        return fallback(a, b)
-    out = jax.ShapeDtypeStruct(tuple(shape), dtype)
-    return native.run(target, fallback, out, a, b, stride=np.int64(stride), pad=np.int64(pad))
-
-
-def conv_forward(x, w, *, stride: int, pad: int, fallback: Callable) -> jax.Array:
-    """``out[n, i, j, f] = Σ_{c,p,q} x_pad[n, s·i + p, s·j + q, c] · w[f, c, p, q]``.
-
-    Args:
-        x: ``(N, H, W, C)``.
-        w: ``(F, C, KH, KW)``, x's dtype.
-        stride: the filter's step; it must tile the padded input (jcnn's callers check).
-        pad: zeros added on each side of H and W.
-        fallback: ``fallback(x, w)``, the same convolution in XLA.
-
-    Returns:
-        ``(N, H', W', F)`` with ``H' = (H + 2·pad − KH) / stride + 1``, likewise W'.
-    """
+def _forward_shape(x, w, *, stride: int, pad: int):
     n, h, wd, _ = x.shape
     f, _, kh, kw = w.shape
     shape = (n, (h + 2 * pad - kh) // stride + 1, (wd + 2 * pad - kw) // stride + 1, f)
-    return _call("jcnn_conv_forward", fallback, shape, x.dtype, x, w, stride, pad)
+    return jax.ShapeDtypeStruct(shape, x.dtype)
 
 
-def conv_backward_data(dout, w, x_shape, *, stride: int, pad: int, fallback: Callable):
-    """dx: the transpose of :func:`conv_forward` in x, applied to ``dout``.
+def _data_shape(dout, w, *, stride: int, pad: int, x_shape: tuple[int, ...]):
+    return jax.ShapeDtypeStruct(x_shape, dout.dtype)
+
+
+def _weights_shape(dout, x, *, stride: int, pad: int, w_shape: tuple[int, ...]):
+    return jax.ShapeDtypeStruct(w_shape, dout.dtype)
+
+
+def _core_shape(operand, batch_dims: int) -> tuple[int, ...]:
+    aval = operand.aval if ad.is_undefined_primal(operand) else operand
+    return tuple(aval.shape[batch_dims:])
+
+
+class Convolutions:
+    """The three directions of a channels-last convolution as kernels with derivative rules.
+
+    With ``F(x, w)`` the forward convolution, ``D(g, w)`` its transpose in x (the data
+    gradient) and ``W(g, x)`` its transpose in w (the weight gradient), each is bilinear, so
+    each one's derivative is a sum of two calls of itself, and each one's transpose in
+    either operand is one of the others:
+
+    - ``F``: tangent ``F(ẋ, w) + F(x, ẇ)``; transposes ``x̄ = D(ȳ, w)``, ``w̄ = W(ȳ, x)``.
+    - ``D``: tangent ``D(ġ, w) + D(g, ẇ)``; transposes ``ḡ = F(x̄, w)``, ``w̄ = W(g, x̄)``.
+    - ``W``: tangent ``W(ġ, x) + W(g, ẋ)``; transposes ``ḡ = F(x, w̄)``, ``x̄ = D(g, w̄)``.
+
+    (``⟨D(g, w), v⟩ = ⟨g, F(v, w)⟩`` and ``⟨W(g, x), v⟩ = ⟨g, F(x, v)⟩`` define D and W.) So
+    grad-of-grad, Hessian-vector products and ``jax.hessian`` of a model stay on oneDNN.
 
     Args:
-        dout: ``(N, H', W', F)``.
-        w: ``(F, C, KH, KW)``, dout's dtype.
-        x_shape: ``(N, H, W, C)``, the forward's input shape.
-        stride: the forward's stride.
-        pad: the forward's padding.
-        fallback: ``fallback(dout, w)``, the same in XLA.
-
-    Returns:
-        dx of shape ``x_shape``, dout's dtype.
+        forward: XLA's ``forward(x, w, *, stride, pad)`` on ``(N, H, W, C)``, ``(F, C, KH,
+            KW)``.
+        backward_data: XLA's ``backward_data(dout, w, *, stride, pad, x_shape)``.
+        backward_weights: XLA's ``backward_weights(dout, x, *, stride, pad, w_shape)``.
     """
-    return _call("jcnn_conv_backward_data", fallback, x_shape, dout.dtype, dout, w, stride, pad)
+
+    def __init__(self, forward: Callable, backward_data: Callable, backward_weights: Callable):
+        from jcnn import native  # the package imports this module
+
+        library = native.LIBRARIES["onednn"]
+        attributes = {"stride": np.int64, "pad": np.int64}
+        self.forward = Kernel("jcnn_conv_forward", library, forward, _forward_shape, attributes)
+        self.backward_data = Kernel(
+            "jcnn_conv_backward_data", library, backward_data, _data_shape, attributes
+        )
+        self.backward_weights = Kernel(
+            "jcnn_conv_backward_weights", library, backward_weights, _weights_shape, attributes
+        )
+        for kernel in (self.forward, self.backward_data, self.backward_weights):
+            kernel.defjvp(_bilinear_jvp(kernel))
+        self.forward.deftranspose(_zero_cotangent(self._transpose_forward))
+        self.backward_data.deftranspose(_zero_cotangent(self._transpose_backward_data))
+        self.backward_weights.deftranspose(_zero_cotangent(self._transpose_backward_weights))
+
+    def conv_forward(self, x, w, *, stride: int, pad: int) -> jax.Array:
+        """``out[n, i, j, f] = Σ_{c,p,q} x_pad[n, s·i + p, s·j + q, c] · w[f, c, p, q]``.
+
+        Args:
+            x: ``(N, H, W, C)``.
+            w: ``(F, C, KH, KW)``, x's dtype.
+            stride: the filter's step; it must tile the padded input (jcnn's callers check).
+            pad: zeros added on each side of H and W.
+
+        Returns:
+            ``(N, H', W', F)`` with ``H' = (H + 2·pad − KH) / stride + 1``, likewise W'.
+        """
+        if not eligible(x, w):
+            return self.forward.fallback(x, w, stride=stride, pad=pad)
+        return self.forward(x, w, stride=stride, pad=pad)
+
+    def conv_backward_data(self, dout, w, x_shape, *, stride: int, pad: int) -> jax.Array:
+        """dx: the transpose of :meth:`conv_forward` in x, applied to ``dout``.
+
+        Args:
+            dout: ``(N, H', W', F)``.
+            w: ``(F, C, KH, KW)``, dout's dtype.
+            x_shape: ``(N, H, W, C)``, the forward's input shape.
+            stride: the forward's stride.
+            pad: the forward's padding.
+
+        Returns:
+            dx of shape ``x_shape``, dout's dtype.
+        """
+        params = {"stride": stride, "pad": pad, "x_shape": tuple(x_shape)}
+        if not eligible(dout, w):
+            return self.backward_data.fallback(dout, w, **params)
+        return self.backward_data(dout, w, **params)
+
+    def conv_backward_weights(self, dout, x, w_shape, *, stride: int, pad: int) -> jax.Array:
+        """``dw[f, c, p, q] = Σ_{n,i,j} x_pad[n, s·i + p, s·j + q, c] · dout[n, i, j, f]``.
+
+        Args:
+            dout: ``(N, H', W', F)``.
+            x: ``(N, H, W, C)``, dout's dtype.
+            w_shape: ``(F, C, KH, KW)``.
+            stride: the forward's stride.
+            pad: the forward's padding.
+
+        Returns:
+            dw of shape ``w_shape``, dout's dtype (summed in float32).
+        """
+        params = {"stride": stride, "pad": pad, "w_shape": tuple(w_shape)}
+        if not eligible(dout, x):
+            return self.backward_weights.fallback(dout, x, **params)
+        return self.backward_weights(dout, x, **params)
+
+    # Transposes: exactly one operand is undefined (each kernel is linear in each operand).
+
+    def _transpose_forward(self, ct, x, w, *, batch_dims: int, stride: int, pad: int):
+        if ad.is_undefined_primal(x):
+            x_shape = _core_shape(x, batch_dims)
+            dx = self.backward_data.bind(
+                ct, w, batch_dims=batch_dims, stride=stride, pad=pad, x_shape=x_shape
+            )
+            return dx, None
+        w_shape = _core_shape(w, batch_dims)
+        dw = self.backward_weights.bind(
+            ct, x, batch_dims=batch_dims, stride=stride, pad=pad, w_shape=w_shape
+        )
+        return None, dw
+
+    def _transpose_backward_data(self, ct, dout, w, *, batch_dims, stride, pad, x_shape):
+        if ad.is_undefined_primal(dout):
+            return self.forward.bind(ct, w, batch_dims=batch_dims, stride=stride, pad=pad), None
+        w_shape = _core_shape(w, batch_dims)
+        dw = self.backward_weights.bind(
+            dout, ct, batch_dims=batch_dims, stride=stride, pad=pad, w_shape=w_shape
+        )
+        return None, dw
+
+    def _transpose_backward_weights(self, ct, dout, x, *, batch_dims, stride, pad, w_shape):
+        if ad.is_undefined_primal(dout):
+            return self.forward.bind(x, ct, batch_dims=batch_dims, stride=stride, pad=pad), None
+        x_shape = _core_shape(x, batch_dims)
+        dx = self.backward_data.bind(
+            dout, ct, batch_dims=batch_dims, stride=stride, pad=pad, x_shape=x_shape
+        )
+        return None, dx
 
 
-def conv_backward_weights(dout, x, w_shape, *, stride: int, pad: int, fallback: Callable):
-    """``dw[f, c, p, q] = Σ_{n,i,j} x_pad[n, s·i + p, s·j + q, c] · dout[n, i, j, f]``.
+def _zero_cotangent(rule: Callable) -> Callable:
+    """``rule``, answering a symbolic zero cotangent with zeros for the undefined operand."""
 
-    Args:
-        dout: ``(N, H', W', F)``.
-        x: ``(N, H, W, C)``, dout's dtype.
-        w_shape: ``(F, C, KH, KW)``.
-        stride: the forward's stride.
-        pad: the forward's padding.
-        fallback: ``fallback(dout, x)``, the same in XLA.
+    def transpose(ct, *operands, **params):
+        if type(ct) is ad.Zero:
+            return tuple(ad.Zero(a.aval) if ad.is_undefined_primal(a) else None for a in operands)
+        return rule(ct, *operands, **params)
 
-    Returns:
-        dw of shape ``w_shape``, dout's dtype (summed in float32).
-    """
-    return _call("jcnn_conv_backward_weights", fallback, w_shape, dout.dtype, dout, x, stride, pad)
+    return transpose
+
+
+def _bilinear_jvp(kernel: Kernel) -> Callable:
+    """``d f(a, b) = f(ȧ, b) + f(a, ḃ)`` for a kernel bilinear in its two operands."""
+
+    def rule(primals, tangents, **params):
+        (a, b), (da, db) = primals, tangents
+        out = kernel.bind(a, b, **params)
+        terms = []
+        if type(da) is not ad.Zero:
+            terms.append(kernel.bind(da, b, **params))
+        if type(db) is not ad.Zero:
+            terms.append(kernel.bind(a, db, **params))
+        if not terms:
+            return out, ad.Zero.from_primal_value(out)
+        return out, terms[0] if len(terms) == 1 else terms[0] + terms[1]
+
+    return rule

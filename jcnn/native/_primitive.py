@@ -1,0 +1,178 @@
+"""A compiled kernel as a JAX primitive, so that every transformation passes through it.
+
+A :class:`Kernel` binds one FFI target to a primitive of its own with:
+
+- an abstract evaluation (the output shapes, from the caller's ``out_shapes``);
+- two lowerings: on the CPU the FFI call where the kernel's library is loaded and the process
+  has a single device, else (other backends, several devices, the library unavailable, and
+  every program lowered for :mod:`jax.export`) the kernel's XLA twin, ``fallback``. An
+  exported program therefore holds no jcnn custom call and runs wherever XLA does;
+- a batching rule: ``vmap`` adds a leading dimension to every operand (unbatched ones are
+  broadcast), which the kernels take as a batch of independent problems; the twin is
+  ``vmap``-ped as often (``batch_dims``);
+- derivative rules given by the caller: :meth:`Kernel.defjvp` (forward mode, which JAX
+  linearises and transposes for reverse mode) and, for kernels linear in an operand,
+  :meth:`Kernel.deftranspose`; or :meth:`Kernel.defjvp_by_fallback`, where the tangent is the
+  derivative of the XLA twin and the primal output still comes from the kernel.
+
+The primitive's parameters are the kernel's static arguments (stride, padding, shapes, eps:
+hashable Python values) plus ``batch_dims``; ``attributes`` names those passed on to the FFI
+handler and the NumPy type each is sent as.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from jax.extend.core import Primitive
+from jax.interpreters import ad, batching, mlir
+
+from jcnn.native._library import Library
+
+Shapes = Callable[..., Any]  # (*operand ShapeDtypeStructs, **params) -> out struct(s)
+
+
+def single_device() -> bool:
+    """The kernels run only where nothing is partitioned: XLA would gather a sharded operand
+    of a custom call onto every device, so with several devices the XLA twins run."""
+    return jax.process_count() == 1 and jax.device_count() == 1
+
+
+def _for_export(ctx) -> bool:
+    parameters = getattr(ctx.module_context, "lowering_parameters", None)
+    return bool(getattr(parameters, "for_export", False))
+
+
+class Kernel:
+    """One FFI target of a :class:`~jcnn.native._library.Library` as a JAX primitive.
+
+    Args:
+        target: the FFI target's name (also the primitive's).
+        library: the library that holds it.
+        fallback: the XLA twin, ``fallback(*operands, **params)``, returning what the kernel
+            does (one array, or a tuple when ``out_shapes`` gives several).
+        out_shapes: ``out_shapes(*operands, **params)`` on the operands' shapes and dtypes
+            (without vmap's leading dimensions): a :class:`jax.ShapeDtypeStruct` or a tuple.
+        attributes: param name -> the NumPy scalar type it is passed to the handler as.
+        multiple_results: whether the kernel returns a tuple.
+    """
+
+    def __init__(
+        self,
+        target: str,
+        library: Library,
+        fallback: Callable,
+        out_shapes: Shapes,
+        attributes: Mapping[str, type] | None = None,
+        *,
+        multiple_results: bool = False,
+    ):
+        if target not in library.targets:
+            raise ValueError(
+                f"target must be one of {sorted(library.targets)} ({library.name}), got {target!r}"
+            )
+        self.target = target
+        self.library = library
+        self.fallback = fallback
+        self.out_shapes = out_shapes
+        self.attributes = dict(attributes or {})
+        self.multiple_results = multiple_results
+        self.primitive = Primitive(target)
+        self.primitive.multiple_results = multiple_results
+        self.primitive.def_impl(self._impl)
+        self.primitive.def_abstract_eval(self._abstract_eval)
+        mlir.register_lowering(self.primitive, self._lower_xla)
+        mlir.register_lowering(self.primitive, self._lower_cpu, platform="cpu")
+        batching.primitive_batchers[self.primitive] = self._batch
+
+    def __repr__(self) -> str:
+        return f"Kernel({self.target!r})"
+
+    def __call__(self, *operands: jax.Array, **params):
+        """The kernel's output(s) for ``operands`` (no leading batch dimensions)."""
+        return self.primitive.bind(*operands, batch_dims=0, **params)
+
+    def bind(self, *operands, batch_dims: int, **params):
+        """The primitive on operands with ``batch_dims`` leading (vmap) dimensions: what the
+        derivative rules use, so that a rule applied inside ``vmap`` keeps the batch."""
+        return self.primitive.bind(*operands, batch_dims=batch_dims, **params)
+
+    def usable(self) -> bool:
+        """True where the kernel itself runs: one device and its library loaded."""
+        return single_device() and self.library.load()
+
+    # -------------------------------------------------------------------- evaluation
+
+    def _impl(self, *operands, batch_dims: int, **params):
+        bound = functools.partial(self.primitive.bind, batch_dims=batch_dims, **params)
+        return jax.jit(bound)(*operands)
+
+    def _abstract_eval(self, *avals, batch_dims: int, **params):
+        lead = tuple(avals[0].shape[:batch_dims])
+        core = [jax.ShapeDtypeStruct(a.shape[batch_dims:], a.dtype) for a in avals]
+        outs = self.out_shapes(*core, **params)
+        outs = tuple(outs) if self.multiple_results else (outs,)
+        result = [jax.core.ShapedArray(lead + tuple(o.shape), o.dtype) for o in outs]
+        return result if self.multiple_results else result[0]
+
+    def batched_fallback(self, batch_dims: int, **params) -> Callable:
+        """The XLA twin with ``params`` bound, ``vmap``-ped over ``batch_dims`` leading axes."""
+        fn = functools.partial(self.fallback, **params)
+        for _ in range(batch_dims):
+            fn = jax.vmap(fn)
+        return fn
+
+    def _lower_xla(self, ctx, *operands, batch_dims: int, **params):
+        fn = self.batched_fallback(batch_dims, **params)
+        if self.multiple_results:
+            lowered = mlir.lower_fun(lambda *a: tuple(fn(*a)), multiple_results=True)
+        else:
+            lowered = mlir.lower_fun(fn, multiple_results=False)
+        return lowered(ctx, *operands)
+
+    def _lower_cpu(self, ctx, *operands, batch_dims: int, **params):
+        if _for_export(ctx) or not self.usable():
+            return self._lower_xla(ctx, *operands, batch_dims=batch_dims, **params)
+        attributes = {name: kind(params[name]) for name, kind in self.attributes.items()}
+        return jax.ffi.ffi_lowering(self.target)(ctx, *operands, **attributes)
+
+    def _batch(self, operands: Sequence, dims: Sequence, *, batch_dims: int, **params):
+        size = next(a.shape[d] for a, d in zip(operands, dims, strict=True) if d is not None)
+        moved = [
+            jnp.broadcast_to(a, (size, *a.shape)) if d is None else jnp.moveaxis(a, d, 0)
+            for a, d in zip(operands, dims, strict=True)
+        ]
+        out = self.bind(*moved, batch_dims=batch_dims + 1, **params)
+        return out, ([0] * len(out) if self.multiple_results else 0)
+
+    # ------------------------------------------------------------------- derivatives
+
+    def defjvp(self, rule: Callable) -> None:
+        """Forward mode: ``rule(primals, tangents, batch_dims=..., **params) -> (out,
+        tangent_out)``; a tangent may be :class:`jax.interpreters.ad.Zero`. For reverse mode
+        JAX transposes the tangent's linear part, so it must be built from primitives that
+        can be transposed (jnp code, or kernels with :meth:`deftranspose`)."""
+        ad.primitive_jvps[self.primitive] = rule
+
+    def deftranspose(self, rule: Callable) -> None:
+        """For a kernel linear in the operands the rule is asked about: ``rule(cotangent,
+        *operands, batch_dims=..., **params)`` returns one cotangent per operand (None for
+        those that are not :class:`jax.interpreters.ad.UndefinedPrimal`)."""
+        ad.primitive_transposes[self.primitive] = rule
+
+    def defjvp_by_fallback(self) -> None:
+        """Forward mode: the primal output from the kernel, the tangent as the derivative of
+        the XLA twin (``jax.jvp`` of ``fallback``), which JAX can transpose."""
+
+        def rule(primals, tangents, *, batch_dims: int, **params):
+            out = self.bind(*primals, batch_dims=batch_dims, **params)
+            fn = self.batched_fallback(batch_dims, **params)
+            tangents = [ad.instantiate_zeros(t) for t in tangents]
+            _, tangent_out = jax.jvp(fn, tuple(primals), tuple(tangents))
+            return out, (list(tangent_out) if self.multiple_results else tangent_out)
+
+        self.defjvp(rule)
