@@ -126,6 +126,7 @@ def parent_main() -> int:
         "batch_sizes": sizes,
         "impls": impls,
         "skipped_impls": skipped,
+        "step": FLAGS.step,
         "rounds": FLAGS.rounds,
         "repeats": FLAGS.repeats,
         "warmup": FLAGS.warmup,

@@ -86,6 +86,13 @@ flags.DEFINE_list(
     ["jcnn", "reference", "torch"],
     f"Implementations, from {IMPLS}; torch ones are skipped when torch is not importable.",
 )
+flags.DEFINE_enum(
+    "step",
+    "train",
+    ["train", "hvp"],
+    "What is timed: a training step, or (JAX impls only) a Hessian-vector product of the loss "
+    "in the parameters, jax.jvp of jax.grad, in a fixed random direction.",
+)
 flags.DEFINE_integer("repeats", 20, "Timed steps per worker (per round).")
 flags.DEFINE_integer("rounds", 5, "Rounds; each runs every (model, batch, impl) once.")
 flags.DEFINE_integer("warmup", 3, "Untimed steps after the first (compiling) call.")
@@ -151,6 +158,7 @@ flags.DEFINE_integer("round", 0, "Internal: the round a worker belongs to.")
 
 # Flags the parent forwards to its workers, verbatim.
 FORWARDED = (
+    "step",
     "repeats",
     "warmup",
     "seed",
@@ -219,9 +227,13 @@ def unsupported(model: str, impls: Iterable[str]) -> str | None:
         impls: the implementations asked for.
 
     Returns:
-        The reason (airbench with the ``solver`` impl, or with ``--conv_impl`` /
-        ``--pool_impl``, which it does not have), or None when the combination runs.
+        The reason (``--step=hvp`` with a torch impl or ``solver``; airbench with the
+        ``solver`` impl, or with ``--conv_impl`` / ``--pool_impl``, which it does not have),
+        or None when the combination runs.
     """
+    impls = list(impls)
+    if FLAGS.step == "hvp" and any(i in TORCH_IMPLS or i == "solver" for i in impls):
+        return "--step=hvp times JAX steps only: drop the torch impls and solver from --impls"
     if model != "airbench":
         return None
     if "solver" in impls:

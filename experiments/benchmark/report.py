@@ -151,9 +151,14 @@ def format_header(meta: dict) -> str:
         f"{q['waited_s']:.0f}s (threshold {q['threshold']}, quiet: {q['quiet']}); "
         f"max CPU share used by other processes while timing: {meta['others_cpu_frac_max']}"
     )
+    step = (
+        "a Hessian-vector product of the loss in the parameters (jvp of grad)"
+        if meta.get("step") == "hvp"
+        else "forward + backward + optimiser update"
+    )
     parts.append(
         "float32 (the *_bf16 impls: the network in bfloat16, parameters and optimiser float32), "
-        f"one step = forward + backward + optimiser update; {meta['rounds']} rounds x "
+        f"one step = {step}; {meta['rounds']} rounds x "
         f"{meta['repeats']} timed steps (+{meta['warmup']} warm-up) per worker"
     )
     return "\n".join(f"- {p}" for p in parts)

@@ -235,10 +235,52 @@ def make_jax_step(model: str, impl: str, batch_size: int):
     return step, sync, carry, losses, kwargs, hlo_text
 
 
+def make_jax_hvp(model: str, impl: str, batch_size: int):
+    """A Hessian-vector product of ``model``'s loss in its parameters on fixed data,
+    ``jax.jvp(jax.grad(loss), (params,), (v,))`` with v a fixed random direction, in the shape
+    of :func:`make_jax_step`'s result (``carry[0]`` the parameters; the "loss" recorded is
+    the product's norm)."""
+    import jax
+    import jax.numpy as jnp
+
+    from jcnn.parallel import mixed_precision_loss
+
+    net, kwargs = make_jax_model(model, impl)
+    loss_fn = mixed_precision_loss(net, "bfloat16" if impl in BF16_IMPLS else None)
+    params, state = net.init(jax.random.PRNGKey(FLAGS.seed))
+    keys = iter(jax.random.split(jax.random.PRNGKey(FLAGS.seed + 3), len(jax.tree.leaves(params))))
+    direction = jax.tree.map(lambda p: jax.random.normal(next(keys), p.shape, p.dtype), params)
+    x_np, y_np = make_data(model, batch_size, FLAGS.seed)
+    x, y = jax.device_put(jnp.asarray(x_np)), jax.device_put(jnp.asarray(y_np))
+    key = jax.random.PRNGKey(FLAGS.seed + 2)
+
+    @jax.jit
+    def hvp(params, v):
+        grad = jax.grad(lambda p: loss_fn(p, state, x, y, key=key)[0])
+        product = jax.jvp(grad, (params,), (v,))[1]
+        norm = jnp.sqrt(
+            sum(jnp.sum(jnp.square(t.astype(jnp.float32))) for t in jax.tree.leaves(product))
+        )
+        return product, norm
+
+    carry, norms = [params, state], []
+
+    def sync(out):
+        jax.block_until_ready(out)
+        norms.append(out[1])
+        return out
+
+    def hlo_text() -> str:
+        return hvp.lower(params, direction).compile().as_text()
+
+    return (lambda: hvp(params, direction)), sync, carry, norms, kwargs, hlo_text
+
+
 def run_jax_worker(model: str, impl: str, batch_size: int) -> dict:
     import jax
 
-    step, sync, carry, losses, kwargs, _ = make_jax_step(model, impl, batch_size)
+    make = make_jax_hvp if FLAGS.step == "hvp" else make_jax_step
+    step, sync, carry, losses, kwargs, _ = make(model, impl, batch_size)
     result = _timed_steps(step, sync, FLAGS.repeats, FLAGS.warmup)
     result.update(
         first_loss=float(losses[0]),

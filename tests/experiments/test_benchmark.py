@@ -119,6 +119,29 @@ def test_worker_vgg_tiny():
     assert kwargs["layers"] == "jcnn"
 
 
+def test_hvp_step_times_the_same_hessian_vector_product_for_jcnn_and_its_twin(tmp_path):
+    """``--step=hvp`` times jvp of grad; jcnn and the autodiff twin give the same product (its
+    norm is what the record's loss holds), and torch impls are refused in one line."""
+    out = tmp_path / "bench.json"
+    proc = _run(
+        ["--tiny", "--models=vgg,airbench", "--impls=jcnn,reference", "--step=hvp",
+         "--rounds=1", "--repeats=2", "--warmup=0", "--quiet_max_wait=0", f"--json_out={out}"]
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "one step = a Hessian-vector product" in proc.stdout
+    data = json.loads(out.read_text())
+    assert data["meta"]["step"] == "hvp"
+    for model in ("vgg", "airbench"):
+        runs = {r["impl"]: r for r in data["runs"] if r["model"] == model}
+        for impl in ("jcnn", "reference"):
+            _check_record(runs[impl], model=model, impl=impl, repeats=2)
+        norm = runs["reference"]["first_loss"]
+        assert norm > 0 and runs["jcnn"]["first_loss"] == pytest.approx(norm, rel=1e-3)
+    refused = _run(["--tiny", "--models=vgg", "--impls=jcnn,solver", "--step=hvp"])
+    assert refused.returncode != 0
+    assert "--step=hvp times JAX steps only" in refused.stderr
+
+
 def test_jcnn_xla_is_jcnn_with_the_compiled_kernel_off(tmp_path):
     """``jcnn_xla`` workers run the same jcnn model with JCNN_NATIVE=0, beside ``jcnn``."""
     out = tmp_path / "bench.json"
