@@ -43,3 +43,17 @@ def test_readme_links_into_docs_exist():
     assert any(link.startswith("docs/") for link in relative)
     missing = [link for link in relative if not (ROOT / link).is_file()]
     assert not missing, f"README.md links to missing files: {missing}"
+
+
+def test_transformations_page_python_blocks_run():
+    """docs/transformations.md's examples (penalty, sharpness, per-example norms, forward mode
+    through the twin, export) run as written, in one namespace."""
+    page = ROOT / "docs" / "transformations.md"
+    blocks = python_blocks(page.read_text())
+    assert len(blocks) >= 6
+    namespace = {"__name__": "transformations"}
+    for i, block in enumerate(blocks):
+        exec(compile(block, f"transformations.md python block {i + 1}", "exec"), namespace)
+    assert namespace["top_eigenvalue"] > 0
+    assert namespace["norms"].shape == (16,)
+    assert namespace["probabilities"].shape == (16, 10)
