@@ -380,3 +380,30 @@ def test_model_hvp_in_bfloat16_runs_on_the_kernels_and_points_where_autodiffs_do
     )
     assert got.dtype == jnp.float32
     assert cosine(got, want) > 0.9 and cosine(got, want) >= cosine(baseline, want) - 0.02
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_model_gradient_under_checkpoint_and_per_example_vmap_runs_on_the_kernels(name):
+    """``jax.checkpoint`` (rematerialisation) and ``vmap`` of ``grad`` over single examples
+    give the plain gradient, and the compiled programs keep the kernels."""
+    model, _, params, state, x, y = _model_problem(name, jnp.float32, n=4)
+    key = jax.random.PRNGKey(2)
+
+    def loss(p, x, y):
+        return model.loss(p, state, x, y, key=key)[0]
+
+    plain = jax.jit(jax.grad(loss))(params, x, y)
+    remat = jax.jit(jax.grad(jax.checkpoint(loss)))
+    assert _global_error(remat(params, x, y), plain) < 1e-6
+    assert "jcnn_conv_forward" in remat.lower(params, x, y).compile().as_text() or not (
+        native.available("onednn")
+    )
+
+    def example_loss(p, x, y):  # test mode: batchnorm would normalise one example alone
+        scores, _ = model.apply(p, state, x[None], train=False)
+        return model.data_loss(scores, y[None])
+
+    per_example = jax.jit(jax.vmap(jax.grad(example_loss), in_axes=(None, 0, 0)))(params, x, y)
+    for i in range(2):
+        one = jax.jit(jax.grad(example_loss))(params, x[i], y[i])
+        assert _global_error(jax.tree.map(lambda g, i=i: g[i], per_example), one) < 1e-5

@@ -89,9 +89,10 @@ flags.DEFINE_list(
 flags.DEFINE_enum(
     "step",
     "train",
-    ["train", "hvp"],
-    "What is timed: a training step, or (JAX impls only) a Hessian-vector product of the loss "
-    "in the parameters, jax.jvp of jax.grad, in a fixed random direction.",
+    ["train", "hvp", "jvp"],
+    "What is timed: a training step; or (JAX impls only) in a fixed random direction in the "
+    "parameters, hvp: a Hessian-vector product of the loss (jax.jvp of jax.grad), jvp: the "
+    "loss's directional derivative (forward mode: the reference impl only).",
 )
 flags.DEFINE_integer("repeats", 20, "Timed steps per worker (per round).")
 flags.DEFINE_integer("rounds", 5, "Rounds; each runs every (model, batch, impl) once.")
@@ -227,13 +228,22 @@ def unsupported(model: str, impls: Iterable[str]) -> str | None:
         impls: the implementations asked for.
 
     Returns:
-        The reason (``--step=hvp`` with a torch impl or ``solver``; airbench with the
+        The reason (``--step=hvp``/``jvp`` with a torch impl or ``solver``, ``jvp`` with
+        any impl but ``reference``; airbench with the
         ``solver`` impl, or with ``--conv_impl`` / ``--pool_impl``, which it does not have),
         or None when the combination runs.
     """
     impls = list(impls)
-    if FLAGS.step == "hvp" and any(i in TORCH_IMPLS or i == "solver" for i in impls):
-        return "--step=hvp times JAX steps only: drop the torch impls and solver from --impls"
+    if FLAGS.step != "train" and any(i in TORCH_IMPLS or i == "solver" for i in impls):
+        return (
+            f"--step={FLAGS.step} times JAX steps only: drop the torch impls and solver "
+            "from --impls"
+        )
+    if FLAGS.step == "jvp" and any(i != "reference" for i in impls):
+        return (
+            "--step=jvp: JAX has no forward mode through jcnn's custom_vjp layers; "
+            "time it on their autodiff twins, --impls=reference"
+        )
     if model != "airbench":
         return None
     if "solver" in impls:

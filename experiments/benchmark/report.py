@@ -151,11 +151,10 @@ def format_header(meta: dict) -> str:
         f"{q['waited_s']:.0f}s (threshold {q['threshold']}, quiet: {q['quiet']}); "
         f"max CPU share used by other processes while timing: {meta['others_cpu_frac_max']}"
     )
-    step = (
-        "a Hessian-vector product of the loss in the parameters (jvp of grad)"
-        if meta.get("step") == "hvp"
-        else "forward + backward + optimiser update"
-    )
+    step = {
+        "hvp": "a Hessian-vector product of the loss in the parameters (jvp of grad)",
+        "jvp": "a directional derivative of the loss in the parameters (forward mode, jvp)",
+    }.get(meta.get("step"), "forward + backward + optimiser update")
     parts.append(
         "float32 (the *_bf16 impls: the network in bfloat16, parameters and optimiser float32), "
         f"one step = {step}; {meta['rounds']} rounds x "

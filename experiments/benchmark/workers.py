@@ -235,11 +235,13 @@ def make_jax_step(model: str, impl: str, batch_size: int):
     return step, sync, carry, losses, kwargs, hlo_text
 
 
-def make_jax_hvp(model: str, impl: str, batch_size: int):
-    """A Hessian-vector product of ``model``'s loss in its parameters on fixed data,
-    ``jax.jvp(jax.grad(loss), (params,), (v,))`` with v a fixed random direction, in the shape
-    of :func:`make_jax_step`'s result (``carry[0]`` the parameters; the "loss" recorded is
-    the product's norm)."""
+def make_jax_derivative(model: str, impl: str, batch_size: int):
+    """A derivative of ``model``'s loss in its parameters on fixed data, in a fixed random
+    direction v: ``--step=hvp``, the Hessian-vector product ``jax.jvp(jax.grad(loss),
+    (params,), (v,))``; ``--step=jvp``, the directional derivative ``jax.jvp(loss, (params,),
+    (v,))`` (forward mode, which only the autodiff twin has). In the shape of
+    :func:`make_jax_step`'s result (``carry[0]`` the parameters; the "loss" recorded is the
+    product's norm, or the directional derivative)."""
     import jax
     import jax.numpy as jnp
 
@@ -254,32 +256,34 @@ def make_jax_hvp(model: str, impl: str, batch_size: int):
     x, y = jax.device_put(jnp.asarray(x_np)), jax.device_put(jnp.asarray(y_np))
     key = jax.random.PRNGKey(FLAGS.seed + 2)
 
-    @jax.jit
-    def hvp(params, v):
-        grad = jax.grad(lambda p: loss_fn(p, state, x, y, key=key)[0])
-        product = jax.jvp(grad, (params,), (v,))[1]
-        norm = jnp.sqrt(
-            sum(jnp.sum(jnp.square(t.astype(jnp.float32))) for t in jax.tree.leaves(product))
-        )
-        return product, norm
+    def loss(p):
+        return loss_fn(p, state, x, y, key=key)[0]
 
-    carry, norms = [params, state], []
+    @jax.jit
+    def derivative(params, v):
+        if FLAGS.step == "jvp":
+            return jax.jvp(loss, (params,), (v,))
+        product = jax.jvp(jax.grad(loss), (params,), (v,))[1]
+        squares = [jnp.sum(jnp.square(t.astype(jnp.float32))) for t in jax.tree.leaves(product)]
+        return product, jnp.sqrt(sum(squares))
+
+    carry, values = [params, state], []
 
     def sync(out):
         jax.block_until_ready(out)
-        norms.append(out[1])
+        values.append(out[1])
         return out
 
     def hlo_text() -> str:
-        return hvp.lower(params, direction).compile().as_text()
+        return derivative.lower(params, direction).compile().as_text()
 
-    return (lambda: hvp(params, direction)), sync, carry, norms, kwargs, hlo_text
+    return (lambda: derivative(params, direction)), sync, carry, values, kwargs, hlo_text
 
 
 def run_jax_worker(model: str, impl: str, batch_size: int) -> dict:
     import jax
 
-    make = make_jax_hvp if FLAGS.step == "hvp" else make_jax_step
+    make = make_jax_step if FLAGS.step == "train" else make_jax_derivative
     step, sync, carry, losses, kwargs, _ = make(model, impl, batch_size)
     result = _timed_steps(step, sync, FLAGS.repeats, FLAGS.warmup)
     result.update(

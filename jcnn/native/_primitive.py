@@ -108,8 +108,14 @@ class Kernel:
     # -------------------------------------------------------------------- evaluation
 
     def _impl(self, *operands, batch_dims: int, **params):
-        bound = functools.partial(self.primitive.bind, batch_dims=batch_dims, **params)
-        return jax.jit(bound)(*operands)
+        """Eager calls: the primitive compiled alone, once per setting of its parameters."""
+        return self._compiled(batch_dims, tuple(sorted(params.items())))(*operands)
+
+    @functools.lru_cache(maxsize=256)  # noqa: B019 (kernels live as long as the process)
+    def _compiled(self, batch_dims: int, params: tuple) -> Callable:
+        return jax.jit(
+            functools.partial(self.primitive.bind, batch_dims=batch_dims, **dict(params))
+        )
 
     def _abstract_eval(self, *avals, batch_dims: int, **params):
         lead = tuple(avals[0].shape[:batch_dims])

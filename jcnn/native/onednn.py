@@ -8,10 +8,12 @@ OpenMP threads never compete with XLA's for the cores. bfloat16 operands are mul
 the CPU's bfloat16 units where it has them (AVX512-BF16, AMX) with float32 accumulation; the
 weight gradient's two halves are added in float32 before the one rounding to bfloat16.
 
-Each function returns what its ``fallback`` (XLA's convolution) would, and is that fallback
-wherever the kernels cannot run: other dtypes, other backends, several devices, no compiler,
-oneDNN not installed (status ``'no-onednn'``), ``JCNN_NATIVE=0`` or ``JCNN_ONEDNN=0``.
-:func:`jcnn.native.status` with ``'onednn'`` says which.
+:class:`Convolutions` binds the three directions to XLA twins given by the caller
+(:mod:`jcnn.layers.conv`), as :class:`jcnn.native.Kernel` primitives whose derivative rules
+are each other: every direction returns what its twin would, and is that twin wherever the
+kernels cannot run (other dtypes, other backends, several devices, no compiler, oneDNN not
+installed: status ``'no-onednn'``, ``JCNN_NATIVE=0`` or ``JCNN_ONEDNN=0``, and programs
+lowered for :mod:`jax.export`). :func:`jcnn.native.status` with ``'onednn'`` says which.
 """
 
 from __future__ import annotations

@@ -142,6 +142,21 @@ def test_hvp_step_times_the_same_hessian_vector_product_for_jcnn_and_its_twin(tm
     assert "--step=hvp times JAX steps only" in refused.stderr
 
 
+def test_jvp_step_times_forward_mode_on_the_twin_and_refuses_jcnns_layers(tmp_path):
+    out = tmp_path / "bench.json"
+    proc = _run(
+        ["--tiny", "--models=vgg", "--impls=reference", "--step=jvp", "--rounds=1",
+         "--repeats=2", "--warmup=0", "--quiet_max_wait=0", f"--json_out={out}"]
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "one step = a directional derivative" in proc.stdout
+    (run,) = json.loads(out.read_text())["runs"]
+    _check_record(run, model="vgg", impl="reference", repeats=2)
+    refused = _run(["--tiny", "--models=vgg", "--impls=jcnn", "--step=jvp"])
+    assert refused.returncode != 0
+    assert "no forward mode through jcnn's custom_vjp layers" in refused.stderr
+
+
 def test_jcnn_xla_is_jcnn_with_the_compiled_kernel_off(tmp_path):
     """``jcnn_xla`` workers run the same jcnn model with JCNN_NATIVE=0, beside ``jcnn``."""
     out = tmp_path / "bench.json"
