@@ -246,6 +246,13 @@ def test_second_order_through_onednn_stays_on_onednn_and_equals_the_twin(stride,
     hlo = hvp.lower(args, v).compile().as_text()
     assert all(target in hlo for target in CONV_TARGETS)
     assert " convolution(" not in hlo  # no XLA convolution left
+    # vmap over two directions: the kernels' batching rule (unbatched x, w broadcast).
+    directions = jax.tree.map(lambda d: jnp.stack([d, -0.5 * d]), v)
+    batched = jax.jit(jax.vmap(lambda d: jax.jvp(grad, args, d)[1]))
+    assert all(t in batched.lower(directions).compile().as_text() for t in CONV_TARGETS)
+    for got, want in zip(batched(directions), hvp(args, v), strict=True):
+        np.testing.assert_allclose(got[0], want, rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(got[1], -0.5 * want, rtol=1e-5, atol=1e-5)
 
 
 @needs_onednn

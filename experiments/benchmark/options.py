@@ -234,12 +234,12 @@ def unsupported(model: str, impls: Iterable[str]) -> str | None:
         or None when the combination runs.
     """
     impls = list(impls)
-    if FLAGS.step != "train" and any(i in TORCH_IMPLS or i == "solver" for i in impls):
+    if FLAGS["step"].value != "train" and any(i in TORCH_IMPLS or i == "solver" for i in impls):
         return (
-            f"--step={FLAGS.step} times JAX steps only: drop the torch impls and solver "
+            f"--step={FLAGS['step'].value} times JAX steps only: drop the torch impls and solver "
             "from --impls"
         )
-    if FLAGS.step == "jvp" and any(i != "reference" for i in impls):
+    if FLAGS["step"].value == "jvp" and any(i != "reference" for i in impls):
         return (
             "--step=jvp: JAX has no forward mode through jcnn's custom_vjp layers; "
             "time it on their autodiff twins, --impls=reference"
