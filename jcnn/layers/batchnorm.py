@@ -336,27 +336,24 @@ def _like_x_and_two_vectors(x, *rest, eps):
     return jax.ShapeDtypeStruct(x.shape, x.dtype), vector, vector
 
 
-# The compiled kernels (jcnn.native) for features-last input. Their derivatives (needed only
-# to differentiate the first-order gradient: grad-of-grad, Hessian-vector products) are those
-# of the XLA twins above, which are written with this module's hand-written pairs.
-_FORWARD_KERNEL = native.Kernel(
-    "jcnn_batchnorm_relu_forward",
-    native.LIBRARIES["kernels"],
-    _features_last(_batchnorm_relu_xla),
-    _like_x_and_two_vectors,
-    {"eps": np.float64},
-    multiple_results=True,
-)
-_BACKWARD_KERNEL = native.Kernel(
-    "jcnn_batchnorm_relu_backward",
-    native.LIBRARIES["kernels"],
-    _features_last(_batchnorm_relu_backward_xla),
-    _like_x_and_two_vectors,
-    {"eps": np.float64},
-    multiple_results=True,
-)
-_FORWARD_KERNEL.defjvp_by_fallback()
-_BACKWARD_KERNEL.defjvp_by_fallback()
+def _kernel(target: str, twin) -> native.Kernel:
+    """A compiled kernel (jcnn.native) for features-last input. Its derivatives (needed only to
+    differentiate the first-order gradient: grad-of-grad, Hessian-vector products) are those
+    of its XLA twin, which is written with this module's hand-written pairs."""
+    kernel = native.Kernel(
+        target,
+        native.LIBRARIES["kernels"],
+        _features_last(twin),
+        _like_x_and_two_vectors,
+        {"eps": np.float64},
+        multiple_results=True,
+    )
+    kernel.defjvp_by_fallback()
+    return kernel
+
+
+_FORWARD_KERNEL = _kernel("jcnn_batchnorm_relu_forward", _batchnorm_relu_xla)
+_BACKWARD_KERNEL = _kernel("jcnn_batchnorm_relu_backward", _batchnorm_relu_backward_xla)
 
 
 def batchnorm_relu_forward(
