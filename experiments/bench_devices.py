@@ -1,7 +1,8 @@
-"""Training throughput on 1, 2, ... devices: the VGG seed step, data-parallel.
+"""Training throughput on 1, 2, ... devices or processes: the VGG seed step, data-parallel.
 
     python -m experiments.bench_devices                        # 1 vs 2 devices, seed model
     python -m experiments.bench_devices --devices=1,2,4 --steps=30 --compute_dtype=bfloat16
+    python -m experiments.bench_devices --devices=1 --processes=2   # + 2 processes, 1 core each
 
 For each device count a fresh interpreter builds a :class:`jcnn.solver.Solver` for the
 seed's VGG (:data:`experiments.presets.VGG`, its sizes overridable) on random images with a
@@ -14,6 +15,12 @@ each device gets ``batch_size / N`` images. Prints a table; ``--json_out`` keeps
 
 Virtual CPU devices share the machine's cores, so on a CPU this measures the overhead of
 the sharding, not a speed-up; on several GPUs or TPU cores each device is real.
+
+``--processes=P`` adds a row for ``P`` processes of one device each on this machine
+(``jax.distributed`` with a coordinator on localhost), each pinned to its own ``1/P`` of
+this process's cores: how a multi-host run behaves, with the cores split instead of shared.
+Every row says which compiled kernels the step's program holds (``kernels``: the jcnn custom
+calls in the compiled training step).
 """
 
 from __future__ import annotations
@@ -47,8 +54,14 @@ IMAGE_SIZE = flags.DEFINE_integer("image_size", 32, "Square image side.", lower_
 COMPUTE_DTYPE = flags.DEFINE_enum(
     "compute_dtype", "float32", ["float32", "bfloat16"], "Dtype of the arithmetic."
 )
+PROCESSES = flags.DEFINE_integer(
+    "processes", None, "Also measure this many processes of one device each, each pinned to "
+    "its share of the cores.", lower_bound=2,
+)  # fmt: skip
 JSON_OUT = flags.DEFINE_string("json_out", None, "Also write the rows as JSON here.")
 WORKER = flags.DEFINE_integer("worker", None, "Internal: measure this many devices and print JSON.")
+COORDINATOR = flags.DEFINE_string("coordinator", None, "Internal: host:port of process 0.")
+PROCESS_ID = flags.DEFINE_integer("process_id", 0, "Internal: this worker's process rank.")
 
 TAG = "bench_devices: "
 
@@ -116,6 +129,8 @@ def measure(config: dict[str, Any], num_devices: int) -> dict[str, Any]:
     d = jax.devices()[0]
     return {
         "devices": mesh.size,
+        "processes": jax.process_count(),
+        "kernels": _kernels_in(solver),
         "platform": d.platform,
         "device_kind": d.device_kind,
         "batch_size": config["batch_size"],
@@ -125,6 +140,21 @@ def measure(config: dict[str, Any], num_devices: int) -> dict[str, Any]:
         "images_per_s": config["steps"] * config["batch_size"] / seconds,
         "loss_finite": bool(np.isfinite(float(loss))),
     }
+
+
+def _kernels_in(solver: Any) -> list[str]:
+    """The jcnn custom calls in the compiled training step (one more compilation)."""
+    import re
+
+    import jax
+
+    from jcnn.parallel import put_batch
+
+    rows = solver.batch_size // jax.process_count()
+    local = (solver.X_train[:rows], solver.y_train[:rows])
+    batch = put_batch(solver.mesh, local, solver.batch_size)
+    hlo = solver._train_step.lower(solver.train_state, batch).compile().as_text()
+    return sorted(set(re.findall(r'custom_call_target="(jcnn_[a-z_]+)"', hlo)))
 
 
 def _worker_env(num_devices: int) -> dict[str, str]:
@@ -152,17 +182,56 @@ def run_worker(num_devices: int, argv: list[str]) -> dict[str, Any]:
     )
 
 
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run_processes(processes: int, argv: list[str]) -> dict[str, Any]:
+    """Measure ``processes`` processes of one device each, the cores split between them
+    (``jax.distributed`` on localhost); returns process 0's row."""
+    cores = sorted(os.sched_getaffinity(0))
+    if len(cores) < processes:
+        raise app.UsageError(f"--processes={processes} but this process may use {len(cores)} cores")
+    share = len(cores) // processes
+    internal = ("--worker", "--devices", "--json_out", "--processes")
+    args = [a for a in argv[1:] if not a.startswith(internal)]
+    address = f"127.0.0.1:{_free_port()}"
+    procs = []
+    for pid in range(processes):
+        mine = set(cores[pid * share : (pid + 1) * share])
+        procs.append(subprocess.Popen(
+            [sys.executable, "-m", "experiments.bench_devices", "--worker=1",
+             f"--coordinator={address}", f"--process_id={pid}", f"--processes={processes}", *args],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_worker_env(1),
+            preexec_fn=lambda mine=mine: os.sched_setaffinity(0, mine),
+        ))  # fmt: skip
+    outputs = [p.communicate() for p in procs]
+    for line in outputs[0][0].splitlines():
+        if line.startswith(TAG):
+            return json.loads(line[len(TAG) :])
+    codes = [p.returncode for p in procs]
+    raise RuntimeError(
+        f"the {processes} worker processes failed (exits {codes}):\n"
+        + "\n".join(err[-2000:] for _, err in outputs)
+    )
+
+
 def format_table(rows: list[dict[str, Any]]) -> str:
     base = next((r["images_per_s"] for r in rows if r["devices"] == 1), rows[0]["images_per_s"])
     lines = [
-        f"{'devices':>7}  {'batch':>5}  {'per device':>10}  {'ms/step':>8}  {'images/s':>9}  "
-        f"{'vs 1 device':>11}"
+        f"{'processes':>9}  {'devices':>7}  {'batch':>5}  {'per device':>10}  {'ms/step':>8}  "
+        f"{'images/s':>9}  {'vs 1 device':>11}  kernels"
     ]
     for r in rows:
+        kernels = ", ".join(k.removeprefix("jcnn_") for k in r.get("kernels", [])) or "none"
         lines.append(
-            f"{r['devices']:>7}  {r['batch_size']:>5}  {r['per_device']:>10}  "
-            f"{r['ms_per_step']:>8.1f}  {r['images_per_s']:>9.1f}  "
-            f"{r['images_per_s'] / base:>10.2f}x"
+            f"{r.get('processes', 1):>9}  {r['devices']:>7}  {r['batch_size']:>5}  "
+            f"{r['per_device']:>10}  {r['ms_per_step']:>8.1f}  {r['images_per_s']:>9.1f}  "
+            f"{r['images_per_s'] / base:>10.2f}x  {kernels}"
         )
     return "\n".join(lines)
 
@@ -170,6 +239,10 @@ def format_table(rows: list[dict[str, Any]]) -> str:
 def main(argv: list[str]) -> None:
     config = config_from_flags()
     if WORKER.value is not None:
+        if COORDINATOR.value:  # first, before anything touches a device
+            from jcnn.parallel import initialize_distributed
+
+            initialize_distributed(COORDINATOR.value, PROCESSES.value, PROCESS_ID.value)
         jcnn.cpu.tune()
         print(TAG + json.dumps(measure(config, WORKER.value)), flush=True)
         return
@@ -179,7 +252,13 @@ def main(argv: list[str]) -> None:
             raise app.UsageError(
                 f"--batch_size={config['batch_size']} is not divisible by {n} devices"
             )
+    if PROCESSES.value and config["batch_size"] % PROCESSES.value:
+        raise app.UsageError(
+            f"--batch_size={config['batch_size']} is not divisible by {PROCESSES.value} processes"
+        )
     rows = [run_worker(n, sys.argv) for n in devices]
+    if PROCESSES.value:
+        rows.append(run_processes(PROCESSES.value, sys.argv))
     r0 = rows[0]
     print(
         f"VGGNet filters {list(config['num_filters'])}, blocks {list(config['blocks'])}, "

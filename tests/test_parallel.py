@@ -45,14 +45,25 @@ def _load(path: Path) -> dict:
 def _leaf_errors(a, b) -> dict[str, float]:
     """``max |a − b| / scale`` per leaf (0 for leaves that are round-off around zero: the
     structurally-zero gradients of biases followed by batchnorm leave them at ~1e-8 noise,
-    where any relative error is meaningless)."""
+    where any relative error is meaningless). A running mean's scale is also its values'
+    spread (the running variance's root): a mean near 0 of values of order 1 carries the
+    round-off of those values, which a different order of summation changes."""
     out = {}
     flat_b = jax.tree_util.tree_leaves(b)
     for (path, x), y in zip(jax.tree_util.tree_flatten_with_path(a)[0], flat_b, strict=True):
         x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
         scale = max(np.abs(x).max(), np.abs(y).max())
+        if path[-1] == jax.tree_util.DictKey("running_mean"):
+            spread = np.sqrt(np.asarray(_lookup(a, path[:-1])["running_var"], np.float64)).max()
+            scale = max(scale, spread)
         out[jax.tree_util.keystr(path)] = 0.0 if scale < ROUND_OFF else np.abs(x - y).max() / scale
     return out
+
+
+def _lookup(tree, path):
+    for key in path:
+        tree = tree[key.key]
+    return tree
 
 
 def _assert_same_run(ref: dict, run: dict, what: str) -> None:

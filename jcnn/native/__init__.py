@@ -19,7 +19,7 @@ cached in ``$JCNN_CACHE_DIR`` (default ``~/.cache/jcnn``) under a name that hash
 sources, the jaxlib version, the compiler and this CPU's features, and written atomically, so
 processes that build it at the same time are safe. Where it cannot be built (no compiler,
 another operating system, oneDNN missing) or ``JCNN_NATIVE=0`` (``JCNN_ONEDNN=0`` for the
-convolutions only), every kernel's caller gets its XLA twin instead (:func:`run`'s
+convolutions only), every kernel's caller gets its XLA twin instead (the :class:`Kernel`'s
 ``fallback``): the same values at XLA's speed. :func:`status` says which.
 
 Each kernel is a JAX primitive of its own (:class:`Kernel`), so it composes like any jax
@@ -29,9 +29,12 @@ grad-of-grad, ``jvp`` of ``grad`` (Hessian-vector products, ``jax.hessian``),
 kernel's math allows (the convolutions' three directions are each other's derivatives and
 transposes, :class:`jcnn.native.onednn.Convolutions`; the transpose is its own transpose) and
 are the derivatives of the XLA twin elsewhere (batchnorm → relu). The kernel runs on the CPU
-of a process with a single device; its XLA twin runs on other backends, with several devices
-(data parallelism, :mod:`jcnn.parallel`: XLA partitions it like the rest), and in every
-program lowered for :mod:`jax.export`, which therefore runs anywhere without jcnn.
+of a program on one device; in a program partitioned over several devices or processes (data
+parallelism, :mod:`jcnn.parallel`), the kernels that work row by row (the convolutions, the
+transpose) run on every device's block of the batch (:mod:`jcnn.native._partition`), while
+the batchnorm kernels, whose statistics are over the whole batch, give way to their XLA twins,
+which XLA partitions. Other backends, and every program lowered for :mod:`jax.export`, get the
+XLA twins, so an exported program runs anywhere without jcnn.
 """
 
 from __future__ import annotations
@@ -46,7 +49,8 @@ from jcnn.native import onednn
 from jcnn.native._library import CACHE_DIR_VARIABLE, OPT_OUT, Library
 from jcnn.native._library import cache_dir as cache_dir
 from jcnn.native._library import compiler as _compiler  # noqa: F401 (tests use it)
-from jcnn.native._primitive import Kernel, single_device
+from jcnn.native._partition import BatchSplit
+from jcnn.native._primitive import Kernel
 
 HERE = Path(__file__).parent
 LIBRARIES = {
@@ -132,24 +136,28 @@ def _out_shape(x) -> jax.ShapeDtypeStruct:
 
 
 def available(library: str = "kernels") -> bool:
-    """True where one library's kernels can be used in this process: built or cached, and a
-    single device (see :func:`jcnn.native._primitive.single_device`).
+    """True where one library's kernels can be used in this process: built or cached.
 
     Args:
         library: ``'kernels'`` or ``'onednn'``.
 
     Returns:
-        ``True`` if this process has one device and :func:`load` succeeds, else ``False``
-        (with several devices nothing is built).
+        ``True`` if :func:`load` succeeds, else ``False``.
 
     Raises:
         ValueError: naming ``library`` if it is not one of the two.
     """
-    return single_device() and _library(library).load()
+    return _library(library).load()
 
 
 # The permutation is its own inverse, so the kernel is its own transpose.
-_TO_CHANNEL_MAJOR = Kernel(TARGET, LIBRARIES["kernels"], _transpose, _out_shape)
+_TO_CHANNEL_MAJOR = Kernel(
+    TARGET,
+    LIBRARIES["kernels"],
+    _transpose,
+    _out_shape,
+    split=BatchSplit(operands=(0,), output=PERMUTATION.index(0)),
+)
 
 
 def _to_channel_major_jvp(primals, tangents, **params):

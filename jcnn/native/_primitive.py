@@ -3,10 +3,13 @@
 A :class:`Kernel` binds one FFI target to a primitive of its own with:
 
 - an abstract evaluation (the output shapes, from the caller's ``out_shapes``);
-- two lowerings: on the CPU the FFI call where the kernel's library is loaded and the process
-  has a single device, else (other backends, several devices, the library unavailable, and
-  every program lowered for :mod:`jax.export`) the kernel's XLA twin, ``fallback``. An
-  exported program therefore holds no jcnn custom call and runs wherever XLA does;
+- two lowerings: on the CPU, where the kernel's library is loaded, the FFI call in a program
+  of one device (a ``jit`` on one device, a ``shard_map`` body); in a program partitioned
+  over several devices, the FFI call on every device's rows for a kernel with a
+  :class:`~jcnn.native._partition.BatchSplit`; else (other backends, the library
+  unavailable, a kernel that does not split, every program lowered for :mod:`jax.export`)
+  the kernel's XLA twin, ``fallback``. An exported program therefore holds no jcnn custom
+  call and runs wherever XLA does;
 - a batching rule: ``vmap`` adds a leading dimension to every operand (unbatched ones are
   broadcast), which the kernels take as a batch of independent problems; the twin is
   ``vmap``-ped as often (``batch_dims``);
@@ -32,14 +35,9 @@ from jax.extend.core import Primitive
 from jax.interpreters import ad, batching, mlir
 
 from jcnn.native._library import Library
+from jcnn.native._partition import BatchSplit, needs_devices, partitioned, per_device
 
 Shapes = Callable[..., Any]  # (*operand ShapeDtypeStructs, **params) -> out struct(s)
-
-
-def single_device() -> bool:
-    """The kernels run only where nothing is partitioned: XLA would gather a sharded operand
-    of a custom call onto every device, so with several devices the XLA twins run."""
-    return jax.process_count() == 1 and jax.device_count() == 1
 
 
 def _for_export(ctx) -> bool:
@@ -59,6 +57,9 @@ class Kernel:
             (without vmap's leading dimensions): a :class:`jax.ShapeDtypeStruct` or a tuple.
         attributes: param name -> the NumPy scalar type it is passed to the handler as.
         multiple_results: whether the kernel returns a tuple.
+        split: for a kernel that works row by row, how it splits over a sharded batch
+            (:class:`~jcnn.native._partition.BatchSplit`); without one, a partitioned
+            program runs the XLA twin.
     """
 
     def __init__(
@@ -70,7 +71,10 @@ class Kernel:
         attributes: Mapping[str, type] | None = None,
         *,
         multiple_results: bool = False,
+        split: BatchSplit | None = None,
     ):
+        if split is not None and multiple_results:
+            raise ValueError("split: only kernels with one output split over the batch")
         if target not in library.targets:
             raise ValueError(
                 f"target must be one of {sorted(library.targets)} ({library.name}), got {target!r}"
@@ -83,6 +87,7 @@ class Kernel:
         self.multiple_results = multiple_results
         self.primitive = Primitive(target)
         self.primitive.multiple_results = multiple_results
+        self.split = split if split is not None and needs_devices(self.primitive) else None
         self.primitive.def_impl(self._impl)
         self.primitive.def_abstract_eval(self._abstract_eval)
         mlir.register_lowering(self.primitive, self._lower_xla)
@@ -102,14 +107,31 @@ class Kernel:
         return self.primitive.bind(*operands, batch_dims=batch_dims, **params)
 
     def usable(self) -> bool:
-        """True where the kernel itself runs: one device and its library loaded."""
-        return single_device() and self.library.load()
+        """True where the kernel itself can run: its library is loaded."""
+        return self.library.load()
 
     # -------------------------------------------------------------------- evaluation
 
     def _impl(self, *operands, batch_dims: int, **params):
-        """Eager calls: the primitive compiled alone, once per setting of its parameters."""
-        return self._compiled(batch_dims, tuple(sorted(params.items())))(*operands)
+        """Eager calls: the primitive compiled alone, once per setting of its parameters.
+
+        Under ``jax_debug_nans``/``jax_debug_infs`` (whose search for the culprit re-runs a
+        failing program op by op, calling this) the compiled call runs unchecked and its
+        outputs are checked here, so that an invalid value is reported in the kernel's name
+        rather than sending the search back into the same compiled call."""
+        compiled = self._compiled(batch_dims, tuple(sorted(params.items())))
+        nans = getattr(jax.config, "jax_debug_nans")  # noqa: B009 (typeshed lacks it)
+        infs = getattr(jax.config, "jax_debug_infs")  # noqa: B009
+        if not (nans or infs):
+            return compiled(*operands)
+        with jax.debug_nans(False), jax.debug_infs(False):
+            out = compiled(*operands)
+        for value in out if self.multiple_results else (out,):
+            if nans and bool(jnp.isnan(value).any()):
+                raise FloatingPointError(f"invalid value (nan) encountered in {self.target}")
+            if infs and bool(jnp.isinf(value).any()):
+                raise FloatingPointError(f"invalid value (inf) encountered in {self.target}")
+        return out
 
     @functools.lru_cache(maxsize=256)  # noqa: B019 (kernels live as long as the process)
     def _compiled(self, batch_dims: int, params: tuple) -> Callable:
@@ -141,10 +163,23 @@ class Kernel:
         return lowered(ctx, *operands)
 
     def _lower_cpu(self, ctx, *operands, batch_dims: int, **params):
-        if _for_export(ctx) or not self.usable():
+        if _for_export(ctx) or not self.library.load():
             return self._lower_xla(ctx, *operands, batch_dims=batch_dims, **params)
-        attributes = {name: kind(params[name]) for name, kind in self.attributes.items()}
-        return jax.ffi.ffi_lowering(self.target)(ctx, *operands, **attributes)
+        if per_device(ctx):
+            attributes = {name: kind(params[name]) for name, kind in self.attributes.items()}
+            return jax.ffi.ffi_lowering(self.target)(ctx, *operands, **attributes)
+        if self.split is None:
+            return self._lower_xla(ctx, *operands, batch_dims=batch_dims, **params)
+        fn = partitioned(
+            self.bind,
+            self.batched_fallback(batch_dims, **params),
+            self.split,
+            batch_dims,
+            tuple(len(a.shape) for a in ctx.avals_in),
+            len(ctx.avals_out[0].shape),
+            params,
+        )
+        return mlir.lower_fun(fn, multiple_results=False)(ctx, *operands)
 
     def _batch(self, operands: Sequence, dims: Sequence, *, batch_dims: int, **params):
         size = next(a.shape[d] for a, d in zip(operands, dims, strict=True) if d is not None)

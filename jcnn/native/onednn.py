@@ -28,6 +28,7 @@ import numpy as np
 from jax.interpreters import ad
 
 from jcnn.native._library import Requirements, Unavailable
+from jcnn.native._partition import BatchSplit
 from jcnn.native._primitive import Kernel
 
 LIBRARY_DIST = "onednn-cpu-gomp"
@@ -90,6 +91,11 @@ def _weights_shape(dout, x, *, stride: int, pad: int, w_shape: tuple[int, ...]):
     return jax.ShapeDtypeStruct(w_shape, dout.dtype)
 
 
+def _rows_of_x(params: dict, rows: int) -> dict:
+    """``backward_data``'s parameters for a block of ``rows`` rows of the batch."""
+    return {**params, "x_shape": (rows, *params["x_shape"][1:])}
+
+
 def _core_shape(operand, batch_dims: int) -> tuple[int, ...]:
     aval = operand.aval if ad.is_undefined_primal(operand) else operand
     return tuple(aval.shape[batch_dims:])
@@ -122,12 +128,29 @@ class Convolutions:
 
         library = native.LIBRARIES["onednn"]
         attributes = {"stride": np.int64, "pad": np.int64}
-        self.forward = Kernel("jcnn_conv_forward", library, forward, _forward_shape, attributes)
+        self.forward = Kernel(
+            "jcnn_conv_forward",
+            library,
+            forward,
+            _forward_shape,
+            attributes,
+            split=BatchSplit(operands=(0, None), output=0),
+        )
         self.backward_data = Kernel(
-            "jcnn_conv_backward_data", library, backward_data, _data_shape, attributes
+            "jcnn_conv_backward_data",
+            library,
+            backward_data,
+            _data_shape,
+            attributes,
+            split=BatchSplit(operands=(0, None), output=0, localize=_rows_of_x),
         )
         self.backward_weights = Kernel(
-            "jcnn_conv_backward_weights", library, backward_weights, _weights_shape, attributes
+            "jcnn_conv_backward_weights",
+            library,
+            backward_weights,
+            _weights_shape,
+            attributes,
+            split=BatchSplit(operands=(0, 0), output=None),
         )
         for kernel in (self.forward, self.backward_data, self.backward_weights):
             kernel.defjvp(_bilinear_jvp(kernel))

@@ -118,9 +118,9 @@ TABLE_CHECK = """
 from experiments import bench_devices
 
 row = {"devices": 1, "batch_size": 50, "per_device": 50, "ms_per_step": 100.0,
-       "images_per_s": 500.0}
+       "images_per_s": 500.0, "processes": 1, "kernels": ["jcnn_conv_forward"]}
 print(bench_devices.format_table([row, {**row, "devices": 2, "per_device": 25,
-                                        "images_per_s": 450.0}]))
+                                        "images_per_s": 450.0, "processes": 2, "kernels": []}]))
 """
 
 
@@ -132,5 +132,23 @@ def test_bench_devices_table():
         capture_output=True, text=True, timeout=120, check=True,
     ).stdout  # fmt: skip
     lines = out.strip().splitlines()
-    assert lines[0].split()[:2] == ["devices", "batch"] and len(lines) == 3
-    assert lines[1].split()[-1] == "1.00x" and lines[2].split()[-1] == "0.90x"
+    assert lines[0].split()[:3] == ["processes", "devices", "batch"] and len(lines) == 3
+    assert lines[1].split()[-2:] == ["1.00x", "conv_forward"]
+    assert lines[2].split()[0] == "2" and lines[2].split()[-2:] == ["0.90x", "none"]
+
+
+def test_bench_devices_two_processes_split_the_cores_and_run_the_kernels_per_shard():
+    from jcnn import native
+
+    out = subprocess.run(
+        [PYTHON, "-m", "experiments.bench_devices", "--devices=1", "--processes=2", "--steps=1",
+         "--warmup=1", "--num_filters=4", "--blocks=1", "--hidden_dims=8", "--image_size=8",
+         "--batch_size=4"],
+        cwd=ROOT, env=subprocess_env(), capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr[-3000:]
+    rows = [line.split() for line in out.stdout.strip().splitlines()[-2:]]
+    assert rows[0][:2] == ["1", "1"] and rows[1][:4] == ["2", "2", "4", "2"]
+    if native.load("onednn"):  # each process convolves its 2 rows on oneDNN
+        kernels = " ".join(rows[1][7:])
+        assert "conv_forward" in kernels and "batchnorm" not in kernels, kernels
