@@ -31,17 +31,18 @@ of every global batch (:func:`process_slice`). Each process draws the same globa
 from the shared seed and gathers only its block (:func:`put_batch` builds the global array
 from the process-local rows with :func:`jax.make_array_from_process_local_data`).
 
-Mixed precision (:func:`mixed_precision_loss`): parameters and optimiser state stay
-float32; inside the loss the floating parameters are cast to the compute dtype (e.g.
-bfloat16), so activations and the hand-written backward passes run in it; the scores are
-cast back to float32 before the softmax, and the L2 term uses the float32 parameters. The
-cast is differentiable, so gradients arrive in float32; the layer binding already casts
-every cotangent to its primal's dtype (float32 running statistics beside bfloat16
-activations).
+Mixed precision (``model.loss(..., compute_dtype=...)``, :func:`mixed_precision_loss`):
+parameters and optimiser state stay float32; inside the loss the floating parameters are
+cast to the compute dtype (e.g. bfloat16), so activations and the hand-written backward
+passes run in it; the scores are cast back to float32 before the softmax, and the L2 term
+uses the float32 parameters. The cast is differentiable, so gradients arrive in float32; the
+layer binding already casts every cotangent to its primal's dtype (float32 running
+statistics beside bfloat16 activations).
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import Any
 
@@ -483,22 +484,16 @@ def cast_floating(tree: Any, dtype: Any) -> Any:
 
 
 def mixed_precision_loss(model: Any, compute_dtype: Any):
-    """``loss(params, state, X, y, *, key) -> (loss, new_state)`` like ``model.loss``, with
-    the network computed in ``compute_dtype``.
-
-    The floating parameters are cast to ``compute_dtype`` inside (the model casts ``X`` to
-    the parameters' dtype), the scores are cast to float32 before the softmax loss, and the
-    L2 penalty uses the float32 parameters: the loss is float32, and so are the gradients
-    (the cast's transpose casts them back). The new state keeps the old state's dtypes.
-    ``compute_dtype`` None (or float32) returns ``model.loss`` itself.
+    """``model.loss`` with the network computed in ``compute_dtype`` (the model's
+    ``loss(..., compute_dtype=...)``, whose docstring has the rule).
 
     Args:
-      model: a jcnn model (``loss``, ``apply``, ``data_loss`` and ``reg``).
+      model: a jcnn model.
       compute_dtype: as for :func:`resolve_compute_dtype`.
 
     Returns:
-      loss (Callable): ``loss(params, state, X, y, *, key=None) -> (loss, new_state)``, giving
-        a scalar float32 loss and the new model state (``model.loss`` itself for None/float32).
+      loss (Callable): ``loss(params, state, X, y, *, key=None) -> (loss, new_state)``,
+        ``model.loss`` itself for None/float32.
 
     Raises:
       ValueError: ``compute_dtype`` is not a floating dtype.
@@ -506,16 +501,7 @@ def mixed_precision_loss(model: Any, compute_dtype: Any):
     dtype = resolve_compute_dtype(compute_dtype)
     if dtype is None:
         return model.loss
-    from jcnn.models._common import l2_penalty
-
-    def loss(params, state, X, y, *, key=None):
-        scores, new_state = model.apply(cast_floating(params, dtype), state, X, train=True, key=key)
-        data_loss = model.data_loss(scores.astype(jnp.float32), y)
-        new_state = jax.tree_util.tree_map(lambda n, o: n.astype(o.dtype), new_state, state)
-        reg = l2_penalty(params, model.reg).astype(data_loss.dtype)
-        return data_loss + reg, new_state
-
-    return loss
+    return functools.partial(model.loss, compute_dtype=dtype)
 
 
 def predict_params(params: Any, compute_dtype: Any) -> Any:

@@ -140,6 +140,25 @@ def test_a_failed_build_warns_once_and_falls_back(tmp_path):
 
 
 @needs_compiler
+@pytest.mark.parametrize("damage", ["truncated", "overwritten"])
+def test_a_damaged_cached_library_is_rebuilt_not_loaded(tmp_path, damage):
+    """Loading a truncated shared library kills the process with a bus error inside dlopen;
+    the cache's checksum is checked first."""
+    assert _probe(tmp_path)["status"] == "loaded"
+    (built,) = (tmp_path / "cache").glob("kernels-*.so")
+    data = built.read_bytes()
+    if damage == "truncated":
+        built.write_bytes(data[: len(data) // 2])
+    else:  # same size, other bytes
+        built.write_bytes(data[:4096] + bytes(len(data) - 4096))
+    result = _probe(tmp_path)
+    assert result["status"] == "loaded" and result["equal"]
+    assert len(result["warnings"]) == 1 and "damaged" in result["warnings"][0]
+    assert len(list((tmp_path / "cache").glob("kernels-*.so"))) == 1  # the damaged one went
+    assert _probe(tmp_path)["warnings"] == []  # the rebuilt file verifies
+
+
+@needs_compiler
 def test_a_second_process_loads_the_cached_library(tmp_path):
     assert _probe(tmp_path)["status"] == "loaded"
     built = list((tmp_path / "cache").glob("kernels-*.so"))

@@ -33,10 +33,18 @@ def check_shape(name: str, x: Any, shape: tuple[int, ...], why: str = "") -> Non
 
 
 def check_floating(name: str, x: Any) -> None:
+    """Every layer's one input rule for arrays of values (not labels or keys): a real
+    floating-point dtype (float16, bfloat16, float32, float64). Integers would be normalised,
+    averaged or pooled in integer arithmetic, and complex numbers compared lexicographically,
+    silently giving wrong numbers; so they are refused, naming the argument."""
     import jax.numpy as jnp
 
-    if not jnp.issubdtype(x.dtype, jnp.floating):
-        raise ValueError(f"{name} must be a floating-point array, got dtype {x.dtype}")
+    dtype = getattr(x, "dtype", None)
+    if dtype is None or not jnp.issubdtype(dtype, jnp.floating):
+        raise ValueError(
+            f"{name} must be a real floating-point array (float16, bfloat16, float32 or "
+            f"float64), got dtype {dtype}; cast it first, e.g. {name}.astype(jnp.float32)"
+        )
 
 
 def check_labels(scores: Any, y: Any) -> None:
@@ -50,6 +58,7 @@ def check_labels(scores: Any, y: Any) -> None:
     import jax.numpy as jnp
 
     check_rank("scores", scores, 2, "(N, num_classes)")
+    check_floating("scores", scores)
     check_rank("y", y, 1, "(N,)")
     n, k = scores.shape
     if n == 0:

@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 
 from jcnn.layers._binding import cache_dataclass, with_vjp
-from jcnn.layers._checks import check_rank, check_shape
+from jcnn.layers._checks import check_floating, check_rank, check_shape
 
 
 @cache_dataclass()
@@ -25,6 +25,8 @@ class AffineCache:
 
 
 def _check(x, w, b) -> None:
+    for name, v in (("x", x), ("w", w), ("b", b)):
+        check_floating(name, v)
     if x.ndim < 2:
         raise ValueError(f"x must have shape (N, d1, ..., dk), got {tuple(x.shape)}")
     check_rank("w", w, 2, "(D, M)")

@@ -24,7 +24,7 @@ from jax import lax
 
 from jcnn import native
 from jcnn.layers._binding import cache_dataclass, with_vjp
-from jcnn.layers._checks import check_choice, check_rank, check_shape
+from jcnn.layers._checks import check_choice, check_floating, check_rank, check_shape
 from jcnn.layers._windows import LAYOUTS, channel_axis
 from jcnn.layers.relu import relu
 
@@ -142,6 +142,7 @@ def check_batchnorm_args(
             ``train``, naming ``x`` if it has no values per feature.
     """
     d = x.shape[axis]
+    check_floating("x", x)
     for name, v in (
         ("gamma", gamma),
         ("beta", beta),
@@ -151,6 +152,7 @@ def check_batchnorm_args(
         if name == "gamma" and gamma is None:
             continue
         check_shape(name, v, (d,), f"one value per feature of x {tuple(x.shape)}")
+        check_floating(name, v)
     if not 0.0 <= float(momentum) <= 1.0:
         raise ValueError(f"momentum must be in [0, 1], got {momentum}")
     if not float(eps) > 0.0:

@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 
 from jcnn.layers._binding import cache_dataclass, with_vjp
-from jcnn.layers._checks import check_prng_key
+from jcnn.layers._checks import check_floating, check_prng_key
 
 
 @cache_dataclass(static=("rate",))
@@ -90,8 +90,10 @@ def dropout_forward(x: jax.Array, key: jax.Array, *, rate: float) -> tuple[jax.A
             :class:`DropoutCache` for :func:`dropout_backward`.
 
     Raises:
-      ValueError: naming ``key`` if it is not one JAX PRNG key (:func:`check_dropout_key`).
+      ValueError: naming ``x`` if it is not a real floating-point array; naming ``key`` if
+        it is not one JAX PRNG key (:func:`check_dropout_key`).
     """
+    check_floating("x", x)
     check_dropout_key(key)
     keep = keep_mask(key, x.shape, rate)
     out = jnp.where(keep, x / (1.0 - rate), jnp.zeros_like(x))
@@ -141,6 +143,7 @@ def dropout(x: jax.Array, key: jax.Array | None, *, rate: float, train: bool) ->
         too.
     """
     rate = check_rate(rate)
+    check_floating("x", x)
     if not train or rate == 0.0:
         return x
     check_dropout_key(key)

@@ -30,7 +30,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from jcnn.layers._binding import cache_dataclass, with_vjp
-from jcnn.layers._checks import check_choice, check_rank
+from jcnn.layers._checks import check_choice, check_floating, check_rank
 from jcnn.layers._windows import LAYOUTS, channel_axis
 from jcnn.layers.batchnorm import (
     _per_feature,
@@ -89,6 +89,7 @@ def gelu_forward(x: jax.Array, *, approximate: bool = False) -> tuple[jax.Array,
     Returns:
         ``(out, cache)``: out shaped like x, and the :class:`GeluCache`.
     """
+    check_floating("x", x)
     return gelu_value_and_slope(x, bool(approximate))[0], GeluCache(x, bool(approximate))
 
 

@@ -22,7 +22,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from jcnn.layers._binding import cache_dataclass, with_vjp
-from jcnn.layers._checks import check_choice, check_rank, positive_int
+from jcnn.layers._checks import check_choice, check_floating, check_rank, positive_int
 from jcnn.layers._windows import LAYOUTS, spatial_axes, tap, untap
 
 IMPLS = ("naive", "fast")
@@ -88,6 +88,7 @@ def check_pool_args(x, pool_height, pool_width, stride, layout: str = "NCHW") ->
     """
     check_choice("layout", layout, LAYOUTS)
     check_rank("x", x, 4, f"({', '.join(layout)})")
+    check_floating("x", x)
     ph = positive_int("pool_height", pool_height)
     pw = positive_int("pool_width", pool_width)
     s = positive_int("stride", stride)

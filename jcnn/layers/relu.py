@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 
 from jcnn.layers._binding import cache_dataclass, with_vjp
+from jcnn.layers._checks import check_floating
 
 
 @cache_dataclass()
@@ -29,7 +30,11 @@ def relu_forward(x: jax.Array) -> tuple[jax.Array, ReluCache]:
     Returns:
         ``(out, cache)``: ``out = max(x, 0)`` shaped like x, and the :class:`ReluCache` for
             :func:`relu_backward`.
+
+    Raises:
+        ValueError: naming ``x`` if it is not a real floating-point array.
     """
+    check_floating("x", x)
     out = jnp.maximum(x, 0)
     return out, ReluCache(out)
 

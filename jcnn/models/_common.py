@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jcnn._validate import choice, positive_int
+from jcnn.parallel import cast_floating, resolve_compute_dtype
 
 LAYERS = ("jcnn", "reference")
 CONV_IMPLS = ("naive", "im2col", "xla")
@@ -362,11 +363,21 @@ class Model:
         dtype = jax.tree_util.tree_leaves(params)[0].dtype
         return jnp.asarray(X).astype(dtype)
 
-    def loss(self, params: Any, state: Any, X: Any, y: Any, *, key: jax.Array | None = None):
+    def loss(
+        self, params: Any, state: Any, X: Any, y: Any, *, key: jax.Array | None = None,
+        compute_dtype: Any = None,
+    ):  # fmt: skip
         """Training-mode loss (dropout on, batchnorm on batch statistics) and the new state.
 
         Returns ``(data_loss + 0.5·reg·Σ W², new_state)``, so that
         ``jax.value_and_grad(model.loss, has_aux=True)`` gives ``((loss, state), grads)``.
+
+        Mixed precision (``compute_dtype``, e.g. ``'bfloat16'``): the floating parameters are
+        cast to it inside, so the network (activations and the hand-written backward passes)
+        runs in it; the scores are cast back to the parameters' dtype before the softmax
+        loss, the L2 penalty uses the uncast parameters, and the new state keeps the old
+        state's dtypes. The cast is differentiable, so the gradients arrive in the
+        parameters' dtype.
 
         Args:
             params: the parameters, as :meth:`init` returns them.
@@ -374,6 +385,8 @@ class Model:
             X: inputs ``(N, *input_shape)``.
             y: integer labels ``(N,)`` in ``[0, num_classes)``.
             key: a JAX PRNG key for dropout; needed only when ``dropout > 0``.
+            compute_dtype: the dtype the network computes in; None (or float32): the
+                parameters' own (:func:`jcnn.parallel.resolve_compute_dtype`).
 
         Returns:
             ``(loss, new_state)``: the scalar loss ``()`` in the parameters' dtype, and the state
@@ -381,10 +394,16 @@ class Model:
 
         Raises:
             ValueError: as :meth:`apply` with ``train=True`` (``X`` of the wrong shape; ``key``
-                None with ``dropout > 0``), and as :meth:`data_loss` (``y``).
+                None with ``dropout > 0``), and as :meth:`data_loss` (``y``); naming
+                ``compute_dtype`` if it is not a floating dtype.
             TypeError: as :meth:`apply`, if ``dropout > 0`` and ``key`` is not a PRNG key.
         """
-        scores, new_state = self.apply(params, state, X, train=True, key=key)
+        dtype = resolve_compute_dtype(compute_dtype)
+        net_params = params if dtype is None else cast_floating(params, dtype)
+        scores, new_state = self.apply(net_params, state, X, train=True, key=key)
+        if dtype is not None:
+            scores = scores.astype(jax.tree_util.tree_leaves(params)[0].dtype)
+            new_state = jax.tree_util.tree_map(lambda n, o: n.astype(o.dtype), new_state, state)
         data_loss = self.data_loss(scores, y)
         return data_loss + l2_penalty(params, self.reg).astype(data_loss.dtype), new_state
 

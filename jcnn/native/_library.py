@@ -7,6 +7,12 @@ sources, the jaxlib version, the compiler, this CPU's features and any extra inp
 atomically (processes that build it at the same time are safe), and registers its targets with
 :func:`jax.ffi.register_ffi_target`. Any failure leaves the library unavailable, and the
 callers on XLA's code.
+
+A cached library is verified before it is loaded: its file name ends with the SHA-256 of its
+contents (``kernels-<key>-<sha>.so``), written once the compiled file is on disk (``fsync``,
+then an atomic rename, then the directory's ``fsync``). Loading a truncated or overwritten
+shared library can kill the process (a bus error inside ``dlopen``), so a file whose contents
+do not match its name is deleted, with one warning, and the library rebuilt.
 """
 
 from __future__ import annotations
@@ -125,9 +131,8 @@ class Library:
         except Unavailable as missing:
             return str(missing)
         try:
-            path = self._path(cxx, needs)
-            if not path.exists():
-                self._build(cxx, needs, path)
+            stem = self._stem(cxx, needs)
+            path = self._cached(stem) or self._build(cxx, needs, stem)
             library = ctypes.cdll.LoadLibrary(str(path))
             for target, symbol in self.targets.items():
                 handler = jax.ffi.pycapsule(getattr(library, symbol))
@@ -137,7 +142,8 @@ class Library:
             return f"failed: {first_line}"
         return "loaded"
 
-    def _path(self, cxx: str, needs: Requirements) -> Path:
+    def _stem(self, cxx: str, needs: Requirements) -> str:
+        """``<name>-<hash of everything the build depends on>``."""
         version = subprocess.run(
             [cxx, "--version"], capture_output=True, text=True, check=True
         ).stdout
@@ -150,13 +156,29 @@ class Library:
                 needs.key,
             )
         )
-        digest = hashlib.sha256(key.encode()).hexdigest()[:16]
-        return cache_dir() / f"{self.name}-{digest}.so"
+        return f"{self.name}-{hashlib.sha256(key.encode()).hexdigest()[:16]}"
 
-    def _build(self, cxx: str, needs: Requirements, target: Path) -> None:
-        """Compile the sources into ``target`` atomically (a temporary file, then a rename)."""
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=target.stem, suffix=".tmp")
+    def _cached(self, stem: str) -> Path | None:
+        """A cached build of ``stem`` whose contents match the checksum in its name; a
+        damaged one is deleted with a warning (None: build it)."""
+        for path in sorted(cache_dir().glob(f"{stem}-*.so")):
+            if path.name == f"{stem}-{_file_digest(path)}.so":
+                return path
+            warnings.warn(
+                f"jcnn's cached CPU kernels {path} are damaged (their checksum does not match); "
+                "rebuilding them.",
+                RuntimeWarning,
+                stacklevel=5,
+            )
+            path.unlink(missing_ok=True)
+        return None
+
+    def _build(self, cxx: str, needs: Requirements, stem: str) -> Path:
+        """Compile the sources into the cache atomically (a temporary file, flushed to disk,
+        then renamed to its checksummed name); returns the cached file."""
+        directory = cache_dir()
+        directory.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=directory, prefix=stem, suffix=".tmp")
         os.close(fd)
         command = [
             cxx, "-O3", "-march=native", "-std=c++17", "-shared", "-fPIC", "-w",
@@ -167,7 +189,26 @@ class Library:
             done = subprocess.run(command, capture_output=True, text=True, timeout=300)
             if done.returncode != 0:
                 raise RuntimeError(f"{' '.join(command)} failed:\n{done.stderr[-2000:]}")
+            _fsync(tmp)
+            target = directory / f"{stem}-{_file_digest(Path(tmp))}.so"
             os.replace(tmp, target)
+            _fsync(directory)
+            return target
         finally:
             if os.path.exists(tmp):
                 os.unlink(tmp)
+
+
+def _file_digest(path: Path) -> str:
+    """The first 16 hex digits of the SHA-256 of a file's contents."""
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()[:16]
+
+
+def _fsync(path: str | Path) -> None:
+    """Flush a file's (or a directory's entries') writes to disk."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

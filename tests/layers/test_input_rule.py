@@ -1,0 +1,68 @@
+"""One input rule for every layer: arrays of values are real floating point.
+
+Integer inputs used to give wrong numbers silently (batchnorm normalised in integer
+arithmetic: [-1, 0, 1, 2] where float32 gives [-1.342, -0.447, 0.447, 1.342]), and complex
+ones a lexicographic maximum in max pooling; every layer now refuses them in one line that
+names the argument.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import jcnn.layers as L
+
+BAD_DTYPES = [jnp.int32, jnp.uint8, jnp.bool_, jnp.complex64]
+
+
+def _ones(shape, dtype=jnp.float32):
+    return jnp.ones(shape, dtype)
+
+
+def _calls(x):
+    """Each layer called with ``x`` as its values (the other operands float32)."""
+    d4 = x.reshape(2, 3, 2, 2)
+    d2 = x.reshape(4, 6)
+    f = jnp.float32
+    return {
+        "conv2d": lambda: L.conv2d(d4, _ones((2, 3, 1, 1)), _ones((2,)), stride=1, pad=0),
+        "affine": lambda: L.affine(d2, _ones((6, 2)), _ones((2,))),
+        "batchnorm": lambda: L.batchnorm(
+            d2, _ones(6), _ones(6), jnp.zeros(6, f), _ones(6), train=True
+        ),
+        "spatial_batchnorm": lambda: L.spatial_batchnorm(
+            d4, _ones(3), _ones(3), jnp.zeros(3, f), _ones(3), train=False
+        ),
+        "max_pool2d": lambda: L.max_pool2d(d4, pool_height=2, pool_width=2, stride=2),
+        "relu": lambda: L.relu(d2),
+        "gelu": lambda: L.gelu(d2),
+        "dropout": lambda: L.dropout(d2, jax.random.key(0), rate=0.5, train=False),
+        "softmax_loss": lambda: L.softmax_loss(d2, jnp.zeros(4, jnp.int32)),
+        "svm_loss": lambda: L.svm_loss(d2, jnp.zeros(4, jnp.int32)),
+    }
+
+
+@pytest.mark.parametrize("dtype", BAD_DTYPES, ids=lambda d: jnp.dtype(d).name)
+@pytest.mark.parametrize("layer", sorted(_calls(jnp.ones(24)).keys()))
+def test_every_layer_refuses_values_that_are_not_real_floating(layer, dtype):
+    call = _calls(jnp.arange(24).astype(dtype))[layer]
+    argument = "scores" if layer.endswith("loss") else "x"
+    with pytest.raises(ValueError, match=rf"^{argument} must be a real floating-point array"):
+        call()
+
+
+@pytest.mark.parametrize("layer", sorted(_calls(jnp.ones(24)).keys()))
+def test_every_layer_takes_float32_values(layer):
+    out = _calls(jnp.arange(24, dtype=jnp.float32) / 24)[layer]()
+    assert all(np.all(np.isfinite(v)) for v in jax.tree_util.tree_leaves(out))
+
+
+def test_batchnorm_parameters_follow_the_same_rule():
+    x = jnp.ones((4, 2), jnp.float32)
+    with pytest.raises(ValueError, match=r"^running_var must be a real floating-point array"):
+        L.batchnorm(x, _ones(2), _ones(2), _ones(2), jnp.ones(2, jnp.int32), train=True)
+    with pytest.raises(ValueError, match=r"^w must be a real floating-point array"):
+        L.affine(x, jnp.ones((2, 3), jnp.int32), _ones((3,)))
