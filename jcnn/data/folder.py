@@ -40,7 +40,8 @@ def load_image_folder(
     """Load ``root/train/<class>/*`` and ``root/test/<class>/*`` (.png, .jpg, .jpeg).
 
     Classes are the sorted names of the sub-folders of ``root/train``; ``root/test`` must
-    have the same sub-folders. Images are converted to RGB. Hidden files and folders and
+    have the same sub-folders. Images are converted to 8-bit RGB (grayscale repeated, alpha
+    dropped, 16-bit values scaled to 0..255). Hidden files and folders and
     files with other suffixes are ignored.
 
     Args:
@@ -194,11 +195,31 @@ def _decode_all(
     return arrays
 
 
+# Pillow's modes for one channel of more than 8 bits (16-bit PNGs and TIFFs).
+_WIDE_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+
+
+def _to_rgb(Image: Any, im: Any, path: Path) -> Any:
+    """An opened image as 8-bit RGB: grayscale repeated, alpha dropped, a palette expanded,
+    and 16-bit values (0..65535) scaled to 0..255 (Pillow's own conversion clips them, so a
+    16-bit image would come out white)."""
+    if im.mode in _WIDE_MODES:
+        values = np.asarray(im, dtype=np.float64)
+        gray = np.clip(np.rint(values * (255 / 65535)), 0, 255).astype(np.uint8)
+        return Image.fromarray(gray, "L").convert("RGB")
+    if im.mode == "F":
+        raise DatasetError(
+            f"Image {path} has floating-point pixels (mode F), whose range is unknown; "
+            "save it with 8- or 16-bit integer pixels"
+        )
+    return im.convert("RGB")
+
+
 def _decode(Image: Any, path: Path, size_hw: tuple[int, int] | None) -> np.ndarray:
     """One image file -> uint8 (3, H, W)."""
     try:
         with Image.open(path) as im:
-            rgb = im.convert("RGB")
+            rgb = _to_rgb(Image, im, path)
         if size_hw is not None and rgb.size != (size_hw[1], size_hw[0]):
             rgb = rgb.resize((size_hw[1], size_hw[0]), Image.Resampling.BILINEAR)
         pixels = np.asarray(rgb, dtype=np.uint8)

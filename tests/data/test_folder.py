@@ -159,6 +159,29 @@ def test_grayscale_and_jpeg_become_rgb_and_other_files_are_ignored(tree):
     assert raw.X_train[4].max() < 10  # black JPEG, up to compression noise
 
 
+def test_sixteen_bit_alpha_and_palette_images_keep_their_values(tree):
+    """Pillow's own RGB conversion clips 16-bit values, so 30000/65535 came out white."""
+    folder = tree / "train" / "cat"
+    Image.fromarray(np.full((8, 8), 30000, np.uint16)).save(folder / "g16.png")  # mode I;16
+    Image.new("RGBA", (8, 8), (10, 20, 30, 0)).save(folder / "h_alpha.png")
+    palette = Image.new("P", (8, 8), 1)
+    palette.putpalette([0, 0, 0, 200, 100, 50])
+    palette.save(folder / "i_palette.png")
+    raw = load_image_folder(tree, shuffle_seed=None)
+    # Sorted names: 00, 01, 02, g16, h_alpha, i_palette.
+    assert (raw.X_train[3] == round(30000 * 255 / 65535)).all()  # 117
+    assert raw.X_train[4].reshape(3, -1)[:, 0].tolist() == [10, 20, 30]  # alpha dropped
+    assert raw.X_train[5].reshape(3, -1)[:, 0].tolist() == [200, 100, 50]
+
+
+def test_floating_point_pixels_are_refused_naming_the_file(tree):
+    bad = tree / "train" / "dog" / "float.png"  # a TIFF inside: Pillow reads the contents
+    Image.fromarray(np.full((8, 8), 0.5, np.float32)).save(bad, format="TIFF")
+    with pytest.raises(DatasetError, match="floating-point pixels") as info:
+        load_image_folder(tree)
+    assert "float.png" in str(info.value)
+
+
 def test_corrupt_image_names_the_file(tree):
     bad = tree / "train" / "dog" / "01.png"
     bad.write_bytes(b"\x89PNG not really")
