@@ -63,9 +63,11 @@ def solver_options(
 
     from jcnn.augment import alternating_flip_crop, random_crop_flip
     from jcnn.optim import airbench_muon, airbench_sgd
+    from jcnn.solver import check_epoch_batches
     from jcnn.train import Lookahead
 
     batch = int(config["batch_size"])
+    check_epoch_batches(len(data["y_train"]), batch)  # before the whitening's work
     per_epoch = max(len(data["y_train"]) // batch, 1)
     total = per_epoch * int(config["num_epochs"])
     init_key = jax.random.split(jax.random.key(int(config["seed"])))[0]

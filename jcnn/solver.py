@@ -63,6 +63,17 @@ DATA_KEYS = ("X_train", "y_train", "X_val", "y_val")
 SAMPLINGS = ("replacement", "epoch")
 
 
+def check_epoch_batches(num_train: int, batch_size: int) -> None:
+    """``sampling='epoch'`` takes whole minibatches from each epoch's permutation, so it
+    needs at least one: ValueError naming ``batch_size`` if the training set is smaller."""
+    if num_train < batch_size:
+        raise ValueError(
+            f"batch_size={batch_size} is larger than the {num_train} training images; epoch "
+            f"sampling takes whole minibatches, so use a batch_size of at most {num_train} "
+            "or more training images"
+        )
+
+
 class Solver(CheckpointedRun):
     """Train a :mod:`jcnn.models` model on ``data`` the cs231n way (see the module docs).
 
@@ -78,7 +89,8 @@ class Solver(CheckpointedRun):
     optax transformation used instead of ``update_rule``/``optim_config``/``lr_*``
     (``schedule(t)`` then gives the learning rate recorded in ``lr_history``);
     ``sampling='epoch'``, a new permutation of the training set each epoch (the last partial
-    batch left out) instead of draws with replacement; ``select_best=False``, the final
+    batch left out, so it needs at least ``batch_size`` training images) instead of draws
+    with replacement; ``select_best=False``, the final
     weights are the result (``data['X_val']`` may then be empty, and ``val_acc`` is NaN);
     ``lookahead`` (:class:`~jcnn.train.Lookahead`); ``test_time_translate``, test-time
     shifts (:func:`~jcnn.train.make_eval_step`). ``augment`` may take a ``step`` keyword.
@@ -199,6 +211,8 @@ class Solver(CheckpointedRun):
         self.check_data = bool(check_data)
         self._fingerprint: str | None = None
         self.num_train = self.X_train.shape[0]
+        if self.sampling == "epoch":
+            check_epoch_batches(self.num_train, self.batch_size)
         self.iterations_per_epoch = max(self.num_train // self.batch_size, 1)
         self.num_iterations = self.num_epochs * self.iterations_per_epoch
         self.warmup_iterations = round(self.warmup_epochs * self.iterations_per_epoch)

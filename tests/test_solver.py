@@ -340,6 +340,11 @@ def _nan_at(i):
         (_data(), {"update_rule": "adagrad"}, "update_rule"),
         (_data(), {"batch_size": 0}, "batch_size"),
         (_data(), {"batch_size": -5}, "batch_size"),
+        (
+            _data(),
+            {"batch_size": 13, "sampling": "epoch"},
+            "batch_size=13 is larger than the 12 training images",
+        ),
         (_data(), {"num_epochs": 0}, "num_epochs"),
         (_data(), {"optim_config": {"lr": 1e-3}}, r"optim_config has keys \['lr'\]"),
         (_data(), {"lr_decay": 0}, "lr_decay"),

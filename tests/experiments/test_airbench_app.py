@@ -124,3 +124,14 @@ def test_flips_flag_chooses_alternating_or_random_flips_both_with_reflect_transl
     airbench_cifar.define_flags(fv)
     with pytest.raises(flags.IllegalFlagValueError, match="flips"):
         fv(["prog", "--flips=sometimes"])
+
+
+def test_fewer_training_images_than_one_batch_stop_in_one_line(fake_cifar_dir, tmp_path):
+    with pytest.raises(train.UsageFailure) as info:
+        _run(tmp_path / "run", fake_cifar_dir, "--batch_size=64")  # 40 training images
+    message = str(info.value.code)
+    assert "\n" not in message
+    assert "batch_size=64 is larger than the 40 training images" in message
+    assert not (tmp_path / "run" / "checkpoints").exists() or not any(
+        (tmp_path / "run" / "checkpoints").iterdir()
+    )
