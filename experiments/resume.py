@@ -79,10 +79,10 @@ def check_resumable(writer: RunWriter, config: Mapping[str, Any]) -> Path | None
     without any checkpoint, or checkpoint files but no good one (nothing is deleted then:
     ``--overwrite`` is the user's choice). A workdir killed before its first checkpoint is
     cleared and the run starts over."""
-    from jcnn.checkpoint import CHECKPOINT_PATTERNS, config_differences, latest_checkpoint
+    from jcnn.checkpoint import config_differences, latest_run_checkpoint
 
     workdir = writer.workdir
-    found = latest_checkpoint(writer.path("checkpoints"), CHECKPOINT_PATTERNS)
+    found = latest_run_checkpoint(writer.path("checkpoints"))
     if found is None:
         if writer.path("summary.json").exists():
             raise UsageFailure(

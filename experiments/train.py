@@ -495,10 +495,10 @@ def main(
 
 def _disk_full(writer: RunWriter, e: OSError) -> UsageFailure:
     """The line for a full disk while the run writes its files: where, and what is kept."""
-    from jcnn.checkpoint import CHECKPOINT_PATTERNS, latest_checkpoint
+    from jcnn.checkpoint import latest_run_checkpoint
 
     try:
-        found = latest_checkpoint(writer.path("checkpoints"), CHECKPOINT_PATTERNS)
+        found = latest_run_checkpoint(writer.path("checkpoints"))
     except Exception:  # noqa: BLE001 - only for the advice; the failure is the full disk
         found = None
     kept = (

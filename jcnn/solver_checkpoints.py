@@ -240,13 +240,15 @@ class CheckpointedRun:
         if path is None:
             if self.checkpoint_dir is None:
                 raise ValueError("no path given and the solver has no checkpoint_dir")
-            found = ckpt.latest_checkpoint(self.checkpoint_dir, ckpt.CHECKPOINT_PATTERNS)
+            found = ckpt.latest_run_checkpoint(self.checkpoint_dir)
             if found is None:
                 raise FileNotFoundError(f"{self.checkpoint_dir} holds no complete checkpoint")
             return self._restore(*found)
         npz = Path(path)
         npz = npz if npz.suffix == ".npz" else npz.with_name(npz.name + ".npz")
-        return self._restore(npz, ckpt.verify_checkpoint(npz))
+        meta = ckpt.verify_checkpoint(npz)
+        ckpt.check_run_sidecar(npz, meta)
+        return self._restore(npz, meta)
 
     def _restore(self, npz: Path, meta: Mapping[str, Any]) -> Path:
         ckpt.check_resumable(

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 import shutil
 import subprocess
 import time
@@ -213,6 +214,58 @@ def test_a_corrupt_sidecar_is_detected_too(crashed, tmp_path):
     with pytest.warns(CorruptCheckpointWarning, match="fails its checksum"):
         solver = make(ckpt)
     assert solver.resumed_from["iteration"] == 8
+
+
+def _unsigned(meta: dict) -> dict:
+    """A sidecar without its checksums: the path kept for checkpoints written before them."""
+    return {k: v for k, v in meta.items() if k not in ("sidecar_sha256", "npz_sha256")}
+
+
+@pytest.mark.parametrize(
+    "field, value, why",
+    [
+        ("best_val_acc", "Infinity", "unreadable: the non-finite number Infinity"),
+        ("iteration", '"10; rm -rf"', "has iteration='10; rm -rf'"),
+        ("host_rng", '"PCG64"', "host_rng='PCG64'"),
+        ("best_val_acc", "1.5", "best_val_acc=1.5"),
+        ("loss_history", "[1, null]", "loss_history=[1, None]"),
+        ("epoch", "7", "claims epoch 7 and 9 losses after 9 iterations of 4 per epoch"),
+    ],
+)
+def test_a_crafted_unsigned_sidecar_is_set_aside_and_the_previous_one_used(
+    crashed, tmp_path, field, value, why
+):
+    """Checksums absent used to turn every check off: Infinity became the best accuracy (so
+    no later epoch was ever taken as best), and bad types gave tracebacks. Every sidecar now
+    meets the run's schema, signed or not."""
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(crashed, ckpt)
+    side = ckpt / "step_00000009.json"
+    text = json.dumps({**_unsigned(json.loads(side.read_text())), field: "@"})
+    side.write_text(text.replace('"@"', value))
+    with pytest.warns(CorruptCheckpointWarning, match=re.escape(why)):
+        solver = make(ckpt)
+    assert solver.resumed_from["iteration"] == 8  # epoch_002
+    assert (ckpt / "step_00000009.npz.corrupt").is_file()
+
+
+def test_a_deeply_nested_or_huge_sidecar_is_refused_without_a_traceback(crashed, tmp_path):
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(crashed, ckpt)
+    (ckpt / "step_00000009.json").write_text("[" * 200_000 + "]" * 200_000)
+    with pytest.warns(CorruptCheckpointWarning, match="nested too deeply"):
+        solver = make(ckpt)
+    assert solver.resumed_from["iteration"] == 8
+    side = ckpt / "epoch_002.json"
+    meta = _unsigned(json.loads(side.read_text()))
+    nested: list = []
+    for _ in range(40):
+        nested = [nested]
+    meta["eval_history"] = nested
+    side.write_text(json.dumps(meta))
+    with pytest.warns(CorruptCheckpointWarning, match="nests deeper than 32 levels"):
+        solver = make(ckpt)
+    assert solver.resumed_from["iteration"] == 4  # epoch_001
 
 
 def test_more_epochs_extend_a_finished_run(reference, crashed, tmp_path):

@@ -15,10 +15,13 @@ is written last, so its presence marks a complete checkpoint. No pickle anywhere
 a freshly initialised model and optimiser state), checking every leaf's shape and dtype, and
 returns ``(tree, metadata)``.
 
-For runs that resume: :func:`latest_checkpoint` finds the newest complete checkpoint of a
-folder whose checksums hold, moving corrupt ones aside (``*.corrupt``) with a warning, so the
-previous one is used; :func:`remove_stale_temporaries` deletes the temporary files a killed
-writer left behind.
+Every sidecar is read within bounds, signed or not (:func:`read_sidecar`: its size, how deep
+it nests, no infinite numbers), and a run's sidecar must also hold every value the run reads
+back, each of its type and in its range (:func:`check_run_sidecar`). For runs that resume:
+:func:`latest_checkpoint` finds the newest complete checkpoint of a folder whose checksums
+(and, for a run, :func:`latest_run_checkpoint`, whose schema) hold, moving the others aside
+(``*.corrupt``) with a warning, so the previous one is used;
+:func:`remove_stale_temporaries` deletes the temporary files a killed writer left behind.
 
 A training run's checkpoints (the :class:`~jcnn.solver.Solver`'s and the apps'), in one
 place: their names (:func:`run_checkpoint_path`: ``epoch_{epoch:03d}.npz`` at an epoch's end,

@@ -4,12 +4,15 @@ and whether it may (see :mod:`jcnn.checkpoint`)."""
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from jcnn.checkpoint.store import latest_checkpoint, sidecar_path
+import numpy as np
+
+from jcnn.checkpoint.store import CorruptCheckpointError, latest_checkpoint, sidecar_path
 
 __all__ = [
     "CHECKPOINT_FORMAT",
@@ -19,6 +22,8 @@ __all__ = [
     "RESUME_CHOICES",
     "CheckpointMismatchError",
     "check_resumable",
+    "check_run_sidecar",
+    "latest_run_checkpoint",
     "config_differences",
     "describe_differences",
     "prune_run_checkpoints",
@@ -160,13 +165,14 @@ def check_resumable(
       None: the checkpoint may be resumed.
 
     Raises:
-      ValueError: another checkpoint format (naming it).
-      CheckpointMismatchError: a differently configured run (naming each difference).
+      CheckpointMismatchError: another checkpoint format (naming it), or a differently
+        configured run (naming each difference).
     """
     if meta.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(
+        raise CheckpointMismatchError(
             f"checkpoint {npz} has format {meta.get('format')!r}, not {CHECKPOINT_FORMAT}: "
-            "it was written by another jcnn version and lacks what resuming needs"
+            "it was written by another jcnn version and lacks what resuming needs",
+            {"format": (meta.get("format"), CHECKPOINT_FORMAT)},
         )
     saved = {k: meta.get(k) for k in identity}
     differences = config_differences(
@@ -184,6 +190,91 @@ def check_resumable(
             "with, or start the new run in another checkpoint_dir",
             differences,
         )
+
+
+def _is_int(v: Any, minimum: int = 0) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= minimum
+
+
+def _is_number(v: Any, low: float = -math.inf, high: float = math.inf) -> bool:
+    """A finite JSON number in [low, high]."""
+    ok = isinstance(v, int | float) and not isinstance(v, bool)
+    return ok and math.isfinite(v) and low <= v <= high
+
+
+def _is_accuracy(v: Any) -> bool:
+    """In [0, 1], or missing: null (NaN, as older sidecars wrote it) for no validation split."""
+    return v is None or (isinstance(v, float) and math.isnan(v)) or _is_number(v, 0.0, 1.0)
+
+
+def _is_generator_state(v: Any) -> bool:
+    try:
+        np.random.PCG64().state = v
+    except (TypeError, ValueError, KeyError, OverflowError):
+        return False
+    return True
+
+
+# What a run reads back from its checkpoint's sidecar, and what each value must be.
+_RUN_FIELDS: dict[str, tuple[str, Any]] = {
+    "iteration": ("an int >= 0", _is_int),
+    "epoch": ("an int >= 0", _is_int),
+    "num_epochs": ("an int >= 1", lambda v: _is_int(v, 1)),
+    "iterations_per_epoch": ("an int >= 1", lambda v: _is_int(v, 1)),
+    "has_best": ("true or false", lambda v: isinstance(v, bool)),
+    "host_rng": ("a numpy PCG64 state", _is_generator_state),
+    "loss_history": ("a list of finite numbers", lambda v: isinstance(v, list) and all(
+        _is_number(x) for x in v)),
+    "train_acc_history": ("a list of accuracies", lambda v: isinstance(v, list) and all(
+        _is_accuracy(x) for x in v)),
+    "val_acc_history": ("a list of accuracies", lambda v: isinstance(v, list) and all(
+        _is_accuracy(x) for x in v)),
+    "lr_history": ("a list of finite numbers", lambda v: isinstance(v, list) and all(
+        _is_number(x) for x in v)),
+    "eval_history": ("a list of objects", lambda v: isinstance(v, list) and all(
+        isinstance(x, dict) and _is_accuracy(x.get("val_acc")) for x in v)),
+    "best_val_acc": ("an accuracy in [0, 1] or null", _is_accuracy),
+    "best_epoch": ("an int >= 0 or null", lambda v: v is None or _is_int(v)),
+    "elapsed_s": ("a finite number >= 0", lambda v: _is_number(v, 0.0)),
+}  # fmt: skip
+
+
+def check_run_sidecar(npz: Path, meta: dict[str, Any]) -> None:
+    """Raise :class:`~jcnn.checkpoint.CorruptCheckpointError` unless a run's checkpoint
+    sidecar holds every value a run reads back, each of its type and in its range (the
+    schema :data:`_RUN_FIELDS`), whether or not the sidecar carries its checksum. A sidecar
+    of another format is left to :func:`check_resumable`, which names the format.
+
+    Args:
+      npz: the checkpoint's path (named in the message).
+      meta: its sidecar metadata.
+
+    Raises:
+      CorruptCheckpointError: naming the first value that is missing or out of its range.
+    """
+    if meta.get("format") != CHECKPOINT_FORMAT:
+        return
+    for name, (what, ok) in _RUN_FIELDS.items():
+        if name not in meta:
+            raise CorruptCheckpointError(f"checkpoint {npz} lacks {name!r} in its sidecar")
+        if not ok(meta[name]):
+            shown = repr(meta[name])
+            shown = shown if len(shown) <= 60 else shown[:57] + "..."
+            raise CorruptCheckpointError(
+                f"checkpoint {npz} has {name}={shown} in its sidecar, which must be {what}"
+            )
+    done, per_epoch = meta["iteration"], meta["iterations_per_epoch"]
+    if meta["epoch"] != done // per_epoch or len(meta["loss_history"]) != done:
+        raise CorruptCheckpointError(
+            f"checkpoint {npz} claims epoch {meta['epoch']} and "
+            f"{len(meta['loss_history'])} losses after {done} iterations of {per_epoch} per epoch"
+        )
+
+
+def latest_run_checkpoint(directory: Path) -> tuple[Path, dict[str, Any]] | None:
+    """The newest good checkpoint of a run's folder: checksums and the run schema
+    (:func:`check_run_sidecar`) hold; others met on the way are moved aside."""
+    return latest_checkpoint(directory, CHECKPOINT_PATTERNS, validate=check_run_sidecar)
 
 
 def run_checkpoint_path(directory: Path, iteration: int, iterations_per_epoch: int) -> Path:
@@ -317,7 +408,7 @@ def resume_checkpoint(
                 "pass resume='auto' to continue from them"
             )
         return None
-    found = latest_checkpoint(directory, CHECKPOINT_PATTERNS)
+    found = latest_run_checkpoint(directory)
     if found is None and resume is True:
         raise FileNotFoundError(f"resume=True, but {directory} holds no complete checkpoint")
     return found

@@ -38,6 +38,9 @@ __all__ = [
 
 # Keys the writer adds to the sidecar (the caller's metadata must not use them).
 _NPZ_SHA, _META_SHA, _KEYS = "npz_sha256", "sidecar_sha256", "keys"
+# Bounds every sidecar is read within, signed or not (a run's histories stay far below).
+MAX_SIDECAR_BYTES = 256 << 20
+MAX_SIDECAR_DEPTH = 32
 # What a damaged .npz raises while it is opened or read.
 _READ_ERRORS = (OSError, EOFError, ValueError, zipfile.BadZipFile)
 
@@ -199,9 +202,31 @@ def save_checkpoint(
     return npz
 
 
+def _finite_constant(name: str) -> float:
+    """JSON's non-standard constants: NaN (older sidecars wrote it for a missing accuracy)
+    is read; ``Infinity`` and ``-Infinity``, which jcnn never writes, are refused."""
+    if name == "NaN":
+        return float("nan")
+    raise ValueError(f"the non-finite number {name}")
+
+
+def _depth(obj: Any) -> int:
+    """How deeply lists and objects nest in a parsed JSON value (iteratively)."""
+    deepest, stack = 0, [(obj, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if isinstance(value, dict | list):
+            deepest = max(deepest, depth)
+            if depth <= MAX_SIDECAR_DEPTH:
+                children = value.values() if isinstance(value, dict) else value
+                stack.extend((child, depth + 1) for child in children)
+    return deepest
+
+
 def read_sidecar(path: str | os.PathLike) -> dict[str, Any]:
     """The metadata of the checkpoint at ``path``; :class:`CorruptCheckpointError` if the
-    sidecar is missing, is not JSON, or fails its own checksum.
+    sidecar is missing, is not JSON within bounds (:data:`MAX_SIDECAR_BYTES`,
+    :data:`MAX_SIDECAR_DEPTH`, no infinite numbers), or fails its own checksum.
 
     Args:
       path: the checkpoint, with or without its ``.npz`` suffix.
@@ -211,18 +236,33 @@ def read_sidecar(path: str | os.PathLike) -> dict[str, Any]:
       was written with them).
 
     Raises:
-      CorruptCheckpointError: the sidecar is missing, unreadable, not UTF-8 JSON, not a JSON
-        object, or fails its ``sidecar_sha256``.
+      CorruptCheckpointError: the sidecar is missing, unreadable, larger than
+        :data:`MAX_SIDECAR_BYTES`, not UTF-8 JSON, nested deeper than
+        :data:`MAX_SIDECAR_DEPTH`, holds ``Infinity``, is not a JSON object, or fails its
+        ``sidecar_sha256``.
     """
     side = sidecar_path(path)
     try:
-        meta = json.loads(side.read_text())
+        size = side.stat().st_size
+        if size > MAX_SIDECAR_BYTES:
+            raise CorruptCheckpointError(
+                f"checkpoint sidecar {side} is {size} bytes, more than a sidecar holds "
+                f"({MAX_SIDECAR_BYTES})"
+            )
+        meta = json.loads(side.read_text(), parse_constant=_finite_constant)
     except FileNotFoundError:
         raise CorruptCheckpointError(f"checkpoint {side} is missing (incomplete write?)") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise CorruptCheckpointError(f"checkpoint sidecar {side} is unreadable: {e}") from None
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as e:
+        if isinstance(e, CorruptCheckpointError):
+            raise
+        why = "nested too deeply" if isinstance(e, RecursionError) else str(e)
+        raise CorruptCheckpointError(f"checkpoint sidecar {side} is unreadable: {why}") from None
     if not isinstance(meta, dict):
         raise CorruptCheckpointError(f"checkpoint sidecar {side} does not hold a JSON object")
+    if _depth(meta) > MAX_SIDECAR_DEPTH:
+        raise CorruptCheckpointError(
+            f"checkpoint sidecar {side} nests deeper than {MAX_SIDECAR_DEPTH} levels"
+        )
     if _META_SHA in meta and meta[_META_SHA] != _meta_digest(meta):
         raise CorruptCheckpointError(f"checkpoint sidecar {side} fails its checksum")
     return meta
@@ -386,6 +426,7 @@ def latest_checkpoint(
     patterns: Iterable[str] = ("*.npz",),
     *,
     order: Callable[[Path, dict[str, Any]], Any] | None = None,
+    validate: Callable[[Path, dict[str, Any]], None] | None = None,
 ) -> tuple[Path, dict[str, Any]] | None:
     """The newest complete checkpoint of ``directory`` whose checksums hold, as ``(npz
     path, metadata)``, or None.
@@ -401,6 +442,8 @@ def latest_checkpoint(
         every ``*.npz``).
       order: ``(npz path, metadata) -> sort key``, the largest newest (None: by
         ``metadata['iteration']``, else the last number in the name, then the name).
+      validate: ``(npz path, metadata) -> None``, raising :class:`CorruptCheckpointError`
+        for metadata the caller cannot use (a schema); such a checkpoint is moved aside too.
 
     Returns:
       ``(npz path, metadata)`` of the newest checkpoint that verifies
@@ -419,10 +462,15 @@ def latest_checkpoint(
     for npz in _complete(directory, tuple(patterns)):
         try:
             meta = read_sidecar(npz)
+            if validate is not None:
+                validate(npz, meta)
         except CorruptCheckpointError as e:
             quarantine(npz, f"corrupt checkpoint: {e}")
             continue
-        key = order(npz, meta) if order else (meta.get("iteration", _number(npz)), npz.name)
+        iteration = meta.get("iteration")
+        if not isinstance(iteration, int) or isinstance(iteration, bool):
+            iteration = _number(npz)
+        key = order(npz, meta) if order else (iteration, npz.name)
         candidates.append((key, npz, meta))
     candidates.sort(key=lambda c: c[0], reverse=True)
     for _, npz, _ in candidates:
