@@ -47,6 +47,42 @@ def check_floating(name: str, x: Any) -> None:
         )
 
 
+def memory_bytes() -> int | None:
+    """This machine's physical memory in bytes (None where the system does not say)."""
+    import os
+
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def _human(n: float) -> str:
+    for unit in ("bytes", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
+        n /= 1024
+    raise AssertionError  # unreachable
+
+
+def check_fits_in_memory(culprit: str, arrays: dict[str, tuple[int, ...]], dtype: Any) -> None:
+    """Refuse, naming ``culprit`` (e.g. ``'pad=1000000'``), a call whose arrays (name ->
+    shape, of ``dtype``) need more bytes than this machine has: such a call would build a
+    lazy result that fails only when read, or abort the process."""
+    import math
+
+    import numpy as np
+
+    limit = memory_bytes()
+    need = sum(math.prod(shape) for shape in arrays.values()) * np.dtype(dtype).itemsize
+    if limit is not None and need > limit:
+        listed = " and ".join(f"{name} {shape}" for name, shape in arrays.items())
+        raise ValueError(
+            f"{culprit} makes {listed}: {_human(need)} of {np.dtype(dtype).name}, more than "
+            f"this machine's {_human(limit)} of memory"
+        )
+
+
 def check_labels(scores: Any, y: Any) -> None:
     """``scores (N, K)`` with N, K >= 1 and integer labels ``y (N,)``; when ``y`` is concrete
     (not a tracer), every label in ``[0, K)``. ValueError naming the argument otherwise.

@@ -24,6 +24,7 @@ from jax import lax
 from jcnn.layers._binding import cache_dataclass, with_vjp
 from jcnn.layers._checks import (
     check_choice,
+    check_fits_in_memory,
     check_floating,
     check_rank,
     check_shape,
@@ -105,7 +106,8 @@ def check_conv_args(x, w, b, stride, pad, layout: str = "NCHW") -> tuple[int, in
             refused; naming ``x`` if its channels differ from w's C; naming ``b`` if not
             ``(F,)``; naming ``x`` if not floating; if w or b is not in x's dtype; naming ``w``
             if a dimension is empty; if the filter does not fit or the stride does not tile
-            the padded input (:func:`conv_output_size`).
+            the padded input (:func:`conv_output_size`); naming ``pad`` if the padded input
+            and the output need more memory than the machine has.
     """
     check_choice("layout", layout, LAYOUTS)
     check_rank("x", x, 4, f"({', '.join(layout)})")
@@ -128,6 +130,13 @@ def check_conv_args(x, w, b, stride, pad, layout: str = "NCHW") -> tuple[int, in
         raise ValueError(f"w must have no empty dimension, got shape {tuple(w.shape)}")
     h_out = conv_output_size(x.shape[h_axis], w.shape[2], stride, pad, "H")
     w_out = conv_output_size(x.shape[w_axis], w.shape[3], stride, pad, "W")
+    n, c, f = x.shape[0], x.shape[c_axis], w.shape[0]
+    h, wd = x.shape[h_axis] + 2 * pad, x.shape[w_axis] + 2 * pad
+    check_fits_in_memory(
+        f"pad={pad}" if pad else f"x {tuple(x.shape)} with w {tuple(w.shape)}",
+        {"the padded input": (n, c, h, wd), "the output": (n, f, h_out, w_out)},
+        x.dtype,
+    )
     return h_out, w_out
 
 

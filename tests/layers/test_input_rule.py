@@ -66,3 +66,12 @@ def test_batchnorm_parameters_follow_the_same_rule():
         L.batchnorm(x, _ones(2), _ones(2), _ones(2), jnp.ones(2, jnp.int32), train=True)
     with pytest.raises(ValueError, match=r"^w must be a real floating-point array"):
         L.affine(x, jnp.ones((2, 3), jnp.int32), _ones((3,)))
+
+
+def test_a_convolution_too_large_for_memory_is_refused_naming_pad():
+    """pad=10**6 built a lazy (2, 4, 2000004, 2000004) result that aborted the process when
+    read; it is refused before any work."""
+    x, w = jnp.ones((2, 3, 6, 6)), jnp.ones((4, 3, 3, 3))
+    with pytest.raises(ValueError, match=r"^pad=1000000 makes the padded input .* GiB of memory"):
+        L.conv2d(x, w, jnp.zeros(4), stride=1, pad=10**6)
+    assert L.conv2d(x, w, jnp.zeros(4), stride=1, pad=100).shape == (2, 4, 204, 204)
