@@ -131,7 +131,7 @@ def test_a_checkpoint_from_before_a_flag_existed_resumes_with_its_default(tmp_pa
     saved = {"learning_rate": 0.1, "lr_decay": 0.9}  # none of the flags added later
     path = tmp_path / "checkpoints" / "step_00000100.npz"
     monkeypatch.setattr(
-        jcnn.checkpoint, "latest_checkpoint", lambda *a: (path, {"run_config": saved})
+        jcnn.checkpoint, "latest_run_checkpoint", lambda *a: (path, {"run_config": saved})
     )
     writer = rundir.RunWriter(tmp_path)
     now = {**saved, "lr_schedule": "exponential", "warmup_epochs": 0.0, "test_time_flip": False,
