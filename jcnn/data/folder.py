@@ -1,9 +1,9 @@
 """Image-folder datasets: ``root/train/<class>/*.png`` and ``root/test/<class>/*.png``.
 
 Images are decoded once with Pillow (an optional dependency) and cached as ``.npy`` files in
-``root/.jcnn_cache/``; the cache is keyed by a fingerprint of the file list (names, sizes,
-modification times) and the ``size`` argument, so adding, removing or touching an image
-re-decodes the folder.
+``root/.jcnn_cache/``; the cache is keyed by a fingerprint of the file list (names and the
+SHA-256 of each file's contents) and the ``size`` argument, so adding, removing or changing
+an image re-decodes the folder.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ __all__ = ["CACHE_DIR_NAME", "IMAGE_SUFFIXES", "load_image_folder"]
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 CACHE_DIR_NAME = ".jcnn_cache"
-_CACHE_FORMAT = 1
+_CACHE_FORMAT = 2  # 2: keyed on each file's contents, not its size and time
 _SPLITS = ("train", "test")
 _META = "meta.json"
 
@@ -145,11 +145,15 @@ def _list_files(root: Path) -> tuple[tuple[str, ...], dict[str, list[tuple[Path,
 
 
 def _fingerprint(files: dict[str, list[tuple[Path, int]]], size_hw: tuple[int, int] | None) -> str:
+    """What the cache is keyed on: every file's split, class, name and the SHA-256 of its
+    bytes (reading them is far cheaper than decoding; a size-and-time key would miss a file
+    replaced by another of the same size with its old time kept, as ``cp -p`` does)."""
     entries: list[Any] = [_CACHE_FORMAT, size_hw]
     for split in _SPLITS:
         for path, label in files[split]:
-            st = path.stat()
-            entries.append([split, label, path.parent.name, path.name, st.st_size, st.st_mtime_ns])
+            with open(path, "rb") as f:
+                digest = hashlib.file_digest(f, "sha256").hexdigest()
+            entries.append([split, label, path.parent.name, path.name, digest])
     return hashlib.sha256(json.dumps(entries).encode()).hexdigest()
 
 

@@ -113,6 +113,22 @@ def test_adding_a_file_invalidates_the_cache(tree, count_opens):
     assert (raw.X_train[-1, 0] == 103).all()
 
 
+def test_a_same_size_replacement_with_its_old_time_invalidates_the_cache(tree):
+    """``cp -p`` / ``rsync -a`` keep size and time: the cache keys on contents."""
+    import os
+
+    load_image_folder(tree)
+    image = tree / "train" / "cat" / "01.png"
+    stat = image.stat()
+    other = tree / "other.png"
+    save(other, (9, 9, 9))
+    assert other.stat().st_size == stat.st_size  # solid 8x8 PNGs compress alike
+    os.replace(other, image)
+    os.utime(image, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    raw = load_image_folder(tree, shuffle_seed=None)
+    assert (raw.X_train[1] == 9).all()
+
+
 def test_damaged_cache_is_rebuilt(tree, count_opens):
     expected = load_image_folder(tree)
     path = tree / ".jcnn_cache" / "train_X.npy"
