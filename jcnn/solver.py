@@ -57,10 +57,32 @@ from jcnn.train import (
     predict,
 )
 
-__all__ = ["DATA_KEYS", "CheckpointMismatchError", "NonFiniteLossError", "Solver"]
+__all__ = [
+    "DATA_KEYS",
+    "CheckpointMismatchError",
+    "NonFiniteLossError",
+    "Solver",
+    "TrainingStopped",
+]
 
 DATA_KEYS = ("X_train", "y_train", "X_val", "y_val")
 SAMPLINGS = ("replacement", "epoch")
+
+
+class TrainingStopped(Exception):
+    """:meth:`Solver.train` stopped early because :meth:`Solver.request_stop` asked it to,
+    after checkpointing the state it stopped in (with a ``checkpoint_dir``).
+
+    Attributes:
+        iteration: the updates done when it stopped.
+        checkpoint: the checkpoint that holds that state (None without a checkpoint_dir).
+        reason: what :meth:`Solver.request_stop` was given (e.g. ``'SIGINT'``).
+    """
+
+    def __init__(self, iteration: int, checkpoint: Path | None, reason: str):
+        where = f"; saved {checkpoint}" if checkpoint is not None else ""
+        super().__init__(f"training stopped ({reason}) after iteration {iteration}{where}")
+        self.iteration, self.checkpoint, self.reason = iteration, checkpoint, reason
 
 
 def check_epoch_batches(num_train: int, batch_size: int) -> None:
@@ -308,6 +330,18 @@ class Solver(CheckpointedRun):
         self.last_checkpoint: Path | None = None
         self._log = nonfinite.StepLog()
         self._order: tuple[int, np.ndarray] | None = None
+        self._stop_reason: str | None = None
+
+    def request_stop(self, reason: str = "stop requested") -> None:
+        """Ask :meth:`train` to stop after the update in progress: it checkpoints that state
+        (with a ``checkpoint_dir``) and raises :class:`TrainingStopped`; a new Solver built
+        with the same arguments resumes from it and ends exactly as an uninterrupted run.
+        Safe to call from a signal handler (it only sets a flag).
+
+        Args:
+            reason: named in the :class:`TrainingStopped` message (e.g. ``'SIGINT'``).
+        """
+        self._stop_reason = str(reason)
 
     def _replicate(self) -> None:
         """With a mesh: the train state (and best_*) replicated on its devices."""
@@ -351,18 +385,30 @@ class Solver(CheckpointedRun):
                 # Wait for the queued steps first: their time is training, not the check's.
                 self._verify_finite()
                 self._evaluate(time.perf_counter() - clock0)
-            if self.checkpoint_dir is not None and (
+            saved = self.checkpoint_dir is not None and bool(
                 epoch_end or (self.checkpoint_every and (t + 1) % self.checkpoint_every == 0)
-            ):
+            )
+            if saved:
                 self.elapsed_s = time.perf_counter() - clock0
                 self.save_checkpoint()
             if evaluate:
                 for hook in self.on_epoch_end:
                     hook(self, self.epoch)
+            if self._stop_reason is not None:
+                self._stop(saved, clock0)
         self._verify_finite()
         self.elapsed_s = time.perf_counter() - clock0
         if self.best_params is not None:
             self.params, self.state = copy_tree((self.best_params, self.best_state))
+
+    def _stop(self, saved: bool, clock0: float) -> None:
+        """Checkpoint the current state (unless just done) and raise TrainingStopped."""
+        reason, self._stop_reason = self._stop_reason or "stop requested", None
+        if self.checkpoint_dir is not None and not saved:
+            self.elapsed_s = time.perf_counter() - clock0
+            self.save_checkpoint()
+        checkpoint = self.last_checkpoint if self.checkpoint_dir is not None else None
+        raise TrainingStopped(self.iteration, checkpoint, reason)
 
     def _step(self) -> jax.Array:
         """One update on a random minibatch; returns its (device) loss, queued to be read

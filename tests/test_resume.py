@@ -23,7 +23,7 @@ from jcnn.checkpoint import (
     verify_checkpoint,
 )
 from jcnn.models import VGGNet
-from jcnn.solver import CheckpointMismatchError, Solver
+from jcnn.solver import CheckpointMismatchError, Solver, TrainingStopped
 from tests.experiments.util import PYTHON, ROOT, subprocess_env
 from tests.models.util import synthetic_data
 
@@ -266,6 +266,24 @@ def test_a_deeply_nested_or_huge_sidecar_is_refused_without_a_traceback(crashed,
     with pytest.warns(CorruptCheckpointWarning, match="nests deeper than 32 levels"):
         solver = make(ckpt)
     assert solver.resumed_from["iteration"] == 4  # epoch_001
+
+
+@pytest.mark.parametrize("stop_at", [2, 4, 6])  # mid-epoch, an epoch's end, a step save
+def test_a_requested_stop_checkpoints_and_resumes_bit_for_bit(reference, tmp_path, stop_at):
+    """What Ctrl-C does in the apps: request_stop from a hook (a signal handler), then the
+    same Solver again."""
+    ckpt = tmp_path / "ckpt"
+
+    def stop(solver, iteration, loss):
+        if iteration == stop_at:
+            solver.request_stop("SIGINT")
+
+    with pytest.raises(TrainingStopped, match=f"stopped \\(SIGINT\\) after iteration {stop_at}"):
+        make(ckpt, on_iteration=stop).train()
+    again = make(ckpt)
+    assert again.resumed_from["iteration"] == stop_at
+    again.train()
+    assert_same_run(again, reference[0])
 
 
 def test_more_epochs_extend_a_finished_run(reference, crashed, tmp_path):
