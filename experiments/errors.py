@@ -2,7 +2,9 @@
 
 Every failure a user can cause or meet (bad flags or flagfiles, a workdir or data folder that
 cannot be used, a full disk, an unreachable coordinator, bad data, a non-finite loss) ends
-with one line ``FATAL <cause>: <what to do>`` and exit status 1, no traceback. Set
+with one line ``FATAL <cause>: <what to do>`` and exit status 1, no traceback. A run stopped
+by Ctrl-C or SIGTERM (:func:`stop_on_signals`) ends with one line saying where it was saved
+and exit status 130 or 143. Set
 ``JCNN_DEBUG=1`` in the environment to see the traceback too. Anything else (a bug) keeps
 its traceback.
 """
@@ -12,6 +14,8 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import signal
+import sys
 import traceback
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
@@ -40,6 +44,48 @@ class UsageFailure(SystemExit):
 
     def __init__(self, message: str):
         super().__init__("FATAL " + " ".join(str(message).split()))
+
+
+# Exit statuses of a run stopped by a signal: 128 + its number, as a shell reports it.
+STOP_STATUS = {"SIGINT": 130, "SIGTERM": 143}
+
+
+def stopped(message: str, reason: str = "SIGINT") -> SystemExit:
+    """Print ``message`` (one line) on stderr; the SystemExit to raise for a run stopped by
+    ``reason`` (exit status 130 for SIGINT, 143 for SIGTERM)."""
+    print(" ".join(message.split()), file=sys.stderr, flush=True)
+    return SystemExit(STOP_STATUS.get(reason, 130))
+
+
+@contextlib.contextmanager
+def stop_on_signals(request_stop: Callable[[str], None]) -> Iterator[None]:
+    """While the block runs: the first SIGINT (Ctrl-C) or SIGTERM calls
+    ``request_stop(name)`` (the run stops after the current update, checkpointed); a second
+    one stops at once (KeyboardInterrupt; checkpoints are written atomically, so the previous
+    one stays intact). The previous handlers come back afterwards. Outside the main thread,
+    where Python cannot take signals, nothing changes."""
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    names = {signal.SIGINT: "SIGINT", signal.SIGTERM: "SIGTERM"}
+    previous = {s: signal.getsignal(s) for s in names}
+    asked: list[str] = []
+
+    def handler(signum: int, frame: Any) -> None:
+        if asked:
+            raise KeyboardInterrupt(names[signal.Signals(signum)])
+        asked.append(names[signal.Signals(signum)])
+        request_stop(asked[0])
+
+    for s in names:
+        signal.signal(s, handler)
+    try:
+        yield
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
 
 
 def debug() -> bool:
@@ -99,7 +145,15 @@ def run_app(main: Callable[[list[str]], Any]) -> None:
     from absl import app
 
     def checked_main(argv: list[str]) -> Any:
-        with failures_in_one_line():
-            return main(argv)
+        try:
+            with failures_in_one_line():
+                return main(argv)
+        except KeyboardInterrupt as e:
+            if debug():
+                traceback.print_exc()
+            raise stopped(
+                f"stopped at once ({e.args[0] if e.args else 'SIGINT'}): the checkpoints "
+                "already written are kept, and the same command resumes from the newest"
+            ) from None
 
     app.run(checked_main, flags_parser=parse_flags)

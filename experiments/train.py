@@ -273,7 +273,8 @@ def run_training(solver: Any, logger: RunLogger, config: Mapping[str, Any]) -> f
     if config.get("debug_nans"):
         jax.config.update("jax_debug_nans", True)
     try:
-        solver.train()
+        with errors.stop_on_signals(solver.request_stop):
+            solver.train()
     finally:
         jax.config.update("jax_debug_nans", debug_nans)
         logger.flush(solver)
@@ -523,7 +524,7 @@ def _main(
     fv: flags.FlagValues,
     solver_options: SolverOptions | None = None,
 ) -> dict[str, Any]:
-    from jcnn.solver import CheckpointMismatchError, NonFiniteLossError
+    from jcnn.solver import CheckpointMismatchError, NonFiniteLossError, TrainingStopped
 
     if len(argv) > 1:
         raise UsageFailure(
@@ -546,6 +547,13 @@ def _main(
         )
     except CheckpointMismatchError as e:
         raise UsageFailure(mismatch_message(writer.workdir, config, e)) from None
+    except TrainingStopped as e:
+        saved = f"saved {e.checkpoint}" if e.checkpoint is not None else "nothing saved"
+        raise errors.stopped(
+            f"stopped ({e.reason}) after iteration {e.iteration}; {saved}: the same command "
+            f"resumes from there (--workdir={writer.workdir})",
+            e.reason,
+        ) from None
     except NonFiniteLossError as e:
         kept = e.report.get("last_good_checkpoint")
         rerun = (

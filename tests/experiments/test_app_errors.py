@@ -149,3 +149,40 @@ def test_the_nonfinite_line_says_what_a_rerun_does(tmp_path, monkeypatch, kept):
         assert f"Running the same command again resumes from {kept}" in message
     else:
         assert "No checkpoint was written before it" in message and "resumes" not in message
+
+
+def test_a_second_signal_stops_at_once_and_the_handlers_come_back():
+    import signal
+
+    from experiments import errors
+
+    asked: list[str] = []
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(KeyboardInterrupt, match="SIGINT"):
+        with errors.stop_on_signals(asked.append):
+            signal.raise_signal(signal.SIGTERM)  # the first: a request, no exception
+            assert asked == ["SIGTERM"]
+            signal.raise_signal(signal.SIGINT)  # the second: at once
+    assert asked == ["SIGTERM"]
+    assert signal.getsignal(signal.SIGTERM) is before
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_ctrl_c_before_training_ends_in_one_line_with_status_130():
+    import subprocess
+
+    script = (
+        "from experiments import errors\n"
+        "def main(argv):\n"
+        "    raise KeyboardInterrupt\n"
+        "errors.run_app(main)\n"
+    )
+    proc = subprocess.run(
+        [PYTHON, "-c", script], cwd=ROOT, env=subprocess_env(), capture_output=True, text=True,
+        timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 130
+    assert proc.stderr.strip().splitlines() == [
+        "stopped at once (SIGINT): the checkpoints already written are kept, and the same "
+        "command resumes from the newest"
+    ]

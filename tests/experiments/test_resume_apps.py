@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 from pathlib import Path
 
@@ -277,3 +278,35 @@ def test_num_epochs_below_what_the_run_has_done_stops_with_one_line(crashed, tmp
     message = one_line(info)
     assert "--num_epochs=1 is below what the run" in message and "--num_epochs=2 or more" in message
     assert not (workdir / "summary.json").exists()
+
+
+@pytest.mark.parametrize("name, status", [("SIGINT", 130), ("SIGTERM", 143)])
+def test_ctrl_c_checkpoints_where_it_stopped_and_the_same_command_resumes(
+    uninterrupted, tmp_path, fake_cifar_dir, monkeypatch, capsys, name, status
+):
+    """The signal lands during update 4 (mid-epoch, no checkpoint due): the run saves
+    step 4, says so in one line, exits 130 (143 for SIGTERM); the rerun ends as if never
+    stopped."""
+    step = Solver._step
+
+    def signalled(self):
+        if self.iteration + 1 == 4:
+            signal.raise_signal(getattr(signal, name))
+        return step(self)
+
+    workdir = tmp_path / "run"
+    with monkeypatch.context() as mp:
+        mp.setattr(Solver, "_step", signalled)
+        with pytest.raises(SystemExit) as info:
+            run(workdir, fake_cifar_dir)
+    assert info.value.code == status
+    err = capsys.readouterr().err.strip().splitlines()
+    saved = workdir / "checkpoints" / "step_00000004.npz"
+    assert err[-1] == (
+        f"stopped ({name}) after iteration 4; saved {saved}: the same command resumes from "
+        f"there (--workdir={workdir})"
+    )
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers restored
+    summary = run(workdir, fake_cifar_dir)
+    assert summary["resumed_from_iteration"] == 4
+    assert without(summary, TIMING) == without(uninterrupted[1], TIMING)
