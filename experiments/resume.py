@@ -27,7 +27,7 @@ from jcnn.files import to_json_values
 # checkpoints, how long it runs (more epochs extend it). Every other flag must match.
 RESUME_MAY_DIFFER = (
     "workdir", "overwrite", "data_dir", "num_test", "num_epochs", "print_every",
-    "plot_every_epoch", "keep_checkpoints", "checkpoint_every", "debug_nans",
+    "plot_every_epoch", "keep_checkpoints", "checkpoint_every", "checkpoint_minutes", "debug_nans",
     "num_devices", "coordinator_address", "num_processes", "process_id", "coordinator_timeout",
     "allow_data_change",
 )  # fmt: skip

@@ -12,7 +12,8 @@ A run writes into its workdir, through one :class:`RunWriter` (only process 0 wr
                      (:func:`make_summary`)
     loss.png, accuracy.png, filters.png   (after every epoch and at the end; :func:`write_plots`)
     checkpoints/     epoch_XXX.npz + .json from the Solver (the last --keep_checkpoints),
-                     step_XXXXXXXX.npz + .json every --checkpoint_every iterations (the
+                     step_XXXXXXXX.npz + .json every --checkpoint_every iterations, every
+                     --checkpoint_minutes and where Ctrl-C stopped the run (the
                      newest two checkpoints are always kept), best.npz + .json: the
                      parameters with the best validation accuracy
     nonfinite.json   only if training met a non-finite loss: the iteration, loss, learning

@@ -103,6 +103,9 @@ def solver_kwargs(config: Mapping[str, Any]) -> dict[str, Any]:
     """The Solver's keyword arguments for a run's config."""
     return dict(
         checkpoint_every=config.get("checkpoint_every"),
+        checkpoint_every_s=60.0 * config["checkpoint_minutes"]
+        if config.get("checkpoint_minutes")
+        else None,
         keep_checkpoints=config.get("keep_checkpoints", 0),
         update_rule=config["update_rule"],
         optim_config={"learning_rate": config["learning_rate"]},

@@ -33,7 +33,8 @@ COMMON_FLAGS = (
     "batch_size", "num_epochs", "seed",
     "augment", "augment_pad", "cutout", "test_time_flip", "print_every", "num_train_samples",
     "num_val_samples",
-    "plot_every_epoch", "keep_checkpoints", "checkpoint_every", "allow_data_change", "debug_nans",
+    "plot_every_epoch", "keep_checkpoints", "checkpoint_every", "checkpoint_minutes",
+    "allow_data_change", "debug_nans",
     "num_devices", "compute_dtype", "coordinator_address", "num_processes", "process_id",
     "coordinator_timeout",
 )  # fmt: skip
@@ -344,6 +345,11 @@ def define_run_dir_flags(fv: flags.FlagValues) -> None:
     flags.DEFINE_integer(
         "checkpoint_every", None, "Also checkpoint every this many iterations (default: at "
         "epoch ends only); a crash loses at most this many.", lower_bound=1, flag_values=fv,
+    )  # fmt: skip
+    flags.DEFINE_float(
+        "checkpoint_minutes", 10.0, "Also checkpoint at the first update this many minutes "
+        "after the last checkpoint, so a crash loses minutes, not an epoch (0: off; "
+        "single-process runs).", lower_bound=0.0, flag_values=fv,
     )  # fmt: skip
 
 

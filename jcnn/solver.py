@@ -20,7 +20,8 @@ iteration, loss)`` after every update (each step then waits for its loss),
 no extra wait) and ``on_epoch_end(solver, epoch)`` after each accuracy check and its
 checkpoint.
 
-With a ``checkpoint_dir`` every epoch end (and every ``checkpoint_every`` updates) writes a
+With a ``checkpoint_dir`` every epoch end (and every ``checkpoint_every`` updates, and the
+first update ending ``checkpoint_every_s`` seconds or more after the last save) writes a
 checkpoint holding all the run needs to continue bit for bit, and ``resume='auto'`` restores
 the newest good one when the Solver is built (:mod:`jcnn.solver_checkpoints`). Losses are
 checked when read back (no sync per step) and the parameters every ``print_every`` updates:
@@ -145,6 +146,7 @@ class Solver(CheckpointedRun):
         verbose: bool = True,
         checkpoint_dir: str | os.PathLike | None = None,
         checkpoint_every: int | None = None,
+        checkpoint_every_s: float | None = None,
         keep_checkpoints: int = 0,
         resume: bool | str = "auto",
         run_config: Mapping[str, Any] | None = None,
@@ -185,6 +187,13 @@ class Solver(CheckpointedRun):
         self.verbose = bool(verbose)
         self.checkpoint_dir = None if checkpoint_dir is None else Path(checkpoint_dir)
         self.checkpoint_every = opt_int("checkpoint_every", checkpoint_every)
+        self.checkpoint_every_s = (
+            None
+            if checkpoint_every_s is None
+            else check.finite_float(
+                "checkpoint_every_s", checkpoint_every_s, minimum=0.0, strict=True
+            )
+        )
         self.keep_checkpoints = check.nonnegative_int("keep_checkpoints", keep_checkpoints)
         if resume is True and self.checkpoint_dir is None:
             raise ValueError("resume=True needs a checkpoint_dir to resume from")
@@ -362,6 +371,7 @@ class Solver(CheckpointedRun):
         the current ones. Raises :class:`~jcnn.nonfinite.NonFiniteLossError` at the first
         non-finite step."""
         clock0 = time.perf_counter() - self.elapsed_s
+        last_save = time.perf_counter()
         for t in range(self.iteration, self.num_iterations):
             self._step()
             if self.on_iteration:
@@ -386,9 +396,12 @@ class Solver(CheckpointedRun):
                 self._verify_finite()
                 self._evaluate(time.perf_counter() - clock0)
             saved = self.checkpoint_dir is not None and bool(
-                epoch_end or (self.checkpoint_every and (t + 1) % self.checkpoint_every == 0)
+                epoch_end
+                or (self.checkpoint_every and (t + 1) % self.checkpoint_every == 0)
+                or self._save_is_due(last_save)
             )
             if saved:
+                last_save = time.perf_counter()
                 self.elapsed_s = time.perf_counter() - clock0
                 self.save_checkpoint()
             if evaluate:
@@ -400,6 +413,13 @@ class Solver(CheckpointedRun):
         self.elapsed_s = time.perf_counter() - clock0
         if self.best_params is not None:
             self.params, self.state = copy_tree((self.best_params, self.best_state))
+
+    def _save_is_due(self, last_save: float) -> bool:
+        """``checkpoint_every_s`` seconds since the last save (single-process runs only:
+        processes would not agree on when, and a save reads every process's arrays)."""
+        if self.checkpoint_every_s is None or jax.process_count() > 1:
+            return False
+        return time.perf_counter() - last_save >= self.checkpoint_every_s
 
     def _stop(self, saved: bool, clock0: float) -> None:
         """Checkpoint the current state (unless just done) and raise TrainingStopped."""

@@ -286,6 +286,20 @@ def test_a_requested_stop_checkpoints_and_resumes_bit_for_bit(reference, tmp_pat
     assert_same_run(again, reference[0])
 
 
+def test_timed_checkpoints_lose_at_most_the_interval_and_resume_bit_for_bit(reference, tmp_path):
+    """checkpoint_every_s: here every update is past the interval, so a crash in update 7
+    resumes from update 6, not from the epoch's start (4)."""
+    ckpt = tmp_path / "ckpt"
+    with pytest.raises(Crash):
+        make(ckpt, checkpoint_every=None, checkpoint_every_s=1e-9, crash_at=7).train()
+    again = make(ckpt, checkpoint_every=None, checkpoint_every_s=1e-9)
+    assert again.resumed_from["iteration"] == 6
+    again.train()
+    assert_same_run(again, reference[0])
+    with pytest.raises(ValueError, match="checkpoint_every_s"):
+        make(ckpt, checkpoint_every_s=0.0)
+
+
 def test_more_epochs_extend_a_finished_run(reference, crashed, tmp_path):
     ckpt = tmp_path / "ckpt"
     shutil.copytree(crashed, ckpt)
