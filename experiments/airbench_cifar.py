@@ -1,7 +1,7 @@
 """Train the airbench-style net on CIFAR-10: the fast recipe of Jordan (2024), "94% on
 CIFAR-10 in 3.29 seconds on a single GPU", on jcnn's hand-written layers.
 
-    python -m experiments.airbench_cifar --flagfile=experiments/configs/airbench94.cfg \
+    python -m experiments.airbench_cifar --flagfile=experiments/configs/airbench94.cfg \\
         --data_dir=DIR
 
 The net is :class:`jcnn.models.AirbenchNet` (a frozen whitening conv from the data, three

@@ -35,6 +35,7 @@ from typing import Any
 from absl import app, flags
 
 import jcnn.cpu  # before JAX starts: its CPU convolution flag
+from experiments import errors
 from experiments.presets import VGG
 
 DEVICES = flags.DEFINE_list("devices", ["1", "2"], "Device counts to compare.")
@@ -273,4 +274,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    errors.run_app(main)

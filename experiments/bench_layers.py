@@ -18,10 +18,11 @@ import time
 
 import jax
 import jax.numpy as jnp
-from absl import app, flags
+from absl import flags
 
 import jcnn.cpu
 import jcnn.layers as L
+from experiments import errors
 
 FLAGS = flags.DEFINE_integer("repeats", 20, "timed calls per measurement (median reported)")
 JSON_OUT = flags.DEFINE_string("json_out", None, "also write the results as JSON here")
@@ -109,4 +110,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    errors.run_app(main)

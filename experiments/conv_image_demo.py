@@ -25,9 +25,10 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
-from absl import app, flags
+from absl import flags
 
 import jcnn.layers as L
+from experiments import errors
 from jcnn import viz
 
 ASSETS = Path(__file__).resolve().parent / "assets"
@@ -132,4 +133,4 @@ def main(argv: Sequence[str]) -> None:
 
 if __name__ == "__main__":
     define_flags()
-    app.run(main)
+    errors.run_app(main)

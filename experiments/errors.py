@@ -122,14 +122,34 @@ def failures_in_one_line(advice: str | None = None) -> Iterator[None]:
         raise UsageFailure(line) from e
 
 
+HELP_ARGS = ("--help", "-help", "-h", "-?", "--helpshort", "--helpfull", "--helpxml")
+
+
+def plain_text(doc: str) -> str:
+    """A docstring as a terminal shows it: Sphinx roles (``:class:`x```) and double
+    backticks dropped, the names kept."""
+    import re
+
+    doc = re.sub(r":[a-z]+:`~?([^`]+)`", r"\1", doc)
+    return re.sub(r"``([^`]+)``", r"\1", doc)
+
+
 def parse_flags(argv: Sequence[str]) -> list[str]:
     """``absl.app.run``'s flag parsing, with a flagfile that cannot be read as text (or at
-    all) stopping the app with one line instead of a traceback."""
+    all) stopping the app with one line instead of a traceback, and ``--help`` showing the
+    app's docstring as plain text and exiting with status 0 (absl's exits with 1)."""
     from absl import app
 
+    main = sys.modules.get("__main__")
+    if main is not None and main.__doc__:
+        main.__doc__ = plain_text(main.__doc__)
     try:
         with failures_in_one_line("check the --flagfile arguments"):
             return app.parse_flags_with_usage(list(argv))
+    except SystemExit as e:
+        if e.code == 1 and any(a.split("=")[0] in HELP_ARGS for a in argv[1:]):
+            raise SystemExit(0) from None
+        raise
     except UnicodeDecodeError as e:
         if debug():
             traceback.print_exc()

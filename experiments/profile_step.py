@@ -39,6 +39,7 @@ from pathlib import Path
 
 from absl import app, flags
 
+from experiments import errors
 from experiments.benchmark.options import apply_tiny, batch_sizes
 from experiments.benchmark.workers import make_data, make_jax_model, make_jax_step
 
@@ -344,4 +345,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    errors.run_app(main)

@@ -186,3 +186,21 @@ def test_ctrl_c_before_training_ends_in_one_line_with_status_130():
         "stopped at once (SIGINT): the checkpoints already written are kept, and the same "
         "command resumes from the newest"
     ]
+
+
+@pytest.mark.parametrize(
+    "module", ["experiments.airbench_cifar", "experiments.evaluate", "experiments.benchmark"]
+)
+def test_help_is_plain_text_and_exits_0(module):
+    import subprocess
+
+    proc = subprocess.run(
+        [PYTHON, "-m", module, "--help"], cwd=ROOT, env=subprocess_env(), capture_output=True,
+        text=True, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    text = proc.stdout + proc.stderr
+    assert "flags:" in text
+    for markup in (":class:", ":func:", ":mod:", "``"):
+        assert markup not in text, markup
+    assert not [line for line in text.splitlines() if "cfg         --" in line]  # a joined line
