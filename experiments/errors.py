@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import logging
 import os
 import signal
 import sys
@@ -163,6 +164,10 @@ def run_app(main: Callable[[list[str]], Any]) -> None:
     """``absl.app.run(main)`` with every user-fixable failure, flag parsing included,
     ending in one line (see the module's docstring)."""
     from absl import app
+
+    # JAX logs each accelerator backend it cannot start (e.g. "Unable to initialize backend
+    # 'tpu'") at INFO, which absl apps print: noise on every CPU-only start.
+    logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)
 
     def checked_main(argv: list[str]) -> Any:
         try:

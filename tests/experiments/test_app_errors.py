@@ -204,3 +204,9 @@ def test_help_is_plain_text_and_exits_0(module):
     for markup in (":class:", ":func:", ":mod:", "``"):
         assert markup not in text, markup
     assert not [line for line in text.splitlines() if "cfg         --" in line]  # a joined line
+
+
+def test_an_app_without_data_starts_without_backend_noise(tmp_path):
+    rc, stderr = run_cli(f"--workdir={tmp_path / 'run'}", f"--data_dir={tmp_path / 'no_data'}")
+    assert rc == 1 and "could not load CIFAR-10" in the_fatal_line(stderr)
+    assert "Unable to initialize backend" not in stderr  # JAX's probe of absent accelerators
