@@ -349,9 +349,14 @@ def finish_run(
     test = "n/a" if test_acc is None else f"{test_acc:f}"
     if plain_acc is not None:
         test += f" ({plain_acc:f} without test-time augmentation)"
-    _printer(is_primary())(
+    chosen = (
         f"best val_acc: {solver.best_val_acc:f} (epoch {solver.best_epoch}); test acc of the "
-        f"best parameters: {test}; {summary['images_per_s']} training images/s; "
+        "best parameters"
+        if len(solver.y_val)
+        else f"no validation split: the final parameters (epoch {solver.best_epoch}); test acc"
+    )
+    _printer(is_primary())(
+        f"{chosen}: {test}; {summary['images_per_s']} training images/s; "
         f"wall time {summary['wall_time_s']:.1f} s; files in {writer.workdir}",
         flush=True,
     )

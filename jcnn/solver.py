@@ -495,9 +495,9 @@ class Solver(CheckpointedRun):
              "train_acc": train_acc, "val_acc": val_acc, "lr": lr, "seconds": elapsed}
         )  # fmt: skip
         if self.verbose:
+            val = f"; val_acc: {val_acc:f}" if len(self.y_val) else ""  # none: no split
             print(
-                f"(Epoch {self.epoch} / {self.num_epochs}) train acc: {train_acc:f}; "
-                f"val_acc: {val_acc:f}",
+                f"(Epoch {self.epoch} / {self.num_epochs}) train acc: {train_acc:f}{val}",
                 flush=True,
             )
         if not self.select_best:

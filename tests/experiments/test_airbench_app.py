@@ -33,9 +33,12 @@ def _run(workdir: Path, data_dir: Path, *args: str) -> dict:
 
 
 def test_the_recipe_trains_without_validation_and_reports_test_accuracy_both_ways(
-    fake_cifar_dir, tmp_path
+    fake_cifar_dir, tmp_path, capsys
 ):
     summary = _run(tmp_path / "run", fake_cifar_dir)
+    out = capsys.readouterr().out
+    assert "(Epoch 2 / 2) train acc: " in out and "val_acc" not in out  # no split, no nan
+    assert "no validation split: the final parameters (epoch 2); test acc: " in out
     assert summary["iterations"] == 2 * 5
     assert summary["best_val_acc"] is None and summary["best_epoch"] == 2  # NaN: no val split
     assert 0.0 <= summary["test_acc"] <= 1.0 and 0.0 <= summary["test_acc_without_tta"] <= 1.0
