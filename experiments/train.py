@@ -255,15 +255,25 @@ def make_solver(
 def describe_run(
     app_name: str, model: Any, solver: Any, data: Mapping[str, Any], mesh: Any, workdir: Path
 ) -> str:
-    """The line an app prints before training: model, data, schedule, devices, workdir."""
+    """The line an app prints before training: model, data, schedule, devices (the CPU's
+    model and jcnn's compiled kernels on a CPU), workdir."""
     dev = rundir.describe_device(mesh)
     procs = f" in {dev['process_count']} processes" if dev["process_count"] > 1 else ""
+    where = f"{dev['platform']} ({dev['device_kind']})"
+    if dev["platform"] == "cpu":
+        from experiments.benchmark.machine import cpu_model
+        from jcnn import native
+
+        built = [
+            name for name, lib in (("oneDNN", "onednn"), ("jcnn", "kernels")) if native.load(lib)
+        ]
+        kernels = " and ".join(built) + " kernels" if built else "XLA only"
+        where = f"cpu ({cpu_model() or 'unknown model'}, {os.cpu_count()} cores; {kernels})"
     return (
         f"{app_name}: {type(model).__name__}, {rundir.num_params(solver.params):,} parameters; "
         f"{solver.num_train} train / {len(data['y_val'])} val images; "
         f"{solver.num_epochs} epochs x {solver.iterations_per_epoch} iterations of "
-        f"{solver.batch_size}; {dev['platform']} ({dev['device_kind']}) x "
-        f"{dev['mesh_devices']}{procs}; writing to {workdir}"
+        f"{solver.batch_size}; {where} x {dev['mesh_devices']}{procs}; writing to {workdir}"
     )
 
 

@@ -89,7 +89,8 @@ def _version(dist: str) -> str | None:
         return None
 
 
-def _cpu_model() -> str | None:
+def cpu_model() -> str | None:
+    """The CPU's model name from ``/proc/cpuinfo`` (None where there is none)."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
@@ -117,7 +118,7 @@ def machine_info() -> dict:
     return {
         "python": sys.version.split()[0],
         "platform": sys.platform,
-        "cpu_model": _cpu_model(),
+        "cpu_model": cpu_model(),
         "cpu_flags": _cpu_flags(),
         "cpu_count": os.cpu_count(),
         "cpu_affinity": len(affinity) if affinity is not None else None,

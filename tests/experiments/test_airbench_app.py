@@ -39,6 +39,9 @@ def test_the_recipe_trains_without_validation_and_reports_test_accuracy_both_way
     out = capsys.readouterr().out
     assert "(Epoch 2 / 2) train acc: " in out and "val_acc" not in out  # no split, no nan
     assert "no validation split: the final parameters (epoch 2); test acc: " in out
+    header = next(line for line in out.splitlines() if "; writing to " in line)
+    assert "AirbenchNet" in header and "; cpu (" in header and " cores; " in header
+    assert "kernels) x 1; " in header or "XLA only) x 1; " in header
     assert summary["iterations"] == 2 * 5
     assert summary["best_val_acc"] is None and summary["best_epoch"] == 2  # NaN: no val split
     assert 0.0 <= summary["test_acc"] <= 1.0 and 0.0 <= summary["test_acc_without_tta"] <= 1.0
