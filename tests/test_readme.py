@@ -22,6 +22,13 @@ def test_readme_python_blocks_run():
         exec(compile(block, f"README.md python block {i + 1}", "exec"), namespace)
 
 
+@pytest.mark.parametrize("index", range(len(python_blocks(README.read_text()))))
+def test_each_readme_python_block_runs_on_its_own(index):
+    """A reader copies one block: it must not lean on names an earlier block defined."""
+    block = python_blocks(README.read_text())[index]
+    exec(compile(block, f"README.md python block {index + 1}", "exec"), {"__name__": "readme"})
+
+
 def test_readme_has_no_machine_paths_or_run_labels():
     text = README.read_text()
     assert "/work/" not in text

@@ -73,9 +73,12 @@ def check_fits_in_memory(culprit: str, arrays: dict[str, tuple[int, ...]], dtype
 
     import numpy as np
 
+    known = all(isinstance(d, int | np.integer) for shape in arrays.values() for d in shape)
     limit = memory_bytes()
+    if not known or limit is None:  # a symbolic dimension (jax.export): no size to compare
+        return
     need = sum(math.prod(shape) for shape in arrays.values()) * np.dtype(dtype).itemsize
-    if limit is not None and need > limit:
+    if need > limit:
         listed = " and ".join(f"{name} {shape}" for name, shape in arrays.items())
         raise ValueError(
             f"{culprit} makes {listed}: {_human(need)} of {np.dtype(dtype).name}, more than "
