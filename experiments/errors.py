@@ -63,7 +63,8 @@ def stop_on_signals(request_stop: Callable[[str], None]) -> Iterator[None]:
     """While the block runs: the first SIGINT (Ctrl-C) or SIGTERM calls
     ``request_stop(name)`` (the run stops after the current update, checkpointed); a second
     one stops at once (KeyboardInterrupt; checkpoints are written atomically, so the previous
-    one stays intact). The previous handlers come back afterwards. Outside the main thread,
+    one stays intact). The previous handlers come back afterwards. A signal the process was
+    told to ignore (e.g. SIGINT under ``nohup``) stays ignored, and outside the main thread,
     where Python cannot take signals, nothing changes."""
     import threading
 
@@ -72,6 +73,7 @@ def stop_on_signals(request_stop: Callable[[str], None]) -> Iterator[None]:
         return
     names = {signal.SIGINT: "SIGINT", signal.SIGTERM: "SIGTERM"}
     previous = {s: signal.getsignal(s) for s in names}
+    previous = {s: h for s, h in previous.items() if h is not signal.SIG_IGN}
     asked: list[str] = []
 
     def handler(signum: int, frame: Any) -> None:
@@ -80,7 +82,7 @@ def stop_on_signals(request_stop: Callable[[str], None]) -> Iterator[None]:
         asked.append(names[signal.Signals(signum)])
         request_stop(asked[0])
 
-    for s in names:
+    for s in previous:
         signal.signal(s, handler)
     try:
         yield

@@ -157,15 +157,25 @@ def test_a_second_signal_stops_at_once_and_the_handlers_come_back():
     from experiments import errors
 
     asked: list[str] = []
-    before = signal.getsignal(signal.SIGTERM)
-    with pytest.raises(KeyboardInterrupt, match="SIGINT"):
+    inherited = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:  # as in a terminal (a background job inherits SIGINT ignored)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        with pytest.raises(KeyboardInterrupt, match="SIGINT"):
+            with errors.stop_on_signals(asked.append):
+                signal.raise_signal(signal.SIGTERM)  # the first: a request, no exception
+                assert asked == ["SIGTERM"]
+                signal.raise_signal(signal.SIGINT)  # the second: at once
+        assert asked == ["SIGTERM"]
+        assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # nohup: an ignored signal stays ignored
         with errors.stop_on_signals(asked.append):
-            signal.raise_signal(signal.SIGTERM)  # the first: a request, no exception
-            assert asked == ["SIGTERM"]
-            signal.raise_signal(signal.SIGINT)  # the second: at once
-    assert asked == ["SIGTERM"]
-    assert signal.getsignal(signal.SIGTERM) is before
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+            signal.raise_signal(signal.SIGINT)
+        assert asked == ["SIGTERM"]
+    finally:
+        for s, h in inherited.items():
+            signal.signal(s, h)
 
 
 def test_ctrl_c_before_training_ends_in_one_line_with_status_130():

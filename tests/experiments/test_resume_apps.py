@@ -295,10 +295,17 @@ def test_ctrl_c_checkpoints_where_it_stopped_and_the_same_command_resumes(
         return step(self)
 
     workdir = tmp_path / "run"
-    with monkeypatch.context() as mp:
-        mp.setattr(Solver, "_step", signalled)
-        with pytest.raises(SystemExit) as info:
-            run(workdir, fake_cifar_dir)
+    inherited = signal.getsignal(getattr(signal, name))
+    default = signal.default_int_handler if name == "SIGINT" else signal.SIG_DFL
+    signal.signal(getattr(signal, name), default)  # a background job inherits SIGINT ignored
+    try:
+        with monkeypatch.context() as mp:
+            mp.setattr(Solver, "_step", signalled)
+            with pytest.raises(SystemExit) as info:
+                run(workdir, fake_cifar_dir)
+        assert signal.getsignal(getattr(signal, name)) is default  # handlers restored
+    finally:
+        signal.signal(getattr(signal, name), inherited)
     assert info.value.code == status
     err = capsys.readouterr().err.strip().splitlines()
     saved = workdir / "checkpoints" / "step_00000004.npz"
@@ -306,7 +313,6 @@ def test_ctrl_c_checkpoints_where_it_stopped_and_the_same_command_resumes(
         f"stopped ({name}) after iteration 4; saved {saved}: the same command resumes from "
         f"there (--workdir={workdir})"
     )
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers restored
     summary = run(workdir, fake_cifar_dir)
     assert summary["resumed_from_iteration"] == 4
     assert without(summary, TIMING) == without(uninterrupted[1], TIMING)
