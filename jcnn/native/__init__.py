@@ -136,7 +136,8 @@ def _out_shape(x) -> jax.ShapeDtypeStruct:
 
 
 def available(library: str = "kernels") -> bool:
-    """True where one library's kernels can be used in this process: built or cached.
+    """Whether one library's kernels can be used in this process: :func:`load`'s answer
+    (it builds or finds the library first), under the name a caller asking uses.
 
     Args:
         library: ``'kernels'`` or ``'onednn'``.
@@ -147,7 +148,7 @@ def available(library: str = "kernels") -> bool:
     Raises:
         ValueError: naming ``library`` if it is not one of the two.
     """
-    return _library(library).load()
+    return load(library)
 
 
 # The permutation is its own inverse, so the kernel is its own transpose.

@@ -106,10 +106,6 @@ class Kernel:
         derivative rules use, so that a rule applied inside ``vmap`` keeps the batch."""
         return self.primitive.bind(*operands, batch_dims=batch_dims, **params)
 
-    def usable(self) -> bool:
-        """True where the kernel itself can run: its library is loaded."""
-        return self.library.load()
-
     # -------------------------------------------------------------------- evaluation
 
     def _impl(self, *operands, batch_dims: int, **params):
