@@ -30,6 +30,8 @@ RESUME_MAY_DIFFER = (
     "plot_every_epoch", "keep_checkpoints", "checkpoint_every", "checkpoint_minutes", "debug_nans",
     "num_devices", "coordinator_address", "num_processes", "process_id", "coordinator_timeout",
     "allow_data_change",
+    # Which code computes the model (jcnn.models IMPLEMENTATION_FIELDS), not what it computes.
+    "layers", "conv_impl", "pool_impl",
 )  # fmt: skip
 # Flags added after runs were made: a checkpoint without them was made with these values.
 ADDED_FLAG_DEFAULTS = {

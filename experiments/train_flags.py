@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 from absl import flags
 
+from jcnn.layers.conv import IMPLS as CONV_IMPLS
 from jcnn.optim import LR_SCHEDULES, UPDATE_RULES
 from jcnn.parallel import COMPUTE_DTYPES
 
@@ -197,12 +198,24 @@ def define_loss_flags(fv: flags.FlagValues, *, weight_scale: float | str, reg: f
         "jcnn: the hand-written layers; reference: their autodiff twins.", flag_values=fv,
     )  # fmt: skip
     flags.DEFINE_enum(
-        "conv_impl", "xla", ["naive", "im2col", "xla"], "Convolution implementation.",
-        flag_values=fv,
+        "conv_impl", "auto", list(CONV_IMPLS), "What runs the convolutions: auto (oneDNN "
+        "where available, else XLA), onednn, xla, im2col or naive (the same function: a run "
+        "may resume with another).", flag_values=fv,
     )  # fmt: skip
+    flags.register_validator("conv_impl", _onednn_available, flag_values=fv)
     flags.DEFINE_enum(
         "pool_impl", "fast", ["naive", "fast"], "Max-pool implementation.", flag_values=fv
     )
+
+
+def _onednn_available(value: str) -> bool:
+    if value == "onednn":
+        from jcnn.layers import conv_onednn
+
+        why = conv_onednn.unavailable()
+        if why is not None:
+            raise flags.ValidationError(f"onednn cannot run: {why}; use auto or xla")
+    return True
 
 
 def _schedule_fits(values: Mapping[str, Any]) -> bool:

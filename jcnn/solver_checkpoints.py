@@ -251,9 +251,11 @@ class CheckpointedRun:
         return self._restore(npz, meta)
 
     def _restore(self, npz: Path, meta: Mapping[str, Any]) -> Path:
+        # Which code computes the model (its impl fields) may change; the function may not.
+        impl = tuple(f"model.{name}" for name in getattr(self.model, "IMPLEMENTATION_FIELDS", ()))
         ckpt.check_resumable(
             npz, dict(meta), self._identity(),
-            ignore=() if self.check_data else ("data.fingerprint",),
+            ignore=impl + (() if self.check_data else ("data.fingerprint",)),
         )  # fmt: skip
         done = int(meta["iteration"])
         if done > self.num_iterations:

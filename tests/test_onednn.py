@@ -14,7 +14,9 @@ import pytest
 
 import jcnn.layers as L
 from jcnn import native
-from jcnn.layers.conv import _ONEDNN, _dw_xla, _dx_xla, conv_dw_xla, conv_dx_xla, conv_forward_xla
+from jcnn.layers._conv_common import lax_dw, lax_dx
+from jcnn.layers.conv_onednn import KERNELS
+from jcnn.layers.conv_onednn import forward as onednn_forward
 from jcnn.models import AirbenchNet, VGGNet
 from jcnn.native import onednn
 from jcnn.native._library import Library, Unavailable
@@ -36,6 +38,9 @@ GEOMETRIES = [
 ]
 
 
+CONV_TARGETS = ("jcnn_conv_forward", "jcnn_conv_backward_data", "jcnn_conv_backward_weights")
+
+
 def _operands(n, h, c, f, k, stride, pad, seed=0):
     keys = jax.random.split(jax.random.key(seed), 3)
     x = jax.random.normal(keys[0], (n, h, h, c), jnp.float32)
@@ -50,18 +55,16 @@ def _xla(x, w, dout, stride, pad):
     out = jax.lax.conv_general_dilated(
         x, w, (stride, stride), ((pad, pad), (pad, pad)), dimension_numbers=("NHWC", "OIHW", "NHWC")
     )
-    dx = _dx_xla(dout, w, stride=stride, pad=pad, x_shape=x.shape)
-    dw = _dw_xla(dout, x, stride=stride, pad=pad, w_shape=w.shape)
+    dx = lax_dx(dout, w, stride=stride, pad=pad, x_shape=x.shape)
+    dw = lax_dw(dout, x, stride=stride, pad=pad, w_shape=w.shape)
     return out, dx, dw
 
 
 def _kernels(x, w, dout, stride, pad):
     """The three directions as the conv layer computes them (oneDNN where loaded)."""
-    out = conv_forward_xla(
-        x, w, jnp.zeros(w.shape[0], x.dtype), stride=stride, pad=pad, layout="NHWC"
-    )
-    dx = conv_dx_xla(dout, w, x.shape, stride, pad, "NHWC")
-    dw = conv_dw_xla(dout, x, w.shape, stride, pad, "NHWC")
+    out = onednn_forward(x, w, jnp.zeros(w.shape[0], x.dtype), stride=stride, pad=pad)
+    dx = KERNELS.conv_backward_data(dout, w, x.shape, stride=stride, pad=pad)
+    dw = KERNELS.conv_backward_weights(dout, x, w.shape, stride=stride, pad=pad)
     return out[0], dx, dw
 
 
@@ -205,7 +208,7 @@ def _without_onednn(monkeypatch):
     monkeypatch.setitem(native.LIBRARIES, "onednn", stand_in)
     for target in onednn.TARGETS:
         monkeypatch.setitem(native.TARGETS, target, stand_in)
-    for kernel in (_ONEDNN.forward, _ONEDNN.backward_data, _ONEDNN.backward_weights):
+    for kernel in (KERNELS.forward, KERNELS.backward_data, KERNELS.backward_weights):
         monkeypatch.setattr(kernel, "library", stand_in)
 
 
@@ -268,7 +271,12 @@ f = jax.jit(lambda x, w: L.conv2d(x, w, jnp.zeros(5), pad=1, layout="NHWC"))
 hlo = f.lower(x, w).compile().as_text()
 custom_call = "jcnn_conv_forward" in hlo
 native.to_channel_major(x).block_until_ready()
-print(json.dumps({
+try:
+    L.conv2d(x, w, jnp.zeros(5), pad=1, impl="onednn", layout="NHWC")
+    refusal = None
+except ValueError as e:
+    refusal = str(e).splitlines()[0]
+print(json.dumps({"refusal": refusal,
     "onednn": native.status("onednn"), "kernels": native.status("kernels"),
     "custom_call": custom_call, "all_gathers": hlo.count("all-gather"),
     "close": bool(np.allclose(f(x, w), want, rtol=1e-5, atol=1e-5)), "devices": len(jax.devices()),
@@ -284,6 +292,52 @@ def test_opting_out_of_onednn_alone_keeps_the_other_kernels(tmp_path):
     result = _probe(tmp_path, JCNN_ONEDNN="0")
     assert result["onednn"] == "opted-out" and not result["custom_call"] and result["close"]
     assert result["kernels"] == ("loaded" if HAVE_COMPILER else "no-compiler")
+    # impl='auto' (above) falls back to XLA; asking for oneDNN by name is refused, saying why.
+    assert result["refusal"] == (
+        "impl='onednn': oneDNN's kernels are not available here (opted-out); use impl='auto' "
+        "or impl='xla'"
+    )
+
+
+@needs_onednn
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_each_impl_name_says_what_runs_and_all_compute_the_same(dtype):
+    """'auto' and 'onednn' run oneDNN's three kernels, 'xla' none of them; the values and
+    gradients agree to the dtype's round-off."""
+    x, w, dout = _operands(4, 8, 3, 5, 3, 1, 1)
+    x, w, dout = x.astype(dtype), w.astype(dtype), dout.astype(dtype)
+    b = jnp.zeros(5, dtype)
+
+    def vjp(impl):
+        def f(x, w):
+            out, pull = jax.vjp(
+                lambda x, w: L.conv2d(x, w, b, pad=1, impl=impl, layout="NHWC"), x, w
+            )
+            return (out, *pull(dout))
+
+        f = jax.jit(f)
+        hlo = f.lower(x, w).compile().as_text()
+        return f(x, w), sum(t in hlo for t in CONV_TARGETS)
+
+    want, xla_kernels = vjp("xla")
+    assert xla_kernels == 0
+    tol = 1e-5 if dtype == jnp.float32 else 2e-2
+    for impl in ("auto", "onednn"):
+        got, kernels = vjp(impl)
+        assert kernels == 3, impl
+        for g, v in zip(got, want, strict=True):
+            assert _relative(g, v) < tol, impl
+
+
+def test_onednn_by_name_refuses_what_it_cannot_run_in_one_line():
+    x, w, b = jnp.zeros((1, 5, 5, 3)), jnp.zeros((2, 3, 3, 3)), jnp.zeros(2)
+    with pytest.raises(ValueError, match="impl='onednn': .* not layout='NCHW'"):
+        L.conv2d(x.transpose(0, 3, 1, 2), w, b, impl="onednn")
+    f64 = [a.astype(jnp.float64) for a in (x, w, b)]
+    with pytest.raises(ValueError, match="impl='onednn': .*float32 or bfloat16, not float64"):
+        L.conv2d(*f64, impl="onednn", layout="NHWC")
+    # 'auto' takes XLA's convolution for what oneDNN cannot run.
+    assert L.conv2d(*f64, layout="NHWC").dtype == jnp.float64
 
 
 @needs_onednn

@@ -336,6 +336,23 @@ def test_a_differently_configured_run_is_refused_naming_the_difference(crashed):
     assert isinstance(info.value, ValueError)
 
 
+def test_a_run_resumes_on_another_implementation_of_the_same_model(reference, crashed, tmp_path):
+    """The impl fields choose the code, not the function: a run checkpointed with the
+    defaults (oneDNN or XLA, channels-last) goes on with im2col, naive pooling and the
+    autodiff twins, and ends where the uninterrupted run did, to round-off."""
+    shutil.copytree(crashed, tmp_path / "ckpt")
+    other = VGGNet(
+        input_dim=SHAPE, num_filters=(4,), blocks=(1,), hidden_dims=(8,), dropout=0.3, reg=1e-3,
+        conv_impl="im2col", pool_impl="naive", layers="reference",
+    )  # fmt: skip
+    assert (other.layout, MODEL.layout) == ("NCHW", "NHWC")
+    solver = make(tmp_path / "ckpt", model=other)
+    assert solver.iteration == 9
+    solver.train()
+    for got, want in zip(leaves(solver.params), leaves(reference[0].params), strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)
+
+
 def test_the_learning_rate_schedule_must_match_to_resume(crashed, tmp_path):
     with pytest.raises(CheckpointMismatchError) as info:
         make(crashed, lr_decay=1.0, lr_schedule="cosine", warmup_epochs=1)

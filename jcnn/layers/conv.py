@@ -1,4 +1,4 @@
-"""2-D convolution (cross-correlation, as in cs231n), three formulations, each with its own VJP.
+"""2-D convolution (cross-correlation, as in cs231n), four formulations, each with its own VJP.
 
 Shapes: x ``(N, C, H, W)``, w ``(F, C, HH, WW)``, b ``(F,)``, zero padding ``pad`` on every
 side, ``out (N, F, H', W')`` with ``H' = 1 + (H + 2·pad − HH) / stride``.
@@ -7,12 +7,19 @@ Backward, whatever the formulation:
 ``dx = Σ_f dout[f] ⋆ᵀ w[f]`` (the transposed convolution), ``dw[f] = Σₙ dout[n, f] ⋆ x_pad[n]``,
 ``db = Σ_{n,i,j} dout``.
 
+``impl`` names what runs:
+
 - ``naive``: the definition, one output position at a time (a ``fori_loop``).
 - ``im2col``: gather every receptive field into a column, one matrix product.
-- ``xla``: ``lax.conv_general_dilated`` forward; dx and dw are themselves convolutions.
-  Also on channels-last activations (``layout='NHWC'``), the models' fast path on the CPU:
-  there, float32 and bfloat16 convolutions (all three directions) run on oneDNN's primitives
-  when jcnn's compiled kernels are available (:mod:`jcnn.native.onednn`), else on XLA's.
+- ``xla``: XLA's ``lax.conv_general_dilated`` forward; dx and dw are themselves convolutions
+  (:mod:`jcnn.layers.conv_xla`); NCHW or channels-last (``layout='NHWC'``) activations.
+- ``onednn``: the same three convolutions on oneDNN's primitives, channels-last float32 and
+  bfloat16 on the CPU (:mod:`jcnn.layers.conv_onednn`); an error where they cannot run.
+- ``auto`` (the default): ``onednn`` for channels-last float32/bfloat16 input (XLA's same
+  convolutions wherever oneDNN is not available), else ``xla`` (:func:`resolve_impl`).
+
+Every formulation computes the same function, so a model's parameters and checkpoints do not
+depend on which one trained them.
 """
 
 from __future__ import annotations
@@ -21,131 +28,45 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from jcnn.layers._binding import cache_dataclass, with_vjp
-from jcnn.layers._checks import (
-    check_choice,
-    check_fits_in_memory,
-    check_floating,
-    check_rank,
-    check_shape,
-    nonnegative_int,
-    positive_int,
+from jcnn.layers import conv_onednn
+from jcnn.layers._binding import with_vjp
+from jcnn.layers._checks import check_choice, nonnegative_int, positive_int
+from jcnn.layers._conv_common import (
+    ConvCache,
+    bias_gradient,
+    check_conv_args,
+    conv_output_size,
+    pad_nchw,
 )
-from jcnn.layers._windows import LAYOUTS, channel_axis, spatial_axes, tap
-from jcnn.native import onednn, to_channel_major
+from jcnn.layers._windows import LAYOUTS, tap
+from jcnn.layers.conv_onednn import conv_backward_onednn, conv_forward_onednn
+from jcnn.layers.conv_xla import (
+    conv_backward_xla,
+    conv_dw_xla,
+    conv_dx_xla,
+    conv_forward_xla,
+)
 
-IMPLS = ("naive", "im2col", "xla")
-
-
-@cache_dataclass(static=("stride", "pad", "layout"))
-class ConvCache:
-    """What the conv backward passes need from the forward pass.
-
-    Attributes:
-        x: the (unpadded) input, ``(N, C, H, W)`` or ``(N, H, W, C)``.
-        w: the filters ``(F, C, HH, WW)``.
-        stride: the filter step (static).
-        pad: the zero padding (static).
-        layout: ``'NCHW'`` or ``'NHWC'`` (static).
-    """
-
-    x: jax.Array
-    w: jax.Array
-    stride: int
-    pad: int
-    layout: str = "NCHW"
-
-
-def conv_output_size(size: int, filter_size: int, stride: int, pad: int, name: str = "H") -> int:
-    """``1 + (size + 2·pad − filter_size) / stride``, or ValueError if it does not tile.
-
-    Args:
-        size: the input's extent along one spatial axis.
-        filter_size: the filter's extent along that axis.
-        stride: the filter step.
-        pad: zero padding on each side.
-        name: the axis's name for the error message (``'H'`` or ``'W'``).
-
-    Returns:
-        The output's extent along that axis.
-
-    Raises:
-        ValueError: if the filter is larger than the padded input, or if
-            ``(size + 2·pad − filter_size) % stride != 0``.
-    """
-    span = size + 2 * pad - filter_size
-    if span < 0:
-        raise ValueError(
-            f"filter of size {filter_size} does not fit input {name}={size} with pad={pad}"
-        )
-    if span % stride:
-        raise ValueError(
-            f"stride={stride}, pad={pad} and filter size {filter_size} do not tile input "
-            f"{name}={size}: ({name} + 2*pad - filter) % stride = {span % stride}, must be 0"
-        )
-    return 1 + span // stride
-
-
-def check_conv_args(x, w, b, stride, pad, layout: str = "NCHW") -> tuple[int, int]:
-    """Validate a conv2d call; returns the output size ``(H', W')``.
-
-    Args:
-        x (jax.Array): input ``(N, C, H, W)`` (``layout='NCHW'``) or ``(N, H, W, C)``.
-        w (jax.Array): filters ``(F, C, HH, WW)``.
-        b (jax.Array): biases ``(F,)``.
-        stride (int): the filter step, a positive int.
-        pad (int): zero padding on every side, a non-negative int.
-        layout: ``'NCHW'`` or ``'NHWC'``.
-
-    Returns:
-        ``(H', W')`` with ``H' = 1 + (H + 2·pad − HH) / stride``, likewise W'.
-
-    Raises:
-        ValueError: naming ``layout`` if not ``'NCHW'``/``'NHWC'``; naming ``x`` or ``w`` if
-            not rank 4; naming ``stride`` (``pad``) if not a positive (non-negative) int, bools
-            refused; naming ``x`` if its channels differ from w's C; naming ``b`` if not
-            ``(F,)``; naming ``x`` if not floating; if w or b is not in x's dtype; naming ``w``
-            if a dimension is empty; if the filter does not fit or the stride does not tile
-            the padded input (:func:`conv_output_size`); naming ``pad`` if the padded input
-            and the output need more memory than the machine has.
-    """
-    check_choice("layout", layout, LAYOUTS)
-    check_rank("x", x, 4, f"({', '.join(layout)})")
-    check_rank("w", w, 4, "(F, C, HH, WW)")
-    positive_int("stride", stride)
-    nonnegative_int("pad", pad)
-    c_axis, (h_axis, w_axis) = channel_axis(layout), spatial_axes(layout)
-    if x.shape[c_axis] != w.shape[1]:
-        raise ValueError(
-            f"x has {x.shape[c_axis]} channels ({layout}) but w expects {w.shape[1]} "
-            f"(x {tuple(x.shape)}, w {tuple(w.shape)})"
-        )
-    check_shape("b", b, (w.shape[0],), "one bias per filter of w")
-    check_floating("x", x)
-    if w.dtype != x.dtype or b.dtype != x.dtype:
-        raise ValueError(
-            f"x, w and b must share one floating dtype, got x {x.dtype}, w {w.dtype}, b {b.dtype}"
-        )
-    if min(w.shape) < 1:
-        raise ValueError(f"w must have no empty dimension, got shape {tuple(w.shape)}")
-    h_out = conv_output_size(x.shape[h_axis], w.shape[2], stride, pad, "H")
-    w_out = conv_output_size(x.shape[w_axis], w.shape[3], stride, pad, "W")
-    n, c, f = x.shape[0], x.shape[c_axis], w.shape[0]
-    h, wd = x.shape[h_axis] + 2 * pad, x.shape[w_axis] + 2 * pad
-    check_fits_in_memory(
-        f"pad={pad}" if pad else f"x {tuple(x.shape)} with w {tuple(w.shape)}",
-        {"the padded input": (n, c, h, wd), "the output": (n, f, h_out, w_out)},
-        x.dtype,
-    )
-    return h_out, w_out
-
-
-def _pad(x: jax.Array, pad: int) -> jax.Array:
-    return jnp.pad(x, ((0, 0), (0, 0), (pad, pad), (pad, pad))) if pad else x
-
-
-def _db(dout: jax.Array, layout: str = "NCHW") -> jax.Array:
-    return jnp.sum(dout, axis=(0, *spatial_axes(layout)))
+__all__ = [
+    "IMPLS",
+    "ConvCache",
+    "check_conv_args",
+    "conv2d",
+    "conv_backward",
+    "conv_backward_im2col",
+    "conv_backward_naive",
+    "conv_backward_onednn",
+    "conv_backward_xla",
+    "conv_dw_xla",
+    "conv_dx_xla",
+    "conv_forward",
+    "conv_forward_im2col",
+    "conv_forward_naive",
+    "conv_forward_onednn",
+    "conv_forward_xla",
+    "conv_output_size",
+    "resolve_impl",
+]
 
 
 # ----------------------------------------------------------------------------------- naive
@@ -174,7 +95,7 @@ def conv_forward_naive(x, w, b, *, stride: int = 1, pad: int = 0):
     """
     h_out, w_out = check_conv_args(x, w, b, stride, pad)
     n, c, hh, ww, f = x.shape[0], x.shape[1], w.shape[2], w.shape[3], w.shape[0]
-    x_pad = _pad(x, pad)
+    x_pad = pad_nchw(x, pad)
 
     def position(p, out):
         i, j = p // w_out, p % w_out
@@ -205,7 +126,7 @@ def conv_backward_naive(dout, cache: ConvCache):
     n, c, h, wd = x.shape
     hh, ww = w.shape[2:]
     h_out, w_out = dout.shape[2:]
-    x_pad = _pad(x, pad)
+    x_pad = pad_nchw(x, pad)
 
     def position(p, grads):
         dx_pad, dw = grads
@@ -223,7 +144,7 @@ def conv_backward_naive(dout, cache: ConvCache):
         0, h_out * w_out, position, (jnp.zeros_like(x_pad), jnp.zeros_like(w))
     )
     dx = dx_pad[:, :, pad : pad + h, pad : pad + wd]
-    return dx, dw, _db(dout)
+    return dx, dw, bias_gradient(dout)
 
 
 # ---------------------------------------------------------------------------------- im2col
@@ -298,7 +219,7 @@ def conv_forward_im2col(x, w, b, *, stride: int = 1, pad: int = 0):
     """
     h_out, w_out = check_conv_args(x, w, b, stride, pad)
     f, _, hh, ww = w.shape
-    cols = im2col(_pad(x, pad), hh, ww, h_out, w_out, stride)
+    cols = im2col(pad_nchw(x, pad), hh, ww, h_out, w_out, stride)
     out = jnp.einsum("fk,nkp->nfp", w.reshape(f, -1), cols) + b[None, :, None]
     return out.reshape(x.shape[0], f, h_out, w_out), ConvCache(x, w, stride, pad)
 
@@ -323,200 +244,66 @@ def conv_backward_im2col(dout, cache: ConvCache):
     n, c, h, wd = x.shape
     f, _, hh, ww = w.shape
     h_out, w_out = dout.shape[2:]
-    x_pad = _pad(x, pad)
+    x_pad = pad_nchw(x, pad)
     cols = im2col(x_pad, hh, ww, h_out, w_out, stride)
     dout_flat = dout.reshape(n, f, h_out * w_out)
     dw = jnp.einsum("nfp,nkp->fk", dout_flat, cols).reshape(w.shape)
     dcols = jnp.einsum("fk,nfp->nkp", w.reshape(f, -1), dout_flat)
     dx_pad = col2im(dcols, x_pad.shape, hh, ww, h_out, w_out, stride)
-    return dx_pad[:, :, pad : pad + h, pad : pad + wd], dw, _db(dout)
-
-
-# ------------------------------------------------------------------------------------- xla
-
-
-def _crop(x, layout: str, pad: int, h: int, w: int):
-    if layout == "NCHW":
-        return x[:, :, pad : pad + h, pad : pad + w]
-    return x[:, pad : pad + h, pad : pad + w, :]
-
-
-def conv_forward_xla(x, w, b, *, stride: int = 1, pad: int = 0, layout: str = "NCHW"):
-    """``lax.conv_general_dilated`` (cross-correlation) plus bias, on NCHW or NHWC input.
-
-    Args:
-        x (jax.Array): input images ``(N, C, H, W)`` (``layout='NCHW'``) or ``(N, H, W, C)``,
-            floating.
-        w (jax.Array): filters ``(F, C, HH, WW)`` in either layout, x's dtype.
-        b (jax.Array): biases ``(F,)``, x's dtype.
-        stride: step of the filter over the padded input, a positive int.
-        pad: zero padding added on every side of H and W, a non-negative int.
-        layout: ``'NCHW'`` or ``'NHWC'``, for x and out.
-
-    Returns:
-        (tuple[jax.Array, ConvCache]): ``(out, cache)``, with out
-            ``(N, F, H', W')`` with ``H' = 1 + (H + 2·pad − HH) / stride``, likewise W'
-            (``(N, H', W', F)`` for NHWC), and the :class:`ConvCache` for :func:`conv_backward_xla`.
-
-    Raises:
-        ValueError: as :func:`check_conv_args`: x or w not rank 4, channels of x and w
-            differ, b not ``(F,)``, x not floating or w, b not in x's dtype, w with an empty
-            dimension, stride/pad not a positive/non-negative int, or a filter that does not
-            fit or a stride that does not tile the padded input.
-        ValueError: naming ``layout`` if not ``'NCHW'``/``'NHWC'``.
-    """
-    check_conv_args(x, w, b, stride, pad, layout)
-    out = (
-        _forward_xla(x, w, stride=stride, pad=pad, layout=layout)
-        if layout == "NCHW"
-        else _ONEDNN.conv_forward(x, w, stride=stride, pad=pad)
-    )
-    bias = b[None, :, None, None] if layout == "NCHW" else b
-    return out + bias, ConvCache(x, w, stride, pad, layout)
-
-
-def conv_dx_xla(dout, w, x_shape, stride: int, pad: int, layout: str = "NCHW"):
-    """dx as a convolution: dout dilated by ``stride`` against w flipped, with its in/out
-    channels swapped, padded so that the output is exactly x's size (when ``pad`` exceeds
-    ``filter − 1``, a full convolution cropped by ``pad`` instead).
-
-    Args:
-        dout (jax.Array): upstream gradient ``(N, F, H', W')`` (``(N, H', W', F)`` for NHWC).
-        w (jax.Array): filters ``(F, C, HH, WW)``.
-        x_shape (tuple[int, ...]): the input's shape.
-        stride: the forward's filter step.
-        pad: the forward's zero padding.
-        layout: ``'NCHW'`` or ``'NHWC'``, for dout and dx.
-
-    Returns:
-        (jax.Array): dx, of shape ``x_shape``.
-    """
-    if layout == "NHWC":
-        return _ONEDNN.conv_backward_data(dout, w, x_shape, stride=stride, pad=pad)
-    return _dx_xla(dout, w, stride=stride, pad=pad, x_shape=x_shape, layout=layout)
-
-
-def _forward_xla(x, w, *, stride: int, pad: int, layout: str = "NHWC"):
-    return lax.conv_general_dilated(
-        x, w, (stride, stride), ((pad, pad), (pad, pad)), dimension_numbers=(layout, "OIHW", layout)
-    )
-
-
-def _dx_xla(dout, w, *, stride: int, pad: int, x_shape, layout: str = "NHWC"):
-    hh, ww = w.shape[2:]
-    h_axis, w_axis = spatial_axes(layout)
-    h, wd = x_shape[h_axis], x_shape[w_axis]
-    h_out, w_out = dout.shape[h_axis], dout.shape[w_axis]
-    exact = [
-        (k - 1 - pad, size + pad - 1 - stride * (n_out - 1))
-        for k, size, n_out in ((hh, h, h_out), (ww, wd, w_out))
-    ]
-    fits = all(lo >= 0 and hi >= 0 for lo, hi in exact)
-    if stride > 1:
-        # Dilate dout explicitly (zeros between its pixels) instead of through lhs_dilation:
-        # jaxlib 0.10.2's CPU algebraic simplifier aborts the process on some lhs-dilated
-        # convolutions (e.g. stride 2, pad 1, a 2x3 filter), autodiff of lax.conv included.
-        config = [(0, 0, 0)] * 4
-        for axis in (h_axis, w_axis):
-            config[axis] = (0, 0, stride - 1)
-        dout = lax.pad(dout, lax.full((), 0, dout.dtype), config)
-    dx = lax.conv_general_dilated(
-        dout,
-        jnp.flip(w, axis=(2, 3)),
-        (1, 1),
-        exact if fits else ((hh - 1, hh - 1), (ww - 1, ww - 1)),
-        dimension_numbers=(layout, "IOHW", layout),
-    )
-    return dx if fits else _crop(dx, layout, pad, h, wd)
-
-
-def conv_dw_xla(dout, x, w_shape, stride: int, pad: int, layout: str = "NCHW"):
-    """dw as a convolution over the batch: x (batch ↔ channel roles swapped) against dout,
-    dilated by ``stride``: dw[f, c] = Σₙ x_pad[n, c] ⋆ dout[n, f]. Channels-last x is first
-    made channel-major by :func:`jcnn.native.to_channel_major` (what XLA would do, faster).
-
-    Args:
-        dout (jax.Array): upstream gradient ``(N, F, H', W')`` (``(N, H', W', F)`` for NHWC).
-        x (jax.Array): the forward's input ``(N, C, H, W)`` (``(N, H, W, C)`` for NHWC).
-        w_shape (tuple[int, ...]): the filters' shape ``(F, C, HH, WW)``.
-        stride: the forward's filter step.
-        pad: the forward's zero padding.
-        layout: ``'NCHW'`` or ``'NHWC'``, for dout and x.
-
-    Returns:
-        (jax.Array): dw ``(F, C, HH, WW)``.
-    """
-    if layout == "NHWC":
-        return _ONEDNN.conv_backward_weights(dout, x, w_shape, stride=stride, pad=pad)
-    return _dw_xla(dout, x, stride=stride, pad=pad, w_shape=w_shape, layout=layout)
-
-
-def _dw_xla(dout, x, *, stride: int, pad: int, w_shape, layout: str = "NHWC"):
-    hh, ww = w_shape[2:]
-    # x plays the batch ↔ channel-swapped role; dout's N is the kernel's in, its C the out.
-    rhs = layout.replace("N", "I").replace("C", "O")
-    if layout == "NHWC":
-        # XLA's CPU convolution wants x channel-major here; make it so ourselves, faster.
-        x, lhs = to_channel_major(x), "NHWC"
-    else:
-        lhs = layout.replace("N", "?").replace("C", "N").replace("?", "C")
-    dw = lax.conv_general_dilated(
-        x,
-        dout,
-        (1, 1),
-        ((pad, pad), (pad, pad)),
-        rhs_dilation=(stride, stride),
-        dimension_numbers=(lhs, rhs, "CNHW"),  # output laid out (F, C, HH, WW)
-    )
-    return dw[:, :, :hh, :ww]
-
-
-# Channels-last convolutions on oneDNN where it runs (XLA's above elsewhere), with derivative
-# rules: grad-of-grad and Hessian-vector products stay on oneDNN.
-_ONEDNN = onednn.Convolutions(_forward_xla, _dx_xla, _dw_xla)
-
-
-def conv_backward_xla(dout, cache: ConvCache):
-    """dx and dw as the two transposed convolutions, db as a sum.
-
-    ``dx`` by :func:`conv_dx_xla`, ``dw`` by :func:`conv_dw_xla`, ``db = Σ_{n,i,j} dout``.
-
-    Args:
-        dout (jax.Array): upstream gradient ``(N, F, H', W')`` (``(N, H', W', F)`` for NHWC).
-        cache: the :class:`ConvCache` from :func:`conv_forward_xla`.
-
-    Returns:
-        dx (jax.Array): shaped like x, ``(N, C, H, W)`` or ``(N, H, W, C)``.
-        dw (jax.Array): ``(F, C, HH, WW)``.
-        db (jax.Array): ``(F,)``.
-    """
-    x, w, stride, pad, layout = cache.x, cache.w, cache.stride, cache.pad, cache.layout
-    dx = conv_dx_xla(dout, w, x.shape, stride, pad, layout)
-    dw = conv_dw_xla(dout, x, w.shape, stride, pad, layout)
-    return dx, dw, _db(dout, layout)
+    return dx_pad[:, :, pad : pad + h, pad : pad + wd], dw, bias_gradient(dout)
 
 
 # ------------------------------------------------------------------------------ public API
 
+# The formulations, each a (forward, backward) pair; "auto" picks one of them per call.
 PAIRS = {
-    "naive": (conv_forward_naive, conv_backward_naive),
-    "im2col": (conv_forward_im2col, conv_backward_im2col),
+    "onednn": (conv_onednn.forward, conv_backward_onednn),  # checked in resolve_impl
     "xla": (conv_forward_xla, conv_backward_xla),
+    "im2col": (conv_forward_im2col, conv_backward_im2col),
+    "naive": (conv_forward_naive, conv_backward_naive),
 }
+IMPLS = ("auto", *PAIRS)
 _BOUND = {name: with_vjp(*pair) for name, pair in PAIRS.items()}
 
 
-def _layout_kwargs(impl: str, layout: str) -> dict:
+def resolve_impl(impl: str, x, layout: str = "NCHW") -> str:
+    """The formulation that ``impl`` names for input ``x`` in ``layout``.
+
+    ``'auto'`` is ``'onednn'`` for channels-last float32 and bfloat16 input (whose kernels
+    are XLA's same convolutions wherever oneDNN cannot run: no oneDNN, ``JCNN_ONEDNN=0``,
+    another backend, a program lowered for :mod:`jax.export`), else ``'xla'``.
+
+    Args:
+        impl: ``'auto'``, ``'onednn'``, ``'xla'``, ``'im2col'`` or ``'naive'``.
+        x (jax.Array): the input (its dtype decides ``'auto'``).
+        layout: ``'NCHW'`` or ``'NHWC'``.
+
+    Returns:
+        One of ``'onednn'``, ``'xla'``, ``'im2col'``, ``'naive'``.
+
+    Raises:
+        ValueError: naming ``impl`` if it is not one of :data:`IMPLS`; naming ``layout`` if
+            not ``'NCHW'``/``'NHWC'``, or ``'NHWC'`` with ``'im2col'`` or ``'naive'``.
+    """
+    check_choice("impl", impl, IMPLS)
     check_choice("layout", layout, LAYOUTS)
-    if layout == "NCHW":
-        return {}
-    if impl != "xla":
-        raise ValueError(f"layout={layout!r} needs impl='xla'; impl={impl!r} is NCHW only")
-    return {"layout": layout}
+    if impl == "auto":
+        return "onednn" if conv_onednn.runs(x, layout) else "xla"
+    if impl == "onednn":
+        conv_onednn.check_runs(x, layout)
+    if layout == "NHWC" and impl in ("im2col", "naive"):
+        raise ValueError(
+            f"layout={layout!r} needs impl='auto', 'xla' or 'onednn'; impl={impl!r} is NCHW only"
+        )
+    return impl
+
+
+def _layout_kwargs(impl: str, layout: str) -> dict:
+    return {"layout": layout} if impl == "xla" else {}
 
 
 def conv_forward(
-    x, w, b, *, stride: int = 1, pad: int = 0, impl: str = "xla", layout: str = "NCHW"
+    x, w, b, *, stride: int = 1, pad: int = 0, impl: str = "auto", layout: str = "NCHW"
 ):
     """cs231n-style pair half: ``(out, cache)`` with the chosen formulation.
 
@@ -527,8 +314,9 @@ def conv_forward(
         b (jax.Array): biases ``(F,)``, x's dtype.
         stride: step of the filter over the padded input, a positive int.
         pad: zero padding added on every side of H and W, a non-negative int.
-        impl: ``'naive'``, ``'im2col'`` or ``'xla'``.
-        layout: ``'NCHW'`` or ``'NHWC'`` (``impl='xla'`` only), for x and out.
+        impl: ``'auto'``, ``'onednn'``, ``'xla'``, ``'im2col'`` or ``'naive'``
+            (:func:`resolve_impl`).
+        layout: ``'NCHW'`` or ``'NHWC'`` (not with ``'im2col'``/``'naive'``), for x and out.
 
     Returns:
         (tuple[jax.Array, ConvCache]): ``(out, cache)``, with out
@@ -537,19 +325,19 @@ def conv_forward(
             with the same ``impl``.
 
     Raises:
-        ValueError: naming ``impl`` if not one of ``'naive'``, ``'im2col'``, ``'xla'``;
-            naming ``layout`` if not ``'NCHW'``/``'NHWC'``, or ``'NHWC'`` with an impl other
-            than ``'xla'``.
+        ValueError: naming ``impl`` if not one of :data:`IMPLS`, or ``'onednn'`` where
+            oneDNN cannot run x (naming why); naming ``layout`` if not ``'NCHW'``/``'NHWC'``,
+            or ``'NHWC'`` with ``'im2col'``/``'naive'``.
         ValueError: as :func:`check_conv_args`: x or w not rank 4, channels of x and w
             differ, b not ``(F,)``, x not floating or w, b not in x's dtype, w with an empty
             dimension, stride/pad not a positive/non-negative int, or a filter that does not
             fit or a stride that does not tile the padded input.
     """
-    check_choice("impl", impl, IMPLS)
+    impl = resolve_impl(impl, x, layout)
     return PAIRS[impl][0](x, w, b, stride=stride, pad=pad, **_layout_kwargs(impl, layout))
 
 
-def conv_backward(dout, cache: ConvCache, *, impl: str = "xla"):
+def conv_backward(dout, cache: ConvCache, *, impl: str = "auto"):
     """cs231n-style pair half: ``(dx, dw, db)`` with the chosen formulation.
 
     Backward: ``dx = Σ_f dout[f] ⋆ᵀ w[f]``, ``dw[f] = Σₙ dout[n, f] ⋆ x_pad[n]``,
@@ -558,7 +346,7 @@ def conv_backward(dout, cache: ConvCache, *, impl: str = "xla"):
     Args:
         dout (jax.Array): upstream gradient, shaped like out.
         cache: the :class:`ConvCache` from :func:`conv_forward` with the same ``impl``.
-        impl: ``'naive'``, ``'im2col'`` or ``'xla'``.
+        impl: as given to :func:`conv_forward`.
 
     Returns:
         dx (jax.Array): shaped like x.
@@ -566,9 +354,9 @@ def conv_backward(dout, cache: ConvCache, *, impl: str = "xla"):
         db (jax.Array): ``(F,)``.
 
     Raises:
-        ValueError: naming ``impl`` if not one of ``'naive'``, ``'im2col'``, ``'xla'``.
+        ValueError: naming ``impl`` if not one of :data:`IMPLS`.
     """
-    check_choice("impl", impl, IMPLS)
+    impl = resolve_impl(impl, cache.x, cache.layout)
     return PAIRS[impl][1](dout, cache)
 
 
@@ -579,15 +367,17 @@ def conv2d(
     *,
     stride: int = 1,
     pad: int = 0,
-    impl: str = "xla",
+    impl: str = "auto",
     layout: str = "NCHW",
 ) -> jax.Array:
     """Convolution with a hand-written VJP. x ``(N, C, H, W)``, w ``(F, C, HH, WW)``, b ``(F,)``.
 
-    ``impl``: ``'naive'`` (the definition), ``'im2col'`` (patches + one matmul) or ``'xla'``
-    (``lax.conv_general_dilated``; backward as the two transposed convolutions).
-    ``layout='NHWC'`` (``impl='xla'`` only) takes and returns channels-last activations, for
-    models that keep NHWC inside (faster on the CPU); w stays ``(F, C, HH, WW)``.
+    ``impl`` names what runs: ``'naive'`` (the definition), ``'im2col'`` (patches + one
+    matmul), ``'xla'`` (``lax.conv_general_dilated``; backward as the two transposed
+    convolutions), ``'onednn'`` (the same on oneDNN's primitives) or ``'auto'`` (oneDNN for
+    channels-last float32/bfloat16 where it is available, else XLA). ``layout='NHWC'`` takes
+    and returns channels-last activations, for models that keep NHWC inside (faster on the
+    CPU); w stays ``(F, C, HH, WW)``.
 
     Args:
         x: input images ``(N, C, H, W)`` (``layout='NCHW'``) or ``(N, H, W, C)``, floating.
@@ -595,23 +385,24 @@ def conv2d(
         b: biases ``(F,)``, x's dtype.
         stride: step of the filter over the padded input, a positive int.
         pad: zero padding added on every side of H and W, a non-negative int.
-        impl: the formulation, ``'naive'``, ``'im2col'`` or ``'xla'``.
-        layout: ``'NCHW'`` or ``'NHWC'`` (``impl='xla'`` only), for x and out.
+        impl: the formulation, ``'auto'`` (default), ``'onednn'``, ``'xla'``, ``'im2col'``
+            or ``'naive'`` (:func:`resolve_impl`).
+        layout: ``'NCHW'`` or ``'NHWC'`` (not with ``'im2col'``/``'naive'``), for x and out.
 
     Returns:
         ``(N, F, H', W')`` with ``H' = 1 + (H + 2·pad − HH) / stride``, likewise W'
             (``(N, H', W', F)`` for NHWC); the VJP is the impl's hand-written backward.
 
     Raises:
-        ValueError: naming ``impl`` if not one of ``'naive'``, ``'im2col'``, ``'xla'``;
-            naming ``layout`` if not ``'NCHW'``/``'NHWC'``, or ``'NHWC'`` with an impl other
-            than ``'xla'``.
+        ValueError: naming ``impl`` if not one of :data:`IMPLS`, or ``'onednn'`` where
+            oneDNN cannot run x (naming why); naming ``layout`` if not ``'NCHW'``/``'NHWC'``,
+            or ``'NHWC'`` with ``'im2col'``/``'naive'``.
         ValueError: as :func:`check_conv_args`: x or w not rank 4, channels of x and w
             differ, b not ``(F,)``, x not floating or w, b not in x's dtype, w with an empty
             dimension, stride/pad not a positive/non-negative int, or a filter that does not
             fit or a stride that does not tile the padded input.
     """
-    check_choice("impl", impl, IMPLS)
+    impl = resolve_impl(impl, x, layout)
     stride = positive_int("stride", stride)
     pad = nonnegative_int("pad", pad)
     return _BOUND[impl](x, w, b, stride=stride, pad=pad, **_layout_kwargs(impl, layout))

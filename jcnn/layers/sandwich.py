@@ -82,7 +82,7 @@ def affine_bn_relu(
 
 
 def conv_relu(
-    x, w, b, *, stride: int = 1, pad: int = 0, impl: str = "xla", layout: str = "NCHW"
+    x, w, b, *, stride: int = 1, pad: int = 0, impl: str = "auto", layout: str = "NCHW"
 ) -> jax.Array:
     """conv → relu.
 
@@ -93,17 +93,20 @@ def conv_relu(
         b (jax.Array): biases ``(F,)``, x's dtype.
         stride: step of the filter over the padded input, a positive int.
         pad: zero padding added on every side of H and W, a non-negative int.
-        impl: the convolution's formulation, ``'naive'``, ``'im2col'`` or ``'xla'``.
-        layout: ``'NCHW'`` or ``'NHWC'`` (channels-last, ``impl='xla'`` only) for x and out.
+        impl: the convolution's formulation, ``'auto'``, ``'onednn'``, ``'xla'``, ``'im2col'`` or
+            ``'naive'`` (:func:`jcnn.layers.conv.resolve_impl`).
+        layout: ``'NCHW'`` or ``'NHWC'`` (channels-last; not with
+            ``impl='im2col'``/``'naive'``) for x and out.
 
     Returns:
         ``relu(conv2d(x, w, b))``: ``(N, F, H', W')`` (``(N, H', W', F)`` for NHWC), with
             ``H' = 1 + (H + 2·pad − HH) / stride`` and likewise W'.
 
     Raises:
-        ValueError: naming ``impl`` if not ``'naive'``/``'im2col'``/``'xla'``; naming
-            ``layout`` if not ``'NCHW'``/``'NHWC'``, or ``'NHWC'`` with an impl other than
-            ``'xla'``; naming ``stride`` (``pad``) if not a positive (non-negative) int; naming
+        ValueError: naming ``impl`` if not a conv impl (or ``'onednn'`` where oneDNN cannot
+            run); naming ``layout`` if not ``'NCHW'``/``'NHWC'``, or ``'NHWC'`` with
+            ``'im2col'``/``'naive'``; naming ``stride`` (``pad``) if not a positive
+            (non-negative) int; naming
             ``x``, ``w`` or ``b`` on bad shapes or dtypes, and when the filter does not fit or
             the stride does not tile the padded input (see :func:`jcnn.layers.conv.conv2d`).
     """
@@ -120,7 +123,7 @@ def conv_relu_pool(
     pool_height: int = 2,
     pool_width: int = 2,
     pool_stride: int = 2,
-    impl: str = "xla",
+    impl: str = "auto",
     pool_impl: str = "fast",
     layout: str = "NCHW",
 ) -> jax.Array:
@@ -133,8 +136,10 @@ def conv_relu_pool(
         b (jax.Array): biases ``(F,)``, x's dtype.
         stride: step of the filter over the padded input, a positive int.
         pad: zero padding added on every side of H and W, a non-negative int.
-        impl: the convolution's formulation, ``'naive'``, ``'im2col'`` or ``'xla'``.
-        layout: ``'NCHW'`` or ``'NHWC'`` (channels-last, ``impl='xla'`` only) for x and out.
+        impl: the convolution's formulation, ``'auto'``, ``'onednn'``, ``'xla'``, ``'im2col'`` or
+            ``'naive'`` (:func:`jcnn.layers.conv.resolve_impl`).
+        layout: ``'NCHW'`` or ``'NHWC'`` (channels-last; not with
+            ``impl='im2col'``/``'naive'``) for x and out.
         pool_height: height of the pooling window, a positive int.
         pool_width: width of the pooling window, a positive int.
         pool_stride: step of the pooling window, a positive int.
@@ -146,9 +151,10 @@ def conv_relu_pool(
             likewise W''.
 
     Raises:
-        ValueError: naming ``impl`` if not ``'naive'``/``'im2col'``/``'xla'``; naming
-            ``layout`` if not ``'NCHW'``/``'NHWC'``, or ``'NHWC'`` with an impl other than
-            ``'xla'``; naming ``stride`` (``pad``) if not a positive (non-negative) int; naming
+        ValueError: naming ``impl`` if not a conv impl (or ``'onednn'`` where oneDNN cannot
+            run); naming ``layout`` if not ``'NCHW'``/``'NHWC'``, or ``'NHWC'`` with
+            ``'im2col'``/``'naive'``; naming ``stride`` (``pad``) if not a positive
+            (non-negative) int; naming
             ``x``, ``w`` or ``b`` on bad shapes or dtypes, and when the filter does not fit or
             the stride does not tile the padded input (see :func:`jcnn.layers.conv.conv2d`).
         ValueError: from the pooling (:func:`jcnn.layers.pool.max_pool2d`): naming ``impl`` if
@@ -182,7 +188,7 @@ def conv_bn_relu(
     pad: int = 0,
     momentum: float = 0.9,
     eps: float = 1e-5,
-    impl: str = "xla",
+    impl: str = "auto",
     layout: str = "NCHW",
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
     """conv → spatial batchnorm → relu; returns ``(out, new_running_mean, new_running_var)``.
@@ -205,8 +211,10 @@ def conv_bn_relu(
             False to use the running statistics.
         stride: step of the filter over the padded input, a positive int.
         pad: zero padding added on every side of H and W, a non-negative int.
-        impl: the convolution's formulation, ``'naive'``, ``'im2col'`` or ``'xla'``.
-        layout: ``'NCHW'`` or ``'NHWC'`` (channels-last, ``impl='xla'`` only) for x and out.
+        impl: the convolution's formulation, ``'auto'``, ``'onednn'``, ``'xla'``, ``'im2col'`` or
+            ``'naive'`` (:func:`jcnn.layers.conv.resolve_impl`).
+        layout: ``'NCHW'`` or ``'NHWC'`` (channels-last; not with
+            ``impl='im2col'``/``'naive'``) for x and out.
         momentum: weight ``m`` of the old running statistics in their update, in [0, 1].
         eps: added to the variance before the square root, > 0.
 
@@ -216,9 +224,10 @@ def conv_bn_relu(
         new_running_var: ``(F,)``, likewise.
 
     Raises:
-        ValueError: naming ``impl`` if not ``'naive'``/``'im2col'``/``'xla'``; naming
-            ``layout`` if not ``'NCHW'``/``'NHWC'``, or ``'NHWC'`` with an impl other than
-            ``'xla'``; naming ``stride`` (``pad``) if not a positive (non-negative) int; naming
+        ValueError: naming ``impl`` if not a conv impl (or ``'onednn'`` where oneDNN cannot
+            run); naming ``layout`` if not ``'NCHW'``/``'NHWC'``, or ``'NHWC'`` with
+            ``'im2col'``/``'naive'``; naming ``stride`` (``pad``) if not a positive
+            (non-negative) int; naming
             ``x``, ``w`` or ``b`` on bad shapes or dtypes, and when the filter does not fit or
             the stride does not tile the padded input (see :func:`jcnn.layers.conv.conv2d`).
         ValueError: naming ``gamma``, ``beta``, ``running_mean`` or ``running_var``

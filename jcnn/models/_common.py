@@ -13,37 +13,46 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from types import ModuleType
-from typing import Any
+from typing import Any, ClassVar
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from jcnn._validate import choice, positive_int
+from jcnn.layers.conv import IMPLS as CONV_IMPLS  # noqa: F401 - the models check their field against it
 from jcnn.parallel import cast_floating, resolve_compute_dtype
 
 LAYERS = ("jcnn", "reference")
-CONV_IMPLS = ("naive", "im2col", "xla")
 POOL_IMPLS = ("naive", "fast")
 LAYOUTS = ("auto", "NCHW", "NHWC")
+# The fields that choose which code computes a model, not what it computes: a checkpoint made
+# with one choice resumes with any other (the Solver does not compare them).
+IMPLEMENTATION_FIELDS = ("layers", "conv_impl", "pool_impl", "layout")
 
 
 def resolve_layout(layout: str, conv_impl: str, pool_impl: str) -> str:
     """The activation layout a conv model uses inside (its input and weights stay NCHW/OIHW).
 
-    ``'auto'`` is NHWC whenever the chosen impls support it (``conv_impl='xla'``,
-    ``pool_impl='fast'``): XLA's CPU convolutions are channels-last, so NCHW activations
-    cost a transpose around every layer (see docs/performance.md). An explicit ``'NHWC'``
-    with an NCHW-only impl is a ValueError.
+    ``'auto'`` is NHWC whenever the chosen impls support it (``conv_impl`` ``'auto'``,
+    ``'onednn'`` or ``'xla'``, ``pool_impl='fast'``): oneDNN's and XLA's CPU convolutions are
+    channels-last, so NCHW activations cost a transpose around every layer (see
+    docs/performance.md). An explicit ``'NHWC'`` with an NCHW-only impl, and
+    ``conv_impl='onednn'`` (channels-last only) with NCHW, are ValueErrors.
     """
     choice("layout", layout, LAYOUTS)
-    nhwc_ok = conv_impl == "xla" and pool_impl == "fast"
+    nhwc_ok = conv_impl in ("auto", "onednn", "xla") and pool_impl == "fast"
     if layout == "auto":
-        return "NHWC" if nhwc_ok else "NCHW"
+        layout = "NHWC" if nhwc_ok else "NCHW"
     if layout == "NHWC" and not nhwc_ok:
         raise ValueError(
-            f"layout='NHWC' needs conv_impl='xla' and pool_impl='fast', "
+            f"layout='NHWC' needs conv_impl 'auto', 'onednn' or 'xla' and pool_impl='fast', "
             f"got conv_impl={conv_impl!r}, pool_impl={pool_impl!r}"
+        )
+    if layout == "NCHW" and conv_impl == "onednn":
+        raise ValueError(
+            "conv_impl='onednn' runs channels-last activations: it needs pool_impl='fast' and "
+            f"layout 'auto' or 'NHWC', got pool_impl={pool_impl!r}, layout={layout!r}"
         )
     return layout
 
@@ -243,6 +252,8 @@ class Model:
     ``apply(params, state, X, *, train=False, key=None) -> (scores, new_state)``.
     """
 
+    # Fields that choose the code, not the function (a checkpoint resumes across them).
+    IMPLEMENTATION_FIELDS: ClassVar[tuple[str, ...]] = IMPLEMENTATION_FIELDS
     layers: str
     reg: float
     label_smoothing: float

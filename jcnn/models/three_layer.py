@@ -37,7 +37,7 @@ class ThreeLayerConvNet(C.Model):
     reg: float = 0.0
     dtype: Any = jnp.float32
     layers: str = "jcnn"
-    conv_impl: str = "xla"
+    conv_impl: str = "auto"
     pool_impl: str = "fast"
     layout: str = "auto"
 

@@ -49,7 +49,7 @@ class VGGNet(C.Model):
     dropout: float = 0.0
     dtype: Any = jnp.float32
     layers: str = "jcnn"
-    conv_impl: str = "xla"
+    conv_impl: str = "auto"
     pool_impl: str = "fast"
     layout: str = "auto"
     bn_momentum: float = 0.9

@@ -141,9 +141,9 @@ def test_conv_nhwc_layout_vjp_and_forward_match_nchw(xs, ws, stride, pad):
     )
 
 
-def test_conv_nhwc_needs_xla_impl_and_checks_channels():
+def test_conv_nhwc_needs_a_channels_last_impl_and_checks_channels():
     x, w, b = jnp.zeros((1, 5, 5, 3)), jnp.zeros((2, 3, 3, 3)), jnp.zeros(2)
-    with pytest.raises(ValueError, match="needs impl='xla'"):
+    with pytest.raises(ValueError, match="needs impl='auto', 'xla' or 'onednn'"):
         L.conv2d(x, w, b, impl="im2col", layout="NHWC")
     with pytest.raises(ValueError, match="layout must be one of"):
         L.conv2d(x, w, b, layout="HWCN")

@@ -49,7 +49,11 @@ def test_auto_layout_is_nhwc_only_where_the_impls_support_it():
     assert VGGNet(**VGG).layout == "NHWC"
     assert VGGNet(**VGG, conv_impl="im2col").layout == "NCHW"
     assert ThreeLayerConvNet(**THREE, pool_impl="naive").layout == "NCHW"
-    with pytest.raises(ValueError, match="layout='NHWC' needs conv_impl='xla'"):
+    assert VGGNet(**VGG, conv_impl="xla").layout == "NHWC"
+    assert VGGNet(**VGG, conv_impl="onednn").layout == "NHWC"
+    with pytest.raises(ValueError, match="layout='NHWC' needs conv_impl 'auto', 'onednn' or"):
         VGGNet(**VGG, conv_impl="naive", layout="NHWC")
+    with pytest.raises(ValueError, match="conv_impl='onednn' runs channels-last"):
+        VGGNet(**VGG, conv_impl="onednn", pool_impl="naive")
     with pytest.raises(ValueError, match="layout must be one of"):
         ThreeLayerConvNet(**THREE, layout="CHWN")
