@@ -26,7 +26,7 @@ install-test: $(BIN)/python
 # else ~/.cache/jcnn, where the official archive is downloaded and checked if missing).
 # Running it again resumes the run in runs/vgg_seed from its last checkpoint.
 run: install
-	$(BIN)/python -m experiments.vgg_cifar --flagfile=experiments/configs/vgg_seed.cfg --workdir=runs/vgg_seed $(if $(DATA_DIR),--data_dir=$(DATA_DIR))
+	JCNN_MAKE_RUN=1 $(BIN)/python -m experiments.vgg_cifar --flagfile=experiments/configs/vgg_seed.cfg --workdir=runs/vgg_seed $(if $(DATA_DIR),--data_dir=$(DATA_DIR))
 
 lint: install-test
 	$(BIN)/ruff check .

@@ -2,7 +2,8 @@
 
 Every failure a user can cause or meet (bad flags or flagfiles, a workdir or data folder that
 cannot be used, a full disk, an unreachable coordinator, bad data, a non-finite loss) ends
-with one line ``FATAL <cause>: <what to do>`` and exit status 1, no traceback. A run stopped
+with one line ``FATAL <cause>: <what to do>`` (at most 200 characters; a longer message
+goes on in an indented second line) and exit status 1, no traceback. A run stopped
 by Ctrl-C or SIGTERM (:func:`stop_on_signals`) ends with one line saying where it was saved
 and exit status 130 or 143. Set
 ``JCNN_DEBUG=1`` in the environment to see the traceback too. Anything else (a bug) keeps
@@ -40,11 +41,41 @@ _OS_ADVICE = {
 DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 
 
+# The longest first line of a failure; what does not fit follows on an indented line.
+FIRST_LINE_MAX = 200
+# Set by `make run` (the Makefile): a message about --data_dir names what the user typed.
+MAKE_RUN_ENV = "JCNN_MAKE_RUN"
+
+
+def shorten(line: str, limit: int = FIRST_LINE_MAX) -> str:
+    """``line`` as a first line of at most ``limit`` characters (cut after the last ``'; '``,
+    ``'. '`` or ``': '`` that fits, else the last space) and, if it was longer, the rest on a
+    second line indented by two spaces."""
+    if len(line) <= limit:
+        return line
+    cut = max(line.rfind(sep, 0, limit - 1) for sep in ("; ", ". ", ": "))
+    if cut < limit // 3:
+        cut = line.rfind(" ", 0, limit)
+    if cut <= 0:
+        return line
+    return line[: cut + 1].rstrip() + "\n  " + line[cut + 1 :].lstrip()
+
+
+def _as_typed(message: str) -> str:
+    """Inside ``make run``, ``--data_dir`` is ``DATA_DIR``: say so in its words."""
+    if not os.environ.get(MAKE_RUN_ENV):
+        return message
+    message = message.replace("(--data_dir)", "(make run DATA_DIR=...)")
+    return message.replace("--data_dir=", "make run DATA_DIR=")
+
+
 class UsageFailure(SystemExit):
-    """Stops the app with one line on stderr and exit status 1."""
+    """Stops the app with one line on stderr (at most :data:`FIRST_LINE_MAX` characters;
+    the rest of a longer message on an indented second line) and exit status 1."""
 
     def __init__(self, message: str):
-        super().__init__("FATAL " + " ".join(str(message).split()))
+        line = "FATAL " + " ".join(_as_typed(str(message)).split())
+        super().__init__(shorten(line))
 
 
 # Exit statuses of a run stopped by a signal: 128 + its number, as a shell reports it.

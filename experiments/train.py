@@ -149,13 +149,14 @@ def start_processes(config: Mapping[str, Any]) -> None:
     pid, timeout = config.get("process_id"), int(config.get("coordinator_timeout") or 300)
 
     def give_up() -> None:  # JAX's own timeout aborts the process with a C++ stack trace
-        sys.stderr.write(
-            f"FATAL could not start process {pid} of {n}: not every process connected to "
+        message = errors.UsageFailure(
+            f"could not start process {pid} of {n}: not every process connected to "
             f"the coordinator at {address} (--coordinator_address) within {timeout} s "
             "(--coordinator_timeout): start process 0 there with the same "
             "--coordinator_address and --num_processes, start every process, and check that "
-            "the address is reachable from this host\n"
-        )
+            "the address is reachable from this host"
+        ).code
+        sys.stderr.write(f"{message}\n")
         sys.stderr.flush()
         os._exit(1)
 
@@ -252,11 +253,22 @@ def make_solver(
         raise UsageFailure(f"invalid training flags: {e}") from e
 
 
+def recipe_names(argv: Sequence[str]) -> list[str]:
+    """The flagfiles on a command line, by name (``vgg_seed.cfg``), in order."""
+    names, it = [], iter(argv)
+    for arg in it:
+        if arg.startswith("--flagfile="):
+            names.append(Path(arg.split("=", 1)[1]).name)
+        elif arg == "--flagfile":
+            names.append(Path(next(it, "")).name)
+    return [n for n in names if n]
+
+
 def describe_run(
     app_name: str, model: Any, solver: Any, data: Mapping[str, Any], mesh: Any, workdir: Path
 ) -> str:
-    """The line an app prints before training: model, data, schedule, devices (the CPU's
-    model and jcnn's compiled kernels on a CPU), workdir."""
+    """The line an app prints before training: app and recipe (its flagfiles), model, data,
+    schedule, devices (the CPU's model and jcnn's compiled kernels on a CPU), workdir."""
     dev = rundir.describe_device(mesh)
     procs = f" in {dev['process_count']} processes" if dev["process_count"] > 1 else ""
     where = f"{dev['platform']} ({dev['device_kind']})"
@@ -269,8 +281,11 @@ def describe_run(
         ]
         kernels = " and ".join(built) + " kernels" if built else "XLA only"
         where = f"cpu ({cpu_model() or 'unknown model'}, {os.cpu_count()} cores; {kernels})"
+    recipes = recipe_names(sys.argv[1:])
+    recipe = f" ({', '.join(recipes)})" if recipes else ""
     return (
-        f"{app_name}: {type(model).__name__}, {rundir.num_params(solver.params):,} parameters; "
+        f"{app_name}{recipe}: {type(model).__name__}, {rundir.num_params(solver.params):,} "
+        "parameters; "
         f"{solver.num_train} train / {len(data['y_val'])} val images; "
         f"{solver.num_epochs} epochs x {solver.iterations_per_epoch} iterations of "
         f"{solver.batch_size}; {where} x {dev['mesh_devices']}{procs}; writing to {workdir}"

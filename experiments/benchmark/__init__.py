@@ -32,8 +32,8 @@ Implementations (``--impls``):
 * ``torch``: the same network in PyTorch eager (:mod:`experiments.torch_models`), when torch is
   importable (``pip install torch``; it is not a jcnn dependency);
 * ``torch_compile`` (not in the default list): the torch step with ``torch.compile`` on the loss;
-* ``jcnn_xla`` (not in the default list): ``jcnn`` with its compiled CPU kernels turned off
-  (``JCNN_NATIVE=0`` in that worker; see :mod:`jcnn.native`), so ``jcnn/jcnn_xla`` is what
+* ``jcnn_no_native`` (not in the default list): ``jcnn`` with its compiled CPU kernels turned off
+  (``JCNN_NATIVE=0`` in that worker; see :mod:`jcnn.native`), so ``jcnn/jcnn_no_native`` is what
   the kernels bring, measured side by side;
 * ``jcnn_no_onednn`` (not in the default list): ``jcnn`` with only its oneDNN convolutions
   turned off (``JCNN_ONEDNN=0``; :mod:`jcnn.native.onednn`): XLA's convolutions, jcnn's

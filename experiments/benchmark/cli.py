@@ -17,6 +17,7 @@ from experiments.benchmark.options import (
     IMPLS,
     MODELS,
     OPTIMIZERS,
+    RENAMED,
     RESULT_PREFIX,
     TORCH_IMPLS,
     apply_tiny,
@@ -48,7 +49,9 @@ def worker_main() -> int:
 def selected_impls(log=_stderr) -> tuple[list[str], list[str]]:
     """``--impls`` checked (an unknown name stops the app), then ``(impls, skipped)``: the
     torch ones are skipped when torch is not importable."""
-    impls = list(FLAGS.impls)
+    impls = [RENAMED.get(i, i) for i in FLAGS.impls]
+    for old in set(FLAGS.impls) & set(RENAMED):
+        log(f"--impls: {old!r} is now called {RENAMED[old]!r}; the old name will go")
     for i in impls:
         if i not in IMPLS:
             raise app.UsageError(f"unknown impl {i!r}; expected one of {IMPLS}")
@@ -133,6 +136,7 @@ def parent_main() -> int:
         "order": FLAGS.order,
         "seed": FLAGS.seed,
         "learning_rate": FLAGS.learning_rate,
+        "huge_pages": FLAGS.huge_pages,
     }
     print(report.format_header(meta))
     print()

@@ -25,16 +25,18 @@ OPTIMIZERS = {
     "vgg": "Adam",
     "airbench": f"SGD, Nesterov momentum {AIRBENCH.training['momentum']}",
 }
-# jcnn_xla: jcnn with its compiled CPU kernels turned off (JCNN_NATIVE=0): XLA's code instead.
+# jcnn_no_native: jcnn with every compiled CPU kernel turned off (JCNN_NATIVE=0): XLA's code.
 # jcnn_no_onednn: jcnn with only its oneDNN convolutions turned off (JCNN_ONEDNN=0).
 # *_bf16: the network computed in bfloat16 (jcnn: compute_dtype through
 # jcnn.parallel.mixed_precision_loss; torch: torch.autocast('cpu', torch.bfloat16)).
-JAX_IMPLS = ("jcnn", "reference", "solver", "jcnn_xla", "jcnn_no_onednn", "jcnn_bf16")
+JAX_IMPLS = ("jcnn", "reference", "solver", "jcnn_no_native", "jcnn_no_onednn", "jcnn_bf16")
 TORCH_IMPLS = ("torch", "torch_compile", "torch_bf16")
 BF16_IMPLS = ("jcnn_bf16", "torch_bf16")
 # The worker environment of the impls that turn kernels off.
-IMPL_ENV = {"jcnn_xla": {"JCNN_NATIVE": "0"}, "jcnn_no_onednn": {"JCNN_ONEDNN": "0"}}
+IMPL_ENV = {"jcnn_no_native": {"JCNN_NATIVE": "0"}, "jcnn_no_onednn": {"JCNN_ONEDNN": "0"}}
 IMPLS = JAX_IMPLS + TORCH_IMPLS
+# Old impl names still accepted (with a warning), and what they are now called.
+RENAMED = {"jcnn_xla": "jcnn_no_native"}
 # (a, b): report throughput(a) / throughput(b) when both were run.
 RATIO_PAIRS = (
     ("jcnn", "torch"),
@@ -43,7 +45,7 @@ RATIO_PAIRS = (
     ("jcnn", "torch_compile"),
     ("torch_compile", "torch"),
     ("solver", "jcnn"),
-    ("jcnn", "jcnn_xla"),
+    ("jcnn", "jcnn_no_native"),
     ("jcnn", "jcnn_no_onednn"),
     ("jcnn_bf16", "torch_bf16"),
     ("jcnn_bf16", "jcnn"),
@@ -151,6 +153,14 @@ flags.DEFINE_integer(
 flags.DEFINE_bool("solver_augment", False, "solver impl: random crops + flips in the step.")
 flags.DEFINE_string("conv_impl", None, "jcnn models: conv_impl (default: the model's).")
 flags.DEFINE_string("pool_impl", None, "jcnn models: pool_impl (default: the model's).")
+flags.DEFINE_enum(
+    "huge_pages",
+    "jcnn",
+    ["jcnn", "all", "none"],
+    "Which workers back their heap with huge pages (jcnn.cpu.tune()): jcnn (jcnn's only, as "
+    "jcnn's training apps do), all (PyTorch's too: both sides under the same memory setting), "
+    "none. Each record says whether its worker had them.",
+)
 flags.DEFINE_integer("torch_threads", 0, "torch.set_num_threads (0: torch's default).")
 flags.DEFINE_string("torch_device", "auto", "torch device: auto (cuda if available), cpu, cuda.")
 # Worker mode: internal, used by the parent to run one (model, batch, impl) in a fresh process.
@@ -184,6 +194,7 @@ FORWARDED = (
     "pool_impl",
     "torch_threads",
     "torch_device",
+    "huge_pages",
 )
 
 

@@ -160,4 +160,13 @@ def format_header(meta: dict) -> str:
         f"one step = {step}; {meta['rounds']} rounds x "
         f"{meta['repeats']} timed steps (+{meta['warmup']} warm-up) per worker"
     )
+    pages = meta.get("huge_pages", "jcnn")
+    parts.append(
+        {
+            "jcnn": "heap on huge pages (jcnn.cpu.tune()) in jcnn's workers only, as jcnn's "
+            "training apps run; --huge_pages=all gives PyTorch's workers the same",
+            "all": "heap on huge pages (jcnn.cpu.tune()) in every worker, PyTorch's included",
+            "none": "no worker's heap on huge pages (jcnn.cpu.tune() not called)",
+        }[pages]
+    )
     return "\n".join(f"- {p}" for p in parts)

@@ -42,7 +42,7 @@ def worker_command(model: str, impl: str, batch_size: int, round_: int) -> list[
 
 def _worker_env(impl: str) -> dict:
     """The parent's environment, with the project root importable (for ``-m experiments``);
-    ``jcnn_xla`` workers also get ``JCNN_NATIVE=0``, ``jcnn_no_onednn`` ``JCNN_ONEDNN=0``."""
+    ``jcnn_no_native`` workers also get ``JCNN_NATIVE=0``, ``jcnn_no_onednn`` ``JCNN_ONEDNN=0``."""
     env = dict(os.environ)
     env.update(IMPL_ENV.get(impl, {}))
     root = str(Path(__file__).resolve().parents[2])

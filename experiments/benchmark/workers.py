@@ -347,9 +347,10 @@ def run_torch_worker(model: str, impl: str, batch_size: int) -> dict:
 
 def run_worker(model: str, impl: str, batch_size: int) -> dict:
     """Time ``repeats`` steps of one (model, impl, batch size) in this process."""
-    if impl in JAX_IMPLS:  # jcnn's workers tune their process, as a training program does
-        import jcnn.cpu
+    import jcnn.cpu
 
+    setting = FLAGS.huge_pages  # jcnn's workers tune their process, as its training apps do
+    if setting == "all" or (setting == "jcnn" and impl in JAX_IMPLS):
         jcnn.cpu.tune()
     if impl == "solver":
         result = run_solver_worker(model, batch_size)
@@ -373,6 +374,7 @@ def run_worker(model: str, impl: str, batch_size: int) -> dict:
         "median_s": statistics.median(steps) if steps else None,
         "cpu_count": os.cpu_count(),
         "pid": os.getpid(),
+        "huge_pages": jcnn.cpu.status(),
         **result,
         "loss_finite": math.isfinite(result["first_loss"]) and math.isfinite(result["last_loss"]),
     }

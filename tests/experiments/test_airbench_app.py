@@ -13,6 +13,7 @@ import pytest
 from absl import flags
 
 from experiments import airbench_cifar, train
+from tests.experiments.util import fatal_message
 
 TINY = [
     "--flagfile=experiments/configs/airbench94.cfg", "--num_train=40", "--num_val=0",
@@ -135,8 +136,7 @@ def test_flips_flag_chooses_alternating_or_random_flips_both_with_reflect_transl
 def test_fewer_training_images_than_one_batch_stop_in_one_line(fake_cifar_dir, tmp_path):
     with pytest.raises(train.UsageFailure) as info:
         _run(tmp_path / "run", fake_cifar_dir, "--batch_size=64")  # 40 training images
-    message = str(info.value.code)
-    assert "\n" not in message
+    message = fatal_message(str(info.value.code))
     assert "batch_size=64 is larger than the 40 training images" in message
     assert not (tmp_path / "run" / "checkpoints").exists() or not any(
         (tmp_path / "run" / "checkpoints").iterdir()

@@ -13,9 +13,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from experiments import three_layer_cifar
+from experiments import errors, three_layer_cifar
 from tests.experiments.test_apps import TINY_THREE, run_in_process
-from tests.experiments.util import PYTHON, ROOT, subprocess_env
+from tests.experiments.util import PYTHON, ROOT, fatal_message, fatal_messages, subprocess_env
 
 ARGS = (*TINY_THREE, "--num_epochs=2", "--checkpoint_every=3", "--noplot_every_epoch")
 
@@ -25,9 +25,7 @@ def run(workdir: Path, data_dir: Path, *args: str) -> dict:
 
 
 def fatal_line(info: pytest.ExceptionInfo) -> str:
-    message = str(info.value.code)
-    assert message.startswith("FATAL ") and "\n" not in message, message
-    return message
+    return fatal_message(str(info.value.code))
 
 
 def run_cli(*args: str, **env: str) -> tuple[int, str]:
@@ -39,7 +37,7 @@ def run_cli(*args: str, **env: str) -> tuple[int, str]:
 
 
 def the_fatal_line(stderr: str) -> str:
-    errors = [line for line in stderr.splitlines() if line.startswith("FATAL")]
+    errors = fatal_messages(stderr)
     assert len(errors) == 1, stderr
     return errors[0]
 
@@ -220,3 +218,17 @@ def test_an_app_without_data_starts_without_backend_noise(tmp_path):
     rc, stderr = run_cli(f"--workdir={tmp_path / 'run'}", f"--data_dir={tmp_path / 'no_data'}")
     assert rc == 1 and "could not load CIFAR-10" in the_fatal_line(stderr)
     assert "Unable to initialize backend" not in stderr  # JAX's probe of absent accelerators
+
+
+def test_a_long_failure_keeps_its_first_line_short_and_speaks_of_make_runs_data_dir(monkeypatch):
+    cause = "could not load CIFAR-10 from /data (--data_dir): "
+    long = errors.UsageFailure(cause + "it is not there and the download failed. " * 8).code
+    first, rest = str(long).split("\n")
+    assert first == "FATAL could not load CIFAR-10 from /data (--data_dir): it is not there and " \
+        "the download failed. it is not there and the download failed. it is not there and the " \
+        "download failed."  # fmt: skip
+    assert len(first) <= errors.FIRST_LINE_MAX and rest.startswith("  it is not there")
+    assert errors.UsageFailure("a short one: fix it").code == "FATAL a short one: fix it"
+    monkeypatch.setenv(errors.MAKE_RUN_ENV, "1")  # set by `make run`
+    first = str(errors.UsageFailure(cause + "not there").code)
+    assert first == "FATAL could not load CIFAR-10 from /data (make run DATA_DIR=...): not there"

@@ -126,6 +126,9 @@ def test_vgg_cifar_cli_with_a_flagfile(tmp_path, fake_cifar_dir):
         capture_output=True, text=True, timeout=240, cwd=ROOT, env=subprocess_env(),
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
+    header = next(line for line in proc.stdout.splitlines() if line.startswith("vgg_cifar"))
+    assert header.startswith("vgg_cifar (tiny.cfg): VGGNet, "), header  # app, recipe, model
+    assert "cpu (" in header and f"writing to {workdir}" in header
     assert "(Iteration 1 / 5) loss:" in proc.stdout
     assert "(Epoch 1 / 1) train acc:" in proc.stdout
     summary = check_workdir(

@@ -67,6 +67,7 @@ def test_end_to_end_tiny(tmp_path):
         ]
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "heap on huge pages (jcnn.cpu.tune()) in jcnn's workers only" in proc.stdout
 
     # Markdown: header lines, the step table with one row per impl, and the ratio table.
     assert (
@@ -106,6 +107,17 @@ def test_end_to_end_tiny(tmp_path):
     assert "jcnn/reference" in pairs and len(pairs["jcnn/reference"]["per_round"]) == 1
 
 
+@pytest.mark.parametrize("setting, tuned", [("all", True), ("none", False)])
+def test_huge_pages_is_one_setting_for_every_worker(setting, tuned):
+    """--huge_pages=all tunes every worker's heap (PyTorch's too), none no worker's; the
+    record says what the worker had."""
+    proc = _run(["--worker", "--tiny", "--models=three_layer", "--impls=jcnn", "--repeats=1",
+                 "--warmup=0", f"--huge_pages={setting}"])  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    line = next(ln for ln in proc.stdout.splitlines() if ln.startswith(RESULT_PREFIX))
+    assert (json.loads(line[len(RESULT_PREFIX) :])["huge_pages"] != "not called") == tuned
+
+
 def test_worker_vgg_tiny():
     """A worker times one (model, impl, batch) and prints one JSON line."""
     proc = _run(["--worker", "--tiny", "--models=vgg", "--impls=jcnn", "--repeats=2", "--warmup=1"])
@@ -114,6 +126,7 @@ def test_worker_vgg_tiny():
     assert len(lines) == 1
     rec = json.loads(lines[0][len(RESULT_PREFIX) :])
     _check_record(rec, model="vgg", impl="jcnn", repeats=2)
+    assert rec["huge_pages"] != "not called"  # jcnn's workers tune their heap by default
     kwargs = rec["platform"]["model_kwargs"]
     assert kwargs["num_filters"] == [4, 4] and kwargs["dropout"] == 0.2
     assert kwargs["layers"] == "jcnn"
@@ -158,21 +171,23 @@ def test_jvp_step_times_forward_mode_on_the_twin_and_refuses_jcnns_layers(tmp_pa
 
 
 def test_jcnn_xla_is_jcnn_with_the_compiled_kernel_off(tmp_path):
-    """``jcnn_xla`` workers run the same jcnn model with JCNN_NATIVE=0, beside ``jcnn``."""
+    """``jcnn_no_native`` workers run the same jcnn model with JCNN_NATIVE=0, beside ``jcnn``."""
     out = tmp_path / "bench.json"
     proc = _run(
-        ["--tiny", "--models=vgg", "--impls=jcnn,jcnn_xla", "--rounds=1", "--repeats=2",
+        ["--tiny", "--models=vgg", "--impls=jcnn,jcnn_no_native", "--rounds=1", "--repeats=2",
          "--warmup=0", "--quiet_max_wait=0", f"--json_out={out}"]
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "| vgg | 4 | jcnn/jcnn_xla |" in proc.stdout
+    assert "| vgg | 4 | jcnn/jcnn_no_native |" in proc.stdout
     data = json.loads(out.read_text())
     runs = {r["impl"]: r for r in data["runs"]}
-    assert runs["jcnn_xla"]["platform"]["model_kwargs"]["layers"] == "jcnn"
-    assert runs["jcnn_xla"]["platform"]["jcnn_native"] == "opted-out"
+    assert runs["jcnn_no_native"]["platform"]["model_kwargs"]["layers"] == "jcnn"
+    assert runs["jcnn_no_native"]["platform"]["jcnn_native"] == "opted-out"
     assert runs["jcnn"]["platform"]["jcnn_native"] in ("loaded", "no-compiler")
     # The same model from the same key on the same data: the same first loss.
-    assert runs["jcnn"]["first_loss"] == pytest.approx(runs["jcnn_xla"]["first_loss"], rel=1e-6)
+    assert runs["jcnn"]["first_loss"] == pytest.approx(
+        runs["jcnn_no_native"]["first_loss"], rel=1e-6
+    )
 
 
 def test_bf16_impls_compute_in_bfloat16_and_no_onednn_turns_only_the_convolutions_off(tmp_path):
@@ -397,7 +412,7 @@ def test_torch_vgg_has_the_seed_layers():
 
 def test_airbench_end_to_end_tiny(tmp_path):
     """airbench beside the jcnn impls (and torch): one worker each, the table and the JSON."""
-    impls = ["jcnn", "reference", "jcnn_xla"] + (["torch"] if HAVE_TORCH else [])
+    impls = ["jcnn", "reference", "jcnn_no_native"] + (["torch"] if HAVE_TORCH else [])
     out = tmp_path / "bench.json"
     proc = _run(
         ["--tiny", "--models=airbench", f"--impls={','.join(impls)}", "--rounds=1",
@@ -426,9 +441,9 @@ def test_airbench_end_to_end_tiny(tmp_path):
     kwargs = runs["jcnn"]["platform"]["model_kwargs"]
     assert kwargs["layers"] == "jcnn" and kwargs["widths"] == [4, 8, 8]
     assert runs["reference"]["platform"]["model_kwargs"]["layers"] == "reference"
-    assert runs["jcnn_xla"]["platform"]["jcnn_native"] == "opted-out"
+    assert runs["jcnn_no_native"]["platform"]["jcnn_native"] == "opted-out"
     # Same init key, same data: the three JAX impls start from one loss.
-    for impl in ("reference", "jcnn_xla"):
+    for impl in ("reference", "jcnn_no_native"):
         np.testing.assert_allclose(runs[impl]["first_loss"], runs["jcnn"]["first_loss"], 1e-4)
 
 

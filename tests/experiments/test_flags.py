@@ -14,7 +14,7 @@ from absl import flags
 
 from experiments import airbench_cifar, rundir, three_layer_cifar, train, train_flags, vgg_cifar
 from jcnn.models import ThreeLayerConvNet, VGGNet
-from tests.experiments.util import PYTHON, ROOT, subprocess_env, write_fake_cifar
+from tests.experiments.util import PYTHON, ROOT, fatal_messages, subprocess_env, write_fake_cifar
 
 CONFIGS = ROOT / "experiments" / "configs"
 APPS = {"vgg": vgg_cifar, "three_layer": three_layer_cifar}
@@ -246,7 +246,7 @@ def test_cli_stops_with_one_line_before_loading_data(tmp_path, module, args, fla
         capture_output=True, text=True, timeout=120, cwd=ROOT, env=subprocess_env(),
     )  # fmt: skip
     assert proc.returncode == 1
-    errors = [line for line in proc.stderr.splitlines() if line.startswith("FATAL")]
+    errors = fatal_messages(proc.stderr)
     assert len(errors) == 1 and flag in errors[0], proc.stderr
     assert "CIFAR" not in proc.stderr and "Traceback" not in proc.stderr
     assert not (tmp_path / "run").exists()
@@ -261,7 +261,7 @@ def test_cli_reports_a_data_problem_in_one_line(tmp_path):
         capture_output=True, text=True, timeout=120, cwd=ROOT, env=subprocess_env(),
     )  # fmt: skip
     assert proc.returncode == 1
-    errors = [line for line in proc.stderr.splitlines() if line.startswith("FATAL")]
+    errors = fatal_messages(proc.stderr)
     assert len(errors) == 1 and "test_batch" in errors[0], proc.stderr
     assert "Traceback" not in proc.stderr
 

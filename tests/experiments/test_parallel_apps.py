@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.experiments.util import PYTHON, ROOT, subprocess_env
+from tests.experiments.util import PYTHON, ROOT, fatal_messages, subprocess_env
 
 TINY = ["--num_train=40", "--num_val=10", "--num_test=10", "--print_every=2",
         "--num_filters=4,8", "--blocks=1,1", "--hidden_dims=8", "--num_epochs=1",
@@ -41,7 +41,7 @@ def test_bad_device_count_stops_before_the_data(tmp_path, args, message):
         capture_output=True, text=True, timeout=TIMEOUT, cwd=ROOT, env=_env(2),
     )  # fmt: skip
     assert proc.returncode == 1
-    errors = [line for line in proc.stderr.splitlines() if line.startswith("FATAL")]
+    errors = fatal_messages(proc.stderr)
     assert len(errors) == 1 and message in errors[0], proc.stderr
     assert "CIFAR" not in proc.stderr and "Traceback" not in proc.stderr  # data never read
     assert not (tmp_path / "run").exists()

@@ -21,7 +21,14 @@ from experiments.lock import WorkdirLock
 from jcnn.checkpoint import CorruptCheckpointWarning
 from jcnn.solver import Solver
 from tests.experiments.test_apps import TINY, TINY_THREE, read_metrics, run_in_process
-from tests.experiments.util import PYTHON, ROOT, subprocess_env, write_fake_cifar
+from tests.experiments.util import (
+    PYTHON,
+    ROOT,
+    fatal_message,
+    fatal_messages,
+    subprocess_env,
+    write_fake_cifar,
+)
 
 ARGS = (
     *TINY_THREE,
@@ -118,8 +125,7 @@ def test_resume_with_other_flags_stops_naming_them(crashed, tmp_path, fake_cifar
     workdir = copy(crashed, tmp_path)
     with pytest.raises(SystemExit) as info:
         run(workdir, fake_cifar_dir, "--num_filters=6", "--learning_rate=0.01")
-    message = str(info.value.code)
-    assert message.startswith("FATAL") and "\n" not in message
+    message = fatal_message(str(info.value.code))
     assert "--learning_rate=0.001 there, --learning_rate=0.01 now" in message
     assert "--num_filters=4 there, --num_filters=6 now" in message
     assert f"--flagfile={workdir / 'flags.cfg'}" in message and "--overwrite" in message
@@ -174,8 +180,8 @@ def test_a_nonfinite_loss_stops_the_app_with_one_line(tmp_path, fake_cifar_dir):
     workdir = tmp_path / "run"
     with pytest.raises(SystemExit) as info:
         run(workdir, fake_cifar_dir, "--learning_rate=1e30", "--update_rule=sgd", "--debug_nans")
-    message = str(info.value.code)
-    assert message.startswith("FATAL non-finite") and "\n" not in message
+    message = fatal_message(str(info.value.code))
+    assert message.startswith("FATAL non-finite")
     report = json.loads((workdir / "nonfinite.json").read_text())
     assert f"at iteration {report['iteration']} / 10" in message
     assert len(report["batch_indices"]) == 8 and report["learning_rate"] == pytest.approx(1e30)
@@ -220,9 +226,7 @@ def test_the_new_flags():
 
 
 def one_line(info) -> str:
-    message = str(info.value.code)
-    assert message.startswith("FATAL") and "\n" not in message
-    return message
+    return fatal_message(str(info.value.code))
 
 
 def test_a_second_run_on_a_locked_workdir_stops_naming_the_holder(crashed, tmp_path):
@@ -237,7 +241,7 @@ def test_a_second_run_on_a_locked_workdir_stops_naming_the_holder(crashed, tmp_p
             capture_output=True, text=True, timeout=240, cwd=ROOT, env=subprocess_env(),
         )  # fmt: skip
     assert proc.returncode == 1, proc.stderr[-3000:]
-    errors = [line for line in proc.stderr.splitlines() if line.startswith("FATAL")]
+    errors = fatal_messages(proc.stderr)
     assert len(errors) == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
     assert f"--workdir={workdir} is in use by another run (pid {os.getpid()}" in errors[0]
     assert sorted(p.name for p in workdir.rglob("*")) == before

@@ -12,7 +12,7 @@ import pytest
 
 from experiments import rundir
 from experiments.lock import WorkdirLock
-from tests.experiments.util import PYTHON, ROOT, subprocess_env
+from tests.experiments.util import PYTHON, ROOT, fatal_message, subprocess_env
 
 
 def test_iteration_records_follow_the_solver_print_lines():
@@ -121,8 +121,7 @@ def test_the_workdir_lock_is_exclusive_and_names_the_holder(tmp_path):
         assert held.held and (workdir / ".lock").read_text() == f"{os.getpid()}\n"
         with pytest.raises(SystemExit) as info:
             WorkdirLock(workdir).acquire()  # another open file: refused, even in-process
-        message = str(info.value.code)
-        assert message.startswith("FATAL") and "\n" not in message
+        message = fatal_message(str(info.value.code))
         assert f"--workdir={workdir} is in use by another run (pid {os.getpid()}" in message
     with WorkdirLock(workdir):  # released on leaving the block
         pass

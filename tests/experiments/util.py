@@ -42,3 +42,22 @@ def subprocess_env(**extra: str) -> dict[str, str]:
 
 
 PYTHON = sys.executable
+
+
+def fatal_message(text: str) -> str:
+    """The app's failure message as one string, after checking its form: a first line
+    ``FATAL ...`` of at most 200 characters, then at most one line indented by two spaces."""
+    first, *rest = text.split("\n")
+    assert first.startswith("FATAL ") and len(first) <= 200, text
+    assert len(rest) <= 1 and all(line.startswith("  ") for line in rest), text
+    return " ".join(text.split())
+
+
+def fatal_messages(stderr: str) -> list[str]:
+    """Every failure message in ``stderr`` (see :func:`fatal_message`), one string each."""
+    lines = stderr.splitlines()
+    return [
+        fatal_message("\n".join([line, *[n for n in lines[i + 1 : i + 2] if n.startswith("  ")]]))
+        for i, line in enumerate(lines)
+        if line.startswith("FATAL")
+    ]
