@@ -64,3 +64,45 @@ def test_transformations_page_python_blocks_run():
     assert namespace["top_eigenvalue"] > 0
     assert namespace["norms"].shape == (16,)
     assert namespace["probabilities"].shape == (16, 10)
+
+
+# ------------------------------------------------------------------ facts stated twice agree
+# A few facts are stated in several places (the code, the README, the docs); each test reads
+# every place and checks that they say the same thing.
+
+
+def test_the_default_convolution_is_what_the_code_runs():
+    import inspect
+
+    import jcnn.layers as L
+    from jcnn.models import VGGNet
+
+    default = inspect.signature(L.conv2d).parameters["impl"].default
+    assert VGGNet.__dataclass_fields__["conv_impl"].default == default
+    readme = (ROOT / "README.md").read_text()
+    assert f'# impl="{default}" (default)' in readme
+    assert f"`'{default}'` (the default)" in (ROOT / "docs" / "cs231n.md").read_text()
+
+
+def test_every_page_that_offers_bfloat16_on_a_cpu_names_the_cpus_it_helps_on():
+    pages = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+    offers = [p for p in pages if "--compute_dtype=bfloat16`" in p.read_text()]
+    assert {p.name for p in offers} >= {"README.md", "scaling-out.md"}
+    for page in offers:
+        text = " ".join(page.read_text().split())
+        assert "bfloat16 units" in text or "AVX512-BF16" in text, page.name
+        assert not re.search(r"bfloat16[^.]*(GPU/TPU|GPU or TPU) (only|option)", text), page.name
+
+
+def test_the_checkpoint_interval_the_docs_give_is_the_flags_default():
+    from absl import flags
+
+    from experiments import presets, train_flags
+
+    fv = flags.FlagValues()
+    train_flags.define_common_flags(fv, **presets.VGG.flag_defaults())
+    text = " ".join((ROOT / "docs" / "after-a-crash.md").read_text().split())
+    stated = re.search(
+        r"(\d+) minutes or more after its last checkpoint \(`--checkpoint_minutes`", text
+    )
+    assert stated and float(stated.group(1)) == fv["checkpoint_minutes"].default
