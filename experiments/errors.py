@@ -3,8 +3,9 @@
 Every failure a user can cause or meet (bad flags or flagfiles, a workdir or data folder that
 cannot be used, a full disk, an unreachable coordinator, bad data, a non-finite loss) ends
 with one line ``FATAL <cause>: <what to do>`` (at most 200 characters; a longer message
-goes on in an indented second line) and exit status 1, no traceback. A run stopped
-by Ctrl-C or SIGTERM (:func:`stop_on_signals`) ends with one line saying where it was saved
+goes on in an indented second line) and exit status 1, no traceback. A process of a
+multi-process run whose peer dies (:func:`exit_peer_lost`) ends the same way, at once. A run
+stopped by Ctrl-C or SIGTERM (:func:`stop_on_signals`) ends with one line saying where it was saved
 and exit status 130 or 143. Set
 ``JCNN_DEBUG=1`` in the environment to see the traceback too. Anything else (a bug) keeps
 its traceback.
@@ -191,6 +192,54 @@ def parse_flags(argv: Sequence[str]) -> list[str]:
             f"a --flagfile is not a text file ({e.reason} at byte {e.start}): flagfiles hold "
             "one --name=value per line, in UTF-8"
         ) from None
+
+
+# What a collective or the coordination service says when another process is gone.
+_PEER_LOSS = ("Gloo", "Connection reset", "Connection closed", "Socket closed", "heartbeat",
+              "UNAVAILABLE", "tasks are unhealthy")  # fmt: skip
+
+
+def is_peer_loss(error: BaseException | str) -> bool:
+    """Whether ``error`` (a JAX runtime error or a coordination service status) says that
+    another process of a multi-process run is gone."""
+    return any(marker in str(error) for marker in _PEER_LOSS)
+
+
+def describe_peer_loss(detail: str, process: int, processes: int) -> str:
+    """Which process was lost, as far as ``detail`` says: ``'process 1'`` from the
+    service's "Task 1 heartbeat timeout" (or the other one of two), ``'the coordinator
+    (process 0)'`` for a closed service, else ``'another process'``."""
+    import re
+
+    task = re.search(r"Task (\d+)", detail)
+    if task:
+        return f"process {task.group(1)}"
+    if "Socket closed" in detail or "PollForError" in detail:
+        return "the coordinator (process 0)"
+    return f"process {1 - process}" if processes == 2 else "another process"
+
+
+def exit_peer_lost(detail: str, *, process: int, processes: int, kept: str | None) -> None:
+    """End this process of a multi-process run whose peer is gone: one line on stderr,
+    exit status 1, at once (``os._exit``: JAX's shutdown would wait for the lost process,
+    then abort). ``kept``: the run's newest checkpoint, which the same command resumes from."""
+    first = str(detail).strip().splitlines()[0] if str(detail).strip() else "no detail"
+    what = "a collective failed" if "Gloo" in first else "the coordination service failed"
+    why = f"{what}: {first.rsplit(': ', 1)[-1][:80]}"
+    saved = (
+        f"the last checkpoint, {kept}, is kept: start every process again with the same "
+        "command to resume from it"
+        if kept
+        else "no checkpoint was written yet: start every process again with the same command"
+    )
+    message = UsageFailure(
+        f"process {process} of {processes} lost "
+        f"{describe_peer_loss(str(detail), process, processes)} ({why}); {saved}"
+    ).code
+    sys.stderr.write(f"{message}\n")
+    sys.stderr.flush()
+    sys.stdout.flush()
+    os._exit(1)
 
 
 def run_app(main: Callable[[list[str]], Any]) -> None:

@@ -164,12 +164,26 @@ def start_processes(config: Mapping[str, Any]) -> None:
     watchdog.daemon = True
     if not errors.debug():  # JCNN_DEBUG: let JAX abort with its own report
         watchdog.start()
+
     try:  # JAX gets a little longer, so that the watchdog speaks first
         initialize_distributed(address, n, pid, timeout_s=timeout + 10)
     except (ValueError, RuntimeError) as e:
         raise UsageFailure(f"could not start process {pid} of {n}: {e}") from None
     finally:
         watchdog.cancel()
+
+
+def _newest_checkpoint(config: Mapping[str, Any]) -> str | None:
+    """The newest good checkpoint of the run in ``config['workdir']`` (None: none yet)."""
+    from jcnn.checkpoint import latest_run_checkpoint
+
+    if not config.get("workdir"):
+        return None
+    try:
+        found = latest_run_checkpoint(Path(config["workdir"]) / "checkpoints")
+    except Exception:  # noqa: BLE001 - only for the advice; the failure is the lost process
+        return None
+    return None if found is None else str(found[0])
 
 
 def _probe_writable(folder: Path) -> str | None:
@@ -603,5 +617,13 @@ def _main(
         if e.errno not in errors.DISK_FULL or errors.debug():
             raise
         raise _disk_full(writer, e) from e
+    except jax.errors.JaxRuntimeError as e:  # a collective whose peer process is gone
+        if jax.process_count() == 1 or not errors.is_peer_loss(e) or errors.debug():
+            raise
+        errors.exit_peer_lost(
+            str(e), process=jax.process_index(), processes=jax.process_count(),
+            kept=_newest_checkpoint(config),
+        )  # fmt: skip
+        raise
     finally:
         writer.close()  # the workdir's lock

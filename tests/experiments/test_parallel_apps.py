@@ -152,3 +152,54 @@ def test_bench_devices_two_processes_split_the_cores_and_run_the_kernels_per_sha
     if native.load("onednn"):  # each process convolves its 2 rows on oneDNN
         kernels = " ".join(rows[1][7:])
         assert "conv_forward" in kernels and "batchnorm" not in kernels, kernels
+
+
+def _start_two(workdir: Path, logs: list[tuple[Path, Path]], address: str, *args: str) -> list:
+    """The vgg_cifar app as two processes of one device each (stdout, stderr to ``logs``)."""
+    procs = []
+    for pid, (out, err) in enumerate(logs):
+        with open(out, "w") as fo, open(err, "w") as fe:
+            procs.append(subprocess.Popen(
+                [PYTHON, "-m", "experiments.vgg_cifar", f"--workdir={workdir}", *args,
+                 f"--coordinator_address={address}", "--num_processes=2", f"--process_id={pid}"],
+                stdout=fo, stderr=fe, cwd=ROOT, env=_env(1),
+            ))  # fmt: skip
+    return procs
+
+
+def test_a_dead_peer_ends_the_other_process_in_one_line_and_the_same_command_resumes(
+    tmp_path, fake_cifar_dir
+):
+    """Process 1 killed mid-run: process 0 stops at once with one line naming it and the
+    checkpoint kept (no traceback, no abort, no wait for the lost process); the same two
+    commands then resume the run from that checkpoint and finish it."""
+    workdir, address = tmp_path / "run", f"127.0.0.1:{_free_port()}"
+    args = [f"--data_dir={fake_cifar_dir}", *TINY[:-2], "--num_epochs=12", "--batch_size=8",
+            "--checkpoint_every=5", "--print_every=1", "--noplot_every_epoch"]  # fmt: skip
+    logs = [(tmp_path / f"out.{i}", tmp_path / f"err.{i}") for i in (0, 1)]
+    procs = _start_two(workdir, logs, address, *args)
+    try:
+        deadline = time.monotonic() + TIMEOUT
+        while "(Iteration 12 / 60)" not in logs[0][0].read_text():
+            assert time.monotonic() < deadline and procs[0].poll() is None, logs[0][1].read_text()
+            time.sleep(0.1)
+        procs[1].kill()
+        killed = time.monotonic()
+        code = procs[0].wait(timeout=60)
+        took = time.monotonic() - killed
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+            p.wait()
+    stderr = logs[0][1].read_text()
+    assert code == 1 and took < 30 and "Traceback" not in stderr, stderr[-3000:]
+    (message,) = fatal_messages(stderr)
+    assert message.startswith("FATAL process 0 of 2 lost process 1 (a collective failed"), message
+    assert "the last checkpoint" in message and "is kept" in message, message
+    # The same commands again: resumed from the kept checkpoint, to the end.
+    procs = _start_two(workdir, logs, f"127.0.0.1:{_free_port()}", *args)
+    codes = [p.wait(timeout=TIMEOUT) for p in procs]
+    assert codes == [0, 0], logs[0][1].read_text()[-3000:] + logs[1][1].read_text()[-3000:]
+    out = logs[0][0].read_text()
+    assert "resuming the run" in out and "(Iteration 60 / 60)" in out
