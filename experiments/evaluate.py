@@ -117,8 +117,9 @@ def evaluate(
 def run(fv: flags.FlagValues = flags.FLAGS) -> dict[str, Any]:
     """Evaluate the checkpoint ``fv`` names; returns (and records) the result."""
     import jax
+    import numpy as np
 
-    from jcnn.checkpoint import load_checkpoint
+    from jcnn.checkpoint import load_checkpoint, verify_checkpoint
 
     workdir = Path(fv.workdir)
     started = read_run(workdir)
@@ -139,6 +140,8 @@ def run(fv: flags.FlagValues = flags.FLAGS) -> dict[str, Any]:
         )
     like = dict(zip(("params", "state"), model.init(jax.random.key(0)), strict=True))
     try:
+        if "classifier" in verify_checkpoint(path):  # the mean image is beside them
+            like["mean_image"] = np.zeros(model.input_shape, np.float32)
         tree, meta = load_checkpoint(path, like)
     except ValueError as e:  # corrupt, or parameters of another model
         raise UsageFailure(f"--workdir={workdir}: {path.name}: {e}") from None

@@ -55,6 +55,7 @@ from pathlib import Path
 from typing import Any
 
 import jax
+import numpy as np
 from absl import flags
 
 from experiments import errors, rundir
@@ -323,19 +324,30 @@ def run_training(solver: Any, logger: RunLogger, config: Mapping[str, Any]) -> f
     return time.perf_counter() - session_start
 
 
-def save_best(writer: RunWriter, solver: Any, model: Any, test_acc: float | None) -> None:
-    """checkpoints/best.npz: the parameters with the best validation accuracy."""
-    writer.save_checkpoint(
-        "checkpoints/best.npz",
-        {"params": solver.params, "state": solver.state},
-        {
-            "best_epoch": solver.best_epoch,
-            "best_val_acc": solver.best_val_acc,
-            "test_acc": test_acc,
-            "model": rundir.model_config(model),
-            "jax_version": jax.__version__,
-        },
-    )
+def save_best(
+    writer: RunWriter, solver: Any, model: Any, test_acc: float | None, data: Mapping[str, Any]
+) -> None:
+    """checkpoints/best.npz: the parameters with the best validation accuracy and, where the
+    data say how images were prepared (``mean_image``, ``label_names``), what using them
+    needs (:func:`jcnn.classifier.classifier_record`: load it with ``load_classifier``)."""
+    from jcnn.classifier import classifier_record
+
+    tree = {"params": solver.params, "state": solver.state}
+    meta = {
+        "best_epoch": solver.best_epoch,
+        "best_val_acc": solver.best_val_acc,
+        "test_acc": test_acc,
+        "model": rundir.model_config(model),
+        "jax_version": jax.__version__,
+    }
+    mean, names = data.get("mean_image"), data.get("label_names")
+    if mean is not None and names is not None:
+        tree["mean_image"] = np.asarray(mean, np.float32)
+        meta["classifier"] = classifier_record(
+            model, class_names=names, mean_image=mean, test_time_flip=solver.test_time_flip,
+            test_time_translate=solver.test_time_translate,
+        )  # fmt: skip
+    writer.save_checkpoint("checkpoints/best.npz", tree, meta)
 
 
 def accuracy_on_test(solver: Any, data: Mapping[str, Any], *, augment: bool = True) -> float | None:
@@ -368,7 +380,7 @@ def finish_run(
     test_acc = accuracy_on_test(solver, data)
     augmented = solver.test_time_flip or solver.test_time_translate
     plain_acc = accuracy_on_test(solver, data, augment=False) if augmented else None
-    save_best(writer, solver, model, test_acc)
+    save_best(writer, solver, model, test_acc, data)
     if plots:
         rundir.write_plots(writer, solver)
     timings = {

@@ -354,6 +354,39 @@ def make_train_step(
     return cast(TrainStep, step)
 
 
+def test_time_scores(
+    model: Any, params: Any, model_state: Any, X: Any, *, flip: bool = False, translate: int = 0
+) -> jax.Array:
+    """A model's test-mode scores of images ``X`` ``(N, C, H, W)``, with test-time
+    augmentation: with ``flip`` the mean of the image's scores and its left-right mirror's;
+    with ``translate`` = s > 0, half that plus a quarter each of the same for the image
+    shifted by s pixels diagonally up-left and down-right (reflect padding), as airbench
+    scores its test images.
+
+    Returns:
+        ``(N, num_classes)`` scores (logits): a weighted mean of the views', so a softmax of
+        them is a probability.
+    """
+
+    def view_scores(X: Any) -> jax.Array:
+        scores, _ = model.apply(params, model_state, X, train=False)
+        if flip:
+            mirrored, _ = model.apply(params, model_state, X[..., ::-1], train=False)
+            scores = 0.5 * (scores + mirrored)
+        return scores
+
+    scores = view_scores(X)
+    if translate:
+        s = int(translate)
+        h, w = X.shape[-2:]
+        padded = jnp.pad(X, ((0, 0), (0, 0), (s, s), (s, s)), mode="reflect")
+        scores = 0.5 * scores + 0.25 * (
+            view_scores(padded[..., :h, :w])
+            + view_scores(padded[..., 2 * s : 2 * s + h, 2 * s : 2 * s + w])
+        )
+    return scores
+
+
 def make_eval_step(
     model: Any,
     *,
@@ -398,23 +431,9 @@ def make_eval_step(
 
     def eval_step(params: Any, model_state: Any, X: Any) -> jax.Array:
         params = parallel.predict_params(params, compute_dtype)
-
-        def view_scores(X):
-            scores, _ = model.apply(params, model_state, X, train=False)
-            if test_time_flip:
-                mirrored, _ = model.apply(params, model_state, X[..., ::-1], train=False)
-                scores = scores + mirrored
-            return scores
-
-        scores = view_scores(X)
-        if shift:
-            h, w = X.shape[-2:]
-            padded = jnp.pad(X, ((0, 0), (0, 0), (shift, shift), (shift, shift)), mode="reflect")
-            far = 2 * shift
-            scores = 0.5 * scores + 0.25 * (
-                view_scores(padded[..., :h, :w])
-                + view_scores(padded[..., far : far + h, far : far + w])
-            )
+        scores = test_time_scores(
+            model, params, model_state, X, flip=bool(test_time_flip), translate=shift
+        )
         return jnp.argmax(scores, axis=1).astype(jnp.int32)
 
     traces = [0]

@@ -23,7 +23,7 @@ from jcnn.data.cifar10 import (
 )
 from jcnn.data.dataset import RawDataset, split_and_preprocess
 from jcnn.data.errors import DatasetError
-from jcnn.data.folder import load_image_folder
+from jcnn.data.folder import load_image_folder, read_image
 
 __all__ = [
     "CIFAR10_MD5",
@@ -35,5 +35,6 @@ __all__ = [
     "get_cifar10_data",
     "load_cifar10_batches",
     "load_image_folder",
+    "read_image",
     "split_and_preprocess",
 ]

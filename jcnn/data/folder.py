@@ -22,7 +22,7 @@ from jcnn.data.dataset import RawDataset
 from jcnn.data.errors import DatasetError
 from jcnn.files import atomic_write
 
-__all__ = ["CACHE_DIR_NAME", "IMAGE_SUFFIXES", "load_image_folder"]
+__all__ = ["CACHE_DIR_NAME", "IMAGE_SUFFIXES", "load_image_folder", "read_image"]
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 CACHE_DIR_NAME = ".jcnn_cache"
@@ -230,6 +230,29 @@ def _decode(Image: Any, path: Path, size_hw: tuple[int, int] | None) -> np.ndarr
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
         raise DatasetError(f"Could not decode image {path} ({e}); fix or remove the file") from e
     return pixels.transpose(2, 0, 1)
+
+
+def read_image(path: str | Path, size_hw: tuple[int, int] | None = None) -> np.ndarray:
+    """One image file as the folder loader decodes it: 8-bit RGB (grayscale repeated, alpha
+    dropped, a palette expanded, 16-bit values scaled from 0..65535), resized (bilinear) to
+    ``size_hw`` if given.
+
+    Args:
+        path: the image file (any format Pillow reads).
+        size_hw: ``(height, width)`` to resize to, or None to keep its size.
+
+    Returns:
+        uint8 ``(H, W, 3)``.
+
+    Raises:
+        DatasetError: the file cannot be read or decoded, or has floating-point pixels; the
+            message names the file and why.
+        ImportError: Pillow is not installed.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DatasetError(f"Image {path} does not exist or is not a file")
+    return _decode(_import_pillow(), path, size_hw).transpose(1, 2, 0)
 
 
 # --------------------------------------------------------------------------- cache

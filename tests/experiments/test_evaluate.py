@@ -37,6 +37,7 @@ def _scores(workdir: Path, data_dir: Path, X: np.ndarray) -> np.ndarray:
     config = json.loads((workdir / "config.json").read_text())["flags"]
     model = vgg_cifar.make_model(config)
     like = dict(zip(("params", "state"), model.init(jax.random.key(0)), strict=True))
+    like["mean_image"] = np.zeros(model.input_shape, np.float32)  # recorded beside them
     tree, _ = load_checkpoint(workdir / "checkpoints" / "best.npz", like)
     return np.asarray(model.apply(tree["params"], tree["state"], X)[0])
 

@@ -1,0 +1,111 @@
+"""Using a trained run: experiments.predict classifies image files as the run scored its own
+test images, and experiments.export writes a program that gives the same probabilities in an
+interpreter that cannot import jcnn."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+from PIL import Image
+
+from experiments import export, predict, vgg_cifar
+from experiments.errors import UsageFailure
+from jcnn import train
+from jcnn.classifier import load_classifier
+from jcnn.data import get_cifar10_data
+from tests.experiments.test_apps import TINY_VGG, run_in_process
+from tests.experiments.util import fatal_message
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory, fake_cifar_dir) -> Path:
+    workdir = tmp_path_factory.mktemp("run") / "vgg"
+    run_in_process(vgg_cifar, workdir, fake_cifar_dir, *TINY_VGG, "--test_time_flip")
+    return workdir
+
+
+@pytest.fixture(scope="module")
+def test_images(tmp_path_factory, fake_cifar_dir) -> tuple[list[Path], np.ndarray]:
+    """The run's first 5 test images as PNG files, and the run's own preprocessed copies."""
+    folder = tmp_path_factory.mktemp("pngs")
+    raw = get_cifar10_data(fake_cifar_dir, 40, 10, 10, subtract_mean=False)["X_test"][:5]
+    paths = []
+    for i, image in enumerate(raw.astype(np.uint8).transpose(0, 2, 3, 1)):
+        paths.append(folder / f"test_{i}.png")
+        Image.fromarray(image).save(paths[-1])
+    run = get_cifar10_data(fake_cifar_dir, 40, 10, 10)["X_test"][:5]
+    return paths, run
+
+
+def test_predict_gives_the_probabilities_the_run_scores_its_test_images_with(finished, test_images):
+    paths, X = test_images
+    clf = load_classifier(finished)
+    assert clf.test_time_flip and clf.class_names[0] == "class0"
+    results = predict.classify(clf, paths, top_k=10, tta=None)
+    want = jax.nn.softmax(train.test_time_scores(clf.model, clf.params, clf.state, X, flip=True))
+    for result, p in zip(results, np.asarray(want), strict=True):
+        got = {t["class"]: t["probability"] for t in result["top"]}
+        assert list(got) == [clf.class_names[i] for i in np.argsort(-p, kind="stable")]
+        np.testing.assert_allclose([got[n] for n in clf.class_names], p, rtol=1e-5, atol=1e-6)
+    plain = predict.classify(clf, paths[:1], top_k=1, tta=False)[0]["top"][0]["probability"]
+    scores = clf.model.apply(clf.params, clf.state, X[:1], train=False)[0]
+    assert plain == pytest.approx(float(np.max(jax.nn.softmax(scores))), rel=1e-5)
+
+
+def test_predict_reads_any_mode_and_size_and_refuses_a_bad_file_in_one_line(finished, tmp_path):
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 255, (40, 50, 3), dtype=np.uint8)).save(tmp_path / "a.png")
+    Image.fromarray(rng.integers(0, 65535, (20, 20), dtype=np.uint16)).save(tmp_path / "b.png")
+    Image.fromarray(rng.integers(0, 255, (32, 32, 4), dtype=np.uint8)).save(tmp_path / "c.png")
+    Image.fromarray(rng.integers(0, 255, (32, 32), dtype=np.uint8)).save(tmp_path / "d.jpg")
+    clf = load_classifier(finished)
+    results = predict.classify(clf, predict.image_files([str(tmp_path)]), top_k=2, tta=None)
+    assert [Path(r["image"]).name for r in results] == ["a.png", "b.png", "c.png", "d.jpg"]
+    assert all(len(r["top"]) == 2 for r in results)
+    (tmp_path / "e.png").write_bytes(b"not an image")
+    with pytest.raises(UsageFailure) as info:
+        predict.classify(clf, predict.image_files([str(tmp_path)]), top_k=2, tta=None)
+    assert "e.png" in fatal_message(str(info.value.code))
+    with pytest.raises(UsageFailure, match="no such file"):
+        predict.image_files([str(tmp_path / "missing.png")])
+    with pytest.raises(UsageFailure, match="has not finished"):
+        predict.load(tmp_path)
+
+
+WITHOUT_JCNN = textwrap.dedent(
+    """
+    import json, sys
+    sys.modules["jcnn"] = None  # any import of jcnn now fails
+    import jax, numpy as np
+    program = jax.export.deserialize(open(sys.argv[1], "rb").read())
+    classes = json.load(open(sys.argv[1] + ".json"))["classes"]
+    probs = np.asarray(program.call(np.load(sys.argv[2])))
+    np.save(sys.argv[3], probs)
+    print(classes[int(np.argmax(probs[0]))])
+    """
+)
+
+
+def test_the_exported_classifier_runs_without_jcnn_and_gives_predicts_probabilities(
+    finished, test_images, tmp_path
+):
+    paths, _ = test_images
+    program, described = export.export(finished, tmp_path / "model.jaxexport", tta=None)
+    assert described.name == "model.jaxexport.json"
+    images = predict.read_images(paths, (32, 32))
+    np.save(tmp_path / "images.npy", images)
+    (tmp_path / "load.py").write_text(WITHOUT_JCNN)
+    done = subprocess.run(
+        [sys.executable, "load.py", str(program), "images.npy", "out.npy"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    want = load_classifier(finished).predict(images)
+    np.testing.assert_allclose(np.load(tmp_path / "out.npy"), want, rtol=1e-5, atol=1e-6)
+    assert done.stdout.strip() == load_classifier(finished).class_names[int(np.argmax(want[0]))]
