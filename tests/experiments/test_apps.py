@@ -82,9 +82,12 @@ def best_test_accuracy(app, workdir: Path, data_dir: Path, summary: dict) -> flo
     """Accuracy of checkpoints/best.npz on the test split, recomputed from the files."""
     model = app.make_model(summary["flags"])
     like = dict(zip(("params", "state"), model.init(jax.random.key(0)), strict=True))
+    like["mean_image"] = np.zeros(model.input_shape, np.float32)  # the run's preprocessing
     tree, meta = load_checkpoint(workdir / "checkpoints" / "best.npz", like)
     assert meta["best_epoch"] == summary["best_epoch"]
     data = get_cifar10_data(data_dir, num_training=40, num_validation=10, num_test=10)
+    np.testing.assert_array_equal(tree["mean_image"], data["mean_image"])
+    assert meta["classifier"]["classes"] == list(data["label_names"])
     scores, _ = model.apply(tree["params"], tree["state"], data["X_test"], train=False)
     return float(np.mean(np.argmax(np.asarray(scores), axis=1) == data["y_test"]))
 
