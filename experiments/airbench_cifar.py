@@ -47,7 +47,8 @@ INPUT_DIM = (3, 32, 32)
 
 def make_model(config: Mapping[str, Any]) -> AirbenchNet:
     return AirbenchNet(
-        input_dim=INPUT_DIM,
+        input_dim=tuple(config.get("input_dim", INPUT_DIM)),
+        num_classes=config.get("num_classes", 10),
         widths=tuple(config["widths"]),
         label_smoothing=config["label_smoothing"],
         layers=config["layers"],

@@ -30,7 +30,7 @@ from absl import flags
 from experiments import airbench_cifar, three_layer_cifar, vgg_cifar
 from experiments.errors import UsageFailure, failures_in_one_line, run_app
 from experiments.rundir import RunWriter
-from experiments.train import load_data
+from experiments.train import data_shape, load_data
 from experiments.train_flags import CIFAR10_TEST
 
 MAKE_MODEL = {
@@ -129,7 +129,7 @@ def run(fv: flags.FlagValues = flags.FLAGS) -> dict[str, Any]:
     if fv.num_test is not None:
         config["num_test"] = fv.num_test
     try:
-        model = MAKE_MODEL[started["app"]](config)
+        model = MAKE_MODEL[started["app"]]({**config, **data_shape(config)})
     except (KeyError, ValueError) as e:
         raise UsageFailure(f"--workdir={workdir}: config.json's model: {e}") from None
     path = workdir / "checkpoints" / "best.npz"

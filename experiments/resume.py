@@ -36,7 +36,8 @@ RESUME_MAY_DIFFER = (
 # Flags added after runs were made: a checkpoint without them was made with these values.
 ADDED_FLAG_DEFAULTS = {
     "lr_schedule": "exponential", "warmup_epochs": 0.0, "test_time_flip": False,
-    "label_smoothing": 0.0, "cutout": 0, "flips": "alternating",
+    "label_smoothing": 0.0, "cutout": 0, "flips": "alternating", "dataset": "cifar10",
+    "image_size": None,
 }  # fmt: skip
 
 

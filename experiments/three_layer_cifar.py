@@ -26,7 +26,8 @@ INPUT_DIM = (3, 32, 32)
 
 def make_model(config: Mapping[str, Any]) -> ThreeLayerConvNet:
     return ThreeLayerConvNet(
-        input_dim=INPUT_DIM,
+        input_dim=tuple(config.get("input_dim", INPUT_DIM)),
+        num_classes=config.get("num_classes", 10),
         num_filters=config["num_filters"],
         filter_size=config["filter_size"],
         hidden_dim=config["hidden_dim"],

@@ -71,19 +71,49 @@ from jcnn import files
 SolverOptions = Callable[[Mapping[str, Any], Any, Mapping[str, Any]], dict[str, Any]]
 
 
-def load_data(config: Mapping[str, Any]) -> dict[str, Any]:
-    """CIFAR-10 split the cs231n way (mean image subtracted, float32 NCHW); a problem with
-    the data on disk or the split sizes stops the app with one line."""
-    from jcnn.data import DatasetError, get_cifar10_data
-    from jcnn.data.cifar10 import resolve_data_dir
+def data_shape(config: Mapping[str, Any]) -> dict[str, Any]:
+    """The model's ``num_classes`` and ``input_dim`` for the run's data, known before the data
+    are loaded: CIFAR-10's, or an image folder's (its class folders, and ``--image_size`` or
+    its first image's size); a folder that cannot be used stops the app with one line."""
+    if config.get("dataset", "cifar10") != "folder":
+        return {"num_classes": 10, "input_dim": (3, 32, 32)}
+    from jcnn.data import DatasetError, describe_image_folder
 
     try:
+        classes, (h, w) = describe_image_folder(config["data_dir"], config.get("image_size"))
+    except DatasetError as e:
+        raise UsageFailure(f"--data_dir={config['data_dir']} (--dataset=folder): {e}") from None
+    return {"num_classes": len(classes), "input_dim": (3, h, w)}
+
+
+def load_data(config: Mapping[str, Any]) -> dict[str, Any]:
+    """CIFAR-10, or an image folder (``--dataset=folder``), split the cs231n way (mean image
+    subtracted, float32 NCHW); a problem with the data on disk or the split sizes stops the
+    app with one line."""
+    from jcnn.data import DatasetError, get_cifar10_data, load_image_folder, split_and_preprocess
+    from jcnn.data.cifar10 import resolve_data_dir
+
+    counts = config["num_train"], config["num_val"], config["num_test"]
+    if config.get("dataset", "cifar10") == "folder":
+        root = config["data_dir"]
+        try:
+            raw = load_image_folder(root, size=config.get("image_size"))
+        except DatasetError as e:
+            raise UsageFailure(f"could not load the image folder {root} (--data_dir): {e}") from e
+        train, test = len(raw.X_train), len(raw.X_test)
+        if counts[0] + counts[1] > train or counts[2] > test:
+            raise UsageFailure(
+                f"--num_train={counts[0]} + --num_val={counts[1]} and --num_test={counts[2]} do "
+                f"not fit the image folder {root}, which has {train} training and {test} test "
+                f"images: pass e.g. --num_train={max(1, train - train // 10)} "
+                f"--num_val={train // 10} --num_test={test}"
+            )
+        return split_and_preprocess(raw, *counts)
+    try:
         return get_cifar10_data(
-            config["data_dir"],
-            num_training=config["num_train"],
-            num_validation=config["num_val"],
-            num_test=config["num_test"],
-        )
+            config["data_dir"], num_training=counts[0], num_validation=counts[1],
+            num_test=counts[2],
+        )  # fmt: skip
     except (DatasetError, ValueError) as e:
         where = resolve_data_dir(config["data_dir"])
         raise UsageFailure(f"could not load CIFAR-10 from {where} (--data_dir): {e}") from e
@@ -207,7 +237,12 @@ def check_paths(config: Mapping[str, Any]) -> None:
     from jcnn.data.cifar10 import resolve_data_dir
 
     workdir = Path(config["workdir"]) if config.get("workdir") else Path("runs")
-    for flag, path in (("workdir", workdir), ("data_dir", resolve_data_dir(config["data_dir"]))):
+    data_dir = (
+        Path(config["data_dir"])
+        if config.get("dataset") == "folder"
+        else resolve_data_dir(config["data_dir"])
+    )
+    for flag, path in (("workdir", workdir), ("data_dir", data_dir)):
         if path.exists() and not path.is_dir():
             raise UsageFailure(f"--{flag}={path} is a file, not a folder: choose a folder")
     folders = [p for p in (workdir, workdir / "checkpoints") if p.is_dir()]
@@ -593,7 +628,7 @@ def _main(
     config = config_from_flags(fv, names)
     start_processes(config)  # before anything touches a device
     try:
-        model = make_model(config)
+        model = make_model({**config, **data_shape(config)})
     except ValueError as e:
         raise UsageFailure(f"invalid model flags: {e}") from None
     mesh = make_run_mesh(config)  # a batch that does not split stops here, before the data

@@ -28,8 +28,8 @@ from jcnn.parallel import COMPUTE_DTYPES
 CIFAR10_TRAIN, CIFAR10_TEST = 50_000, 10_000
 
 COMMON_FLAGS = (
-    "workdir", "overwrite", "data_dir", "num_train", "num_val", "num_test",
-    "weight_scale", "reg", "label_smoothing", "layers", "conv_impl", "pool_impl",
+    "workdir", "overwrite", "dataset", "data_dir", "image_size", "num_train", "num_val",
+    "num_test", "weight_scale", "reg", "label_smoothing", "layers", "conv_impl", "pool_impl",
     "update_rule", "learning_rate", "lr_decay", "lr_schedule", "warmup_epochs",
     "batch_size", "num_epochs", "seed",
     "augment", "augment_pad", "cutout", "test_time_flip", "print_every", "num_train_samples",
@@ -142,6 +142,8 @@ def _finite_nonnegative(v: float) -> bool:
 
 def _split_fits(values: Mapping[str, Any]) -> bool:
     n_train, n_val, n_test = values["num_train"], values["num_val"], values["num_test"]
+    if values["dataset"] == "folder":  # checked against the folder when it is read
+        return True
     if n_train + n_val > CIFAR10_TRAIN:
         raise flags.ValidationError(
             f"num_train + num_val must be <= {CIFAR10_TRAIN} (CIFAR-10's training images), "
@@ -152,14 +154,40 @@ def _split_fits(values: Mapping[str, Any]) -> bool:
     return True
 
 
+def _dataset_fits(values: Mapping[str, Any]) -> bool:
+    if values["dataset"] == "folder" and not values["data_dir"]:
+        raise flags.ValidationError(
+            "--dataset=folder needs --data_dir=ROOT (ROOT/train/<class>/ and ROOT/test/<class>/)"
+        )
+    if values["dataset"] == "cifar10" and values["image_size"] is not None:
+        raise flags.ValidationError(
+            "--image_size resizes an image folder's images (--dataset=folder)"
+        )
+    return True
+
+
 def define_data_flags(fv: flags.FlagValues) -> None:
-    """Where CIFAR-10 is and how it is split."""
+    """Which data (CIFAR-10 or an image folder), where, and how it is split."""
+    flags.DEFINE_enum(
+        "dataset", "cifar10", ["cifar10", "folder"], "cifar10, or folder: --data_dir=ROOT holds "
+        "ROOT/train/<class>/ and ROOT/test/<class>/ images (.png, .jpg), one sub-folder per "
+        "class.", flag_values=fv,
+    )  # fmt: skip
     flags.DEFINE_string(
-        "data_dir", None, "Folder holding cifar-10-batches-py/ (or where to download it); "
-        "default $JCNN_DATA_DIR, else ~/.cache/jcnn.", flag_values=fv,
+        "data_dir", None, "Folder holding cifar-10-batches-py/ (or where to download it; "
+        "default $JCNN_DATA_DIR, else ~/.cache/jcnn), or the image folder's ROOT.", flag_values=fv,
     )  # fmt: skip
     flags.DEFINE_integer(
-        "num_train", 49_000, "Training images: the first num_train of CIFAR-10's 50000.",
+        "image_size", None, "--dataset=folder: resize every image to this square size "
+        "(default: keep their size, which must then be the same for all).", lower_bound=1,
+        flag_values=fv,
+    )  # fmt: skip
+    flags.register_multi_flags_validator(
+        ["dataset", "data_dir", "image_size"], _dataset_fits, flag_values=fv
+    )
+    flags.DEFINE_integer(
+        "num_train", 49_000, "Training images: the first num_train of CIFAR-10's 50000 (of an "
+        "image folder's train/ images, in a fixed shuffled order).",
         lower_bound=1, flag_values=fv,
     )  # fmt: skip
     flags.DEFINE_integer(
@@ -172,7 +200,7 @@ def define_data_flags(fv: flags.FlagValues) -> None:
         lower_bound=0, flag_values=fv,
     )  # fmt: skip
     flags.register_multi_flags_validator(
-        ["num_train", "num_val", "num_test"], _split_fits, flag_values=fv
+        ["dataset", "num_train", "num_val", "num_test"], _split_fits, flag_values=fv
     )
 
 

@@ -31,7 +31,8 @@ INPUT_DIM = (3, 32, 32)
 
 def make_model(config: Mapping[str, Any]) -> VGGNet:
     return VGGNet(
-        input_dim=INPUT_DIM,
+        input_dim=tuple(config.get("input_dim", INPUT_DIM)),
+        num_classes=config.get("num_classes", 10),
         num_filters=tuple(config["num_filters"]),
         blocks=tuple(config["blocks"]),
         filter_size=config["filter_size"],

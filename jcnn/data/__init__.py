@@ -23,7 +23,7 @@ from jcnn.data.cifar10 import (
 )
 from jcnn.data.dataset import RawDataset, split_and_preprocess
 from jcnn.data.errors import DatasetError
-from jcnn.data.folder import load_image_folder, read_image
+from jcnn.data.folder import describe_image_folder, load_image_folder, read_image
 
 __all__ = [
     "CIFAR10_MD5",
@@ -31,6 +31,7 @@ __all__ = [
     "DATA_DIR_ENV",
     "DatasetError",
     "RawDataset",
+    "describe_image_folder",
     "download_cifar10",
     "get_cifar10_data",
     "load_cifar10_batches",

@@ -22,7 +22,13 @@ from jcnn.data.dataset import RawDataset
 from jcnn.data.errors import DatasetError
 from jcnn.files import atomic_write
 
-__all__ = ["CACHE_DIR_NAME", "IMAGE_SUFFIXES", "load_image_folder", "read_image"]
+__all__ = [
+    "CACHE_DIR_NAME",
+    "IMAGE_SUFFIXES",
+    "describe_image_folder",
+    "load_image_folder",
+    "read_image",
+]
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 CACHE_DIR_NAME = ".jcnn_cache"
@@ -230,6 +236,38 @@ def _decode(Image: Any, path: Path, size_hw: tuple[int, int] | None) -> np.ndarr
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
         raise DatasetError(f"Could not decode image {path} ({e}); fix or remove the file") from e
     return pixels.transpose(2, 0, 1)
+
+
+def describe_image_folder(
+    root: str | os.PathLike[str], size: int | tuple[int, int] | None = None
+) -> tuple[tuple[str, ...], tuple[int, int]]:
+    """What :func:`load_image_folder` would return, without decoding it: the class names and
+    the image size ``(height, width)`` (``size`` if given, else the first training image's).
+
+    Args:
+        root: the dataset folder (``root/train/<class>/*``, ``root/test/<class>/*``).
+        size: as :func:`load_image_folder`'s.
+
+    Returns:
+        ``(class_names, (height, width))``.
+
+    Raises:
+        DatasetError: the layout is wrong (as :func:`load_image_folder` says), fewer than two
+            classes, or the first image cannot be read.
+        ValueError: ``size`` is not a positive int or a pair of them.
+    """
+    root = Path(root).expanduser()
+    size_hw = _check_size(size)
+    classes, files = _list_files(root)
+    if len(classes) < 2:
+        raise DatasetError(
+            f"{root / 'train'} has {len(classes)} class folder(s) ({', '.join(classes)}): a "
+            "classifier needs at least two"
+        )
+    if size_hw is not None:
+        return classes, size_hw
+    first = files["train"][0][0]
+    return classes, tuple(read_image(first).shape[:2])
 
 
 def read_image(path: str | Path, size_hw: tuple[int, int] | None = None) -> np.ndarray:

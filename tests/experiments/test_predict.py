@@ -4,6 +4,7 @@ interpreter that cannot import jcnn."""
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -12,9 +13,11 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
+from absl import flags
 from PIL import Image
 
 from experiments import export, predict, vgg_cifar
+from experiments import train as app_train
 from experiments.errors import UsageFailure
 from jcnn import train
 from jcnn.classifier import load_classifier
@@ -109,3 +112,80 @@ def test_the_exported_classifier_runs_without_jcnn_and_gives_predicts_probabilit
     want = load_classifier(finished).predict(images)
     np.testing.assert_allclose(np.load(tmp_path / "out.npy"), want, rtol=1e-5, atol=1e-6)
     assert done.stdout.strip() == load_classifier(finished).class_names[int(np.argmax(want[0]))]
+
+
+# ------------------------------------------------------------------ your own image folders
+
+COLOURS = {"red": (200, 30, 30), "green": (30, 180, 40), "blue": (40, 60, 210)}
+
+
+def write_shapes(root: Path, *, per_class: int = 12, size=(20, 24)) -> Path:
+    """ROOT/{train,test}/<colour>/*.png: noisy images with a block of the class's colour."""
+    rng = np.random.default_rng(0)
+    for split, n in (("train", per_class), ("test", per_class // 2)):
+        for name, colour in COLOURS.items():
+            (root / split / name).mkdir(parents=True)
+            for i in range(n):
+                image = rng.integers(0, 80, (*size, 3), dtype=np.uint8)
+                top, left = rng.integers(0, 8, 2)
+                image[top : top + 10, left : left + 12] = colour
+                Image.fromarray(image).save(root / split / name / f"{i}.png")
+    return root
+
+
+FOLDER_ARGS = ["--dataset=folder", "--image_size=16", "--num_train=30", "--num_val=6",
+               "--num_test=18", "--batch_size=6", "--num_epochs=3", "--print_every=5",
+               "--noplot_every_epoch", *TINY_VGG]  # fmt: skip
+
+
+def test_an_app_trains_on_an_image_folder_and_predict_and_export_use_it(tmp_path):
+    root = write_shapes(tmp_path / "shapes")
+    workdir = tmp_path / "run"
+    fv = flags.FlagValues()
+    vgg_cifar.define_flags(fv)
+    argv = fv(["prog", f"--workdir={workdir}", f"--data_dir={root}", *FOLDER_ARGS])
+    summary = app_train.main(argv, app_name=vgg_cifar.APP_NAME, names=vgg_cifar.NAMES,
+                         make_model=vgg_cifar.make_model, fv=fv)  # fmt: skip
+    assert summary["model"]["num_classes"] == 3 and summary["model"]["input_dim"] == [3, 16, 16]
+    clf = load_classifier(workdir)
+    assert clf.class_names == ("blue", "green", "red") and clf.image_size == (16, 16)
+    picture = root / "test" / "red" / "0.png"  # 20x24: resized to 16x16 as in training
+    (result,) = predict.classify(clf, [picture], top_k=3, tta=None)
+    assert sorted(t["class"] for t in result["top"]) == ["blue", "green", "red"]
+    program, _ = export.export(workdir, tmp_path / "shapes.jaxexport", tta=None)
+    images = predict.read_images([picture], clf.image_size)
+    np.save(tmp_path / "images.npy", images)
+    (tmp_path / "load.py").write_text(WITHOUT_JCNN)
+    done = subprocess.run(
+        [sys.executable, "load.py", str(program), "images.npy", "out.npy"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    np.testing.assert_allclose(np.load(tmp_path / "out.npy")[0], clf.predict(images)[0], rtol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "spoil, message",
+    [
+        (lambda r: shutil.rmtree(r / "train" / "green") or shutil.rmtree(r / "test" / "green")
+         or shutil.rmtree(r / "train" / "blue") or shutil.rmtree(r / "test" / "blue"),
+         "at least two"),
+        (lambda r: [p.unlink() for p in (r / "train" / "blue").iterdir()], "has no images"),
+        (lambda r: (r / "train" / "red" / "0.png").write_bytes(b"junk"), "0.png"),
+        (lambda r: Image.new("RGB", (9, 9)).save(r / "train" / "red" / "0.png"), "same size"),
+    ],
+    ids=["one class", "empty class", "unreadable", "mixed sizes"],
+)  # fmt: skip
+def test_a_bad_image_folder_stops_in_one_line_before_training(tmp_path, spoil, message):
+    root = write_shapes(tmp_path / "shapes", per_class=4)
+    spoil(root)
+    fv = flags.FlagValues()
+    vgg_cifar.define_flags(fv)
+    args = [a for a in FOLDER_ARGS if not a.startswith(("--image_size", "--num_t", "--num_v"))]
+    argv = fv(["prog", f"--workdir={tmp_path / 'run'}", f"--data_dir={root}", *args,
+               "--num_train=6", "--num_val=0", "--num_test=2"])  # fmt: skip
+    with pytest.raises(UsageFailure) as info:
+        app_train.main(argv, app_name=vgg_cifar.APP_NAME, names=vgg_cifar.NAMES,
+                   make_model=vgg_cifar.make_model, fv=fv)  # fmt: skip
+    assert message in fatal_message(str(info.value.code))
+    assert not (tmp_path / "run" / "checkpoints").exists()
