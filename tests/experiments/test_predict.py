@@ -95,13 +95,9 @@ WITHOUT_JCNN = textwrap.dedent(
 )
 
 
-def test_the_exported_classifier_runs_without_jcnn_and_gives_predicts_probabilities(
-    finished, test_images, tmp_path
-):
-    paths, _ = test_images
-    program, described = export.export(finished, tmp_path / "model.jaxexport", tta=None)
-    assert described.name == "model.jaxexport.json"
-    images = predict.read_images(paths, (32, 32))
+def run_without_jcnn(program: Path, images: np.ndarray, tmp_path: Path) -> tuple[np.ndarray, str]:
+    """The exported program's probabilities for ``images``, computed in a fresh interpreter
+    where ``import jcnn`` fails, and the first image's class name as it prints it."""
     np.save(tmp_path / "images.npy", images)
     (tmp_path / "load.py").write_text(WITHOUT_JCNN)
     done = subprocess.run(
@@ -109,9 +105,20 @@ def test_the_exported_classifier_runs_without_jcnn_and_gives_predicts_probabilit
         cwd=tmp_path, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
+    return np.load(tmp_path / "out.npy"), done.stdout.strip()
+
+
+def test_the_exported_classifier_runs_without_jcnn_and_gives_predicts_probabilities(
+    finished, test_images, tmp_path
+):
+    paths, _ = test_images
+    program, described = export.export(finished, tmp_path / "model.jaxexport", tta=None)
+    assert described.name == "model.jaxexport.json"
+    images = predict.read_images(paths, (32, 32))
+    got, first = run_without_jcnn(program, images, tmp_path)
     want = load_classifier(finished).predict(images)
-    np.testing.assert_allclose(np.load(tmp_path / "out.npy"), want, rtol=1e-5, atol=1e-6)
-    assert done.stdout.strip() == load_classifier(finished).class_names[int(np.argmax(want[0]))]
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    assert first == load_classifier(finished).class_names[int(np.argmax(want[0]))]
 
 
 # ------------------------------------------------------------------ your own image folders
@@ -154,14 +161,8 @@ def test_an_app_trains_on_an_image_folder_and_predict_and_export_use_it(tmp_path
     assert sorted(t["class"] for t in result["top"]) == ["blue", "green", "red"]
     program, _ = export.export(workdir, tmp_path / "shapes.jaxexport", tta=None)
     images = predict.read_images([picture], clf.image_size)
-    np.save(tmp_path / "images.npy", images)
-    (tmp_path / "load.py").write_text(WITHOUT_JCNN)
-    done = subprocess.run(
-        [sys.executable, "load.py", str(program), "images.npy", "out.npy"],
-        cwd=tmp_path, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
-    assert done.returncode == 0, done.stderr[-3000:]
-    np.testing.assert_allclose(np.load(tmp_path / "out.npy")[0], clf.predict(images)[0], rtol=1e-5)
+    got, _ = run_without_jcnn(program, images, tmp_path)
+    np.testing.assert_allclose(got[0], clf.predict(images)[0], rtol=1e-5)
 
 
 @pytest.mark.parametrize(
