@@ -197,7 +197,15 @@ def test_ctrl_c_before_training_ends_in_one_line_with_status_130():
 
 
 @pytest.mark.parametrize(
-    "module", ["experiments.airbench_cifar", "experiments.evaluate", "experiments.benchmark"]
+    "module",
+    [
+        "experiments.airbench_cifar",
+        "experiments.evaluate",
+        "experiments.benchmark",
+        "experiments.predict",
+        "experiments.export",
+        "experiments.bench_predict",
+    ],
 )
 def test_help_is_plain_text_and_exits_0(module):
     import subprocess

@@ -190,3 +190,14 @@ def test_a_bad_image_folder_stops_in_one_line_before_training(tmp_path, spoil, m
                    make_model=vgg_cifar.make_model, fv=fv)  # fmt: skip
     assert message in fatal_message(str(info.value.code))
     assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_bench_predict_times_the_four_ways_to_classify(finished):
+    from experiments import bench_predict
+
+    rows = bench_predict.measure(finished, num_images=6, batch_size=4, repeats=1)
+    assert [r.split(",")[0].split(" (")[0] for r, _ in rows] == [
+        "read and convert 6 PNG files", "jcnn classifier", "jcnn classifier",
+        "exported program",
+    ]  # fmt: skip
+    assert all(rate > 0 for _, rate in rows)
