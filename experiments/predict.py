@@ -4,8 +4,10 @@
     python -m experiments.predict --workdir=runs/vgg_seed --top_k=1 --json photos/
 
 Works on the finished run of any training app (its ``checkpoints/best.npz`` and the
-preprocessing recorded beside it: :func:`jcnn.classifier.load_classifier`). Each argument is
-an image file or a folder (its ``.png``/``.jpg``/``.jpeg`` files, recursively, in name order).
+preprocessing recorded beside it: :func:`jcnn.classifier.load_classifier`), and on a run
+still training (its best parameters so far, from its newest checkpoint; it says so). Each
+argument is an image file or a folder (its ``.png``/``.jpg``/``.jpeg`` files, recursively, in
+name order).
 Every image is converted as the run's training images were: 8-bit RGB (grayscale repeated,
 alpha dropped, 16-bit values scaled), resized (bilinear) to the run's image size, minus the
 training split's mean image. ``--tta`` applies the test-time augmentation the run was scored
@@ -16,6 +18,7 @@ stops the app with one line naming it, before any is classified.
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -70,8 +73,8 @@ def load(workdir: Path) -> Any:
         return load_classifier(workdir)
     except FileNotFoundError:
         raise UsageFailure(
-            f"--workdir={workdir} holds no checkpoints/best.npz: the run has not finished "
-            "(running its command again resumes it)"
+            f"--workdir={workdir} holds no trained network: neither checkpoints/best.npz (a "
+            "finished run) nor a checkpoint of a run in progress"
         ) from None
     except ValueError as e:
         raise UsageFailure(f"--workdir={workdir}: {e}") from None
@@ -119,6 +122,8 @@ def main(argv: Sequence[str]) -> None:
     with failures_in_one_line():
         paths = image_files(argv[1:])  # before the model: a typo stops at once
         classifier = load(Path(fv.workdir))
+        if "still training" in classifier.source:
+            print(f"predict: using {classifier.source}", file=sys.stderr, flush=True)
         results = classify(classifier, paths, top_k=fv.top_k, tta=fv.tta)
     print(json.dumps(results, indent=1) if fv.json else format_lines(results), flush=True)
 

@@ -365,8 +365,6 @@ def save_best(
     """checkpoints/best.npz: the parameters with the best validation accuracy and, where the
     data say how images were prepared (``mean_image``, ``label_names``), what using them
     needs (:func:`jcnn.classifier.classifier_record`: load it with ``load_classifier``)."""
-    from jcnn.classifier import classifier_record
-
     tree = {"params": solver.params, "state": solver.state}
     meta = {
         "best_epoch": solver.best_epoch,
@@ -375,14 +373,37 @@ def save_best(
         "model": rundir.model_config(model),
         "jax_version": jax.__version__,
     }
-    mean, names = data.get("mean_image"), data.get("label_names")
-    if mean is not None and names is not None:
-        tree["mean_image"] = np.asarray(mean, np.float32)
-        meta["classifier"] = classifier_record(
-            model, class_names=names, mean_image=mean, test_time_flip=solver.test_time_flip,
-            test_time_translate=solver.test_time_translate,
-        )  # fmt: skip
+    record = _classifier_record(solver, model, data)
+    if record is not None:
+        tree["mean_image"] = np.asarray(data["mean_image"], np.float32)
+        meta["classifier"] = record
     writer.save_checkpoint("checkpoints/best.npz", tree, meta)
+
+
+def _classifier_record(solver: Any, model: Any, data: Mapping[str, Any]) -> dict | None:
+    """The run's :func:`jcnn.classifier.classifier_record` (None: the data do not say how
+    their images were prepared)."""
+    from jcnn.classifier import classifier_record
+
+    mean, names = data.get("mean_image"), data.get("label_names")
+    if mean is None or names is None:
+        return None
+    return classifier_record(
+        model, class_names=names, mean_image=mean, test_time_flip=solver.test_time_flip,
+        test_time_translate=solver.test_time_translate,
+    )  # fmt: skip
+
+
+def save_preprocessing(writer: RunWriter, solver: Any, model: Any, data: Mapping[str, Any]) -> None:
+    """``preprocessing.npz``, before training: the mean image and the classifier record, so
+    that a run still training can be used with its best parameters so far
+    (:func:`jcnn.classifier.load_classifier`)."""
+    from jcnn.classifier import PREPROCESSING
+
+    record = _classifier_record(solver, model, data)
+    if record is not None:
+        mean = np.asarray(data["mean_image"], np.float32)
+        writer.save_checkpoint(str(PREPROCESSING), {"mean_image": mean}, {"classifier": record})
 
 
 def accuracy_on_test(solver: Any, data: Mapping[str, Any], *, augment: bool = True) -> float | None:
@@ -498,6 +519,7 @@ def train_and_evaluate(
             resumed_from=solver.resumed_from, mesh=mesh,
         ),
     )  # fmt: skip
+    save_preprocessing(writer, solver, model, data)
     say(describe_run(app_name, model, solver, data, mesh, writer.workdir), flush=True)
     progress.start(solver)
     train_wall = run_training(solver, logger, config)

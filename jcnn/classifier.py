@@ -35,6 +35,8 @@ import numpy as np
 
 FORMAT = "jcnn-classifier/1"
 BEST = Path("checkpoints") / "best.npz"
+# Written when a run starts: the mean image and the record, for a run still training.
+PREPROCESSING = Path("preprocessing.npz")
 
 
 def classifier_record(
@@ -101,6 +103,8 @@ class Classifier:
         class_names: one per class.
         test_time_flip: the run's test-time mirror (the default of ``predict``'s ``tta``).
         test_time_translate: the run's test-time shift in pixels.
+        source: where the parameters come from: the finished run's ``checkpoints/best.npz``,
+            or, for a run still training, its newest checkpoint's best parameters so far.
     """
 
     model: Any
@@ -110,6 +114,7 @@ class Classifier:
     class_names: tuple[str, ...]
     test_time_flip: bool = False
     test_time_translate: int = 0
+    source: str = ""
 
     @property
     def image_size(self) -> tuple[int, int]:
@@ -188,8 +193,20 @@ def _build_model(record: Mapping[str, Any]) -> Any:
     return cls(**fields)
 
 
+def _record(meta: Mapping[str, Any], path: Path) -> Mapping[str, Any]:
+    record = meta.get("classifier")
+    if not isinstance(record, Mapping) or record.get("format") != FORMAT:
+        raise ValueError(
+            f"{path} holds no {FORMAT} record (a run made before runs recorded their "
+            "preprocessing): evaluate it with experiments.evaluate, or train it again"
+        )
+    return record
+
+
 def load_classifier(workdir: str | Path) -> Classifier:
-    """The classifier a finished run left in ``workdir`` (its ``checkpoints/best.npz``).
+    """The classifier a run left in ``workdir``: a finished run's ``checkpoints/best.npz``;
+    for a run still training, the best parameters so far from its newest checkpoint (with
+    the preprocessing the run recorded when it started; ``Classifier.source`` says which).
 
     Args:
         workdir: a run's workdir, or the path of a ``best.npz`` itself.
@@ -198,33 +215,48 @@ def load_classifier(workdir: str | Path) -> Classifier:
         The :class:`Classifier`.
 
     Raises:
-        FileNotFoundError: no ``checkpoints/best.npz`` (the run has not finished).
+        FileNotFoundError: neither ``checkpoints/best.npz`` nor a checkpoint of a run in
+            progress (with its ``preprocessing.npz``).
         ValueError: the checkpoint has no classifier record (written before runs recorded
             one), or is corrupt (:class:`jcnn.checkpoint.CorruptCheckpointError`).
     """
-    from jcnn.checkpoint import load_checkpoint, verify_checkpoint
+    from jcnn.checkpoint import latest_run_checkpoint, load_checkpoint, verify_checkpoint
 
     path = Path(workdir)
     path = path if path.suffix == ".npz" else path / BEST
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} does not exist: the run has not finished")
-    meta = verify_checkpoint(path)
-    record = meta.get("classifier")
-    if not isinstance(record, Mapping) or record.get("format") != FORMAT:
-        raise ValueError(
-            f"{path} holds no {FORMAT} record (a run made before runs recorded their "
-            "preprocessing): evaluate it with experiments.evaluate, or train it again"
+    if path.is_file():
+        record = _record(verify_checkpoint(path), path)
+        model = _build_model(record)
+        params, state = model.init(jax.random.key(0))
+        mean = np.zeros(model.input_shape, np.float32)
+        like = {"params": params, "state": state, "mean_image": mean}
+        tree, _ = load_checkpoint(path, like, verify=False)
+        source = str(path)
+    else:
+        pre, found = Path(workdir) / PREPROCESSING, None
+        if pre.is_file() and path.parent.is_dir():
+            found = latest_run_checkpoint(path.parent)
+        if found is None:
+            raise FileNotFoundError(f"{path} does not exist, nor a checkpoint of a run in progress")
+        record = _record(verify_checkpoint(pre), pre)
+        model = _build_model(record)
+        params, state = model.init(jax.random.key(0))
+        mean = np.zeros(model.input_shape, np.float32)
+        best, meta = load_checkpoint(
+            found[0], {"best_params": params, "best_state": state}, strict=False
         )
-    model = _build_model(record)
-    params, state = model.init(jax.random.key(0))
-    like = {"params": params, "state": state, "mean_image": np.zeros(model.input_shape, np.float32)}
-    tree, _ = load_checkpoint(path, like, verify=False)
+        tree = {"params": best["best_params"], "state": best["best_state"]}
+        tree["mean_image"] = load_checkpoint(pre, {"mean_image": mean})[0]["mean_image"]
+        source = (
+            f"{found[0]} (the run is still training: its best parameters so far, at "
+            f"iteration {meta.get('iteration')})"
+        )
     tt = record.get("test_time", {})
     return Classifier(
         model=model, params=tree["params"], state=tree["state"],
         mean_image=np.asarray(tree["mean_image"], np.float32),
         class_names=tuple(record["classes"]), test_time_flip=bool(tt.get("flip", False)),
-        test_time_translate=int(tt.get("translate", 0)),
+        test_time_translate=int(tt.get("translate", 0)), source=source,
     )  # fmt: skip
 
 

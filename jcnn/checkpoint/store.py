@@ -300,7 +300,7 @@ def verify_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
 
 
 def load_checkpoint(
-    path: str | os.PathLike, like_tree: Any, *, verify: bool = True
+    path: str | os.PathLike, like_tree: Any, *, verify: bool = True, strict: bool = True
 ) -> tuple[Any, dict[str, Any]]:
     """Read a checkpoint written by :func:`save_checkpoint` into the structure of
     ``like_tree``; returns ``(tree, metadata)`` (metadata ``{}`` if the sidecar is missing).
@@ -316,6 +316,9 @@ def load_checkpoint(
         values are not used).
       verify: check the ``.npz`` checksum against the sidecar (default True); False still
         reads the sidecar and checks its own checksum.
+      strict: the file must hold exactly ``like_tree``'s arrays (default); False reads
+        ``like_tree``'s arrays out of a file that may hold more (e.g. only the best
+        parameters of a run checkpoint).
 
     Returns:
       ``(tree, metadata)``: a pytree shaped like ``like_tree`` whose leaves are host NumPy
@@ -345,7 +348,7 @@ def load_checkpoint(
         stored = set(f.files)
         names = [key_path_name(p) for p, _ in leaves]
         missing = [n for n in names if n not in stored]
-        extra = sorted(stored - set(names))
+        extra = sorted(stored - set(names)) if strict else []
         if missing or extra:
             raise ValueError(
                 f"checkpoint {npz} does not match the tree: missing {missing[:5]}"

@@ -77,7 +77,7 @@ def test_predict_reads_any_mode_and_size_and_refuses_a_bad_file_in_one_line(fini
     assert "e.png" in fatal_message(str(info.value.code))
     with pytest.raises(UsageFailure, match="no such file"):
         predict.image_files([str(tmp_path / "missing.png")])
-    with pytest.raises(UsageFailure, match="has not finished"):
+    with pytest.raises(UsageFailure, match="holds no trained network"):
         predict.load(tmp_path)
 
 
@@ -93,6 +93,21 @@ WITHOUT_JCNN = textwrap.dedent(
     print(classes[int(np.argmax(probs[0]))])
     """
 )
+
+
+def test_a_run_still_training_is_used_with_its_best_parameters_so_far(finished, tmp_path):
+    """Without best.npz, the newest checkpoint's best parameters and the preprocessing the
+    run recorded when it started; the classifier says where they come from."""
+    workdir = tmp_path / "run"
+    shutil.copytree(finished, workdir)
+    (workdir / "checkpoints" / "best.npz").unlink()
+    (workdir / "checkpoints" / "best.json").unlink()
+    clf = load_classifier(workdir)
+    assert "still training" in clf.source and "epoch_010.npz" in clf.source  # the newest
+    done = load_classifier(finished)  # its best so far are the ones the finished run kept
+    np.testing.assert_array_equal(clf.mean_image, done.mean_image)
+    for a, b in zip(jax.tree.leaves(clf.params), jax.tree.leaves(done.params), strict=True):
+        np.testing.assert_array_equal(a, b)
 
 
 def run_without_jcnn(program: Path, images: np.ndarray, tmp_path: Path) -> tuple[np.ndarray, str]:
