@@ -216,3 +216,32 @@ def test_bench_predict_times_the_four_ways_to_classify(finished):
         "exported program",
     ]  # fmt: skip
     assert all(rate > 0 for _, rate in rows)
+
+
+def test_a_folder_run_resumes_and_evaluates_like_a_cifar_run(tmp_path):
+    """More epochs extend a finished folder run from its checkpoint; evaluate reads the same
+    folder split again and finds the run's own test accuracy."""
+    from experiments import evaluate
+
+    root = write_shapes(tmp_path / "shapes", per_class=6)
+    workdir = tmp_path / "run"
+    args = [a for a in FOLDER_ARGS if not a.startswith(("--num_t", "--num_v", "--num_e"))]
+    args += ["--num_train=15", "--num_val=3", "--num_test=9"]
+
+    def run(epochs: int) -> dict:
+        fv = flags.FlagValues()
+        vgg_cifar.define_flags(fv)
+        argv = fv(["prog", f"--workdir={workdir}", f"--data_dir={root}", *args,
+                   f"--num_epochs={epochs}"])  # fmt: skip
+        return app_train.main(argv, app_name=vgg_cifar.APP_NAME, names=vgg_cifar.NAMES,
+                              make_model=vgg_cifar.make_model, fv=fv)  # fmt: skip
+
+    run(1)
+    summary = run(2)  # resumed from epoch 1's checkpoint
+    assert summary["iterations"] == 4 and summary["resumed_from_iteration"] == 2
+    fv = flags.FlagValues()
+    evaluate.define_flags(fv)
+    fv(["prog", f"--workdir={workdir}"])
+    result = evaluate.run(fv)
+    assert result["num_test"] == 9 and result["test_acc_flip"] is not None
+    assert result["test_acc"] == summary["test_acc"]
