@@ -29,8 +29,8 @@ from absl import flags
 
 from experiments import airbench_cifar, three_layer_cifar, vgg_cifar
 from experiments.errors import UsageFailure, failures_in_one_line, run_app
+from experiments.rundata import data_shape, load_data
 from experiments.rundir import RunWriter
-from experiments.train import data_shape, load_data
 from experiments.train_flags import CIFAR10_TEST
 
 MAKE_MODEL = {

@@ -1,11 +1,15 @@
-"""The run loop of the CIFAR-10 training apps: flags in, a trained model and its files out.
+"""The run loop of the training apps: flags in, a trained model and its files out.
 
-The apps (:mod:`experiments.vgg_cifar`, :mod:`experiments.three_layer_cifar`) only add their
-model's flags and a ``make_model(config)``; the rest lives in one module per job::
+The apps (:mod:`experiments.vgg_cifar`, :mod:`experiments.three_layer_cifar`,
+:mod:`experiments.airbench_cifar`) only add their model's flags and a
+``make_model(config)``; the rest lives in one module per job::
 
     experiments.train_flags   the common flags and their checks, config_from_flags
+    experiments.rundata       the data (CIFAR-10 or an image folder) and the paths' checks
     experiments.rundir        the workdir's files: RunWriter, metrics lines, plots, summary
+    experiments.trained       what a run keeps for using its network (best.npz)
     experiments.resume        which checkpoint a rerun resumes from, which flags may differ
+    experiments.processes     several processes: starting them, losing one
     experiments.presets       the models' default hyper-parameters
 
 and this module runs them::
@@ -14,30 +18,20 @@ and this module runs them::
     model = make_model(config)                     # checked before any data is loaded
     summary = train_and_evaluate(config, model, RunWriter(workdir), app_name='vgg_cifar')
 
-Bad flags stop the program with one line naming the flag, before data is loaded: the flag
-validators (:mod:`experiments.train_flags`) run while the command line and flagfiles are
-parsed, and the model itself is built (its dataclass checks every field; no arrays yet)
-before the data; so is a ``--workdir`` or ``--data_dir`` that names a file, or a workdir (or
-its checkpoints folder) that cannot be written (:func:`check_paths`). Every other failure a
-user can fix ends the same way, ``FATAL <cause>: <what to do>`` on stderr and exit status 1,
-no traceback (:mod:`experiments.errors`; ``JCNN_DEBUG=1`` prints the traceback too): a
-flagfile that is not text, a full disk (the last good checkpoint is kept, and the same
-command resumes from it), a permission problem, bad data, a non-finite loss, processes that
-do not all reach ``--coordinator_address`` within ``--coordinator_timeout`` seconds. Any
-other exception is a bug and keeps its traceback. The files a run writes are listed in
-:mod:`experiments.rundir`; rerunning the same command resumes it
-(:mod:`experiments.resume`), ``--overwrite`` starts over.
-Process 0 locks the workdir (:mod:`experiments.lock`) before it reads or clears it, until the
-run ends: a second run started there stops with one line naming the first one's pid.
+Bad flags stop the program with one line naming the flag, before data is loaded (the flag
+validators, then the model's own checks, then :func:`experiments.rundata.check_paths`); every
+other failure a user can fix ends the same way, ``FATAL <cause>: <what to do>`` and exit
+status 1 (:mod:`experiments.errors`, which lists them); any other exception is a bug and
+keeps its traceback. Rerunning the same command resumes the run (:mod:`experiments.resume`),
+``--overwrite`` starts over; process 0 locks the workdir (:mod:`experiments.lock`) until the
+run ends.
 
 Scaling out: training is data-parallel over ``--num_devices`` devices per process (default:
-all local ones); ``--batch_size`` is the global batch, split evenly over them (a batch that
-does not divide stops the app before the data is loaded). Several hosts: start one process
-per host with the same flags plus ``--coordinator_address=host0:port --num_processes=N
---process_id=i``; :func:`main` calls ``jax.distributed.initialize`` before anything touches a
-device. Every process loads the (small) dataset and gathers only its rows of each global
-batch; only process 0 prints and writes; every process reads the checkpoints to resume, so
-the workdir must then be on a filesystem they share. ``--compute_dtype=bfloat16`` runs the
+all local ones); ``--batch_size`` is the global batch, split evenly over them. Several hosts:
+one process per host with the same flags plus ``--coordinator_address=host0:port
+--num_processes=N --process_id=i`` (:mod:`experiments.processes`); every process loads the
+dataset and gathers only its rows of each global batch, only process 0 prints and writes,
+and the workdir must be on a filesystem they share. ``--compute_dtype=bfloat16`` runs the
 network in bfloat16 (parameters, optimiser state and the loss stay float32).
 """
 
@@ -47,76 +41,28 @@ import functools
 import json
 import os
 import sys
-import tempfile
-import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import jax
-import numpy as np
 from absl import flags
 
 from experiments import errors, rundir
 from experiments.errors import UsageFailure
 from experiments.lock import WorkdirLock
+from experiments.processes import start_processes, stop_on_peer_loss
 from experiments.progress import Progress
 from experiments.resume import check_resumable
+from experiments.rundata import check_paths, data_shape, load_data
 from experiments.rundir import RunLogger, RunWriter
 from experiments.train_flags import config_from_flags, flagfile_text
+from experiments.trained import save_best, save_preprocessing
 from jcnn import files
 
 # An app's own Solver arguments: (config, model, data) -> keyword arguments.
 SolverOptions = Callable[[Mapping[str, Any], Any, Mapping[str, Any]], dict[str, Any]]
-
-
-def data_shape(config: Mapping[str, Any]) -> dict[str, Any]:
-    """The model's ``num_classes`` and ``input_dim`` for the run's data, known before the data
-    are loaded: CIFAR-10's, or an image folder's (its class folders, and ``--image_size`` or
-    its first image's size); a folder that cannot be used stops the app with one line."""
-    if config.get("dataset", "cifar10") != "folder":
-        return {"num_classes": 10, "input_dim": (3, 32, 32)}
-    from jcnn.data import DatasetError, describe_image_folder
-
-    try:
-        classes, (h, w) = describe_image_folder(config["data_dir"], config.get("image_size"))
-    except DatasetError as e:
-        raise UsageFailure(f"--data_dir={config['data_dir']} (--dataset=folder): {e}") from None
-    return {"num_classes": len(classes), "input_dim": (3, h, w)}
-
-
-def load_data(config: Mapping[str, Any]) -> dict[str, Any]:
-    """CIFAR-10, or an image folder (``--dataset=folder``), split the cs231n way (mean image
-    subtracted, float32 NCHW); a problem with the data on disk or the split sizes stops the
-    app with one line."""
-    from jcnn.data import DatasetError, get_cifar10_data, load_image_folder, split_and_preprocess
-    from jcnn.data.cifar10 import resolve_data_dir
-
-    counts = config["num_train"], config["num_val"], config["num_test"]
-    if config.get("dataset", "cifar10") == "folder":
-        root = config["data_dir"]
-        try:
-            raw = load_image_folder(root, size=config.get("image_size"))
-        except DatasetError as e:
-            raise UsageFailure(f"could not load the image folder {root} (--data_dir): {e}") from e
-        train, test = len(raw.X_train), len(raw.X_test)
-        if counts[0] + counts[1] > train or counts[2] > test:
-            raise UsageFailure(
-                f"--num_train={counts[0]} + --num_val={counts[1]} and --num_test={counts[2]} do "
-                f"not fit the image folder {root}, which has {train} training and {test} test "
-                f"images: pass e.g. --num_train={max(1, train - train // 10)} "
-                f"--num_val={train // 10} --num_test={test}"
-            )
-        return split_and_preprocess(raw, *counts)
-    try:
-        return get_cifar10_data(
-            config["data_dir"], num_training=counts[0], num_validation=counts[1],
-            num_test=counts[2],
-        )  # fmt: skip
-    except (DatasetError, ValueError) as e:
-        where = resolve_data_dir(config["data_dir"])
-        raise UsageFailure(f"could not load CIFAR-10 from {where} (--data_dir): {e}") from e
 
 
 def make_augment(config: Mapping[str, Any]) -> Callable | None:
@@ -165,99 +111,6 @@ def make_run_mesh(config: Mapping[str, Any]) -> Any:
         return make_mesh(config.get("num_devices"), batch_size=config["batch_size"])
     except ValueError as e:
         raise UsageFailure(f"--num_devices / --batch_size: {e}") from None
-
-
-def start_processes(config: Mapping[str, Any]) -> None:
-    """``jax.distributed.initialize`` for a multi-host run (``--num_processes`` > 1, or a
-    ``--coordinator_address``); a failure stops the app with one line, and so does not
-    hearing from every process within ``--coordinator_timeout`` seconds (JAX would abort)."""
-    from jcnn.parallel import initialize_distributed
-
-    n = config.get("num_processes") or 1
-    address = config.get("coordinator_address")
-    if n == 1 and not address:
-        return
-    pid, timeout = config.get("process_id"), int(config.get("coordinator_timeout") or 300)
-
-    def give_up() -> None:  # JAX's own timeout aborts the process with a C++ stack trace
-        message = errors.UsageFailure(
-            f"could not start process {pid} of {n}: not every process connected to "
-            f"the coordinator at {address} (--coordinator_address) within {timeout} s "
-            "(--coordinator_timeout): start process 0 there with the same "
-            "--coordinator_address and --num_processes, start every process, and check that "
-            "the address is reachable from this host"
-        ).code
-        sys.stderr.write(f"{message}\n")
-        sys.stderr.flush()
-        os._exit(1)
-
-    watchdog = threading.Timer(timeout, give_up)
-    watchdog.daemon = True
-    if not errors.debug():  # JCNN_DEBUG: let JAX abort with its own report
-        watchdog.start()
-
-    try:  # JAX gets a little longer, so that the watchdog speaks first
-        initialize_distributed(address, n, pid, timeout_s=timeout + 10)
-    except (ValueError, RuntimeError) as e:
-        raise UsageFailure(f"could not start process {pid} of {n}: {e}") from None
-    finally:
-        watchdog.cancel()
-
-
-def _newest_checkpoint(config: Mapping[str, Any]) -> str | None:
-    """The newest good checkpoint of the run in ``config['workdir']`` (None: none yet)."""
-    from jcnn.checkpoint import latest_run_checkpoint
-
-    if not config.get("workdir"):
-        return None
-    try:
-        found = latest_run_checkpoint(Path(config["workdir"]) / "checkpoints")
-    except Exception:  # noqa: BLE001 - only for the advice; the failure is the lost process
-        return None
-    return None if found is None else str(found[0])
-
-
-def _probe_writable(folder: Path) -> str | None:
-    """Why ``folder`` cannot be written (None: it can): a probe file created and removed."""
-    if not os.access(folder, os.W_OK | os.X_OK):
-        return "permission denied"
-    try:
-        fd, probe = tempfile.mkstemp(dir=folder, prefix=".jcnn-probe.", suffix=".tmp")
-        os.close(fd)
-        os.unlink(probe)
-    except OSError as e:
-        return e.strerror or str(e)
-    return None
-
-
-def check_paths(config: Mapping[str, Any]) -> None:
-    """Before any data is loaded or training starts: ``--workdir`` and ``--data_dir`` must
-    not name files, and the workdir (its checkpoints folder too, if any; else its nearest
-    existing parent) must be writable. Each problem stops the app with one line."""
-    from jcnn.data.cifar10 import resolve_data_dir
-
-    workdir = Path(config["workdir"]) if config.get("workdir") else Path("runs")
-    data_dir = (
-        Path(config["data_dir"])
-        if config.get("dataset") == "folder"
-        else resolve_data_dir(config["data_dir"])
-    )
-    for flag, path in (("workdir", workdir), ("data_dir", data_dir)):
-        if path.exists() and not path.is_dir():
-            raise UsageFailure(f"--{flag}={path} is a file, not a folder: choose a folder")
-    folders = [p for p in (workdir, workdir / "checkpoints") if p.is_dir()]
-    if not folders:  # created later: its nearest existing parent must take it
-        parent = next((p for p in workdir.absolute().parents if p.exists()), None)
-        if parent is not None and not parent.is_dir():
-            raise UsageFailure(f"--workdir={workdir}: {parent} is a file, not a folder")
-        folders = [parent] if parent is not None else []
-    for folder in folders:
-        why = _probe_writable(folder)
-        if why is not None:
-            raise UsageFailure(
-                f"--workdir={workdir}: cannot write in {folder} ({why}): make it writable, or "
-                "choose another --workdir"
-            )
 
 
 def _printer(primary: bool) -> Callable[..., None]:
@@ -357,53 +210,6 @@ def run_training(solver: Any, logger: RunLogger, config: Mapping[str, Any]) -> f
         jax.config.update("jax_debug_nans", debug_nans)
         logger.flush(solver)
     return time.perf_counter() - session_start
-
-
-def save_best(
-    writer: RunWriter, solver: Any, model: Any, test_acc: float | None, data: Mapping[str, Any]
-) -> None:
-    """checkpoints/best.npz: the parameters with the best validation accuracy and, where the
-    data say how images were prepared (``mean_image``, ``label_names``), what using them
-    needs (:func:`jcnn.classifier.classifier_record`: load it with ``load_classifier``)."""
-    tree = {"params": solver.params, "state": solver.state}
-    meta = {
-        "best_epoch": solver.best_epoch,
-        "best_val_acc": solver.best_val_acc,
-        "test_acc": test_acc,
-        "model": rundir.model_config(model),
-        "jax_version": jax.__version__,
-    }
-    record = _classifier_record(solver, model, data)
-    if record is not None:
-        tree["mean_image"] = np.asarray(data["mean_image"], np.float32)
-        meta["classifier"] = record
-    writer.save_checkpoint("checkpoints/best.npz", tree, meta)
-
-
-def _classifier_record(solver: Any, model: Any, data: Mapping[str, Any]) -> dict | None:
-    """The run's :func:`jcnn.classifier.classifier_record` (None: the data do not say how
-    their images were prepared)."""
-    from jcnn.classifier import classifier_record
-
-    mean, names = data.get("mean_image"), data.get("label_names")
-    if mean is None or names is None:
-        return None
-    return classifier_record(
-        model, class_names=names, mean_image=mean, test_time_flip=solver.test_time_flip,
-        test_time_translate=solver.test_time_translate,
-    )  # fmt: skip
-
-
-def save_preprocessing(writer: RunWriter, solver: Any, model: Any, data: Mapping[str, Any]) -> None:
-    """``preprocessing.npz``, before training: the mean image and the classifier record, so
-    that a run still training can be used with its best parameters so far
-    (:func:`jcnn.classifier.load_classifier`)."""
-    from jcnn.classifier import PREPROCESSING
-
-    record = _classifier_record(solver, model, data)
-    if record is not None:
-        mean = np.asarray(data["mean_image"], np.float32)
-        writer.save_checkpoint(str(PREPROCESSING), {"mean_image": mean}, {"classifier": record})
 
 
 def accuracy_on_test(solver: Any, data: Mapping[str, Any], *, augment: bool = True) -> float | None:
@@ -687,12 +493,7 @@ def _main(
             raise
         raise _disk_full(writer, e) from e
     except jax.errors.JaxRuntimeError as e:  # a collective whose peer process is gone
-        if jax.process_count() == 1 or not errors.is_peer_loss(e) or errors.debug():
-            raise
-        errors.exit_peer_lost(
-            str(e), process=jax.process_index(), processes=jax.process_count(),
-            kept=_newest_checkpoint(config),
-        )  # fmt: skip
+        stop_on_peer_loss(e, config)
         raise
     finally:
         writer.close()  # the workdir's lock

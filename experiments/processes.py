@@ -1,0 +1,80 @@
+"""A training app run as several processes (``--num_processes``, ``--coordinator_address``):
+starting them together (:func:`start_processes`) and what the survivors say when one of
+them dies (:func:`stop_on_peer_loss`).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import jax
+
+from experiments import errors
+from experiments.errors import UsageFailure
+
+
+def start_processes(config: Mapping[str, Any]) -> None:
+    """``jax.distributed.initialize`` for a multi-host run (``--num_processes`` > 1, or a
+    ``--coordinator_address``); a failure stops the app with one line, and so does not
+    hearing from every process within ``--coordinator_timeout`` seconds (JAX would abort)."""
+    from jcnn.parallel import initialize_distributed
+
+    n = config.get("num_processes") or 1
+    address = config.get("coordinator_address")
+    if n == 1 and not address:
+        return
+    pid, timeout = config.get("process_id"), int(config.get("coordinator_timeout") or 300)
+
+    def give_up() -> None:  # JAX's own timeout aborts the process with a C++ stack trace
+        message = errors.UsageFailure(
+            f"could not start process {pid} of {n}: not every process connected to "
+            f"the coordinator at {address} (--coordinator_address) within {timeout} s "
+            "(--coordinator_timeout): start process 0 there with the same "
+            "--coordinator_address and --num_processes, start every process, and check that "
+            "the address is reachable from this host"
+        ).code
+        sys.stderr.write(f"{message}\n")
+        sys.stderr.flush()
+        os._exit(1)
+
+    watchdog = threading.Timer(timeout, give_up)
+    watchdog.daemon = True
+    if not errors.debug():  # JCNN_DEBUG: let JAX abort with its own report
+        watchdog.start()
+
+    try:  # JAX gets a little longer, so that the watchdog speaks first
+        initialize_distributed(address, n, pid, timeout_s=timeout + 10)
+    except (ValueError, RuntimeError) as e:
+        raise UsageFailure(f"could not start process {pid} of {n}: {e}") from None
+    finally:
+        watchdog.cancel()
+
+
+def _newest_checkpoint(config: Mapping[str, Any]) -> str | None:
+    """The newest good checkpoint of the run in ``config['workdir']`` (None: none yet)."""
+    from jcnn.checkpoint import latest_run_checkpoint
+
+    if not config.get("workdir"):
+        return None
+    try:
+        found = latest_run_checkpoint(Path(config["workdir"]) / "checkpoints")
+    except Exception:  # noqa: BLE001 - only for the advice; the failure is the lost process
+        return None
+    return None if found is None else str(found[0])
+
+
+def stop_on_peer_loss(error: BaseException, config: Mapping[str, Any]) -> None:
+    """In a multi-process run, end this process in one line (exit 1, at once) if ``error``
+    says that another process is gone (:func:`experiments.errors.exit_peer_lost`); otherwise
+    return, so that the caller re-raises."""
+    if jax.process_count() == 1 or not errors.is_peer_loss(error) or errors.debug():
+        return
+    errors.exit_peer_lost(
+        str(error), process=jax.process_index(), processes=jax.process_count(),
+        kept=_newest_checkpoint(config),
+    )  # fmt: skip
