@@ -5,7 +5,7 @@
     python -m experiments.bench_devices --devices=1 --processes=2   # + 2 processes, 1 core each
 
 For each device count a fresh interpreter builds a :class:`jcnn.solver.Solver` for the
-seed's VGG (:data:`experiments.presets.VGG`, its sizes overridable) on random images with a
+seed's VGG (:data:`experiments.recipes.VGG_SEED`, its sizes overridable) on random images with a
 mesh of that many devices (on the CPU, that many virtual devices:
 ``XLA_FLAGS=--xla_force_host_platform_device_count=N``, which must be set before JAX
 starts) and times ``--steps`` training steps after ``--warmup`` ones (compilation
@@ -25,6 +25,7 @@ calls in the compiled training step).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -36,20 +37,18 @@ from absl import app, flags
 
 import jcnn.cpu  # before JAX starts: its CPU convolution flag
 from experiments import errors
-from experiments.presets import VGG
+from experiments.recipes import VGG_SEED as VGG
 
 DEVICES = flags.DEFINE_list("devices", ["1", "2"], "Device counts to compare.")
 BATCH_SIZE = flags.DEFINE_integer(
-    "batch_size", VGG.training["batch_size"], "Global minibatch size.", lower_bound=1
+    "batch_size", VGG.batch_size, "Global minibatch size.", lower_bound=1
 )
 STEPS = flags.DEFINE_integer("steps", 20, "Timed training steps per device count.", lower_bound=1)
 WARMUP = flags.DEFINE_integer("warmup", 3, "Untimed steps first (compilation).", lower_bound=1)
-NUM_FILTERS = flags.DEFINE_list(
-    "num_filters", [str(v) for v in VGG.model["num_filters"]], "VGG filters."
-)
-BLOCKS = flags.DEFINE_list("blocks", [str(v) for v in VGG.model["blocks"]], "VGG blocks per stage.")
+NUM_FILTERS = flags.DEFINE_list("num_filters", [str(v) for v in VGG.num_filters], "VGG filters.")
+BLOCKS = flags.DEFINE_list("blocks", [str(v) for v in VGG.blocks], "VGG blocks per stage.")
 HIDDEN_DIMS = flags.DEFINE_list(
-    "hidden_dims", [str(v) for v in VGG.model["hidden_dims"]], "VGG hidden widths."
+    "hidden_dims", [str(v) for v in VGG.hidden_dims], "VGG hidden widths."
 )
 IMAGE_SIZE = flags.DEFINE_integer("image_size", 32, "Square image side.", lower_bound=2)
 COMPUTE_DTYPE = flags.DEFINE_enum(
@@ -100,10 +99,10 @@ def measure(config: dict[str, Any], num_devices: int) -> dict[str, Any]:
 
     mesh = make_mesh(num_devices, batch_size=config["batch_size"])
     s = config["image_size"]
-    model = VGG.build(
-        input_dim=(3, s, s), num_filters=config["num_filters"], blocks=config["blocks"],
+    model = dataclasses.replace(
+        VGG, num_filters=config["num_filters"], blocks=config["blocks"],
         hidden_dims=config["hidden_dims"],
-    )  # fmt: skip
+    ).build_model(input_dim=(3, s, s))  # fmt: skip
     rng = np.random.default_rng(0)
     n = max(4 * config["batch_size"], 200)
     data = {
@@ -113,8 +112,8 @@ def measure(config: dict[str, Any], num_devices: int) -> dict[str, Any]:
         "y_val": rng.integers(0, 10, 10),
     }
     solver = Solver(
-        model, data, update_rule=VGG.training["update_rule"],
-        optim_config={"learning_rate": VGG.training["learning_rate"]},
+        model, data, update_rule=VGG.update_rule,
+        optim_config={"learning_rate": VGG.learning_rate},
         batch_size=config["batch_size"], verbose=False, mesh=mesh,
         compute_dtype=config["compute_dtype"],
     )  # fmt: skip

@@ -27,16 +27,18 @@ from typing import Any
 
 from absl import flags
 
-from experiments import airbench_cifar, three_layer_cifar, vgg_cifar
+from experiments import recipes
+from experiments.config import CIFAR10_TEST
 from experiments.errors import UsageFailure, failures_in_one_line, run_app
 from experiments.rundata import data_shape, load_data
 from experiments.rundir import RunWriter
-from experiments.train_flags import CIFAR10_TEST
+from experiments.train import build_model
 
-MAKE_MODEL = {
-    vgg_cifar.APP_NAME: vgg_cifar.make_model,
-    three_layer_cifar.APP_NAME: three_layer_cifar.make_model,
-    airbench_cifar.APP_NAME: airbench_cifar.make_model,
+# The recipe class of each training app's runs.
+RECIPES = {
+    "vgg_cifar": recipes.VGGRecipe,
+    "three_layer_cifar": recipes.ThreeLayerRecipe,
+    "airbench_cifar": recipes.AirbenchRecipe,
 }
 # Key suffixes of the test-time augmentations measured (see `tta_views`).
 PLAIN, FLIP, FLIP_SHIFT = "", "_flip", "_flip_shift"
@@ -64,14 +66,14 @@ def read_run(workdir: Path) -> dict[str, Any]:
     except FileNotFoundError:
         raise UsageFailure(
             f"--workdir={workdir} holds no config.json: not the workdir of a "
-            f"{' or '.join(MAKE_MODEL)} run"
+            f"{' or '.join(RECIPES)} run"
         ) from None
     except (OSError, ValueError) as e:
         raise UsageFailure(f"--workdir={workdir}: cannot read {path.name}: {e}") from None
-    if started.get("app") not in MAKE_MODEL or not isinstance(started.get("flags"), Mapping):
+    if started.get("app") not in RECIPES or not isinstance(started.get("flags"), Mapping):
         raise UsageFailure(
             f"--workdir={workdir}: config.json is from app {started.get('app')!r}; "
-            f"this evaluates runs of {', '.join(MAKE_MODEL)}"
+            f"this evaluates runs of {', '.join(RECIPES)}"
         )
     return started
 
@@ -129,7 +131,7 @@ def run(fv: flags.FlagValues = flags.FLAGS) -> dict[str, Any]:
     if fv.num_test is not None:
         config["num_test"] = fv.num_test
     try:
-        model = MAKE_MODEL[started["app"]]({**config, **data_shape(config)})
+        model = build_model(RECIPES[started["app"]], {**config, **data_shape(config)})
     except (KeyError, ValueError) as e:
         raise UsageFailure(f"--workdir={workdir}: config.json's model: {e}") from None
     path = workdir / "checkpoints" / "best.npz"

@@ -2,14 +2,15 @@
 flags may differ when it does.
 
 Running the same command again (same ``--workdir``) resumes from the newest complete
-checkpoint whose checksums hold (a corrupt one is set aside with a warning and the one before
-it used) and ends exactly as an uninterrupted run would. A checkpoint made with other flags
-(those that shape the model or the training; :data:`RESUME_MAY_DIFFER` lists the others)
-stops the app with one line naming them (:func:`check_resumable`); so does a ``--num_epochs``
-below what the run has done, and training data other than the run's (the Solver's data
-fingerprint; ``--allow_data_change`` accepts it). A workdir holding checkpoint files but no
-good one (all moved aside as ``*.corrupt``) stops with one line listing them: nothing the
-user might salvage is deleted unless they pass ``--overwrite``, which starts over.
+checkpoint whose checksums hold (a corrupt one is set aside with a warning and the one
+before it used) and ends exactly as an uninterrupted run would. A checkpoint made with other
+flags (those that shape the model or the training: every setting of the recipe not declared
+``may_change_on_resume``, :mod:`experiments.config`) stops the app with one line naming them
+(:func:`check_resumable`); so does a ``--num_epochs`` below what the run has done, and
+training data other than the run's (the Solver's data fingerprint; ``--allow_data_change``
+accepts it). A workdir holding checkpoint files but no good one (all moved aside as
+``*.corrupt``) stops with one line listing them: nothing the user might salvage is deleted
+unless they pass ``--overwrite``, which starts over.
 """
 
 from __future__ import annotations
@@ -19,26 +20,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from experiments import config as settings
 from experiments.errors import UsageFailure
 from experiments.rundir import RunWriter
 from jcnn.files import to_json_values
-
-# Flags that may change when a run resumes: where things are, how often it reports and
-# checkpoints, how long it runs (more epochs extend it). Every other flag must match.
-RESUME_MAY_DIFFER = (
-    "workdir", "overwrite", "data_dir", "num_test", "num_epochs", "print_every",
-    "plot_every_epoch", "keep_checkpoints", "checkpoint_every", "checkpoint_minutes", "debug_nans",
-    "num_devices", "coordinator_address", "num_processes", "process_id", "coordinator_timeout",
-    "allow_data_change",
-    # Which code computes the model (jcnn.models IMPLEMENTATION_FIELDS), not what it computes.
-    "layers", "conv_impl", "pool_impl",
-)  # fmt: skip
-# Flags added after runs were made: a checkpoint without them was made with these values.
-ADDED_FLAG_DEFAULTS = {
-    "lr_schedule": "exponential", "warmup_epochs": 0.0, "test_time_flip": False,
-    "label_smoothing": 0.0, "cutout": 0, "flips": "alternating", "dataset": "cifar10",
-    "image_size": None,
-}  # fmt: skip
 
 
 def _flag_text(value: Any) -> str:
@@ -74,7 +59,7 @@ def check_num_epochs(
         )
 
 
-def check_resumable(writer: RunWriter, config: Mapping[str, Any]) -> Path | None:
+def check_resumable(writer: RunWriter, recipe: Any) -> Path | None:
     """The checkpoint a rerun in ``writer``'s workdir resumes from (None: none, start over).
 
     Stops the app with one line if the checkpoint was made with other flags (naming them),
@@ -111,9 +96,13 @@ def check_resumable(writer: RunWriter, config: Mapping[str, Any]) -> Path | None
             f"--workdir={workdir}: checkpoint {path.name} records no flags, so it cannot be "
             "resumed safely; choose another --workdir or pass --overwrite"
         )
+    config = settings.flag_values(recipe)
+    recipe_class = type(recipe)
+    saved = {k: v for k, v in saved.items() if k in config}  # flags the app no longer has
     differences = config_differences(
-        saved, to_json_values(dict(config)), defaults=ADDED_FLAG_DEFAULTS, ignore=RESUME_MAY_DIFFER
-    )
+        saved, to_json_values(config), defaults=settings.before_added(recipe_class),
+        ignore=settings.may_change_on_resume(recipe_class),
+    )  # fmt: skip
     if differences:
         listed = "; ".join(
             f"--{k}={_flag_text(a)} there, --{k}={_flag_text(b)} now"

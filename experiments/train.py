@@ -1,30 +1,31 @@
 """The run loop of the training apps: flags in, a trained model and its files out.
 
 The apps (:mod:`experiments.vgg_cifar`, :mod:`experiments.three_layer_cifar`,
-:mod:`experiments.airbench_cifar`) only add their model's flags and a
-``make_model(config)``; the rest lives in one module per job::
+:mod:`experiments.airbench_cifar`) only name their recipe class (its settings are their
+flags, its ``build_model`` their model); the rest lives in one module per job::
 
-    experiments.train_flags   the common flags and their checks, config_from_flags
+    experiments.config        the settings every recipe is made of, each declared once
+    experiments.recipes       the apps' recipe classes and the named runs (VGG_SEED, ...)
+    experiments.train_flags   the flags derived from a recipe's settings, config_from_flags
     experiments.rundata       the data (CIFAR-10 or an image folder) and the paths' checks
     experiments.rundir        the workdir's files: RunWriter, metrics lines, plots, summary
     experiments.trained       what a run keeps for using its network (best.npz)
-    experiments.resume        which checkpoint a rerun resumes from, which flags may differ
+    experiments.resume        which checkpoint a rerun resumes from
     experiments.processes     several processes: starting them, losing one
-    experiments.presets       the models' default hyper-parameters
 
 and this module runs them::
 
-    config = config_from_flags(fv, names)          # plain dict of flag values
-    model = make_model(config)                     # checked before any data is loaded
-    summary = train_and_evaluate(config, model, RunWriter(workdir), app_name='vgg_cifar')
+    recipe = recipe_from_flags(fv, VGGRecipe)       # typed, frozen, checked
+    model = recipe.build_model()                    # checked before any data is loaded
+    summary = train_and_evaluate(recipe, model, RunWriter(workdir), app_name='vgg_cifar')
 
-Bad flags stop the program with one line naming the flag, before data is loaded (the flag
-validators, then the model's own checks, then :func:`experiments.rundata.check_paths`); every
-other failure a user can fix ends the same way, ``FATAL <cause>: <what to do>`` and exit
-status 1 (:mod:`experiments.errors`, which lists them); any other exception is a bug and
-keeps its traceback. Rerunning the same command resumes the run (:mod:`experiments.resume`),
-``--overwrite`` starts over; process 0 locks the workdir (:mod:`experiments.lock`) until the
-run ends.
+Bad flags stop the program with one line naming the flag, before data is loaded (the
+settings' checks as flag validators, then the model's own checks, then
+:func:`experiments.rundata.check_paths`); every other failure a user can fix ends the same
+way, ``FATAL <cause>: <what to do>`` and exit status 1 (:mod:`experiments.errors`, which
+lists them); any other exception is a bug and keeps its traceback. Rerunning the same
+command resumes the run (:mod:`experiments.resume`), ``--overwrite`` starts over; process 0
+locks the workdir (:mod:`experiments.lock`) until the run ends.
 
 Scaling out: training is data-parallel over ``--num_devices`` devices per process (default:
 all local ones); ``--batch_size`` is the global batch, split evenly over them. Several hosts:
@@ -37,6 +38,7 @@ network in bfloat16 (parameters, optimiser state and the loss stay float32).
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import os
@@ -49,57 +51,69 @@ from typing import Any
 import jax
 from absl import flags
 
+from experiments import config as settings
 from experiments import errors, rundir
 from experiments.errors import UsageFailure
 from experiments.lock import WorkdirLock
 from experiments.processes import start_processes, stop_on_peer_loss
 from experiments.progress import Progress
+from experiments.recipes import Recipe
 from experiments.resume import check_resumable
 from experiments.rundata import check_paths, data_shape, load_data
 from experiments.rundir import RunLogger, RunWriter
-from experiments.train_flags import config_from_flags, flagfile_text
+from experiments.train_flags import flagfile_text, recipe_from_flags
 from experiments.trained import save_best, save_preprocessing
 from jcnn import files
 
-# An app's own Solver arguments: (config, model, data) -> keyword arguments.
-SolverOptions = Callable[[Mapping[str, Any], Any, Mapping[str, Any]], dict[str, Any]]
+# An app's own Solver arguments: (recipe, model, data) -> keyword arguments.
+SolverOptions = Callable[[Any, Any, Mapping[str, Any]], dict[str, Any]]
 
 
-def make_augment(config: Mapping[str, Any]) -> Callable | None:
-    if not config["augment"]:
+def build_model(recipe_class: type[Recipe], config: Mapping[str, Any]) -> Any:
+    """The model of a run's recorded flags (``config``, e.g. summary.json's ``flags``; its
+    ``input_dim`` and ``num_classes`` if it has them, else CIFAR-10's)."""
+    recipe = settings.from_record(recipe_class, config)
+    return recipe.build_model(
+        tuple(config.get("input_dim", (3, 32, 32))), int(config.get("num_classes", 10))
+    )
+
+
+def make_augment(recipe: settings.Augment) -> Callable | None:
+    """The cs231n apps' optional augmentation: crops and flips (and cutout), or None."""
+    if not recipe.augment:
         return None
     from jcnn.augment import random_crop_flip
 
-    cut = int(config.get("cutout", 0))
-    if cut:
-        return functools.partial(random_crop_flip, pad=int(config["augment_pad"]), cutout=cut)
-    return functools.partial(random_crop_flip, pad=int(config["augment_pad"]))
+    if recipe.cutout:
+        return functools.partial(random_crop_flip, pad=recipe.augment_pad, cutout=recipe.cutout)
+    return functools.partial(random_crop_flip, pad=recipe.augment_pad)
 
 
-def solver_kwargs(config: Mapping[str, Any]) -> dict[str, Any]:
-    """The Solver's keyword arguments for a run's config."""
-    return dict(
-        checkpoint_every=config.get("checkpoint_every"),
-        checkpoint_every_s=60.0 * config["checkpoint_minutes"]
-        if config.get("checkpoint_minutes")
-        else None,
-        keep_checkpoints=config.get("keep_checkpoints", 0),
-        update_rule=config["update_rule"],
-        optim_config={"learning_rate": config["learning_rate"]},
-        lr_decay=config["lr_decay"],
-        lr_schedule=config.get("lr_schedule", "exponential"),
-        warmup_epochs=config.get("warmup_epochs", 0.0),
-        batch_size=config["batch_size"],
-        num_epochs=config["num_epochs"],
-        num_train_samples=config["num_train_samples"],
-        num_val_samples=config["num_val_samples"],
-        print_every=config["print_every"],
-        seed=config["seed"],
-        compute_dtype=config.get("compute_dtype"),
-        test_time_flip=config.get("test_time_flip", False),
-        check_data=not config.get("allow_data_change", False),
+def solver_kwargs(recipe: Recipe) -> dict[str, Any]:
+    """The Solver's keyword arguments for a recipe (those of the groups it has)."""
+    kwargs: dict[str, Any] = dict(
+        checkpoint_every=recipe.checkpoint_every,
+        checkpoint_every_s=60.0 * recipe.checkpoint_minutes or None,
+        keep_checkpoints=recipe.keep_checkpoints,
+        num_train_samples=recipe.num_train_samples,
+        num_val_samples=recipe.num_val_samples,
+        print_every=recipe.print_every,
+        compute_dtype=recipe.compute_dtype,
+        test_time_flip=recipe.test_time_flip,
+        check_data=not recipe.allow_data_change,
         verbose=True,
     )
+    if isinstance(recipe, settings.Schedule):
+        kwargs.update(batch_size=recipe.batch_size, num_epochs=recipe.num_epochs, seed=recipe.seed)
+    if isinstance(recipe, settings.Cs231nOptimiser):
+        kwargs.update(
+            update_rule=recipe.update_rule, optim_config={"learning_rate": recipe.learning_rate},
+            lr_decay=recipe.lr_decay, lr_schedule=recipe.lr_schedule,
+            warmup_epochs=recipe.warmup_epochs,
+        )  # fmt: skip
+    if isinstance(recipe, settings.Augment):
+        kwargs["augment"] = make_augment(recipe)
+    return kwargs
 
 
 def make_run_mesh(config: Mapping[str, Any]) -> Any:
@@ -119,7 +133,7 @@ def _printer(primary: bool) -> Callable[..., None]:
 
 
 def make_solver(
-    config: Mapping[str, Any],
+    recipe: Recipe,
     model: Any,
     data: Mapping[str, Any],
     writer: RunWriter,
@@ -129,16 +143,16 @@ def make_solver(
     solver_options: SolverOptions | None = None,
 ) -> Any:
     """The run's Solver, resumed from the workdir's newest checkpoint if it holds one.
-    ``solver_options(config, model, data)`` gives the app's own Solver arguments (they
-    override the common flags' ones)."""
+    ``solver_options(recipe, model, data)`` gives the app's own Solver arguments (they
+    override :func:`solver_kwargs`' ones)."""
     from jcnn.checkpoint import CheckpointMismatchError
     from jcnn.parallel import is_primary
     from jcnn.solver import Solver
 
-    kwargs = {"augment": make_augment(config), **solver_kwargs(config), "verbose": is_primary()}
+    kwargs = {**solver_kwargs(recipe), "verbose": is_primary()}
     try:
         if solver_options is not None:
-            kwargs.update(solver_options(config, model, data))
+            kwargs.update(solver_options(recipe, model, data))
         return Solver(
             model,
             data,
@@ -146,7 +160,7 @@ def make_solver(
             on_epoch_end=[logger],
             on_progress=[] if progress is None else [progress],
             resume="auto",
-            run_config=config,
+            run_config=settings.flag_values(recipe),
             mesh=mesh,
             **kwargs,
         )
@@ -277,7 +291,7 @@ def finish_run(
 
 
 def train_and_evaluate(
-    config: Mapping[str, Any],
+    recipe: Recipe,
     model: Any,
     writer: RunWriter,
     *,
@@ -294,6 +308,7 @@ def train_and_evaluate(
     gathers only its rows of each global batch, only process 0 prints and writes."""
     from jcnn.parallel import is_primary
 
+    config = settings.flag_values(recipe)  # the run's flags, as its files record them
     if mesh is None:
         mesh = make_run_mesh(config)
     say = _printer(is_primary())
@@ -306,17 +321,15 @@ def train_and_evaluate(
     data_s = time.perf_counter() - t_start
 
     logger = RunLogger(writer, config, plots=plots)
-    progress = Progress(
-        int(config["batch_size"]), lambda: logger.outside_training_s, enabled=is_primary()
-    )
-    solver = make_solver(config, model, data, writer, logger, mesh, progress, solver_options)
+    progress = Progress(recipe.batch_size, lambda: logger.outside_training_s, enabled=is_primary())
+    solver = make_solver(recipe, model, data, writer, logger, mesh, progress, solver_options)
     start_iteration = solver.iteration
     if solver.resumed_from is not None:
         if solver.iteration >= solver.num_iterations and writer.path("summary.json").is_file():
             say(f"{app_name}: the run in {writer.workdir} is complete; see summary.json")
             return json.loads(writer.path("summary.json").read_text())
         # The lines the checkpoint covers, exactly once; later ones are appended as usual.
-        lines = rundir.history_records(solver, int(config["print_every"]))
+        lines = rundir.history_records(solver, recipe.print_every)
         writer.write_text("metrics.jsonl", rundir.jsonl_lines(lines))
     writer.write_json(
         "config.json",
@@ -356,31 +369,28 @@ def mismatch_message(workdir: Path, config: Mapping[str, Any], error: Exception)
     )
 
 
-def prepare_workdir(
-    config: dict[str, Any], fv: flags.FlagValues, names: Sequence[str], app_name: str
-) -> RunWriter:
-    """The run's writer: ``--workdir`` (or a new default one, recorded in ``config``)
-    locked for this run (:mod:`experiments.lock`; released by ``writer.close()`` or when
-    the process ends), cleared with ``--overwrite``, else checked for a run to resume; then
+def prepare_workdir(recipe: Recipe, fv: flags.FlagValues, app_name: str) -> RunWriter:
+    """The run's writer: ``--workdir`` (or a new default one: ``writer.workdir``) locked
+    for this run (:mod:`experiments.lock`; released by ``writer.close()`` or when the
+    process ends), cleared with ``--overwrite``, else checked for a run to resume; then
     flags.cfg. With several processes, the others wait here until process 0 is done with it."""
     primary = jax.process_index() == 0
-    if config["workdir"]:
-        workdir = Path(config["workdir"])
+    if recipe.workdir:
+        workdir = Path(recipe.workdir)
     else:  # a new folder no other run can share
         make = rundir.create_workdir if primary else rundir.default_workdir
         workdir = make(app_name)
-    config["workdir"] = str(workdir)
     writer = RunWriter(workdir)
     if writer.enabled:  # before the workdir is read or cleared
         writer.lock = WorkdirLock(workdir).acquire()
     try:
-        if config["overwrite"]:
+        if recipe.overwrite:
             writer.clear()
         elif writer.enabled and writer.holds_run():  # process 0 checks (and tidies) the workdir
-            resume_from = check_resumable(writer, config)
+            resume_from = check_resumable(writer, dataclasses.replace(recipe, workdir=str(workdir)))
             if resume_from is not None:
                 print(f"{app_name}: resuming the run in {workdir} from {resume_from}", flush=True)
-        writer.write_text("flags.cfg", flagfile_text(fv, names))
+        writer.write_text("flags.cfg", flagfile_text(fv, type(recipe)))
         if jax.process_count() > 1:  # the others read the workdir only once process 0 is done
             from jax.experimental import multihost_utils
 
@@ -395,8 +405,7 @@ def main(
     argv: Sequence[str],
     *,
     app_name: str,
-    names: Sequence[str],
-    make_model: Callable[[Mapping[str, Any]], Any],
+    recipe_class: type[Recipe],
     fv: flags.FlagValues = flags.FLAGS,
     solver_options: SolverOptions | None = None,
 ) -> dict[str, Any]:
@@ -411,7 +420,7 @@ def main(
     jcnn.cpu.tune()  # a training program: huge pages for the heap (jcnn.cpu)
     with errors.failures_in_one_line():
         return _main(
-            argv, app_name=app_name, names=names, make_model=make_model, fv=fv,
+            argv, app_name=app_name, recipe_class=recipe_class, fv=fv,
             solver_options=solver_options,
         )  # fmt: skip
 
@@ -441,8 +450,7 @@ def _main(
     argv: Sequence[str],
     *,
     app_name: str,
-    names: Sequence[str],
-    make_model: Callable[[Mapping[str, Any]], Any],
+    recipe_class: type[Recipe],
     fv: flags.FlagValues,
     solver_options: SolverOptions | None = None,
 ) -> dict[str, Any]:
@@ -453,19 +461,25 @@ def _main(
             f"unexpected argument(s) {argv[1:]!r}: flags are written --name=value (in a "
             "flagfile too, one per line)"
         )
-    config = config_from_flags(fv, names)
+    try:
+        recipe = recipe_from_flags(fv, recipe_class)
+    except ValueError as e:  # the flag validators ran the same checks: fv was not parsed
+        raise UsageFailure(f"invalid flags: {e}") from None
+    config = settings.flag_values(recipe)
     start_processes(config)  # before anything touches a device
     try:
-        model = make_model({**config, **data_shape(config)})
+        model = recipe.build_model(**data_shape(config))
     except ValueError as e:
         raise UsageFailure(f"invalid model flags: {e}") from None
     mesh = make_run_mesh(config)  # a batch that does not split stops here, before the data
     if jax.process_index() == 0:  # the one that writes
         check_paths(config)  # a file in the way or a read-only workdir stops here
-    writer = prepare_workdir(config, fv, names, app_name)
+    writer = prepare_workdir(recipe, fv, app_name)
+    recipe = dataclasses.replace(recipe, workdir=str(writer.workdir))
+    config = settings.flag_values(recipe)
     try:
         return train_and_evaluate(
-            config, model, writer, app_name=app_name, mesh=mesh, solver_options=solver_options
+            recipe, model, writer, app_name=app_name, mesh=mesh, solver_options=solver_options
         )
     except CheckpointMismatchError as e:
         raise UsageFailure(mismatch_message(writer.workdir, config, e)) from None

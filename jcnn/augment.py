@@ -185,7 +185,7 @@ def _image_bits(X: jax.Array) -> jax.Array:
 
 
 def alternating_flip_crop(
-    key: jax.Array, X, *, step, steps_per_epoch: int, pad: int = 2
+    key: jax.Array, X, *, step, steps_per_epoch: int, pad: int = 2, cutout: int = 0
 ) -> jax.Array:
     """airbench's augmentation: random translation by up to ``pad`` pixels with *reflect*
     padding, and "alternating" flips: every image is mirrored in every other epoch.
@@ -203,14 +203,18 @@ def alternating_flip_crop(
         step: the update count (an int or an integer scalar array).
         steps_per_epoch: updates per epoch, a positive int.
         pad: the largest shift in pixels, a non-negative int smaller than H and W.
+        cutout: then zero a square of this side in each image (:func:`cutout`); 0
+            (default): none.
 
     Returns:
         An array of the shape and dtype of ``X``.
 
     Raises:
         ValueError: if ``X`` is not rank 4, ``pad`` is negative or not smaller than the
-            images, or ``steps_per_epoch`` is not positive.
+            images, ``steps_per_epoch`` is not positive, or naming ``cutout`` if it is not a
+            non-negative int.
     """
+    _, size = _check(X, cutout, "cutout")
     X, pad = _check(X, pad)
     mode = _check_padding("reflect", pad, X)
     if int(steps_per_epoch) < 1:
@@ -218,4 +222,7 @@ def alternating_flip_crop(
     odd_epoch = (jnp.asarray(step) // int(steps_per_epoch)) % 2 == 1
     flip = _image_bits(X) ^ odd_epoch
     out = _crop(key, X, pad, mode)
-    return jnp.where(flip[:, None, None, None], out[..., ::-1], out)
+    out = jnp.where(flip[:, None, None, None], out[..., ::-1], out)
+    if size:  # a second key only then, so that cutout=0 draws exactly as before
+        out = _cutout(jax.random.fold_in(key, 2), out, size)
+    return out

@@ -213,8 +213,21 @@ def test_alternating_flip_crop_translates_with_reflect_padding():
     assert not np.any(out == 0)  # reflect, not zeros
 
 
+def test_alternating_flip_crop_with_cutout_zeroes_a_square_after_the_same_crops_and_flips():
+    X = _images(n=8) + 1.0  # no zero pixels before the cutout
+    key = jax.random.key(4)
+    plain = np.asarray(alternating_flip_crop(key, X, step=1, steps_per_epoch=1, pad=2))
+    cut = np.asarray(alternating_flip_crop(key, X, step=1, steps_per_epoch=1, pad=2, cutout=3))
+    zeroed = cut == 0
+    assert zeroed.any(axis=(1, 2, 3)).all()  # a square in every image
+    assert zeroed.all(axis=1).sum(axis=(1, 2)).max() <= 9  # at most 3 x 3 pixels each
+    np.testing.assert_array_equal(cut[~zeroed], plain[~zeroed])  # the rest: the same draws
+
+
 def test_alternating_flip_crop_checks_its_arguments():
     X = _images(n=2)
+    with pytest.raises(ValueError, match="cutout"):
+        alternating_flip_crop(jax.random.key(0), X, step=0, steps_per_epoch=1, cutout=-1)
     with pytest.raises(ValueError, match="pad"):
         alternating_flip_crop(jax.random.key(0), X, step=0, steps_per_epoch=1, pad=8)
     with pytest.raises(ValueError, match="steps_per_epoch"):

@@ -97,10 +97,10 @@ def test_every_page_that_offers_bfloat16_on_a_cpu_names_the_cpus_it_helps_on():
 def test_the_checkpoint_interval_the_docs_give_is_the_flags_default():
     from absl import flags
 
-    from experiments import presets, train_flags
+    from experiments import recipes, train_flags
 
     fv = flags.FlagValues()
-    train_flags.define_common_flags(fv, **presets.VGG.flag_defaults())
+    train_flags.define_recipe_flags(fv, recipes.VGG_SEED)
     text = " ".join((ROOT / "docs" / "after-a-crash.md").read_text().split())
     stated = re.search(
         r"(\d+) minutes or more after its last checkpoint \(`--checkpoint_minutes`", text

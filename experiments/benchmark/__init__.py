@@ -6,7 +6,7 @@ PyTorch eager.
     python -m experiments.benchmark --models=airbench --batch_sizes=256 --rounds=1 --repeats=3
     python -m experiments.benchmark --tiny --repeats=2 --rounds=1    # smoke run, seconds
 
-Models (``--models``; their sizes come from :mod:`experiments.presets`, overridable by the
+Models (``--models``; their sizes come from :mod:`experiments.recipes`, overridable by the
 ``--three_layer_*``, ``--vgg_*`` and ``--airbench_*`` flags):
 
 * ``three_layer``: the assignment's :class:`~jcnn.models.ThreeLayerConvNet` (hidden 500);

@@ -2,8 +2,9 @@
 
 Every process of a benchmark (the parent and each worker) reads its settings from these
 flags; the parent forwards :data:`FORWARDED` to its workers verbatim. The models
-are :data:`experiments.presets.THREE_LAYER` and :data:`experiments.presets.VGG` (the default
-``--models``) and :data:`experiments.presets.AIRBENCH` (``--models=airbench``).
+are the nets of :data:`experiments.recipes.THREE_LAYER_SEED` and
+:data:`experiments.recipes.VGG_SEED` (the default ``--models``) and of
+:data:`experiments.recipes.AIRBENCH94` (``--models=airbench``).
 """
 
 from __future__ import annotations
@@ -12,9 +13,12 @@ from collections.abc import Iterable
 
 from absl import flags
 
-from experiments.presets import AIRBENCH, THREE_LAYER, VGG, Preset
+from experiments.recipes import AIRBENCH94 as AIRBENCH
+from experiments.recipes import THREE_LAYER_SEED as THREE_LAYER
+from experiments.recipes import VGG_SEED as VGG
+from experiments.recipes import Recipe
 
-PRESETS: dict[str, Preset] = {"three_layer": THREE_LAYER, "vgg": VGG, "airbench": AIRBENCH}
+PRESETS: dict[str, Recipe] = {"three_layer": THREE_LAYER, "vgg": VGG, "airbench": AIRBENCH}
 MODELS = tuple(PRESETS)
 DEFAULT_MODELS = ("three_layer", "vgg")
 # The optimiser of each model's step, in both frameworks: Adam (optax's defaults) for the
@@ -23,7 +27,7 @@ DEFAULT_MODELS = ("three_layer", "vgg")
 OPTIMIZERS = {
     "three_layer": "Adam",
     "vgg": "Adam",
-    "airbench": f"SGD, Nesterov momentum {AIRBENCH.training['momentum']}",
+    "airbench": f"SGD, Nesterov momentum {AIRBENCH.momentum}",
 }
 # jcnn_no_native: jcnn with every compiled CPU kernel turned off (JCNN_NATIVE=0): XLA's code.
 # jcnn_no_onednn: jcnn with only its oneDNN convolutions turned off (JCNN_ONEDNN=0).
@@ -80,7 +84,7 @@ flags.DEFINE_list(
     "batch_sizes",
     None,
     "Batch sizes to time (default: each model's own, "
-    + ", ".join(f"{m} {p.training['batch_size']}" for m, p in PRESETS.items())
+    + ", ".join(f"{m} {p.batch_size}" for m, p in PRESETS.items())
     + ").",
 )
 flags.DEFINE_list(
@@ -111,33 +115,29 @@ flags.DEFINE_integer("seed", 0, "Seed for the parameters and the data.")
 flags.DEFINE_float(
     "learning_rate", 1e-3, "Learning rate of every model's optimiser (Adam; airbench: SGD)."
 )
-# One --reg for the cs231n models: their presets share it. airbench has no L2 term (reg 0).
-flags.DEFINE_float(
-    "reg", VGG.model["reg"], "three_layer, vgg: L2 strength, 0.5·reg·Σ W² added to the loss."
-)
+# One --reg for the cs231n models: their recipes share it. airbench has no L2 term (reg 0).
+flags.DEFINE_float("reg", VGG.reg, "three_layer, vgg: L2 strength, 0.5·reg·Σ W² added to the loss.")
 flags.DEFINE_integer("num_classes", 10, "Classes.")
 flags.DEFINE_integer("image_size", 32, "Images are 3 x image_size x image_size.")
 flags.DEFINE_integer(
-    "three_layer_filters", THREE_LAYER.model["num_filters"], "ThreeLayerConvNet: conv filters."
+    "three_layer_filters", THREE_LAYER.num_filters, "ThreeLayerConvNet: conv filters."
 )
 flags.DEFINE_integer(
-    "three_layer_filter_size", THREE_LAYER.model["filter_size"], "ThreeLayerConvNet: filter size."
+    "three_layer_filter_size", THREE_LAYER.filter_size, "ThreeLayerConvNet: filter size."
 )
 flags.DEFINE_integer(
-    "three_layer_hidden", THREE_LAYER.model["hidden_dim"], "ThreeLayerConvNet: hidden units."
+    "three_layer_hidden", THREE_LAYER.hidden_dim, "ThreeLayerConvNet: hidden units."
 )
 flags.DEFINE_float(
-    "three_layer_weight_scale", THREE_LAYER.model["weight_scale"], "ThreeLayerConvNet: init std."
+    "three_layer_weight_scale", THREE_LAYER.weight_scale, "ThreeLayerConvNet: init std."
 )
-flags.DEFINE_list("vgg_filters", _strs(VGG.model["num_filters"]), "VGGNet: filters per stage.")
-flags.DEFINE_list("vgg_blocks", _strs(VGG.model["blocks"]), "VGGNet: conv blocks per stage.")
-flags.DEFINE_list("vgg_hidden", _strs(VGG.model["hidden_dims"]), "VGGNet: hidden affine widths.")
-flags.DEFINE_float(
-    "vgg_dropout", VGG.model["dropout"], "VGGNet: dropout rate (probability of dropping)."
-)
-flags.DEFINE_float("vgg_weight_scale", VGG.model["weight_scale"], "VGGNet: init std.")
+flags.DEFINE_list("vgg_filters", _strs(VGG.num_filters), "VGGNet: filters per stage.")
+flags.DEFINE_list("vgg_blocks", _strs(VGG.blocks), "VGGNet: conv blocks per stage.")
+flags.DEFINE_list("vgg_hidden", _strs(VGG.hidden_dims), "VGGNet: hidden affine widths.")
+flags.DEFINE_float("vgg_dropout", VGG.dropout, "VGGNet: dropout rate (probability of dropping).")
+flags.DEFINE_float("vgg_weight_scale", VGG.weight_scale, "VGGNet: init std.")
 flags.DEFINE_list(
-    "airbench_widths", _strs(AIRBENCH.model["widths"]), "AirbenchNet: filters of the 3 blocks."
+    "airbench_widths", _strs(AIRBENCH.widths), "AirbenchNet: filters of the 3 blocks."
 )
 flags.DEFINE_integer(
     "airbench_image_size",
@@ -228,7 +228,7 @@ def batch_sizes(model: str) -> list[int]:
     given = FLAGS["batch_sizes"].value
     if given:
         return [int(b) for b in given]
-    return [int(PRESETS[model].training["batch_size"])]
+    return [PRESETS[model].batch_size]
 
 
 def unsupported(model: str, impls: Iterable[str]) -> str | None:
@@ -289,27 +289,21 @@ def model_config(model: str) -> dict:
         return {
             "input_dim": (3, s, s),
             "num_filters": _ints(FLAGS.vgg_filters),
-            "filter_size": VGG.model["filter_size"],
+            "filter_size": VGG.filter_size,
             "blocks": _ints(FLAGS.vgg_blocks),
             "hidden_dims": _ints(FLAGS.vgg_hidden),
             "num_classes": FLAGS.num_classes,
             "weight_scale": FLAGS.vgg_weight_scale,
             "reg": FLAGS.reg,
-            "use_batchnorm": VGG.model["use_batchnorm"],
+            "use_batchnorm": VGG.use_batchnorm,
             "dropout": FLAGS.vgg_dropout,
         }
     if model == "airbench":
-        a = AIRBENCH.model
         side = FLAGS.airbench_image_size or s
-        return {
+        return {  # the rest at AirbenchNet's defaults, which are airbench94's
             "input_dim": (3, side, side),
             "widths": _ints(FLAGS.airbench_widths),
-            "whiten_kernel": a["whiten_kernel"],
             "num_classes": FLAGS.num_classes,
-            "head_scale": a["head_scale"],
-            "bn_momentum": a["bn_momentum"],
-            "bn_eps": a["bn_eps"],
-            "label_smoothing": a["label_smoothing"],
-            "reg": a["reg"],
+            "label_smoothing": AIRBENCH.label_smoothing,
         }
     raise ValueError(f"unknown model {model!r}; expected one of {MODELS}")

@@ -85,7 +85,7 @@ def make_jax_model(model: str, impl: str):
     for name in ("conv_impl", "pool_impl"):
         if FLAGS[name].value is not None:
             kwargs[name] = FLAGS[name].value
-    return getattr(jcnn.models, PRESETS[model].model_class)(**kwargs), kwargs
+    return getattr(jcnn.models, PRESETS[model].MODEL_CLASS)(**kwargs), kwargs
 
 
 def make_jax_optimizer(model: str, params):
@@ -108,7 +108,7 @@ def make_jax_optimizer(model: str, params):
         layer: {k: "frozen" if (layer, k) == ("whiten", "w") else "sgd" for k in leaves}
         for layer, leaves in params.items()
     }
-    momentum = AIRBENCH.training["momentum"]
+    momentum = AIRBENCH.momentum
     return optax.multi_transform(
         {
             "sgd": optax.sgd(FLAGS.learning_rate, momentum=momentum, nesterov=True),
@@ -307,9 +307,9 @@ def run_torch_worker(model: str, impl: str, batch_size: int) -> dict:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     torch.manual_seed(FLAGS.seed)
     cfg = model_config(model)
-    net = getattr(torch_models, PRESETS[model].model_class)(**cfg).to(device).train()
+    net = getattr(torch_models, PRESETS[model].MODEL_CLASS)(**cfg).to(device).train()
     if model == "airbench":
-        momentum = AIRBENCH.training["momentum"]
+        momentum = AIRBENCH.momentum
         optimizer = torch_models.make_sgd_nesterov(net, FLAGS.learning_rate, momentum)
     else:
         optimizer = torch_models.make_adam(net, FLAGS.learning_rate)

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from absl import flags
 
-from experiments import airbench_cifar, train
+from experiments import airbench_cifar, train, train_flags
 from tests.experiments.util import fatal_message
 
 TINY = [
@@ -27,8 +27,8 @@ def _run(workdir: Path, data_dir: Path, *args: str) -> dict:
     airbench_cifar.define_flags(fv)
     argv = fv(["prog", f"--workdir={workdir}", f"--data_dir={data_dir}", *TINY, *args])
     return train.main(
-        argv, app_name=airbench_cifar.APP_NAME, names=airbench_cifar.NAMES,
-        make_model=airbench_cifar.make_model, fv=fv,
+        argv, app_name=airbench_cifar.APP_NAME, recipe_class=airbench_cifar.RECIPE_CLASS,
+         fv=fv,
         solver_options=airbench_cifar.solver_options,
     )  # fmt: skip
 
@@ -120,13 +120,19 @@ def test_flips_flag_chooses_alternating_or_random_flips_both_with_reflect_transl
         fv = flags.FlagValues()
         airbench_cifar.define_flags(fv)
         fv(["prog", *TINY, "--whiten_images=40", f"--flips={flips}"])
-        config = {name: fv[name].value for name in airbench_cifar.NAMES}
-        model = airbench_cifar.make_model(config)
-        chosen[flips] = airbench_cifar.solver_options(config, model, data)["augment"]
+        recipe = train_flags.recipe_from_flags(fv, airbench_cifar.RECIPE_CLASS)
+        model = recipe.build_model()
+        chosen[flips] = airbench_cifar.solver_options(recipe, model, data)["augment"]
     assert chosen["alternating"].func is alternating_flip_crop
     assert chosen["alternating"].keywords == {"steps_per_epoch": 5, "pad": 2}
     assert chosen["random"].func is random_crop_flip
     assert chosen["random"].keywords == {"pad": 2, "padding": "reflect"}
+    fv = flags.FlagValues()
+    airbench_cifar.define_flags(fv)
+    fv(["prog", *TINY, "--whiten_images=40", "--cutout=8"])
+    recipe = train_flags.recipe_from_flags(fv, airbench_cifar.RECIPE_CLASS)
+    augment = airbench_cifar.solver_options(recipe, recipe.build_model(), data)["augment"]
+    assert augment.keywords == {"steps_per_epoch": 5, "pad": 2, "cutout": 8}
     fv = flags.FlagValues()
     airbench_cifar.define_flags(fv)
     with pytest.raises(flags.IllegalFlagValueError, match="flips"):

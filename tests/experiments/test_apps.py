@@ -30,9 +30,7 @@ def run_in_process(app, workdir: Path, data_dir: Path, *args: str) -> dict:
     fv = flags.FlagValues()
     app.define_flags(fv)
     argv = fv(["prog", f"--workdir={workdir}", f"--data_dir={data_dir}", *TINY, *args])
-    return train.main(
-        argv, app_name=app.APP_NAME, names=app.NAMES, make_model=app.make_model, fv=fv
-    )
+    return train.main(argv, app_name=app.APP_NAME, recipe_class=app.RECIPE_CLASS, fv=fv)
 
 
 def read_metrics(workdir: Path) -> tuple[list[dict], list[dict]]:
@@ -80,7 +78,7 @@ def check_workdir(workdir: Path, summary: dict, *, epochs: int, iterations_per_e
 
 def best_test_accuracy(app, workdir: Path, data_dir: Path, summary: dict) -> float:
     """Accuracy of checkpoints/best.npz on the test split, recomputed from the files."""
-    model = app.make_model(summary["flags"])
+    model = train.build_model(app.RECIPE_CLASS, summary["flags"])
     like = dict(zip(("params", "state"), model.init(jax.random.key(0)), strict=True))
     like["mean_image"] = np.zeros(model.input_shape, np.float32)  # the run's preprocessing
     tree, meta = load_checkpoint(workdir / "checkpoints" / "best.npz", like)

@@ -393,10 +393,10 @@ def test_torch_vgg_has_the_seed_layers():
     import torch
 
     from experiments import torch_models
-    from experiments.presets import VGG
+    from experiments.recipes import VGG_SEED
 
     seed = ("num_filters", "blocks", "hidden_dims", "dropout")
-    net = torch_models.VGGNet(**{k: VGG.model[k] for k in seed})
+    net = torch_models.VGGNet(**{k: getattr(VGG_SEED, k) for k in seed})
     kinds = [type(m).__name__ for m in net.modules() if not list(m.children())]
     assert kinds.count("Conv2d") == 10 and kinds.count("BatchNorm2d") == 10
     assert kinds.count("MaxPool2d") == 4 and kinds.count("Dropout") == 2
@@ -430,7 +430,7 @@ def test_airbench_end_to_end_tiny(tmp_path):
     meta = data["meta"]
     cfg = meta["models"]["airbench"]
     assert cfg["input_dim"] == [3, 12, 12] and cfg["widths"] == [4, 8, 8]
-    assert cfg["label_smoothing"] == 0.2 and cfg["bn_momentum"] == 0.6 and cfg["reg"] == 0.0
+    assert cfg["label_smoothing"] == 0.2  # the rest at AirbenchNet's defaults (airbench94's)
     assert meta["batch_sizes"] == {"airbench": [4]}
     runs = {r["impl"]: r for r in data["runs"]}
     assert set(runs) == set(impls)
@@ -472,20 +472,14 @@ def test_airbench_batch_size_is_its_own_unless_given():
     assert options.unsupported("vgg", ["solver"]) is None
 
 
-def test_airbench_preset_is_the_model_and_the_apps_defaults():
-    from absl import flags
-
-    from experiments import airbench_cifar
-    from experiments.presets import AIRBENCH
+def test_the_benchmarks_airbench_net_is_the_recipes():
+    from experiments.benchmark import options
+    from experiments.recipes import AIRBENCH94
     from jcnn.models import AirbenchNet
 
-    assert AIRBENCH.build(input_dim=(3, 32, 32)) == AirbenchNet()
-    fv = flags.FlagValues()
-    airbench_cifar.define_flags(fv)
-    fv(["prog"])
-    for name, value in AIRBENCH.training.items():
-        assert fv[name].value == value, name
-    assert tuple(fv["widths"].value) == AIRBENCH.model["widths"]
+    assert AIRBENCH94.build_model() == AirbenchNet()  # airbench94's net is the model's default
+    options.FLAGS(["prog"])
+    assert AirbenchNet(**options.model_config("airbench")) == AIRBENCH94.build_model()
 
 
 @needs_torch

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from absl import flags
 
-from experiments import evaluate, vgg_cifar
+from experiments import evaluate, train, vgg_cifar
 from experiments.errors import UsageFailure
 from jcnn.checkpoint import load_checkpoint
 from jcnn.data import get_cifar10_data
@@ -35,7 +35,7 @@ def finished(tmp_path_factory, fake_cifar_dir) -> tuple[Path, dict]:
 
 def _scores(workdir: Path, data_dir: Path, X: np.ndarray) -> np.ndarray:
     config = json.loads((workdir / "config.json").read_text())["flags"]
-    model = vgg_cifar.make_model(config)
+    model = train.build_model(vgg_cifar.RECIPE_CLASS, config)
     like = dict(zip(("params", "state"), model.init(jax.random.key(0)), strict=True))
     like["mean_image"] = np.zeros(model.input_shape, np.float32)  # recorded beside them
     tree, _ = load_checkpoint(workdir / "checkpoints" / "best.npz", like)

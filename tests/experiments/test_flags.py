@@ -58,7 +58,7 @@ def test_vgg_seed_flagfile_is_the_seed_run_and_the_default():
     cfg = config(vgg_cifar, f"--flagfile={CONFIGS / 'vgg_seed.cfg'}")
     assert {k: cfg[k] for k in SEED} == SEED
     assert {k: v for k, v in config(vgg_cifar).items() if k in SEED} == SEED
-    model = vgg_cifar.make_model(cfg)
+    model = train.build_model(vgg_cifar.RECIPE_CLASS, cfg)
     assert isinstance(model, VGGNet)
     assert model.num_filters == (64, 64, 128, 256) and model.blocks == (2, 2, 3, 3)
 
@@ -77,16 +77,16 @@ def test_three_layer_seed_flagfile_is_the_assignment_run():
         "filter_size": 7,
     }
     assert {k: cfg[k] for k in want} == want
-    assert isinstance(three_layer_cifar.make_model(cfg), ThreeLayerConvNet)
+    assert isinstance(train.build_model(three_layer_cifar.RECIPE_CLASS, cfg), ThreeLayerConvNet)
 
 
 def test_overfit_small_and_best_flagfiles_parse():
     small = config(vgg_cifar, f"--flagfile={CONFIGS / 'overfit_small.cfg'}")
     assert small["num_train"] == 100 and small["batch_size"] % 4 == 0
-    vgg_cifar.make_model(small)
+    train.build_model(vgg_cifar.RECIPE_CLASS, small)
     best = config(vgg_cifar, f"--flagfile={CONFIGS / 'vgg_best.cfg'}")
     assert best["augment"] and best["weight_scale"] == "he" and best["lr_schedule"] == "cosine"
-    vgg_cifar.make_model(best)
+    train.build_model(vgg_cifar.RECIPE_CLASS, best)
 
 
 def test_every_config_file_is_a_known_flagfile():
@@ -114,7 +114,7 @@ def test_later_flags_override_the_flagfile():
 
 def test_flagfile_text_round_trips(tmp_path):
     fv = parse(vgg_cifar, "--num_filters=8,16", "--blocks=1,2", "--weight_scale=he", "--augment")
-    text = train_flags.flagfile_text(fv, vgg_cifar.NAMES)
+    text = train_flags.flagfile_text(fv, vgg_cifar.RECIPE_CLASS)
     assert "--workdir" not in text and "--num_val_samples" not in text  # unset: left out
     path = tmp_path / "flags.cfg"
     path.write_text(text)
@@ -205,8 +205,8 @@ def test_malformed_flagfiles(tmp_path):
     vgg_cifar.define_flags(fv)
     rest = fv(["prog", f"--flagfile={no_dashes}"])
     with pytest.raises(SystemExit, match="unexpected argument.*num_epochs 3"):
-        train.main(rest, app_name="vgg_cifar", names=vgg_cifar.NAMES,
-                   make_model=vgg_cifar.make_model, fv=fv)  # fmt: skip
+        train.main(rest, app_name="vgg_cifar", recipe_class=vgg_cifar.RECIPE_CLASS,
+                    fv=fv)  # fmt: skip
 
 
 def test_finished_run_without_checkpoints_needs_overwrite(tmp_path):
@@ -214,8 +214,8 @@ def test_finished_run_without_checkpoints_needs_overwrite(tmp_path):
     (tmp_path / "summary.json").write_text("{}\n")
     fv = parse(vgg_cifar, f"--workdir={tmp_path}", "--data_dir=/nonexistent")
     with pytest.raises(SystemExit, match="holds a finished run and no checkpoint.*--overwrite"):
-        train.main(["prog"], app_name="vgg_cifar", names=vgg_cifar.NAMES,
-                   make_model=vgg_cifar.make_model, fv=fv)  # fmt: skip
+        train.main(["prog"], app_name="vgg_cifar", recipe_class=vgg_cifar.RECIPE_CLASS,
+                    fv=fv)  # fmt: skip
     assert (tmp_path / "summary.json").exists()  # nothing was touched
 
 
@@ -223,8 +223,8 @@ def test_partial_run_without_checkpoints_starts_over(tmp_path):
     (tmp_path / "metrics.jsonl").write_text("{}\n")  # killed before its first checkpoint
     fv = parse(vgg_cifar, f"--workdir={tmp_path}", "--data_dir=/nonexistent")
     with pytest.raises(SystemExit, match="could not load CIFAR-10"):  # got as far as the data
-        train.main(["prog"], app_name="vgg_cifar", names=vgg_cifar.NAMES,
-                   make_model=vgg_cifar.make_model, fv=fv)  # fmt: skip
+        train.main(["prog"], app_name="vgg_cifar", recipe_class=vgg_cifar.RECIPE_CLASS,
+                    fv=fv)  # fmt: skip
     assert not (tmp_path / "metrics.jsonl").exists()
 
 

@@ -3,6 +3,7 @@ same results as an uninterrupted run); other flags, corrupt checkpoints, non-fin
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -15,7 +16,8 @@ import numpy as np
 import pytest
 from absl import flags
 
-from experiments import resume, rundir, three_layer_cifar, train, train_flags
+from experiments import config as settings
+from experiments import recipes, resume, rundir, three_layer_cifar, train, train_flags
 from experiments.errors import UsageFailure
 from experiments.lock import WorkdirLock
 from jcnn.checkpoint import CorruptCheckpointWarning
@@ -132,24 +134,44 @@ def test_resume_with_other_flags_stops_naming_them(crashed, tmp_path, fake_cifar
     assert (workdir / "checkpoints" / "step_00000006.npz").is_file()  # nothing touched
 
 
-def test_a_checkpoint_from_before_a_flag_existed_resumes_with_its_default(tmp_path, monkeypatch):
+def _resumable(tmp_path, monkeypatch, saved, now) -> Path | None:
+    """check_resumable of ``now`` against a checkpoint that recorded ``saved``."""
     import jcnn.checkpoint
 
-    saved = {"learning_rate": 0.1, "lr_decay": 0.9}  # none of the flags added later
     path = tmp_path / "checkpoints" / "step_00000100.npz"
     monkeypatch.setattr(
         jcnn.checkpoint, "latest_run_checkpoint", lambda *a: (path, {"run_config": saved})
     )
-    writer = rundir.RunWriter(tmp_path)
-    now = {**saved, "lr_schedule": "exponential", "warmup_epochs": 0.0, "test_time_flip": False,
-           "label_smoothing": 0.0, "cutout": 0}  # fmt: skip
-    assert resume.check_resumable(writer, now) == path
+    return resume.check_resumable(rundir.RunWriter(tmp_path), now)
+
+
+def test_a_checkpoint_from_before_a_setting_existed_resumes_with_the_value_it_stood_for(
+    tmp_path, monkeypatch
+):
+    now = dataclasses.replace(recipes.VGG_SEED, workdir=str(tmp_path))
+    added = settings.before_added(recipes.VGGRecipe)
+    assert {"lr_schedule", "warmup_epochs", "test_time_flip", "cutout"} <= set(added)
+    saved = {k: v for k, v in settings.flag_values(now).items() if k not in added}
+    assert _resumable(tmp_path, monkeypatch, saved, now) is not None
+    cosine = dataclasses.replace(now, lr_schedule="cosine", lr_decay=1.0)
     with pytest.raises(UsageFailure, match="--lr_schedule=exponential there, "
                        "--lr_schedule=cosine now"):  # fmt: skip
-        resume.check_resumable(writer, {**now, "lr_schedule": "cosine", "lr_decay": 1.0})
+        _resumable(tmp_path, monkeypatch, saved, cosine)
     with pytest.raises(UsageFailure, match="--test_time_flip=false there, "
                        "--test_time_flip=true now"):  # fmt: skip
-        resume.check_resumable(writer, {**now, "test_time_flip": True})
+        _resumable(tmp_path, monkeypatch, saved, dataclasses.replace(now, test_time_flip=True))
+
+
+def test_an_airbench_checkpoint_with_the_flags_the_app_no_longer_has_resumes(tmp_path, monkeypatch):
+    """The airbench app once recorded the cs231n flags it ignored (--update_rule, --reg,
+    ...); its recipe has none of them now, so they cannot differ."""
+    now = dataclasses.replace(recipes.AIRBENCH94, workdir=str(tmp_path))
+    gone = {"update_rule": "sgd_momentum", "reg": 0.0, "weight_scale": 0.01, "conv_impl": "xla",
+            "augment": False, "lr_decay": 1.0}  # fmt: skip
+    saved = {**settings.flag_values(now), **gone}
+    assert _resumable(tmp_path, monkeypatch, saved, now) is not None
+    with pytest.raises(UsageFailure, match="--momentum=0.85 there, --momentum=0.9 now"):
+        _resumable(tmp_path, monkeypatch, saved, dataclasses.replace(now, momentum=0.9))
 
 
 def test_a_corrupt_newest_checkpoint_falls_back_to_the_previous(
@@ -215,13 +237,12 @@ def test_the_new_flags():
     fv = flags.FlagValues()
     three_layer_cifar.define_flags(fv)
     fv(["prog", "--checkpoint_every=7", "--debug_nans"])
-    config = train_flags.config_from_flags(fv, three_layer_cifar.NAMES)
-    assert config["checkpoint_every"] == 7 and config["debug_nans"] is True
-    kw = train.solver_kwargs(config)
+    recipe = train_flags.recipe_from_flags(fv, recipes.ThreeLayerRecipe)
+    assert recipe.checkpoint_every == 7 and recipe.debug_nans is True
+    kw = train.solver_kwargs(recipe)
     assert kw["checkpoint_every"] == 7 and kw["keep_checkpoints"] == 3
     with pytest.raises(flags.Error, match="checkpoint_every"):
         fv(["prog", "--checkpoint_every=0"])
-    assert set(resume.RESUME_MAY_DIFFER) <= set(train_flags.COMMON_FLAGS)
     assert TINY  # the shared tiny split
 
 

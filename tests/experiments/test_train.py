@@ -2,31 +2,44 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import numpy as np
 
-from experiments import train
+from experiments import recipes, train
+
+SEED = recipes.VGG_SEED
 
 
 def test_make_augment():
-    assert train.make_augment({"augment": False, "augment_pad": 4}) is None
-    fn = train.make_augment({"augment": True, "augment_pad": 2})
+    assert train.make_augment(dataclasses.replace(SEED, augment=False, augment_pad=4)) is None
+    fn = train.make_augment(dataclasses.replace(SEED, augment=True, augment_pad=2))
     X = np.arange(2 * 3 * 5 * 5, dtype=np.float32).reshape(2, 3, 5, 5)
     out = jax.jit(fn)(jax.random.key(0), X)
     assert out.shape == X.shape
-    cut = train.make_augment({"augment": True, "augment_pad": 0, "cutout": 3})
+    cut = train.make_augment(dataclasses.replace(SEED, augment=True, augment_pad=0, cutout=3))
     out = np.asarray(jax.jit(cut)(jax.random.key(0), X + 1.0))
     assert ((out == 0).sum(axis=(1, 2, 3)) > 0).all()  # a square of zeros in every image
 
 
-def test_solver_kwargs_map_the_flags():
-    cfg = {"update_rule": "adam", "learning_rate": 1e-3, "lr_decay": 0.9, "batch_size": 8,
-           "num_epochs": 2, "num_train_samples": 100, "num_val_samples": None, "print_every": 5,
-           "seed": 3}  # fmt: skip
+def test_solver_kwargs_map_the_settings():
+    cfg = dataclasses.replace(
+        SEED, update_rule="adam", learning_rate=1e-3, lr_decay=0.9, batch_size=8, num_epochs=2,
+        num_train_samples=100, num_val_samples=None, print_every=5, seed=3,
+    )  # fmt: skip
     kw = train.solver_kwargs(cfg)
     assert kw["optim_config"] == {"learning_rate": 1e-3}
     assert kw["update_rule"] == "adam" and kw["lr_decay"] == 0.9 and kw["seed"] == 3
-    assert kw["test_time_flip"] is False  # a config from before the flag
-    assert train.solver_kwargs({**cfg, "test_time_flip": True})["test_time_flip"] is True
+    assert kw["test_time_flip"] is False and kw["augment"] is None
+    on = dataclasses.replace(cfg, test_time_flip=True)
+    assert train.solver_kwargs(on)["test_time_flip"] is True
     assert kw["check_data"] is True  # --allow_data_change turns the data check off
-    assert train.solver_kwargs({**cfg, "allow_data_change": True})["check_data"] is False
+    off = dataclasses.replace(cfg, allow_data_change=True)
+    assert train.solver_kwargs(off)["check_data"] is False
+
+
+def test_a_recipe_without_cs231n_optimiser_leaves_the_solver_its_defaults():
+    kw = train.solver_kwargs(recipes.AIRBENCH94)  # its own optimiser comes from the app
+    assert not {"update_rule", "optim_config", "lr_decay", "augment"} & set(kw)
+    assert kw["batch_size"] == 1024 and kw["test_time_flip"] is True
