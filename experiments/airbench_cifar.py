@@ -26,69 +26,16 @@ the settings of :class:`experiments.recipes.AirbenchRecipe`, their defaults airb
 
 from __future__ import annotations
 
-import functools
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Sequence
 
 from absl import flags
 
 from experiments import errors, recipes, train, train_flags
-from experiments.config import names
+from experiments.settings import names
 
-APP_NAME = "airbench_cifar"
 RECIPE = recipes.AIRBENCH94  # the flags' defaults
 RECIPE_CLASS = recipes.AirbenchRecipe
 NAMES = names(RECIPE_CLASS)
-
-
-def solver_options(
-    recipe: recipes.AirbenchRecipe, model: Any, data: Mapping[str, Any]
-) -> dict[str, Any]:
-    """The recipe's Solver arguments: its optimiser, sampler, augmentation, lookahead,
-    test-time augmentation and the data-dependent initialisation."""
-    import jax
-
-    from jcnn.augment import alternating_flip_crop, random_crop_flip
-    from jcnn.optim import airbench_muon, airbench_sgd
-    from jcnn.solver import check_epoch_batches
-    from jcnn.train import Lookahead
-
-    batch = recipe.batch_size
-    check_epoch_batches(len(data["y_train"]), batch)  # before the whitening's work
-    per_epoch = max(len(data["y_train"]) // batch, 1)
-    total = per_epoch * recipe.num_epochs
-    init_key = jax.random.split(jax.random.key(recipe.seed))[0]
-    params, state = model.init_with_data(init_key, data["X_train"][: recipe.whiten_images])
-    common = dict(
-        num_iterations=total, iterations_per_epoch=per_epoch, batch_size=batch,
-        learning_rate=recipe.learning_rate, momentum=recipe.momentum,
-        weight_decay=recipe.weight_decay, bias_scaler=recipe.bias_scaler,
-        whiten_bias_epochs=recipe.whiten_bias_epochs,
-    )  # fmt: skip
-    if recipe.optimizer == "muon":
-        optimizer, schedule = airbench_muon(
-            params, muon_learning_rate=recipe.muon_learning_rate,
-            muon_momentum=recipe.muon_momentum, **common,
-        )  # fmt: skip
-    else:
-        optimizer, schedule = airbench_sgd(params, **common)
-    every = recipe.lookahead_every
-    crops = {"pad": recipe.augment_pad, **({"cutout": recipe.cutout} if recipe.cutout else {})}
-    if recipe.flips == "alternating":
-        augment = functools.partial(alternating_flip_crop, steps_per_epoch=per_epoch, **crops)
-    else:
-        augment = functools.partial(random_crop_flip, padding="reflect", **crops)
-    return {
-        "params": params,
-        "state": state,
-        "optimizer": optimizer,
-        "schedule": schedule,
-        "sampling": "epoch",
-        "select_best": False,
-        "lookahead": Lookahead(every, total) if every else None,
-        "augment": augment,
-        "test_time_translate": recipe.test_time_translate,
-    }
 
 
 def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
@@ -98,10 +45,7 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
 
 
 def main(argv: Sequence[str]) -> None:
-    train.main(
-        argv, app_name=APP_NAME, recipe_class=RECIPE_CLASS,
-        solver_options=solver_options,
-    )  # fmt: skip
+    train.main(argv, recipe_class=RECIPE_CLASS)
 
 
 if __name__ == "__main__":

@@ -34,12 +34,7 @@ from experiments.rundata import data_shape, load_data
 from experiments.rundir import RunWriter
 from experiments.train import build_model
 
-# The recipe class of each training app's runs.
-RECIPES = {
-    "vgg_cifar": recipes.VGGRecipe,
-    "three_layer_cifar": recipes.ThreeLayerRecipe,
-    "airbench_cifar": recipes.AirbenchRecipe,
-}
+RECIPES = recipes.RECIPE_CLASSES  # the recipe class of each training app's runs
 # Key suffixes of the test-time augmentations measured (see `tta_views`).
 PLAIN, FLIP, FLIP_SHIFT = "", "_flip", "_flip_shift"
 EVALUATION_FILE = "evaluation.json"

@@ -20,6 +20,7 @@ Importing this module imports no JAX (the benchmark's parent process stays witho
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
@@ -38,9 +39,8 @@ from experiments.config import (
     Report,
     Schedule,
     Translate,
-    option,
-    probability,
 )
+from experiments.settings import option, probability
 
 INPUT_DIM = (3, 32, 32)
 
@@ -50,6 +50,7 @@ class Recipe(Files, Data, Layers, Loss, Evaluation, Report, Devices):
     """What every app's recipe has; a subclass adds its optimiser, augmentation and model
     settings and names its model (``MODEL_CLASS``, a :mod:`jcnn.models` class)."""
 
+    APP_NAME: ClassVar[str] = ""  # the app that trains it (in config.json, summary.json)
     MODEL_CLASS: ClassVar[str] = ""
     # Settings whose combination only the model's constructor can check (e.g. the pooled
     # sizes of a VGG's stages): checked together while the flags are parsed, and when the
@@ -71,6 +72,11 @@ class Recipe(Files, Data, Layers, Loss, Evaluation, Report, Devices):
         """The model's constructor arguments this recipe sets (not the input size)."""
         raise NotImplementedError
 
+    def training_pieces(self, model: Any, data: Mapping[str, Any]) -> dict[str, Any]:
+        """The Solver arguments only this recipe has (its own optimiser, sampler,
+        augmentation, ...; they override those of the common settings): none here."""
+        return {}
+
     def build_model(self, input_dim: tuple[int, ...] = INPUT_DIM, num_classes: int = 10) -> Any:
         """The :mod:`jcnn.models` model of this recipe for ``input_dim`` images."""
         import jcnn.models
@@ -86,6 +92,7 @@ class VGGRecipe(Recipe, Init, Kernels, Cs231nOptimiser, Augment):
     """The VGG-like ConvNet: ``[(conv - sbn - relu) × blocks[s] - pool]`` per stage, then
     ``(affine - bn - relu - dropout)`` per hidden width, then affine - softmax."""
 
+    APP_NAME = "vgg_cifar"
     MODEL_CLASS = "VGGNet"
     MODEL_CHECKED = ("num_filters", "blocks", "filter_size")
 
@@ -120,6 +127,7 @@ class VGGRecipe(Recipe, Init, Kernels, Cs231nOptimiser, Augment):
 class ThreeLayerRecipe(Recipe, Init, Kernels, Cs231nOptimiser, Augment):
     """cs231n's three-layer ConvNet: conv - relu - 2×2 max pool - affine - relu - affine."""
 
+    APP_NAME = "three_layer_cifar"
     MODEL_CLASS = "ThreeLayerConvNet"
     MODEL_CHECKED = ("filter_size",)
 
@@ -142,6 +150,7 @@ class AirbenchRecipe(Recipe, Schedule, Translate, Cutout):
     Nesterov SGD (or airbench94_muon's Muon) in airbench's units, lookahead, alternating
     flips and reflect translations inside the step, test-time flips and shifts."""
 
+    APP_NAME = "airbench_cifar"
     MODEL_CLASS = "AirbenchNet"
 
     widths: tuple[int, ...] = option(
@@ -195,6 +204,53 @@ class AirbenchRecipe(Recipe, Schedule, Translate, Cutout):
     def model_arguments(self) -> dict[str, Any]:
         return dict(widths=self.widths, label_smoothing=self.label_smoothing, layers=self.layers)
 
+    def training_pieces(self, model: Any, data: Mapping[str, Any]) -> dict[str, Any]:
+        """airbench's optimiser, sampler, augmentation, lookahead, test-time augmentation
+        and data-dependent initialisation, as Solver arguments."""
+        import jax
+
+        from jcnn.augment import alternating_flip_crop, random_crop_flip
+        from jcnn.optim import airbench_muon, airbench_sgd
+        from jcnn.solver import check_epoch_batches
+        from jcnn.train import Lookahead
+
+        batch = self.batch_size
+        check_epoch_batches(len(data["y_train"]), batch)  # before the whitening's work
+        per_epoch = max(len(data["y_train"]) // batch, 1)
+        total = per_epoch * self.num_epochs
+        init_key = jax.random.split(jax.random.key(self.seed))[0]
+        params, state = model.init_with_data(init_key, data["X_train"][: self.whiten_images])
+        common = dict(
+            num_iterations=total, iterations_per_epoch=per_epoch, batch_size=batch,
+            learning_rate=self.learning_rate, momentum=self.momentum,
+            weight_decay=self.weight_decay, bias_scaler=self.bias_scaler,
+            whiten_bias_epochs=self.whiten_bias_epochs,
+        )  # fmt: skip
+        if self.optimizer == "muon":
+            optimizer, schedule = airbench_muon(
+                params, muon_learning_rate=self.muon_learning_rate,
+                muon_momentum=self.muon_momentum, **common,
+            )  # fmt: skip
+        else:
+            optimizer, schedule = airbench_sgd(params, **common)
+        every = self.lookahead_every
+        crops = {"pad": self.augment_pad, **({"cutout": self.cutout} if self.cutout else {})}
+        if self.flips == "alternating":
+            augment = functools.partial(alternating_flip_crop, steps_per_epoch=per_epoch, **crops)
+        else:
+            augment = functools.partial(random_crop_flip, padding="reflect", **crops)
+        return {
+            "params": params,
+            "state": state,
+            "optimizer": optimizer,
+            "schedule": schedule,
+            "sampling": "epoch",
+            "select_best": False,
+            "lookahead": Lookahead(every, total) if every else None,
+            "augment": augment,
+            "test_time_translate": self.test_time_translate,
+        }
+
 
 # --------------------------------------------------------------------------- the named runs
 
@@ -240,6 +296,11 @@ AIRBENCH94_MUON = dataclasses.replace(
     AIRBENCH94, optimizer="muon", learning_rate=6.5, weight_decay=0.0157, lookahead_every=0,
     batch_size=2000, print_every=5,
 )  # fmt: skip
+
+# Every recipe class, by the app that trains it.
+RECIPE_CLASSES: dict[str, type[Recipe]] = {
+    cls.APP_NAME: cls for cls in (VGGRecipe, ThreeLayerRecipe, AirbenchRecipe)
+}
 
 # Each flagfile's recipe (its app's flags, defaults, then the file).
 FLAGFILES: dict[str, Recipe] = {

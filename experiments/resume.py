@@ -5,7 +5,7 @@ Running the same command again (same ``--workdir``) resumes from the newest comp
 checkpoint whose checksums hold (a corrupt one is set aside with a warning and the one
 before it used) and ends exactly as an uninterrupted run would. A checkpoint made with other
 flags (those that shape the model or the training: every setting of the recipe not declared
-``may_change_on_resume``, :mod:`experiments.config`) stops the app with one line naming them
+``may_change_on_resume``, :mod:`experiments.settings`) stops the app with one line naming them
 (:func:`check_resumable`); so does a ``--num_epochs`` below what the run has done, and
 training data other than the run's (the Solver's data fingerprint; ``--allow_data_change``
 accepts it). A workdir holding checkpoint files but no good one (all moved aside as
@@ -20,7 +20,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from experiments import config as settings
+from experiments import settings
 from experiments.errors import UsageFailure
 from experiments.rundir import RunWriter
 from jcnn.files import to_json_values

@@ -15,9 +15,8 @@ from collections.abc import Sequence
 from absl import flags
 
 from experiments import errors, recipes, train, train_flags
-from experiments.config import names
+from experiments.settings import names
 
-APP_NAME = "three_layer_cifar"
 RECIPE = recipes.THREE_LAYER_SEED  # the flags' defaults
 RECIPE_CLASS = recipes.ThreeLayerRecipe
 NAMES = names(RECIPE_CLASS)
@@ -30,7 +29,7 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
 
 
 def main(argv: Sequence[str]) -> None:
-    train.main(argv, app_name=APP_NAME, recipe_class=RECIPE_CLASS)
+    train.main(argv, recipe_class=RECIPE_CLASS)
 
 
 if __name__ == "__main__":

@@ -4,11 +4,13 @@ The apps (:mod:`experiments.vgg_cifar`, :mod:`experiments.three_layer_cifar`,
 :mod:`experiments.airbench_cifar`) only name their recipe class (its settings are their
 flags, its ``build_model`` their model); the rest lives in one module per job::
 
-    experiments.config        the settings every recipe is made of, each declared once
+    experiments.settings      a setting declared once: its default, checks, resume rule
+    experiments.config        the groups of settings every recipe is made of
     experiments.recipes       the apps' recipe classes and the named runs (VGG_SEED, ...)
     experiments.train_flags   the flags derived from a recipe's settings, config_from_flags
     experiments.rundata       the data (CIFAR-10 or an image folder) and the paths' checks
     experiments.rundir        the workdir's files: RunWriter, metrics lines, plots, summary
+    experiments.report        the header line; test accuracy, summary.json, the closing line
     experiments.trained       what a run keeps for using its network (best.npz)
     experiments.resume        which checkpoint a rerun resumes from
     experiments.processes     several processes: starting them, losing one
@@ -17,7 +19,7 @@ and this module runs them::
 
     recipe = recipe_from_flags(fv, VGGRecipe)       # typed, frozen, checked
     model = recipe.build_model()                    # checked before any data is loaded
-    summary = train_and_evaluate(recipe, model, RunWriter(workdir), app_name='vgg_cifar')
+    summary = fit(recipe)                           # train, write the run's files
 
 Bad flags stop the program with one line naming the flag, before data is loaded (the
 settings' checks as flag validators, then the model's own checks, then
@@ -41,8 +43,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
-import os
-import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -51,22 +51,19 @@ from typing import Any
 import jax
 from absl import flags
 
-from experiments import config as settings
-from experiments import errors, rundir
+from experiments import errors, rundir, settings
+from experiments.config import Augment, Cs231nOptimiser, Schedule
 from experiments.errors import UsageFailure
 from experiments.lock import WorkdirLock
 from experiments.processes import start_processes, stop_on_peer_loss
 from experiments.progress import Progress
 from experiments.recipes import Recipe
+from experiments.report import describe_run, finish_run, printer
 from experiments.resume import check_resumable
 from experiments.rundata import check_paths, data_shape, load_data
 from experiments.rundir import RunLogger, RunWriter
-from experiments.train_flags import flagfile_text, recipe_from_flags
-from experiments.trained import save_best, save_preprocessing
-from jcnn import files
-
-# An app's own Solver arguments: (recipe, model, data) -> keyword arguments.
-SolverOptions = Callable[[Any, Any, Mapping[str, Any]], dict[str, Any]]
+from experiments.train_flags import recipe_from_flags
+from experiments.trained import save_preprocessing
 
 
 def build_model(recipe_class: type[Recipe], config: Mapping[str, Any]) -> Any:
@@ -78,7 +75,7 @@ def build_model(recipe_class: type[Recipe], config: Mapping[str, Any]) -> Any:
     )
 
 
-def make_augment(recipe: settings.Augment) -> Callable | None:
+def make_augment(recipe: Augment) -> Callable | None:
     """The cs231n apps' optional augmentation: crops and flips (and cutout), or None."""
     if not recipe.augment:
         return None
@@ -103,15 +100,15 @@ def solver_kwargs(recipe: Recipe) -> dict[str, Any]:
         check_data=not recipe.allow_data_change,
         verbose=True,
     )
-    if isinstance(recipe, settings.Schedule):
+    if isinstance(recipe, Schedule):
         kwargs.update(batch_size=recipe.batch_size, num_epochs=recipe.num_epochs, seed=recipe.seed)
-    if isinstance(recipe, settings.Cs231nOptimiser):
+    if isinstance(recipe, Cs231nOptimiser):
         kwargs.update(
             update_rule=recipe.update_rule, optim_config={"learning_rate": recipe.learning_rate},
             lr_decay=recipe.lr_decay, lr_schedule=recipe.lr_schedule,
             warmup_epochs=recipe.warmup_epochs,
         )  # fmt: skip
-    if isinstance(recipe, settings.Augment):
+    if isinstance(recipe, Augment):
         kwargs["augment"] = make_augment(recipe)
     return kwargs
 
@@ -127,11 +124,6 @@ def make_run_mesh(config: Mapping[str, Any]) -> Any:
         raise UsageFailure(f"--num_devices / --batch_size: {e}") from None
 
 
-def _printer(primary: bool) -> Callable[..., None]:
-    """``print`` on the process that reports (process 0), a no-op elsewhere."""
-    return print if primary else (lambda *args, **kwargs: None)
-
-
 def make_solver(
     recipe: Recipe,
     model: Any,
@@ -140,19 +132,16 @@ def make_solver(
     logger: RunLogger,
     mesh: Any,
     progress: Progress | None = None,
-    solver_options: SolverOptions | None = None,
 ) -> Any:
-    """The run's Solver, resumed from the workdir's newest checkpoint if it holds one.
-    ``solver_options(recipe, model, data)`` gives the app's own Solver arguments (they
-    override :func:`solver_kwargs`' ones)."""
+    """The run's Solver, resumed from the workdir's newest checkpoint if it holds one:
+    :func:`solver_kwargs`, then the recipe's own ``training_pieces`` over them."""
     from jcnn.checkpoint import CheckpointMismatchError
     from jcnn.parallel import is_primary
     from jcnn.solver import Solver
 
     kwargs = {**solver_kwargs(recipe), "verbose": is_primary()}
     try:
-        if solver_options is not None:
-            kwargs.update(solver_options(recipe, model, data))
+        kwargs.update(recipe.training_pieces(model, data))
         return Solver(
             model,
             data,
@@ -168,45 +157,6 @@ def make_solver(
         raise  # main names the workdir
     except ValueError as e:  # a setting the flag checks let through; the message names it
         raise UsageFailure(f"invalid training flags: {e}") from e
-
-
-def recipe_names(argv: Sequence[str]) -> list[str]:
-    """The flagfiles on a command line, by name (``vgg_seed.cfg``), in order."""
-    names, it = [], iter(argv)
-    for arg in it:
-        if arg.startswith("--flagfile="):
-            names.append(Path(arg.split("=", 1)[1]).name)
-        elif arg == "--flagfile":
-            names.append(Path(next(it, "")).name)
-    return [n for n in names if n]
-
-
-def describe_run(
-    app_name: str, model: Any, solver: Any, data: Mapping[str, Any], mesh: Any, workdir: Path
-) -> str:
-    """The line an app prints before training: app and recipe (its flagfiles), model, data,
-    schedule, devices (the CPU's model and jcnn's compiled kernels on a CPU), workdir."""
-    dev = rundir.describe_device(mesh)
-    procs = f" in {dev['process_count']} processes" if dev["process_count"] > 1 else ""
-    where = f"{dev['platform']} ({dev['device_kind']})"
-    if dev["platform"] == "cpu":
-        from experiments.benchmark.machine import cpu_model
-        from jcnn import native
-
-        built = [
-            name for name, lib in (("oneDNN", "onednn"), ("jcnn", "kernels")) if native.load(lib)
-        ]
-        kernels = " and ".join(built) + " kernels" if built else "XLA only"
-        where = f"cpu ({cpu_model() or 'unknown model'}, {os.cpu_count()} cores; {kernels})"
-    recipes = recipe_names(sys.argv[1:])
-    recipe = f" ({', '.join(recipes)})" if recipes else ""
-    return (
-        f"{app_name}{recipe}: {type(model).__name__}, {rundir.num_params(solver.params):,} "
-        "parameters; "
-        f"{solver.num_train} train / {len(data['y_val'])} val images; "
-        f"{solver.num_epochs} epochs x {solver.iterations_per_epoch} iterations of "
-        f"{solver.batch_size}; {where} x {dev['mesh_devices']}{procs}; writing to {workdir}"
-    )
 
 
 def run_training(solver: Any, logger: RunLogger, config: Mapping[str, Any]) -> float:
@@ -226,79 +176,13 @@ def run_training(solver: Any, logger: RunLogger, config: Mapping[str, Any]) -> f
     return time.perf_counter() - session_start
 
 
-def accuracy_on_test(solver: Any, data: Mapping[str, Any], *, augment: bool = True) -> float | None:
-    """The best parameters' accuracy on the test split (None without one); ``augment=False``
-    without the run's test-time flips and shifts."""
-    X_test = data.get("X_test")
-    if X_test is None or not len(X_test):
-        return None
-    return solver.check_accuracy(X_test, data["y_test"], augment=augment)
-
-
-def finish_run(
-    solver: Any,
-    model: Any,
-    data: Mapping[str, Any],
-    writer: RunWriter,
-    logger: RunLogger,
-    *,
-    app_name: str,
-    config: Mapping[str, Any],
-    plots: bool,
-    start_iteration: int,
-    clock: Mapping[str, float],
-) -> dict[str, Any]:
-    """After training: the test accuracy, best.npz, the final plots, summary.json and the
-    closing line; returns the summary. ``clock``: the run's start (``perf_counter``), the
-    seconds spent loading the data and in :func:`run_training`."""
-    from jcnn.parallel import is_primary
-
-    test_acc = accuracy_on_test(solver, data)
-    augmented = solver.test_time_flip or solver.test_time_translate
-    plain_acc = accuracy_on_test(solver, data, augment=False) if augmented else None
-    save_best(writer, solver, model, test_acc, data)
-    if plots:
-        rundir.write_plots(writer, solver)
-    timings = {
-        "wall_s": time.perf_counter() - clock["start"],
-        "data_s": clock["data_s"],
-        "train_s": max(clock["train_s"] - logger.outside_training_s, 1e-9),
-        "outside_training_s": logger.outside_training_s,
-    }
-    summary = rundir.make_summary(
-        solver, app_name=app_name, model=model, config=config, test_acc=test_acc,
-        timings=timings, start_iteration=start_iteration,
-    )  # fmt: skip
-    if augmented:
-        summary["test_acc_without_tta"] = plain_acc
-    summary = files.to_json_values(summary)  # plain JSON values, exactly what the file holds
-    writer.write_json("summary.json", summary)
-    test = "n/a" if test_acc is None else f"{test_acc:f}"
-    if plain_acc is not None:
-        test += f" ({plain_acc:f} without test-time augmentation)"
-    chosen = (
-        f"best val_acc: {solver.best_val_acc:f} (epoch {solver.best_epoch}); test acc of the "
-        "best parameters"
-        if len(solver.y_val)
-        else f"no validation split: the final parameters (epoch {solver.best_epoch}); test acc"
-    )
-    _printer(is_primary())(
-        f"{chosen}: {test}; {summary['images_per_s']} training images/s; "
-        f"wall time {summary['wall_time_s']:.1f} s; files in {writer.workdir}",
-        flush=True,
-    )
-    return summary
-
-
 def train_and_evaluate(
     recipe: Recipe,
     model: Any,
     writer: RunWriter,
     *,
-    app_name: str,
     data: Mapping[str, Any] | None = None,
     mesh: Any = None,
-    solver_options: SolverOptions | None = None,
 ) -> dict[str, Any]:
     """Load the data (unless given), train ``model`` with the Solver (resuming from the
     workdir's newest checkpoint if it holds one), evaluate the best parameters on the test
@@ -309,9 +193,10 @@ def train_and_evaluate(
     from jcnn.parallel import is_primary
 
     config = settings.flag_values(recipe)  # the run's flags, as its files record them
+    app_name = recipe.APP_NAME
     if mesh is None:
         mesh = make_run_mesh(config)
-    say = _printer(is_primary())
+    say = printer(is_primary())
     t_start = time.perf_counter()
     plots = rundir.have_matplotlib()
     if not plots:
@@ -322,7 +207,7 @@ def train_and_evaluate(
 
     logger = RunLogger(writer, config, plots=plots)
     progress = Progress(recipe.batch_size, lambda: logger.outside_training_s, enabled=is_primary())
-    solver = make_solver(recipe, model, data, writer, logger, mesh, progress, solver_options)
+    solver = make_solver(recipe, model, data, writer, logger, mesh, progress)
     start_iteration = solver.iteration
     if solver.resumed_from is not None:
         if solver.iteration >= solver.num_iterations and writer.path("summary.json").is_file():
@@ -369,17 +254,21 @@ def mismatch_message(workdir: Path, config: Mapping[str, Any], error: Exception)
     )
 
 
-def prepare_workdir(recipe: Recipe, fv: flags.FlagValues, app_name: str) -> RunWriter:
-    """The run's writer: ``--workdir`` (or a new default one: ``writer.workdir``) locked
-    for this run (:mod:`experiments.lock`; released by ``writer.close()`` or when the
-    process ends), cleared with ``--overwrite``, else checked for a run to resume; then
-    flags.cfg. With several processes, the others wait here until process 0 is done with it."""
-    primary = jax.process_index() == 0
+def with_workdir(recipe: Recipe) -> Recipe:
+    """``recipe`` with its ``workdir`` set: its own, or a new default folder no other run can
+    share (``runs/<app>-<timestamp>``, made by process 0)."""
     if recipe.workdir:
-        workdir = Path(recipe.workdir)
-    else:  # a new folder no other run can share
-        make = rundir.create_workdir if primary else rundir.default_workdir
-        workdir = make(app_name)
+        return recipe
+    make = rundir.create_workdir if jax.process_index() == 0 else rundir.default_workdir
+    return dataclasses.replace(recipe, workdir=str(make(recipe.APP_NAME)))
+
+
+def prepare_workdir(recipe: Recipe) -> RunWriter:
+    """The run's writer for ``recipe.workdir`` (set: :func:`with_workdir`), locked for this
+    run (:mod:`experiments.lock`; released by ``writer.close()`` or when the process ends),
+    cleared with ``--overwrite``, else checked for a run to resume; then flags.cfg. With
+    several processes, the others wait here until process 0 is done with it."""
+    workdir = Path(recipe.workdir or "")
     writer = RunWriter(workdir)
     if writer.enabled:  # before the workdir is read or cleared
         writer.lock = WorkdirLock(workdir).acquire()
@@ -387,10 +276,11 @@ def prepare_workdir(recipe: Recipe, fv: flags.FlagValues, app_name: str) -> RunW
         if recipe.overwrite:
             writer.clear()
         elif writer.enabled and writer.holds_run():  # process 0 checks (and tidies) the workdir
-            resume_from = check_resumable(writer, dataclasses.replace(recipe, workdir=str(workdir)))
+            resume_from = check_resumable(writer, recipe)
             if resume_from is not None:
-                print(f"{app_name}: resuming the run in {workdir} from {resume_from}", flush=True)
-        writer.write_text("flags.cfg", flagfile_text(fv, type(recipe)))
+                say = f"{recipe.APP_NAME}: resuming the run in {workdir} from {resume_from}"
+                print(say, flush=True)
+        writer.write_text("flags.cfg", settings.flagfile_text(recipe))
         if jax.process_count() > 1:  # the others read the workdir only once process 0 is done
             from jax.experimental import multihost_utils
 
@@ -401,36 +291,80 @@ def prepare_workdir(recipe: Recipe, fv: flags.FlagValues, app_name: str) -> RunW
     return writer
 
 
-def main(
-    argv: Sequence[str],
-    *,
-    app_name: str,
-    recipe_class: type[Recipe],
-    fv: flags.FlagValues = flags.FLAGS,
-    solver_options: SolverOptions | None = None,
-) -> dict[str, Any]:
-    """The body of an app's ``main``: checks that need more than the flag validators, then
-    :func:`train_and_evaluate`. Every problem found before training stops with one line; so
-    does a non-finite loss (details in the workdir's nonfinite.json).
+def _data_shape(recipe: Recipe, data: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The model's ``input_dim`` and ``num_classes``: the data's if given (its
+    ``label_names``, else CIFAR-10's 10 classes), else what the recipe's data will be."""
+    if data is None:
+        return data_shape(settings.flag_values(recipe))
+    names = data.get("label_names")
+    return {
+        "input_dim": tuple(data["X_train"].shape[1:]),
+        "num_classes": 10 if names is None else len(names),
+    }
 
-    A ``--workdir`` that holds a run resumes it (after checking its flags), unless
-    ``--overwrite`` starts over."""
+
+def fit(recipe: Recipe, data: Mapping[str, Any] | None = None, *, mesh: Any = None) -> dict:
+    """Train ``recipe`` and write its run's files: the one function every training app runs.
+
+    ``recipe.workdir`` (default: a new ``runs/<app>-<timestamp>``) receives flags.cfg,
+    config.json, metrics.jsonl, the plots, checkpoints, best.npz and summary.json; if it
+    holds a run with the same settings, that run resumes from its newest checkpoint
+    (``overwrite=True`` starts over). From a notebook::
+
+        from experiments import recipes, train
+        recipe = dataclasses.replace(recipes.AIRBENCH94, num_epochs=2, workdir="runs/a")
+        summary = train.fit(recipe)  # CIFAR-10 from recipe.data_dir; or fit(recipe, data)
+
+    Args:
+        recipe: the run's settings (:mod:`experiments.recipes`).
+        data: the split arrays (``X_train``, ``y_train``, ``X_val``, ``y_val``, optionally
+            ``X_test``, ``y_test``; float32 NCHW, as :func:`jcnn.data.get_cifar10_data`
+            gives them, with its ``mean_image`` and ``label_names`` if the run is to be
+            usable as a classifier); default: loaded as the recipe's data settings say.
+        mesh: the devices to train on, data-parallel (default: ``recipe.num_devices``).
+
+    Returns:
+        The run's summary (what summary.json holds): accuracies, timings, the flags.
+
+    Raises:
+        ValueError: the model does not fit the data (e.g. too many pooling stages).
+        experiments.errors.UsageFailure: data that cannot be loaded, a workdir that cannot
+            be written, a checkpoint made with other settings (one line naming them), a
+            batch that does not split over the devices.
+        jcnn.solver.TrainingStopped, jcnn.solver.NonFiniteLossError: as the Solver's.
+    """
+    recipe = with_workdir(recipe)
+    model = recipe.build_model(**_data_shape(recipe, data))
+    config = settings.flag_values(recipe)
+    mesh = make_run_mesh(config) if mesh is None else mesh  # before the data
+    if jax.process_index() == 0:  # the one that writes
+        check_paths(config)  # a file in the way or a read-only workdir stops here
+    writer = prepare_workdir(recipe)
+    try:
+        return train_and_evaluate(recipe, model, writer, data=data, mesh=mesh)
+    finally:
+        writer.close()  # the workdir's lock
+
+
+def main(
+    argv: Sequence[str], *, recipe_class: type[Recipe], fv: flags.FlagValues = flags.FLAGS
+) -> dict[str, Any]:
+    """The body of an app's ``main``: the recipe from the parsed flags, checks that need
+    more than the flag validators, then :func:`fit`. Every problem a user can fix stops
+    with one line; so does a non-finite loss (details in the workdir's nonfinite.json)."""
     import jcnn.cpu
 
     jcnn.cpu.tune()  # a training program: huge pages for the heap (jcnn.cpu)
     with errors.failures_in_one_line():
-        return _main(
-            argv, app_name=app_name, recipe_class=recipe_class, fv=fv,
-            solver_options=solver_options,
-        )  # fmt: skip
+        return _main(argv, recipe_class=recipe_class, fv=fv)
 
 
-def _disk_full(writer: RunWriter, e: OSError) -> UsageFailure:
+def _disk_full(workdir: Path, e: OSError) -> UsageFailure:
     """The line for a full disk while the run writes its files: where, and what is kept."""
     from jcnn.checkpoint import latest_run_checkpoint
 
     try:
-        found = latest_run_checkpoint(writer.path("checkpoints"))
+        found = latest_run_checkpoint(workdir / "checkpoints")
     except Exception:  # noqa: BLE001 - only for the advice; the failure is the full disk
         found = None
     kept = (
@@ -442,18 +376,11 @@ def _disk_full(writer: RunWriter, e: OSError) -> UsageFailure:
     )
     where = f" ({e.filename})" if e.filename else ""
     return UsageFailure(
-        f"the disk is full: could not write the run's files in {writer.workdir}{where}; {kept}"
+        f"the disk is full: could not write the run's files in {workdir}{where}; {kept}"
     )
 
 
-def _main(
-    argv: Sequence[str],
-    *,
-    app_name: str,
-    recipe_class: type[Recipe],
-    fv: flags.FlagValues,
-    solver_options: SolverOptions | None = None,
-) -> dict[str, Any]:
+def _main(argv: Sequence[str], *, recipe_class: type[Recipe], fv: flags.FlagValues) -> dict:
     from jcnn.solver import CheckpointMismatchError, NonFiniteLossError, TrainingStopped
 
     if len(argv) > 1:
@@ -468,26 +395,20 @@ def _main(
     config = settings.flag_values(recipe)
     start_processes(config)  # before anything touches a device
     try:
-        model = recipe.build_model(**data_shape(config))
+        recipe.build_model(**data_shape(config))
     except ValueError as e:
         raise UsageFailure(f"invalid model flags: {e}") from None
-    mesh = make_run_mesh(config)  # a batch that does not split stops here, before the data
-    if jax.process_index() == 0:  # the one that writes
-        check_paths(config)  # a file in the way or a read-only workdir stops here
-    writer = prepare_workdir(recipe, fv, app_name)
-    recipe = dataclasses.replace(recipe, workdir=str(writer.workdir))
-    config = settings.flag_values(recipe)
+    recipe = with_workdir(recipe)
+    workdir = Path(recipe.workdir or "")
     try:
-        return train_and_evaluate(
-            recipe, model, writer, app_name=app_name, mesh=mesh, solver_options=solver_options
-        )
+        return fit(recipe)
     except CheckpointMismatchError as e:
-        raise UsageFailure(mismatch_message(writer.workdir, config, e)) from None
+        raise UsageFailure(mismatch_message(workdir, config, e)) from None
     except TrainingStopped as e:
         saved = f"saved {e.checkpoint}" if e.checkpoint is not None else "nothing saved"
         raise errors.stopped(
             f"stopped ({e.reason}) after iteration {e.iteration}; {saved}: the same command "
-            f"resumes from there (--workdir={writer.workdir})",
+            f"resumes from there (--workdir={workdir})",
             e.reason,
         ) from None
     except NonFiniteLossError as e:
@@ -505,9 +426,7 @@ def _main(
     except OSError as e:
         if e.errno not in errors.DISK_FULL or errors.debug():
             raise
-        raise _disk_full(writer, e) from e
+        raise _disk_full(workdir, e) from e
     except jax.errors.JaxRuntimeError as e:  # a collective whose peer process is gone
         stop_on_peer_loss(e, config)
         raise
-    finally:
-        writer.close()  # the workdir's lock

@@ -1,4 +1,4 @@
-"""The training apps' flags, derived from their recipe's settings (:mod:`experiments.config`).
+"""The training apps' flags, derived from their recipe's settings (:mod:`experiments.settings`).
 
 :func:`define_recipe_flags` defines one flag per setting of a recipe class, with the
 recipe's value as its default, the setting's help text, and its checks as absl validators
@@ -6,8 +6,8 @@ recipe's value as its default, the setting's help text, and its checks as absl v
 validator): bad flags stop the program with one line naming the flag while the command line
 and flagfiles are parsed, before any data is loaded. An app therefore has exactly the flags
 its recipe has. :func:`config_from_flags` turns the parsed flags into the run's config (a
-plain dict, as recorded in config.json and every checkpoint), :func:`recipe_from_flags` into
-the typed recipe, and :func:`flagfile_text` into the ``flags.cfg`` that reruns it.
+plain dict, as recorded in config.json and every checkpoint), and :func:`recipe_from_flags`
+into the typed recipe.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from typing import Any
 
 from absl import flags
 
-from experiments import config as settings
+from experiments import settings
 
 # ------------------------------------------------------------------------------- parsers
 
@@ -140,14 +140,3 @@ def config_from_flags(fv: flags.FlagValues, names: Iterable[str]) -> dict[str, A
 def recipe_from_flags(fv: flags.FlagValues, recipe_class: type) -> Any:
     """The typed recipe the parsed flags describe (its checks run again: ValueError)."""
     return recipe_class(**config_from_flags(fv, settings.names(recipe_class)))
-
-
-def flagfile_text(fv: flags.FlagValues, recipe_class: type) -> str:
-    """The flags as a flagfile (one ``--name=value`` per line; unset ones and those of
-    where the run executes, not what it computes, left out)."""
-    lines = [
-        fv[n].serialize()
-        for n, opt in settings.options(recipe_class).items()
-        if opt.in_flagfile and fv[n].value is not None
-    ]
-    return "\n".join(lines) + "\n"

@@ -20,9 +20,8 @@ from collections.abc import Sequence
 from absl import flags
 
 from experiments import errors, recipes, train, train_flags
-from experiments.config import names
+from experiments.settings import names
 
-APP_NAME = "vgg_cifar"
 RECIPE = recipes.VGG_SEED  # the flags' defaults
 RECIPE_CLASS = recipes.VGGRecipe
 NAMES = names(RECIPE_CLASS)
@@ -35,7 +34,7 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
 
 
 def main(argv: Sequence[str]) -> None:
-    train.main(argv, app_name=APP_NAME, recipe_class=RECIPE_CLASS)
+    train.main(argv, recipe_class=RECIPE_CLASS)
 
 
 if __name__ == "__main__":

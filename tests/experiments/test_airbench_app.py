@@ -26,11 +26,7 @@ def _run(workdir: Path, data_dir: Path, *args: str) -> dict:
     fv = flags.FlagValues()
     airbench_cifar.define_flags(fv)
     argv = fv(["prog", f"--workdir={workdir}", f"--data_dir={data_dir}", *TINY, *args])
-    return train.main(
-        argv, app_name=airbench_cifar.APP_NAME, recipe_class=airbench_cifar.RECIPE_CLASS,
-         fv=fv,
-        solver_options=airbench_cifar.solver_options,
-    )  # fmt: skip
+    return train.main(argv, recipe_class=airbench_cifar.RECIPE_CLASS, fv=fv)
 
 
 def test_the_recipe_trains_without_validation_and_reports_test_accuracy_both_ways(
@@ -122,7 +118,7 @@ def test_flips_flag_chooses_alternating_or_random_flips_both_with_reflect_transl
         fv(["prog", *TINY, "--whiten_images=40", f"--flips={flips}"])
         recipe = train_flags.recipe_from_flags(fv, airbench_cifar.RECIPE_CLASS)
         model = recipe.build_model()
-        chosen[flips] = airbench_cifar.solver_options(recipe, model, data)["augment"]
+        chosen[flips] = recipe.training_pieces(model, data)["augment"]
     assert chosen["alternating"].func is alternating_flip_crop
     assert chosen["alternating"].keywords == {"steps_per_epoch": 5, "pad": 2}
     assert chosen["random"].func is random_crop_flip
@@ -131,7 +127,7 @@ def test_flips_flag_chooses_alternating_or_random_flips_both_with_reflect_transl
     airbench_cifar.define_flags(fv)
     fv(["prog", *TINY, "--whiten_images=40", "--cutout=8"])
     recipe = train_flags.recipe_from_flags(fv, airbench_cifar.RECIPE_CLASS)
-    augment = airbench_cifar.solver_options(recipe, recipe.build_model(), data)["augment"]
+    augment = recipe.training_pieces(recipe.build_model(), data)["augment"]
     assert augment.keywords == {"steps_per_epoch": 5, "pad": 2, "cutout": 8}
     fv = flags.FlagValues()
     airbench_cifar.define_flags(fv)

@@ -30,7 +30,7 @@ def run_in_process(app, workdir: Path, data_dir: Path, *args: str) -> dict:
     fv = flags.FlagValues()
     app.define_flags(fv)
     argv = fv(["prog", f"--workdir={workdir}", f"--data_dir={data_dir}", *TINY, *args])
-    return train.main(argv, app_name=app.APP_NAME, recipe_class=app.RECIPE_CLASS, fv=fv)
+    return train.main(argv, recipe_class=app.RECIPE_CLASS, fv=fv)
 
 
 def read_metrics(workdir: Path) -> tuple[list[dict], list[dict]]:

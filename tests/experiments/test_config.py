@@ -11,8 +11,15 @@ from pathlib import Path
 import pytest
 from absl import flags
 
-from experiments import airbench_cifar, recipes, three_layer_cifar, train_flags, vgg_cifar
-from experiments import config as settings
+from experiments import (
+    airbench_cifar,
+    config,
+    recipes,
+    settings,
+    three_layer_cifar,
+    train_flags,
+    vgg_cifar,
+)
 
 CONFIGS = Path(__file__).resolve().parents[2] / "experiments" / "configs"
 APP_OF = {recipes.VGGRecipe: vgg_cifar, recipes.ThreeLayerRecipe: three_layer_cifar,
@@ -57,10 +64,10 @@ def test_the_choices_are_the_librarys():
     from jcnn.optim import LR_SCHEDULES, UPDATE_RULES
     from jcnn.parallel import COMPUTE_DTYPES
 
-    assert settings.CONV_IMPLS == tuple(IMPLS)
-    assert settings.UPDATE_RULES == tuple(UPDATE_RULES)
-    assert settings.LR_SCHEDULES == tuple(LR_SCHEDULES)
-    assert settings.COMPUTE_DTYPES == tuple(COMPUTE_DTYPES)
+    assert config.CONV_IMPLS == tuple(IMPLS)
+    assert config.UPDATE_RULES == tuple(UPDATE_RULES)
+    assert config.LR_SCHEDULES == tuple(LR_SCHEDULES)
+    assert config.COMPUTE_DTYPES == tuple(COMPUTE_DTYPES)
 
 
 BAD = [

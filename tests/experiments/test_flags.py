@@ -12,7 +12,15 @@ from pathlib import Path
 import pytest
 from absl import flags
 
-from experiments import airbench_cifar, rundir, three_layer_cifar, train, train_flags, vgg_cifar
+from experiments import (
+    airbench_cifar,
+    rundir,
+    settings,
+    three_layer_cifar,
+    train,
+    train_flags,
+    vgg_cifar,
+)
 from jcnn.models import ThreeLayerConvNet, VGGNet
 from tests.experiments.util import PYTHON, ROOT, fatal_messages, subprocess_env, write_fake_cifar
 
@@ -114,7 +122,7 @@ def test_later_flags_override_the_flagfile():
 
 def test_flagfile_text_round_trips(tmp_path):
     fv = parse(vgg_cifar, "--num_filters=8,16", "--blocks=1,2", "--weight_scale=he", "--augment")
-    text = train_flags.flagfile_text(fv, vgg_cifar.RECIPE_CLASS)
+    text = settings.flagfile_text(train_flags.recipe_from_flags(fv, vgg_cifar.RECIPE_CLASS))
     assert "--workdir" not in text and "--num_val_samples" not in text  # unset: left out
     path = tmp_path / "flags.cfg"
     path.write_text(text)
@@ -205,7 +213,7 @@ def test_malformed_flagfiles(tmp_path):
     vgg_cifar.define_flags(fv)
     rest = fv(["prog", f"--flagfile={no_dashes}"])
     with pytest.raises(SystemExit, match="unexpected argument.*num_epochs 3"):
-        train.main(rest, app_name="vgg_cifar", recipe_class=vgg_cifar.RECIPE_CLASS,
+        train.main(rest, recipe_class=vgg_cifar.RECIPE_CLASS,
                     fv=fv)  # fmt: skip
 
 
@@ -214,7 +222,7 @@ def test_finished_run_without_checkpoints_needs_overwrite(tmp_path):
     (tmp_path / "summary.json").write_text("{}\n")
     fv = parse(vgg_cifar, f"--workdir={tmp_path}", "--data_dir=/nonexistent")
     with pytest.raises(SystemExit, match="holds a finished run and no checkpoint.*--overwrite"):
-        train.main(["prog"], app_name="vgg_cifar", recipe_class=vgg_cifar.RECIPE_CLASS,
+        train.main(["prog"], recipe_class=vgg_cifar.RECIPE_CLASS,
                     fv=fv)  # fmt: skip
     assert (tmp_path / "summary.json").exists()  # nothing was touched
 
@@ -223,7 +231,7 @@ def test_partial_run_without_checkpoints_starts_over(tmp_path):
     (tmp_path / "metrics.jsonl").write_text("{}\n")  # killed before its first checkpoint
     fv = parse(vgg_cifar, f"--workdir={tmp_path}", "--data_dir=/nonexistent")
     with pytest.raises(SystemExit, match="could not load CIFAR-10"):  # got as far as the data
-        train.main(["prog"], app_name="vgg_cifar", recipe_class=vgg_cifar.RECIPE_CLASS,
+        train.main(["prog"], recipe_class=vgg_cifar.RECIPE_CLASS,
                     fv=fv)  # fmt: skip
     assert not (tmp_path / "metrics.jsonl").exists()
 

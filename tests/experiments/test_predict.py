@@ -166,7 +166,7 @@ def test_an_app_trains_on_an_image_folder_and_predict_and_export_use_it(tmp_path
     fv = flags.FlagValues()
     vgg_cifar.define_flags(fv)
     argv = fv(["prog", f"--workdir={workdir}", f"--data_dir={root}", *FOLDER_ARGS])
-    summary = app_train.main(argv, app_name=vgg_cifar.APP_NAME, recipe_class=vgg_cifar.RECIPE_CLASS,
+    summary = app_train.main(argv, recipe_class=vgg_cifar.RECIPE_CLASS,
                           fv=fv)  # fmt: skip
     assert summary["model"]["num_classes"] == 3 and summary["model"]["input_dim"] == [3, 16, 16]
     clf = load_classifier(workdir)
@@ -201,7 +201,7 @@ def test_a_bad_image_folder_stops_in_one_line_before_training(tmp_path, spoil, m
     argv = fv(["prog", f"--workdir={tmp_path / 'run'}", f"--data_dir={root}", *args,
                "--num_train=6", "--num_val=0", "--num_test=2"])  # fmt: skip
     with pytest.raises(UsageFailure) as info:
-        app_train.main(argv, app_name=vgg_cifar.APP_NAME, recipe_class=vgg_cifar.RECIPE_CLASS,
+        app_train.main(argv, recipe_class=vgg_cifar.RECIPE_CLASS,
                     fv=fv)  # fmt: skip
     assert message in fatal_message(str(info.value.code))
     assert not (tmp_path / "run" / "checkpoints").exists()
@@ -233,8 +233,7 @@ def test_a_folder_run_resumes_and_evaluates_like_a_cifar_run(tmp_path):
         vgg_cifar.define_flags(fv)
         argv = fv(["prog", f"--workdir={workdir}", f"--data_dir={root}", *args,
                    f"--num_epochs={epochs}"])  # fmt: skip
-        return app_train.main(argv, app_name=vgg_cifar.APP_NAME,
-                              recipe_class=vgg_cifar.RECIPE_CLASS, fv=fv)  # fmt: skip
+        return app_train.main(argv, recipe_class=vgg_cifar.RECIPE_CLASS, fv=fv)  # fmt: skip
 
     run(1)
     summary = run(2)  # resumed from epoch 1's checkpoint

@@ -16,8 +16,7 @@ import numpy as np
 import pytest
 from absl import flags
 
-from experiments import config as settings
-from experiments import recipes, resume, rundir, three_layer_cifar, train, train_flags
+from experiments import recipes, resume, rundir, settings, three_layer_cifar, train, train_flags
 from experiments.errors import UsageFailure
 from experiments.lock import WorkdirLock
 from jcnn.checkpoint import CorruptCheckpointWarning
