@@ -23,7 +23,8 @@ checkpoint.
 With a ``checkpoint_dir`` every epoch end (and every ``checkpoint_every`` updates, and the
 first update ending ``checkpoint_every_s`` seconds or more after the last save) writes a
 checkpoint holding all the run needs to continue bit for bit, and ``resume='auto'`` restores
-the newest good one when the Solver is built (:mod:`jcnn.solver_checkpoints`). Losses are
+the newest good one when the Solver is built (:mod:`jcnn.solver_checkpoints`; what changes
+as it trains is one :class:`~jcnn.run_state.RunState`, ``solver.run``). Losses are
 checked when read back (no sync per step) and the parameters every ``print_every`` updates:
 the first non-finite one raises
 :class:`~jcnn.nonfinite.NonFiniteLossError` and writes ``nonfinite.json`` beside
@@ -45,10 +46,10 @@ import optax
 
 from jcnn import _validate as check
 from jcnn import checkpoint as ckpt
-from jcnn import nonfinite, optim, parallel
+from jcnn import nonfinite, optim, parallel, solver_checkpoints
 from jcnn.checkpoint import CheckpointMismatchError
 from jcnn.nonfinite import NonFiniteLossError
-from jcnn.solver_checkpoints import CheckpointedRun
+from jcnn.run_state import RunState
 from jcnn.train import (
     Lookahead,
     copy_tree,
@@ -97,7 +98,21 @@ def check_epoch_batches(num_train: int, batch_size: int) -> None:
         )
 
 
-class Solver(CheckpointedRun):
+class _RunField:
+    """A Solver attribute (cs231n's name) that is a view of the same field of its
+    :class:`~jcnn.run_state.RunState`."""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    def __get__(self, solver: Any, owner: type | None = None) -> Any:
+        return self if solver is None else getattr(solver.run, self.name)
+
+    def __set__(self, solver: Any, value: Any) -> None:
+        setattr(solver.run, self.name, value)
+
+
+class Solver:
     """Train a :mod:`jcnn.models` model on ``data`` the cs231n way (see the module docs).
 
     ``data`` holds ``X_train, y_train, X_val, y_val`` (host arrays; images shaped like the
@@ -126,7 +141,24 @@ class Solver(CheckpointedRun):
     ``best_state``; ``iterations_per_epoch``, ``num_iterations``; ``trace_counts``;
     ``resumed_from`` (None, or ``{'path', 'iteration', 'epoch', 'elapsed_s'}``);
     ``last_checkpoint``; ``elapsed_s`` (seconds in :meth:`train`, over every session).
+    Everything of these that changes as the run trains is ``run``, a
+    :class:`~jcnn.run_state.RunState`, saved and restored as a unit.
     """
+
+    # Views of self.run, under cs231n's names.
+    train_state = _RunField()
+    epoch = _RunField()
+    iteration = _RunField()
+    best_val_acc = _RunField()
+    best_epoch = _RunField()
+    best_params = _RunField()
+    best_state = _RunField()
+    loss_history = _RunField()
+    train_acc_history = _RunField()
+    val_acc_history = _RunField()
+    lr_history = _RunField()
+    eval_history = _RunField()
+    elapsed_s = _RunField()
 
     def __init__(
         self,
@@ -268,10 +300,11 @@ class Solver(CheckpointedRun):
             self.optimizer = optimizer
             self.schedule = schedule if schedule is not None else (lambda t: float("nan"))
         self.lookahead = lookahead
-        self.train_state = create_train_state(
+        train_state = create_train_state(
             model, self.optimizer, key=jax.random.key(self.seed), params=params,
             model_state=state, lookahead=lookahead,
         )  # fmt: skip
+        self.run = RunState(train_state, host_rng=np.random.default_rng(self.seed))
         self._x_dtype = np.dtype(jax.tree_util.tree_leaves(self.params)[0].dtype)
         self._train_step = make_train_step(
             model, self.optimizer, augment=augment, compute_dtype=self.compute_dtype, mesh=mesh,
@@ -289,7 +322,6 @@ class Solver(CheckpointedRun):
         self.test_time_flip = bool(test_time_flip)
         self.test_time_translate = int(test_time_translate)
         self._all_finite = jax.jit(nonfinite.all_finite)
-        self._rng = np.random.default_rng(self.seed)
         self._reset()
         self._replicate()
         found = ckpt.resume_checkpoint(self.checkpoint_dir, resume, self.iterations_per_epoch)
@@ -322,19 +354,9 @@ class Solver(CheckpointedRun):
         return {"train_step": self._train_step.traces(), "eval_step": self._eval_step.traces()}
 
     def _reset(self) -> None:
-        """Book-keeping, as cs231n's ``_reset``."""
-        self.epoch = 0
-        self.iteration = 0  # updates done so far, over every call to train()
-        self.best_val_acc = 0.0
-        self.best_epoch: int | None = None
-        self.best_params: Any = None
-        self.best_state: Any = None
-        self.loss_history: list[float] = []
-        self.train_acc_history: list[float] = []
-        self.val_acc_history: list[float] = []
-        self.lr_history: list[float] = []
-        self.eval_history: list[dict[str, Any]] = []
-        self.elapsed_s = 0.0
+        """Book-keeping, as cs231n's ``_reset``: a run with nothing done yet (the current
+        train state and host generator kept)."""
+        self.run = RunState(self.run.train_state, self.run.host_rng)
         self.resumed_from: dict[str, Any] | None = None
         self.last_checkpoint: Path | None = None
         self._log = nonfinite.StepLog()
@@ -362,6 +384,67 @@ class Solver(CheckpointedRun):
     def lr_at(self, iteration: int) -> float:
         """The learning rate of update number ``iteration`` (0-based)."""
         return float(self.schedule(int(iteration)))
+
+    # -------------------------------------------------------------------- checkpoints
+
+    @property
+    def data_fingerprint(self) -> str:
+        """``'sha256:...'`` of the training and validation arrays as the Solver holds them,
+        computed once: part of the run's identity, so a run does not resume on other data
+        (unless ``check_data=False``)."""
+        if self._fingerprint is None:
+            self._fingerprint = solver_checkpoints.data_fingerprint(self)
+        return self._fingerprint
+
+    def _identity(self) -> dict[str, Any]:
+        return solver_checkpoints.identity(self)
+
+    def checkpoint_tree(self) -> dict[str, Any]:
+        """The arrays a checkpoint holds (:meth:`jcnn.run_state.RunState.checkpoint_tree`)."""
+        return self.run.checkpoint_tree()
+
+    def checkpoint_metadata(self) -> dict[str, Any]:
+        """What a checkpoint's JSON sidecar records (verifies the pending losses and the
+        parameters first)."""
+        self._verify_finite()
+        return solver_checkpoints.metadata(self)
+
+    def save_checkpoint(self, path: str | os.PathLike | None = None) -> Path:
+        """Write the current checkpoint (default: :func:`jcnn.checkpoint.run_checkpoint_path`
+        in ``checkpoint_dir``, then prune old ones). Pending losses are checked first, and
+        non-finite arrays are never written: both raise NonFiniteLossError. With several
+        processes only process 0 writes. Returns the path."""
+        self._verify_finite()
+        self.last_checkpoint = solver_checkpoints.save(self, path)
+        return self.last_checkpoint
+
+    def restore(self, path: str | os.PathLike | None = None) -> Path:
+        """Restore a checkpoint written by :meth:`save_checkpoint` (default: the newest good
+        one in ``checkpoint_dir``), so that :meth:`train` continues the run exactly. Raises
+        CheckpointMismatchError for a differently configured run, CorruptCheckpointError
+        if its checksums fail. Returns its path."""
+        return self._restore(*solver_checkpoints.find(self, path))
+
+    def _restore(self, npz: Path, meta: Mapping[str, Any]) -> Path:
+        run = solver_checkpoints.restore(self, npz, meta)  # checks it first
+        self._reset()
+        self.run = run
+        self._replicate()
+        self._log.verified(self.iteration)  # checkpoints hold only finite values
+        self.last_checkpoint = npz
+        self.resumed_from = {
+            "path": str(npz), "iteration": self.iteration, "epoch": self.epoch,
+            "elapsed_s": self.elapsed_s,
+        }  # fmt: skip
+        if self.checkpoint_dir is not None and parallel.is_primary():
+            ckpt.remove_stale_temporaries(self.checkpoint_dir)
+        if self.verbose:
+            print(
+                f"(Resuming from {npz}: iteration {self.iteration} / {self.num_iterations}, "
+                f"epoch {self.epoch} / {self.num_epochs})",
+                flush=True,
+            )
+        return npz
 
     # ----------------------------------------------------------------------- training
 
@@ -453,7 +536,7 @@ class Solver(CheckpointedRun):
         epoch is left out). Epoch ``e``'s permutation comes from ``(seed, e)`` alone, so a
         run resumed in the middle of an epoch continues it exactly."""
         if self.sampling == "replacement":
-            return self._rng.choice(self.num_train, self.batch_size)
+            return self.run.host_rng.choice(self.num_train, self.batch_size)
         epoch, k = divmod(self.iteration, self.iterations_per_epoch)
         if self._order is None or self._order[0] != epoch:
             order = np.random.default_rng([self.seed, epoch]).permutation(self.num_train)
@@ -558,6 +641,6 @@ class Solver(CheckpointedRun):
         if X.shape[0] == 0:
             raise ValueError("check_accuracy needs at least one image")
         if num_samples is not None and X.shape[0] > num_samples:
-            mask = self._rng.choice(X.shape[0], num_samples)
+            mask = self.run.host_rng.choice(X.shape[0], num_samples)
             X, y = X[mask], y[mask]
         return float(np.mean(self.predict(X, batch_size, **kw) == y))

@@ -52,7 +52,7 @@ def main(argv: list[str]) -> None:
         ],
         "best_val_acc": solver.best_val_acc,
         "best_epoch": solver.best_epoch,
-        "host_rng": solver._rng.bit_generator.state,
+        "host_rng": solver.run.host_rng.bit_generator.state,
         "resumed_from": solver.resumed_from,
     }
     with open(result + ".json", "w") as f:

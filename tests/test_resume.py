@@ -76,7 +76,7 @@ def assert_same_run(a: Solver, b: Solver) -> None:
                for s in (a, b)]  # fmt: skip
     assert no_time[0] == no_time[1]
     assert (a.best_val_acc, a.best_epoch) == (b.best_val_acc, b.best_epoch)
-    assert a._rng.bit_generator.state == b._rng.bit_generator.state
+    assert a.run.host_rng.bit_generator.state == b.run.host_rng.bit_generator.state
 
 
 def names(folder: Path) -> list[str]:
