@@ -120,3 +120,14 @@ def _check_finite(name: str, X: np.ndarray, rows: int = 4096) -> None:
             f"{name} holds non-finite values (NaN or inf) in {len(bad)} image(s), "
             f"first at index {bad[0]}"
         )
+
+
+def test_time_augmentation(flip: Any, translate: Any) -> tuple[bool, int]:
+    """``(test_time_flip, test_time_translate)`` as a bool and an int >= 0; ValueError
+    naming the one that is not."""
+    if not isinstance(flip, bool | np.bool_):
+        raise ValueError(f"test_time_flip must be True or False, got {flip!r}")
+    shift = int(translate)
+    if shift != translate or shift < 0:
+        raise ValueError(f"test_time_translate must be an int >= 0, got {translate!r}")
+    return bool(flip), shift

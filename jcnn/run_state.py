@@ -21,7 +21,7 @@ import numpy as np
 
 from jcnn.train import TrainState, copy_tree
 
-__all__ = ["RUN_FIELDS", "RunState"]
+__all__ = ["RUN_FIELDS", "RunField", "RunState"]
 
 
 def _float(v: Any) -> float:
@@ -130,3 +130,17 @@ class RunState:
 
 # The Solver's cs231n attributes that are views of its RunState.
 RUN_FIELDS = tuple(f.name for f in dataclasses.fields(RunState) if f.name != "host_rng")
+
+
+class RunField:
+    """An attribute that is a view of the same field of its owner's ``run`` (a
+    :class:`RunState`): how the Solver keeps cs231n's names (``solver.loss_history``)."""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    def __get__(self, obj: Any, owner: type | None = None) -> Any:
+        return self if obj is None else getattr(obj.run, self.name)
+
+    def __set__(self, obj: Any, value: Any) -> None:
+        setattr(obj.run, self.name, value)

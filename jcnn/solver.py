@@ -49,7 +49,8 @@ from jcnn import checkpoint as ckpt
 from jcnn import nonfinite, optim, parallel, solver_checkpoints
 from jcnn.checkpoint import CheckpointMismatchError
 from jcnn.nonfinite import NonFiniteLossError
-from jcnn.run_state import RunState
+from jcnn.run_state import RunField, RunState
+from jcnn.solver_settings import SettingField, SolverSettings
 from jcnn.train import (
     Lookahead,
     copy_tree,
@@ -68,7 +69,6 @@ __all__ = [
 ]
 
 DATA_KEYS = ("X_train", "y_train", "X_val", "y_val")
-SAMPLINGS = ("replacement", "epoch")
 
 
 class TrainingStopped(Exception):
@@ -96,20 +96,6 @@ def check_epoch_batches(num_train: int, batch_size: int) -> None:
             f"sampling takes whole minibatches, so use a batch_size of at most {num_train} "
             "or more training images"
         )
-
-
-class _RunField:
-    """A Solver attribute (cs231n's name) that is a view of the same field of its
-    :class:`~jcnn.run_state.RunState`."""
-
-    def __set_name__(self, owner: type, name: str) -> None:
-        self.name = name
-
-    def __get__(self, solver: Any, owner: type | None = None) -> Any:
-        return self if solver is None else getattr(solver.run, self.name)
-
-    def __set__(self, solver: Any, value: Any) -> None:
-        setattr(solver.run, self.name, value)
 
 
 class Solver:
@@ -145,20 +131,49 @@ class Solver:
     :class:`~jcnn.run_state.RunState`, saved and restored as a unit.
     """
 
+    # Views of self.settings, under cs231n's names.
+    update_rule = SettingField()
+    optim_config = SettingField()
+    lr_decay = SettingField()
+    lr_schedule = SettingField()
+    warmup_epochs = SettingField()
+    batch_size = SettingField()
+    num_epochs = SettingField()
+    num_train_samples = SettingField()
+    num_val_samples = SettingField()
+    print_every = SettingField()
+    verbose = SettingField()
+    checkpoint_dir = SettingField()
+    checkpoint_every = SettingField()
+    checkpoint_every_s = SettingField()
+    keep_checkpoints = SettingField()
+    resume = SettingField()
+    run_config = SettingField()
+    seed = SettingField()
+    augment = SettingField()
+    compute_dtype = SettingField()
+    test_time_flip = SettingField()
+    test_time_translate = SettingField()
+    check_data = SettingField()
+    custom_optimizer = SettingField()
+    sampling = SettingField()
+    select_best = SettingField()
+    lookahead = SettingField()
+
     # Views of self.run, under cs231n's names.
-    train_state = _RunField()
-    epoch = _RunField()
-    iteration = _RunField()
-    best_val_acc = _RunField()
-    best_epoch = _RunField()
-    best_params = _RunField()
-    best_state = _RunField()
-    loss_history = _RunField()
-    train_acc_history = _RunField()
-    val_acc_history = _RunField()
-    lr_history = _RunField()
-    eval_history = _RunField()
-    elapsed_s = _RunField()
+    train_state = RunField()
+    epoch = RunField()
+    iteration = RunField()
+    best_val_acc = RunField()
+    best_epoch = RunField()
+    best_params = RunField()
+    best_state = RunField()
+    loss_history = RunField()
+    train_acc_history = RunField()
+    val_acc_history = RunField()
+    lr_history = RunField()
+    eval_history = RunField()
+    elapsed_s = RunField()
 
     def __init__(
         self,
@@ -204,124 +219,36 @@ class Solver:
             if not hasattr(model, attr):
                 raise ValueError(f"model must be a jcnn.models model; it has no {attr!r}")
         self.model = model
-        self.update_rule = update_rule
-        self.optim_config = optim.resolve_optim_config(update_rule, optim_config)
-        self.lr_decay = check.finite_float("lr_decay", lr_decay, minimum=0.0, strict=True)
-        optim.check_schedule(lr_schedule, self.lr_decay)
-        self.lr_schedule = lr_schedule
-        self.warmup_epochs = check.finite_float("warmup_epochs", warmup_epochs, minimum=0.0)
-        self.batch_size = check.positive_int("batch_size", batch_size)
-        self.num_epochs = check.positive_int("num_epochs", num_epochs)
-        opt_int = lambda name, v: None if v is None else check.positive_int(name, v)  # noqa: E731
-        self.num_train_samples = opt_int("num_train_samples", num_train_samples)
-        self.num_val_samples = opt_int("num_val_samples", num_val_samples)
-        self.print_every = check.positive_int("print_every", print_every)
-        self.verbose = bool(verbose)
-        self.checkpoint_dir = None if checkpoint_dir is None else Path(checkpoint_dir)
-        self.checkpoint_every = opt_int("checkpoint_every", checkpoint_every)
-        self.checkpoint_every_s = (
-            None
-            if checkpoint_every_s is None
-            else check.finite_float(
-                "checkpoint_every_s", checkpoint_every_s, minimum=0.0, strict=True
-            )
-        )
-        self.keep_checkpoints = check.nonnegative_int("keep_checkpoints", keep_checkpoints)
-        if resume is True and self.checkpoint_dir is None:
-            raise ValueError("resume=True needs a checkpoint_dir to resume from")
-        self.resume = resume
-        if run_config is not None and not isinstance(run_config, Mapping):
-            raise ValueError(f"run_config must be a dict or None, got {type(run_config).__name__}")
-        try:
-            self.run_config = None if run_config is None else ckpt.to_plain_json(dict(run_config))
-        except TypeError as e:
-            raise ValueError(f"run_config must be JSON-able: {e}") from None
-        self.seed = check.seed("seed", seed)
+        self.settings = SolverSettings.checked(
+            update_rule=update_rule, optim_config=optim_config, lr_decay=lr_decay,
+            lr_schedule=lr_schedule, warmup_epochs=warmup_epochs, batch_size=batch_size,
+            num_epochs=num_epochs, num_train_samples=num_train_samples,
+            num_val_samples=num_val_samples, print_every=print_every, verbose=verbose,
+            checkpoint_dir=checkpoint_dir, checkpoint_every=checkpoint_every,
+            checkpoint_every_s=checkpoint_every_s, keep_checkpoints=keep_checkpoints,
+            resume=resume, run_config=run_config, seed=seed, augment=augment,
+            compute_dtype=compute_dtype, test_time_flip=test_time_flip,
+            test_time_translate=test_time_translate, check_data=check_data,
+            optimizer=optimizer, schedule=schedule, sampling=sampling,
+            select_best=select_best, lookahead=lookahead,
+        )  # fmt: skip
         self.on_iteration = check.callables("on_iteration", on_iteration)
         self.on_epoch_end = check.callables("on_epoch_end", on_epoch_end)
         self.on_progress = check.callables("on_progress", on_progress)
-        if augment is not None and not callable(augment):
-            raise ValueError(f"augment must be a function (key, X) -> X or None, got {augment!r}")
-        self.augment = augment
         if mesh is not None:
             parallel.check_mesh(mesh, self.batch_size)
             self._rows = parallel.process_slice(mesh, self.batch_size)  # this process's rows
         self.mesh = mesh
-        self.compute_dtype = parallel.resolve_compute_dtype(compute_dtype)
 
-        if not isinstance(data, Mapping):
-            raise ValueError(f"data must be a dict holding {DATA_KEYS}, got {type(data).__name__}")
-        missing = [k for k in DATA_KEYS if k not in data]
-        if missing:
-            raise ValueError(f"data is missing {missing}: it must hold {list(DATA_KEYS)}")
-        self.X_train, self.y_train = check.labelled_images(
-            model, data["X_train"], data["y_train"], "X_train", "y_train"
-        )
-        if select_best not in (True, False):
-            raise ValueError(f"select_best must be True or False, got {select_best!r}")
-        self.select_best = bool(select_best)
-        if not self.select_best and np.shape(data["X_val"])[0] == 0:
-            self.X_val = np.zeros((0, *np.shape(self.X_train)[1:]), self.X_train.dtype)
-            self.y_val = np.zeros((0,), np.int32)
-        else:
-            self.X_val, self.y_val = check.labelled_images(
-                model, data["X_val"], data["y_val"], "X_val", "y_val"
-            )
-        if sampling not in SAMPLINGS:
-            raise ValueError(f"sampling must be one of {SAMPLINGS}, got {sampling!r}")
-        self.sampling = sampling
-
-        self.check_data = bool(check_data)
-        self._fingerprint: str | None = None
-        self.num_train = self.X_train.shape[0]
-        if self.sampling == "epoch":
-            check_epoch_batches(self.num_train, self.batch_size)
-        self.iterations_per_epoch = max(self.num_train // self.batch_size, 1)
-        self.num_iterations = self.num_epochs * self.iterations_per_epoch
-        self.warmup_iterations = round(self.warmup_epochs * self.iterations_per_epoch)
-        self.custom_optimizer = optimizer
-        if optimizer is None:
-            self.schedule = optim.make_schedule(
-                self.optim_config["learning_rate"],
-                lr_schedule=self.lr_schedule,
-                lr_decay=self.lr_decay,
-                iterations_per_epoch=self.iterations_per_epoch,
-                num_iterations=self.num_iterations,
-                warmup_iterations=self.warmup_iterations,
-            )
-            self.optimizer, _ = optim.make_optimizer(update_rule, self.optim_config, self.schedule)
-        else:
-            if not hasattr(optimizer, "init") or not hasattr(optimizer, "update"):
-                raise ValueError(f"optimizer must be an optax transformation, got {optimizer!r}")
-            if schedule is not None and not callable(schedule):
-                raise ValueError(
-                    f"schedule must be a function of the update count, got {schedule!r}"
-                )
-            self.optimizer = optimizer
-            self.schedule = schedule if schedule is not None else (lambda t: float("nan"))
-        self.lookahead = lookahead
+        self._take_data(data)
+        self._make_optimizer()
         train_state = create_train_state(
             model, self.optimizer, key=jax.random.key(self.seed), params=params,
             model_state=state, lookahead=lookahead,
         )  # fmt: skip
         self.run = RunState(train_state, host_rng=np.random.default_rng(self.seed))
         self._x_dtype = np.dtype(jax.tree_util.tree_leaves(self.params)[0].dtype)
-        self._train_step = make_train_step(
-            model, self.optimizer, augment=augment, compute_dtype=self.compute_dtype, mesh=mesh,
-            lookahead=lookahead,
-        )  # fmt: skip
-        self._eval_step = make_eval_step(  # checks test_time_flip and test_time_translate
-            model, compute_dtype=self.compute_dtype, mesh=mesh, test_time_flip=test_time_flip,
-            test_time_translate=test_time_translate,
-        )  # fmt: skip
-        self._plain_eval_step = (
-            make_eval_step(model, compute_dtype=self.compute_dtype, mesh=mesh)
-            if test_time_flip or test_time_translate
-            else self._eval_step
-        )
-        self.test_time_flip = bool(test_time_flip)
-        self.test_time_translate = int(test_time_translate)
-        self._all_finite = jax.jit(nonfinite.all_finite)
+        self._make_steps()
         self._reset()
         self._replicate()
         found = ckpt.resume_checkpoint(self.checkpoint_dir, resume, self.iterations_per_epoch)
@@ -332,6 +259,71 @@ class Solver:
             "processes restored different checkpoints (or only some found one): put "
             "checkpoint_dir on a filesystem every process sees, or start over",
         )
+
+    def _take_data(self, data: Mapping[str, Any]) -> None:
+        """The training and validation arrays, checked against the model, and the run's
+        iteration counts."""
+        if not isinstance(data, Mapping):
+            raise ValueError(f"data must be a dict holding {DATA_KEYS}, got {type(data).__name__}")
+        missing = [k for k in DATA_KEYS if k not in data]
+        if missing:
+            raise ValueError(f"data is missing {missing}: it must hold {list(DATA_KEYS)}")
+        model = self.model
+        self.X_train, self.y_train = check.labelled_images(
+            model, data["X_train"], data["y_train"], "X_train", "y_train"
+        )
+        if not self.select_best and np.shape(data["X_val"])[0] == 0:
+            self.X_val = np.zeros((0, *np.shape(self.X_train)[1:]), self.X_train.dtype)
+            self.y_val = np.zeros((0,), np.int32)
+        else:
+            self.X_val, self.y_val = check.labelled_images(
+                model, data["X_val"], data["y_val"], "X_val", "y_val"
+            )
+        self._fingerprint: str | None = None
+        self.num_train = self.X_train.shape[0]
+        if self.sampling == "epoch":
+            check_epoch_batches(self.num_train, self.batch_size)
+        self.iterations_per_epoch = max(self.num_train // self.batch_size, 1)
+        self.num_iterations = self.num_epochs * self.iterations_per_epoch
+        self.warmup_iterations = round(self.warmup_epochs * self.iterations_per_epoch)
+
+    def _make_optimizer(self) -> None:
+        """``optimizer`` and ``schedule``: cs231n's rule and schedule as optax objects, or
+        the given optax transformation (and its schedule, if any)."""
+        if self.custom_optimizer is None:
+            self.schedule = optim.make_schedule(
+                self.optim_config["learning_rate"],
+                lr_schedule=self.lr_schedule,
+                lr_decay=self.lr_decay,
+                iterations_per_epoch=self.iterations_per_epoch,
+                num_iterations=self.num_iterations,
+                warmup_iterations=self.warmup_iterations,
+            )
+            self.optimizer, _ = optim.make_optimizer(
+                self.update_rule, self.optim_config, self.schedule
+            )
+        else:
+            given = self.settings.custom_schedule
+            self.optimizer = self.custom_optimizer
+            self.schedule = given if given is not None else (lambda t: float("nan"))
+
+    def _make_steps(self) -> None:
+        """The jitted train step and eval steps (with and without test-time augmentation)."""
+        model, dtype, mesh = self.model, self.compute_dtype, self.mesh
+        self._train_step = make_train_step(
+            model, self.optimizer, augment=self.augment, compute_dtype=dtype, mesh=mesh,
+            lookahead=self.lookahead,
+        )  # fmt: skip
+        self._eval_step = make_eval_step(
+            model, compute_dtype=dtype, mesh=mesh, test_time_flip=self.test_time_flip,
+            test_time_translate=self.test_time_translate,
+        )  # fmt: skip
+        self._plain_eval_step = (
+            make_eval_step(model, compute_dtype=dtype, mesh=mesh)
+            if self.test_time_flip or self.test_time_translate
+            else self._eval_step
+        )
+        self._all_finite = jax.jit(nonfinite.all_finite)
 
     # -------------------------------------------------------------------------- state
 

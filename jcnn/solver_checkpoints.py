@@ -128,7 +128,7 @@ def save(solver: Solver, path: str | os.PathLike | None = None) -> Path:
     if path is None and folder is None:
         raise ValueError("no path given and the solver has no checkpoint_dir")
     target = Path(path) if path is not None else ckpt.run_checkpoint_path(
-        folder, solver.iteration, solver.iterations_per_epoch  # type: ignore[arg-type]
+        folder, solver.iteration, solver.iterations_per_epoch
     )  # fmt: skip
     if parallel.is_primary():
         target = ckpt.save_checkpoint(target, host, meta)

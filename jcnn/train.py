@@ -47,6 +47,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from jcnn import _validate as check
 from jcnn import parallel
 
 __all__ = [
@@ -414,11 +415,7 @@ def make_eval_step(
       ValueError: ``test_time_flip`` is not a bool, or set for a model whose inputs are not
         images ``(C, H, W)``.
     """
-    if not isinstance(test_time_flip, bool | np.bool_):
-        raise ValueError(f"test_time_flip must be True or False, got {test_time_flip!r}")
-    shift = int(test_time_translate)
-    if shift != test_time_translate or shift < 0:
-        raise ValueError(f"test_time_translate must be an int >= 0, got {test_time_translate!r}")
+    test_time_flip, shift = check.test_time_augmentation(test_time_flip, test_time_translate)
     if (test_time_flip or shift) and len(model.input_shape) != 3:
         raise ValueError(
             "test_time_flip mirrors images (C, H, W) and test_time_translate shifts them; this "
@@ -432,7 +429,7 @@ def make_eval_step(
     def eval_step(params: Any, model_state: Any, X: Any) -> jax.Array:
         params = parallel.predict_params(params, compute_dtype)
         scores = test_time_scores(
-            model, params, model_state, X, flip=bool(test_time_flip), translate=shift
+            model, params, model_state, X, flip=test_time_flip, translate=shift
         )
         return jnp.argmax(scores, axis=1).astype(jnp.int32)
 
