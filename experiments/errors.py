@@ -169,15 +169,24 @@ def plain_text(doc: str) -> str:
     return re.sub(r"``([^`]+)``", r"\1", doc)
 
 
-def parse_flags(argv: Sequence[str]) -> list[str]:
+SHORT_HELP_ARGS = ("--help", "-help", "-h", "-?", "--helpshort")
+
+
+def parse_flags(argv: Sequence[str], help_text: Callable[[], str] | None = None) -> list[str]:
     """``absl.app.run``'s flag parsing, with a flagfile that cannot be read as text (or at
     all) stopping the app with one line instead of a traceback, and ``--help`` showing the
-    app's docstring as plain text and exiting with status 0 (absl's exits with 1)."""
+    app's docstring as plain text and exiting with status 0 (absl's exits with 1); with
+    ``help_text``, ``--help`` shows the docstring and that text instead of absl's list
+    (``--helpfull`` still shows absl's)."""
     from absl import app
 
     main = sys.modules.get("__main__")
     if main is not None and main.__doc__:
         main.__doc__ = plain_text(main.__doc__)
+    if help_text is not None and any(a in SHORT_HELP_ARGS for a in argv[1:]):
+        print(((main.__doc__ or "") if main is not None else "").rstrip() + "\n")
+        print(help_text())
+        raise SystemExit(0)
     try:
         with failures_in_one_line("check the --flagfile arguments"):
             return app.parse_flags_with_usage(list(argv))
@@ -242,9 +251,10 @@ def exit_peer_lost(detail: str, *, process: int, processes: int, kept: str | Non
     os._exit(1)
 
 
-def run_app(main: Callable[[list[str]], Any]) -> None:
+def run_app(main: Callable[[list[str]], Any], help_text: Callable[[], str] | None = None) -> None:
     """``absl.app.run(main)`` with every user-fixable failure, flag parsing included,
-    ending in one line (see the module's docstring)."""
+    ending in one line (see the module's docstring); ``help_text``: what ``--help`` lists
+    after the app's docstring (default: absl's list of its flags)."""
     from absl import app
 
     # JAX logs each accelerator backend it cannot start (e.g. "Unable to initialize backend
@@ -263,4 +273,4 @@ def run_app(main: Callable[[list[str]], Any]) -> None:
                 "already written are kept, and the same command resumes from the newest"
             ) from None
 
-    app.run(checked_main, flags_parser=parse_flags)
+    app.run(checked_main, flags_parser=lambda argv: parse_flags(argv, help_text))

@@ -125,6 +125,19 @@ class Settings:
             fn(values)
 
 
+def groups(recipe_class: type) -> list[tuple[str, list[str]]]:
+    """``[(title, setting names)]``: the settings of a recipe class by the group (base
+    class) that declares them, the groups in the recipe's order and its own settings last;
+    a title is the first paragraph of the group's docstring, on one line."""
+    out = []
+    for klass in [*recipe_class.__mro__[1:], recipe_class]:
+        own = [n for n in vars(klass).get("__annotations__", {}) if n in options(klass)]
+        if own and klass is not Settings:
+            doc = (klass.__doc__ or klass.__name__).strip().split("\n\n")[0]
+            out.append((" ".join(doc.split()), own))
+    return out
+
+
 def flag_values(recipe: Settings) -> dict[str, Any]:
     """``{name: value}`` with lists for tuples: the run's flags as they are recorded (in
     config.json, summary.json and every checkpoint)."""

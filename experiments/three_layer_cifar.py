@@ -3,9 +3,9 @@
     python -m experiments.three_layer_cifar --flagfile=experiments/configs/three_layer_seed.cfg
 
 conv (``num_filters`` of ``filter_size``, 'same' padding) - relu - 2×2 max pool - affine
-(``hidden_dim``) - relu - affine - softmax. Every hyper-parameter is a flag (``--helpfull``
-lists them; the defaults are :data:`experiments.recipes.THREE_LAYER_SEED`); the run's files go to
-``--workdir`` (see :mod:`experiments.rundir`).
+(``hidden_dim``) - relu - affine - softmax. Every hyper-parameter is a flag (``--help``
+lists them; the defaults are :data:`experiments.recipes.THREE_LAYER_SEED`); the run's files
+go to ``--workdir`` (see :mod:`experiments.rundir`).
 """
 
 from __future__ import annotations
@@ -35,4 +35,4 @@ def main(argv: Sequence[str]) -> None:
 if __name__ == "__main__":
     define_flags()
     flags.adopt_module_key_flags(train_flags)
-    errors.run_app(main)
+    errors.run_app(main, lambda: train_flags.recipe_help(flags.FLAGS, RECIPE_CLASS))

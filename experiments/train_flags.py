@@ -13,12 +13,14 @@ into the typed recipe.
 from __future__ import annotations
 
 import math
+import textwrap
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from absl import flags
 
 from experiments import settings
+from experiments.errors import plain_text
 
 # ------------------------------------------------------------------------------- parsers
 
@@ -140,3 +142,23 @@ def config_from_flags(fv: flags.FlagValues, names: Iterable[str]) -> dict[str, A
 def recipe_from_flags(fv: flags.FlagValues, recipe_class: type) -> Any:
     """The typed recipe the parsed flags describe (its checks run again: ValueError)."""
     return recipe_class(**config_from_flags(fv, settings.names(recipe_class)))
+
+
+def recipe_help(fv: flags.FlagValues, recipe_class: type) -> str:
+    """The app's flags for ``--help``, in the groups of its recipe (each group's docstring
+    as its heading, the app's own settings last), with their defaults."""
+    lines = ["flags: (--flagfile=FILE reads them from FILE; --helpfull lists absl's own too)"]
+    for title, names in settings.groups(recipe_class):
+        lines += ["", plain_text(title)]
+        for name in names:
+            flag = fv[name]
+            prefix = "[no]" if flag.boolean else ""
+            if flag.boolean:
+                value = "true" if flag.value else "false"
+            else:
+                value = flag.serialize().partition("=")[2]
+            shown = plain_text(flag.help) + (f" (default: {value})" if value else "")
+            indent = " " * 6
+            body = textwrap.fill(shown, 88, initial_indent=indent, subsequent_indent=indent)
+            lines += [f"  --{prefix}{name}", body]
+    return "\n".join(lines)

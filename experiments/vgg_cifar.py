@@ -5,9 +5,9 @@
     python -m experiments.vgg_cifar --flagfile=experiments/configs/vgg_best.cfg --data_dir=...
 
 The network is ``[(conv - spatial batchnorm - relu) × blocks[s] - 2×2 max pool]`` for each
-stage ``s`` (``num_filters[s]`` filters of ``filter_size``, 'same' padding), then
-``(affine - batchnorm - relu - dropout)`` per entry of ``hidden_dims``, then affine - softmax.
-Every hyper-parameter is a flag (``--helpfull`` lists them); flags given later override
+stage ``s`` (``num_filters[s]`` filters of ``filter_size``, 'same' padding), then ``(affine
+- batchnorm - relu - dropout)`` per entry of ``hidden_dims``, then affine - softmax. Every
+hyper-parameter is a flag (``--help`` lists them by group); flags given later override
 earlier ones, flagfiles included; the defaults are the seed's run
 (:data:`experiments.recipes.VGG_SEED`). The run's files go to ``--workdir`` (see
 :mod:`experiments.rundir`).
@@ -40,4 +40,4 @@ def main(argv: Sequence[str]) -> None:
 if __name__ == "__main__":
     define_flags()
     flags.adopt_module_key_flags(train_flags)
-    errors.run_app(main)
+    errors.run_app(main, lambda: train_flags.recipe_help(flags.FLAGS, RECIPE_CLASS))
