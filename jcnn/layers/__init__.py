@@ -14,10 +14,9 @@ from jcnn.layers.batchnorm import (
     batchnorm_backward,
     batchnorm_backward_graph,
     batchnorm_forward,
-    batchnorm_relu_backward,
-    batchnorm_relu_forward,
     spatial_batchnorm,
 )
+from jcnn.layers.batchnorm_relu import batchnorm_relu_backward, batchnorm_relu_forward
 from jcnn.layers.conv import (
     conv2d,
     conv_backward,

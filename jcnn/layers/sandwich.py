@@ -3,7 +3,7 @@
 Each is a composition of the public layers, so its backward is the chain of their
 hand-written VJPs in reverse order (exactly what ``xxx_relu_backward`` does in the
 assignment), with batchnorm → relu as one layer when training
-(:func:`jcnn.layers.batchnorm.batchnorm_relu_forward` and its backward: one compiled
+(:func:`jcnn.layers.batchnorm_relu.batchnorm_relu_forward` and its backward: one compiled
 kernel each way on the CPU for features-last input). One shortcut, in :func:`conv_bn_relu`
 when training: batchnorm subtracts each channel's batch mean, so the convolution's bias
 cannot change the output and its gradient is 0; the bias is left out of the forward and
@@ -19,7 +19,7 @@ from jax import lax
 
 from jcnn.layers._windows import channel_axis
 from jcnn.layers.affine import affine
-from jcnn.layers.batchnorm import batchnorm_relu
+from jcnn.layers.batchnorm_relu import batchnorm_relu
 from jcnn.layers.conv import conv2d
 from jcnn.layers.pool import max_pool2d
 from jcnn.layers.relu import relu

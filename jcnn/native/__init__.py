@@ -7,7 +7,7 @@ Two libraries:
   weight gradient and emits as an untiled strided loop (the kernel copies it block by block
   on both cores); and ``jcnn_batchnorm_relu_forward`` / ``_backward`` (``batchnorm_relu.cc``):
   training-mode batchnorm → relu on features-last input, each way in two cache-blocked passes
-  (:func:`jcnn.layers.batchnorm.batchnorm_relu_forward` and its backward, where the math is).
+  (:func:`jcnn.layers.batchnorm_relu.batchnorm_relu_forward` and its backward, where the math is).
 - ``onednn``: the three directions of a channels-last convolution on oneDNN's primitives, in
   float32 or bfloat16 (``onednn_conv.cc``; :mod:`jcnn.native.onednn`, used by
   :func:`jcnn.layers.conv_forward_xla` and its gradients). It needs oneDNN's PyPI wheels.

@@ -9,7 +9,8 @@ import jcnn.layers as L
 import jcnn.reference as R
 from jcnn import native
 from jcnn.gradcheck import rel_error
-from jcnn.layers.batchnorm import batch_statistics, batchnorm_relu, fused_batchnorm_relu
+from jcnn.layers.batchnorm import batch_statistics
+from jcnn.layers.batchnorm_relu import batchnorm_relu, fused_batchnorm_relu
 from tests.helpers import assert_vjp_proven, normal
 
 
