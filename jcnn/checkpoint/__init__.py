@@ -37,9 +37,11 @@ existed is not checked on it (:data:`IDENTITY_ACCEPT_ABSENT`). Pruning also dele
 pruning); corrupt checkpoints moved aside (``*.corrupt``) are never deleted here.
 """
 
+from jcnn.checkpoint.folder import *  # noqa: F403
+from jcnn.checkpoint.folder import __all__ as _folder_all
 from jcnn.checkpoint.runs import *  # noqa: F403
 from jcnn.checkpoint.runs import __all__ as _runs_all
 from jcnn.checkpoint.store import *  # noqa: F403
 from jcnn.checkpoint.store import __all__ as _store_all
 
-__all__ = sorted([*_store_all, *_runs_all])
+__all__ = sorted([*_store_all, *_folder_all, *_runs_all])

@@ -12,7 +12,8 @@ from typing import Any
 
 import numpy as np
 
-from jcnn.checkpoint.store import CorruptCheckpointError, latest_checkpoint, sidecar_path
+from jcnn.checkpoint.folder import latest_checkpoint
+from jcnn.checkpoint.store import CorruptCheckpointError, sidecar_path
 
 __all__ = [
     "CHECKPOINT_FORMAT",
