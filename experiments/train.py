@@ -333,8 +333,8 @@ def fit(recipe: Recipe, data: Mapping[str, Any] | None = None, *, mesh: Any = No
             batch that does not split over the devices.
         jcnn.solver.TrainingStopped, jcnn.solver.NonFiniteLossError: as the Solver's.
     """
+    model = recipe.build_model(**_data_shape(recipe, data))  # before any folder is made
     recipe = with_workdir(recipe)
-    model = recipe.build_model(**_data_shape(recipe, data))
     config = settings.flag_values(recipe)
     mesh = make_run_mesh(config) if mesh is None else mesh  # before the data
     if jax.process_index() == 0:  # the one that writes
