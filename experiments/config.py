@@ -31,7 +31,7 @@ CIFAR10_TRAIN, CIFAR10_TEST = 50_000, 10_000
 
 # The choices of the settings jcnn's library defines (tests/experiments/test_config.py keeps
 # them equal to jcnn.layers.conv.IMPLS, jcnn.optim.UPDATE_RULES, LR_SCHEDULES and
-# jcnn.parallel.COMPUTE_DTYPES; literal here so that reading a recipe imports no JAX).
+# jcnn.precision.COMPUTE_DTYPES; literal here so that reading a recipe imports no JAX).
 CONV_IMPLS = ("auto", "onednn", "xla", "im2col", "naive")
 UPDATE_RULES = ("sgd", "sgd_momentum", "rmsprop", "adam")
 LR_SCHEDULES = ("exponential", "cosine")

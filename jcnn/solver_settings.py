@@ -19,7 +19,7 @@ from typing import Any
 
 from jcnn import _validate as check
 from jcnn import checkpoint as ckpt
-from jcnn import optim, parallel
+from jcnn import optim, precision
 
 __all__ = ["SAMPLINGS", "SettingField", "SolverSettings"]
 
@@ -161,7 +161,7 @@ class SolverSettings:
             run_config=recorded,
             seed=check.seed("seed", seed),
             augment=augment,
-            compute_dtype=parallel.resolve_compute_dtype(compute_dtype),
+            compute_dtype=precision.resolve_compute_dtype(compute_dtype),
             test_time_flip=flip,
             test_time_translate=translate,
             check_data=bool(check_data),

@@ -32,7 +32,7 @@ minibatch is split over the mesh's devices on axis 0, the state is replicated, a
 the batch reductions into all-reduces (loss, gradients and batchnorm statistics are those
 of the global batch). ``compute_dtype='bfloat16'`` runs the network in bfloat16 while
 parameters, optimiser state, batchnorm statistics, gradients and the loss stay float32
-(:func:`jcnn.parallel.mixed_precision_loss`).
+(:func:`jcnn.precision.mixed_precision_loss`).
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ import numpy as np
 import optax
 
 from jcnn import _validate as check
-from jcnn import parallel
+from jcnn import parallel, precision
 
 __all__ = [
     "AUGMENT_FOLD",
@@ -319,7 +319,7 @@ def make_train_step(
       ValueError: ``compute_dtype`` is not a floating dtype (here); when the step is
         traced, ``augment`` returns a different shape than the minibatch's.
     """
-    loss_fn = parallel.mixed_precision_loss(model, compute_dtype)  # model.loss if None
+    loss_fn = precision.mixed_precision_loss(model, compute_dtype)  # model.loss if None
 
     def train_step(state: TrainState, batch: tuple[Any, Any]):
         X, y = batch
@@ -427,7 +427,7 @@ def make_eval_step(
         )
 
     def eval_step(params: Any, model_state: Any, X: Any) -> jax.Array:
-        params = parallel.predict_params(params, compute_dtype)
+        params = precision.predict_params(params, compute_dtype)
         scores = test_time_scores(
             model, params, model_state, X, flip=test_time_flip, translate=shift
         )

@@ -40,7 +40,7 @@ Implementations (``--impls``):
   other kernels;
 * ``jcnn_bf16`` and ``torch_bf16`` (not in the default list): the network computed in bfloat16
   with float32 parameters, optimiser and loss: jcnn through
-  :func:`jcnn.parallel.mixed_precision_loss` (``compute_dtype='bfloat16'``), PyTorch eager
+  :func:`jcnn.precision.mixed_precision_loss` (``compute_dtype='bfloat16'``), PyTorch eager
   under ``torch.autocast('cpu', torch.bfloat16)``, its fastest CPU mode;
 * ``solver`` (not in the default list): the jcnn model trained by :class:`jcnn.solver.Solver`
   for two epochs on ``--solver_num_train`` random CIFAR-sized images (minibatch sampling on

@@ -32,7 +32,7 @@ OPTIMIZERS = {
 # jcnn_no_native: jcnn with every compiled CPU kernel turned off (JCNN_NATIVE=0): XLA's code.
 # jcnn_no_onednn: jcnn with only its oneDNN convolutions turned off (JCNN_ONEDNN=0).
 # *_bf16: the network computed in bfloat16 (jcnn: compute_dtype through
-# jcnn.parallel.mixed_precision_loss; torch: torch.autocast('cpu', torch.bfloat16)).
+# jcnn.precision.mixed_precision_loss; torch: torch.autocast('cpu', torch.bfloat16)).
 JAX_IMPLS = ("jcnn", "reference", "solver", "jcnn_no_native", "jcnn_no_onednn", "jcnn_bf16")
 TORCH_IMPLS = ("torch", "torch_compile", "torch_bf16")
 BF16_IMPLS = ("jcnn_bf16", "torch_bf16")

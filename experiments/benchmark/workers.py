@@ -190,7 +190,7 @@ def make_jax_step(model: str, impl: str, batch_size: int):
     import jax.numpy as jnp
     import optax
 
-    from jcnn.parallel import mixed_precision_loss
+    from jcnn.precision import mixed_precision_loss
 
     net, kwargs = make_jax_model(model, impl)
     # float32, or the network in bfloat16 (parameters, optimiser and loss stay float32)
@@ -245,7 +245,7 @@ def make_jax_derivative(model: str, impl: str, batch_size: int):
     import jax
     import jax.numpy as jnp
 
-    from jcnn.parallel import mixed_precision_loss
+    from jcnn.precision import mixed_precision_loss
 
     net, kwargs = make_jax_model(model, impl)
     loss_fn = mixed_precision_loss(net, "bfloat16" if impl in BF16_IMPLS else None)

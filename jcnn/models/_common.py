@@ -21,7 +21,7 @@ import numpy as np
 
 from jcnn._validate import choice, positive_int
 from jcnn.layers.conv import IMPLS as CONV_IMPLS  # noqa: F401 - the models check their field against it
-from jcnn.parallel import cast_floating, resolve_compute_dtype
+from jcnn.precision import cast_floating, resolve_compute_dtype
 
 LAYERS = ("jcnn", "reference")
 POOL_IMPLS = ("naive", "fast")
@@ -397,7 +397,7 @@ class Model:
             y: integer labels ``(N,)`` in ``[0, num_classes)``.
             key: a JAX PRNG key for dropout; needed only when ``dropout > 0``.
             compute_dtype: the dtype the network computes in; None (or float32): the
-                parameters' own (:func:`jcnn.parallel.resolve_compute_dtype`).
+                parameters' own (:func:`jcnn.precision.resolve_compute_dtype`).
 
         Returns:
             ``(loss, new_state)``: the scalar loss ``()`` in the parameters' dtype, and the state
