@@ -17,8 +17,6 @@ updates at that rate (accuracy checks come on top).
 from __future__ import annotations
 
 import sys
-import time
-from collections.abc import Callable
 from typing import Any, TextIO
 
 BAR_WIDTH = 20
@@ -54,45 +52,35 @@ def progress_line(
 class Progress:
     """The Solver's ``on_progress`` hook for the apps (printing on process 0 only).
 
+    Throughput is read from the run's clock (:meth:`jcnn.run_state.RunState.training_s`),
+    which leaves out accuracy checks, checkpoints and plots.
+
     Args:
       batch_size: images per update.
-      outside_s: seconds spent outside training steps so far (accuracy checks, checkpoints,
-        plots; e.g. :attr:`experiments.rundir.RunLogger.outside_training_s`), left out of
-        the throughput.
       stream: where to print (default stdout); a terminal gets the bar.
       enabled: False prints nothing (processes other than 0).
     """
 
-    def __init__(
-        self,
-        batch_size: int,
-        outside_s: Callable[[], float] = lambda: 0.0,
-        *,
-        stream: TextIO | None = None,
-        enabled: bool = True,
-    ):
+    def __init__(self, batch_size: int, *, stream: TextIO | None = None, enabled: bool = True):
         self.batch_size = int(batch_size)
-        self.outside_s = outside_s
         self.stream = stream
         self.enabled = enabled
-        self.t0 = time.perf_counter()
-        self.outside0 = 0.0
+        self.start_training_s = 0.0
         self.start_iteration = 0
         self.warm = False
 
     def start(self, solver: Any) -> None:
         """Count from the first progress line after now (a resumed run too)."""
-        self._count_from(solver.iteration)
+        self._count_from(solver, solver.iteration)
         self.warm = False
 
-    def _count_from(self, iteration: int) -> None:
-        self.t0 = time.perf_counter()
-        self.outside0 = self.outside_s()
+    def _count_from(self, solver: Any, iteration: int) -> None:
+        self.start_training_s = solver.run.training_s()
         self.start_iteration = iteration
 
-    def images_per_s(self, iteration: int) -> float | None:
+    def images_per_s(self, solver: Any, iteration: int) -> float | None:
         """Training images per second of training time since :meth:`start`."""
-        seconds = time.perf_counter() - self.t0 - (self.outside_s() - self.outside0)
+        seconds = solver.run.training_s() - self.start_training_s
         updates = iteration - self.start_iteration
         if updates <= 0 or seconds <= 0:
             return None
@@ -105,11 +93,11 @@ class Progress:
         line = progress_line(
             iteration,
             solver.num_iterations,
-            self.images_per_s(iteration) if self.warm else None,
+            self.images_per_s(solver, iteration) if self.warm else None,
             self.batch_size,
             bar=stream.isatty(),
         )
         print(line, file=stream, flush=True)
         if not self.warm:  # the first line follows the compilation: count from here on
-            self._count_from(iteration)
+            self._count_from(solver, iteration)
             self.warm = True

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from experiments import rundir
-from experiments.rundir import RunLogger, RunWriter
+from experiments.rundir import RunWriter
 from experiments.trained import save_best
 from jcnn import files
 
@@ -75,17 +75,18 @@ def finish_run(
     model: Any,
     data: Mapping[str, Any],
     writer: RunWriter,
-    logger: RunLogger,
     *,
     app_name: str,
     config: Mapping[str, Any],
     plots: bool,
     start_iteration: int,
-    clock: Mapping[str, float],
+    timings: Mapping[str, float],
 ) -> dict[str, Any]:
     """After training: the test accuracy, best.npz, the final plots, summary.json and the
-    closing line; returns the summary. ``clock``: the run's start (``perf_counter``), the
-    seconds spent loading the data and in :func:`experiments.train.run_training`."""
+    closing line; returns the summary. ``timings``: the run's start (``start``, a
+    ``perf_counter``), the seconds spent loading the data (``data_s``), and this session's
+    seconds of training and outside it (``train_s``, ``outside_training_s``: what
+    :func:`experiments.train.run_training` returns)."""
     from jcnn.parallel import is_primary
 
     test_acc = accuracy_on_test(solver, data)
@@ -95,10 +96,10 @@ def finish_run(
     if plots:
         rundir.write_plots(writer, solver)
     timings = {
-        "wall_s": time.perf_counter() - clock["start"],
-        "data_s": clock["data_s"],
-        "train_s": max(clock["train_s"] - logger.outside_training_s, 1e-9),
-        "outside_training_s": logger.outside_training_s,
+        "wall_s": time.perf_counter() - timings["start"],
+        "data_s": timings["data_s"],
+        "train_s": max(timings["train_s"], 1e-9),
+        "outside_training_s": timings["outside_training_s"],
     }
     summary = rundir.make_summary(
         solver, app_name=app_name, model=model, config=config, test_acc=test_acc,

@@ -42,7 +42,6 @@ import os
 import platform
 import secrets
 import sys
-import time
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -273,24 +272,18 @@ def write_plots(writer: RunWriter, solver: Any) -> None:
 
 
 class RunLogger:
-    """The Solver's ``on_epoch_end`` hook: metrics lines, plots, and the time spent outside
-    training steps (accuracy checks, checkpoints, plots), so that images/s counts training
-    only. (The Solver prunes its checkpoints itself.)"""
+    """The Solver's ``on_epoch_end`` hook: metrics lines and plots. (The Solver prunes its
+    checkpoints itself, and its run's clock counts this hook's time as outside training.)"""
 
     def __init__(self, writer: RunWriter, config: Mapping[str, Any], *, plots: bool):
         self.writer = writer
         self.print_every = int(config["print_every"])
         self.plot_every_epoch = bool(config["plot_every_epoch"]) and plots
         self.logged = 0  # iterations of loss_history already considered
-        self.t0 = 0.0
-        self.overhead_s = 0.0
-        self.eval_s = 0.0
 
-    def start(self, solver: Any = None) -> None:
-        """Start the clock; a resumed solver's checks count time from the run's start."""
-        self.t0 = time.perf_counter() - (solver.elapsed_s if solver is not None else 0.0)
-        if solver is not None:
-            self.logged = len(solver.loss_history)
+    def start(self, solver: Any) -> None:
+        """Log from the solver's state on (a resumed run's earlier lines are written)."""
+        self.logged = len(solver.loss_history)
 
     def flush(self, solver: Any) -> None:
         records = iteration_records(
@@ -300,19 +293,10 @@ class RunLogger:
         self.writer.append_jsonl("metrics.jsonl", records)
 
     def __call__(self, solver: Any, epoch: int) -> None:
-        entered = time.perf_counter()
-        check = solver.eval_history[-1]
-        # The check (and the Solver's checkpoint) ran from t0 + seconds until now.
-        self.eval_s += max(0.0, entered - (self.t0 + check["seconds"]))
         self.flush(solver)
-        self.writer.append_jsonl("metrics.jsonl", [epoch_record(check)])
+        self.writer.append_jsonl("metrics.jsonl", [epoch_record(solver.eval_history[-1])])
         if self.plot_every_epoch:
             write_plots(self.writer, solver)
-        self.overhead_s += time.perf_counter() - entered
-
-    @property
-    def outside_training_s(self) -> float:
-        return self.eval_s + self.overhead_s
 
 
 def describe_device(mesh: Any = None) -> dict[str, Any]:

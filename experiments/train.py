@@ -159,10 +159,12 @@ def make_solver(
         raise UsageFailure(f"invalid training flags: {e}") from e
 
 
-def run_training(solver: Any, logger: RunLogger, config: Mapping[str, Any]) -> float:
+def run_training(solver: Any, logger: RunLogger, config: Mapping[str, Any]) -> dict[str, float]:
     """``solver.train()`` (with ``--debug_nans`` switched on for it, and back after);
-    returns its wall-clock seconds. The logger's metrics are flushed even on a failure."""
-    session_start = time.perf_counter()
+    returns this session's seconds of training and outside it (accuracy checks, checkpoints,
+    plots), read from the run's clock. The logger's metrics are flushed even on a failure."""
+    run = solver.run
+    training0, outside0 = run.training_s(), run.outside_s
     logger.start(solver)
     debug_nans = jax.config.jax_debug_nans
     if config.get("debug_nans"):
@@ -173,7 +175,7 @@ def run_training(solver: Any, logger: RunLogger, config: Mapping[str, Any]) -> f
     finally:
         jax.config.update("jax_debug_nans", debug_nans)
         logger.flush(solver)
-    return time.perf_counter() - session_start
+    return {"train_s": run.training_s() - training0, "outside_training_s": run.outside_s - outside0}
 
 
 def train_and_evaluate(
@@ -206,7 +208,7 @@ def train_and_evaluate(
     data_s = time.perf_counter() - t_start
 
     logger = RunLogger(writer, config, plots=plots)
-    progress = Progress(recipe.batch_size, lambda: logger.outside_training_s, enabled=is_primary())
+    progress = Progress(recipe.batch_size, enabled=is_primary())
     solver = make_solver(recipe, model, data, writer, logger, mesh, progress)
     start_iteration = solver.iteration
     if solver.resumed_from is not None:
@@ -226,12 +228,11 @@ def train_and_evaluate(
     save_preprocessing(writer, solver, model, data)
     say(describe_run(app_name, model, solver, data, mesh, writer.workdir), flush=True)
     progress.start(solver)
-    train_wall = run_training(solver, logger, config)
+    session = run_training(solver, logger, config)
 
     return finish_run(
-        solver, model, data, writer, logger, app_name=app_name, config=config, plots=plots,
-        start_iteration=start_iteration,
-        clock={"start": t_start, "data_s": data_s, "train_s": train_wall},
+        solver, model, data, writer, app_name=app_name, config=config, plots=plots,
+        start_iteration=start_iteration, timings={"start": t_start, "data_s": data_s, **session},
     )  # fmt: skip
 
 

@@ -131,3 +131,14 @@ def test_time_augmentation(flip: Any, translate: Any) -> tuple[bool, int]:
     if shift != translate or shift < 0:
         raise ValueError(f"test_time_translate must be an int >= 0, got {translate!r}")
     return bool(flip), shift
+
+
+def epoch_batches(num_train: int, batch_size: int) -> None:
+    """``sampling='epoch'`` takes whole minibatches from each epoch's permutation, so it
+    needs at least one: ValueError naming ``batch_size`` if the training set is smaller."""
+    if num_train < batch_size:
+        raise ValueError(
+            f"batch_size={batch_size} is larger than the {num_train} training images; epoch "
+            f"sampling takes whole minibatches, so use a batch_size of at most {num_train} "
+            "or more training images"
+        )

@@ -2,17 +2,22 @@
 
 :class:`RunState` holds the :class:`~jcnn.train.TrainState` (parameters, model state,
 optimiser state, step, key), the best parameters so far, the counters, the histories, the
-host generator (minibatch draws, accuracy samples) and the run's one clock (seconds spent
-training, over every session). A checkpoint is this state as a unit: its arrays
-(:meth:`RunState.checkpoint_tree`) and its JSON part (:meth:`RunState.progress`), and
-:meth:`RunState.restored` gives the state back from them; the :class:`~jcnn.solver.Solver`
-keeps its cs231n attribute names (``loss_history``, ``best_params``, ...) as views of it.
+host generator (minibatch draws, accuracy samples) and the run's one clock: the seconds
+spent in :meth:`~jcnn.solver.Solver.train` over every session, and the part of them spent
+outside the updates (accuracy checks, checkpoints, epoch-end hooks), so that the training
+time every report gives is one number, ``training_s()``. A checkpoint is this state as a
+unit: its arrays (:meth:`RunState.checkpoint_tree`) and its JSON part
+(:meth:`RunState.progress`), and :meth:`RunState.restored` gives the state back from them;
+the :class:`~jcnn.solver.Solver` keeps its cs231n attribute names (``loss_history``,
+``best_params``, ...) as views of it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-from collections.abc import Mapping
+import time
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import jax
@@ -42,7 +47,10 @@ class RunState:
             and its parameters (None before the first).
         loss_history: one loss per update; train_acc_history, val_acc_history,
             lr_history: one entry per accuracy check; eval_history: one dict per check.
-        elapsed_s: seconds spent training, over every session of the run.
+        elapsed_s: seconds in :meth:`~jcnn.solver.Solver.train`, over every session of
+            the run; outside_s: the part of them spent outside the updates (accuracy checks,
+            checkpoints, epoch-end hooks). Both are brought up to date by :meth:`tick` while
+            the clock runs (:meth:`clock_running`).
     """
 
     train_state: TrainState
@@ -59,6 +67,43 @@ class RunState:
     lr_history: list[float] = dataclasses.field(default_factory=list)
     eval_history: list[dict[str, Any]] = dataclasses.field(default_factory=list)
     elapsed_s: float = 0.0
+    outside_s: float = 0.0
+    _clock_origin: float | None = dataclasses.field(
+        default=None, init=False, repr=False, compare=False
+    )
+
+    # ------------------------------------------------------------------------- clock
+
+    @contextlib.contextmanager
+    def clock_running(self) -> Iterator[None]:
+        """Count the time inside the block into ``elapsed_s`` (from where it stands)."""
+        self._clock_origin = time.perf_counter() - self.elapsed_s
+        try:
+            yield
+        finally:
+            self.tick()
+            self._clock_origin = None
+
+    @contextlib.contextmanager
+    def outside_updates(self) -> Iterator[None]:
+        """Count the time inside the block as outside the updates (``outside_s``)."""
+        entered = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.outside_s += time.perf_counter() - entered
+
+    def tick(self) -> float:
+        """``elapsed_s``, brought up to now if the clock is running; returns it."""
+        if self._clock_origin is not None:
+            self.elapsed_s = time.perf_counter() - self._clock_origin
+        return self.elapsed_s
+
+    def training_s(self) -> float:
+        """Seconds spent on updates over every session: ``elapsed_s - outside_s``, now."""
+        return self.tick() - self.outside_s
+
+    # ------------------------------------------------------------------- checkpoints
 
     def checkpoint_tree(self) -> dict[str, Any]:
         """The arrays a checkpoint holds: ``{'params', 'state', 'opt_state', 'best_params',
@@ -84,7 +129,8 @@ class RunState:
             "val_acc_history": self.val_acc_history, "lr_history": self.lr_history,
             "eval_history": self.eval_history, "best_val_acc": self.best_val_acc,
             "best_epoch": self.best_epoch, "has_best": self.best_params is not None,
-            "host_rng": self.host_rng.bit_generator.state, "elapsed_s": self.elapsed_s,
+            "host_rng": self.host_rng.bit_generator.state, "elapsed_s": self.tick(),
+            "outside_s": self.outside_s,
         }  # fmt: skip
 
     def restored(self, tree: Mapping[str, Any], meta: Mapping[str, Any]) -> RunState:
@@ -124,12 +170,15 @@ class RunState:
                 for r in meta["eval_history"]
             ],
             elapsed_s=float(meta["elapsed_s"]),
+            outside_s=float(meta.get("outside_s", 0.0)),  # older checkpoints lack it
             **history,
         )
 
 
 # The Solver's cs231n attributes that are views of its RunState.
-RUN_FIELDS = tuple(f.name for f in dataclasses.fields(RunState) if f.name != "host_rng")
+RUN_FIELDS = tuple(
+    f.name for f in dataclasses.fields(RunState) if f.name != "host_rng" and f.name[0] != "_"
+)
 
 
 class RunField:

@@ -1,4 +1,5 @@
-"""Saving and restoring a :class:`~jcnn.solver.Solver`'s run: what its checkpoint holds.
+"""Saving and restoring a :class:`~jcnn.training_run.TrainingRun` (a
+:class:`~jcnn.solver.Solver`'s run): what its checkpoint holds.
 
 A checkpoint is the run's :class:`~jcnn.run_state.RunState` (its arrays and its progress)
 plus the run's identity (model, solver settings, data: what a checkpoint must share with
@@ -33,7 +34,7 @@ from jcnn.files import arrays_digest
 from jcnn.nonfinite import NonFiniteLossError
 
 if TYPE_CHECKING:
-    from jcnn.solver import Solver
+    from jcnn.training_run import TrainingRun
 
 __all__ = ["data_fingerprint", "identity", "metadata", "restore", "save"]
 
@@ -58,17 +59,17 @@ def _lookahead_identity(lookahead: Any) -> dict[str, Any] | None:
     }
 
 
-def data_fingerprint(solver: Solver) -> str:
+def data_fingerprint(solver: TrainingRun) -> str:
     """``'sha256:...'`` of the training and validation arrays as the Solver holds them
     (:func:`jcnn.files.arrays_digest` over X_train, y_train, X_val, y_val)."""
     arrays = (solver.X_train, solver.y_train, solver.X_val, solver.y_val)
     return "sha256:" + arrays_digest(arrays)
 
 
-def identity(solver: Solver) -> dict[str, Any]:
+def identity(solver: TrainingRun) -> dict[str, Any]:
     """The settings a checkpoint must share with ``solver`` to be resumed (plain JSON;
     :func:`jcnn.checkpoint.check_resumable` compares them)."""
-    s, model = solver, solver.model
+    s, model = solver.settings, solver.model
     is_instance = dataclasses.is_dataclass(model) and not isinstance(model, type)
     model_config = dataclasses.asdict(model) if is_instance else {}
     return ckpt.to_plain_json(
@@ -90,29 +91,29 @@ def identity(solver: Solver) -> dict[str, Any]:
                 "lookahead": _lookahead_identity(s.lookahead),
             },
             "data": {
-                "num_train": int(s.num_train), "num_val": int(s.X_val.shape[0]),
-                "image_shape": list(s.X_train.shape[1:]), "dtype": s._x_dtype.name,
-                "fingerprint": s.data_fingerprint,
+                "num_train": int(solver.num_train), "num_val": int(solver.X_val.shape[0]),
+                "image_shape": list(solver.X_train.shape[1:]), "dtype": solver._x_dtype.name,
+                "fingerprint": solver.data_fingerprint,
             },
         }
     )  # fmt: skip
 
 
-def metadata(solver: Solver) -> dict[str, Any]:
+def metadata(solver: TrainingRun) -> dict[str, Any]:
     """What a checkpoint's JSON sidecar records: the run's progress, identity and flags."""
-    ident = identity(solver)
+    ident, num_epochs = identity(solver), solver.settings.num_epochs
     return {
         "format": ckpt.CHECKPOINT_FORMAT, **solver.run.progress(),
-        "num_epochs": solver.num_epochs, "num_iterations": solver.num_iterations,
+        "num_epochs": num_epochs, "num_iterations": solver.num_iterations,
         "iterations_per_epoch": solver.iterations_per_epoch, "model": ident["model"],
-        "solver": {**ident["solver"], "num_epochs": solver.num_epochs},
-        "data": ident["data"], "run_config": solver.run_config,
+        "solver": {**ident["solver"], "num_epochs": num_epochs},
+        "data": ident["data"], "run_config": solver.settings.run_config,
         "num_devices": 1 if solver.mesh is None else int(solver.mesh.size),  # may change
         "jax_version": jax.__version__,
     }  # fmt: skip
 
 
-def save(solver: Solver, path: str | os.PathLike | None = None) -> Path:
+def save(solver: TrainingRun, path: str | os.PathLike | None = None) -> Path:
     """Write the run's checkpoint (default: :func:`jcnn.checkpoint.run_checkpoint_path` in
     ``checkpoint_dir``, then prune old ones); non-finite arrays are never written
     (NonFiniteLossError). With several processes only process 0 writes. Returns the path."""
@@ -121,34 +122,36 @@ def save(solver: Solver, path: str | os.PathLike | None = None) -> Path:
     bad = nonfinite.nonfinite_leaves(ckpt.flatten_tree(host))
     if bad:
         raise NonFiniteLossError(
-            f"refusing to checkpoint non-finite values at iteration {solver.iteration}: "
+            f"refusing to checkpoint non-finite values at iteration {solver.run.iteration}: "
             f"{bad[:5]}{'...' if len(bad) > 5 else ''}"
         )
-    folder = solver.checkpoint_dir
-    if path is None and folder is None:
+    folder = solver.settings.checkpoint_dir
+    if path is not None:
+        target = Path(path)
+    elif folder is not None:
+        target = ckpt.run_checkpoint_path(folder, solver.run.iteration, solver.iterations_per_epoch)
+    else:
         raise ValueError("no path given and the solver has no checkpoint_dir")
-    target = Path(path) if path is not None else ckpt.run_checkpoint_path(
-        folder, solver.iteration, solver.iterations_per_epoch
-    )  # fmt: skip
     if parallel.is_primary():
         target = ckpt.save_checkpoint(target, host, meta)
         if path is None and folder is not None:
             ckpt.prune_run_checkpoints(
                 folder, iterations_per_epoch=solver.iterations_per_epoch,
-                keep_epochs=solver.keep_checkpoints,
+                keep_epochs=solver.settings.keep_checkpoints,
             )  # fmt: skip
     return target
 
 
-def find(solver: Solver, path: str | os.PathLike | None) -> tuple[Path, dict[str, Any]]:
+def find(solver: TrainingRun, path: str | os.PathLike | None) -> tuple[Path, dict[str, Any]]:
     """The checkpoint to restore and its verified sidecar: ``path``, or the newest good
     one in ``checkpoint_dir``."""
     if path is None:
-        if solver.checkpoint_dir is None:
+        folder = solver.settings.checkpoint_dir
+        if folder is None:
             raise ValueError("no path given and the solver has no checkpoint_dir")
-        found = ckpt.latest_run_checkpoint(solver.checkpoint_dir)
+        found = ckpt.latest_run_checkpoint(folder)
         if found is None:
-            raise FileNotFoundError(f"{solver.checkpoint_dir} holds no complete checkpoint")
+            raise FileNotFoundError(f"{folder} holds no complete checkpoint")
         return found
     npz = Path(path)
     npz = npz if npz.suffix == ".npz" else npz.with_name(npz.name + ".npz")
@@ -157,7 +160,7 @@ def find(solver: Solver, path: str | os.PathLike | None) -> tuple[Path, dict[str
     return npz, meta
 
 
-def restore(solver: Solver, npz: Path, meta: Mapping[str, Any]) -> Any:
+def restore(solver: TrainingRun, npz: Path, meta: Mapping[str, Any]) -> Any:
     """The :class:`~jcnn.run_state.RunState` checkpoint ``npz`` holds, after checking that
     it was made by a run like ``solver``'s (CheckpointMismatchError naming what differs;
     ``num_epochs`` may grow, not shrink below what it has done)."""
@@ -165,16 +168,16 @@ def restore(solver: Solver, npz: Path, meta: Mapping[str, Any]) -> Any:
     impl = tuple(f"model.{name}" for name in getattr(solver.model, "IMPLEMENTATION_FIELDS", ()))
     ckpt.check_resumable(
         npz, dict(meta), identity(solver),
-        ignore=impl + (() if solver.check_data else ("data.fingerprint",)),
+        ignore=impl + (() if solver.settings.check_data else ("data.fingerprint",)),
     )  # fmt: skip
-    done = int(meta["iteration"])
+    done, num_epochs = int(meta["iteration"]), solver.settings.num_epochs
     if done > solver.num_iterations:
         needed = -(-done // solver.iterations_per_epoch)
         raise CheckpointMismatchError(
-            f"num_epochs={solver.num_epochs} ({solver.num_iterations} iterations) is below "
+            f"num_epochs={num_epochs} ({solver.num_iterations} iterations) is below "
             f"what checkpoint {npz} has done ({done} iterations, epoch {meta['epoch']}): "
             f"pass num_epochs={needed} or more to continue it",
-            {"solver.num_epochs": (meta.get("num_epochs"), solver.num_epochs)},
+            {"solver.num_epochs": (meta.get("num_epochs"), num_epochs)},
         )
     tree, _ = ckpt.load_checkpoint(npz, solver.run.checkpoint_tree(), verify=False)
     return solver.run.restored(tree, meta)

@@ -230,6 +230,7 @@ def _unsigned(meta: dict) -> dict:
         ("best_val_acc", "1.5", "best_val_acc=1.5"),
         ("loss_history", "[1, null]", "loss_history=[1, None]"),
         ("epoch", "7", "claims epoch 7 and 9 losses after 9 iterations of 4 per epoch"),
+        ("outside_s", "-1", "outside_s=-1"),
     ],
 )
 def test_a_crafted_unsigned_sidecar_is_set_aside_and_the_previous_one_used(

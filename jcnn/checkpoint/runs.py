@@ -238,6 +238,10 @@ _RUN_FIELDS: dict[str, tuple[str, Any]] = {
     "best_epoch": ("an int >= 0 or null", lambda v: v is None or _is_int(v)),
     "elapsed_s": ("a finite number >= 0", lambda v: _is_number(v, 0.0)),
 }  # fmt: skip
+# Values that older checkpoints do not record, checked when present.
+_OPTIONAL_RUN_FIELDS: dict[str, tuple[str, Any]] = {
+    "outside_s": ("a finite number >= 0", lambda v: _is_number(v, 0.0)),
+}
 
 
 def check_run_sidecar(npz: Path, meta: dict[str, Any]) -> None:
@@ -255,8 +259,10 @@ def check_run_sidecar(npz: Path, meta: dict[str, Any]) -> None:
     """
     if meta.get("format") != CHECKPOINT_FORMAT:
         return
-    for name, (what, ok) in _RUN_FIELDS.items():
+    for name, (what, ok) in (_RUN_FIELDS | _OPTIONAL_RUN_FIELDS).items():
         if name not in meta:
+            if name in _OPTIONAL_RUN_FIELDS:
+                continue
             raise CorruptCheckpointError(f"checkpoint {npz} lacks {name!r} in its sidecar")
         if not ok(meta[name]):
             shown = repr(meta[name])
