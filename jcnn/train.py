@@ -58,6 +58,7 @@ __all__ = [
     "create_train_state",
     "make_eval_step",
     "make_train_step",
+    "micro_batch_gradients",
     "predict",
 ]
 
@@ -288,6 +289,65 @@ def _counted(fn: Callable, counter: list[int]) -> Callable:
     return traced
 
 
+def micro_batch_gradients(
+    loss_fn: Callable[..., tuple[jax.Array, Any]],
+    params: Any,
+    model_state: Any,
+    X: jax.Array,
+    y: jax.Array,
+    *,
+    key: jax.Array,
+    micro_batches: int = 1,
+) -> tuple[tuple[jax.Array, Any], Any]:
+    """``jax.value_and_grad(loss_fn, has_aux=True)(params, model_state, X, y, key=key)``,
+    computed in ``micro_batches`` = m parts of the minibatch one after the other.
+
+    Part j holds rows j, j + m, j + 2m, ... (so that with a batch split over devices on axis
+    0, each device keeps its own rows); a ``lax.scan`` runs the parts, so only one part's
+    activations are live at a time. With L_j the mean loss of part j (each of B/m rows),
+    the result is L = (1/m) Σ_j L_j and ∇L = (1/m) Σ_j ∇L_j: the mean loss of the minibatch
+    and its gradient, except that layers computing batch statistics (batchnorm) see each
+    part's. The model state (running statistics) is threaded through the parts in order.
+    Part j's key is ``fold_in(key, j)``; with m = 1 it is ``key`` itself, and the result
+    is exactly ``value_and_grad``'s.
+
+    Args:
+        loss_fn: ``loss_fn(params, model_state, X, y, key=key) -> (loss, model_state)``.
+        params, model_state, X, y, key: its arguments; ``X``, ``y`` the whole minibatch.
+        micro_batches: m, a divisor of the minibatch size.
+
+    Returns:
+        ``((loss, model_state), grads)``.
+
+    Raises:
+        ValueError: the minibatch size is not a multiple of ``micro_batches``.
+    """
+    value_and_grad = jax.value_and_grad(loss_fn, has_aux=True)
+    if micro_batches == 1:
+        return value_and_grad(params, model_state, X, y, key=key)
+    m, n = micro_batches, X.shape[0]
+    if n % m:
+        raise ValueError(f"micro_batches={m} must divide the minibatch of {n} images")
+
+    def parts(a: jax.Array) -> jax.Array:
+        return jnp.swapaxes(a.reshape(n // m, m, *a.shape[1:]), 0, 1)
+
+    def one_part(carry, part):
+        state, grad_sum, loss_sum = carry
+        j, Xj, yj = part
+        (loss, state), grads = value_and_grad(params, state, Xj, yj, key=jax.random.fold_in(key, j))
+        grad_sum = jax.tree_util.tree_map(jnp.add, grad_sum, grads)
+        return (state, grad_sum, loss_sum + loss), None
+
+    Xs, ys = parts(X), parts(y)
+    loss_type = jax.eval_shape(lambda: value_and_grad(params, model_state, Xs[0], ys[0], key=key))
+    zeros = jax.tree_util.tree_map(jnp.zeros_like, params)
+    start = (model_state, zeros, jnp.zeros((), loss_type[0][0].dtype))
+    (state, grad_sum, loss_sum), _ = jax.lax.scan(one_part, start, (jnp.arange(m), Xs, ys))
+    grads = jax.tree_util.tree_map(lambda g: g / m, grad_sum)
+    return (loss_sum / m, state), grads
+
+
 def make_train_step(
     model: Any,
     optimizer: optax.GradientTransformation,
@@ -296,6 +356,7 @@ def make_train_step(
     compute_dtype: Any = None,
     mesh: jax.sharding.Mesh | None = None,
     lookahead: Lookahead | None = None,
+    micro_batches: int = 1,
 ) -> TrainStep:
     """One jitted training update, ``step(state, (X, y)) -> (state, metrics)`` (module docs).
 
@@ -310,24 +371,31 @@ def make_train_step(
       mesh: a 1-D mesh (:func:`jcnn.parallel.make_mesh`) to train data-parallel over.
       lookahead: average the weights after the update (:class:`Lookahead`); the state must
         have been created with it.
+      micro_batches: m > 1 computes the gradient in m equal parts of the minibatch, one
+        after the other (:func:`micro_batch_gradients`), so that only one part's activations
+        are held at a time; the update is the same rule on the mean gradient, but
+        batchnorm's statistics are each part's (and its running statistics are updated after
+        each part). The minibatch size must be a multiple of m.
 
     Returns:
       The jitted step; the state argument is donated. ``step.traces()`` says how often it
       was traced (once per run when every batch has the same shape and dtype).
 
     Raises:
-      ValueError: ``compute_dtype`` is not a floating dtype (here); when the step is
-        traced, ``augment`` returns a different shape than the minibatch's.
+      ValueError: ``compute_dtype`` is not a floating dtype, or ``micro_batches`` not a
+        positive int (here); when the step is traced, ``augment`` returns a different shape
+        than the minibatch's, or the minibatch is not a multiple of ``micro_batches``.
     """
     loss_fn = precision.mixed_precision_loss(model, compute_dtype)  # model.loss if None
+    micro_batches = check.positive_int("micro_batches", micro_batches)
 
     def train_step(state: TrainState, batch: tuple[Any, Any]):
         X, y = batch
         key = jax.random.fold_in(state.key, state.step)
         if augment is not None:
             X = _augmented(augment, key, X, state.step)
-        (loss, model_state), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-            state.params, state.model_state, X, y, key=key
+        (loss, model_state), grads = micro_batch_gradients(
+            loss_fn, state.params, state.model_state, X, y, key=key, micro_batches=micro_batches
         )
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         new_state = TrainState(
