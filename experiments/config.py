@@ -135,11 +135,24 @@ class Data(Settings):
     )
 
 
+def _micro_batches_fit(v: Mapping[str, Any]) -> None:
+    if v["batch_size"] % v["micro_batches"]:
+        raise ValueError(
+            f"micro_batches={v['micro_batches']} must divide batch_size={v['batch_size']}"
+        )
+
+
 @dataclasses.dataclass(frozen=True)
 class Schedule(Settings):
     """The minibatches, the epochs and the seed (every recipe)."""
 
     batch_size: int = option(50, "Minibatch size.", lower=1)
+    micro_batches: int = option(
+        1, "Compute each minibatch's gradient in this many equal parts, one after the other: "
+        "the memory of one part's activations instead of the whole batch's, for the same "
+        "update except that batchnorm's statistics are each part's. It must divide "
+        "--batch_size; it may change when a run resumes.", lower=1, may_change_on_resume=True,
+    )  # fmt: skip
     num_epochs: int = option(
         10, "Epochs (more than a run has done extend it when it resumes).", lower=1,
         may_change_on_resume=True,
@@ -148,6 +161,8 @@ class Schedule(Settings):
         0, "Seeds the initialisation, minibatches, dropout and augmentation.", lower=0,
         upper=2**32 - 1,
     )  # fmt: skip
+
+    CHECKS = ((("batch_size", "micro_batches"), _micro_batches_fit),)
 
 
 def _schedule_fits(v: Mapping[str, Any]) -> None:

@@ -101,7 +101,10 @@ def solver_kwargs(recipe: Recipe) -> dict[str, Any]:
         verbose=True,
     )
     if isinstance(recipe, Schedule):
-        kwargs.update(batch_size=recipe.batch_size, num_epochs=recipe.num_epochs, seed=recipe.seed)
+        kwargs.update(
+            batch_size=recipe.batch_size, micro_batches=recipe.micro_batches,
+            num_epochs=recipe.num_epochs, seed=recipe.seed,
+        )  # fmt: skip
     if isinstance(recipe, Cs231nOptimiser):
         kwargs.update(
             update_rule=recipe.update_rule, optim_config={"learning_rate": recipe.learning_rate},

@@ -81,6 +81,11 @@ class Solver(TrainingRun):
     weights are the result (``data['X_val']`` may then be empty, and ``val_acc`` is NaN);
     ``lookahead`` (:class:`~jcnn.train.Lookahead`); ``test_time_translate``, test-time
     shifts (:func:`~jcnn.train.make_eval_step`). ``augment`` may take a ``step`` keyword.
+    ``micro_batches`` = m computes each minibatch's gradient in m parts under one
+    ``lax.scan`` (:func:`~jcnn.train.micro_batch_gradients`): the activations of one part
+    in memory instead of the batch's, the same update but for batchnorm's statistics,
+    which are each part's; it is not part of a checkpoint's identity (a run may resume with
+    another m).
 
     Attributes: ``params``, ``state``, ``opt_state`` (views of ``train_state``, a
     :class:`~jcnn.train.TrainState`); ``epoch``, ``iteration`` (updates done);
@@ -102,6 +107,7 @@ class Solver(TrainingRun):
     lr_schedule = SettingField()
     warmup_epochs = SettingField()
     batch_size = SettingField()
+    micro_batches = SettingField()
     num_epochs = SettingField()
     num_train_samples = SettingField()
     num_val_samples = SettingField()
@@ -151,6 +157,7 @@ class Solver(TrainingRun):
         lr_schedule: str = "exponential",
         warmup_epochs: float = 0.0,
         batch_size: int = 100,
+        micro_batches: int = 1,
         num_epochs: int = 10,
         num_train_samples: int | None = 1000,
         num_val_samples: int | None = None,
@@ -186,7 +193,8 @@ class Solver(TrainingRun):
             SolverSettings.checked(
                 update_rule=update_rule, optim_config=optim_config, lr_decay=lr_decay,
                 lr_schedule=lr_schedule, warmup_epochs=warmup_epochs, batch_size=batch_size,
-                num_epochs=num_epochs, num_train_samples=num_train_samples,
+                micro_batches=micro_batches, num_epochs=num_epochs,
+                num_train_samples=num_train_samples,
                 num_val_samples=num_val_samples, print_every=print_every, verbose=verbose,
                 checkpoint_dir=checkpoint_dir, checkpoint_every=checkpoint_every,
                 checkpoint_every_s=checkpoint_every_s, keep_checkpoints=keep_checkpoints,

@@ -51,6 +51,7 @@ class SolverSettings:
     lr_schedule: str
     warmup_epochs: float
     batch_size: int
+    micro_batches: int
     num_epochs: int
     num_train_samples: int | None
     num_val_samples: int | None
@@ -84,6 +85,7 @@ class SolverSettings:
         lr_schedule: str,
         warmup_epochs: float,
         batch_size: int,
+        micro_batches: int,
         num_epochs: int,
         num_train_samples: int | None,
         num_val_samples: int | None,
@@ -137,13 +139,18 @@ class SolverSettings:
                     f"schedule must be a function of the update count, got {schedule!r}"
                 )
         flip, translate = check.test_time_augmentation(test_time_flip, test_time_translate)
+        size = check.positive_int("batch_size", batch_size)
+        parts = check.positive_int("micro_batches", micro_batches)
+        if size % parts:
+            raise ValueError(f"micro_batches={parts} must divide batch_size={size}")
         return cls(
             update_rule=update_rule,
             optim_config=optim.resolve_optim_config(update_rule, optim_config),
             lr_decay=decay,
             lr_schedule=lr_schedule,
             warmup_epochs=check.finite_float("warmup_epochs", warmup_epochs, minimum=0.0),
-            batch_size=check.positive_int("batch_size", batch_size),
+            batch_size=size,
+            micro_batches=parts,
             num_epochs=check.positive_int("num_epochs", num_epochs),
             num_train_samples=_optional_positive_int("num_train_samples", num_train_samples),
             num_val_samples=_optional_positive_int("num_val_samples", num_val_samples),

@@ -171,7 +171,7 @@ class TrainingRun:
         model, s, mesh = self.model, self.settings, self.mesh
         self._train_step = make_train_step(
             model, self.optimizer, augment=s.augment, compute_dtype=s.compute_dtype, mesh=mesh,
-            lookahead=s.lookahead,
+            lookahead=s.lookahead, micro_batches=s.micro_batches,
         )  # fmt: skip
         self._eval_step = make_eval_step(
             model, compute_dtype=s.compute_dtype, mesh=mesh, test_time_flip=s.test_time_flip,

@@ -16,6 +16,7 @@ from jcnn.train import (
     create_train_state,
     make_eval_step,
     make_train_step,
+    micro_batch_gradients,
     predict,
 )
 from tests.models.util import synthetic_data
@@ -233,3 +234,63 @@ def test_test_time_translate_averages_shifted_views_and_checks_its_argument():
     for bad in (-1, 1.5, 8):
         with pytest.raises(ValueError, match="test_time_translate"):
             make_eval_step(model, test_time_translate=bad)
+
+
+def _strided_parts(a, m):
+    return [a[j::m] for j in range(m)]
+
+
+def test_micro_batches_give_the_minibatch_gradient_when_no_layer_sees_the_batch():
+    model = ThreeLayerConvNet(input_dim=SHAPE, num_filters=4, filter_size=3, hidden_dim=8)
+    params, state = model.init(jax.random.key(0))
+    data = synthetic_data(24, 4, shape=SHAPE)
+    X, y = jnp.asarray(data["X_train"]), jnp.asarray(data["y_train"])
+    key = jax.random.key(1)
+    (loss, _), grads = jax.value_and_grad(model.loss, has_aux=True)(params, state, X, y, key=key)
+    for m in (1, 3, 4):
+        (loss_m, _), grads_m = micro_batch_gradients(
+            model.loss, params, state, X, y, key=key, micro_batches=m
+        )
+        np.testing.assert_allclose(loss_m, loss, rtol=1e-5)
+        chex.assert_trees_all_close(grads_m, grads, rtol=1e-4, atol=1e-6)
+    with pytest.raises(ValueError, match="micro_batches=5 must divide the minibatch of 24"):
+        micro_batch_gradients(model.loss, params, state, X, y, key=key, micro_batches=5)
+
+
+def test_micro_batches_average_the_parts_whose_batchnorm_sees_its_own_statistics():
+    model = VGGNet(input_dim=SHAPE, num_filters=(4,), blocks=(1,), hidden_dims=(8,))
+    params, state = model.init(jax.random.key(0))
+    data = synthetic_data(12, 4, shape=SHAPE)
+    X, y = jnp.asarray(data["X_train"]), jnp.asarray(data["y_train"])
+    key, m = jax.random.key(1), 3
+    grad_fn = jax.value_and_grad(model.loss, has_aux=True)
+    losses, grads, running = [], [], state
+    for j, (Xj, yj) in enumerate(zip(_strided_parts(X, m), _strided_parts(y, m), strict=True)):
+        (loss, running), g = grad_fn(params, running, Xj, yj, key=jax.random.fold_in(key, j))
+        losses.append(loss)
+        grads.append(g)
+    (loss_m, state_m), grads_m = micro_batch_gradients(
+        model.loss, params, state, X, y, key=key, micro_batches=m
+    )
+    np.testing.assert_allclose(loss_m, np.mean(losses), rtol=1e-5)
+    mean_grads = jax.tree_util.tree_map(lambda *g: sum(g) / m, *grads)
+    chex.assert_trees_all_close(grads_m, mean_grads, rtol=1e-4, atol=1e-6)
+    chex.assert_trees_all_close(state_m, running, rtol=1e-5)  # threaded through the parts
+    (loss_1, _), _ = micro_batch_gradients(model.loss, params, state, X, y, key=key)
+    assert abs(float(loss_1) - float(loss_m)) > 1e-6  # the whole batch's statistics differ
+
+
+def test_the_solver_trains_in_micro_batches_and_checks_they_divide_the_batch():
+    data = synthetic_data(40, 10, shape=SHAPE)
+    kw = dict(batch_size=10, num_epochs=1, verbose=False, num_train_samples=None)
+    model = ThreeLayerConvNet(input_dim=SHAPE, num_filters=4, filter_size=3, hidden_dim=8)
+    whole = Solver(model, data, **kw)
+    parts = Solver(model, data, micro_batches=5, **kw)
+    whole.train()
+    parts.train()
+    np.testing.assert_allclose(parts.loss_history, whole.loss_history, rtol=1e-4)
+    assert parts.micro_batches == 5
+    with pytest.raises(ValueError, match="micro_batches=3 must divide batch_size=10"):
+        Solver(model, data, micro_batches=3, **kw)
+    with pytest.raises(ValueError, match="micro_batches"):
+        make_train_step(model, make_optimizer("sgd", {})[0], micro_batches=0)

@@ -80,6 +80,7 @@ BAD = [
     ("weight_scale", "xavier", "weight_scale: must be a positive float or 'he'"),
     ("cutout", 8, "cutout=8 is part of the augmentation: add --augment"),  # a group's check
     ("num_train", 49_500, "num_train + num_val must be <= 50000"),
+    ("micro_batches", 3, "micro_batches=3 must divide batch_size=50"),
 ]
 
 
@@ -110,6 +111,7 @@ def test_the_model_settings_are_checked_by_the_model_while_flags_are_parsed():
 def test_the_resume_rules_are_declared_beside_the_settings():
     may = set(settings.may_change_on_resume(recipes.VGGRecipe))
     assert {"workdir", "data_dir", "num_epochs", "print_every", "conv_impl", "layers"} <= may
+    assert "micro_batches" in may  # memory, not the recipe
     assert not {"learning_rate", "batch_size", "seed", "num_filters", "augment"} & may
     assert settings.before_added(recipes.AirbenchRecipe)["flips"] == "alternating"
 

@@ -170,6 +170,8 @@ BAD = [
     ("vgg", "--num_filters=8,8,8,8,8,8 --blocks=1,1,1,1,1,1", "num_filters"),  # 32 -> 1 -> 0
     ("vgg", "--filter_size=0", "filter_size"),
     ("vgg", "--batch_size=0", "batch_size"),
+    ("vgg", "--micro_batches=0", "micro_batches"),
+    ("vgg", "--micro_batches=3", "micro_batches"),  # 3 does not divide the batch of 50
     ("vgg", "--batch_size=-5", "batch_size"),
     ("vgg", "--num_epochs=0", "num_epochs"),
     ("vgg", "--weight_scale=0", "weight_scale"),
