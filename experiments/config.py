@@ -304,6 +304,12 @@ class Evaluation(Settings):
         None, "Validation images the val accuracy is measured on (default: all).", kind="int",
         lower=1,
     )  # fmt: skip
+    test_time_confidence: float | None = option(
+        None, "The final test gives the test-time augmentation only to the images whose plain "
+        "prediction's softmax confidence is below this, in [0, 1] (default: to every image); "
+        "the plain prediction is made anyway, for the accuracy without it.", kind="float",
+        lower=0.0, upper=1.0, may_change_on_resume=True,
+    )  # fmt: skip
 
 
 @dataclasses.dataclass(frozen=True)

@@ -11,6 +11,8 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from experiments import rundir
 from experiments.rundir import RunWriter
 from experiments.trained import save_best
@@ -61,13 +63,25 @@ def describe_run(
     )
 
 
-def accuracy_on_test(solver: Any, data: Mapping[str, Any], *, augment: bool = True) -> float | None:
-    """The best parameters' accuracy on the test split (None without one); ``augment=False``
-    without the run's test-time flips and shifts."""
+def accuracies_on_test(
+    solver: Any, data: Mapping[str, Any], confidence: float | None = None
+) -> dict[str, Any]:
+    """The best parameters' accuracy on the test split: ``test_acc`` (None without a test
+    split) with the run's test-time augmentation if it has one (given only to images less
+    sure than ``confidence``, if set), and then also ``test_acc_without_tta`` and
+    ``test_time_augmented`` (the fraction of the test images that got it)."""
     X_test = data.get("X_test")
     if X_test is None or not len(X_test):
-        return None
-    return solver.check_accuracy(X_test, data["y_test"], augment=augment)
+        return {"test_acc": None}
+    y = np.asarray(data["y_test"])
+    if not (solver.test_time_flip or solver.test_time_translate):
+        return {"test_acc": solver.check_accuracy(X_test, y)}
+    found = solver.test_time_predictions(X_test, confidence=confidence)
+    return {
+        "test_acc": float(np.mean(found.labels == y)),
+        "test_acc_without_tta": float(np.mean(found.plain == y)),
+        "test_time_augmented": float(np.mean(found.unsure)),
+    }
 
 
 def finish_run(
@@ -89,9 +103,8 @@ def finish_run(
     :func:`experiments.train.run_training` returns)."""
     from jcnn.parallel import is_primary
 
-    test_acc = accuracy_on_test(solver, data)
-    augmented = solver.test_time_flip or solver.test_time_translate
-    plain_acc = accuracy_on_test(solver, data, augment=False) if augmented else None
+    accuracies = accuracies_on_test(solver, data, config.get("test_time_confidence"))
+    test_acc, plain_acc = accuracies["test_acc"], accuracies.get("test_acc_without_tta")
     save_best(writer, solver, model, test_acc, data)
     if plots:
         rundir.write_plots(writer, solver)
@@ -105,8 +118,7 @@ def finish_run(
         solver, app_name=app_name, model=model, config=config, test_acc=test_acc,
         timings=timings, start_iteration=start_iteration,
     )  # fmt: skip
-    if augmented:
-        summary["test_acc_without_tta"] = plain_acc
+    summary.update({k: v for k, v in accuracies.items() if k != "test_acc"})
     summary = files.to_json_values(summary)  # plain JSON values, exactly what the file holds
     writer.write_json("summary.json", summary)
     test = "n/a" if test_acc is None else f"{test_acc:f}"

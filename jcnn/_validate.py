@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import operator
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -92,6 +93,25 @@ def labelled_images(model: Any, X: Any, y: Any, xname: str, yname: str) -> tuple
         raise ValueError(f"{yname} must hold integer class labels, got dtype {y.dtype}")
     labels_in_range(yname, y, model.num_classes, "num_classes of the model")
     return X, y.astype(np.int32)
+
+
+def training_data(
+    model: Any, data: Any, keys: tuple[str, ...], *, empty_val: bool
+) -> tuple[Any, Any, Any, Any]:
+    """``X_train, y_train, X_val, y_val`` (the four ``keys``) of the dict ``data``, each pair
+    checked by :func:`labelled_images`; ``empty_val``: an empty validation split is allowed
+    (returned as empty arrays). ValueError naming what is missing or wrong otherwise."""
+    if not isinstance(data, Mapping):
+        raise ValueError(f"data must be a dict holding {keys}, got {type(data).__name__}")
+    missing = [k for k in keys if k not in data]
+    if missing:
+        raise ValueError(f"data is missing {missing}: it must hold {list(keys)}")
+    X_name, y_name, Xv_name, yv_name = keys
+    X, y = labelled_images(model, data[X_name], data[y_name], X_name, y_name)
+    if empty_val and np.shape(data[Xv_name])[0] == 0:
+        return X, y, np.zeros((0, *np.shape(X)[1:]), X.dtype), np.zeros((0,), np.int32)
+    X_val, y_val = labelled_images(model, data[Xv_name], data[yv_name], Xv_name, yv_name)
+    return X, y, X_val, y_val
 
 
 def labels_in_range(name: str, y: Any, num_classes: int, what: str) -> None:

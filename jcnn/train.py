@@ -1,5 +1,8 @@
 """Training as small pure pieces: a :class:`TrainState` pytree, a jitted train step, an eval step.
 
+(The eval step, :func:`predict` and :func:`test_time_scores` are :mod:`jcnn.prediction`'s,
+re-exported here beside the train step they pair with.)
+
 Everything the :class:`~jcnn.solver.Solver` does per update is here, as functions a notebook
 can use directly (ten lines, the Solver's speed)::
 
@@ -44,14 +47,21 @@ from typing import Any, Protocol, cast
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 
 from jcnn import _validate as check
 from jcnn import parallel, precision
+from jcnn.prediction import (  # re-exported: the eval step pairs with the train step
+    EvalStep,
+    counted,
+    make_eval_step,
+    predict,
+    test_time_scores,
+)
 
 __all__ = [
     "AUGMENT_FOLD",
+    "EvalStep",
     "Lookahead",
     "TrainState",
     "copy_tree",
@@ -60,6 +70,7 @@ __all__ = [
     "make_train_step",
     "micro_batch_gradients",
     "predict",
+    "test_time_scores",
 ]
 
 # fold_in data of the augmentation key: far from the small ints models fold in for dropout.
@@ -75,20 +86,6 @@ class TrainStep(Protocol):
     def __call__(
         self, state: TrainState, batch: tuple[Any, Any]
     ) -> tuple[TrainState, dict[str, jax.Array]]: ...
-
-    def traces(self) -> int:
-        """How often the step was traced (compiled).
-
-        Returns:
-          The number of traces so far (0 before the first call).
-        """
-        ...
-
-
-class EvalStep(Protocol):
-    """What :func:`make_eval_step` returns."""
-
-    def __call__(self, params: Any, model_state: Any, X: Any) -> jax.Array: ...
 
     def traces(self) -> int:
         """How often the step was traced (compiled).
@@ -281,14 +278,6 @@ def _augmented(augment: Augment, key: jax.Array, X: jax.Array, step: jax.Array) 
     return out
 
 
-def _counted(fn: Callable, counter: list[int]) -> Callable:
-    def traced(*args):
-        counter[0] += 1  # runs only while jax traces the function
-        return fn(*args)
-
-    return traced
-
-
 def micro_batch_gradients(
     loss_fn: Callable[..., tuple[jax.Array, Any]],
     params: Any,
@@ -412,151 +401,12 @@ def make_train_step(
 
     traces = [0]
     if mesh is None:
-        step = jax.jit(_counted(train_step, traces), donate_argnums=0)
+        step = jax.jit(counted(train_step, traces), donate_argnums=0)
     else:
         rep, batch = parallel.replicated_sharding(mesh), parallel.batch_sharding(mesh)
         step = jax.jit(
-            _counted(train_step, traces), donate_argnums=0, in_shardings=(rep, (batch, batch)),
+            counted(train_step, traces), donate_argnums=0, in_shardings=(rep, (batch, batch)),
             out_shardings=rep,
         )  # fmt: skip
     step.traces = lambda: traces[0]  # type: ignore[attr-defined]
     return cast(TrainStep, step)
-
-
-def test_time_scores(
-    model: Any, params: Any, model_state: Any, X: Any, *, flip: bool = False, translate: int = 0
-) -> jax.Array:
-    """A model's test-mode scores of images ``X`` ``(N, C, H, W)``, with test-time
-    augmentation: with ``flip`` the mean of the image's scores and its left-right mirror's;
-    with ``translate`` = s > 0, half that plus a quarter each of the same for the image
-    shifted by s pixels diagonally up-left and down-right (reflect padding), as airbench
-    scores its test images.
-
-    Returns:
-        ``(N, num_classes)`` scores (logits): a weighted mean of the views', so a softmax of
-        them is a probability.
-    """
-
-    def view_scores(X: Any) -> jax.Array:
-        scores, _ = model.apply(params, model_state, X, train=False)
-        if flip:
-            mirrored, _ = model.apply(params, model_state, X[..., ::-1], train=False)
-            scores = 0.5 * (scores + mirrored)
-        return scores
-
-    scores = view_scores(X)
-    if translate:
-        s = int(translate)
-        h, w = X.shape[-2:]
-        padded = jnp.pad(X, ((0, 0), (0, 0), (s, s), (s, s)), mode="reflect")
-        scores = 0.5 * scores + 0.25 * (
-            view_scores(padded[..., :h, :w])
-            + view_scores(padded[..., 2 * s : 2 * s + h, 2 * s : 2 * s + w])
-        )
-    return scores
-
-
-def make_eval_step(
-    model: Any,
-    *,
-    compute_dtype: Any = None,
-    mesh: jax.sharding.Mesh | None = None,
-    test_time_flip: bool = False,
-    test_time_translate: int = 0,
-) -> EvalStep:
-    """The jitted prediction step, ``eval_step(params, model_state, X) -> labels`` (int32,
-    shape ``(N,)``), in test mode (batchnorm uses its running statistics, no dropout).
-
-    Args:
-      model: a :mod:`jcnn.models` model.
-      compute_dtype: as :func:`make_train_step`'s.
-      mesh: split ``X`` over the mesh's devices on axis 0 (its length must divide evenly);
-        the labels come back replicated.
-      test_time_flip: classify each image by its scores plus those of its left-right mirror
-        image (inputs ``(N, C, H, W)``; twice the compute).
-
-    Returns:
-      The jitted step (``eval_step.traces()`` as for the train step). :func:`predict` runs
-      it over any number of images in fixed-size chunks.
-
-    Raises:
-      ValueError: ``test_time_flip`` is not a bool, or set for a model whose inputs are not
-        images ``(C, H, W)``.
-    """
-    test_time_flip, shift = check.test_time_augmentation(test_time_flip, test_time_translate)
-    if (test_time_flip or shift) and len(model.input_shape) != 3:
-        raise ValueError(
-            "test_time_flip mirrors images (C, H, W) and test_time_translate shifts them; this "
-            f"model takes inputs shaped {model.input_shape}"
-        )
-    if shift and shift >= min(model.input_shape[1:]):
-        raise ValueError(
-            f"test_time_translate={shift} must be smaller than the images {model.input_shape}"
-        )
-
-    def eval_step(params: Any, model_state: Any, X: Any) -> jax.Array:
-        params = precision.predict_params(params, compute_dtype)
-        scores = test_time_scores(
-            model, params, model_state, X, flip=test_time_flip, translate=shift
-        )
-        return jnp.argmax(scores, axis=1).astype(jnp.int32)
-
-    traces = [0]
-    if mesh is None:
-        step = jax.jit(_counted(eval_step, traces))
-    else:
-        rep, batch = parallel.replicated_sharding(mesh), parallel.batch_sharding(mesh)
-        step = jax.jit(
-            _counted(eval_step, traces), in_shardings=(rep, rep, batch), out_shardings=rep
-        )
-    step.traces = lambda: traces[0]  # type: ignore[attr-defined]
-    return cast(EvalStep, step)
-
-
-def predict(
-    eval_step: EvalStep,
-    state: TrainState | tuple[Any, Any],
-    X: Any,
-    *,
-    batch_size: int = 100,
-    mesh: jax.sharding.Mesh | None = None,
-    dtype: Any = None,
-) -> np.ndarray:
-    """Labels for every image of ``X`` (host array ``(N, ...)``), ``eval_step`` run over
-    chunks of exactly ``batch_size`` rows (the last one zero-padded, the padding cut off
-    again), so any ``N`` reuses one compiled step.
-
-    Args:
-      eval_step: from :func:`make_eval_step`.
-      state: a :class:`TrainState` or ``(params, model_state)``.
-      X: the images.
-      batch_size: rows per chunk; with a ``mesh`` rounded up to a multiple of its size.
-      mesh: the eval step's mesh (each chunk is placed onto it).
-      dtype: the dtype the chunks are cast to (default: the parameters').
-
-    Returns:
-      int32 labels, shape ``(N,)``, on the host.
-
-    Raises:
-      ValueError: ``batch_size`` is 0.
-    """
-
-    params, model_state = (
-        (state.params, state.model_state) if isinstance(state, TrainState) else state
-    )
-    if dtype is None:
-        dtype = jax.tree_util.tree_leaves(params)[0].dtype
-    if mesh is not None:
-        batch_size = -(-batch_size // mesh.size) * mesh.size
-    X = np.asarray(X)
-    n = X.shape[0]
-    outs: list[jax.Array] = []
-    for start in range(0, n, batch_size):
-        chunk = np.asarray(X[start : start + batch_size], dtype=dtype)
-        if chunk.shape[0] < batch_size:
-            pad = np.zeros((batch_size - chunk.shape[0], *chunk.shape[1:]), chunk.dtype)
-            chunk = np.concatenate([chunk, pad])
-        placed = parallel.shard_batch(mesh, chunk)[0] if mesh is not None else chunk
-        outs.append(eval_step(params, model_state, placed))
-    preds = np.concatenate(jax.device_get(outs)) if outs else np.zeros((0,), np.int32)
-    return preds[:n]

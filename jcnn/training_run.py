@@ -23,6 +23,7 @@ import numpy as np
 from jcnn import _validate as check
 from jcnn import checkpoint as ckpt
 from jcnn import nonfinite, optim, parallel, solver_checkpoints
+from jcnn.prediction import TestTimePredictions, predict_where_unsure
 from jcnn.run_state import RunState
 from jcnn.solver_settings import SolverSettings
 from jcnn.train import copy_tree, create_train_state, make_eval_step, make_train_step, predict
@@ -123,22 +124,9 @@ class TrainingRun:
     def _take_data(self, data: Mapping[str, Any]) -> None:
         """The training and validation arrays, checked against the model, and the run's
         iteration counts."""
-        if not isinstance(data, Mapping):
-            raise ValueError(f"data must be a dict holding {DATA_KEYS}, got {type(data).__name__}")
-        missing = [k for k in DATA_KEYS if k not in data]
-        if missing:
-            raise ValueError(f"data is missing {missing}: it must hold {list(DATA_KEYS)}")
-        model, s = self.model, self.settings
-        self.X_train, self.y_train = check.labelled_images(
-            model, data["X_train"], data["y_train"], "X_train", "y_train"
-        )
-        if not s.select_best and np.shape(data["X_val"])[0] == 0:
-            self.X_val = np.zeros((0, *np.shape(self.X_train)[1:]), self.X_train.dtype)
-            self.y_val = np.zeros((0,), np.int32)
-        else:
-            self.X_val, self.y_val = check.labelled_images(
-                model, data["X_val"], data["y_val"], "X_val", "y_val"
-            )
+        s = self.settings
+        arrays = check.training_data(self.model, data, DATA_KEYS, empty_val=not s.select_best)
+        self.X_train, self.y_train, self.X_val, self.y_val = arrays
         self._fingerprint: str | None = None
         self.num_train = self.X_train.shape[0]
         if s.sampling == "epoch":
@@ -182,6 +170,9 @@ class TrainingRun:
             if s.test_time_flip or s.test_time_translate
             else self._eval_step
         )
+        self._score_step = make_eval_step(
+            model, compute_dtype=s.compute_dtype, mesh=mesh, scores=True
+        )
         self._all_finite = jax.jit(nonfinite.all_finite)
 
     # -------------------------------------------------------------------------- state
@@ -207,13 +198,9 @@ class TrainingRun:
 
     def request_stop(self, reason: str = "stop requested") -> None:
         """Ask :meth:`train` to stop after the update in progress: it checkpoints that state
-        (with a ``checkpoint_dir``) and raises :class:`TrainingStopped`; a new run built
-        with the same arguments resumes from it and ends exactly as an uninterrupted run.
-        Safe to call from a signal handler (it only sets a flag).
-
-        Args:
-            reason: named in the :class:`TrainingStopped` message (e.g. ``'SIGINT'``).
-        """
+        (with a ``checkpoint_dir``) and raises :class:`TrainingStopped` naming ``reason``
+        (e.g. ``'SIGINT'``); a run built with the same arguments resumes from it and ends
+        exactly as an uninterrupted one. Safe in a signal handler (it only sets a flag)."""
         self._stop_reason = str(reason)
 
     def _replicate(self) -> None:
@@ -239,7 +226,7 @@ class TrainingRun:
             self._fingerprint = solver_checkpoints.data_fingerprint(self)
         return self._fingerprint
 
-    def _identity(self) -> dict[str, Any]:
+    def _identity(self) -> dict[str, Any]:  # what a checkpoint must share with this run
         return solver_checkpoints.identity(self)
 
     def checkpoint_tree(self) -> dict[str, Any]:
@@ -481,6 +468,19 @@ class TrainingRun:
         return predict(
             step, variables, X, batch_size=batch_size, mesh=self.mesh, dtype=self._x_dtype
         )
+
+    def test_time_predictions(
+        self, X: Any, batch_size: int = 100, *, confidence: float | None = None
+    ) -> TestTimePredictions:
+        """The plain and the test-time-augmented labels of ``X`` in one pass
+        (:func:`jcnn.prediction.predict_where_unsure`): with a ``confidence``, only the
+        images whose plain prediction is less sure than that get the augmented views."""
+        batch_size = check.positive_int("batch_size", batch_size)
+        self.model.check_input(np.asarray(X))
+        return predict_where_unsure(
+            self._score_step, self._eval_step, (self.params, self.state), X,
+            confidence=confidence, batch_size=batch_size, mesh=self.mesh, dtype=self._x_dtype,
+        )  # fmt: skip
 
     def check_accuracy(
         self, X: Any, y: Any, num_samples: int | None = None, batch_size: int = 100, **kw

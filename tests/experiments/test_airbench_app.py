@@ -96,14 +96,20 @@ def test_evaluate_measures_a_finished_run_again_with_each_test_time_augmentation
     summary = _run(tmp_path / "run", fake_cifar_dir)
     fv = flags.FlagValues()
     evaluate.define_flags(fv)
-    fv(["prog", f"--workdir={tmp_path / 'run'}", f"--data_dir={fake_cifar_dir}"])
+    workdir = f"--workdir={tmp_path / 'run'}"
+    fv(["prog", workdir, f"--data_dir={fake_cifar_dir}", "--confidences=0,1"])
     result = evaluate.run(fv)
     assert result["num_val"] == 0 and result["val_acc"] is None
     assert result["test_acc"] == summary["test_acc_without_tta"]  # plain
     assert result["test_acc_flip_shift"] == summary["test_acc"]  # the run's own augmentation
+    assert summary["test_time_augmented"] == 1.0  # by default, every test image
     assert 0.0 <= result["test_acc_flip"] <= 1.0
+    none, every = result["where_unsure"]
+    assert (none["augmented"], none["test_acc"]) == (0.0, result["test_acc"])
+    assert (every["augmented"], every["test_acc"]) == (1.0, summary["test_acc"])
     table = evaluate.format_result(result)
     assert "| test-time flip and shifts | n/a |" in table
+    assert "| 1.0 | " in table
 
 
 def test_flips_flag_chooses_alternating_or_random_flips_both_with_reflect_translation():

@@ -43,3 +43,24 @@ def test_a_recipe_without_cs231n_optimiser_leaves_the_solver_its_defaults():
     kw = train.solver_kwargs(recipes.AIRBENCH94)  # its own optimiser comes from the app
     assert not {"update_rule", "optim_config", "lr_decay", "augment"} & set(kw)
     assert kw["batch_size"] == 1024 and kw["test_time_flip"] is True
+
+
+def test_the_final_test_augments_only_the_images_less_sure_than_the_confidence():
+    from experiments.report import accuracies_on_test
+    from jcnn.models import ThreeLayerConvNet
+    from jcnn.solver import Solver
+    from tests.models.util import synthetic_data
+
+    shape = (3, 8, 8)
+    model = ThreeLayerConvNet(input_dim=shape, num_filters=4, filter_size=3, hidden_dim=8)
+    data = synthetic_data(40, 10, shape=shape)
+    data["X_test"], data["y_test"] = data["X_val"], data["y_val"]
+    solver = Solver(model, data, verbose=False, test_time_flip=True, batch_size=10)
+    every = accuracies_on_test(solver, data)
+    assert every["test_time_augmented"] == 1.0
+    assert every["test_acc"] == float(np.mean(solver.predict(data["X_test"]) == data["y_test"]))
+    none = accuracies_on_test(solver, data, confidence=0.0)
+    assert none["test_time_augmented"] == 0.0
+    assert none["test_acc"] == none["test_acc_without_tta"] == every["test_acc_without_tta"]
+    plain = Solver(model, data, verbose=False, batch_size=10)
+    assert set(accuracies_on_test(plain, data)) == {"test_acc"}  # no augmentation to report

@@ -1,0 +1,266 @@
+"""Prediction: a model's test-mode scores with test-time augmentation, the jitted eval step,
+and :func:`predict`, which runs it over any number of images in fixed-size chunks (one
+compile). :mod:`jcnn.train` re-exports these names, beside the train step they pair with.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, cast
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jcnn import _validate as check
+from jcnn import parallel, precision
+
+if TYPE_CHECKING:
+    from jcnn.train import TrainState
+
+__all__ = [
+    "EvalStep",
+    "TestTimePredictions",
+    "counted",
+    "make_eval_step",
+    "predict",
+    "predict_where_unsure",
+    "test_time_scores",
+]
+
+
+class EvalStep(Protocol):
+    """What :func:`make_eval_step` returns."""
+
+    def __call__(self, params: Any, model_state: Any, X: Any) -> jax.Array: ...
+
+    def traces(self) -> int:
+        """How often the step was traced (compiled).
+
+        Returns:
+          The number of traces so far (0 before the first call).
+        """
+        ...
+
+
+def counted(fn: Callable, counter: list[int]) -> Callable:
+    """``fn``, counting in ``counter[0]`` how often JAX traces it (the steps' ``traces()``)."""
+
+    def traced(*args):
+        counter[0] += 1  # runs only while jax traces the function
+        return fn(*args)
+
+    return traced
+
+
+def test_time_scores(
+    model: Any, params: Any, model_state: Any, X: Any, *, flip: bool = False, translate: int = 0
+) -> jax.Array:
+    """A model's test-mode scores of images ``X`` ``(N, C, H, W)``, with test-time
+    augmentation: with ``flip`` the mean of the image's scores and its left-right mirror's;
+    with ``translate`` = s > 0, half that plus a quarter each of the same for the image
+    shifted by s pixels diagonally up-left and down-right (reflect padding), as airbench
+    scores its test images.
+
+    Returns:
+        ``(N, num_classes)`` scores (logits): a weighted mean of the views', so a softmax of
+        them is a probability.
+    """
+
+    def view_scores(X: Any) -> jax.Array:
+        scores, _ = model.apply(params, model_state, X, train=False)
+        if flip:
+            mirrored, _ = model.apply(params, model_state, X[..., ::-1], train=False)
+            scores = 0.5 * (scores + mirrored)
+        return scores
+
+    scores = view_scores(X)
+    if translate:
+        s = int(translate)
+        h, w = X.shape[-2:]
+        padded = jnp.pad(X, ((0, 0), (0, 0), (s, s), (s, s)), mode="reflect")
+        scores = 0.5 * scores + 0.25 * (
+            view_scores(padded[..., :h, :w])
+            + view_scores(padded[..., 2 * s : 2 * s + h, 2 * s : 2 * s + w])
+        )
+    return scores
+
+
+def make_eval_step(
+    model: Any,
+    *,
+    compute_dtype: Any = None,
+    mesh: jax.sharding.Mesh | None = None,
+    test_time_flip: bool = False,
+    test_time_translate: int = 0,
+    scores: bool = False,
+) -> EvalStep:
+    """The jitted prediction step, ``eval_step(params, model_state, X) -> labels`` (int32,
+    shape ``(N,)``), in test mode (batchnorm uses its running statistics, no dropout).
+
+    Args:
+      model: a :mod:`jcnn.models` model.
+      compute_dtype: as :func:`make_train_step`'s.
+      mesh: split ``X`` over the mesh's devices on axis 0 (its length must divide evenly);
+        the labels come back replicated.
+      test_time_flip: classify each image by its scores plus those of its left-right mirror
+        image (inputs ``(N, C, H, W)``; twice the compute).
+      test_time_translate: also the image shifted this many pixels (:func:`test_time_scores`).
+      scores: return the float32 scores ``(N, num_classes)`` (:func:`test_time_scores`)
+        instead of the labels.
+
+    Returns:
+      The jitted step (``eval_step.traces()`` as for the train step). :func:`predict` runs
+      it over any number of images in fixed-size chunks.
+
+    Raises:
+      ValueError: ``test_time_flip`` is not a bool, or set for a model whose inputs are not
+        images ``(C, H, W)``.
+    """
+    test_time_flip, shift = check.test_time_augmentation(test_time_flip, test_time_translate)
+    if (test_time_flip or shift) and len(model.input_shape) != 3:
+        raise ValueError(
+            "test_time_flip mirrors images (C, H, W) and test_time_translate shifts them; this "
+            f"model takes inputs shaped {model.input_shape}"
+        )
+    if shift and shift >= min(model.input_shape[1:]):
+        raise ValueError(
+            f"test_time_translate={shift} must be smaller than the images {model.input_shape}"
+        )
+
+    def eval_step(params: Any, model_state: Any, X: Any) -> jax.Array:
+        params = precision.predict_params(params, compute_dtype)
+        scores = test_time_scores(
+            model, params, model_state, X, flip=test_time_flip, translate=shift
+        )
+        if return_scores:
+            return scores.astype(jnp.float32)
+        return jnp.argmax(scores, axis=1).astype(jnp.int32)
+
+    return_scores = bool(scores)
+    traces = [0]
+    if mesh is None:
+        step = jax.jit(counted(eval_step, traces))
+    else:
+        rep, batch = parallel.replicated_sharding(mesh), parallel.batch_sharding(mesh)
+        step = jax.jit(
+            counted(eval_step, traces), in_shardings=(rep, rep, batch), out_shardings=rep
+        )
+    step.traces = lambda: traces[0]  # type: ignore[attr-defined]
+    return cast(EvalStep, step)
+
+
+def predict(
+    eval_step: EvalStep,
+    state: TrainState | tuple[Any, Any],
+    X: Any,
+    *,
+    batch_size: int = 100,
+    mesh: jax.sharding.Mesh | None = None,
+    dtype: Any = None,
+) -> np.ndarray:
+    """Labels for every image of ``X`` (host array ``(N, ...)``), ``eval_step`` run over
+    chunks of exactly ``batch_size`` rows (the last one zero-padded, the padding cut off
+    again), so any ``N`` reuses one compiled step.
+
+    Args:
+      eval_step: from :func:`make_eval_step`.
+      state: a :class:`TrainState` or ``(params, model_state)``.
+      X: the images.
+      batch_size: rows per chunk; with a ``mesh`` rounded up to a multiple of its size.
+      mesh: the eval step's mesh (each chunk is placed onto it).
+      dtype: the dtype the chunks are cast to (default: the parameters').
+
+    Returns:
+      int32 labels, shape ``(N,)``, on the host.
+
+    Raises:
+      ValueError: ``batch_size`` is 0.
+    """
+
+    if isinstance(state, tuple):
+        params, model_state = state
+    else:  # a TrainState
+        params, model_state = state.params, state.model_state
+    if dtype is None:
+        dtype = jax.tree_util.tree_leaves(params)[0].dtype
+    if mesh is not None:
+        batch_size = -(-batch_size // mesh.size) * mesh.size
+    X = np.asarray(X)
+    n = X.shape[0]
+    outs: list[jax.Array] = []
+    for start in range(0, n, batch_size):
+        chunk = np.asarray(X[start : start + batch_size], dtype=dtype)
+        if chunk.shape[0] < batch_size:
+            pad = np.zeros((batch_size - chunk.shape[0], *chunk.shape[1:]), chunk.dtype)
+            chunk = np.concatenate([chunk, pad])
+        placed = parallel.shard_batch(mesh, chunk)[0] if mesh is not None else chunk
+        outs.append(eval_step(params, model_state, placed))
+    preds = np.concatenate(jax.device_get(outs)) if outs else np.zeros((0,), np.int32)
+    return preds[:n]
+
+
+class TestTimePredictions(NamedTuple):
+    """What :func:`predict_where_unsure` returns, each ``(N,)`` on the host.
+
+    Attributes:
+        labels: the prediction: the augmented one where ``unsure``, else the plain one.
+        plain: the plain (unaugmented) prediction of every image.
+        unsure: where the plain prediction's softmax confidence was below the threshold.
+    """
+
+    labels: np.ndarray
+    plain: np.ndarray
+    unsure: np.ndarray
+
+
+def predict_where_unsure(
+    plain_scores_step: EvalStep,
+    augmented_step: EvalStep,
+    state: TrainState | tuple[Any, Any],
+    X: Any,
+    *,
+    confidence: float | None,
+    batch_size: int = 100,
+    mesh: jax.sharding.Mesh | None = None,
+    dtype: Any = None,
+) -> TestTimePredictions:
+    """Test-time augmentation only where the plain prediction is unsure.
+
+    Every image is classified plainly first (``plain_scores_step``, a step made with
+    ``scores=True`` and no augmentation); an image whose plain softmax confidence
+    ``max_k softmax(s)_k`` is below ``confidence`` is classified again by
+    ``augmented_step`` (e.g. flips and shifts), and that label is taken. With
+    ``confidence=None`` every image is augmented (1.0 does nearly the same); with 0 none.
+    The augmented views cost (views - 1) / views of their images' work only where unsure.
+
+    Args:
+        plain_scores_step: ``make_eval_step(model, scores=True)`` (same dtype and mesh).
+        augmented_step: ``make_eval_step(model, test_time_flip=..., ...)`` (labels).
+        state, X, batch_size, mesh, dtype: as :func:`predict`'s.
+        confidence: the threshold in [0, 1], or None.
+
+    Returns:
+        :class:`TestTimePredictions`.
+
+    Raises:
+        ValueError: ``confidence`` is not None or a number in [0, 1].
+    """
+    if confidence is not None:
+        confidence = check.finite_float("confidence", confidence, minimum=0.0)
+        if confidence > 1.0:
+            raise ValueError(f"confidence must be in [0, 1], got {confidence}")
+    run = dict(batch_size=batch_size, mesh=mesh, dtype=dtype)
+    X = np.asarray(X)
+    scores = predict(plain_scores_step, state, X, **run)
+    plain = np.argmax(scores, axis=1).astype(np.int32)
+    if confidence is None:
+        unsure = np.ones(len(plain), bool)
+    else:
+        # max_k softmax(s)_k = 1 / sum_k exp(s_k - max s)
+        top = 1.0 / np.exp(scores - scores.max(axis=1, keepdims=True)).sum(axis=1)
+        unsure = top < confidence
+    labels = plain.copy()
+    if unsure.any():
+        labels[unsure] = predict(augmented_step, state, X[unsure], **run)
+    return TestTimePredictions(labels, plain, unsure)
