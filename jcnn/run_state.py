@@ -3,7 +3,7 @@
 :class:`RunState` holds the :class:`~jcnn.train.TrainState` (parameters, model state,
 optimiser state, step, key), the best parameters so far, the counters, the histories, the
 host generator (minibatch draws, accuracy samples) and the run's one clock: the seconds
-spent in :meth:`~jcnn.solver.Solver.train` over every session, and the part of them spent
+spent in :meth:`~jcnn.solver.Solver.train` (before a resume too), and the part of them spent
 outside the updates (accuracy checks, checkpoints, epoch-end hooks), so that the training
 time every report gives is one number, ``training_s()``. A checkpoint is this state as a
 unit: its arrays (:meth:`RunState.checkpoint_tree`) and its JSON part
@@ -47,7 +47,7 @@ class RunState:
             and its parameters (None before the first).
         loss_history: one loss per update; train_acc_history, val_acc_history,
             lr_history: one entry per accuracy check; eval_history: one dict per check.
-        elapsed_s: seconds in :meth:`~jcnn.solver.Solver.train`, over every session of
+        elapsed_s: seconds in :meth:`~jcnn.solver.Solver.train`, every part of
             the run; outside_s: the part of them spent outside the updates (accuracy checks,
             checkpoints, epoch-end hooks). Both are brought up to date by :meth:`tick` while
             the clock runs (:meth:`clock_running`).
@@ -100,7 +100,7 @@ class RunState:
         return self.elapsed_s
 
     def training_s(self) -> float:
-        """Seconds spent on updates over every session: ``elapsed_s - outside_s``, now."""
+        """Seconds spent on updates (before a resume too): ``elapsed_s - outside_s``, now."""
         return self.tick() - self.outside_s
 
     # ------------------------------------------------------------------- checkpoints

@@ -10,7 +10,9 @@ from jcnn.solver import Solver
 from tests.models.util import synthetic_data
 
 SHAPE = (3, 8, 8)
-MODEL = ThreeLayerConvNet(input_dim=SHAPE, num_filters=4, filter_size=3, hidden_dim=8)
+MODEL = ThreeLayerConvNet(  # He-scaled weights: scores far from uniform, confidences spread
+    input_dim=SHAPE, num_filters=4, filter_size=3, hidden_dim=8, weight_scale="he"
+)
 
 
 def _problem():
