@@ -83,11 +83,13 @@ def read_run(workdir: Path) -> dict[str, Any]:
 
 def tta_views(config: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
     """The test-time augmentations to measure for a run with ``config``: plain, flipped,
-    and (for a run with ``test_time_translate``) flipped and shifted, as Solver arguments."""
-    out: dict[str, dict[str, Any]] = {PLAIN: {}, FLIP: {"test_time_flip": True}}
+    and (for a run with ``test_time_translate``) flipped and shifted, as Solver arguments
+    (each with the run's ``compute_dtype``, as the run itself was scored)."""
+    dtype = {"compute_dtype": config.get("compute_dtype")}
+    out: dict[str, dict[str, Any]] = {PLAIN: dtype, FLIP: {"test_time_flip": True, **dtype}}
     shift = int(config.get("test_time_translate") or 0)
     if shift:
-        out[FLIP_SHIFT] = {"test_time_flip": True, "test_time_translate": shift}
+        out[FLIP_SHIFT] = {"test_time_flip": True, "test_time_translate": shift, **dtype}
     return out
 
 
