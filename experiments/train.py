@@ -188,10 +188,12 @@ def train_and_evaluate(
     *,
     data: Mapping[str, Any] | None = None,
     mesh: Any = None,
+    tune_memory: bool = False,
 ) -> dict[str, Any]:
-    """Load the data (unless given), train ``model`` with the Solver (resuming from the
-    workdir's newest checkpoint if it holds one), evaluate the best parameters on the test
-    split, write every file of the run; returns the summary.
+    """Load the data (unless given; then :func:`jcnn.cpu.tune` if ``tune_memory``), train
+    ``model`` with the Solver (resuming from the workdir's newest checkpoint if it holds
+    one), evaluate the best parameters on the test split, write every file of the run;
+    returns the summary.
 
     Training is data-parallel over ``mesh`` (default: :func:`make_run_mesh`); every process
     gathers only its rows of each global batch, only process 0 prints and writes."""
@@ -208,6 +210,10 @@ def train_and_evaluate(
         say("matplotlib is not installed: no plots (pip install 'jcnn[plots]')", flush=True)
     if data is None:
         data = load_data(config)
+    if tune_memory:
+        import jcnn.cpu
+
+        jcnn.cpu.tune()  # after the data: see fit
     data_s = time.perf_counter() - t_start
 
     logger = RunLogger(writer, config, plots=plots)
@@ -307,7 +313,13 @@ def _data_shape(recipe: Recipe, data: Mapping[str, Any] | None) -> dict[str, Any
     }
 
 
-def fit(recipe: Recipe, data: Mapping[str, Any] | None = None, *, mesh: Any = None) -> dict:
+def fit(
+    recipe: Recipe,
+    data: Mapping[str, Any] | None = None,
+    *,
+    mesh: Any = None,
+    tune_memory: bool = False,
+) -> dict:
     """Train ``recipe`` and write its run's files: the one function every training app runs.
 
     ``recipe.workdir`` (default: a new ``runs/<app>-<timestamp>``) receives flags.cfg,
@@ -326,6 +338,11 @@ def fit(recipe: Recipe, data: Mapping[str, Any] | None = None, *, mesh: Any = No
             gives them, with its ``mean_image`` and ``label_names`` if the run is to be
             usable as a classifier); default: loaded as the recipe's data settings say.
         mesh: the devices to train on, data-parallel (default: ``recipe.num_devices``).
+        tune_memory: once the data is loaded, back the rest of this process's heap with
+            huge pages (:func:`jcnn.cpu.tune`, for good), as the apps do: faster steps on the
+            CPU. The data stays outside that heap, so that the steps' buffers do not
+            fragment it around long-lived arrays (its resident size would grow by a buffer's
+            size every few steps).
 
     Returns:
         The run's summary (what summary.json holds): accuracies, timings, the flags.
@@ -345,7 +362,9 @@ def fit(recipe: Recipe, data: Mapping[str, Any] | None = None, *, mesh: Any = No
         check_paths(config)  # a file in the way or a read-only workdir stops here
     writer = prepare_workdir(recipe)
     try:
-        return train_and_evaluate(recipe, model, writer, data=data, mesh=mesh)
+        return train_and_evaluate(
+            recipe, model, writer, data=data, mesh=mesh, tune_memory=tune_memory
+        )
     finally:
         writer.close()  # the workdir's lock
 
@@ -356,9 +375,6 @@ def main(
     """The body of an app's ``main``: the recipe from the parsed flags, checks that need
     more than the flag validators, then :func:`fit`. Every problem a user can fix stops
     with one line; so does a non-finite loss (details in the workdir's nonfinite.json)."""
-    import jcnn.cpu
-
-    jcnn.cpu.tune()  # a training program: huge pages for the heap (jcnn.cpu)
     with errors.failures_in_one_line():
         return _main(argv, recipe_class=recipe_class, fv=fv)
 
@@ -405,7 +421,7 @@ def _main(argv: Sequence[str], *, recipe_class: type[Recipe], fv: flags.FlagValu
     recipe = with_workdir(recipe)
     workdir = Path(recipe.workdir or "")
     try:
-        return fit(recipe)
+        return fit(recipe, tune_memory=True)  # a training program: huge pages (jcnn.cpu)
     except CheckpointMismatchError as e:
         raise UsageFailure(mismatch_message(workdir, config, e)) from None
     except TrainingStopped as e:
