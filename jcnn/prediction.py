@@ -237,7 +237,11 @@ def predict_where_unsure(
     Args:
         plain_scores_step: ``make_eval_step(model, scores=True)`` (same dtype and mesh).
         augmented_step: ``make_eval_step(model, test_time_flip=..., ...)`` (labels).
-        state, X, batch_size, mesh, dtype: as :func:`predict`'s.
+        state: a :class:`~jcnn.train.TrainState` or ``(params, model_state)``.
+        X: the images.
+        batch_size: rows per chunk (:func:`predict`).
+        mesh: the steps' mesh, if any.
+        dtype: the dtype the chunks are cast to (default: the parameters').
         confidence: the threshold in [0, 1], or None.
 
     Returns:

@@ -302,7 +302,11 @@ def micro_batch_gradients(
 
     Args:
         loss_fn: ``loss_fn(params, model_state, X, y, key=key) -> (loss, model_state)``.
-        params, model_state, X, y, key: its arguments; ``X``, ``y`` the whole minibatch.
+        params: its parameters.
+        model_state: its model state (running statistics).
+        X: the whole minibatch's inputs.
+        y: its labels.
+        key: its key (part j gets ``fold_in(key, j)``).
         micro_batches: m, a divisor of the minibatch size.
 
     Returns:

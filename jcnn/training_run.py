@@ -1,12 +1,8 @@
-"""A training run: a model, its data and its checked settings, trained update by update.
-
-:class:`TrainingRun` is the machinery under the cs231n :class:`~jcnn.solver.Solver`, which
-adds cs231n's keyword arguments and attribute names on top: it builds the jitted steps
-(:mod:`jcnn.train`) and the optimiser (:mod:`jcnn.optim`) from a
-:class:`~jcnn.solver_settings.SolverSettings`, keeps everything that changes as it trains in
-one :class:`~jcnn.run_state.RunState` (``run``), and :meth:`TrainingRun.train` runs the
-updates with the accuracy checks, checkpoints (:mod:`jcnn.solver_checkpoints`), stop requests
-and non-finite detection (:mod:`jcnn.nonfinite`) around them.
+"""A training run: the machinery under the cs231n :class:`~jcnn.solver.Solver` (which adds
+cs231n's arguments and names). :class:`TrainingRun` builds the jitted steps and the optimiser
+from a :class:`~jcnn.solver_settings.SolverSettings`, keeps what changes in one
+:class:`~jcnn.run_state.RunState` (``run``), and :meth:`TrainingRun.train` runs the updates
+with accuracy checks, checkpoints, stop requests and non-finite detection around them.
 """
 
 from __future__ import annotations
@@ -66,8 +62,11 @@ class TrainingRun:
         model: a :mod:`jcnn.models` model.
         data: ``X_train, y_train, X_val, y_val`` host arrays (other keys are ignored).
         settings: the run's checked settings.
-        params, state: start from these instead of ``model.init``.
-        on_iteration, on_epoch_end, on_progress: the hooks, each a sequence of functions.
+        params: start from these parameters instead of ``model.init``'s.
+        state: and from this model state.
+        on_iteration: hooks called after every update.
+        on_epoch_end: hooks called after each accuracy check and its checkpoint.
+        on_progress: hooks called with every progress line.
         mesh: train data-parallel over it.
 
     Raises:
