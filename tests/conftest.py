@@ -12,7 +12,25 @@ import tempfile
 
 # jcnn's CPU kernel (jcnn/native) is compiled on first use: into a fresh cache for the test
 # session, inherited by the subprocesses that tests start.
-os.environ.setdefault("JCNN_CACHE_DIR", tempfile.mkdtemp(prefix="jcnn-test-cache-"))
+def _fresh_folder(variable: str, prefix: str) -> None:
+    """``variable`` names a new temporary folder unless it is set already (by the pytest-xdist
+    controller, whose environment its workers inherit, or by the user)."""
+    if variable not in os.environ:
+        os.environ[variable] = tempfile.mkdtemp(prefix=prefix)
+
+
+_fresh_folder("JCNN_CACHE_DIR", "jcnn-test-cache-")
+
+# Compiling is most of a test's time (small programs, run once or twice), so for the test
+# session and its subprocesses:
+# - XLA's LLVM back end runs at -O0 (the HLO passes, which tests inspect, run as usual);
+# - JAX's persistent compilation cache is on, in a fresh folder, so the apps and workers that
+#   tests start, and the two pytest-xdist workers, compile each program once between them.
+if "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
+    flags = os.environ.get("XLA_FLAGS", "") + " --xla_backend_optimization_level=0"
+    os.environ["XLA_FLAGS"] = flags.strip()
+_fresh_folder("JAX_COMPILATION_CACHE_DIR", "jcnn-test-xla-")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.2")
 
 import jax  # noqa: E402
 

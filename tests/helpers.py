@@ -10,7 +10,9 @@ from jcnn.gradcheck import check_vjp, rel_error
 
 
 def normal(seed: int, *shape: int, dtype=jnp.float64) -> jax.Array:
-    return jax.random.normal(jax.random.PRNGKey(seed), shape, dtype)
+    """Standard normal test data, drawn on the host (NumPy): a JAX draw would compile a
+    random kernel for every new shape, which is most of a small test's time."""
+    return jnp.asarray(np.random.default_rng(seed).standard_normal(shape), dtype)
 
 
 def assert_vjp_proven(f, twin, args, *, names, twin_tol=1e-10, numeric_tol=1e-7, argnums=None):
