@@ -11,8 +11,11 @@ from jcnn.gradcheck import check_vjp, rel_error
 
 def normal(seed: int, *shape: int, dtype=jnp.float64) -> jax.Array:
     """Standard normal test data, drawn on the host (NumPy): a JAX draw would compile a
-    random kernel for every new shape, which is most of a small test's time."""
-    return jnp.asarray(np.random.default_rng(seed).standard_normal(shape), dtype)
+    random kernel for every new shape, which is most of a small test's time. The stream is
+    ``(seed, 1)``, never ``seed`` alone: :func:`jcnn.gradcheck.check_vjp` draws its cotangent
+    from ``default_rng(seed)``, and a cotangent equal to the input (batchnorm's, say) would
+    make the gradient exactly zero and the check meaningless."""
+    return jnp.asarray(np.random.default_rng((seed, 1)).standard_normal(shape), dtype)
 
 
 def assert_vjp_proven(f, twin, args, *, names, twin_tol=1e-10, numeric_tol=1e-7, argnums=None):

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -107,10 +108,19 @@ print(json.dumps({
 """
 
 
-def _run_script(script: str, tmp_path, **env_extra) -> str:
-    """Run ``script`` in a fresh interpreter with its own kernel cache; returns its stdout."""
+def _run_script(script: str, cache: Path | None = None, **env_extra: str) -> str:
+    """Run ``script`` in a fresh interpreter; returns its stdout.
+
+    ``cache``: a kernel cache of the test's own (the tests of building and caching); None:
+    the test session's, where the kernels are built once for all. An ``XLA_FLAGS`` given is
+    added to the session's flags (see conftest.py), not put in their place.
+    """
     env = {k: v for k, v in os.environ.items() if k not in ("CXX", "JCNN_NATIVE")}
-    env.update(PYTHONPATH=str(ROOT), JCNN_CACHE_DIR=str(tmp_path / "cache"), **env_extra)
+    if "XLA_FLAGS" in env_extra:
+        env_extra["XLA_FLAGS"] = f"{env.get('XLA_FLAGS', '')} {env_extra['XLA_FLAGS']}".strip()
+    env.update(PYTHONPATH=str(ROOT), **env_extra)
+    if cache is not None:
+        env["JCNN_CACHE_DIR"] = str(cache)
     proc = subprocess.run(
         [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300
     )
@@ -118,22 +128,33 @@ def _run_script(script: str, tmp_path, **env_extra) -> str:
     return proc.stdout
 
 
-def _probe(tmp_path, **env_extra):
-    return json.loads(_run_script(PROBE, tmp_path, **env_extra).strip().splitlines()[-1])
+def _probe(cache: Path | None = None, **env_extra: str) -> dict:
+    return json.loads(_run_script(PROBE, cache, **env_extra).strip().splitlines()[-1])
+
+
+def _cache_holding_the_built_kernels(tmp_path: Path) -> Path:
+    """A fresh cache folder holding a copy of the kernel library the session built (built
+    now, in a fresh interpreter, if it was not yet): no test builds the same file twice."""
+    assert _probe()["status"] == "loaded"
+    (built,) = Path(os.environ["JCNN_CACHE_DIR"]).glob("kernels-*.so")
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    shutil.copy2(built, cache / built.name)
+    return cache
 
 
 def test_opt_out_uses_xla_and_says_so(tmp_path):
-    result = _probe(tmp_path, JCNN_NATIVE="0")
+    result = _probe(tmp_path / "cache", JCNN_NATIVE="0")
     assert result == {"status": "opted-out", "equal": True, "warnings": []}
 
 
 def test_without_a_compiler_falls_back_silently(tmp_path):
-    result = _probe(tmp_path, PATH=str(tmp_path / "empty"))
+    result = _probe(tmp_path / "cache", PATH=str(tmp_path / "empty"))
     assert result == {"status": "no-compiler", "equal": True, "warnings": []}
 
 
 def test_a_failed_build_warns_once_and_falls_back(tmp_path):
-    result = _probe(tmp_path, CXX="/bin/false")
+    result = _probe(tmp_path / "cache", CXX="/bin/false")
     assert result["status"].startswith("failed") and result["equal"]
     assert len(result["warnings"]) == 1 and "could not build" in result["warnings"][0]
     assert not list((tmp_path / "cache").glob("*"))  # no half-written library left behind
@@ -144,28 +165,28 @@ def test_a_failed_build_warns_once_and_falls_back(tmp_path):
 def test_a_damaged_cached_library_is_rebuilt_not_loaded(tmp_path, damage):
     """Loading a truncated shared library kills the process with a bus error inside dlopen;
     the cache's checksum is checked first."""
-    assert _probe(tmp_path)["status"] == "loaded"
-    (built,) = (tmp_path / "cache").glob("kernels-*.so")
+    cache = _cache_holding_the_built_kernels(tmp_path)
+    (built,) = cache.glob("kernels-*.so")
     data = built.read_bytes()
     if damage == "truncated":
         built.write_bytes(data[: len(data) // 2])
     else:  # same size, other bytes
         built.write_bytes(data[:4096] + bytes(len(data) - 4096))
-    result = _probe(tmp_path)
+    result = _probe(cache)
     assert result["status"] == "loaded" and result["equal"]
     assert len(result["warnings"]) == 1 and "damaged" in result["warnings"][0]
-    assert len(list((tmp_path / "cache").glob("kernels-*.so"))) == 1  # the damaged one went
-    assert _probe(tmp_path)["warnings"] == []  # the rebuilt file verifies
+    assert len(list(cache.glob("kernels-*.so"))) == 1  # the damaged one went
+    assert _probe(cache)["warnings"] == []  # the rebuilt file verifies
 
 
 @needs_compiler
 def test_a_second_process_loads_the_cached_library(tmp_path):
-    assert _probe(tmp_path)["status"] == "loaded"
-    built = list((tmp_path / "cache").glob("kernels-*.so"))
-    assert len(built) == 1
-    stamp = built[0].stat().st_mtime_ns
-    assert _probe(tmp_path) == {"status": "loaded", "equal": True, "warnings": []}
-    assert built[0].stat().st_mtime_ns == stamp  # not rebuilt
+    cache = _cache_holding_the_built_kernels(tmp_path)  # built by another process
+    (built,) = cache.glob("kernels-*.so")
+    stamp = built.stat().st_mtime_ns
+    assert _probe(cache) == {"status": "loaded", "equal": True, "warnings": []}
+    assert list(cache.glob("kernels-*.so")) == [built]
+    assert built.stat().st_mtime_ns == stamp  # not rebuilt
 
 
 SHARDED = """
@@ -193,8 +214,8 @@ print(json.dumps({
 """
 
 
-def test_with_several_devices_the_kernel_transposes_each_devices_rows(tmp_path):
-    out = _run_script(SHARDED, tmp_path, XLA_FLAGS="--xla_force_host_platform_device_count=2")
+def test_with_several_devices_the_kernel_transposes_each_devices_rows():
+    out = _run_script(SHARDED, XLA_FLAGS="--xla_force_host_platform_device_count=2")
     result = json.loads(out.strip().splitlines()[-1])
     assert result["devices"] == 2 and result["equal"]
     assert result["spec"] == ["None", "None", "None", "data"]  # the batch axis, now last
@@ -218,8 +239,8 @@ except FloatingPointError as e:
 """
 
 
-def test_jax_debug_nans_still_checks_every_call(tmp_path):
-    out = _run_script(DEBUG_NANS, tmp_path)
+def test_jax_debug_nans_still_checks_every_call():
+    out = _run_script(DEBUG_NANS)
     expected = "loaded" if HAVE_COMPILER else "no-compiler"
     assert f"raised: {expected} invalid value (nan) encountered in mul" in out
 

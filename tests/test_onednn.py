@@ -284,12 +284,12 @@ print(json.dumps({"refusal": refusal,
 """
 
 
-def _probe(tmp_path, **env):
-    return json.loads(_run_script(PROBE, tmp_path, **env).strip().splitlines()[-1])
+def _probe(**env):
+    return json.loads(_run_script(PROBE, **env).strip().splitlines()[-1])
 
 
-def test_opting_out_of_onednn_alone_keeps_the_other_kernels(tmp_path):
-    result = _probe(tmp_path, JCNN_ONEDNN="0")
+def test_opting_out_of_onednn_alone_keeps_the_other_kernels():
+    result = _probe(JCNN_ONEDNN="0")
     assert result["onednn"] == "opted-out" and not result["custom_call"] and result["close"]
     assert result["kernels"] == ("loaded" if HAVE_COMPILER else "no-compiler")
     # impl='auto' (above) falls back to XLA; asking for oneDNN by name is refused, saying why.
@@ -341,8 +341,8 @@ def test_onednn_by_name_refuses_what_it_cannot_run_in_one_line():
 
 
 @needs_onednn
-def test_with_several_devices_onednn_convolves_each_devices_rows(tmp_path):
-    result = _probe(tmp_path, XLA_FLAGS="--xla_force_host_platform_device_count=2")
+def test_with_several_devices_onednn_convolves_each_devices_rows():
+    result = _probe(XLA_FLAGS="--xla_force_host_platform_device_count=2")
     assert result["devices"] == 2 and result["custom_call"] and result["close"]
     assert result["all_gathers"] == 0 and result["onednn"] == "loaded"
 
@@ -404,15 +404,13 @@ print(json.dumps(out))
 
 
 @needs_onednn
-def test_several_devices_run_every_transformation_on_onednn_per_shard(tmp_path):
+def test_several_devices_run_every_transformation_on_onednn_per_shard():
     """A batch sharded over 2 devices: grad, grad-of-grad, HVP and per-example gradients
     convolve each device's rows on oneDNN (no gather of the batch) and agree with one device
     to float32 round-off. (The small VGG's batchnorm over 8 rows amplifies the round-off of
     the all-reduced sums to ~1e-4 in the gradient and ~2e-3 in grad-of-grad, the same with
     XLA's convolutions partitioned by XLA; a missing or doubled all-reduce would be O(1).)"""
-    out = _run_script(
-        SHARDED_TRANSFORMS, tmp_path, XLA_FLAGS="--xla_force_host_platform_device_count=2"
-    )
+    out = _run_script(SHARDED_TRANSFORMS, XLA_FLAGS="--xla_force_host_platform_device_count=2")
     results = json.loads(out.strip().splitlines()[-1])
     assert len(results) == 8
     for what, r in results.items():

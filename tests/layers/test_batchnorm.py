@@ -251,7 +251,7 @@ def test_batchnorm_relu_in_bfloat16_is_the_float32_result_rounded():
     hlo = f.lower(*args).compile().as_text()
     assert "jcnn_batchnorm_relu_forward" in hlo and "jcnn_batchnorm_relu_backward" in hlo
     (out, mean, var), grads = f(*args)
-    (out32, mean32, var32), grads32 = f(*(a.astype(jnp.float32) for a in args))
+    (out32, mean32, var32), _ = f(*(a.astype(jnp.float32) for a in args))
     assert all(a.dtype == jnp.bfloat16 for a in (out, mean, var, *grads))
     bf16_ulp = 2.0**-8  # relative rounding of one bfloat16 value
     np.testing.assert_allclose(np.float32(mean), mean32, rtol=bf16_ulp)
@@ -259,11 +259,25 @@ def test_batchnorm_relu_in_bfloat16_is_the_float32_result_rounded():
     # out: the statistics' and the result's rounding, relative to its scale
     out_error = np.abs(np.float32(out) - out32).max() / np.abs(out32).max()
     assert out_error < 4 * bf16_ulp
-    # The gradients also differ where a pre-activation within that rounding of 0 flips the
-    # relu mask (a few of 53,280 values): close in norm, to a few bfloat16 roundings.
-    for name, got, want in zip(("dx", "dgamma", "dbeta"), grads, grads32, strict=True):
+    # A pre-activation within that rounding of 0 may flip the relu mask (a few of 53,280
+    # values), and a flipped unit's whole gradient differs. So the gradients are compared
+    # with float32 autodiff of batchnorm-relu that keeps the units bfloat16's forward kept:
+    # within bfloat16 rounding in norm (they are ~½ ulp off; a flipped unit alone is ~5 ulp).
+    mask = np.float32(out) > 0
+    assert (mask != (np.asarray(out32) > 0)).mean() < 1e-3
+
+    def masked(x, gamma, beta):
+        mean = x.mean(axis=(0, 1, 2))
+        var = ((x - mean) ** 2).mean(axis=(0, 1, 2))
+        z = gamma * (x - mean) / jnp.sqrt(var + 1e-5) + beta
+        return jnp.where(mask, z, 0.0), mean, var
+
+    as32 = [a.astype(jnp.float32) for a in args]
+    _, masked_vjp = jax.vjp(masked, *as32[:3])
+    wants = masked_vjp(tuple(as32[3:]))
+    for name, got, want in zip(("dx", "dgamma", "dbeta"), grads, wants, strict=True):
         error = np.linalg.norm(np.float32(got) - want) / np.linalg.norm(want)
-        assert error < 4 * bf16_ulp, (name, error)
+        assert error < 2 * bf16_ulp, (name, error)
 
 
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.float64])

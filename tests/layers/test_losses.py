@@ -15,8 +15,15 @@ from tests.helpers import assert_vjp_proven, normal
 def test_loss_vjp_matches_autodiff_and_finite_differences(name, n, k):
     scores = normal(0, n, k) * 2.0
     y = jax.random.randint(jax.random.PRNGKey(1), (n,), 0, k)
+    # numeric_tol: the elementwise relative error of centred differences reaches a few 1e-7
+    # on entries of the gradient near zero.
     assert_vjp_proven(
-        getattr(L, name), getattr(R, name), (scores, y), names=("scores", "y"), argnums=(0,)
+        getattr(L, name),
+        getattr(R, name),
+        (scores, y),
+        names=("scores", "y"),
+        argnums=(0,),
+        numeric_tol=1e-6,
     )
 
 
