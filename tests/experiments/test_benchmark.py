@@ -137,19 +137,18 @@ def test_hvp_step_times_the_same_hessian_vector_product_for_jcnn_and_its_twin(tm
     norm is what the record's loss holds), and torch impls are refused in one line."""
     out = tmp_path / "bench.json"
     proc = _run(
-        ["--tiny", "--models=vgg,airbench", "--impls=jcnn,reference", "--step=hvp",
+        ["--tiny", "--models=airbench", "--impls=jcnn,reference", "--step=hvp",
          "--rounds=1", "--repeats=2", "--warmup=0", "--quiet_max_wait=0", f"--json_out={out}"]
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "one step = a Hessian-vector product" in proc.stdout
     data = json.loads(out.read_text())
     assert data["meta"]["step"] == "hvp"
-    for model in ("vgg", "airbench"):
-        runs = {r["impl"]: r for r in data["runs"] if r["model"] == model}
-        for impl in ("jcnn", "reference"):
-            _check_record(runs[impl], model=model, impl=impl, repeats=2)
-        norm = runs["reference"]["first_loss"]
-        assert norm > 0 and runs["jcnn"]["first_loss"] == pytest.approx(norm, rel=1e-3)
+    runs = {r["impl"]: r for r in data["runs"]}
+    for impl in ("jcnn", "reference"):
+        _check_record(runs[impl], model="airbench", impl=impl, repeats=2)
+    norm = runs["reference"]["first_loss"]
+    assert norm > 0 and runs["jcnn"]["first_loss"] == pytest.approx(norm, rel=1e-3)
     refused = _run(["--tiny", "--models=vgg", "--impls=jcnn,solver", "--step=hvp"])
     assert refused.returncode != 0
     assert "--step=hvp times JAX steps only" in refused.stderr
@@ -190,20 +189,17 @@ def test_jcnn_xla_is_jcnn_with_the_compiled_kernel_off(tmp_path):
     )
 
 
-def test_bf16_impls_compute_in_bfloat16_and_no_onednn_turns_only_the_convolutions_off(tmp_path):
+@pytest.mark.xdist_group("airbench_benchmark")
+def test_bf16_impls_compute_in_bfloat16_and_no_onednn_turns_only_the_convolutions_off(
+    airbench_run,
+):
     """``jcnn_bf16`` trains the same model with the network in bfloat16 (its first loss is
     float32's to bfloat16 precision, not equal); ``jcnn_no_onednn`` keeps jcnn's other
     kernels; ``torch_bf16`` runs under autocast when torch is there."""
-    out = tmp_path / "bench.json"
-    impls = "jcnn,jcnn_bf16,jcnn_no_onednn" + (",torch,torch_bf16" if HAVE_TORCH else "")
-    proc = _run(
-        ["--tiny", "--models=airbench", f"--impls={impls}", "--rounds=1", "--repeats=2",
-         "--warmup=0", "--quiet_max_wait=0", f"--json_out={out}"]
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "| airbench | 4 | jcnn_bf16/jcnn |" in proc.stdout
-    assert "| airbench | 4 | jcnn/jcnn_no_onednn |" in proc.stdout
-    runs = {r["impl"]: r for r in json.loads(out.read_text())["runs"]}
+    stdout, data = airbench_run
+    assert "| airbench | 4 | jcnn_bf16/jcnn |" in stdout
+    assert "| airbench | 4 | jcnn/jcnn_no_onednn |" in stdout
+    runs = {r["impl"]: r for r in data["runs"]}
     assert runs["jcnn_no_onednn"]["platform"]["jcnn_onednn"] == "opted-out"
     assert runs["jcnn_no_onednn"]["platform"]["jcnn_native"] != "opted-out"
     assert runs["jcnn_no_onednn"]["first_loss"] == pytest.approx(
@@ -212,7 +208,7 @@ def test_bf16_impls_compute_in_bfloat16_and_no_onednn_turns_only_the_convolution
     bf16, f32 = runs["jcnn_bf16"]["first_loss"], runs["jcnn"]["first_loss"]
     assert bf16 != f32 and bf16 == pytest.approx(f32, rel=2e-2)
     if HAVE_TORCH:
-        assert "| airbench | 4 | jcnn_bf16/torch_bf16 |" in proc.stdout
+        assert "| airbench | 4 | jcnn_bf16/torch_bf16 |" in stdout
         t16, t32 = runs["torch_bf16"]["first_loss"], runs["torch"]["first_loss"]
         assert t16 != t32 and t16 == pytest.approx(t32, rel=2e-2)
 
@@ -410,23 +406,35 @@ def test_torch_vgg_has_the_seed_layers():
 # ------------------------------------------------------------------ airbench
 
 
-def test_airbench_end_to_end_tiny(tmp_path):
-    """airbench beside the jcnn impls (and torch): one worker each, the table and the JSON."""
-    impls = ["jcnn", "reference", "jcnn_no_native"] + (["torch"] if HAVE_TORCH else [])
-    out = tmp_path / "bench.json"
+AIRBENCH_IMPLS = ["jcnn", "reference", "jcnn_no_native", "jcnn_bf16", "jcnn_no_onednn"] + (
+    ["torch", "torch_bf16"] if HAVE_TORCH else []
+)
+
+
+@pytest.fixture(scope="module")
+def airbench_run(tmp_path_factory) -> tuple[str, dict]:
+    """One tiny airbench benchmark over every JAX impl (and torch's): ``(stdout, JSON)``."""
+    out = tmp_path_factory.mktemp("bench") / "bench.json"
     proc = _run(
-        ["--tiny", "--models=airbench", f"--impls={','.join(impls)}", "--rounds=1",
+        ["--tiny", "--models=airbench", f"--impls={','.join(AIRBENCH_IMPLS)}", "--rounds=1",
          "--repeats=2", "--warmup=0", "--quiet_max_wait=0", f"--json_out={out}"]
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
-    for impl in impls:
-        assert f"| airbench | 4 | {impl} |" in proc.stdout
-    assert "| airbench | 4 | jcnn/reference |" in proc.stdout
-    assert "optimiser SGD, Nesterov momentum 0.85" in proc.stdout
-    if HAVE_TORCH:
-        assert "| airbench | 4 | jcnn/torch |" in proc.stdout
+    return proc.stdout, json.loads(out.read_text())
 
-    data = json.loads(out.read_text())
+
+@pytest.mark.xdist_group("airbench_benchmark")  # one worker, one run of the fixture
+def test_airbench_end_to_end_tiny(airbench_run):
+    """airbench beside the jcnn impls (and torch): one worker each, the table and the JSON."""
+    stdout, data = airbench_run
+    impls = AIRBENCH_IMPLS
+    for impl in impls:
+        assert f"| airbench | 4 | {impl} |" in stdout
+    assert "| airbench | 4 | jcnn/reference |" in stdout
+    assert "optimiser SGD, Nesterov momentum 0.85" in stdout
+    if HAVE_TORCH:
+        assert "| airbench | 4 | jcnn/torch |" in stdout
+
     meta = data["meta"]
     cfg = meta["models"]["airbench"]
     assert cfg["input_dim"] == [3, 12, 12] and cfg["widths"] == [4, 8, 8]
