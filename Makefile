@@ -36,7 +36,7 @@ lint: install-test
 	@$(BIN)/mkdocs build --strict --site-dir site > site.log 2>&1 || { grep -v '^INFO' site.log; exit 1; }
 
 test: lint
-	$(BIN)/pytest -n 2 --dist loadgroup
+	$(BIN)/pytest -n 2 --dist loadfile
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

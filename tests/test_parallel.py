@@ -75,10 +75,6 @@ def _assert_same_run(ref: dict, run: dict, what: str) -> None:
         assert max(errs.values()) < TOL, (what, part, errs)
 
 
-# Its tests share a module fixture: one worker runs them all (make test: --dist loadgroup).
-pytestmark = pytest.mark.xdist_group("parallel")
-
-
 @pytest.fixture(scope="module")
 def single(tmp_path_factory) -> dict:
     """One process, 4 virtual CPU devices: the same run without a mesh and on meshes of 1, 2

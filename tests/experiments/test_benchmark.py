@@ -189,7 +189,6 @@ def test_jcnn_xla_is_jcnn_with_the_compiled_kernel_off(tmp_path):
     )
 
 
-@pytest.mark.xdist_group("airbench_benchmark")
 def test_bf16_impls_compute_in_bfloat16_and_no_onednn_turns_only_the_convolutions_off(
     airbench_run,
 ):
@@ -423,7 +422,6 @@ def airbench_run(tmp_path_factory) -> tuple[str, dict]:
     return proc.stdout, json.loads(out.read_text())
 
 
-@pytest.mark.xdist_group("airbench_benchmark")  # one worker, one run of the fixture
 def test_airbench_end_to_end_tiny(airbench_run):
     """airbench beside the jcnn impls (and torch): one worker each, the table and the JSON."""
     stdout, data = airbench_run

@@ -26,10 +26,6 @@ def run_evaluate(*args: str) -> dict:
     return evaluate.run(fv)
 
 
-# Its tests share a module fixture: one worker runs them all (make test: --dist loadgroup).
-pytestmark = pytest.mark.xdist_group("evaluate")
-
-
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory, fake_cifar_dir) -> tuple[Path, dict]:
     workdir = tmp_path_factory.mktemp("run") / "vgg"
