@@ -8,16 +8,28 @@ many), chosen with ``HYPOTHESIS_PROFILE=long``.
 """
 
 import os
+import shutil
 import tempfile
-
 
 # jcnn's CPU kernel (jcnn/native) is compiled on first use: into a fresh cache for the test
 # session, inherited by the subprocesses that tests start.
+_MADE_HERE: list[str] = []
+
+
 def _fresh_folder(variable: str, prefix: str) -> None:
     """``variable`` names a new temporary folder unless it is set already (by the pytest-xdist
     controller, whose environment its workers inherit, or by the user)."""
     if variable not in os.environ:
         os.environ[variable] = tempfile.mkdtemp(prefix=prefix)
+        _MADE_HERE.append(os.environ[variable])
+
+
+def pytest_sessionfinish(session) -> None:
+    """The process that made the temporary folders removes them once every test has run (the
+    pytest-xdist controller, after its workers)."""
+    if not hasattr(session.config, "workerinput"):
+        for folder in _MADE_HERE:
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 _fresh_folder("JCNN_CACHE_DIR", "jcnn-test-cache-")
