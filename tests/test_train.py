@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from jcnn.models import ThreeLayerConvNet, VGGNet
-from jcnn.optim import make_optimizer
+from jcnn.optim import make_optimizer, make_schedule
 from jcnn.solver import Solver
 from jcnn.train import (
     Lookahead,
@@ -51,21 +51,23 @@ def test_the_solver_is_these_pieces_loss_for_loss():
     data = synthetic_data(100, 20, shape=SHAPE)
     solver = Solver(
         MODEL, data, update_rule="adam", optim_config={"learning_rate": 1e-3}, batch_size=20,
-        num_epochs=1, seed=3, verbose=False, num_train_samples=None,
+        num_epochs=1, seed=3, verbose=False, num_train_samples=None, select_best=False,
     )  # fmt: skip
-    optimizer, _ = make_optimizer("adam", {"learning_rate": 1e-3})
+    schedule = make_schedule(1e-3, iterations_per_epoch=5, num_iterations=5)  # lr_decay=1
+    optimizer, _ = make_optimizer("adam", {"learning_rate": 1e-3}, schedule)
     state = create_train_state(MODEL, optimizer, key=jax.random.key(3))
     step = make_train_step(MODEL, optimizer)
     rng = np.random.default_rng(3)
     losses = []
     for _ in range(solver.num_iterations):
         idx = rng.choice(100, 20)
-        state, metrics = step(state, (data["X_train"][idx], data["y_train"][idx]))
+        state, metrics = step(state, (solver.X_train[idx], solver.y_train[idx]))  # as held
         losses.append(float(metrics["loss"]))
     solver.train()
+    assert solver.num_iterations == 5
     assert solver.loss_history == losses
-    # the Adam moments, bit for bit (the Solver adds a schedule state beside them)
-    chex.assert_trees_all_equal(solver.opt_state[0], state.opt_state[0])
+    chex.assert_trees_all_equal(solver.params, state.params)  # bit for bit
+    chex.assert_trees_all_equal(solver.opt_state, state.opt_state)
 
 
 class _TraceCounted:
