@@ -5,6 +5,7 @@ compile). :mod:`jcnn.train` re-exports these names, beside the train step they p
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, cast
 
@@ -20,6 +21,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "EvalStep",
+    "Predictor",
     "TestTimePredictions",
     "counted",
     "make_eval_step",
@@ -268,3 +270,95 @@ def predict_where_unsure(
     if unsure.any():
         labels[unsure] = predict(augmented_step, state, X[unsure], **run)
     return TestTimePredictions(labels, plain, unsure)
+
+
+@dataclasses.dataclass(frozen=True)
+class Predictor:
+    """One model's jitted eval steps, made once for a run, and what they answer: labels
+    (with the run's test-time augmentation or without), augmentation only where unsure,
+    accuracy.
+
+    Attributes:
+        model: the :mod:`jcnn.models` model.
+        augmented: the labels step with the run's test-time augmentation.
+        plain: the labels step without it (``augmented`` itself when there is none).
+        scores: the plain scores step (``scores=True``).
+        mesh: the steps' mesh, if any.
+        dtype: the dtype images are cast to (the parameters').
+    """
+
+    model: Any
+    augmented: EvalStep
+    plain: EvalStep
+    scores: EvalStep
+    mesh: jax.sharding.Mesh | None
+    dtype: Any
+
+    @classmethod
+    def make(
+        cls, model: Any, *, dtype: Any, compute_dtype: Any = None,
+        mesh: jax.sharding.Mesh | None = None, flip: bool = False, translate: int = 0,
+    ) -> Predictor:  # fmt: skip
+        """The steps :func:`make_eval_step` makes for these settings (see its arguments)."""
+        common = dict(compute_dtype=compute_dtype, mesh=mesh)
+        augmented = make_eval_step(
+            model, test_time_flip=flip, test_time_translate=translate, **common
+        )
+        plain = make_eval_step(model, **common) if flip or translate else augmented
+        scores = make_eval_step(model, scores=True, **common)
+        return cls(model, augmented, plain, scores, mesh, np.dtype(dtype))
+
+    def _checked(self, X: Any, batch_size: Any) -> tuple[np.ndarray, int]:
+        X = np.asarray(X)
+        self.model.check_input(X)
+        return X, check.positive_int("batch_size", batch_size)
+
+    def labels(
+        self, variables: tuple[Any, Any], X: Any, batch_size: int = 100, *, augment: bool = True
+    ) -> np.ndarray:
+        """:func:`predict` with ``variables = (params, model_state)``; ``augment=False``
+        leaves out the test-time augmentation.
+
+        Raises:
+            ValueError: ``X`` is not the model's input or ``batch_size`` not positive.
+        """
+        X, batch_size = self._checked(X, batch_size)
+        step = self.augmented if augment else self.plain
+        return predict(step, variables, X, batch_size=batch_size, mesh=self.mesh, dtype=self.dtype)
+
+    def where_unsure(
+        self, variables: tuple[Any, Any], X: Any, batch_size: int = 100, *,
+        confidence: float | None = None,
+    ) -> TestTimePredictions:  # fmt: skip
+        """:func:`predict_where_unsure` with these steps.
+
+        Raises:
+            ValueError: as :meth:`labels`, or ``confidence`` not None or in [0, 1].
+        """
+        X, batch_size = self._checked(X, batch_size)
+        return predict_where_unsure(
+            self.scores, self.augmented, variables, X, confidence=confidence,
+            batch_size=batch_size, mesh=self.mesh, dtype=self.dtype,
+        )  # fmt: skip
+
+    def accuracy(
+        self, variables: tuple[Any, Any], X: Any, y: Any, *, num_samples: int | None = None,
+        rng: np.random.Generator | None = None, batch_size: int = 100, augment: bool = True,
+    ) -> float:  # fmt: skip
+        """Fraction of ``X`` labelled ``y``; on ``num_samples`` images drawn with replacement
+        by ``rng`` when ``X`` has more.
+
+        Raises:
+            ValueError: ``X`` and ``y`` differ in length, or are empty.
+        """
+        X, y = np.asarray(X), np.asarray(y)
+        if y.ndim != 1 or X.shape[0] != y.shape[0]:
+            raise ValueError(
+                f"X and y differ in length: X has shape {X.shape}, y has shape {y.shape}"
+            )
+        if X.shape[0] == 0:
+            raise ValueError("check_accuracy needs at least one image")
+        if num_samples is not None and X.shape[0] > num_samples:
+            mask = (rng or np.random.default_rng()).choice(X.shape[0], num_samples)
+            X, y = X[mask], y[mask]
+        return float(np.mean(self.labels(variables, X, batch_size, augment=augment) == y))

@@ -45,11 +45,13 @@ from jcnn import _validate as check
 from jcnn.checkpoint import CheckpointMismatchError
 from jcnn.nonfinite import NonFiniteLossError
 from jcnn.run_state import RunField
-from jcnn.solver_settings import SettingField, SolverSettings
+from jcnn.solver_settings import ARGUMENTS, SettingField, SolverSettings
 from jcnn.train import Lookahead
 from jcnn.training_run import DATA_KEYS, TrainingRun, TrainingStopped
 
 check_epoch_batches = check.epoch_batches  # where the apps look for it
+
+_HOOKS = ("on_iteration", "on_epoch_end", "on_progress")
 
 __all__ = [
     "DATA_KEYS",
@@ -187,27 +189,7 @@ class Solver(TrainingRun):
         select_best: bool = True,
         lookahead: Lookahead | None = None,
     ):
-        super().__init__(
-            model,
-            data,
-            SolverSettings.checked(
-                update_rule=update_rule, optim_config=optim_config, lr_decay=lr_decay,
-                lr_schedule=lr_schedule, warmup_epochs=warmup_epochs, batch_size=batch_size,
-                micro_batches=micro_batches, num_epochs=num_epochs,
-                num_train_samples=num_train_samples,
-                num_val_samples=num_val_samples, print_every=print_every, verbose=verbose,
-                checkpoint_dir=checkpoint_dir, checkpoint_every=checkpoint_every,
-                checkpoint_every_s=checkpoint_every_s, keep_checkpoints=keep_checkpoints,
-                resume=resume, run_config=run_config, seed=seed, augment=augment,
-                compute_dtype=compute_dtype, test_time_flip=test_time_flip,
-                test_time_translate=test_time_translate, check_data=check_data,
-                optimizer=optimizer, schedule=schedule, sampling=sampling,
-                select_best=select_best, lookahead=lookahead,
-            ),
-            params=params,
-            state=state,
-            on_iteration=check.callables("on_iteration", on_iteration),
-            on_epoch_end=check.callables("on_epoch_end", on_epoch_end),
-            on_progress=check.callables("on_progress", on_progress),
-            mesh=mesh,
-        )  # fmt: skip
+        given = locals()
+        hooks = {name: check.callables(name, given[name]) for name in _HOOKS}
+        settings = SolverSettings.checked(**{name: given[name] for name in ARGUMENTS})
+        super().__init__(model, data, settings, params=params, state=state, mesh=mesh, **hooks)

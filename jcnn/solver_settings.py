@@ -12,7 +12,6 @@ settings that shape the run are part of a checkpoint's identity
 from __future__ import annotations
 
 import dataclasses
-import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -20,14 +19,101 @@ from typing import Any
 from jcnn import _validate as check
 from jcnn import checkpoint as ckpt
 from jcnn import optim, precision
+from jcnn.sampling import SAMPLINGS
 
-__all__ = ["SAMPLINGS", "SettingField", "SolverSettings"]
-
-SAMPLINGS = ("replacement", "epoch")
+__all__ = ["ARGUMENTS", "SAMPLINGS", "SettingField", "SolverSettings"]
 
 
-def _optional_positive_int(name: str, value: Any) -> int | None:
-    return None if value is None else check.positive_int(name, value)
+def _optional(checker: Callable[[str, Any], Any]) -> Callable[[str, Any], Any]:
+    """``checker``, letting None through."""
+    return lambda name, value: None if value is None else checker(name, value)
+
+
+def _json_or_none(name: str, value: Any) -> dict[str, Any] | None:
+    if value is None:
+        return None
+    if not isinstance(value, Mapping):
+        raise ValueError(f"{name} must be a dict or None, got {type(value).__name__}")
+    try:
+        return ckpt.to_plain_json(dict(value))
+    except TypeError as e:
+        raise ValueError(f"{name} must be JSON-able: {e}") from None
+
+
+def _function_or_none(name: str, value: Any) -> Callable | None:
+    if value is not None and not callable(value):
+        raise ValueError(f"{name} must be a function (key, X) -> X or None, got {value!r}")
+    return value
+
+
+def _true_or_false(name: str, value: Any) -> bool:
+    if value not in (True, False):
+        raise ValueError(f"{name} must be True or False, got {value!r}")
+    return bool(value)
+
+
+def _sampling(name: str, value: Any) -> str:
+    if value not in SAMPLINGS:
+        raise ValueError(f"{name} must be one of {SAMPLINGS}, got {value!r}")
+    return value
+
+
+def _optimizer(name: str, value: Any) -> Any:
+    if value is not None and not (hasattr(value, "init") and hasattr(value, "update")):
+        raise ValueError(f"{name} must be an optax transformation, got {value!r}")
+    return value
+
+
+def _schedule(name: str, value: Any) -> Callable[[Any], Any] | None:
+    if value is not None and not callable(value):
+        raise ValueError(f"{name} must be a function of the update count, got {value!r}")
+    return value
+
+
+def _as_given(name: str, value: Any) -> Any:
+    return value
+
+
+# Each Solver keyword argument's own check (argument name, value) -> the setting's value; the
+# checks between arguments are in SolverSettings.checked.
+_CHECKS: dict[str, Callable[[str, Any], Any]] = {
+    "update_rule": _as_given,  # checked with optim_config
+    "optim_config": _as_given,
+    "lr_decay": lambda n, v: check.finite_float(n, v, minimum=0.0, strict=True),
+    "lr_schedule": _as_given,  # checked with lr_decay
+    "warmup_epochs": lambda n, v: check.finite_float(n, v, minimum=0.0),
+    "batch_size": check.positive_int,
+    "micro_batches": check.positive_int,
+    "num_epochs": check.positive_int,
+    "num_train_samples": _optional(check.positive_int),
+    "num_val_samples": _optional(check.positive_int),
+    "print_every": check.positive_int,
+    "verbose": lambda n, v: bool(v),
+    "checkpoint_dir": lambda n, v: None if v is None else Path(v),
+    "checkpoint_every": _optional(check.positive_int),
+    "checkpoint_every_s": _optional(
+        lambda n, v: check.finite_float(n, v, minimum=0.0, strict=True)
+    ),
+    "keep_checkpoints": check.nonnegative_int,
+    "resume": _as_given,  # checked with checkpoint_dir
+    "run_config": _json_or_none,
+    "seed": check.seed,
+    "augment": _function_or_none,
+    "compute_dtype": lambda n, v: precision.resolve_compute_dtype(v),
+    "test_time_flip": _as_given,  # checked with test_time_translate
+    "test_time_translate": _as_given,
+    "check_data": lambda n, v: bool(v),
+    "optimizer": _optimizer,
+    "schedule": _schedule,
+    "sampling": _sampling,
+    "select_best": _true_or_false,
+    "lookahead": _as_given,
+}
+
+ARGUMENTS = tuple(_CHECKS)  # the Solver's keyword arguments that are settings
+
+# The Solver's argument names whose settings field is named otherwise.
+_FIELD_OF = {"optimizer": "custom_optimizer", "schedule": "custom_schedule"}
 
 
 class SettingField:
@@ -76,105 +162,52 @@ class SolverSettings:
     lookahead: Any
 
     @classmethod
-    def checked(
-        cls,
-        *,
-        update_rule: str,
-        optim_config: Mapping[str, Any] | None,
-        lr_decay: float,
-        lr_schedule: str,
-        warmup_epochs: float,
-        batch_size: int,
-        micro_batches: int,
-        num_epochs: int,
-        num_train_samples: int | None,
-        num_val_samples: int | None,
-        print_every: int,
-        verbose: bool,
-        checkpoint_dir: str | os.PathLike | None,
-        checkpoint_every: int | None,
-        checkpoint_every_s: float | None,
-        keep_checkpoints: int,
-        resume: bool | str,
-        run_config: Mapping[str, Any] | None,
-        seed: int,
-        augment: Callable | None,
-        compute_dtype: Any,
-        test_time_flip: bool,
-        test_time_translate: int,
-        check_data: bool,
-        optimizer: Any,
-        schedule: Callable[[Any], Any] | None,
-        sampling: str,
-        select_best: bool,
-        lookahead: Any,
-    ) -> SolverSettings:
-        """The settings the Solver's keyword arguments say, each checked.
+    def checked(cls, **arguments: Any) -> SolverSettings:
+        """The settings the Solver's keyword arguments say (every one of them, by the
+        Solver's names: ``optimizer`` and ``schedule`` become ``custom_optimizer`` and
+        ``custom_schedule``), each checked on its own, then against the others.
 
         Raises:
             ValueError: naming the first argument that is not what it must be.
+            TypeError: an argument the Solver does not take, or one missing.
         """
-        decay = check.finite_float("lr_decay", lr_decay, minimum=0.0, strict=True)
-        optim.check_schedule(lr_schedule, decay)
-        folder = None if checkpoint_dir is None else Path(checkpoint_dir)
-        if resume is True and folder is None:
+        if set(arguments) != set(_CHECKS):
+            unknown, missing = set(arguments) - set(_CHECKS), set(_CHECKS) - set(arguments)
+            raise TypeError(f"unknown settings {sorted(unknown)}, missing {sorted(missing)}")
+        v = {_FIELD_OF.get(k, k): _CHECKS[k](k, value) for k, value in arguments.items()}
+        optim.check_schedule(v["lr_schedule"], v["lr_decay"])
+        if v["resume"] is True and v["checkpoint_dir"] is None:
             raise ValueError("resume=True needs a checkpoint_dir to resume from")
-        if run_config is not None and not isinstance(run_config, Mapping):
-            raise ValueError(f"run_config must be a dict or None, got {type(run_config).__name__}")
-        try:
-            recorded = None if run_config is None else ckpt.to_plain_json(dict(run_config))
-        except TypeError as e:
-            raise ValueError(f"run_config must be JSON-able: {e}") from None
-        if augment is not None and not callable(augment):
-            raise ValueError(f"augment must be a function (key, X) -> X or None, got {augment!r}")
-        if select_best not in (True, False):
-            raise ValueError(f"select_best must be True or False, got {select_best!r}")
-        if sampling not in SAMPLINGS:
-            raise ValueError(f"sampling must be one of {SAMPLINGS}, got {sampling!r}")
-        if optimizer is not None:
-            if not hasattr(optimizer, "init") or not hasattr(optimizer, "update"):
-                raise ValueError(f"optimizer must be an optax transformation, got {optimizer!r}")
-            if schedule is not None and not callable(schedule):
-                raise ValueError(
-                    f"schedule must be a function of the update count, got {schedule!r}"
-                )
-        flip, translate = check.test_time_augmentation(test_time_flip, test_time_translate)
-        size = check.positive_int("batch_size", batch_size)
-        parts = check.positive_int("micro_batches", micro_batches)
-        if size % parts:
-            raise ValueError(f"micro_batches={parts} must divide batch_size={size}")
-        return cls(
-            update_rule=update_rule,
-            optim_config=optim.resolve_optim_config(update_rule, optim_config),
-            lr_decay=decay,
-            lr_schedule=lr_schedule,
-            warmup_epochs=check.finite_float("warmup_epochs", warmup_epochs, minimum=0.0),
-            batch_size=size,
-            micro_batches=parts,
-            num_epochs=check.positive_int("num_epochs", num_epochs),
-            num_train_samples=_optional_positive_int("num_train_samples", num_train_samples),
-            num_val_samples=_optional_positive_int("num_val_samples", num_val_samples),
-            print_every=check.positive_int("print_every", print_every),
-            verbose=bool(verbose),
-            checkpoint_dir=folder,
-            checkpoint_every=_optional_positive_int("checkpoint_every", checkpoint_every),
-            checkpoint_every_s=None
-            if checkpoint_every_s is None
-            else check.finite_float(
-                "checkpoint_every_s", checkpoint_every_s, minimum=0.0, strict=True
-            ),
-            keep_checkpoints=check.nonnegative_int("keep_checkpoints", keep_checkpoints),
-            resume=resume,
-            run_config=recorded,
-            seed=check.seed("seed", seed),
-            augment=augment,
-            compute_dtype=precision.resolve_compute_dtype(compute_dtype),
-            test_time_flip=flip,
-            test_time_translate=translate,
-            check_data=bool(check_data),
-            custom_optimizer=optimizer,
-            custom_schedule=schedule,
-            sampling=sampling,
-            select_best=bool(select_best),
-            lookahead=lookahead,
+        v["test_time_flip"], v["test_time_translate"] = check.test_time_augmentation(
+            v["test_time_flip"], v["test_time_translate"]
         )
+        if v["batch_size"] % v["micro_batches"]:
+            raise ValueError(
+                f"micro_batches={v['micro_batches']} must divide batch_size={v['batch_size']}"
+            )
+        v["optim_config"] = optim.resolve_optim_config(v["update_rule"], v["optim_config"])
+        return cls(**v)
+
+    def warmup_iterations(self, iterations_per_epoch: int) -> int:
+        """The updates ``warmup_epochs`` is."""
+        return round(self.warmup_epochs * iterations_per_epoch)
+
+    def optimizer(
+        self, iterations_per_epoch: int, num_iterations: int
+    ) -> tuple[Any, Callable[[Any], Any]]:
+        """The run's optax transformation and its learning-rate schedule: cs231n's update
+        rule and schedule (:func:`jcnn.optim.make_optimizer`, :func:`jcnn.optim.make_schedule`),
+        or the ``custom_optimizer`` and ``custom_schedule`` (NaN when none was given)."""
+        if self.custom_optimizer is not None:
+            given = self.custom_schedule
+            return self.custom_optimizer, given if given is not None else (lambda t: float("nan"))
+        schedule = optim.make_schedule(
+            self.optim_config["learning_rate"],
+            lr_schedule=self.lr_schedule,
+            lr_decay=self.lr_decay,
+            iterations_per_epoch=iterations_per_epoch,
+            num_iterations=num_iterations,
+            warmup_iterations=self.warmup_iterations(iterations_per_epoch),
+        )
+        optimizer, _ = optim.make_optimizer(self.update_rule, self.optim_config, schedule)
+        return optimizer, schedule

@@ -18,11 +18,12 @@ import numpy as np
 
 from jcnn import _validate as check
 from jcnn import checkpoint as ckpt
-from jcnn import nonfinite, optim, parallel, solver_checkpoints
-from jcnn.prediction import TestTimePredictions, predict_where_unsure
+from jcnn import nonfinite, parallel, solver_checkpoints
+from jcnn.prediction import Predictor, TestTimePredictions
 from jcnn.run_state import RunState
+from jcnn.sampling import Minibatches
 from jcnn.solver_settings import SolverSettings
-from jcnn.train import copy_tree, create_train_state, make_eval_step, make_train_step, predict
+from jcnn.train import copy_tree, create_train_state, make_train_step
 
 __all__ = ["DATA_KEYS", "TrainingRun", "TrainingStopped"]
 
@@ -128,30 +129,16 @@ class TrainingRun:
         self.X_train, self.y_train, self.X_val, self.y_val = arrays
         self._fingerprint: str | None = None
         self.num_train = self.X_train.shape[0]
-        if s.sampling == "epoch":
-            check.epoch_batches(self.num_train, s.batch_size)
-        self.iterations_per_epoch = max(self.num_train // s.batch_size, 1)
+        self._batches = Minibatches(self.num_train, s.batch_size, s.sampling, s.seed)
+        self.iterations_per_epoch = self._batches.per_epoch
         self.num_iterations = s.num_epochs * self.iterations_per_epoch
-        self.warmup_iterations = round(s.warmup_epochs * self.iterations_per_epoch)
+        self.warmup_iterations = s.warmup_iterations(self.iterations_per_epoch)
 
     def _make_optimizer(self) -> None:
-        """``optimizer`` and ``schedule``: cs231n's rule and schedule as optax objects, or
-        the given optax transformation (and its schedule, if any)."""
-        s = self.settings
-        if s.custom_optimizer is None:
-            self.schedule = optim.make_schedule(
-                s.optim_config["learning_rate"],
-                lr_schedule=s.lr_schedule,
-                lr_decay=s.lr_decay,
-                iterations_per_epoch=self.iterations_per_epoch,
-                num_iterations=self.num_iterations,
-                warmup_iterations=self.warmup_iterations,
-            )
-            self.optimizer, _ = optim.make_optimizer(s.update_rule, s.optim_config, self.schedule)
-        else:
-            given = s.custom_schedule
-            self.optimizer = s.custom_optimizer
-            self.schedule = given if given is not None else (lambda t: float("nan"))
+        """``optimizer`` and ``schedule`` (:meth:`SolverSettings.optimizer`)."""
+        self.optimizer, self.schedule = self.settings.optimizer(
+            self.iterations_per_epoch, self.num_iterations
+        )
 
     def _make_steps(self) -> None:
         """The jitted train step and eval steps (with and without test-time augmentation)."""
@@ -160,18 +147,10 @@ class TrainingRun:
             model, self.optimizer, augment=s.augment, compute_dtype=s.compute_dtype, mesh=mesh,
             lookahead=s.lookahead, micro_batches=s.micro_batches,
         )  # fmt: skip
-        self._eval_step = make_eval_step(
-            model, compute_dtype=s.compute_dtype, mesh=mesh, test_time_flip=s.test_time_flip,
-            test_time_translate=s.test_time_translate,
+        self.predictor = Predictor.make(
+            model, dtype=self._x_dtype, compute_dtype=s.compute_dtype, mesh=mesh,
+            flip=s.test_time_flip, translate=s.test_time_translate,
         )  # fmt: skip
-        self._plain_eval_step = (
-            make_eval_step(model, compute_dtype=s.compute_dtype, mesh=mesh)
-            if s.test_time_flip or s.test_time_translate
-            else self._eval_step
-        )
-        self._score_step = make_eval_step(
-            model, compute_dtype=s.compute_dtype, mesh=mesh, scores=True
-        )
         self._all_finite = jax.jit(nonfinite.all_finite)
 
     # -------------------------------------------------------------------------- state
@@ -183,7 +162,10 @@ class TrainingRun:
     @property
     def trace_counts(self) -> dict[str, int]:
         """How often each jitted step was traced (once per run each)."""
-        return {"train_step": self._train_step.traces(), "eval_step": self._eval_step.traces()}
+        return {
+            "train_step": self._train_step.traces(),
+            "eval_step": self.predictor.augmented.traces(),
+        }
 
     def _reset(self) -> None:
         """Book-keeping, as cs231n's ``_reset``: a run with nothing done yet (the current
@@ -192,7 +174,6 @@ class TrainingRun:
         self.resumed_from: dict[str, Any] | None = None
         self.last_checkpoint: Path | None = None
         self._log = nonfinite.StepLog()
-        self._order: tuple[int, np.ndarray] | None = None
         self._stop_reason: str | None = None
 
     def request_stop(self, reason: str = "stop requested") -> None:
@@ -356,7 +337,7 @@ class TrainingRun:
         """One update on a random minibatch; returns its (device) loss, queued to be read
         back later with its finite flag."""
         run = self.run
-        idx = self._next_indices()  # the same in every process
+        idx = self._batches.rows(run.iteration, run.host_rng)  # the same in every process
         rows = idx if self.mesh is None else idx[self._rows]  # this process's rows only
         batch: tuple[Any, ...] = (np.asarray(self.X_train[rows], self._x_dtype), self.y_train[rows])
         if self.mesh is not None:
@@ -369,20 +350,6 @@ class TrainingRun:
         run.iteration += 1
         self._log.add(metrics["loss"], metrics["finite"], run.iteration, idx)
         return metrics["loss"]
-
-    def _next_indices(self) -> np.ndarray:
-        """The next minibatch's rows: drawn with replacement, or (``sampling='epoch'``) the
-        next ``batch_size`` rows of this epoch's permutation (the last partial batch of an
-        epoch is left out). Epoch ``e``'s permutation comes from ``(seed, e)`` alone, so a
-        run resumed in the middle of an epoch continues it exactly."""
-        s, size = self.settings, self.settings.batch_size
-        if s.sampling == "replacement":
-            return self.run.host_rng.choice(self.num_train, size)
-        epoch, k = divmod(self.run.iteration, self.iterations_per_epoch)
-        if self._order is None or self._order[0] != epoch:
-            order = np.random.default_rng([s.seed, epoch]).permutation(self.num_train)
-            self._order = (epoch, order)
-        return self._order[1][k * size : (k + 1) * size]
 
     # ------------------------------------------------------------- non-finite values
 
@@ -454,19 +421,15 @@ class TrainingRun:
     def predict(
         self, X: Any, batch_size: int = 100, *, params=None, state=None, augment: bool = True
     ) -> np.ndarray:
-        """Predicted labels for ``X`` (test mode) by :func:`jcnn.train.predict`, with the
-        run's current ``params``/``state`` unless given; ``augment=False`` leaves out the
-        test-time flips and shifts."""
-        batch_size = check.positive_int("batch_size", batch_size)
-        self.model.check_input(np.asarray(X))
-        variables = (
-            self.params if params is None else params,
-            self.state if state is None else state,
-        )
-        step = self._eval_step if augment else self._plain_eval_step
-        return predict(
-            step, variables, X, batch_size=batch_size, mesh=self.mesh, dtype=self._x_dtype
-        )
+        """Predicted labels for ``X`` (test mode, :meth:`jcnn.prediction.Predictor.labels`),
+        with the run's current ``params``/``state`` unless given; ``augment=False`` leaves
+        out the test-time flips and shifts."""
+        variables = self._variables(params, state)
+        return self.predictor.labels(variables, X, batch_size, augment=augment)
+
+    def _variables(self, params: Any, state: Any) -> tuple[Any, Any]:
+        """``(params, state)``, the run's current ones where None."""
+        return (self.params if params is None else params, self.state if state is None else state)
 
     def test_time_predictions(
         self, X: Any, batch_size: int = 100, *, confidence: float | None = None
@@ -474,26 +437,17 @@ class TrainingRun:
         """The plain and the test-time-augmented labels of ``X`` in one pass
         (:func:`jcnn.prediction.predict_where_unsure`): with a ``confidence``, only the
         images whose plain prediction is less sure than that get the augmented views."""
-        batch_size = check.positive_int("batch_size", batch_size)
-        self.model.check_input(np.asarray(X))
-        return predict_where_unsure(
-            self._score_step, self._eval_step, (self.params, self.state), X,
-            confidence=confidence, batch_size=batch_size, mesh=self.mesh, dtype=self._x_dtype,
-        )  # fmt: skip
+        variables = (self.params, self.state)
+        return self.predictor.where_unsure(variables, X, batch_size, confidence=confidence)
 
     def check_accuracy(
-        self, X: Any, y: Any, num_samples: int | None = None, batch_size: int = 100, **kw
-    ) -> float:
-        """Fraction of ``X`` classified as ``y``; on ``num_samples`` images drawn at random
-        (with replacement, from the run's generator) when ``X`` has more."""
-        X, y = np.asarray(X), np.asarray(y)
-        if y.ndim != 1 or X.shape[0] != y.shape[0]:
-            raise ValueError(
-                f"X and y differ in length: X has shape {X.shape}, y has shape {y.shape}"
-            )
-        if X.shape[0] == 0:
-            raise ValueError("check_accuracy needs at least one image")
-        if num_samples is not None and X.shape[0] > num_samples:
-            mask = self.run.host_rng.choice(X.shape[0], num_samples)
-            X, y = X[mask], y[mask]
-        return float(np.mean(self.predict(X, batch_size, **kw) == y))
+        self, X: Any, y: Any, num_samples: int | None = None, batch_size: int = 100, *,
+        params: Any = None, state: Any = None, augment: bool = True,
+    ) -> float:  # fmt: skip
+        """Fraction of ``X`` classified as ``y`` (as :meth:`predict` labels it); on
+        ``num_samples`` images drawn at random (with replacement, from the run's generator)
+        when ``X`` has more."""
+        return self.predictor.accuracy(
+            self._variables(params, state), X, y, num_samples=num_samples,
+            rng=self.run.host_rng, batch_size=batch_size, augment=augment,
+        )  # fmt: skip

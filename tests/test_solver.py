@@ -29,7 +29,7 @@ def count_compiles(solver):
     """How many times each of the solver's jitted steps was compiled (jit cache entries)."""
     return {
         "train_step": solver._train_step._cache_size(),
-        "eval_step": solver._eval_step._cache_size(),
+        "eval_step": solver.predictor.augmented._cache_size(),
     }
 
 
