@@ -14,6 +14,7 @@ import pytest
 
 from jcnn.augment import alternating_flip_crop
 from jcnn.models import VGGNet
+from jcnn.sampling import Minibatches
 from jcnn.solver import Solver
 from jcnn.train import Lookahead
 from tests.models.util import synthetic_data
@@ -49,14 +50,16 @@ def _solver(tmp=None, **kw):
 
 def test_epoch_sampling_visits_each_image_at_most_once_per_epoch():
     solver, _ = _solver(lookahead=None)
-    seen = []
-    for _ in range(2 * solver.iterations_per_epoch):
-        seen.append(solver._next_indices())
-        solver.iteration += 1
+    batches = solver._batches  # the run's sampler (jcnn.sampling.Minibatches)
+    assert (batches.sampling, batches.per_epoch) == ("epoch", N // BATCH)
+    seen = [batches.rows(t, solver.run.host_rng) for t in range(2 * batches.per_epoch)]
     for epoch in range(2):
         rows = np.concatenate(seen[3 * epoch : 3 * epoch + 3])
         assert len(rows) == 48 and len(set(rows.tolist())) == 48
     assert not np.array_equal(seen[0], seen[3])  # a new permutation each epoch
+    # in the middle of an epoch, a new sampler (a resumed run) continues it exactly
+    fresh = Minibatches(N, BATCH, "epoch", seed=solver.seed)
+    np.testing.assert_array_equal(fresh.rows(4, np.random.default_rng(9)), seen[4])
 
 
 def test_without_a_validation_split_the_final_weights_are_the_result():
