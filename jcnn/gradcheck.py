@@ -111,6 +111,13 @@ def of_args(fn: Callable, args: Sequence, argnums: Sequence[int]) -> Callable:
     return g
 
 
+def _jitted_vjp(fn: Callable, args: Sequence, argnums: Sequence[int]) -> Callable:
+    """``(dout, *diff) -> the VJP of fn at diff`` (:func:`of_args`), compiled as one program
+    (eagerly, every operation of the forward and backward passes would compile on its own)."""
+    g = of_args(fn, args, argnums)
+    return jax.jit(lambda dout, *diff: jax.vjp(g, *diff)[1](dout))
+
+
 def check_vjp(
     f: Callable[..., jax.Array],
     twin: Callable[..., jax.Array] | None,
@@ -158,14 +165,14 @@ def check_vjp(
     names = list(names) if names is not None else [f"arg{i}" for i in range(len(args))]
 
     diff_args = [args[i] for i in argnums]
-    out, vjp_f = jax.vjp(of_args(f, args, argnums), *diff_args)
+    out = jax.eval_shape(of_args(f, args, argnums), *diff_args)
     # numpy's generator, so the cotangent never coincides with inputs drawn from jax keys.
-    dout_np = np.random.default_rng(seed).standard_normal(jnp.shape(out))
-    dout = jnp.asarray(dout_np, dtype=jnp.asarray(out).dtype)
-    grads = vjp_f(dout)
+    dout_np = np.random.default_rng(seed).standard_normal(out.shape)
+    dout = jnp.asarray(dout_np, dtype=out.dtype)
+    grads = _jitted_vjp(f, args, argnums)(dout, *diff_args)
     twin_grads = None
     if twin is not None:
-        twin_grads = jax.vjp(of_args(twin, args, argnums), *diff_args)[1](dout)
+        twin_grads = _jitted_vjp(twin, args, argnums)(dout, *diff_args)
 
     report: dict[str, dict[str, float]] = {}
     for k, i in enumerate(argnums):
