@@ -288,11 +288,12 @@ MODELS = {
 }
 
 
-# Narrower than the defaults, to keep second-order compilation short; every other setting
-# (layers, layout, kernels, batchnorm, dropout) is the default.
+# Narrower (and VGG shallower: one conv per stage, one hidden layer) than the defaults, to
+# keep second-order compilation short; every other setting (layers, layout, kernels,
+# batchnorm, dropout) is the default.
 SIZES = {
     "ThreeLayerConvNet": {},
-    "VGGNet": {"num_filters": (16, 32), "blocks": (2, 2), "hidden_dims": (32, 32)},
+    "VGGNet": {"num_filters": (16, 32), "blocks": (1, 1), "hidden_dims": (32,)},
     "AirbenchNet": {"widths": (16, 32, 32)},
 }
 
