@@ -154,7 +154,8 @@ class AirbenchRecipe(Recipe, Schedule, Translate, Cutout):
     MODEL_CLASS = "AirbenchNet"
 
     widths: tuple[int, ...] = option(
-        (64, 256, 256), "Filters of the three conv-pool-batchnorm-GELU blocks."
+        (64, 256, 256),
+        "Filters of each conv-pool-batchnorm-GELU block, one entry per block (airbench94: three).",
     )
     optimizer: str = option(
         "sgd", "'sgd': airbench94's Nesterov SGD on every group (jcnn.optim.airbench_sgd), a "

@@ -137,7 +137,7 @@ flags.DEFINE_list("vgg_hidden", _strs(VGG.hidden_dims), "VGGNet: hidden affine w
 flags.DEFINE_float("vgg_dropout", VGG.dropout, "VGGNet: dropout rate (probability of dropping).")
 flags.DEFINE_float("vgg_weight_scale", VGG.weight_scale, "VGGNet: init std.")
 flags.DEFINE_list(
-    "airbench_widths", _strs(AIRBENCH.widths), "AirbenchNet: filters of the 3 blocks."
+    "airbench_widths", _strs(AIRBENCH.widths), "AirbenchNet: filters of each block (one per block)."
 )
 flags.DEFINE_integer(
     "airbench_image_size",

@@ -5,7 +5,7 @@ single GPU"), on the hand-written layers.
 
     whitening conv k×k (frozen filters from the data, trained bias) - gelu
     [conv3×3 - 2×2 max pool - batchnorm(shift) - gelu - conv3×3 - batchnorm(shift) - gelu]
-        × 3 blocks of widths[s] filters
+        × one block per entry of widths (airbench94: 3), widths[s] filters each
     global max pool - affine (no bias) - × head_scale
 
 The convolutions have no bias (the batchnorm shift follows them); every batchnorm has its
@@ -97,7 +97,7 @@ class AirbenchNet(C.Model):
     """
 
     input_dim: tuple[int, int, int] = (3, 32, 32)
-    widths: tuple[int, int, int] = (64, 256, 256)
+    widths: tuple[int, ...] = (64, 256, 256)
     whiten_kernel: int = 2
     num_classes: int = 10
     head_scale: float = 1.0 / 9.0
@@ -116,8 +116,6 @@ class AirbenchNet(C.Model):
             raise ValueError(f"input_dim must be (C, H, W), got {self.input_dim!r}")
         C.set_field(self, "input_dim", input_dim)
         widths = C.int_tuple("widths", self.widths)
-        if len(widths) != 3:
-            raise ValueError(f"widths must have 3 entries (one per block), got {self.widths!r}")
         C.set_field(self, "widths", widths)
         C.set_field(self, "whiten_kernel", C.positive_int("whiten_kernel", self.whiten_kernel))
         C.set_field(self, "num_classes", C.positive_int("num_classes", self.num_classes))
@@ -149,7 +147,7 @@ class AirbenchNet(C.Model):
         _, h, w = self.input_dim
         h, w = h - self.whiten_kernel + 1, w - self.whiten_kernel + 1
         sizes = [(h, w)]
-        for s in range(1, 4):
+        for s in range(1, len(self.widths) + 1):
             if h < 2 or w < 2:
                 raise ValueError(
                     f"input_dim={self.input_dim} is too small: block {s} would max-pool a "
@@ -173,8 +171,8 @@ class AirbenchNet(C.Model):
         return shapes
 
     def batchnorm_layers(self) -> tuple[str, ...]:
-        """``('norm1_1', 'norm1_2', ..., 'norm3_2')``."""
-        return tuple(f"norm{s}_{a}" for s in range(1, 4) for a in (1, 2))
+        """``('norm1_1', 'norm1_2', ..., 'norm{B}_2')`` for ``B = len(widths)`` blocks."""
+        return tuple(f"norm{s}_{a}" for s in range(1, len(self.widths) + 1) for a in (1, 2))
 
     def init(self, key: jax.Array) -> tuple[dict, dict]:
         """``(params, state)`` with PyTorch's default weights, Dirac-initialised 3×3 convs,
@@ -271,7 +269,7 @@ class AirbenchNet(C.Model):
             new_state[name] = {"running_mean": rm, "running_var": rv}
             return x
 
-        for s in range(1, 4):
+        for s in range(1, len(self.widths) + 1):
             x = conv_norm(conv_norm(x, s, 1), s, 2)
         h, w = x.shape[1], x.shape[2]
         x = L.max_pool2d(x, pool_height=h, pool_width=w, stride=max(h, w), layout="NHWC")

@@ -40,6 +40,24 @@ def test_shapes_floor_pooling_and_the_state():
     assert jax.tree_util.tree_structure(new_state) == jax.tree_util.tree_structure(state)
 
 
+@pytest.mark.parametrize("widths", [(8,), (8, 16), (8, 16, 16, 32)])
+def test_one_block_per_width(widths):
+    """Shallower and deeper nets than airbench94's three blocks: one block per entry of
+    ``widths``, with the same structure, and their gradients proven."""
+    model = AirbenchNet(input_dim=(3, 32, 32), widths=widths)
+    assert len(model.block_sizes) == len(widths) + 1
+    params, state = model.init(jax.random.key(0))
+    assert set(state) == set(model.batchnorm_layers()) and len(state) == 2 * len(widths)
+    assert {f"conv{len(widths)}_2", "out"} <= set(params)
+    assert params["out"]["w"].shape == (widths[-1], 10)
+    if len(widths) == 2:
+        tiny = AirbenchNet(**{**TINY, "widths": (3, 4)})
+        X, y = float64_batch(tiny.input_dim, 6)
+        params, state = tiny.init_with_data(jax.random.key(1), X)
+        errors = assert_grads_proven(tiny, params, state, X, y, None)
+        assert len(errors) == 2 + 4 + 4 + 1
+
+
 def test_init_passes_the_first_channels_through_and_bounds_the_rest_as_pytorch():
     params, _ = AirbenchNet(widths=(16, 32, 32)).init(jax.random.key(3))
     w = np.asarray(params["conv1_1"]["w"])  # (16, 24, 3, 3): 16 Dirac filters of 24 channels
@@ -77,7 +95,8 @@ def test_whitening_filters_do_not_depend_on_the_pixel_scale():
 @pytest.mark.parametrize(
     "kwargs,match",
     [
-        (dict(widths=(64, 256)), "widths must have 3 entries"),
+        (dict(widths=()), "widths must not be empty"),
+        (dict(widths=(8, 8, 8, 8), input_dim=(3, 16, 16)), "too small: block 4"),
         (dict(head_scale=0.0), "head_scale"),
         (dict(input_dim=(3, 8, 8)), "too small"),
         (dict(bn_momentum=1.5), "bn_momentum"),
