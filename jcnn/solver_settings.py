@@ -189,7 +189,14 @@ class SolverSettings:
         return cls(**v)
 
     def warmup_iterations(self, iterations_per_epoch: int) -> int:
-        """The updates ``warmup_epochs`` is."""
+        """The number of updates ``warmup_epochs`` makes at ``iterations_per_epoch``, rounded.
+
+        Args:
+            iterations_per_epoch: the run's updates per epoch.
+
+        Returns:
+            ``round(warmup_epochs * iterations_per_epoch)``.
+        """
         return round(self.warmup_epochs * iterations_per_epoch)
 
     def optimizer(
@@ -197,7 +204,15 @@ class SolverSettings:
     ) -> tuple[Any, Callable[[Any], Any]]:
         """The run's optax transformation and its learning-rate schedule: cs231n's update
         rule and schedule (:func:`jcnn.optim.make_optimizer`, :func:`jcnn.optim.make_schedule`),
-        or the ``custom_optimizer`` and ``custom_schedule`` (NaN when none was given)."""
+        or the ``custom_optimizer`` and ``custom_schedule`` (NaN when none was given).
+
+        Args:
+            iterations_per_epoch: the run's updates per epoch (the per-epoch decay, warm-up).
+            num_iterations: the run's updates in all (the cosine schedule's length).
+
+        Returns:
+            ``(optimizer, schedule)``: an optax transformation and ``t -> learning rate``.
+        """
         if self.custom_optimizer is not None:
             given = self.custom_schedule
             return self.custom_optimizer, given if given is not None else (lambda t: float("nan"))

@@ -16,6 +16,7 @@ from jcnn.checkpoint import IDENTITY_DEFAULTS, config_differences, load_checkpoi
 from jcnn.models import FullyConnectedNet, ThreeLayerConvNet, VGGNet
 from jcnn.optim import make_optimizer, make_schedule, resolve_optim_config
 from jcnn.solver import Solver
+from jcnn.solver_settings import ARGUMENTS, SolverSettings
 from tests.models.util import synthetic_data
 
 SHAPE = (3, 8, 8)
@@ -371,6 +372,30 @@ def test_bad_input_is_caught_before_any_work(monkeypatch, data, kwargs, match):
     monkeypatch.setattr(jax, "jit", no_work)
     with pytest.raises(ValueError, match=match):
         Solver(SMALL, data, **kwargs)
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"micro_batches": 3, "batch_size": 10}, "micro_batches=3 must divide batch_size=10"),
+        ({"resume": True}, "resume=True needs a checkpoint_dir"),
+        ({"run_config": {"f": object()}}, "run_config must be JSON-able"),
+        ({"sampling": "shuffle"}, "sampling must be one of"),
+        ({"select_best": "yes"}, "select_best must be True or False"),
+        ({"optimizer": "adam"}, "optimizer must be an optax transformation"),
+        ({"schedule": 0.1}, "schedule must be a function"),
+        ({"checkpoint_every_s": 0}, "checkpoint_every_s"),
+    ],
+)
+def test_each_setting_and_each_pair_of_settings_is_checked(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        Solver(SMALL, _data(), **kwargs)
+
+
+def test_settings_name_an_unknown_or_missing_argument():
+    given = {name: None for name in ARGUMENTS if name != "seed"}
+    with pytest.raises(TypeError, match=r"unknown settings \['sed'\], missing \['seed'\]"):
+        SolverSettings.checked(**given, sed=0)
 
 
 def test_check_accuracy_and_predict_check_their_input():
