@@ -11,8 +11,6 @@ import os
 import shutil
 import tempfile
 
-# jcnn's CPU kernel (jcnn/native) is compiled on first use: into a fresh cache for the test
-# session, inherited by the subprocesses that tests start.
 _MADE_HERE: list[str] = []
 
 
@@ -32,6 +30,8 @@ def pytest_sessionfinish(session) -> None:
             shutil.rmtree(folder, ignore_errors=True)
 
 
+# jcnn's CPU kernels (jcnn/native) are compiled on first use: into a fresh cache for the test
+# session, inherited by the subprocesses that tests start.
 _fresh_folder("JCNN_CACHE_DIR", "jcnn-test-cache-")
 
 # Compiling is most of a test's time (small programs, run once or twice), so for the test
@@ -39,8 +39,8 @@ _fresh_folder("JCNN_CACHE_DIR", "jcnn-test-cache-")
 # - XLA compiles for speed of compiling: LLVM's expensive passes off, LLVM at -O1, XLA's
 #   older loop emitters for fusions (the slowest second-order test 25 -> 18 s alone, random
 #   draws' kernels 6x faster to compile; the HLO passes, which tests inspect, run as usual,
-#   and the code runs within ~20% of the default's: -O0 runs ~8x
-#   slower, which the finite-difference tests feel);
+#   and the code runs within ~20% of the default's: -O0 runs ~8x slower, which the
+#   finite-difference tests feel);
 # - JAX's persistent compilation cache is on, in a fresh folder, so the apps and workers that
 #   tests start, and the two pytest-xdist workers, compile each program once between them.
 _FAST_COMPILE = (
