@@ -50,6 +50,19 @@ def relu(x: jax.Array) -> jax.Array:
     return jnp.where(x > 0, x, jnp.zeros_like(x))
 
 
+def residual_add(x: jax.Array, skip: jax.Array) -> jax.Array:
+    """Twin of :func:`jcnn.layers.residual_add`: ``x + skip``.
+
+    Args:
+        x: the block's output.
+        skip: the block's input, x's shape.
+
+    Returns:
+        ``x + skip``.
+    """
+    return x + skip
+
+
 def conv2d(x, w, b, *, stride=1, pad=0, impl=None, layout="NCHW") -> jax.Array:
     """Twin of :func:`jcnn.layers.conv2d`: one ``lax.conv_general_dilated``.
 

@@ -41,6 +41,7 @@ RESUME_CHOICES = (True, False, "auto")
 # Settings added after checkpoints were first made: one a checkpoint lacks had this value.
 IDENTITY_DEFAULTS: dict[str, Any] = {
     "model.label_smoothing": 0.0,
+    "model.convs_per_block": 2,
     "solver.lr_schedule": "exponential",
     "solver.warmup_epochs": 0.0,
     "solver.compute_dtype": None,

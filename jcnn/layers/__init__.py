@@ -57,6 +57,7 @@ from jcnn.layers.pool import (
     max_pool_forward_naive,
 )
 from jcnn.layers.relu import relu, relu_backward, relu_forward
+from jcnn.layers.residual import residual_add, residual_add_backward, residual_add_forward
 from jcnn.layers.sandwich import (
     affine_bn_relu,
     affine_relu,
@@ -110,6 +111,9 @@ __all__ = [
     "relu",
     "relu_backward",
     "relu_forward",
+    "residual_add",
+    "residual_add_backward",
+    "residual_add_forward",
     "softmax_loss",
     "softmax_loss_backward",
     "softmax_loss_forward",

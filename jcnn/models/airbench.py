@@ -8,6 +8,11 @@ single GPU"), on the hand-written layers.
         × one block per entry of widths (airbench94: 3), widths[s] filters each
     global max pool - affine (no bias) - × head_scale
 
+With ``convs_per_block = n > 2`` (airbench96: 3) each block has n convolutions, and the
+output of the first (after its pool, batchnorm and GELU) is added to that of the last
+(:func:`jcnn.layers.residual_add`): a residual connection over the n − 1 convolutions that
+keep the block's width and size.
+
 The convolutions have no bias (the batchnorm shift follows them); every batchnorm has its
 scale fixed at 1 (:func:`jcnn.layers.batchnorm_gelu`). Max pools floor: a 31 × 31 map pools to
 15 × 15, the last row and column dropped.
@@ -84,7 +89,7 @@ class AirbenchNet(C.Model):
 
         params['whiten']     = {'w': (2·C·k², C, k, k), 'b': (2·C·k²,)}
         params['conv{s}_1']  = {'w': (widths[s-1], C_in, 3, 3)}      (no bias)
-        params['conv{s}_2']  = {'w': (widths[s-1], widths[s-1], 3, 3)}
+        params['conv{s}_{a}'] = {'w': (widths[s-1], widths[s-1], 3, 3)}  a = 2..convs_per_block
         params['norm{s}_{a}'] = {'beta': (widths[s-1],)}              (no scale)
         params['out']        = {'w': (widths[-1], num_classes)}       (no bias)
         state['norm{s}_{a}'] = {'running_mean', 'running_var'}
@@ -98,6 +103,7 @@ class AirbenchNet(C.Model):
 
     input_dim: tuple[int, int, int] = (3, 32, 32)
     widths: tuple[int, ...] = (64, 256, 256)
+    convs_per_block: int = 2
     whiten_kernel: int = 2
     num_classes: int = 10
     head_scale: float = 1.0 / 9.0
@@ -117,6 +123,10 @@ class AirbenchNet(C.Model):
         C.set_field(self, "input_dim", input_dim)
         widths = C.int_tuple("widths", self.widths)
         C.set_field(self, "widths", widths)
+        n = C.positive_int("convs_per_block", self.convs_per_block)
+        if n < 2:
+            raise ValueError(f"convs_per_block must be an int >= 2, got {self.convs_per_block!r}")
+        C.set_field(self, "convs_per_block", n)
         C.set_field(self, "whiten_kernel", C.positive_int("whiten_kernel", self.whiten_kernel))
         C.set_field(self, "num_classes", C.positive_int("num_classes", self.num_classes))
         scale = float(self.head_scale)
@@ -165,14 +175,17 @@ class AirbenchNet(C.Model):
         shapes: dict[str, tuple[int, ...]] = {"whiten": (c_in, c, k, k)}
         for s, width in enumerate(self.widths, start=1):
             shapes[f"conv{s}_1"] = (width, c_in, 3, 3)
-            shapes[f"conv{s}_2"] = (width, width, 3, 3)
+            for a in range(2, self.convs_per_block + 1):
+                shapes[f"conv{s}_{a}"] = (width, width, 3, 3)
             c_in = width
         shapes["out"] = (c_in, self.num_classes)
         return shapes
 
     def batchnorm_layers(self) -> tuple[str, ...]:
-        """``('norm1_1', 'norm1_2', ..., 'norm{B}_2')`` for ``B = len(widths)`` blocks."""
-        return tuple(f"norm{s}_{a}" for s in range(1, len(self.widths) + 1) for a in (1, 2))
+        """``('norm1_1', 'norm1_2', ..., 'norm{B}_{n}')`` for ``B = len(widths)`` blocks of
+        ``n = convs_per_block`` convolutions."""
+        convs = range(1, self.convs_per_block + 1)
+        return tuple(f"norm{s}_{a}" for s in range(1, len(self.widths) + 1) for a in convs)
 
     def init(self, key: jax.Array) -> tuple[dict, dict]:
         """``(params, state)`` with PyTorch's default weights, Dirac-initialised 3×3 convs,
@@ -201,7 +214,7 @@ class AirbenchNet(C.Model):
         params["whiten"]["b"] = jnp.zeros((shapes["whiten"][0],), self.dtype)
         state = {}
         for s, width in enumerate(self.widths, start=1):
-            for a in (1, 2):
+            for a in range(1, self.convs_per_block + 1):
                 params[f"norm{s}_{a}"] = {"beta": jnp.zeros((width,), self.dtype)}
                 state[f"norm{s}_{a}"] = C.bn_state(width, self.dtype)
         return params, state
@@ -270,7 +283,11 @@ class AirbenchNet(C.Model):
             return x
 
         for s in range(1, len(self.widths) + 1):
-            x = conv_norm(conv_norm(x, s, 1), s, 2)
+            x = skip = conv_norm(x, s, 1)
+            for a in range(2, self.convs_per_block + 1):
+                x = conv_norm(x, s, a)
+            if self.convs_per_block > 2:
+                x = L.residual_add(x, skip)
         h, w = x.shape[1], x.shape[2]
         x = L.max_pool2d(x, pool_height=h, pool_width=w, stride=max(h, w), layout="NHWC")
         w_out = params["out"]["w"]

@@ -100,9 +100,8 @@ def test_overfit_small_and_best_flagfiles_parse():
 def test_every_config_file_is_a_known_flagfile():
     names = sorted(p.name for p in CONFIGS.glob("*.cfg"))
     assert names == [
-        "airbench94.cfg", "airbench94_muon.cfg", "overfit_small.cfg", "three_layer_seed.cfg",
-        "vgg_best.cfg",
-        "vgg_seed.cfg",
+        "airbench94.cfg", "airbench94_muon.cfg", "airbench94_muon_fast.cfg", "overfit_small.cfg",
+        "three_layer_seed.cfg", "vgg_best.cfg", "vgg_seed.cfg",
     ]  # fmt: skip
 
 
@@ -113,6 +112,14 @@ def test_the_airbench_flagfile_parses_with_its_app():
     muon = config(airbench_cifar, f"--flagfile={CONFIGS / 'airbench94_muon.cfg'}")
     assert muon["optimizer"] == "muon" and muon["batch_size"] == 2000
     assert muon["lookahead_every"] == 0 and muon["num_epochs"] == 10
+
+
+def test_the_airbench_app_builds_residual_blocks_from_a_flag():
+    fv = parse(airbench_cifar, f"--flagfile={CONFIGS / 'airbench94.cfg'}", "--convs_per_block=3")
+    model = train_flags.recipe_from_flags(fv, airbench_cifar.RECIPE_CLASS).build_model()
+    assert model.convs_per_block == 3 and "conv3_3" in model.weight_shapes()
+    with pytest.raises(flags.IllegalFlagValueError, match="convs_per_block"):
+        parse(airbench_cifar, "--convs_per_block=1")
 
 
 def test_later_flags_override_the_flagfile():

@@ -61,6 +61,7 @@ def _cases():
         "dropout": (lambda x: L.dropout(x, key, rate=0.5, train=True), (x2,)),
         "gelu": (L.gelu, (x2,)),
         "relu": (L.relu, (x2,)),
+        "residual_add": (L.residual_add, (x2, normal(11, 4, 6))),
         "softmax_loss": (lambda s: L.softmax_loss(s, y), (w2[:4],)),
         "svm_loss": (lambda s: L.svm_loss(s, y), (w2[:4],)),
     }

@@ -92,6 +92,25 @@ def test_whitening_filters_do_not_depend_on_the_pixel_scale():
     )
 
 
+def test_three_convs_per_block_add_the_first_to_the_last():
+    """airbench96's block: three convolutions, a residual connection from the first's
+    activation over the other two; its gradients proven, and the residual really there (the
+    output changes when the skip is dropped by zeroing the first conv's share)."""
+    model = AirbenchNet(**{**TINY, "widths": (3, 4)}, convs_per_block=3)
+    assert model.batchnorm_layers() == tuple(f"norm{s}_{a}" for s in (1, 2) for a in (1, 2, 3))
+    X, y = float64_batch(model.input_dim, 6)
+    params, state = model.init_with_data(jax.random.key(1), X)
+    assert params["conv2_3"]["w"].shape == (4, 4, 3, 3)
+    errors = assert_grads_proven(model, params, state, X, y, None)
+    assert len(errors) == 2 + 6 + 6 + 1
+    plain = AirbenchNet(**{**TINY, "widths": (3, 4)})
+    plain_params = {k: v for k, v in params.items() if not k.endswith("_3")}
+    plain_state = {k: v for k, v in state.items() if not k.endswith("_3")}
+    with_skip = model.apply(params, state, X, train=True)[0]
+    without = plain.apply(plain_params, plain_state, X, train=True)[0]
+    assert not np.allclose(with_skip, without)
+
+
 @pytest.mark.parametrize(
     "kwargs,match",
     [
@@ -102,6 +121,8 @@ def test_whitening_filters_do_not_depend_on_the_pixel_scale():
         (dict(bn_momentum=1.5), "bn_momentum"),
         (dict(gelu_approximate="tanh"), "gelu_approximate"),
         (dict(layers="torch"), "layers"),
+        (dict(convs_per_block=1), "convs_per_block must be an int >= 2"),
+        (dict(convs_per_block=2.5), "convs_per_block"),
     ],
 )
 def test_bad_hyper_parameters_raise_value_error_naming_them(kwargs, match):
