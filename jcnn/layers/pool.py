@@ -9,7 +9,9 @@ first (row-major) position holding the window's maximum; overlapping windows add
 - ``fast``: one strided view per window tap, a running max/argmax over the taps (saved as
   int8); the backward places dout at each tap's winners with a strided pad, or, for
   square windows that tile the input (stride = window, e.g. 2×2 stride 2), broadcasts dout
-  over each window in one pass. Also NHWC.
+  over each window in one pass. Also NHWC. A bfloat16 or float16 input is compared, and its
+  gradient routed, in float32 (the same values: a maximum is one of its window's values;
+  overlapping windows' shares are summed in float32 and rounded once).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from jax import lax
 
 from jcnn.layers._binding import cache_dataclass, with_vjp
 from jcnn.layers._checks import check_choice, check_floating, check_rank, positive_int
+from jcnn.layers._widen import widened
 from jcnn.layers._windows import LAYOUTS, spatial_axes, tap, untap
 
 IMPLS = ("naive", "fast")
@@ -205,15 +208,16 @@ def max_pool_forward_fast(
     """
     h_out, w_out = check_pool_args(x, pool_height, pool_width, stride, layout)
     ph, pw, s = pool_height, pool_width, stride
-    best, idx = x[tap(0, 0, h_out, w_out, s, layout)], None
+    xw = widened(x)  # exact: the maximum is one of the values
+    best, idx = xw[tap(0, 0, h_out, w_out, s, layout)], None
     for k in range(1, ph * pw):
-        candidate = x[tap(k // pw, k % pw, h_out, w_out, s, layout)]
+        candidate = xw[tap(k // pw, k % pw, h_out, w_out, s, layout)]
         better = candidate > best
         idx = jnp.where(better, jnp.int8(k), jnp.int8(0) if idx is None else idx)
         best = jnp.where(better, candidate, best)
     if idx is None:  # a 1x1 window
         idx = jnp.zeros(best.shape, jnp.int8)
-    return best, FastPoolCache(idx, tuple(x.shape), ph, pw, s, layout)
+    return best.astype(x.dtype), FastPoolCache(idx, tuple(x.shape), ph, pw, s, layout)
 
 
 def _tiled_backward(dout, cache: FastPoolCache):
@@ -227,7 +231,9 @@ def _tiled_backward(dout, cache: FastPoolCache):
     taps = [1] * 6
     taps[h_axis + 1], taps[w_axis + 2] = ph, pw
     k = jnp.arange(ph * pw, dtype=cache.argmax.dtype).reshape(taps)
-    dx = jnp.where(expand(cache.argmax) == k, expand(dout), jnp.zeros((), dout.dtype))
+    dw = widened(dout)
+    dx = jnp.where(expand(cache.argmax) == k, expand(dw), jnp.zeros((), dw.dtype))
+    dx = dx.astype(dout.dtype)
     shape = list(dout.shape)
     shape[h_axis] *= ph
     shape[w_axis] *= pw
@@ -251,13 +257,14 @@ def max_pool_backward_fast(dout, cache: FastPoolCache):
     ph, pw, s, layout = cache.pool_height, cache.pool_width, cache.stride, cache.layout
     if s == ph == pw:
         return (_tiled_backward(dout, cache),)
-    zero = jnp.zeros_like(dout)
+    dw = widened(dout)  # overlapping windows' shares summed in float32, rounded once
+    zero = jnp.zeros_like(dw)
     dx = None
     for k in range(ph * pw):
-        routed = jnp.where(cache.argmax == k, dout, zero)
+        routed = jnp.where(cache.argmax == k, dw, zero)
         part = untap(routed, k // pw, k % pw, cache.x_shape, s, layout)
         dx = part if dx is None else dx + part
-    return (dx,)
+    return (dx.astype(dout.dtype),)
 
 
 # ------------------------------------------------------------------------------ public API

@@ -120,3 +120,44 @@ def test_batchnorm_gelu_bad_input_raises_value_error_naming_it(kwargs, args, mat
 def test_batchnorm_gelu_on_an_empty_training_batch_raises_naming_x():
     with pytest.raises(ValueError, match="x has no values"):
         L.batchnorm_gelu(jnp.ones((0, 3)), jnp.zeros(3), jnp.zeros(3), jnp.ones(3), train=True)
+
+
+@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16])
+@pytest.mark.parametrize("train", [True, False])
+def test_batchnorm_gelu_in_16_bit_is_the_float32_result_rounded_once(dtype, train):
+    """A 16-bit input is computed in float32 inside the layer, forward and backward: its
+    output and dx are the float32 layer's on the same values, each rounded once (within one
+    unit in the last place of the 16-bit type, where a float32 sum taken in another order can
+    land on the other side of a rounding boundary)."""
+    f32 = jnp.float32
+    x = (normal(0, 8, 5, 5, 6, dtype=f32) * 3 + 1).astype(dtype)
+    dout = normal(1, 8, 5, 5, 6, dtype=f32).astype(dtype)
+    beta, rm, rv = normal(2, 6, dtype=f32), normal(3, 6, dtype=f32), jnp.full((6,), 2.0, f32)
+    zeros = jnp.zeros((6,), f32)
+
+    @jax.jit
+    def forward_backward(x, dout):
+        (out, _, _), cache = L.batchnorm_gelu_forward(
+            x, beta, rm, rv, train=train, eps=1e-5, axis=3
+        )
+        dx = L.batchnorm_gelu_backward((dout, zeros.astype(x.dtype), zeros.astype(x.dtype)), cache)
+        return out, dx[0]
+
+    out, dx = forward_backward(x, dout)
+    out32, dx32 = forward_backward(x.astype(f32), dout.astype(f32))
+    assert out.dtype == dx.dtype == dtype
+    ulp = float(jnp.finfo(dtype).eps)
+    for got, want in ((out, out32), (dx, dx32)):
+        rounded = np.asarray(want.astype(dtype), np.float32)
+        np.testing.assert_allclose(np.asarray(got, np.float32), rounded, rtol=ulp, atol=ulp * 1e-3)
+
+
+@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16])
+def test_gelu_in_16_bit_is_the_float32_result_rounded_once(dtype):
+    x = (normal(0, 64, dtype=jnp.float32) * 3).astype(dtype)
+    out, pull = jax.vjp(L.gelu, x)
+    out32, pull32 = jax.vjp(L.gelu, x.astype(jnp.float32))
+    assert out.dtype == dtype
+    np.testing.assert_array_equal(out, out32.astype(dtype))
+    dout = jnp.ones_like(x)
+    np.testing.assert_array_equal(pull(dout)[0], pull32(dout.astype(jnp.float32))[0].astype(dtype))

@@ -77,3 +77,21 @@ def test_max_pool_nhwc_layout_matches_nchw_and_autodiff(xs, ph, pw, s):
         (x.transpose(0, 2, 3, 1),),
         names=("x",),
     )
+
+
+@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16])
+@pytest.mark.parametrize("ph, pw, s", [(2, 2, 2), (3, 3, 2)])
+def test_max_pool_in_16_bit_is_exactly_the_float32_pool(dtype, ph, pw, s):
+    """Compared and routed in float32 inside the layer: the same maxima and the same
+    gradient as the float32 pool on the same values (overlapping windows' shares summed in
+    float32 and rounded once)."""
+    x = normal(0, 2, 7, 7, 3, dtype=jnp.float32).astype(dtype)
+    pool = lambda x: L.max_pool2d(x, pool_height=ph, pool_width=pw, stride=s, layout="NHWC")  # noqa: E731
+    out, pull = jax.vjp(pool, x)
+    out32, pull32 = jax.vjp(pool, x.astype(jnp.float32))
+    assert out.dtype == dtype
+    np.testing.assert_array_equal(out, out32.astype(dtype))
+    dout = normal(1, *out.shape, dtype=jnp.float32)
+    np.testing.assert_array_equal(
+        pull(dout.astype(dtype))[0], pull32(dout.astype(dtype).astype(jnp.float32))[0].astype(dtype)
+    )
