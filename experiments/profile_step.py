@@ -3,6 +3,7 @@ r"""Where the time of one training step goes, two ways.
     python -m experiments.profile_step --models=vgg                # per layer call (default)
     python -m experiments.profile_step --models=vgg --by=op        # XLA's per-operation trace
     python -m experiments.profile_step --models=three_layer --impls=reference --by=op --top=15
+    python -m experiments.profile_step --models=airbench --compute_dtype=bfloat16   # bf16 layers
 
 Both build the same step as :mod:`experiments.benchmark`
 (:func:`~experiments.benchmark.workers.make_jax_step`, with the same flags for the model
@@ -13,10 +14,12 @@ sizes, batch size and seed) and print its median time first.
 distinct call on its own, forward + backward, on jcnn's hand-written layers and on
 :mod:`jcnn.reference` (autodiff), interleaved, with a conv layer's convolution timed alone
 beside it. Every float argument gets its gradient, the input included, so the first layer's
-row holds a dx that the step never computes. The difference to the step is what the table
-does not cover (the optimiser, the penalty, the layout changes at the model's edges) and how
-XLA schedules the whole step differently from the parts. Every figure is a plain wall-clock
-median, so on the CPU this is the budget to read.
+row holds a dx that the step never computes. ``--compute_dtype=bfloat16`` records and times
+the calls of the network computed in bfloat16 (the ``jcnn_bf16`` step of the benchmark; the
+reference's bfloat16 step is not timed, its layer calls are). The difference to the step is
+what the table does not cover (the optimiser, the penalty, the layout changes at the model's
+edges) and how XLA schedules the whole step differently from the parts. Every figure is a
+plain wall-clock median, so on the CPU this is the budget to read.
 
 ``--by=op`` traces ``--steps`` steps with ``jax.profiler`` and sums the time of every compiled
 HLO operation of one impl, grouped by kind and output shape. Read it with care: tracing slows
@@ -46,6 +49,10 @@ from experiments.benchmark.workers import make_data, make_jax_model, make_jax_st
 flags.DEFINE_enum("by", "layer", ["layer", "op"], "Per layer call, or per traced HLO operation.")
 flags.DEFINE_integer("steps", 10, "Timed steps, and with --by=op traced steps.")
 flags.DEFINE_integer("top", 30, "Rows to print (--by=op).")
+flags.DEFINE_enum(
+    "compute_dtype", "float32", ["float32", "bfloat16"],
+    "--by=layer: the dtype the network computes in (parameters stay float32).",
+)  # fmt: skip
 FLAGS = flags.FLAGS
 
 _DEFINITION = re.compile(r"^\s*(?:ROOT )?%(\S+) = (\S+?)(?:\{[^}]*\})? ([a-z-]+)\(", re.M)
@@ -117,10 +124,13 @@ def _signature(name: str, args: tuple, kwargs: dict) -> tuple:
     return name, tuple(sig(a) for a in args), tuple(sorted((k, sig(v)) for k, v in kwargs.items()))
 
 
-def record_layer_calls(net, params, state, X, y, key) -> list[LayerCall]:
-    """Run ``net.loss`` once, eagerly, with every public function of ``net.L`` wrapped to
-    record its arguments; returns the distinct calls in order. Only the model's own calls
-    are seen (a sandwich layer's inner calls are not), and the module is restored after."""
+def record_layer_calls(net, params, state, X, y, key, compute_dtype=None) -> list[LayerCall]:
+    """Run ``net.loss`` once (computed in ``compute_dtype``, None: as the model is), eagerly,
+    with every public function of ``net.L`` wrapped to record its arguments; returns the
+    distinct calls in order. Only the model's own calls are seen (a sandwich layer's inner
+    calls are not), and the module is restored after."""
+    from jcnn.precision import mixed_precision_loss
+
     module = net.L
     seen: dict[tuple, LayerCall] = {}
     originals = {name: getattr(module, name) for name in module.__all__}
@@ -139,7 +149,7 @@ def record_layer_calls(net, params, state, X, y, key) -> list[LayerCall]:
     try:
         for name, fn in originals.items():
             setattr(module, name, recording(name, fn))
-        net.loss(params, state, X, y, key=key)
+        mixed_precision_loss(net, compute_dtype)(params, state, X, y, key=key)
     finally:
         for name, fn in originals.items():
             setattr(module, name, fn)
@@ -243,19 +253,21 @@ def _profile_layers(model: str, batch: int) -> dict:
     import jax
     import jax.numpy as jnp
 
-    steps = {impl: make_jax_step(model, impl, batch) for impl in ("jcnn", "reference")}
-    step_ms = {impl: _step_ms(s[0], s[1]) for impl, s in steps.items()}
+    bf16 = FLAGS.compute_dtype == "bfloat16"
+    impls = {"jcnn": "jcnn_bf16"} if bf16 else {"jcnn": "jcnn", "reference": "reference"}
+    step_ms = {name: _step_ms(*make_jax_step(model, i, batch)[:2]) for name, i in impls.items()}
     net, _ = make_jax_model(model, "jcnn")
     params, state = net.init(jax.random.PRNGKey(FLAGS.seed))
     x_np, y_np = make_data(model, batch, FLAGS.seed)
     calls = record_layer_calls(
-        net, params, state, jnp.asarray(x_np), jnp.asarray(y_np), jax.random.PRNGKey(1)
-    )
+        net, params, state, jnp.asarray(x_np), jnp.asarray(y_np), jax.random.PRNGKey(1),
+        compute_dtype=FLAGS.compute_dtype if bf16 else None,
+    )  # fmt: skip
     rows = layer_times(calls, FLAGS.steps)
+    steps = ", ".join(f"{ms:.1f} ms on {name}" for name, ms in step_ms.items())
     print(
-        f"{model}, batch {batch}: median step {step_ms['jcnn']:.1f} ms on jcnn, "
-        f"{step_ms['reference']:.1f} ms on jcnn.reference; each layer call timed on its own, "
-        "forward + backward (ms; x: calls per step):"
+        f"{model}, batch {batch}, {FLAGS.compute_dtype}: median step {steps}; each layer call "
+        "timed on its own, forward + backward (ms; x: calls per step):"
     )
     print("| layer call | x | jcnn | reference | reference ÷ jcnn |")
     print("| --- | ---: | ---: | ---: | ---: |")
@@ -271,9 +283,14 @@ def _profile_layers(model: str, batch: int) -> dict:
     totals = {impl: per_step_ms(impl, True) for impl in ("jcnn", "reference")}
     convs = {impl: per_step_ms(impl, False) for impl in ("jcnn", "reference")}
     for impl in ("jcnn", "reference"):
+        rest = (
+            f", the rest of the step {step_ms[impl] - totals[impl]:.1f} ms"
+            if impl in step_ms
+            else ""
+        )
         print(
             f"{impl}: layer calls {totals[impl]:.1f} ms (of which convolutions "
-            f"{convs[impl]:.1f} ms), the rest of the step {step_ms[impl] - totals[impl]:.1f} ms"
+            f"{convs[impl]:.1f} ms){rest}"
         )
     return {"step_ms": step_ms, "layers": rows, "layer_total_ms": totals, "conv_ms": convs}
 
@@ -337,6 +354,8 @@ def main(argv):
         impls = FLAGS.impls if FLAGS["impls"].present else ["jcnn"]
         if len(impls) != 1 or impls[0] not in ("jcnn", "reference"):
             raise app.UsageError(f"--by=op takes exactly one of --impls jcnn, reference: {impls}")
+        if FLAGS.compute_dtype != "float32":
+            raise app.UsageError("--compute_dtype is for --by=layer")
         result = _profile_ops(model, impls[0], batch)
     if FLAGS.json_out:
         Path(FLAGS.json_out).write_text(

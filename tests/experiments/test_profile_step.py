@@ -84,7 +84,7 @@ def test_tiny_layer_run_prints_each_call_for_both_impls(tmp_path):
         capture_output=True, text=True, timeout=300, cwd=ROOT, env=env,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "vgg, batch 4: median step" in proc.stdout and "on jcnn.reference" in proc.stdout
+    assert "vgg, batch 4, float32: median step" in proc.stdout and "ms on reference" in proc.stdout
     assert "| layer call | x | jcnn | reference | reference ÷ jcnn |" in proc.stdout
     for row in ("| conv_bn_relu(4x8x8x3, 4x3x3x3", "|   of which conv2d |", "| max_pool2d("):
         assert row in proc.stdout
@@ -119,6 +119,24 @@ def test_record_layer_calls_counts_the_models_own_calls_and_restores_the_module(
     ]  # fmt: skip
     assert sum(counts.values()) == len(calls)  # each call once per forward pass here
     assert calls[1].args[0].shape == (2, 8, 8, 4)  # the real activations, NHWC inside
+
+
+def test_record_layer_calls_in_bfloat16_records_the_bfloat16_activations():
+    import jax
+    import jax.numpy as jnp
+
+    from jcnn.models import AirbenchNet
+
+    net = AirbenchNet(input_dim=(3, 8, 8), widths=(4,))
+    params, state = net.init(jax.random.PRNGKey(0))
+    X, y = jnp.ones((2, 3, 8, 8)), jnp.array([0, 1])
+    calls = P.record_layer_calls(
+        net, params, state, X, y, jax.random.PRNGKey(1), compute_dtype="bfloat16"
+    )
+    pools = [c for c in calls if c.name == "max_pool2d"]
+    assert pools and all(c.args[0].dtype == jnp.bfloat16 for c in pools)
+    plain = P.record_layer_calls(net, params, state, X, y, jax.random.PRNGKey(1))
+    assert all(c.args[0].dtype == jnp.float32 for c in plain if c.name == "max_pool2d")
 
 
 def test_record_layer_calls_restores_the_module_when_the_model_fails():
