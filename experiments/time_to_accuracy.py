@@ -79,14 +79,18 @@ def markdown_table(points: Sequence[dict[str, Any]]) -> str:
 
 def plot(points: Sequence[dict[str, Any]], path: str | Path) -> Path:
     """Test accuracy (TTA, ± the seeds' standard deviation) against wall time, one point per
-    row (its label in the legend), written to ``path``."""
+    row (its label in the legend), one marker shape per CPU, written to ``path``."""
     from jcnn.viz import new_figure, save_figure
 
     fig = new_figure((7.0, 4.2))
     ax = fig.add_subplot()
+    cpus = list(dict.fromkeys(p["cpu"] for p in points))
     for p in points:
         std = 100 * (p["tta_std"] or 0.0)
-        ax.errorbar(p["wall_min"], 100 * p["tta"], yerr=std, fmt="o", capsize=3, label=p["label"])
+        marker = "os^Dv"[cpus.index(p["cpu"]) % 5]
+        ax.errorbar(
+            p["wall_min"], 100 * p["tta"], yerr=std, fmt=marker, capsize=3, label=p["label"]
+        )
     ax.legend(fontsize=7, loc="best")
     ax.set_xlabel("wall time (minutes, 2 CPU cores)")
     ax.set_ylabel("CIFAR-10 test accuracy, % (TTA)")

@@ -259,11 +259,10 @@ def max_pool_backward_fast(dout, cache: FastPoolCache):
         return (_tiled_backward(dout, cache),)
     dw = widened(dout)  # overlapping windows' shares summed in float32, rounded once
     zero = jnp.zeros_like(dw)
-    dx = None
+    dx = jnp.zeros(cache.x_shape, dw.dtype)
     for k in range(ph * pw):
         routed = jnp.where(cache.argmax == k, dw, zero)
-        part = untap(routed, k // pw, k % pw, cache.x_shape, s, layout)
-        dx = part if dx is None else dx + part
+        dx = dx + untap(routed, k // pw, k % pw, cache.x_shape, s, layout)
     return (dx.astype(dout.dtype),)
 
 
