@@ -244,6 +244,7 @@ def layer_times(calls: list[LayerCall], repeats: int, rounds: int = 3) -> list[d
                     "jcnn_ms": statistics.median(samples["jcnn"]),
                     "reference_ms": statistics.median(samples["reference"]),
                     "in_total": part is call,
+                    "convolution": part.name == "conv2d",
                 }
             )
     return rows
@@ -277,11 +278,11 @@ def _profile_layers(model: str, batch: int) -> dict:
             f"| {r['reference_ms'] / r['jcnn_ms']:.2f} |"
         )
 
-    def per_step_ms(impl: str, in_total: bool) -> float:
-        return sum(r[f"{impl}_ms"] * r["per_step"] for r in rows if r["in_total"] == in_total)
+    def per_step_ms(impl: str, key: str) -> float:
+        return sum(r[f"{impl}_ms"] * r["per_step"] for r in rows if r[key])
 
-    totals = {impl: per_step_ms(impl, True) for impl in ("jcnn", "reference")}
-    convs = {impl: per_step_ms(impl, False) for impl in ("jcnn", "reference")}
+    totals = {impl: per_step_ms(impl, "in_total") for impl in ("jcnn", "reference")}
+    convs = {impl: per_step_ms(impl, "convolution") for impl in ("jcnn", "reference")}
     for impl in ("jcnn", "reference"):
         rest = (
             f", the rest of the step {step_ms[impl] - totals[impl]:.1f} ms"
