@@ -228,10 +228,10 @@ def describe_peer_loss(detail: str, process: int, processes: int) -> str:
     return f"process {1 - process}" if processes == 2 else "another process"
 
 
-def exit_peer_lost(detail: str, *, process: int, processes: int, kept: str | None) -> None:
-    """End this process of a multi-process run whose peer is gone: one line on stderr,
-    exit status 1, at once (``os._exit``: JAX's shutdown would wait for the lost process,
-    then abort). ``kept``: the run's newest checkpoint, which the same command resumes from."""
+def peer_lost_message(detail: str, *, process: int, processes: int, kept: str | None) -> str:
+    """The one line of a process of a multi-process run whose peer is gone: which one, as
+    far as ``detail`` (the error, or JAX's report) says, and ``kept``: the run's newest
+    checkpoint, which the same command resumes from."""
     first = str(detail).strip().splitlines()[0] if str(detail).strip() else "no detail"
     what = "a collective failed" if "Gloo" in first else "the coordination service failed"
     why = f"{what}: {first.rsplit(': ', 1)[-1][:80]}"
@@ -241,10 +241,17 @@ def exit_peer_lost(detail: str, *, process: int, processes: int, kept: str | Non
         if kept
         else "no checkpoint was written yet: start every process again with the same command"
     )
-    message = UsageFailure(
+    return UsageFailure(
         f"process {process} of {processes} lost "
         f"{describe_peer_loss(str(detail), process, processes)} ({why}); {saved}"
     ).code
+
+
+def exit_peer_lost(detail: str, *, process: int, processes: int, kept: str | None) -> None:
+    """End this process of a multi-process run whose peer is gone with
+    :func:`peer_lost_message` on stderr, exit status 1, at once (``os._exit``: JAX's shutdown
+    would wait for the lost process, then abort)."""
+    message = peer_lost_message(detail, process=process, processes=processes, kept=kept)
     sys.stderr.write(f"{message}\n")
     sys.stderr.flush()
     sys.stdout.flush()

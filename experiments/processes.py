@@ -1,6 +1,7 @@
 """A training app run as several processes (``--num_processes``, ``--coordinator_address``):
-starting them together (:func:`start_processes`) and what the survivors say when one of
-them dies (:func:`stop_on_peer_loss`).
+starting them together (:func:`start_processes`, each under a supervisor:
+:mod:`experiments.supervisor`) and what the survivors say when one of them dies
+(:func:`stop_on_peer_loss`).
 """
 
 from __future__ import annotations
@@ -14,14 +15,18 @@ from typing import Any
 
 import jax
 
-from experiments import errors
+from experiments import errors, supervisor
 from experiments.errors import UsageFailure
 
 
 def start_processes(config: Mapping[str, Any]) -> None:
     """``jax.distributed.initialize`` for a multi-host run (``--num_processes`` > 1, or a
     ``--coordinator_address``); a failure stops the app with one line, and so does not
-    hearing from every process within ``--coordinator_timeout`` seconds (JAX would abort)."""
+    hearing from every process within ``--coordinator_timeout`` seconds (JAX would abort).
+
+    The process that calls it first runs the same command line as a supervised child and
+    ends with its exit status (:func:`experiments.supervisor.supervise`); the child goes on
+    to initialise."""
     from jcnn.parallel import initialize_distributed
 
     n = config.get("num_processes") or 1
@@ -29,6 +34,17 @@ def start_processes(config: Mapping[str, Any]) -> None:
     if n == 1 and not address:
         return
     pid, timeout = config.get("process_id"), int(config.get("coordinator_timeout") or 300)
+    if supervisor.needed(n, address):  # this process only supervises the one that trains
+        sys.stdout.flush()
+        raise SystemExit(
+            supervisor.supervise(
+                [sys.executable, *sys.orig_argv[1:]],
+                process=int(pid or 0),
+                processes=n,
+                kept=lambda: _newest_checkpoint(config),
+            )  # fmt: skip
+        )
+    supervisor.watch_supervisor()
 
     def give_up() -> None:  # JAX's own timeout aborts the process with a C++ stack trace
         message = errors.UsageFailure(

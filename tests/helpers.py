@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import socket
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -63,3 +65,19 @@ def assert_same_under_jit_and_vmap(f, args, *, argnums=None):
     for k in range(len(argnums)):
         np.testing.assert_allclose(batched[k][0], first[k], rtol=1e-10, atol=1e-12)
         np.testing.assert_allclose(batched[k][1], second[k], rtol=1e-10, atol=1e-12)
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 free at the time of the call (for a local coordinator)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def reap(procs) -> None:
+    """Kill whichever of the ``subprocess.Popen`` objects ``procs`` still run, and wait for
+    every one (a test's ``finally``)."""
+    for proc in procs:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import pickle
-import socket
 import subprocess
 import sys
 import time
@@ -21,6 +20,7 @@ import numpy as np
 import pytest
 
 from jcnn import parallel
+from tests.helpers import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 WORKER = "tests._parallel_worker"
@@ -145,17 +145,11 @@ def test_bfloat16_compute_keeps_float32_params_state_and_loss(single):
 # --------------------------------------------------------------------- several hosts
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_two_processes_match_one_process_on_four_devices(single, tmp_path):
     """Two local processes with 2 virtual CPU devices each (jax.distributed.initialize on a
     loopback coordinator): the same run as one process with 4 devices."""
     out = tmp_path / "multi.pkl"
-    address = f"127.0.0.1:{_free_port()}"
+    address = f"127.0.0.1:{free_port()}"
     logs = [tmp_path / f"stderr.{pid}" for pid in (0, 1)]
     procs = []
     for pid, log in enumerate(logs):

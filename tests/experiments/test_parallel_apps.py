@@ -7,7 +7,6 @@ Each case runs the real command line in fresh interpreters with virtual CPU devi
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import time
 from pathlib import Path
@@ -15,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests.experiments.util import PYTHON, ROOT, fatal_messages, subprocess_env
+from tests.helpers import free_port, reap
 
 TINY = ["--num_train=40", "--num_val=10", "--num_test=10", "--print_every=2",
         "--num_filters=4,8", "--blocks=1,1", "--hidden_dims=8", "--num_epochs=1",
@@ -47,17 +47,11 @@ def test_bad_device_count_stops_before_the_data(tmp_path, args, message):
     assert not (tmp_path / "run").exists()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_two_processes_one_run_written_by_process_0(tmp_path, fake_cifar_dir):
     """Two processes with one device each train one run (global batch 8, 4 rows each) in
     bfloat16; only process 0 prints and writes."""
     workdir = tmp_path / "run"
-    address = f"127.0.0.1:{_free_port()}"
+    address = f"127.0.0.1:{free_port()}"
     logs = [(tmp_path / f"out.{i}", tmp_path / f"err.{i}") for i in (0, 1)]
     procs = []
     for pid, (out, err) in enumerate(logs):
@@ -167,38 +161,44 @@ def _start_two(workdir: Path, logs: list[tuple[Path, Path]], address: str, *args
     return procs
 
 
+@pytest.mark.parametrize("lost", [1, 0], ids=["process 1", "the coordinator"])
 def test_a_dead_peer_ends_the_other_process_in_one_line_and_the_same_command_resumes(
-    tmp_path, fake_cifar_dir
+    tmp_path, fake_cifar_dir, lost
 ):
-    """Process 1 killed mid-run: process 0 stops at once with one line naming it and the
+    """One process killed mid-run (process 1, or process 0, whose loss JAX itself would
+    answer with an abort): the other stops at once with one line naming it and the
     checkpoint kept (no traceback, no abort, no wait for the lost process); the same two
     commands then resume the run from that checkpoint and finish it."""
-    workdir, address = tmp_path / "run", f"127.0.0.1:{_free_port()}"
+    workdir, address = tmp_path / "run", f"127.0.0.1:{free_port()}"
     args = [f"--data_dir={fake_cifar_dir}", *TINY[:-2], "--num_epochs=12", "--batch_size=8",
             "--checkpoint_every=5", "--print_every=1", "--noplot_every_epoch"]  # fmt: skip
     logs = [(tmp_path / f"out.{i}", tmp_path / f"err.{i}") for i in (0, 1)]
     procs = _start_two(workdir, logs, address, *args)
+    survivor = 1 - lost
     try:
         deadline = time.monotonic() + TIMEOUT
         while "(Iteration 12 / 60)" not in logs[0][0].read_text():
             assert time.monotonic() < deadline and procs[0].poll() is None, logs[0][1].read_text()
             time.sleep(0.1)
-        procs[1].kill()
+        procs[lost].kill()  # the supervisor the user started: its training child goes too
         killed = time.monotonic()
-        code = procs[0].wait(timeout=60)
+        code = procs[survivor].wait(timeout=60)
         took = time.monotonic() - killed
     finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-            p.wait()
-    stderr = logs[0][1].read_text()
+        reap(procs)
+    stderr = logs[survivor][1].read_text()
     assert code == 1 and took < 30 and "Traceback" not in stderr, stderr[-3000:]
+    assert "Check failure" not in stderr, stderr[-3000:]
     (message,) = fatal_messages(stderr)
-    assert message.startswith("FATAL process 0 of 2 lost process 1 (a collective failed"), message
+    assert message.startswith(f"FATAL process {survivor} of 2 lost "), message
+    assert f"process {lost}" in message, message
+    if lost == 1:
+        assert "(a collective failed" in message, message
     assert "the last checkpoint" in message and "is kept" in message, message
+    if lost == 0:  # resuming after either loss is the same
+        return
     # The same commands again: resumed from the kept checkpoint, to the end.
-    procs = _start_two(workdir, logs, f"127.0.0.1:{_free_port()}", *args)
+    procs = _start_two(workdir, logs, f"127.0.0.1:{free_port()}", *args)
     codes = [p.wait(timeout=TIMEOUT) for p in procs]
     assert codes == [0, 0], logs[0][1].read_text()[-3000:] + logs[1][1].read_text()[-3000:]
     out = logs[0][0].read_text()

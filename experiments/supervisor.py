@@ -1,0 +1,156 @@
+"""Each process of a multi-process run trains in a child of a small supervising process, so
+that losing the coordinator ends the others in one line.
+
+JAX's coordination client aborts its process (a C++ "Check failure stack trace", exit
+status 134) the moment the coordination service, which lives in process 0, goes away while
+the process is between collectives; jaxlib 0.10 offers no Python hook to do otherwise (its
+``missed_heartbeat_callback`` cannot be called from Python). So with ``--num_processes`` > 1
+the app runs its own command line again as a child (:func:`supervise`) and stays beside it:
+
+- the child's stdout is the app's; its stderr passes through line by line, except the report
+  JAX prints when it aborts on a lost peer, which is held back and replaced by one ``FATAL``
+  line naming the lost process and the checkpoint kept (exit status 1);
+- SIGINT, SIGTERM and SIGHUP reaching the supervisor are passed on to the child, once (the
+  child has a process group of its own, so a terminal's Ctrl-C does not reach it twice), and
+  the supervisor ends with the child's exit status;
+- a child whose supervisor is gone (killed) kills itself at once (:func:`watch_supervisor`),
+  as the process the user killed would have died.
+
+``JCNN_DEBUG=1`` turns the supervisor off (JAX's own report is then printed).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Sequence
+
+from experiments import errors
+
+# Set in the child's environment: the supervisor's process id.
+CHILD_ENV = "JCNN_SUPERVISOR_PID"
+FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+# The first line of the report JAX prints before aborting on a lost peer...
+_ABORT_START = re.compile(r"coordination service|JAX distributed service")
+# ...and the shapes of its lines: absl log lines ("E1207 09:11:26.161837 18393 file.cc:289]"),
+# the stack trace, gRPC's detail.
+_REPORT_LINE = re.compile(
+    r"^([EFW]\d{4} \d\d:\d\d:\d\d\.\d+ +\d+ \S+:\d+\]|\*\*\* Check failure stack trace|"
+    r"\s+@\s+0x|Additional GRPC error information|:UNKNOWN:|terminate called)"
+)
+_GRPC_MESSAGE = re.compile(r'grpc_message:"([^"]*)"')
+
+
+def needed(processes: int, coordinator_address: str | None) -> bool:
+    """Whether this process should run its training in a supervised child: a multi-process
+    run, not already the child, and ``JCNN_DEBUG`` unset."""
+    multi = processes > 1 or bool(coordinator_address)
+    return multi and CHILD_ENV not in os.environ and not errors.debug()
+
+
+def watch_supervisor() -> None:
+    """In a supervised child: a daemon thread that kills this process (SIGKILL) once its
+    supervisor is gone, checked twice a second. A no-op in any other process."""
+    supervisor = os.environ.get(CHILD_ENV)
+    if supervisor is None:
+        return
+
+    def watch() -> None:
+        while os.getppid() == int(supervisor):
+            time.sleep(0.5)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    threading.Thread(target=watch, name="jcnn-supervisor-watch", daemon=True).start()
+
+
+class _StderrFilter:
+    """The child's stderr, line by line, to ours; JAX's abort report held back."""
+
+    def __init__(self) -> None:
+        self.held: list[str] = []
+
+    def feed(self, line: str) -> None:
+        if _REPORT_LINE.match(line) and (self.held or _ABORT_START.search(line)):
+            self.held.append(line)
+            return
+        sys.stderr.write(line)
+        sys.stderr.flush()
+
+    def aborted_on_peer_loss(self) -> bool:
+        return any("detected fatal errors" in line for line in self.held)
+
+    def detail(self) -> str:
+        """What was lost, in the words :func:`experiments.errors.describe_peer_loss` reads."""
+        text = "".join(self.held)
+        grpc = _GRPC_MESSAGE.search(text)
+        return f"JAX's coordination client: {grpc.group(1) if grpc else 'fatal errors'}\n{text}"
+
+    def release(self) -> None:
+        """Print what was held back (when it did not end in a lost peer after all)."""
+        sys.stderr.write("".join(self.held))
+        sys.stderr.flush()
+        self.held.clear()
+
+
+def supervise(
+    command: Sequence[str],
+    *,
+    process: int,
+    processes: int,
+    kept: Callable[[], str | None] = lambda: None,
+) -> int:
+    """Run ``command`` (this app's command line) as a supervised child and wait for it.
+
+    Args:
+        command: the child's argv.
+        process: this process's index in the run (for the message).
+        processes: the run's number of processes.
+        kept: returns the run's newest checkpoint (None: none yet), asked only when a peer
+            was lost.
+
+    Returns:
+        The exit status to end with: the child's; 1 (after one ``FATAL`` line) when JAX
+        aborted it on a lost peer; ``128 + n`` when signal n killed it.
+    """
+    env = {**os.environ, CHILD_ENV: str(os.getpid())}
+    children: list[subprocess.Popen] = []
+    pending: list[int] = []  # signals that came before the child
+
+    def forward(signum: int, _frame: object) -> None:
+        if not children:
+            pending.append(signum)
+        elif children[0].poll() is None:
+            children[0].send_signal(signum)
+
+    previous = {s: signal.signal(s, forward) for s in FORWARDED}
+    stream = _StderrFilter()
+    try:
+        child = subprocess.Popen(
+            list(command), env=env, stderr=subprocess.PIPE, text=True, errors="replace",
+            process_group=0,
+        )  # fmt: skip
+        children.append(child)
+        for signum in pending:
+            child.send_signal(signum)
+        assert child.stderr is not None
+        for line in child.stderr:
+            stream.feed(line)
+        code = child.wait()
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    if stream.aborted_on_peer_loss() and code in (-signal.SIGABRT, 128 + signal.SIGABRT):
+        message = errors.peer_lost_message(
+            stream.detail(), process=process, processes=processes, kept=kept()
+        )
+        sys.stderr.write(f"{message}\n")
+        sys.stderr.flush()
+        return 1
+    stream.release()
+    return 128 - code if code < 0 else code

@@ -1,0 +1,201 @@
+"""The supervisor every process of a multi-process run trains under
+(:mod:`experiments.supervisor`), with stand-in children in place of JAX: what it passes on,
+what it replaces, the signals it forwards, and that a child does not outlive it."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+
+from experiments import supervisor
+from tests.experiments.util import ROOT, fatal_messages, subprocess_env
+from tests.helpers import free_port, reap
+
+# What JAX 0.10 prints when the coordination service (process 0) goes away under a process
+# that is between collectives, before it aborts.
+JAX_ABORT_REPORT = "".join(
+    f"{line}\n"
+    for line in (
+        "E1207 09:11:26.161837   18393 coordination_service_agent.cc:289] Polled an error "
+        "from coordination service (this can be an error from this or another task).",
+        "F1207 09:11:26.161877   18393 client.h:80] Terminating process because the JAX "
+        "distributed service detected fatal errors. This most likely indicates that another "
+        "task died.",
+        "Additional GRPC error information from remote target coordination_service while "
+        "calling /xla.coordination.CoordinationService/PollForError:",
+        ':UNKNOWN:Error received from peer  {grpc_status:14, grpc_message:"Socket closed"}',
+        "*** Check failure stack trace: ***",
+        "    @     0x7f7eecc40634  absl::lts_20260107::log_internal::LogMessage::SendToLog()",
+        "    @     0x7f7ee8d040ee  xla::CoordinationServiceAgent::SetError()",
+    )
+)
+
+
+def _child(body: str) -> list[str]:
+    return [sys.executable, "-c", textwrap.dedent(body)]
+
+
+def _supervise(capfd, body: str) -> tuple[int, str]:
+    code = supervisor.supervise(
+        _child(body), process=1, processes=2, kept=lambda: "run/checkpoints/ckpt_000010.npz"
+    )
+    return code, capfd.readouterr().err
+
+
+def test_jax_abort_on_a_lost_coordinator_becomes_one_fatal_line_and_exit_1(capfd):
+    code, err = _supervise(
+        capfd,
+        f"""
+        import os, sys
+        sys.stderr.write("training went on\\n")
+        sys.stderr.write({JAX_ABORT_REPORT!r}); sys.stderr.flush()
+        os.abort()
+        """,
+    )
+    assert code == 1
+    assert "training went on" in err
+    assert "Check failure" not in err and "@     0x" not in err and "E1207" not in err, err
+    (message,) = fatal_messages(err)
+    assert message.startswith("FATAL process 1 of 2 lost the coordinator (process 0)"), message
+    assert "Socket closed" in message and "ckpt_000010.npz, is kept" in message, message
+
+
+def test_a_child_that_ends_by_itself_keeps_its_status_and_every_line(capfd):
+    code, err = _supervise(
+        capfd,
+        """
+        import sys
+        sys.stderr.write("E1207 09:11:26.1 1 x.cc:1] Polled an error from coordination service\\n")
+        sys.stderr.write("FATAL process 1 of 2 lost process 0 (a collective failed: Gloo);\\n")
+        sys.stderr.write("  the last checkpoint, c.npz, is kept\\n")
+        sys.exit(3)
+        """,
+    )
+    assert code == 3
+    assert "Polled an error" in err, err
+    assert fatal_messages(err) == [
+        "FATAL process 1 of 2 lost process 0 (a collective failed: Gloo); the last checkpoint, "
+        "c.npz, is kept"
+    ], err
+
+
+def test_an_abort_that_is_not_a_lost_peer_is_reported_as_it_was(capfd):
+    code, err = _supervise(capfd, "import os; print('x', flush=True); os.abort()")
+    assert code == 128 + signal.SIGABRT and fatal_messages(err) == [], err
+
+
+def _supervised_process(body: str, process: int = 0) -> subprocess.Popen:
+    """A supervisor (a Python process running :func:`supervise`) over a child ``body``."""
+    code = (
+        "import sys; from experiments.supervisor import supervise; "
+        f"sys.exit(supervise({_child(body)!r}, process={process}, processes=2))"
+    )
+    return subprocess.Popen(
+        [sys.executable, "-c", code], cwd=ROOT, env=subprocess_env(), text=True,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_to_the_supervisor_reaches_the_child_once(signum):
+    proc = _supervised_process(
+        """
+        import signal, sys, time
+        seen = []
+        for s in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(s, lambda n, f: seen.append(n))
+        print("ready", flush=True)
+        deadline = time.monotonic() + 1.5  # time for a second copy to arrive
+        while not seen or time.monotonic() < deadline:
+            time.sleep(0.05)
+        print("signals", seen, flush=True)
+        sys.exit(128 + seen[0])
+        """
+    )
+    assert proc.stdout is not None
+    assert proc.stdout.readline().strip() == "ready"
+    proc.send_signal(signum)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 128 + signum, err
+    assert out.strip() == f"signals [{int(signum)}]", out
+
+
+def test_a_child_dies_with_its_supervisor():
+    proc = _supervised_process(
+        """
+        import os, time
+        from experiments.supervisor import watch_supervisor
+        watch_supervisor()
+        print(os.getpid(), flush=True)
+        time.sleep(60)
+        """
+    )
+    assert proc.stdout is not None
+    child = int(proc.stdout.readline())
+    proc.kill()
+    proc.wait(timeout=10)
+    deadline = time.monotonic() + 10
+    while _alive(child):
+        assert time.monotonic() < deadline, "the child outlived its supervisor"
+        time.sleep(0.1)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    status = open(f"/proc/{pid}/stat").read().split(")")[-1].split()[0]
+    return status != "Z"  # a zombie is dead, waiting for its new parent to reap it
+
+
+def test_needed_only_for_a_multi_process_run_outside_a_child(monkeypatch):
+    monkeypatch.delenv(supervisor.CHILD_ENV, raising=False)
+    monkeypatch.delenv("JCNN_DEBUG", raising=False)
+    assert supervisor.needed(2, "127.0.0.1:1234") and supervisor.needed(1, "127.0.0.1:1234")
+    assert not supervisor.needed(1, None)
+    monkeypatch.setenv(supervisor.CHILD_ENV, "1")
+    assert not supervisor.needed(2, "127.0.0.1:1234")
+    monkeypatch.delenv(supervisor.CHILD_ENV)
+    monkeypatch.setenv("JCNN_DEBUG", "1")
+    assert not supervisor.needed(2, "127.0.0.1:1234")
+
+
+def test_jax_aborting_a_process_whose_coordinator_died_ends_it_in_one_line():
+    """Real JAX: two processes of one run, process 1 idle (not in a collective, where the
+    app would catch the failure itself) when process 0 is killed: JAX aborts process 1, and
+    its supervisor says so in one line, exit status 1, within seconds."""
+    port = free_port()
+    procs = [
+        _supervised_process(
+            f"""
+            import sys, time, jax
+            from experiments.supervisor import watch_supervisor
+            watch_supervisor()
+            jax.distributed.initialize("127.0.0.1:{port}", 2, {pid}, initialization_timeout=60)
+            print("up", flush=True)
+            time.sleep(120)
+            """,
+            process=pid,
+        )
+        for pid in (0, 1)
+    ]
+    try:
+        for p in procs:
+            assert p.stdout is not None and p.stdout.readline().strip() == "up"
+        procs[0].kill()
+        killed = time.monotonic()
+        _, err = procs[1].communicate(timeout=60)
+        took = time.monotonic() - killed
+    finally:
+        reap(procs)
+    assert procs[1].returncode == 1 and took < 30, err
+    assert "Check failure" not in err and "Traceback" not in err, err
+    (message,) = fatal_messages(err)
+    assert message.startswith("FATAL process 1 of 2 lost the coordinator (process 0)"), message
