@@ -97,6 +97,7 @@ def _layer_cases():
         ("affine", L.affine, R.affine, (x2, normal(7, 5, 4), normal(8, 4))),
         ("relu", L.relu, R.relu, (x2,)),
         ("gelu", L.gelu, R.gelu, (x2,)),
+        ("residual_add", L.residual_add, R.residual_add, (x2, normal(13, 6, 5))),
         ("softmax_loss", lambda s: L.softmax_loss(s, Y), lambda s: R.softmax_loss(s, Y), (x2,)),
         ("svm_loss", lambda s: L.svm_loss(s, Y), lambda s: R.svm_loss(s, Y), (x2,)),
         (
