@@ -4,7 +4,7 @@ as values of them.
     VGGRecipe          experiments.vgg_cifar          VGG_SEED (default), VGG_BEST, OVERFIT_SMALL
     ThreeLayerRecipe   experiments.three_layer_cifar  THREE_LAYER_SEED (default)
     AirbenchRecipe     experiments.airbench_cifar     AIRBENCH94 (default), AIRBENCH94_MUON,
-                                                      AIRBENCH94_MUON_FAST
+                                                      AIRBENCH94_MUON_FAST, AIRBENCH96_MUON
 
 Each class inherits the groups of settings it uses (:mod:`experiments.config`) and adds
 its model's; the app's flags are derived from its fields and their defaults are its default
@@ -162,6 +162,10 @@ class AirbenchRecipe(Recipe, Schedule, Translate, Cutout):
         2, "Convolutions per block (airbench94: 2; airbench96: 3, the first's activation added "
         "to the last's).", lower=2, before_added=2,
     )  # fmt: skip
+    gelu_after_add: bool = option(
+        False, "With --convs_per_block > 2: each block's last GELU after its residual add "
+        "(airbench96's 2024 revision) instead of before it.", before_added=False,
+    )  # fmt: skip
     optimizer: str = option(
         "sgd", "'sgd': airbench94's Nesterov SGD on every group (jcnn.optim.airbench_sgd), a "
         "warm-up then a linear decay to 0.07; 'muon': airbench94_muon's Muon on the 3x3 "
@@ -210,7 +214,8 @@ class AirbenchRecipe(Recipe, Schedule, Translate, Cutout):
     def model_arguments(self) -> dict[str, Any]:
         return dict(
             widths=self.widths, convs_per_block=self.convs_per_block,
-            label_smoothing=self.label_smoothing, layers=self.layers,
+            gelu_after_add=self.gelu_after_add, label_smoothing=self.label_smoothing,
+            layers=self.layers,
         )  # fmt: skip
 
     def training_pieces(self, model: Any, data: Mapping[str, Any]) -> dict[str, Any]:
@@ -314,6 +319,13 @@ AIRBENCH94_MUON_FAST = dataclasses.replace(
     num_epochs=11,
 )  # fmt: skip
 
+# airbench96's wider, residual net with airbench94_muon's optimiser, cutout and 4-pixel
+# translations, in bfloat16 (airbench96_muon.cfg).
+AIRBENCH96_MUON = dataclasses.replace(
+    AIRBENCH94_MUON, widths=(128, 384, 512), convs_per_block=3, augment_pad=4, cutout=12,
+    num_epochs=34, compute_dtype="bfloat16", micro_batches=2,
+)  # fmt: skip
+
 # Every recipe class, by the app that trains it.
 RECIPE_CLASSES: dict[str, type[Recipe]] = {
     cls.APP_NAME: cls for cls in (VGGRecipe, ThreeLayerRecipe, AirbenchRecipe)
@@ -328,4 +340,5 @@ FLAGFILES: dict[str, Recipe] = {
     "airbench94.cfg": AIRBENCH94,
     "airbench94_muon.cfg": AIRBENCH94_MUON,
     "airbench94_muon_fast.cfg": AIRBENCH94_MUON_FAST,
+    "airbench96_muon.cfg": AIRBENCH96_MUON,
 }

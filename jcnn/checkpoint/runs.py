@@ -42,6 +42,7 @@ RESUME_CHOICES = (True, False, "auto")
 IDENTITY_DEFAULTS: dict[str, Any] = {
     "model.label_smoothing": 0.0,
     "model.convs_per_block": 2,
+    "model.gelu_after_add": False,
     "solver.lr_schedule": "exponential",
     "solver.warmup_epochs": 0.0,
     "solver.compute_dtype": None,

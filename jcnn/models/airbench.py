@@ -11,7 +11,10 @@ single GPU"), on the hand-written layers.
 With ``convs_per_block = n > 2`` (airbench96: 3) each block has n convolutions, and the
 output of the first (after its pool, batchnorm and GELU) is added to that of the last
 (:func:`jcnn.layers.residual_add`): a residual connection over the n − 1 convolutions that
-keep the block's width and size.
+keep the block's width and size. The last convolution's GELU comes before the add
+(airbench96 as first published) or, with ``gelu_after_add``, after it (its 2024 revision)::
+
+    ... conv3×3 - batchnorm(shift) - (+ first's output) - gelu
 
 The convolutions have no bias (the batchnorm shift follows them); every batchnorm has its
 scale fixed at 1 (:func:`jcnn.layers.batchnorm_gelu`). Max pools floor: a 31 × 31 map pools to
@@ -98,12 +101,15 @@ class AirbenchNet(C.Model):
     ``min(F, C_in)`` filters of every 3×3 conv set to the identity (a Dirac kernel per input
     channel); the whitening filters need the data: use :meth:`init_with_data`. The scores are
     ``head_scale · (features @ w_out)``. ``bn_momentum`` is the weight of the old running
-    statistics (airbench's 0.6), ``bn_eps`` airbench's 1e-12.
+    statistics (airbench's 0.6), ``bn_eps`` airbench's 1e-12. ``gelu_after_add`` (with
+    ``convs_per_block`` > 2) moves each block's last GELU after its residual add (module
+    docs).
     """
 
     input_dim: tuple[int, int, int] = (3, 32, 32)
     widths: tuple[int, ...] = (64, 256, 256)
     convs_per_block: int = 2
+    gelu_after_add: bool = False
     whiten_kernel: int = 2
     num_classes: int = 10
     head_scale: float = 1.0 / 9.0
@@ -135,8 +141,9 @@ class AirbenchNet(C.Model):
         C.set_field(self, "head_scale", scale)
         C.set_field(self, "label_smoothing", check_label_smoothing(self.label_smoothing))
         C.set_field(self, "reg", C.nonnegative_float("reg", self.reg))
-        if not isinstance(self.gelu_approximate, bool):
-            raise ValueError(f"gelu_approximate must be a bool, got {self.gelu_approximate!r}")
+        for name in ("gelu_approximate", "gelu_after_add"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be a bool, got {getattr(self, name)!r}")
         C.set_field(self, "dtype", C.float_dtype("dtype", self.dtype))
         C.choice("layers", self.layers, C.LAYERS)
         C.check_batchnorm_fields(self)
@@ -269,25 +276,33 @@ class AirbenchNet(C.Model):
         )  # fmt: skip
         new_state: dict[str, dict[str, jax.Array]] = {}
 
-        def conv_norm(x, s, a):
+        def conv_norm(x, s, a, gelu=True):
             w = params[f"conv{s}_{a}"]["w"]
             x = L.conv2d(x, w, jnp.zeros((w.shape[0],), x.dtype), pad=1, layout="NHWC")
             if a == 1:
                 x = L.max_pool2d(x, pool_height=2, pool_width=2, stride=2, layout="NHWC")
             name = f"norm{s}_{a}"
-            r = state[name]
-            x, rm, rv = L.batchnorm_gelu(
-                x, params[name]["beta"], r["running_mean"], r["running_var"], **bn
-            )
+            r, beta = state[name], params[name]["beta"]
+            if gelu:
+                x, rm, rv = L.batchnorm_gelu(x, beta, r["running_mean"], r["running_var"], **bn)
+            else:  # the same batchnorm (scale fixed at 1), no activation
+                plain = {k: v for k, v in bn.items() if k != "approximate"}
+                ones = jnp.ones_like(beta)
+                x, rm, rv = L.spatial_batchnorm(
+                    x, ones, beta, r["running_mean"], r["running_var"], **plain
+                )
             new_state[name] = {"running_mean": rm, "running_var": rv}
             return x
 
+        n, late = self.convs_per_block, self.convs_per_block > 2 and self.gelu_after_add
         for s in range(1, len(self.widths) + 1):
             x = skip = conv_norm(x, s, 1)
-            for a in range(2, self.convs_per_block + 1):
-                x = conv_norm(x, s, a)
-            if self.convs_per_block > 2:
+            for a in range(2, n + 1):
+                x = conv_norm(x, s, a, gelu=not (late and a == n))
+            if n > 2:
                 x = L.residual_add(x, skip)
+            if late:
+                x = L.gelu(x, approximate=self.gelu_approximate)
         h, w = x.shape[1], x.shape[2]
         x = L.max_pool2d(x, pool_height=h, pool_width=w, stride=max(h, w), layout="NHWC")
         w_out = params["out"]["w"]

@@ -100,8 +100,9 @@ def test_overfit_small_and_best_flagfiles_parse():
 def test_every_config_file_is_a_known_flagfile():
     names = sorted(p.name for p in CONFIGS.glob("*.cfg"))
     assert names == [
-        "airbench94.cfg", "airbench94_muon.cfg", "airbench94_muon_fast.cfg", "overfit_small.cfg",
-        "three_layer_seed.cfg", "vgg_best.cfg", "vgg_seed.cfg",
+        "airbench94.cfg", "airbench94_muon.cfg", "airbench94_muon_fast.cfg",
+        "airbench96_muon.cfg", "overfit_small.cfg", "three_layer_seed.cfg", "vgg_best.cfg",
+        "vgg_seed.cfg",
     ]  # fmt: skip
 
 
@@ -118,6 +119,10 @@ def test_the_airbench_app_builds_residual_blocks_from_a_flag():
     fv = parse(airbench_cifar, f"--flagfile={CONFIGS / 'airbench94.cfg'}", "--convs_per_block=3")
     model = train_flags.recipe_from_flags(fv, airbench_cifar.RECIPE_CLASS).build_model()
     assert model.convs_per_block == 3 and "conv3_3" in model.weight_shapes()
+    assert not model.gelu_after_add
+    fv = parse(airbench_cifar, "--convs_per_block=3", "--gelu_after_add")
+    revised = train_flags.recipe_from_flags(fv, airbench_cifar.RECIPE_CLASS).build_model()
+    assert revised.gelu_after_add
     with pytest.raises(flags.IllegalFlagValueError, match="convs_per_block"):
         parse(airbench_cifar, "--convs_per_block=1")
 

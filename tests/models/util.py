@@ -109,15 +109,16 @@ def params_dtype(params):
     return jax.tree_util.tree_leaves(params)[0].dtype
 
 
-def assert_grads_proven(model, params, state, X, y, key, *, numeric=True):
+def assert_grads_proven(model, params, state, X, y, key, *, numeric=True, step=1e-5):
     """The whole-model gradient through the hand-written layers, leaf by leaf:
 
     - equals ``jax.grad`` of the same model on :mod:`jcnn.reference` (rel_error < 1e-8,
       elementwise, as :func:`jcnn.gradcheck.rel_error`); loss and new state agree too;
-    - matches centred finite differences of the loss over every parameter (< 1e-5). Here the
-      error of a leaf is ``max|g − g_num| / max(|g| + |g_num|)``, relative to the leaf's
-      scale: a few entries of a leaf may sit near zero, where the ~1e-10 absolute error of
-      the differences (loss ≈ 2.3 in float64) would swamp an elementwise ratio.
+    - matches centred finite differences of the loss (step ``step``) over every parameter
+      (< 1e-5). Here the error of a leaf is ``max|g − g_num| / max(|g| + |g_num|)``,
+      relative to the leaf's scale: a few entries of a leaf may sit near zero, where the
+      ~1e-10 absolute error of the differences (loss ≈ 2.3 in float64) would swamp an
+      elementwise ratio.
 
     Returns ``{leaf: {'twin': err, 'numeric': err}}`` for the leaves that are not
     structurally zero.
@@ -136,7 +137,7 @@ def assert_grads_proven(model, params, state, X, y, key, *, numeric=True):
         # not a forward and a backward.
         loss = jax.jit(lambda p: model.loss(p, state, X, y, key=key)[0])
         flat, unravel = numpy_unravel(params)
-        num = leaves(unravel(centred_differences(lambda v: loss(unravel(v)), flat)))
+        num = leaves(unravel(centred_differences(lambda v: loss(unravel(v)), flat, step)))
     g, g_r = leaves(g), leaves(g_r)
     assert g.keys() == g_r.keys() == leaves(params).keys()
     errors = {}
