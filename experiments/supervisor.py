@@ -49,9 +49,12 @@ _GRPC_MESSAGE = re.compile(r'grpc_message:"([^"]*)"')
 
 def needed(processes: int, coordinator_address: str | None) -> bool:
     """Whether this process should run its training in a supervised child: a multi-process
-    run, not already the child, and ``JCNN_DEBUG`` unset."""
+    run of an app started as ``python -m experiments.<app>`` (its command line can be run
+    again), not already the child, and ``JCNN_DEBUG`` unset."""
     multi = processes > 1 or bool(coordinator_address)
-    return multi and CHILD_ENV not in os.environ and not errors.debug()
+    main = getattr(sys.modules.get("__main__"), "__spec__", None)
+    an_app = main is not None and main.name.startswith("experiments.")
+    return multi and an_app and CHILD_ENV not in os.environ and not errors.debug()
 
 
 def watch_supervisor() -> None:

@@ -4,12 +4,14 @@ what it replaces, the signals it forwards, and that a child does not outlive it.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import signal
 import subprocess
 import sys
 import textwrap
 import time
+import types
 
 import pytest
 
@@ -155,9 +157,13 @@ def _alive(pid: int) -> bool:
     return status != "Z"  # a zombie is dead, waiting for its new parent to reap it
 
 
-def test_needed_only_for_a_multi_process_run_outside_a_child(monkeypatch):
+def test_needed_only_for_a_multi_process_run_of_an_app_outside_a_child(monkeypatch):
     monkeypatch.delenv(supervisor.CHILD_ENV, raising=False)
     monkeypatch.delenv("JCNN_DEBUG", raising=False)
+    assert not supervisor.needed(2, "127.0.0.1:1234")  # pytest's command line is no app's
+    app = types.ModuleType("__main__")
+    app.__spec__ = importlib.util.find_spec("experiments.vgg_cifar")
+    monkeypatch.setitem(sys.modules, "__main__", app)
     assert supervisor.needed(2, "127.0.0.1:1234") and supervisor.needed(1, "127.0.0.1:1234")
     assert not supervisor.needed(1, None)
     monkeypatch.setenv(supervisor.CHILD_ENV, "1")
