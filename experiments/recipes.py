@@ -4,7 +4,8 @@ as values of them.
     VGGRecipe          experiments.vgg_cifar          VGG_SEED (default), VGG_BEST, OVERFIT_SMALL
     ThreeLayerRecipe   experiments.three_layer_cifar  THREE_LAYER_SEED (default)
     AirbenchRecipe     experiments.airbench_cifar     AIRBENCH94 (default), AIRBENCH94_MUON,
-                                                      AIRBENCH94_MUON_FAST, AIRBENCH96_MUON
+                                                      AIRBENCH94_MUON_FAST, AIRBENCH95_MUON,
+                                                      AIRBENCH96_MUON
 
 Each class inherits the groups of settings it uses (:mod:`experiments.config`) and adds
 its model's; the app's flags are derived from its fields and their defaults are its default
@@ -319,6 +320,13 @@ AIRBENCH94_MUON_FAST = dataclasses.replace(
     num_epochs=11,
 )  # fmt: skip
 
+# airbench95's wider net (widths 128/384/384, 15 epochs) with airbench94_muon's optimiser and
+# augmentation, in bfloat16 (airbench95_muon.cfg).
+AIRBENCH95_MUON = dataclasses.replace(
+    AIRBENCH94_MUON, widths=(128, 384, 384), num_epochs=15, compute_dtype="bfloat16",
+    micro_batches=2,
+)  # fmt: skip
+
 # airbench96's wider, residual net with airbench94_muon's optimiser, cutout and 4-pixel
 # translations, in bfloat16 (airbench96_muon.cfg).
 AIRBENCH96_MUON = dataclasses.replace(
@@ -340,5 +348,6 @@ FLAGFILES: dict[str, Recipe] = {
     "airbench94.cfg": AIRBENCH94,
     "airbench94_muon.cfg": AIRBENCH94_MUON,
     "airbench94_muon_fast.cfg": AIRBENCH94_MUON_FAST,
+    "airbench95_muon.cfg": AIRBENCH95_MUON,
     "airbench96_muon.cfg": AIRBENCH96_MUON,
 }

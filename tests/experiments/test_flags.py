@@ -101,8 +101,8 @@ def test_every_config_file_is_a_known_flagfile():
     names = sorted(p.name for p in CONFIGS.glob("*.cfg"))
     assert names == [
         "airbench94.cfg", "airbench94_muon.cfg", "airbench94_muon_fast.cfg",
-        "airbench96_muon.cfg", "overfit_small.cfg", "three_layer_seed.cfg", "vgg_best.cfg",
-        "vgg_seed.cfg",
+        "airbench95_muon.cfg", "airbench96_muon.cfg", "overfit_small.cfg",
+        "three_layer_seed.cfg", "vgg_best.cfg", "vgg_seed.cfg",
     ]  # fmt: skip
 
 
