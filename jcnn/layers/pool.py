@@ -185,7 +185,8 @@ def max_pool_forward_fast(
     x, *, pool_height: int = 2, pool_width: int = 2, stride: int = 2, layout: str = "NCHW"
 ):
     """One strided view per window tap and a running (max, argmax) over the taps; a strict
-    ``>`` keeps the first maximum. No patch buffer, no transpose; any window and stride.
+    ``>`` keeps the first maximum, and a NaN is a window's maximum (its first NaN wins), as
+    in ``jnp.max``. No patch buffer, no transpose; any window and stride.
 
     Args:
         x (jax.Array): input ``(N, C, H, W)`` (``layout='NCHW'``) or ``(N, H, W, C)``.
@@ -212,7 +213,9 @@ def max_pool_forward_fast(
     best, idx = xw[tap(0, 0, h_out, w_out, s, layout)], None
     for k in range(1, ph * pw):
         candidate = xw[tap(k // pw, k % pw, h_out, w_out, s, layout)]
-        better = candidate > best
+        # NaN counts as the largest value (as in jnp.max and the naive impl): the first NaN
+        # wins, and nothing replaces it.
+        better = (candidate > best) | (jnp.isnan(candidate) & ~jnp.isnan(best))
         idx = jnp.where(better, jnp.int8(k), jnp.int8(0) if idx is None else idx)
         best = jnp.where(better, candidate, best)
     if idx is None:  # a 1x1 window

@@ -50,6 +50,40 @@ def test_max_pool_gradient_goes_to_the_first_max_of_a_tie(impl):
     np.testing.assert_array_equal(dx[0, 0], [[0.0, 1.0, 1.0, 0.0], [0.0, 0.0, 0.0, 0.0]])
 
 
+@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_a_nan_in_a_window_is_its_maximum_and_takes_its_gradient(impl, layout, dtype):
+    """As jnp.max: a window holding NaN pools to NaN, whichever tap holds it; its gradient
+    goes to the first NaN (row-major), and windows without NaN are untouched."""
+    if impl == "naive" and layout == "NHWC":
+        pytest.skip("the naive impl is NCHW only")
+    for k in range(4):
+        x = np.arange(32, dtype=np.float32).reshape(1, 1, 4, 8)
+        x[0, 0, k // 2, k % 2] = np.nan  # one tap of the first window
+        x[0, 0, 1, 3] = x[0, 0, 0, 2] = np.nan  # two NaNs in the second: the first wins
+        xs = jnp.asarray(x, dtype)
+        if layout == "NHWC":
+            xs = xs.transpose(0, 2, 3, 1)
+
+        def pool(x):
+            out = L.max_pool2d(x, impl=impl, layout=layout)
+            return out if layout == "NCHW" else out.transpose(0, 3, 1, 2)
+
+        out = pool(xs)
+        assert np.isnan(np.asarray(out[0, 0, 0, :2], np.float32)).all()
+        np.testing.assert_array_equal(np.asarray(out[0, 0, 0, 2:], np.float32), [13.0, 15.0])
+        np.testing.assert_array_equal(np.asarray(out[0, 0, 1], np.float32), [25, 27, 29, 31])
+        dx = jax.grad(lambda x: jnp.sum(pool(x).astype(jnp.float32)))(xs)
+        if layout == "NHWC":
+            dx = dx.transpose(0, 3, 1, 2)
+        want = np.zeros((4, 8), np.float32)
+        want[k // 2, k % 2] = want[0, 2] = 1.0  # the first NaN of each window
+        for i, j in [(0, 5), (0, 7), (2, 1), (2, 3), (2, 5), (2, 7)]:
+            want[i + 1, j] = 1.0  # the plain windows' maxima (bottom right)
+        np.testing.assert_array_equal(np.asarray(dx[0, 0], np.float32), want)
+
+
 @pytest.mark.parametrize(
     "xs,kwargs,match",
     [
