@@ -163,7 +163,8 @@ def find(solver: TrainingRun, path: str | os.PathLike | None) -> tuple[Path, dic
 def restore(solver: TrainingRun, npz: Path, meta: Mapping[str, Any]) -> Any:
     """The :class:`~jcnn.run_state.RunState` checkpoint ``npz`` holds, after checking that
     it was made by a run like ``solver``'s (CheckpointMismatchError naming what differs;
-    ``num_epochs`` may grow, not shrink below what it has done)."""
+    ``num_epochs`` may grow, not shrink below what it has done). Arrays that do not fit the
+    run its sidecar names are damaged: CorruptCheckpointError."""
     # Which code computes the model (its impl fields) may change; the function may not.
     impl = tuple(f"model.{name}" for name in getattr(solver.model, "IMPLEMENTATION_FIELDS", ()))
     ckpt.check_resumable(
@@ -179,5 +180,10 @@ def restore(solver: TrainingRun, npz: Path, meta: Mapping[str, Any]) -> Any:
             f"pass num_epochs={needed} or more to continue it",
             {"solver.num_epochs": (meta.get("num_epochs"), num_epochs)},
         )
-    tree, _ = ckpt.load_checkpoint(npz, solver.run.checkpoint_tree(), verify=False)
+    try:
+        tree, _ = ckpt.load_checkpoint(npz, solver.run.checkpoint_tree(), verify=False)
+    except ckpt.CorruptCheckpointError:
+        raise
+    except ValueError as e:  # its sidecar names this run's settings: the arrays are damaged
+        raise ckpt.CorruptCheckpointError(str(e)) from None
     return solver.run.restored(tree, meta)

@@ -110,11 +110,7 @@ class TrainingRun:
         self._make_steps()
         self._reset()
         self._replicate()
-        found = ckpt.resume_checkpoint(
-            settings.checkpoint_dir, settings.resume, self.iterations_per_epoch
-        )
-        if found is not None:
-            self._restore(*found)
+        self._resume(settings)
         parallel.assert_same_in_every_process(
             self.run.iteration,
             "processes restored different checkpoints (or only some found one): put "
@@ -234,6 +230,23 @@ class TrainingRun:
         CheckpointMismatchError for a differently configured run, CorruptCheckpointError
         if its checksums fail. Returns its path."""
         return self._restore(*solver_checkpoints.find(self, path))
+
+    def _resume(self, settings: SolverSettings) -> None:
+        """Restore the newest good checkpoint, if any (by ``settings.resume``); one whose
+        arrays turn out damaged is moved aside like any corrupt one, and the one before it
+        is tried."""
+        found = ckpt.resume_checkpoint(
+            settings.checkpoint_dir, settings.resume, self.iterations_per_epoch
+        )
+        while found is not None:
+            try:
+                self._restore(*found)
+                return
+            except ckpt.CorruptCheckpointError as e:
+                ckpt.quarantine(found[0], f"corrupt checkpoint: {e}; using the one before it")
+            found = ckpt.resume_checkpoint(
+                settings.checkpoint_dir, settings.resume, self.iterations_per_epoch
+            )
 
     def _restore(self, npz: Path, meta: Mapping[str, Any]) -> Path:
         run = solver_checkpoints.restore(self, npz, meta)  # checks it first

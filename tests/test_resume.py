@@ -250,6 +250,56 @@ def test_a_crafted_unsigned_sidecar_is_set_aside_and_the_previous_one_used(
     assert (ckpt / "step_00000009.npz.corrupt").is_file()
 
 
+@pytest.mark.parametrize("newest", [True, False], ids=["the newest", "an older one"])
+@pytest.mark.parametrize("text", ['{"a": "x"}', "{}", '{"format": "2", "iteration": 9}'])
+def test_a_sidecar_without_a_format_is_set_aside_not_skipped_and_overwritten(
+    reference, crashed, tmp_path, newest, text
+):
+    """A sidecar naming no checkpoint format was passed over in silence (ordered by the
+    number in its file name) and its checkpoint overwritten when the run got there again;
+    now it is moved aside like any corrupt one, and the run ends as the uninterrupted one."""
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(crashed, ckpt)
+    name = "step_00000009" if newest else "epoch_002"
+    (ckpt / f"{name}.json").write_text(text)
+    with pytest.warns(CorruptCheckpointWarning, match="has no checkpoint format"):
+        solver = make(ckpt)
+    assert solver.resumed_from["iteration"] == (8 if newest else 9)
+    assert (ckpt / f"{name}.npz.corrupt").is_file()
+    solver.train()
+    assert_same_run(solver, reference[0])
+    assert (ckpt / f"{name}.npz.corrupt").is_file()  # kept, not overwritten
+
+
+@pytest.mark.parametrize("damage", ["a wrong shape", "a missing array", "an extra array"])
+def test_damaged_arrays_of_an_unsigned_checkpoint_are_set_aside_not_blamed_on_the_settings(
+    reference, crashed, tmp_path, damage
+):
+    """A checkpoint without checksums whose arrays do not fit the run its sidecar names is
+    damaged, not made by other settings: moved aside, the one before it used."""
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(crashed, ckpt)
+    side, npz = ckpt / "step_00000009.json", ckpt / "step_00000009.npz"
+    side.write_text(json.dumps(_unsigned(json.loads(side.read_text()))))
+    with np.load(npz) as f:
+        arrays = {k: f[k] for k in f.files}
+    first = sorted(arrays)[0]
+    if damage == "a wrong shape":
+        arrays[first] = arrays[first].reshape(-1)[:-1]
+    elif damage == "a missing array":
+        del arrays[first]
+    else:
+        arrays["surprise"] = np.zeros(3)
+    with open(npz, "wb") as f:
+        np.savez(f, **arrays)
+    with pytest.warns(CorruptCheckpointWarning, match="using the one before it"):
+        solver = make(ckpt)
+    assert solver.resumed_from["iteration"] == 8  # epoch_002
+    assert (ckpt / "step_00000009.npz.corrupt").is_file()
+    solver.train()
+    assert_same_run(solver, reference[0])
+
+
 def test_a_deeply_nested_or_huge_sidecar_is_refused_without_a_traceback(crashed, tmp_path):
     ckpt = tmp_path / "ckpt"
     shutil.copytree(crashed, ckpt)

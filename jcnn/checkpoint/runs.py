@@ -246,11 +246,17 @@ _OPTIONAL_RUN_FIELDS: dict[str, tuple[str, Any]] = {
 }
 
 
+def _shown(value: Any) -> str:
+    shown = repr(value)
+    return shown if len(shown) <= 60 else shown[:57] + "..."
+
+
 def check_run_sidecar(npz: Path, meta: dict[str, Any]) -> None:
     """Raise :class:`~jcnn.checkpoint.CorruptCheckpointError` unless a run's checkpoint
     sidecar holds every value a run reads back, each of its type and in its range (the
     schema :data:`_RUN_FIELDS`), whether or not the sidecar carries its checksum. A sidecar
-    of another format is left to :func:`check_resumable`, which names the format.
+    without a format (an int >= 1) is corrupt; one of another format is left to
+    :func:`check_resumable`, which names the format.
 
     Args:
       npz: the checkpoint's path (named in the message).
@@ -259,7 +265,12 @@ def check_run_sidecar(npz: Path, meta: dict[str, Any]) -> None:
     Raises:
       CorruptCheckpointError: naming the first value that is missing or out of its range.
     """
-    if meta.get("format") != CHECKPOINT_FORMAT:
+    if not _is_int(meta.get("format"), 1):  # every run checkpoint jcnn wrote names it
+        raise CorruptCheckpointError(
+            f"checkpoint {npz} has no checkpoint format in its sidecar (format="
+            f"{_shown(meta.get('format'))}), so it is no run checkpoint jcnn wrote"
+        )
+    if meta["format"] != CHECKPOINT_FORMAT:
         return
     for name, (what, ok) in (_RUN_FIELDS | _OPTIONAL_RUN_FIELDS).items():
         if name not in meta:
@@ -267,10 +278,9 @@ def check_run_sidecar(npz: Path, meta: dict[str, Any]) -> None:
                 continue
             raise CorruptCheckpointError(f"checkpoint {npz} lacks {name!r} in its sidecar")
         if not ok(meta[name]):
-            shown = repr(meta[name])
-            shown = shown if len(shown) <= 60 else shown[:57] + "..."
             raise CorruptCheckpointError(
-                f"checkpoint {npz} has {name}={shown} in its sidecar, which must be {what}"
+                f"checkpoint {npz} has {name}={_shown(meta[name])} in its sidecar, which must "
+                f"be {what}"
             )
     done, per_epoch = meta["iteration"], meta["iterations_per_epoch"]
     if meta["epoch"] != done // per_epoch or len(meta["loss_history"]) != done:
