@@ -91,6 +91,11 @@ def check_paths(config: Mapping[str, Any]) -> None:
     for flag, path in (("workdir", workdir), ("data_dir", data_dir)):
         if path.exists() and not path.is_dir():
             raise UsageFailure(f"--{flag}={path} is a file, not a folder: choose a folder")
+    if (workdir / "checkpoints").exists() and not (workdir / "checkpoints").is_dir():
+        raise UsageFailure(
+            f"--workdir={workdir}: {workdir / 'checkpoints'} is a file, not the folder the run "
+            "keeps its checkpoints in: move it away, or choose another --workdir"
+        )
     folders = [p for p in (workdir, workdir / "checkpoints") if p.is_dir()]
     if not folders:  # created later: its nearest existing parent must take it
         parent = next((p for p in workdir.absolute().parents if p.exists()), None)

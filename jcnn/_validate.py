@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import operator
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -61,6 +62,24 @@ def finite_float(name: str, value: Any, *, minimum: float, strict: bool = False)
     if isinstance(value, bool) or not math.isfinite(v) or v < minimum or (strict and v == minimum):
         raise ValueError(f"{name} must be {what}, got {value!r}")
     return v
+
+
+def folder(name: str, value: Any) -> Path:
+    """``value`` as a Path where a folder is or can be made: not a file, nor below one."""
+    try:
+        path = Path(value)
+    except TypeError:
+        raise ValueError(f"{name} must be a path to a folder, got {value!r}") from None
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"{name}={str(path)!r} is a file, not a folder: choose another path")
+    for above in path.absolute().parents:
+        if above.exists():
+            if not above.is_dir():
+                raise ValueError(
+                    f"{name}={str(path)!r} cannot be made: {str(above)!r} is a file, not a folder"
+                )
+            break
+    return path
 
 
 def seed(name: str, value: Any) -> int:

@@ -89,7 +89,7 @@ _CHECKS: dict[str, Callable[[str, Any], Any]] = {
     "num_val_samples": _optional(check.positive_int),
     "print_every": check.positive_int,
     "verbose": lambda n, v: bool(v),
-    "checkpoint_dir": lambda n, v: None if v is None else Path(v),
+    "checkpoint_dir": _optional(check.folder),
     "checkpoint_every": _optional(check.positive_int),
     "checkpoint_every_s": _optional(
         lambda n, v: check.finite_float(n, v, minimum=0.0, strict=True)

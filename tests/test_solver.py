@@ -374,6 +374,20 @@ def test_bad_input_is_caught_before_any_work(monkeypatch, data, kwargs, match):
         Solver(SMALL, data, **kwargs)
 
 
+@pytest.mark.parametrize("below", [False, True], ids=["a file", "below a file"])
+def test_a_checkpoint_dir_that_is_or_is_below_a_file_is_refused_before_any_work(
+    monkeypatch, tmp_path, below
+):
+    def no_work(*a, **k):
+        raise AssertionError("the model was initialised before the input was checked")
+
+    monkeypatch.setattr(ThreeLayerConvNet, "init", no_work)
+    (tmp_path / "afile").write_text("x")
+    where = tmp_path / "afile" / "sub" if below else tmp_path / "afile"
+    with pytest.raises(ValueError, match=r"checkpoint_dir=.* (is a file|cannot be made)"):
+        Solver(SMALL, _data(), checkpoint_dir=where)
+
+
 @pytest.mark.parametrize(
     "kwargs, match",
     [

@@ -56,6 +56,18 @@ def test_a_workdir_or_data_dir_naming_a_file_stops_before_the_data(tmp_path, fla
     assert f"--{flag}={a_file} is a file" in message and "CIFAR" not in message
 
 
+def test_a_file_where_the_checkpoints_folder_goes_stops_before_the_data(tmp_path):
+    """Found at the start, not after an epoch of training."""
+    workdir = tmp_path / "run"
+    workdir.mkdir()
+    (workdir / "checkpoints").write_text("x")
+    with pytest.raises(SystemExit) as info:
+        run(workdir, tmp_path / "no_data")  # had it loaded the data, it would say so
+    message = fatal_line(info)
+    assert f"{workdir / 'checkpoints'} is a file, not the folder" in message, message
+    assert (workdir / "checkpoints").read_text() == "x"
+
+
 def test_a_read_only_workdir_stops_before_the_data(tmp_path, monkeypatch):
     workdir = tmp_path / "run"
     (workdir / "checkpoints").mkdir(parents=True)
