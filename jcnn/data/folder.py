@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from jcnn._validate import check_fits_in_memory
 from jcnn.data.dataset import RawDataset
 from jcnn.data.errors import DatasetError
 from jcnn.files import atomic_write
@@ -69,11 +70,18 @@ def load_image_folder(
             classes differ, an image cannot be decoded, or images differ in size while
             ``size`` is None (the message names the file).
         ImportError: Pillow is needed (the cache is missing or stale) but not installed.
-        ValueError: ``size`` is not a positive int or a pair of them.
+        ValueError: ``size`` is not a positive int or a pair of them, or the images at that
+            size would need more memory than this machine has.
     """
     root = Path(root).expanduser()
     size_hw = _check_size(size)
     classes, files = _list_files(root)
+    if size_hw is not None:  # before reading any file: one that cannot fit is refused
+        check_fits_in_memory(
+            f"size={size!r}",
+            {f"{split} images": (len(files[split]), 3, *size_hw) for split in _SPLITS},
+            np.uint8,
+        )
     fingerprint = _fingerprint(files, size_hw)
     cache_dir = root / CACHE_DIR_NAME
 

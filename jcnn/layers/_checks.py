@@ -5,11 +5,12 @@ from __future__ import annotations
 import functools
 from typing import Any
 
+from jcnn._validate import check_fits_in_memory, labels_in_range, nonnegative_int, positive_int
 from jcnn._validate import choice as check_choice
-from jcnn._validate import labels_in_range, nonnegative_int, positive_int
 
 __all__ = [
     "check_choice",
+    "check_fits_in_memory",
     "check_floating",
     "check_labels",
     "check_prng_key",
@@ -44,45 +45,6 @@ def check_floating(name: str, x: Any) -> None:
         raise ValueError(
             f"{name} must be a real floating-point array (float16, bfloat16, float32 or "
             f"float64), got dtype {dtype}; cast it first, e.g. {name}.astype(jnp.float32)"
-        )
-
-
-def memory_bytes() -> int | None:
-    """This machine's physical memory in bytes (None where the system does not say)."""
-    import os
-
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (AttributeError, ValueError, OSError):
-        return None
-
-
-def _human(n: float) -> str:
-    for unit in ("bytes", "KiB", "MiB", "GiB", "TiB"):
-        if n < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
-        n /= 1024
-    raise AssertionError  # unreachable
-
-
-def check_fits_in_memory(culprit: str, arrays: dict[str, tuple[int, ...]], dtype: Any) -> None:
-    """Refuse, naming ``culprit`` (e.g. ``'pad=1000000'``), a call whose arrays (name ->
-    shape, of ``dtype``) need more bytes than this machine has: such a call would build a
-    lazy result that fails only when read, or abort the process."""
-    import math
-
-    import numpy as np
-
-    known = all(isinstance(d, int | np.integer) for shape in arrays.values() for d in shape)
-    limit = memory_bytes()
-    if not known or limit is None:  # a symbolic dimension (jax.export): no size to compare
-        return
-    need = sum(math.prod(shape) for shape in arrays.values()) * np.dtype(dtype).itemsize
-    if need > limit:
-        listed = " and ".join(f"{name} {shape}" for name, shape in arrays.items())
-        raise ValueError(
-            f"{culprit} makes {listed}: {_human(need)} of {np.dtype(dtype).name}, more than "
-            f"this machine's {_human(limit)} of memory"
         )
 
 

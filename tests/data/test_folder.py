@@ -160,6 +160,17 @@ def test_bad_size_is_rejected(tree, size):
         load_image_folder(tree, size=size)
 
 
+@pytest.mark.parametrize("size", [10**6, (10**5, 10**5)])
+def test_a_size_whose_images_cannot_fit_in_memory_is_refused_before_any_file_is_read(
+    tree, count_opens, size
+):
+    """Resizing to such a size used to fill the machine's memory until the kernel killed the
+    process."""
+    with pytest.raises(ValueError, match=r"size=.* makes train images \(6, 3, .*of memory"):
+        load_image_folder(tree, size=size)
+    assert not count_opens and not (tree / ".jcnn_cache").exists()
+
+
 def test_grayscale_and_jpeg_become_rgb_and_other_files_are_ignored(tree):
     gray = tree / "train" / "cat" / "gray.png"
     Image.new("L", (8, 8), 77).save(gray)
