@@ -27,6 +27,14 @@ def nonnegative_int(name: str, value: Any) -> int:
     return v
 
 
+def true_or_false(name: str, value: Any) -> bool:
+    """``value`` as a bool: True, False (or NumPy's, or 1 and 0); a string such as
+    ``'no'`` is refused rather than read as true."""
+    if isinstance(value, str) or value not in (True, False):
+        raise ValueError(f"{name} must be True or False, got {value!r}")
+    return bool(value)
+
+
 def choice(name: str, value: Any, choices: tuple[str, ...]) -> str:
     """``value`` if it is one of ``choices``."""
     if value not in choices:

@@ -46,12 +46,6 @@ def _function_or_none(name: str, value: Any) -> Callable | None:
     return value
 
 
-def _true_or_false(name: str, value: Any) -> bool:
-    if value not in (True, False):
-        raise ValueError(f"{name} must be True or False, got {value!r}")
-    return bool(value)
-
-
 def _sampling(name: str, value: Any) -> str:
     if value not in SAMPLINGS:
         raise ValueError(f"{name} must be one of {SAMPLINGS}, got {value!r}")
@@ -106,7 +100,7 @@ _CHECKS: dict[str, Callable[[str, Any], Any]] = {
     "optimizer": _optimizer,
     "schedule": _schedule,
     "sampling": _sampling,
-    "select_best": _true_or_false,
+    "select_best": check.true_or_false,
     "lookahead": _as_given,
 }
 

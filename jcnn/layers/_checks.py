@@ -5,10 +5,17 @@ from __future__ import annotations
 import functools
 from typing import Any
 
-from jcnn._validate import check_fits_in_memory, labels_in_range, nonnegative_int, positive_int
+from jcnn._validate import (
+    check_fits_in_memory,
+    labels_in_range,
+    nonnegative_int,
+    positive_int,
+    true_or_false,
+)
 from jcnn._validate import choice as check_choice
 
 __all__ = [
+    "check_array",
     "check_choice",
     "check_fits_in_memory",
     "check_floating",
@@ -18,16 +25,28 @@ __all__ = [
     "check_shape",
     "nonnegative_int",
     "positive_int",
+    "true_or_false",
 ]
 
 
+def check_array(name: str, x: Any) -> None:
+    """A JAX or NumPy array (or a tracer): a list, a scalar or None is refused, naming it."""
+    if not (hasattr(x, "shape") and hasattr(x, "dtype") and hasattr(x, "ndim")):
+        raise ValueError(
+            f"{name} must be a JAX or NumPy array, got {type(x).__name__}; convert it first, "
+            f"e.g. jnp.asarray({name}, jnp.float32)"
+        )
+
+
 def check_rank(name: str, x: Any, ndim: int, layout: str = "") -> None:
+    check_array(name, x)
     if x.ndim != ndim:
         what = f" {layout}" if layout else ""
         raise ValueError(f"{name} must have rank {ndim}{what}, got shape {tuple(x.shape)}")
 
 
 def check_shape(name: str, x: Any, shape: tuple[int, ...], why: str = "") -> None:
+    check_array(name, x)
     if tuple(x.shape) != tuple(shape):
         extra = f" ({why})" if why else ""
         raise ValueError(f"{name} must have shape {tuple(shape)}{extra}, got {tuple(x.shape)}")
@@ -40,8 +59,9 @@ def check_floating(name: str, x: Any) -> None:
     silently giving wrong numbers; so they are refused, naming the argument."""
     import jax.numpy as jnp
 
-    dtype = getattr(x, "dtype", None)
-    if dtype is None or not jnp.issubdtype(dtype, jnp.floating):
+    check_array(name, x)
+    dtype = x.dtype
+    if not jnp.issubdtype(dtype, jnp.floating):
         raise ValueError(
             f"{name} must be a real floating-point array (float16, bfloat16, float32 or "
             f"float64), got dtype {dtype}; cast it first, e.g. {name}.astype(jnp.float32)"

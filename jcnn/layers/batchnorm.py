@@ -21,7 +21,13 @@ import jax.numpy as jnp
 from jax import lax
 
 from jcnn.layers._binding import cache_dataclass, with_vjp
-from jcnn.layers._checks import check_choice, check_floating, check_rank, check_shape
+from jcnn.layers._checks import (
+    check_choice,
+    check_floating,
+    check_rank,
+    check_shape,
+    true_or_false,
+)
 from jcnn.layers._windows import LAYOUTS, channel_axis
 
 
@@ -137,6 +143,7 @@ def check_batchnorm_args(
             ``(D,)``; naming ``momentum`` if outside [0, 1]; naming ``eps`` if not > 0; with
             ``train``, naming ``x`` if it has no values per feature.
     """
+    train = true_or_false("train", train)
     d = x.shape[axis]
     check_floating("x", x)
     for name, v in (
@@ -299,11 +306,12 @@ _batchnorm = with_vjp(batchnorm_forward, batchnorm_backward)
 def _with_running_stats(x, gamma, beta, running_mean, running_var, *, train, momentum, eps, axis):
     """Batchnorm over every axis but ``axis`` and the new running statistics: the core of
     :func:`batchnorm` and :func:`spatial_batchnorm`."""
+    train = true_or_false("train", train)
     check_batchnorm_args(
-        x, gamma, beta, running_mean, running_var, momentum, eps, axis, train=bool(train)
+        x, gamma, beta, running_mean, running_var, momentum, eps, axis, train=train
     )
     out = _batchnorm(
-        x, gamma, beta, running_mean, running_var, train=bool(train), eps=float(eps), axis=axis
+        x, gamma, beta, running_mean, running_var, train=train, eps=float(eps), axis=axis
     )
     if not train:
         return out, running_mean, running_var

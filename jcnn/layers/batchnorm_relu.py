@@ -16,6 +16,7 @@ import numpy as np
 
 from jcnn import native
 from jcnn.layers._binding import cache_dataclass, with_vjp
+from jcnn.layers._checks import true_or_false
 from jcnn.layers.batchnorm import (
     BatchnormCache,
     _per_feature,
@@ -200,7 +201,7 @@ def batchnorm_relu(x, gamma, beta, running_mean, running_var, *, train, momentum
     Raises:
       ValueError: as :func:`batchnorm` (:func:`check_batchnorm_args`).
     """
-    if not train:
+    if not true_or_false("train", train):
         out, mean, var = _with_running_stats(
             x, gamma, beta, running_mean, running_var, train=False, momentum=momentum,
             eps=eps, axis=axis,

@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 
 from jcnn.layers._binding import cache_dataclass, with_vjp
-from jcnn.layers._checks import check_floating, check_prng_key
+from jcnn.layers._checks import check_floating, check_prng_key, true_or_false
 
 
 @cache_dataclass(static=("rate",))
@@ -144,7 +144,7 @@ def dropout(x: jax.Array, key: jax.Array | None, *, rate: float, train: bool) ->
     """
     rate = check_rate(rate)
     check_floating("x", x)
-    if not train or rate == 0.0:
+    if not true_or_false("train", train) or rate == 0.0:
         return x
     check_dropout_key(key)
     return _dropout(x, key, rate=rate)

@@ -35,7 +35,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from jcnn.layers._binding import cache_dataclass, with_vjp
-from jcnn.layers._checks import check_choice, check_floating, check_rank
+from jcnn.layers._checks import check_choice, check_floating, check_rank, true_or_false
 from jcnn.layers._widen import widened
 from jcnn.layers._windows import LAYOUTS, channel_axis
 from jcnn.layers.batchnorm import (
@@ -299,7 +299,7 @@ def batchnorm_gelu(
     if x.ndim not in (2, 4):
         check_rank("x", x, 4, f"({', '.join(layout)}) or (N, D)")
     axis = 1 if x.ndim == 2 else channel_axis(layout)
-    train = bool(train)
+    train = true_or_false("train", train)
     check_batchnorm_args(x, None, beta, running_mean, running_var, momentum, eps, axis, train=train)
     if not isinstance(approximate, bool):
         raise ValueError(f"approximate must be True or False, got {approximate!r}")

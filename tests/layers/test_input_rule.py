@@ -75,3 +75,58 @@ def test_a_convolution_too_large_for_memory_is_refused_naming_pad():
     with pytest.raises(ValueError, match=r"^pad=1000000 makes the padded input .* GiB of memory"):
         L.conv2d(x, w, jnp.zeros(4), stride=1, pad=10**6)
     assert L.conv2d(x, w, jnp.zeros(4), stride=1, pad=100).shape == (2, 4, 204, 204)
+
+
+def _calls_on_a_list(values):
+    """Each layer called with ``values`` (not an array) in the place of its input."""
+    f32 = jnp.float32
+    return {
+        "conv2d": lambda: L.conv2d(values, _ones((2, 3, 1, 1)), _ones((2,))),
+        "conv2d (its bias)": lambda: L.conv2d(_ones((2, 3, 2, 2)), _ones((2, 3, 1, 1)), values),
+        "affine": lambda: L.affine(values, _ones((6, 2)), _ones((2,))),
+        "batchnorm": lambda: L.batchnorm(
+            values, _ones(6), _ones(6), jnp.zeros(6, f32), _ones(6), train=True
+        ),
+        "max_pool2d": lambda: L.max_pool2d(values),
+        "relu": lambda: L.relu(values),
+        "gelu": lambda: L.gelu(values),
+        "dropout": lambda: L.dropout(values, jax.random.key(0), rate=0.5, train=True),
+        "softmax_loss": lambda: L.softmax_loss(values, jnp.zeros(4, jnp.int32)),
+    }
+
+
+@pytest.mark.parametrize("values", [[[1.0, 2.0]], None], ids=["a list", "None"])
+@pytest.mark.parametrize("layer", sorted(_calls_on_a_list(None)))
+def test_every_layer_refuses_what_is_not_an_array_in_one_line_naming_it(layer, values):
+    """A list or None gave AttributeError ('list' object has no attribute 'ndim') or
+    'got dtype None'."""
+    name = "b" if "bias" in layer else "scores" if layer.endswith("loss") else "x"
+    with pytest.raises(ValueError, match=rf"^{name} must be a JAX or NumPy array, got "):
+        _calls_on_a_list(values)[layer]()
+
+
+def _calls_with_train(train):
+    x2, x4, f32 = _ones((4, 3)), _ones((2, 3, 2, 2)), jnp.float32
+    stats = (_ones(3), _ones(3), jnp.zeros(3, f32), _ones(3))
+    return {
+        "batchnorm": lambda: L.batchnorm(x2, *stats, train=train),
+        "spatial_batchnorm": lambda: L.spatial_batchnorm(x4, *stats, train=train),
+        "batchnorm_gelu": lambda: L.batchnorm_gelu(x4, *stats[1:], train=train),
+        "affine_bn_relu": lambda: L.affine_bn_relu(
+            x2, _ones((3, 3)), _ones(3), *stats, train=train
+        ),
+        "conv_bn_relu": lambda: L.conv_bn_relu(
+            x4, _ones((3, 3, 1, 1)), _ones(3), *stats, train=train
+        ),
+        "dropout": lambda: L.dropout(x2, jax.random.key(0), rate=0.5, train=train),
+    }
+
+
+@pytest.mark.parametrize("train", ["no", "False", None], ids=repr)
+@pytest.mark.parametrize("layer", sorted(_calls_with_train(True)))
+def test_train_must_be_true_or_false(layer, train):
+    """train='no' used to run in training mode (a non-empty string is true)."""
+    with pytest.raises(ValueError, match=rf"^train must be True or False, got {train!r}"):
+        _calls_with_train(train)[layer]()
+    for flag in (True, False, np.bool_(False)):
+        _calls_with_train(flag)[layer]()
