@@ -123,6 +123,22 @@ def stop_on_signals(request_stop: Callable[[str], None]) -> Iterator[None]:
             signal.signal(s, h)
 
 
+def _exit_now(signum: int, frame: Any) -> None:
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(STOP_STATUS[signal.Signals(signum).name])
+
+
+def end_at_once_on_signals() -> None:
+    """From here on, SIGINT and SIGTERM end the process at once, quietly, with status 130 or
+    143: for an app whose main has returned (its run finished or stopped, its checkpoints
+    written), so that a Ctrl-C while Python and JAX clean up at exit does not print a
+    traceback from that cleanup. A signal the process ignores (``nohup``) stays ignored."""
+    for s in (signal.SIGINT, signal.SIGTERM):
+        if signal.getsignal(s) is not signal.SIG_IGN:
+            signal.signal(s, _exit_now)
+
+
 def debug() -> bool:
     """Whether ``JCNN_DEBUG`` asks for tracebacks (set, and not ``0``/empty)."""
     return os.environ.get(DEBUG_ENV, "").strip() not in ("", "0")
@@ -275,9 +291,13 @@ def run_app(main: Callable[[list[str]], Any], help_text: Callable[[], str] | Non
         except KeyboardInterrupt as e:
             if debug():
                 traceback.print_exc()
+            reason = e.args[0] if e.args and e.args[0] in STOP_STATUS else "SIGINT"
             raise stopped(
-                f"stopped at once ({e.args[0] if e.args else 'SIGINT'}): the checkpoints "
-                "already written are kept, and the same command resumes from the newest"
+                f"stopped at once ({reason}): the checkpoints already written are kept, and "
+                "the same command resumes from the newest",
+                reason,
             ) from None
+        finally:
+            end_at_once_on_signals()
 
     app.run(checked_main, flags_parser=lambda argv: parse_flags(argv, help_text))

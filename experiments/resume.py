@@ -108,10 +108,15 @@ def check_resumable(writer: RunWriter, recipe: Any) -> Path | None:
             f"--{k}={_flag_text(a)} there, --{k}={_flag_text(b)} now"
             for k, (a, b) in sorted(differences.items())
         )
+        flagfile = workdir / "flags.cfg"
+        its_flags = (
+            f"its flags (--flagfile={flagfile})"
+            if flagfile.is_file()
+            else "the flags listed there (its flags.cfg is gone)"
+        )
         raise UsageFailure(
             f"--workdir={workdir} holds a run made with other flags ({listed}): rerun it with "
-            f"its flags (--flagfile={workdir / 'flags.cfg'}), or choose another --workdir, or "
-            "pass --overwrite to start over"
+            f"{its_flags}, or choose another --workdir, or pass --overwrite to start over"
         )
     check_num_epochs(workdir, path, meta, config)
     return path

@@ -188,22 +188,53 @@ def test_a_second_signal_stops_at_once_and_the_handlers_come_back():
             signal.signal(s, h)
 
 
-def test_ctrl_c_before_training_ends_in_one_line_with_status_130():
+@pytest.mark.parametrize("name, status", [("SIGINT", 130), ("SIGTERM", 143)])
+def test_a_signal_after_the_apps_main_returned_ends_the_process_quietly(name, status):
+    """Two Ctrl-Cs 20-50 ms apart: the first stopped the run (checkpointed), the second
+    landed in JAX's cleanup at exit and printed a KeyboardInterrupt traceback there. Once an
+    app's main has returned, a signal ends the process at once, quietly."""
     import subprocess
 
     script = (
+        "import atexit, signal, time\n"
         "from experiments import errors\n"
+        "signal.signal(signal.SIGINT, signal.default_int_handler)\n"
         "def main(argv):\n"
-        "    raise KeyboardInterrupt\n"
+        "    with errors.stop_on_signals(lambda name: print('stop asked:', name)):\n"
+        f"        signal.raise_signal(signal.{name})\n"
+        f"    atexit.register(lambda: (signal.raise_signal(signal.{name}), time.sleep(5)))\n"
         "errors.run_app(main)\n"
     )
     proc = subprocess.run(
         [PYTHON, "-c", script], cwd=ROOT, env=subprocess_env(), capture_output=True, text=True,
         timeout=120,
     )  # fmt: skip
-    assert proc.returncode == 130
+    assert proc.returncode == status, proc.stderr
+    assert proc.stdout.strip() == f"stop asked: {name}" and proc.stderr == ""
+
+
+@pytest.mark.parametrize(
+    "raised, name, status",
+    [("KeyboardInterrupt", "SIGINT", 130), ("KeyboardInterrupt('SIGTERM')", "SIGTERM", 143)],
+)
+def test_a_stop_at_once_ends_in_one_line_with_its_signals_status(raised, name, status):
+    """Ctrl-C before training (130), and a second SIGTERM while the first is being answered
+    (143: it used to give 130, as if it were a Ctrl-C)."""
+    import subprocess
+
+    script = (
+        "from experiments import errors\n"
+        "def main(argv):\n"
+        f"    raise {raised}\n"
+        "errors.run_app(main)\n"
+    )
+    proc = subprocess.run(
+        [PYTHON, "-c", script], cwd=ROOT, env=subprocess_env(), capture_output=True, text=True,
+        timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == status
     assert proc.stderr.strip().splitlines() == [
-        "stopped at once (SIGINT): the checkpoints already written are kept, and the same "
+        f"stopped at once ({name}): the checkpoints already written are kept, and the same "
         "command resumes from the newest"
     ]
 

@@ -131,6 +131,14 @@ def test_resume_with_other_flags_stops_naming_them(crashed, tmp_path, fake_cifar
     assert "--num_filters=4 there, --num_filters=6 now" in message
     assert f"--flagfile={workdir / 'flags.cfg'}" in message and "--overwrite" in message
     assert (workdir / "checkpoints" / "step_00000006.npz").is_file()  # nothing touched
+    (workdir / "flags.cfg").unlink()  # then the message does not point at it
+    with pytest.raises(SystemExit) as info:
+        run(workdir, fake_cifar_dir, "--num_filters=6")
+    message = fatal_message(str(info.value.code))
+    assert (
+        "--num_filters=4 there, --num_filters=6 now" in message and "flags.cfg is gone" in message
+    )
+    assert "--flagfile" not in message
 
 
 def _resumable(tmp_path, monkeypatch, saved, now) -> Path | None:
