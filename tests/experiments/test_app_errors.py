@@ -36,6 +36,14 @@ def run_cli(*args: str, **env: str) -> tuple[int, str]:
     return proc.returncode, proc.stderr
 
 
+def run_script(script: str) -> subprocess.CompletedProcess:
+    """``python -c script`` in the repository, as the apps run."""
+    return subprocess.run(
+        [PYTHON, "-c", script], cwd=ROOT, env=subprocess_env(), capture_output=True, text=True,
+        timeout=120,
+    )  # fmt: skip
+
+
 def the_fatal_line(stderr: str) -> str:
     errors = fatal_messages(stderr)
     assert len(errors) == 1, stderr
@@ -193,8 +201,6 @@ def test_a_signal_after_the_apps_main_returned_ends_the_process_quietly(name, st
     """Two Ctrl-Cs 20-50 ms apart: the first stopped the run (checkpointed), the second
     landed in JAX's cleanup at exit and printed a KeyboardInterrupt traceback there. Once an
     app's main has returned, a signal ends the process at once, quietly."""
-    import subprocess
-
     script = (
         "import atexit, signal, time\n"
         "from experiments import errors\n"
@@ -205,10 +211,7 @@ def test_a_signal_after_the_apps_main_returned_ends_the_process_quietly(name, st
         f"    atexit.register(lambda: (signal.raise_signal(signal.{name}), time.sleep(5)))\n"
         "errors.run_app(main)\n"
     )
-    proc = subprocess.run(
-        [PYTHON, "-c", script], cwd=ROOT, env=subprocess_env(), capture_output=True, text=True,
-        timeout=120,
-    )  # fmt: skip
+    proc = run_script(script)
     assert proc.returncode == status, proc.stderr
     assert proc.stdout.strip() == f"stop asked: {name}" and proc.stderr == ""
 
@@ -220,18 +223,13 @@ def test_a_signal_after_the_apps_main_returned_ends_the_process_quietly(name, st
 def test_a_stop_at_once_ends_in_one_line_with_its_signals_status(raised, name, status):
     """Ctrl-C before training (130), and a second SIGTERM while the first is being answered
     (143: it used to give 130, as if it were a Ctrl-C)."""
-    import subprocess
-
     script = (
         "from experiments import errors\n"
         "def main(argv):\n"
         f"    raise {raised}\n"
         "errors.run_app(main)\n"
     )
-    proc = subprocess.run(
-        [PYTHON, "-c", script], cwd=ROOT, env=subprocess_env(), capture_output=True, text=True,
-        timeout=120,
-    )  # fmt: skip
+    proc = run_script(script)
     assert proc.returncode == status
     assert proc.stderr.strip().splitlines() == [
         f"stopped at once ({name}): the checkpoints already written are kept, and the same "
