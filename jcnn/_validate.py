@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import operator
+import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -193,8 +194,6 @@ def epoch_batches(num_train: int, batch_size: int) -> None:
 
 def memory_bytes() -> int | None:
     """This machine's physical memory in bytes (None where the system does not say)."""
-    import os
-
     try:
         return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     except (AttributeError, ValueError, OSError):
@@ -213,10 +212,6 @@ def check_fits_in_memory(culprit: str, arrays: dict[str, tuple[int, ...]], dtype
     """Refuse, naming ``culprit`` (e.g. ``'pad=1000000'``), a call whose arrays (name ->
     shape, of ``dtype``) need more bytes than this machine has: such a call would build a
     lazy result that fails only when read, or abort the process."""
-    import math
-
-    import numpy as np
-
     known = all(isinstance(d, int | np.integer) for shape in arrays.values() for d in shape)
     limit = memory_bytes()
     if not known or limit is None:  # a symbolic dimension (jax.export): no size to compare
