@@ -26,17 +26,20 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import jax
+import jax.numpy as jnp
+import numpy as np
 
 from jcnn import checkpoint as ckpt
 from jcnn import nonfinite, parallel
 from jcnn.checkpoint import CheckpointMismatchError
+from jcnn.checkpoint.store import key_path_name
 from jcnn.files import arrays_digest
 from jcnn.nonfinite import NonFiniteLossError
 
 if TYPE_CHECKING:
     from jcnn.training_run import TrainingRun
 
-__all__ = ["data_fingerprint", "identity", "metadata", "restore", "save"]
+__all__ = ["check_values", "data_fingerprint", "identity", "metadata", "restore", "save"]
 
 
 def _name(fn: Callable) -> str:
@@ -186,4 +189,30 @@ def restore(solver: TrainingRun, npz: Path, meta: Mapping[str, Any]) -> Any:
         raise
     except ValueError as e:  # its sidecar names this run's settings: the arrays are damaged
         raise ckpt.CorruptCheckpointError(str(e)) from None
+    check_values(tree)
     return solver.run.restored(tree, meta)
+
+
+_CHECKED = ("params", "state", "best_params", "best_state", "slow")
+
+
+def check_values(tree: Mapping[str, Any]) -> None:
+    """Refuse values a run never writes: a run checkpoint's parameters and statistics
+    (current, best, and lookahead's slow weights) are finite (``save`` verifies them
+    first), and batchnorm running variances are >= 0. A checkpoint without checksums is
+    only as good as these checks.
+
+    Raises:
+      CorruptCheckpointError: naming the first array that breaks a rule.
+    """
+    checked = {k: tree[k] for k in _CHECKED if k in tree}
+    for path, leaf in jax.tree_util.tree_flatten_with_path(checked)[0]:
+        if not jnp.issubdtype(leaf.dtype, jnp.floating):
+            continue
+        a, name = np.asarray(leaf, np.float32), key_path_name(path)
+        if not np.isfinite(a).all():
+            raise ckpt.CorruptCheckpointError(
+                f"{name} holds non-finite values (a run writes only finite parameters)"
+            )
+        if name.endswith("running_var") and (a < 0).any():
+            raise ckpt.CorruptCheckpointError(f"{name} holds a negative variance")
