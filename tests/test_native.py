@@ -9,6 +9,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import jax
@@ -177,6 +178,20 @@ def test_a_damaged_cached_library_is_rebuilt_not_loaded(tmp_path, damage):
     assert len(result["warnings"]) == 1 and "damaged" in result["warnings"][0]
     assert len(list(cache.glob("kernels-*.so"))) == 1  # the damaged one went
     assert _probe(cache)["warnings"] == []  # the rebuilt file verifies
+
+
+@needs_compiler
+def test_a_build_killed_midway_leaves_no_file_behind_for_long(tmp_path):
+    """A SIGKILL during a build left its temporary file in the cache for good; one that no
+    build can still be writing goes at the next load, one that may be a live build stays."""
+    cache = _cache_holding_the_built_kernels(tmp_path)
+    abandoned, live = cache / "kernels-abc.tmp", cache / "kernels-def.tmp"
+    abandoned.touch()
+    live.touch()
+    an_hour_ago = time.time() - 3600
+    os.utime(abandoned, (an_hour_ago, an_hour_ago))
+    assert _probe(cache) == {"status": "loaded", "equal": True, "warnings": []}
+    assert not abandoned.exists() and live.exists()
 
 
 @needs_compiler

@@ -12,11 +12,13 @@ A cached library is verified before it is loaded: its file name ends with the SH
 contents (``kernels-<key>-<sha>.so``), written once the compiled file is on disk (``fsync``,
 then an atomic rename, then the directory's ``fsync``). Loading a truncated or overwritten
 shared library can kill the process (a bus error inside ``dlopen``), so a file whose contents
-do not match its name is deleted, with one warning, and the library rebuilt.
+do not match its name is deleted, with one warning, and the library rebuilt. A build killed
+mid-way leaves a ``.tmp`` file; those older than twice the build's time limit are deleted.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import hashlib
 import importlib.metadata
@@ -26,6 +28,7 @@ import shutil
 import subprocess
 import tempfile
 import threading
+import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -35,6 +38,7 @@ import jax
 
 OPT_OUT = "JCNN_NATIVE"
 CACHE_DIR_VARIABLE = "JCNN_CACHE_DIR"
+BUILD_TIMEOUT_S = 300  # a compile that takes longer has failed
 
 
 class Unavailable(Exception):
@@ -132,6 +136,7 @@ class Library:
             return str(missing)
         try:
             stem = self._stem(cxx, needs)
+            _remove_abandoned_builds()
             path = self._cached(stem) or self._build(cxx, needs, stem)
             library = ctypes.cdll.LoadLibrary(str(path))
             for target, symbol in self.targets.items():
@@ -186,7 +191,7 @@ class Library:
             "-o", tmp, *needs.link_flags,
         ]  # fmt: skip
         try:
-            done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+            done = subprocess.run(command, capture_output=True, text=True, timeout=BUILD_TIMEOUT_S)
             if done.returncode != 0:
                 raise RuntimeError(f"{' '.join(command)} failed:\n{done.stderr[-2000:]}")
             _fsync(tmp)
@@ -197,6 +202,17 @@ class Library:
         finally:
             if os.path.exists(tmp):
                 os.unlink(tmp)
+
+
+def _remove_abandoned_builds() -> None:
+    """Delete the cache's temporary build files that no build can still be writing: a build
+    killed mid-way (SIGKILL, power loss) leaves its ``.tmp`` file behind, while a live one
+    (another process may be building) is younger than the build's time limit."""
+    now = time.time()
+    for path in cache_dir().glob("*.tmp"):
+        with contextlib.suppress(OSError):  # gone already, or not ours to delete
+            if now - path.stat().st_mtime > 2 * BUILD_TIMEOUT_S:
+                path.unlink()
 
 
 def _file_digest(path: Path) -> str:
