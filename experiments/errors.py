@@ -85,9 +85,10 @@ STOP_STATUS = {"SIGINT": 130, "SIGTERM": 143}
 
 def stopped(message: str, reason: str = "SIGINT") -> SystemExit:
     """Print ``message`` (one line) on stderr; the SystemExit to raise for a run stopped by
-    ``reason`` (exit status 130 for SIGINT, 143 for SIGTERM)."""
+    ``reason`` (exit status 130 for SIGINT, 143 for SIGTERM, also when another process of
+    the run got it: ``'SIGTERM to process 1'``)."""
     print(" ".join(message.split()), file=sys.stderr, flush=True)
-    return SystemExit(STOP_STATUS.get(reason, 130))
+    return SystemExit(STOP_STATUS.get(reason.split(" ")[0], 130))
 
 
 @contextlib.contextmanager

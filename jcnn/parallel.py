@@ -245,6 +245,37 @@ def assert_same_in_every_process(value: int, message: str) -> None:
         multihost_utils.assert_equal(np.int64(value), message)
 
 
+def gather_from_every_process(value: int) -> list[int]:
+    """Every process's ``value``, in process order: a collective every process must call at
+    the same point of its program (``[value]`` with one process).
+
+    Args:
+      value: this process's integer (sent as ``int32``).
+
+    Returns:
+      ``jax.process_count()`` integers; entry ``i`` is process ``i``'s ``value``.
+    """
+    if jax.process_count() == 1:
+        return [int(value)]
+    from jax.experimental import multihost_utils
+
+    gathered = multihost_utils.process_allgather(np.int32(value))
+    return [int(v) for v in np.asarray(gathered).reshape(-1)]
+
+
+def wait_for_every_process(name: str) -> None:
+    """Return once every process has reached the call with this ``name`` (a barrier; nothing
+    with one process).
+
+    Args:
+      name: the barrier's name, the same in every process.
+    """
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(name)
+
+
 def check_batch_divisible(batch_size: int, mesh: Mesh, name: str = "batch_size") -> int:
     """``batch_size`` if it splits evenly over the mesh's devices, else ValueError.
 

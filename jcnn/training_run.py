@@ -30,6 +30,16 @@ __all__ = ["DATA_KEYS", "TrainingRun", "TrainingStopped"]
 DATA_KEYS = ("X_train", "y_train", "X_val", "y_val")
 
 
+# How processes tell each other why they stop (0: not asked to).
+_STOP_REASONS = (None, "SIGINT", "SIGTERM", "stop requested")
+
+
+def _stop_code(reason: str | None) -> int:
+    if reason is None:
+        return 0
+    return _STOP_REASONS.index(reason) if reason in _STOP_REASONS else len(_STOP_REASONS) - 1
+
+
 class TrainingStopped(Exception):
     """:meth:`TrainingRun.train` stopped early because :meth:`TrainingRun.request_stop`
     asked it to, after checkpointing the state it stopped in (with a ``checkpoint_dir``).
@@ -176,7 +186,10 @@ class TrainingRun:
         """Ask :meth:`train` to stop after the update in progress: it checkpoints that state
         (with a ``checkpoint_dir``) and raises :class:`TrainingStopped` naming ``reason``
         (e.g. ``'SIGINT'``); a run built with the same arguments resumes from it and ends
-        exactly as an uninterrupted one. Safe in a signal handler (it only sets a flag)."""
+        exactly as an uninterrupted one. Safe in a signal handler (it only sets a flag).
+        With several processes, a request to any one stops them all, after the same update
+        (the next progress line, accuracy check or checkpoint); the others' reason reads
+        e.g. ``'SIGTERM to process 1'``."""
         self._stop_reason = str(reason)
 
     def _replicate(self) -> None:
@@ -300,7 +313,7 @@ class TrainingRun:
                     self._verify_finite()  # the queued steps' time is training, not the check's
                     with run.outside_updates():
                         last_save = self._check_and_save(evaluate, saved) or last_save
-                if self._stop_reason is not None:
+                if self._stop_agreed(evaluate or saved or t % s.print_every == 0):
                     self._stop(saved)
             self._verify_finite()
         if run.best_params is not None:
@@ -337,12 +350,31 @@ class TrainingRun:
             return False
         return time.perf_counter() - last_save >= every
 
+    def _stop_agreed(self, every_process_checks: bool) -> bool:
+        """Whether :meth:`train` stops after this update. With one process: once a stop was
+        requested. With several: only after an update where every process checks (a
+        progress line, an accuracy check, a checkpoint: ``every_process_checks``), and then
+        if any process was asked, so that all stop after the same update and process 0's
+        checkpoint holds it (a process that stopped alone left the others waiting in their
+        next collective, and itself in JAX's shutdown, for minutes)."""
+        if jax.process_count() == 1:
+            return self._stop_reason is not None
+        if not every_process_checks:
+            return False
+        asked = parallel.gather_from_every_process(_stop_code(self._stop_reason))
+        first = next((i for i, code in enumerate(asked) if code), None)
+        if first is not None and self._stop_reason is None:
+            self._stop_reason = f"{_STOP_REASONS[asked[first]]} to process {first}"
+        return first is not None
+
     def _stop(self, saved: bool) -> None:
-        """Checkpoint the current state (unless just done) and raise TrainingStopped."""
+        """Checkpoint the current state (unless just done) and raise TrainingStopped; with
+        several processes, once process 0's checkpoint is written."""
         reason, self._stop_reason = self._stop_reason or "stop requested", None
         folder = self.settings.checkpoint_dir
         if folder is not None and not saved:
             self.save_checkpoint()
+        parallel.wait_for_every_process("jcnn: stopped, checkpoint written")
         checkpoint = self.last_checkpoint if folder is not None else None
         raise TrainingStopped(self.run.iteration, checkpoint, reason)
 

@@ -7,6 +7,7 @@ Each case runs the real command line in fresh interpreters with virtual CPU devi
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -198,6 +199,47 @@ def test_a_dead_peer_ends_the_other_process_in_one_line_and_the_same_command_res
     if lost == 0:  # resuming after either loss is the same
         return
     # The same commands again: resumed from the kept checkpoint, to the end.
+    procs = _start_two(workdir, logs, f"127.0.0.1:{free_port()}", *args)
+    codes = [p.wait(timeout=TIMEOUT) for p in procs]
+    assert codes == [0, 0], logs[0][1].read_text()[-3000:] + logs[1][1].read_text()[-3000:]
+    out = logs[0][0].read_text()
+    assert "resuming the run" in out and "(Iteration 60 / 60)" in out
+
+
+def test_a_signal_to_one_process_stops_every_process_after_the_same_update(
+    tmp_path, fake_cifar_dir
+):
+    """SIGTERM to process 1 alone: it used to stop by itself, print that a checkpoint was
+    saved (only process 0 writes one, and it had not), and leave both processes waiting in
+    JAX for five minutes before they aborted. Now both stop after the same update, once
+    process 0 has written that update's checkpoint, both exit 143 at once, and the same
+    commands resume from that checkpoint to the end."""
+    workdir, address = tmp_path / "run", f"127.0.0.1:{free_port()}"
+    args = [f"--data_dir={fake_cifar_dir}", *TINY[:-2], "--num_epochs=12", "--batch_size=8",
+            "--print_every=1", "--noplot_every_epoch"]  # fmt: skip
+    logs = [(tmp_path / f"out.{i}", tmp_path / f"err.{i}") for i in (0, 1)]
+    procs = _start_two(workdir, logs, address, *args)
+    try:
+        deadline = time.monotonic() + TIMEOUT
+        while "(Iteration 12 / 60)" not in logs[0][0].read_text():
+            assert time.monotonic() < deadline and procs[0].poll() is None, logs[0][1].read_text()
+            time.sleep(0.1)
+        procs[1].send_signal(signal.SIGTERM)  # its supervisor passes it on to its child
+        sent = time.monotonic()
+        codes = [p.wait(timeout=60) for p in procs]
+        took = time.monotonic() - sent
+    finally:
+        reap(procs)
+    errs = [e.read_text() for _, e in logs]
+    assert codes == [143, 143] and took < 30, errs
+    lines = [[ln for ln in e.splitlines() if ln.startswith("stopped (")] for e in errs]
+    assert [len(found) for found in lines] == [1, 1] and "Traceback" not in "".join(errs), errs
+    (zero,), (one,) = lines
+    assert zero.startswith("stopped (SIGTERM to process 1) after iteration "), zero
+    assert one.startswith("stopped (SIGTERM) after iteration "), one
+    assert zero.split(")", 1)[1] == one.split(")", 1)[1]  # the same update, the same file
+    saved = Path(one.split("saved ", 1)[1].split(":")[0])
+    assert saved.is_file() and saved.with_suffix(".json").is_file()
     procs = _start_two(workdir, logs, f"127.0.0.1:{free_port()}", *args)
     codes = [p.wait(timeout=TIMEOUT) for p in procs]
     assert codes == [0, 0], logs[0][1].read_text()[-3000:] + logs[1][1].read_text()[-3000:]
