@@ -8,8 +8,9 @@ the process is between collectives; jaxlib 0.10 offers no Python hook to do othe
 the app runs its own command line again as a child (:func:`supervise`) and stays beside it:
 
 - the child's stdout is the app's; its stderr passes through line by line, except the report
-  JAX prints when it aborts on a lost peer, which is held back and replaced by one ``FATAL``
-  line naming the lost process and the checkpoint kept (exit status 1);
+  JAX prints when it aborts on a lost peer and whatever follows it (Python's crash dump),
+  which are held back and replaced by one ``FATAL`` line naming the lost process and the
+  checkpoint kept (exit status 1), or dropped when the child had printed its own;
 - SIGINT, SIGTERM and SIGHUP reaching the supervisor are passed on to the child, once (the
   child has a process group of its own, so a terminal's Ctrl-C does not reach it twice), and
   the supervisor ends with the child's exit status;
@@ -77,11 +78,14 @@ class _StderrFilter:
 
     def __init__(self) -> None:
         self.held: list[str] = []
+        self.said_fatal = False  # the child reported the failure itself
 
     def feed(self, line: str) -> None:
-        if _REPORT_LINE.match(line) and (self.held or _ABORT_START.search(line)):
+        reporting = _REPORT_LINE.match(line) and (self.held or _ABORT_START.search(line))
+        if reporting or self.aborted_on_peer_loss():  # after JAX's verdict: the crash dump
             self.held.append(line)
             return
+        self.said_fatal = self.said_fatal or line.startswith("FATAL")
         sys.stderr.write(line)
         sys.stderr.flush()
 
@@ -148,12 +152,14 @@ def supervise(
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
-    if stream.aborted_on_peer_loss() and code in (-signal.SIGABRT, 128 + signal.SIGABRT):
-        message = errors.peer_lost_message(
-            stream.detail(), process=process, processes=processes, kept=kept()
-        )
-        sys.stderr.write(f"{message}\n")
-        sys.stderr.flush()
+    aborted = code in (-signal.SIGABRT, 128 + signal.SIGABRT)
+    if stream.aborted_on_peer_loss() and (aborted or stream.said_fatal):
+        if not stream.said_fatal:  # else the child's own FATAL line has said it
+            message = errors.peer_lost_message(
+                stream.detail(), process=process, processes=processes, kept=kept()
+            )
+            sys.stderr.write(f"{message}\n")
+            sys.stderr.flush()
         return 1
     stream.release()
     return 128 - code if code < 0 else code

@@ -68,6 +68,40 @@ def test_jax_abort_on_a_lost_coordinator_becomes_one_fatal_line_and_exit_1(capfd
     assert "Socket closed" in message and "ckpt_000010.npz, is kept" in message, message
 
 
+def test_python_s_crash_dump_after_jax_s_abort_report_is_held_back_too(capfd):
+    """Early in a run (while compiling), JAX's abort also set off Python's fault handler,
+    whose 50-line thread dump came through before the FATAL line."""
+    code, err = _supervise(
+        capfd,
+        f"""
+        import faulthandler, os, sys
+        faulthandler.enable()
+        sys.stderr.write({JAX_ABORT_REPORT!r}); sys.stderr.flush()
+        os.abort()
+        """,
+    )
+    assert code == 1
+    assert "Fatal Python error" not in err and "most recent call first" not in err, err
+    (message,) = fatal_messages(err)
+    assert message.startswith("FATAL process 1 of 2 lost the coordinator (process 0)"), message
+
+
+def test_jax_s_report_after_the_child_s_own_fatal_line_is_dropped(capfd):
+    """The child saw the loss first (a failed collective) and said so; JAX's coordination
+    client then aborted it on its way out: its report came through after the FATAL line."""
+    code, err = _supervise(
+        capfd,
+        f"""
+        import os, sys
+        sys.stderr.write("FATAL process 1 of 2 lost process 0 (a collective failed: x)\\n")
+        sys.stderr.write({JAX_ABORT_REPORT!r}); sys.stderr.flush()
+        os.abort()
+        """,
+    )
+    assert code == 1
+    assert err == "FATAL process 1 of 2 lost process 0 (a collective failed: x)\n", err
+
+
 def test_a_child_that_ends_by_itself_keeps_its_status_and_every_line(capfd):
     code, err = _supervise(
         capfd,
