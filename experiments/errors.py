@@ -275,11 +275,26 @@ def exit_peer_lost(detail: str, *, process: int, processes: int, kept: str | Non
     os._exit(1)
 
 
+def _interrupted_while_starting(signum: int, frame: Any) -> None:
+    raise stopped("stopped (SIGINT) while starting: nothing was written", "SIGINT")
+
+
+def quiet_interrupt_while_starting() -> None:
+    """Until :func:`run_app` takes over, Ctrl-C ends the process with one line and status
+    130 (it printed a 40-line traceback from inside ``import jax``). For
+    ``python -m experiments.<app>`` only: ``experiments/__init__.py`` calls it then."""
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+        signal.signal(signal.SIGINT, _interrupted_while_starting)
+
+
 def run_app(main: Callable[[list[str]], Any], help_text: Callable[[], str] | None = None) -> None:
     """``absl.app.run(main)`` with every user-fixable failure, flag parsing included,
     ending in one line (see the module's docstring); ``help_text``: what ``--help`` lists
     after the app's docstring (default: absl's list of its flags)."""
     from absl import app
+
+    if signal.getsignal(signal.SIGINT) is _interrupted_while_starting:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
     # JAX logs each accelerator backend it cannot start (e.g. "Unable to initialize backend
     # 'tpu'") at INFO, which absl apps print: noise on every CPU-only start.

@@ -216,6 +216,39 @@ def test_a_signal_after_the_apps_main_returned_ends_the_process_quietly(name, st
     assert proc.stdout.strip() == f"stop asked: {name}" and proc.stderr == ""
 
 
+@pytest.mark.parametrize("option", [["-m", "experiments.vgg_cifar"], ["-mexperiments.x"]])
+def test_ctrl_c_while_an_app_imports_jax_ends_in_one_line(option):
+    """A Ctrl-C before the app's main started (JAX takes a second or two to import) printed
+    a 40-line traceback from inside the import; an app started with ``-m`` says it in one
+    line, status 130, and ``run_app`` gives Ctrl-C its usual meaning back."""
+    script = (
+        "import os, signal, sys\n"
+        f"sys.orig_argv = [sys.executable, *{option!r}]\n"
+        "import experiments\n"
+        "os.kill(os.getpid(), signal.SIGINT)\n"
+        "import jax\n"
+        "print('not reached')\n"
+    )
+    proc = run_script(script)
+    assert proc.returncode == 130 and proc.stdout == "", proc.stderr
+    assert proc.stderr == "stopped (SIGINT) while starting: nothing was written\n"
+    handed_back = (
+        "import signal, sys\n"
+        "sys.orig_argv = [sys.executable, '-m', 'experiments.vgg_cifar']\n"
+        "from experiments import errors\n"
+        "errors.run_app(lambda argv: print(signal.getsignal(signal.SIGINT).__name__))\n"
+    )
+    assert run_script(handed_back).stdout.strip() == "default_int_handler"
+
+
+def test_importing_experiments_elsewhere_leaves_ctrl_c_alone():
+    proc = run_script(
+        "import signal, experiments.train\n"
+        "print(signal.getsignal(signal.SIGINT) is signal.default_int_handler)\n"
+    )
+    assert proc.stdout.strip() == "True", proc.stderr
+
+
 @pytest.mark.parametrize(
     "raised, name, status",
     [("KeyboardInterrupt", "SIGINT", 130), ("KeyboardInterrupt('SIGTERM')", "SIGTERM", 143)],
