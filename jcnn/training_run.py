@@ -188,7 +188,7 @@ class TrainingRun:
         (e.g. ``'SIGINT'``); a run built with the same arguments resumes from it and ends
         exactly as an uninterrupted one. Safe in a signal handler (it only sets a flag).
         With several processes, a request to any one stops them all, after the same update
-        (the next progress line, accuracy check or checkpoint); the others' reason reads
+        (the next progress line or accuracy check); the others' reason reads
         e.g. ``'SIGTERM to process 1'``."""
         self._stop_reason = str(reason)
 
@@ -313,7 +313,7 @@ class TrainingRun:
                     self._verify_finite()  # the queued steps' time is training, not the check's
                     with run.outside_updates():
                         last_save = self._check_and_save(evaluate, saved) or last_save
-                if self._stop_agreed(evaluate or saved or t % s.print_every == 0):
+                if self._stop_agreed(evaluate or t % s.print_every == 0):
                     self._stop(saved)
             self._verify_finite()
         if run.best_params is not None:
@@ -353,7 +353,7 @@ class TrainingRun:
     def _stop_agreed(self, every_process_checks: bool) -> bool:
         """Whether :meth:`train` stops after this update. With one process: once a stop was
         requested. With several: only after an update where every process checks (a
-        progress line, an accuracy check, a checkpoint: ``every_process_checks``), and then
+        progress line or an accuracy check: ``every_process_checks``), and then
         if any process was asked, so that all stop after the same update and process 0's
         checkpoint holds it (a process that stopped alone left the others waiting in their
         next collective, and itself in JAX's shutdown, for minutes)."""
