@@ -447,6 +447,6 @@ def _main(argv: Sequence[str], *, recipe_class: type[Recipe], fv: flags.FlagValu
         if e.errno not in errors.DISK_FULL or errors.debug():
             raise
         raise _disk_full(workdir, e) from e
-    except jax.errors.JaxRuntimeError as e:  # a collective whose peer process is gone
-        stop_on_peer_loss(e, config)
+    except (jax.errors.JaxRuntimeError, ValueError) as e:  # a collective whose peer is gone
+        stop_on_peer_loss(e, config)  # (a gather between processes fails with ValueError)
         raise

@@ -10,6 +10,7 @@ import socket
 import subprocess
 from pathlib import Path
 
+import jax
 import numpy as np
 import pytest
 
@@ -169,6 +170,32 @@ def test_the_nonfinite_line_says_what_a_rerun_does(tmp_path, monkeypatch, kept):
         assert "No checkpoint was written before it" in message and "resumes" not in message
 
 
+@pytest.mark.parametrize("error", [ValueError, jax.errors.JaxRuntimeError])
+def test_a_collective_failing_on_a_lost_peer_ends_in_the_peer_loss_line(
+    tmp_path, monkeypatch, error
+):
+    """A peer killed while the processes gathered their stop requests failed that gather
+    with a ValueError (the training step's collectives fail with JaxRuntimeError): it went
+    by as a traceback, and JAX's shutdown then waited minutes for the lost process."""
+    from experiments import train
+
+    lost: list[str] = []
+
+    def gather_fails(*args, **kwargs):
+        monkeypatch.setattr(jax, "process_count", lambda: 2)
+        raise error("UNKNOWN: Gloo AllGather failed: [pair.cc:538] Connection reset by peer")
+
+    def exit_peer_lost(detail, **where):
+        lost.append(detail)
+        raise SystemExit(1)
+
+    monkeypatch.setattr(train, "train_and_evaluate", gather_fails)
+    monkeypatch.setattr(errors, "exit_peer_lost", exit_peer_lost)
+    with pytest.raises(SystemExit):
+        run(tmp_path / "run", tmp_path / "no_data")
+    assert len(lost) == 1 and "Connection reset by peer" in lost[0]
+
+
 def test_a_second_signal_stops_at_once_and_the_handlers_come_back():
     import signal
 
@@ -223,6 +250,7 @@ def test_ctrl_c_while_an_app_imports_jax_ends_in_one_line(option):
     line, status 130, and ``run_app`` gives Ctrl-C its usual meaning back."""
     script = (
         "import os, signal, sys\n"
+        "signal.signal(signal.SIGINT, signal.default_int_handler)\n"  # pytest-xdist ignores it
         f"sys.orig_argv = [sys.executable, *{option!r}]\n"
         "import experiments\n"
         "os.kill(os.getpid(), signal.SIGINT)\n"
@@ -234,6 +262,7 @@ def test_ctrl_c_while_an_app_imports_jax_ends_in_one_line(option):
     assert proc.stderr == "stopped (SIGINT) while starting: nothing was written\n"
     handed_back = (
         "import signal, sys\n"
+        "signal.signal(signal.SIGINT, signal.default_int_handler)\n"
         "sys.orig_argv = [sys.executable, '-m', 'experiments.vgg_cifar']\n"
         "from experiments import errors\n"
         "errors.run_app(lambda argv: print(signal.getsignal(signal.SIGINT).__name__))\n"
@@ -243,7 +272,9 @@ def test_ctrl_c_while_an_app_imports_jax_ends_in_one_line(option):
 
 def test_importing_experiments_elsewhere_leaves_ctrl_c_alone():
     proc = run_script(
-        "import signal, experiments.train\n"
+        "import signal\n"
+        "signal.signal(signal.SIGINT, signal.default_int_handler)\n"
+        "import experiments.train\n"
         "print(signal.getsignal(signal.SIGINT) is signal.default_int_handler)\n"
     )
     assert proc.stdout.strip() == "True", proc.stderr
