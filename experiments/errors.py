@@ -287,6 +287,39 @@ def quiet_interrupt_while_starting() -> None:
         signal.signal(signal.SIGINT, _interrupted_while_starting)
 
 
+# Set once this process has joined a multi-process run (:func:`fail_without_waiting`).
+_ONE_OF_SEVERAL: list[bool] = []
+
+
+def fail_without_waiting() -> None:
+    """From here on, an app in :func:`run_app` that ends in failure (a ``FATAL`` line, a
+    traceback; not a finished or stopped run) exits at once, skipping JAX's shutdown: for a
+    process of a multi-process run, whose shutdown waits for every process while the others
+    wait in their next collective for this one (a disk full in process 0 left both waiting
+    five minutes, then a 40-line barrier report). The others then see a lost peer and stop in
+    one line."""
+    _ONE_OF_SEVERAL.append(True)
+
+
+def _exit_now_on_failure(e: BaseException, stop_agreed: bool = True) -> None:
+    """With :func:`fail_without_waiting`: report ``e`` as Python would at exit, then end the
+    process with its status at once; return (the caller re-raises) for a success, or a stop
+    that every process agreed on (``stop_agreed``: they all shut down together)."""
+    if not _ONE_OF_SEVERAL:
+        return
+    status: Any = e.code if isinstance(e, SystemExit) else 1
+    if status in (None, 0) or (stop_agreed and status in STOP_STATUS.values()):
+        return
+    if not isinstance(e, SystemExit):
+        traceback.print_exception(e)
+    elif not isinstance(status, int):
+        print(status, file=sys.stderr)
+        status = 1
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)
+
+
 def run_app(main: Callable[[list[str]], Any], help_text: Callable[[], str] | None = None) -> None:
     """``absl.app.run(main)`` with every user-fixable failure, flag parsing included,
     ending in one line (see the module's docstring); ``help_text``: what ``--help`` lists
@@ -300,7 +333,7 @@ def run_app(main: Callable[[list[str]], Any], help_text: Callable[[], str] | Non
     # 'tpu'") at INFO, which absl apps print: noise on every CPU-only start.
     logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)
 
-    def checked_main(argv: list[str]) -> Any:
+    def one_line_main(argv: list[str]) -> Any:
         try:
             with failures_in_one_line():
                 return main(argv)
@@ -308,11 +341,20 @@ def run_app(main: Callable[[list[str]], Any], help_text: Callable[[], str] | Non
             if debug():
                 traceback.print_exc()
             reason = e.args[0] if e.args and e.args[0] in STOP_STATUS else "SIGINT"
-            raise stopped(
+            at_once = stopped(
                 f"stopped at once ({reason}): the checkpoints already written are kept, and "
                 "the same command resumes from the newest",
                 reason,
-            ) from None
+            )
+            _exit_now_on_failure(at_once, stop_agreed=False)
+            raise at_once from None
+
+    def checked_main(argv: list[str]) -> Any:
+        try:
+            return one_line_main(argv)
+        except BaseException as e:
+            _exit_now_on_failure(e)
+            raise
         finally:
             end_at_once_on_signals()
 

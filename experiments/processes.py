@@ -69,6 +69,7 @@ def start_processes(config: Mapping[str, Any]) -> None:
         raise UsageFailure(f"could not start process {pid} of {n}: {e}") from None
     finally:
         watchdog.cancel()
+    errors.fail_without_waiting()  # JAX's shutdown would wait for every process
 
 
 def _newest_checkpoint(config: Mapping[str, Any]) -> str | None:

@@ -22,6 +22,7 @@ the app runs its own command line again as a child (:func:`supervise`) and stays
 
 from __future__ import annotations
 
+import itertools
 import os
 import re
 import signal
@@ -81,13 +82,25 @@ class _StderrFilter:
         self.said_fatal = False  # the child reported the failure itself
 
     def feed(self, line: str) -> None:
+        self.said_fatal = self.said_fatal or line.startswith("FATAL")
         reporting = _REPORT_LINE.match(line) and (self.held or _ABORT_START.search(line))
         if reporting or self.aborted_on_peer_loss():  # after JAX's verdict: the crash dump
-            self.held.append(line)
+            self.held.append(line)  # (and the child's own FATAL line, if it comes now)
             return
-        self.said_fatal = self.said_fatal or line.startswith("FATAL")
         sys.stderr.write(line)
         sys.stderr.flush()
+
+    def release_fatal(self) -> None:
+        """Print the child's own ``FATAL`` line (and its indented rest) if it was held back
+        with JAX's report; drop the report."""
+        fatal = [i for i, line in enumerate(self.held) if line.startswith("FATAL")]
+        if fatal:
+            rest = itertools.takewhile(
+                lambda line: line.startswith("  "), self.held[fatal[0] + 1 :]
+            )
+            sys.stderr.write("".join([self.held[fatal[0]], *rest]))
+            sys.stderr.flush()
+        self.held.clear()
 
     def aborted_on_peer_loss(self) -> bool:
         return any("detected fatal errors" in line for line in self.held)
@@ -154,7 +167,9 @@ def supervise(
             signal.signal(s, handler)
     aborted = code in (-signal.SIGABRT, 128 + signal.SIGABRT)
     if stream.aborted_on_peer_loss() and (aborted or stream.said_fatal):
-        if not stream.said_fatal:  # else the child's own FATAL line has said it
+        if stream.said_fatal:  # the child's own line says it
+            stream.release_fatal()
+        else:
             message = errors.peer_lost_message(
                 stream.detail(), process=process, processes=processes, kept=kept()
             )

@@ -196,6 +196,37 @@ def test_a_collective_failing_on_a_lost_peer_ends_in_the_peer_loss_line(
     assert len(lost) == 1 and "Connection reset by peer" in lost[0]
 
 
+@pytest.mark.parametrize(
+    "ending, status, shut_down",
+    [("raise errors.UsageFailure('the disk is full')", 1, False),
+     ("raise RuntimeError('a bug')", 1, False),
+     ("raise KeyboardInterrupt('SIGTERM')", 143, False),  # a second signal: this one only
+     ("raise errors.stopped('stopped (SIGTERM) after iteration 3', 'SIGTERM')", 143, True),
+     ("return None", 0, True)],
+)  # fmt: skip
+def test_a_failing_process_of_a_multi_process_run_exits_without_waiting_for_the_others(
+    ending, status, shut_down
+):
+    """A FATAL in process 0 alone (a full disk) left it in JAX's shutdown, which waits for
+    every process, while the others waited in a collective for it: five minutes, then a
+    40-line barrier report. A failing process now skips the shutdown (the others see a lost
+    peer); a finished run, or a stop every process agreed on, shuts down as usual."""
+    script = (
+        "import atexit\n"
+        "from experiments import errors\n"
+        "errors.fail_without_waiting()  # as a process of a multi-process run\n"
+        "atexit.register(lambda: print('shut down', flush=True))\n"
+        "def main(argv):\n"
+        f"    {ending}\n"
+        "errors.run_app(main)\n"
+    )
+    proc = run_script(script)
+    assert proc.returncode == status, proc.stderr
+    assert ("shut down" in proc.stdout) == shut_down, proc.stdout
+    if status == 1:
+        assert ("FATAL the disk is full" in proc.stderr) != ("RuntimeError: a bug" in proc.stderr)
+
+
 def test_a_second_signal_stops_at_once_and_the_handlers_come_back():
     import signal
 

@@ -102,6 +102,27 @@ def test_jax_s_report_after_the_child_s_own_fatal_line_is_dropped(capfd):
     assert err == "FATAL process 1 of 2 lost process 0 (a collective failed: x)\n", err
 
 
+def test_the_child_s_own_fatal_line_after_jax_s_report_is_kept_and_the_report_dropped(capfd):
+    """Process 0 gone (its disk full): JAX's client in process 1 printed its report, then
+    the child's collective failed and it said so in its own FATAL line and exited 1; the
+    report came through before that line."""
+    code, err = _supervise(
+        capfd,
+        f"""
+        import os, sys
+        sys.stderr.write({JAX_ABORT_REPORT!r})
+        sys.stderr.write("FATAL process 1 of 2 lost process 0 (a collective failed: x);\\n")
+        sys.stderr.write("  the last checkpoint, c.npz, is kept\\n"); sys.stderr.flush()
+        os._exit(1)
+        """,
+    )
+    assert code == 1
+    assert err == (
+        "FATAL process 1 of 2 lost process 0 (a collective failed: x);\n"
+        "  the last checkpoint, c.npz, is kept\n"
+    ), err
+
+
 def test_a_child_that_ends_by_itself_keeps_its_status_and_every_line(capfd):
     code, err = _supervise(
         capfd,
