@@ -124,6 +124,19 @@ def stop_on_signals(request_stop: Callable[[str], None]) -> Iterator[None]:
             signal.signal(s, h)
 
 
+def _interrupt_behind(e: BaseException) -> KeyboardInterrupt | None:
+    """The KeyboardInterrupt ``e`` is, or that was being handled when ``e`` was raised (a
+    Ctrl-C inside ``np.savez`` surfaces as zipfile's ValueError about an open handle)."""
+    seen: set[int] = set()
+    cause: BaseException | None = e
+    while cause is not None and id(cause) not in seen:
+        if isinstance(cause, KeyboardInterrupt):
+            return cause
+        seen.add(id(cause))
+        cause = cause.__context__
+    return None
+
+
 def _exit_now(signum: int, frame: Any) -> None:
     sys.stdout.flush()
     sys.stderr.flush()
@@ -276,7 +289,10 @@ def exit_peer_lost(detail: str, *, process: int, processes: int, kept: str | Non
 
 
 def _interrupted_while_starting(signum: int, frame: Any) -> None:
-    raise stopped("stopped (SIGINT) while starting: nothing was written", "SIGINT")
+    # Ends here and now: an exception raised from a signal handler that lands in one of
+    # JAX's callbacks is reported as "ignored", and the app ran on to the end.
+    print("stopped (SIGINT) while starting: nothing was written", file=sys.stderr)
+    _exit_now(signum, frame)
 
 
 def quiet_interrupt_while_starting() -> None:
@@ -301,14 +317,14 @@ def fail_without_waiting() -> None:
     _ONE_OF_SEVERAL.append(True)
 
 
-def _exit_now_on_failure(e: BaseException, stop_agreed: bool = True) -> None:
+def _exit_now_on_failure(e: BaseException) -> None:
     """With :func:`fail_without_waiting`: report ``e`` as Python would at exit, then end the
     process with its status at once; return (the caller re-raises) for a success, or a stop
-    that every process agreed on (``stop_agreed``: they all shut down together)."""
+    that every process agreed on (they all shut down together)."""
     if not _ONE_OF_SEVERAL:
         return
     status: Any = e.code if isinstance(e, SystemExit) else 1
-    if status in (None, 0) or (stop_agreed and status in STOP_STATUS.values()):
+    if status in (None, 0) or status in STOP_STATUS.values():
         return
     if not isinstance(e, SystemExit):
         traceback.print_exception(e)
@@ -337,17 +353,22 @@ def run_app(main: Callable[[list[str]], Any], help_text: Callable[[], str] | Non
         try:
             with failures_in_one_line():
                 return main(argv)
-        except KeyboardInterrupt as e:
+        except BaseException as e:
+            interrupt = _interrupt_behind(e)
+            if interrupt is None:
+                raise
             if debug():
                 traceback.print_exc()
-            reason = e.args[0] if e.args and e.args[0] in STOP_STATUS else "SIGINT"
-            at_once = stopped(
+            reason = interrupt.args[0] if interrupt.args else "SIGINT"
+            reason = reason if reason in STOP_STATUS else "SIGINT"
+            stopped(
                 f"stopped at once ({reason}): the checkpoints already written are kept, and "
                 "the same command resumes from the newest",
                 reason,
             )
-            _exit_now_on_failure(at_once, stop_agreed=False)
-            raise at_once from None
+            # At once indeed: an interpreter shutting down while XLA's threads still run
+            # (a Ctrl-C during a compile) could end in a segmentation fault.
+            _exit_now(signal.Signals[reason], None)
 
     def checked_main(argv: list[str]) -> Any:
         try:
