@@ -193,26 +193,31 @@ def restore(solver: TrainingRun, npz: Path, meta: Mapping[str, Any]) -> Any:
     return solver.run.restored(tree, meta)
 
 
-_CHECKED = ("params", "state", "best_params", "best_state", "slow")
+# Arrays that no run writes below zero: batchnorm's running variances, Adam's second
+# moments (optax's ``nu``) and update counts.
+_NON_NEGATIVE = ("running_var", "nu", "count")
 
 
 def check_values(tree: Mapping[str, Any]) -> None:
-    """Refuse values a run never writes: a run checkpoint's parameters and statistics
-    (current, best, and lookahead's slow weights) are finite (``save`` verifies them
-    first), and batchnorm running variances are >= 0. A checkpoint without checksums is
-    only as good as these checks.
+    """Refuse values a run never writes: every floating-point array of a run checkpoint is
+    finite (``save`` refuses anything else), and running variances, Adam's second moments
+    and update counts are >= 0. A checkpoint without checksums is only as good as these
+    checks; one with checksums can still have been written by other code.
 
     Raises:
       CorruptCheckpointError: naming the first array that breaks a rule.
     """
-    checked = {k: tree[k] for k in _CHECKED if k in tree}
-    for path, leaf in jax.tree_util.tree_flatten_with_path(checked)[0]:
-        if not jnp.issubdtype(leaf.dtype, jnp.floating):
+    for path, leaf in jax.tree_util.tree_flatten_with_path(dict(tree))[0]:
+        name = key_path_name(path)
+        if jnp.issubdtype(leaf.dtype, jnp.floating):
+            a = np.asarray(leaf, np.float32)
+            if not np.isfinite(a).all():
+                raise ckpt.CorruptCheckpointError(
+                    f"{name} holds non-finite values (a run writes only finite numbers)"
+                )
+        elif jnp.issubdtype(leaf.dtype, jnp.signedinteger):
+            a = np.asarray(leaf)
+        else:
             continue
-        a, name = np.asarray(leaf, np.float32), key_path_name(path)
-        if not np.isfinite(a).all():
-            raise ckpt.CorruptCheckpointError(
-                f"{name} holds non-finite values (a run writes only finite parameters)"
-            )
-        if name.endswith("running_var") and (a < 0).any():
-            raise ckpt.CorruptCheckpointError(f"{name} holds a negative variance")
+        if set(name.split("/")) & set(_NON_NEGATIVE) and (a < 0).any():
+            raise ckpt.CorruptCheckpointError(f"{name} holds a negative value")

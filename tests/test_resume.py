@@ -273,15 +273,16 @@ def test_a_sidecar_without_a_format_is_set_aside_not_skipped_and_overwritten(
 
 @pytest.mark.parametrize(
     "damage",
-    ["a wrong shape", "a missing array", "an extra array", "a NaN weight", "a negative variance"],
-)
+    ["a wrong shape", "a missing array", "an extra array", "a NaN weight", "an inf in Adam's mu",
+     "a negative variance", "a negative second moment"],
+)  # fmt: skip
 def test_damaged_arrays_of_an_unsigned_checkpoint_are_set_aside_not_blamed_on_the_settings(
     reference, crashed, tmp_path, damage
 ):
     """A checkpoint without checksums whose arrays do not fit the run its sidecar names, or
-    hold values no run writes (NaN parameters resumed and were then called the last good
-    checkpoint; a negative running variance gave val_acc 0.0), is damaged, not made by
-    other settings: moved aside, the one before it used."""
+    hold values no run writes (NaN parameters or optimiser moments resumed and were then
+    called the last good checkpoint; a negative running variance gave val_acc 0.0), is
+    damaged, not made by other settings: moved aside, the one before it used."""
     ckpt = tmp_path / "ckpt"
     shutil.copytree(crashed, ckpt)
     side, npz = ckpt / "step_00000009.json", ckpt / "step_00000009.npz"
@@ -296,10 +297,15 @@ def test_damaged_arrays_of_an_unsigned_checkpoint_are_set_aside_not_blamed_on_th
     elif damage == "an extra array":
         arrays["surprise"] = np.zeros(3)
     else:
-        nan = damage == "a NaN weight"
-        key = next(k for k in sorted(arrays) if k.endswith("/w" if nan else "/running_var"))
+        where, value = {
+            "a NaN weight": (r"^params/.*/w$", np.nan),
+            "an inf in Adam's mu": (r"/mu/.*/w$", np.inf),
+            "a negative variance": (r"^state/.*/running_var$", -0.5),
+            "a negative second moment": (r"/nu/.*/w$", -1e-6),
+        }[damage]
+        key = next(k for k in sorted(arrays) if re.search(where, k))
         arrays[key] = arrays[key].copy()
-        arrays[key].flat[1] = np.nan if nan else -0.5
+        arrays[key].flat[1] = value
     with open(npz, "wb") as f:
         np.savez(f, **arrays)
     with pytest.warns(CorruptCheckpointWarning, match="using the one before it"):
