@@ -107,7 +107,8 @@ def initialize_distributed(
     Raises:
       ValueError: a multi-process run (``num_processes`` not None/1 or ``process_id`` not
         None/0, or a coordinator given) without all three of ``coordinator_address``,
-        ``num_processes`` and ``process_id``; ``num_processes`` not a positive int,
+        ``num_processes`` and ``process_id``; an address that is not ``host:port`` with a
+        port in 1..65535; ``num_processes`` not a positive int,
         ``process_id`` not a non-negative int or not below ``num_processes``.
     """
     if coordinator_address is None and num_processes in (None, 1) and process_id in (None, 0):
@@ -121,6 +122,12 @@ def initialize_distributed(
         raise ValueError(
             "a multi-process run needs coordinator_address, num_processes and process_id, got "
             f"{coordinator_address!r}, {num_processes!r}, {process_id!r}"
+        )
+    host, colon, port = str(coordinator_address).rpartition(":")
+    if not (host and colon and port.isdigit() and 1 <= int(port) <= 65535):
+        raise ValueError(
+            "coordinator_address must be 'host:port' with a port in 1..65535, got "
+            f"{coordinator_address!r}"
         )
     n = positive_int("num_processes", num_processes)
     pid = nonnegative_int("process_id", process_id)

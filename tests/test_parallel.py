@@ -233,6 +233,10 @@ def test_initialize_distributed_arguments():
         parallel.initialize_distributed("127.0.0.1:1234", 2, None)
     with pytest.raises(ValueError, match="process_id must be in"):
         parallel.initialize_distributed("127.0.0.1:1234", 2, 2)
+    # JAX gave an IndexError traceback for the first and waited in silence on the last.
+    for address in ("notahost", "127.0.0.1:", ":1234", "127.0.0.1:abc", "127.0.0.1:99999"):
+        with pytest.raises(ValueError, match="must be 'host:port' with a port in 1..65535"):
+            parallel.initialize_distributed(address, 2, 0)
     assert parallel.is_primary()
 
 
