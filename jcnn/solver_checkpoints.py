@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
 from jcnn import checkpoint as ckpt
 from jcnn import nonfinite, parallel
@@ -193,31 +194,31 @@ def restore(solver: TrainingRun, npz: Path, meta: Mapping[str, Any]) -> Any:
     return solver.run.restored(tree, meta)
 
 
-# Arrays that no run writes below zero: batchnorm's running variances, Adam's second
-# moments (optax's ``nu``) and update counts.
-_NON_NEGATIVE = ("running_var", "nu", "count")
-
-
 def check_values(tree: Mapping[str, Any]) -> None:
     """Refuse values a run never writes: every floating-point array of a run checkpoint is
-    finite (``save`` refuses anything else), and running variances, Adam's second moments
-    and update counts are >= 0. A checkpoint without checksums is only as good as these
-    checks; one with checksums can still have been written by other code.
+    finite (``save`` refuses anything else), and batchnorm running variances, update counts
+    and the second moments of Adam and RMSProp (optax's ``ScaleByAdamState.nu``,
+    ``ScaleByRmsState.nu``) are >= 0. A checkpoint without checksums is only as good as
+    these checks; one with checksums can still have been written by other code.
 
     Raises:
       CorruptCheckpointError: naming the first array that breaks a rule.
     """
+
+    def squares(x: Any) -> bool:
+        return isinstance(x, optax.ScaleByAdamState | optax.ScaleByRmsState)
+
+    states = jax.tree_util.tree_leaves(dict(tree), is_leaf=squares)
+    second = {id(a) for x in states if squares(x) for a in jax.tree_util.tree_leaves(x.nu)}
     for path, leaf in jax.tree_util.tree_flatten_with_path(dict(tree))[0]:
-        name = key_path_name(path)
-        if jnp.issubdtype(leaf.dtype, jnp.floating):
-            a = np.asarray(leaf, np.float32)
-            if not np.isfinite(a).all():
+        name, a = key_path_name(path), np.asarray(leaf)
+        if jnp.issubdtype(a.dtype, jnp.floating):
+            if not np.isfinite(a if a.dtype.itemsize >= 4 else a.astype(np.float32)).all():
                 raise ckpt.CorruptCheckpointError(
                     f"{name} holds non-finite values (a run writes only finite numbers)"
                 )
-        elif jnp.issubdtype(leaf.dtype, jnp.signedinteger):
-            a = np.asarray(leaf)
-        else:
+        elif not jnp.issubdtype(a.dtype, jnp.signedinteger):
             continue
-        if set(name.split("/")) & set(_NON_NEGATIVE) and (a < 0).any():
+        kept_positive = id(leaf) in second or name.split("/")[-1] in ("running_var", "count")
+        if kept_positive and (a < 0).any():
             raise ckpt.CorruptCheckpointError(f"{name} holds a negative value")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import time
+import zlib
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -35,9 +36,8 @@ _STOP_REASONS = (None, "SIGINT", "SIGTERM", "stop requested")
 
 
 def _stop_code(reason: str | None) -> int:
-    if reason is None:
-        return 0
-    return _STOP_REASONS.index(reason) if reason in _STOP_REASONS else len(_STOP_REASONS) - 1
+    known = reason in _STOP_REASONS  # None: 0
+    return _STOP_REASONS.index(reason) if known else len(_STOP_REASONS) - 1
 
 
 class TrainingStopped(Exception):
@@ -121,10 +121,12 @@ class TrainingRun:
         self._reset()
         self._replicate()
         self._resume(settings)
+        agreed = (self.run.iteration, settings.print_every, self.num_iterations)  # see _stop_agreed
         parallel.assert_same_in_every_process(
-            self.run.iteration,
-            "processes restored different checkpoints (or only some found one): put "
-            "checkpoint_dir on a filesystem every process sees, or start over",
+            zlib.crc32(repr((*agreed, self.iterations_per_epoch)).encode()),
+            "processes restored different checkpoints (or only some found one: put "
+            "checkpoint_dir on a filesystem every process sees, or start over), or were given "
+            "different print_every, num_epochs or training data",
         )
 
     def _take_data(self, data: Mapping[str, Any]) -> None:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import jax
 import numpy as np
+import optax
 import pytest
 
 from jcnn.checkpoint import (
@@ -536,3 +537,22 @@ def test_sigkill_at_a_random_moment_then_the_same_command_again(tmp_path):
         warnings.simplefilter("error")  # nothing corrupt: the kill never tears a checkpoint
         for npz in ckpt.glob("*.npz"):
             verify_checkpoint(npz)
+
+
+def test_only_moments_that_are_squares_must_not_be_negative():
+    """Adam's and RMSProp's second moments are averages of squares; other optimisers keep
+    signed values under the same name (optax's SM3 a momentum, Sophia a Hessian estimate):
+    their checkpoints are good."""
+    from jcnn.checkpoint import CorruptCheckpointError
+    from jcnn.solver_checkpoints import check_values
+
+    params = {"w": np.ones(3, np.float32)}
+    negative = {"w": -np.ones(3, np.float32)}
+    host = lambda state: jax.tree_util.tree_map(np.asarray, state)  # noqa: E731
+    sm3 = host(optax.sm3(1e-2).init(params))
+    check_values({"params": params, "opt_state": (sm3[0]._replace(nu=negative), *sm3[1:])})
+    for make_optimizer in (optax.adam, optax.rmsprop):
+        state = host(make_optimizer(1e-3).init(params))
+        damaged = (state[0]._replace(nu=negative), *state[1:])
+        with pytest.raises(CorruptCheckpointError, match="opt_state/0/nu/w holds a negative"):
+            check_values({"params": params, "opt_state": damaged})

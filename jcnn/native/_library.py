@@ -136,7 +136,7 @@ class Library:
             return str(missing)
         try:
             stem = self._stem(cxx, needs)
-            _remove_abandoned_builds()
+            _remove_abandoned_builds(self.name)
             path = self._cached(stem) or self._build(cxx, needs, stem)
             library = ctypes.cdll.LoadLibrary(str(path))
             for target, symbol in self.targets.items():
@@ -204,12 +204,13 @@ class Library:
                 os.unlink(tmp)
 
 
-def _remove_abandoned_builds() -> None:
-    """Delete the cache's temporary build files that no build can still be writing: a build
-    killed mid-way (SIGKILL, power loss) leaves its ``.tmp`` file behind, while a live one
-    (another process may be building) is younger than the build's time limit."""
+def _remove_abandoned_builds(name: str) -> None:
+    """Delete the cache's temporary files of library ``name`` that no build can still be
+    writing: a build killed mid-way (SIGKILL, power loss) leaves its ``.tmp`` file behind,
+    while a live one (another process may be building) is younger than the build's time
+    limit. Other files are left alone (the cache folder may be shared)."""
     now = time.time()
-    for path in cache_dir().glob("*.tmp"):
+    for path in cache_dir().glob(f"{name}-*.tmp"):
         with contextlib.suppress(OSError):  # gone already, or not ours to delete
             if now - path.stat().st_mtime > 2 * BUILD_TIMEOUT_S:
                 path.unlink()
