@@ -19,6 +19,7 @@ import logging
 import os
 import signal
 import sys
+import threading
 import traceback
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
@@ -99,8 +100,6 @@ def stop_on_signals(request_stop: Callable[[str], None]) -> Iterator[None]:
     one stays intact). The previous handlers come back afterwards. A signal the process was
     told to ignore (e.g. SIGINT under ``nohup``) stays ignored, and outside the main thread,
     where Python cannot take signals, nothing changes."""
-    import threading
-
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -331,9 +330,34 @@ def _exit_now_on_failure(e: BaseException) -> None:
     elif not isinstance(status, int):
         print(status, file=sys.stderr)
         status = 1
-    sys.stdout.flush()
     sys.stderr.flush()
+    _shut_down_for(SHUTDOWN_WAIT_S)
+    sys.stdout.flush()
     os._exit(status)
+
+
+# How long a failing process of a multi-process run waits for the others in JAX's shutdown.
+SHUTDOWN_WAIT_S = 10.0
+
+
+def _shut_down_for(seconds: float) -> None:
+    """JAX's shutdown, given ``seconds``: processes that all failed at the same point (a
+    non-finite loss, a checkpoint of other settings) reach it together and leave in order
+    (process 0 leaving first would take the coordination service with it, and the others'
+    JAX clients abort on that); a process that failed alone leaves without the others,
+    who wait for it in a collective."""
+    jax = sys.modules.get("jax")
+    if jax is None:
+        return
+    done = threading.Event()
+
+    def shut_down() -> None:
+        with contextlib.suppress(Exception):
+            jax.distributed.shutdown()
+        done.set()
+
+    threading.Thread(target=shut_down, name="jcnn-shutdown", daemon=True).start()
+    done.wait(seconds)
 
 
 def run_app(main: Callable[[list[str]], Any], help_text: Callable[[], str] | None = None) -> None:
