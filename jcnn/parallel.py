@@ -239,7 +239,8 @@ def assert_same_in_every_process(value: int, message: str) -> None:
     ``value``; nothing with one.
 
     Args:
-      value: an integer every process should agree on (compared as ``int64``).
+      value: an integer every process should agree on, below 2**31 in magnitude (JAX
+        gathers it as ``int32`` unless 64-bit types are on).
       message: the error message if they do not.
 
     Raises:

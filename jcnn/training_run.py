@@ -123,7 +123,7 @@ class TrainingRun:
         self._resume(settings)
         agreed = (self.run.iteration, settings.print_every, self.num_iterations)  # see _stop_agreed
         parallel.assert_same_in_every_process(
-            zlib.crc32(repr((*agreed, self.iterations_per_epoch)).encode()),
+            zlib.crc32(repr((*agreed, self.iterations_per_epoch)).encode()) >> 1,  # int32
             "processes restored different checkpoints (or only some found one: put "
             "checkpoint_dir on a filesystem every process sees, or start over), or were given "
             "different print_every, num_epochs or training data",
