@@ -257,10 +257,13 @@ def describe_peer_loss(detail: str, process: int, processes: int) -> str:
     return f"process {1 - process}" if processes == 2 else "another process"
 
 
-def peer_lost_message(detail: str, *, process: int, processes: int, kept: str | None) -> str:
+def peer_lost_message(
+    detail: str, *, process: int, processes: int, kept: str | None, finished: bool = False
+) -> str:
     """The one line of a process of a multi-process run whose peer is gone: which one, as
     far as ``detail`` (the error, or JAX's report) says, and ``kept``: the run's newest
-    checkpoint, which the same command resumes from."""
+    checkpoint, which the same command resumes from; ``finished``: this process had done
+    its part of the run (the loss came while the processes shut down)."""
     first = str(detail).strip().splitlines()[0] if str(detail).strip() else "no detail"
     what = "a collective failed" if "Gloo" in first else "the coordination service failed"
     why = f"{what}: {first.rsplit(': ', 1)[-1][:80]}"
@@ -270,8 +273,9 @@ def peer_lost_message(detail: str, *, process: int, processes: int, kept: str | 
         if kept
         else "no checkpoint was written yet: start every process again with the same command"
     )
+    when = "had finished its part when it lost" if finished else "lost"
     return UsageFailure(
-        f"process {process} of {processes} lost "
+        f"process {process} of {processes} {when} "
         f"{describe_peer_loss(str(detail), process, processes)} ({why}); {saved}"
     ).code
 
@@ -304,6 +308,8 @@ def quiet_interrupt_while_starting() -> None:
 
 # Set once this process has joined a multi-process run (:func:`fail_without_waiting`).
 _ONE_OF_SEVERAL: list[bool] = []
+# Called when an app in :func:`run_app` has finished its work (:func:`when_finished`).
+_WHEN_FINISHED: list[Callable[[], None]] = []
 
 
 def fail_without_waiting() -> None:
@@ -314,6 +320,13 @@ def fail_without_waiting() -> None:
     five minutes, then a 40-line barrier report). The others then see a lost peer and stop in
     one line."""
     _ONE_OF_SEVERAL.append(True)
+
+
+def when_finished(callback: Callable[[], None]) -> None:
+    """Call ``callback`` when the app in :func:`run_app` has done its work and returned
+    success, before the interpreter's exit (where JAX's shutdown waits for the other
+    processes of a multi-process run)."""
+    _WHEN_FINISHED.append(callback)
 
 
 def _exit_now_on_failure(e: BaseException) -> None:
@@ -396,7 +409,11 @@ def run_app(main: Callable[[list[str]], Any], help_text: Callable[[], str] | Non
 
     def checked_main(argv: list[str]) -> Any:
         try:
-            return one_line_main(argv)
+            result = one_line_main(argv)
+            if result in (None, 0):
+                for callback in _WHEN_FINISHED:
+                    callback()
+            return result
         except BaseException as e:
             _exit_now_on_failure(e)
             raise

@@ -70,6 +70,7 @@ def start_processes(config: Mapping[str, Any]) -> None:
     finally:
         watchdog.cancel()
     errors.fail_without_waiting()  # JAX's shutdown would wait for every process
+    errors.when_finished(supervisor.tell_finished)
 
 
 def _newest_checkpoint(config: Mapping[str, Any]) -> str | None:

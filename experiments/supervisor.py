@@ -15,7 +15,11 @@ the app runs its own command line again as a child (:func:`supervise`) and stays
   child has a process group of its own, so a terminal's Ctrl-C does not reach it twice), and
   the supervisor ends with the child's exit status;
 - a child whose supervisor is gone (killed) kills itself at once (:func:`watch_supervisor`),
-  as the process the user killed would have died.
+  as the process the user killed would have died;
+- a child that has finished its work tells the supervisor so (:func:`tell_finished`): if JAX
+  then aborts it because another process was lost while the processes shut down, process 0,
+  which has written the run's results, says so in one line and ends with status 0; another
+  process's ``FATAL`` line says that its part had finished.
 
 ``JCNN_DEBUG=1`` turns the supervisor off (JAX's own report is then printed).
 """
@@ -37,6 +41,8 @@ from experiments import errors
 # Set in the child's environment: the supervisor's process id.
 CHILD_ENV = "JCNN_SUPERVISOR_PID"
 FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+# Sent by the child to its supervisor once its work is done (:func:`tell_finished`).
+FINISHED = signal.SIGUSR1
 
 # The first line of the report JAX prints before aborting on a lost peer...
 _ABORT_START = re.compile(r"coordination service|JAX distributed service")
@@ -47,6 +53,8 @@ _REPORT_LINE = re.compile(
     r"\s+@\s+0x|Additional GRPC error information|:UNKNOWN:|terminate called)"
 )
 _GRPC_MESSAGE = re.compile(r'grpc_message:"([^"]*)"')
+# The first line of any absl log record: what ends a multi-line record held back.
+_LOG_RECORD = re.compile(r"^[IWEF]\d{4} \d\d:\d\d:\d\d\.\d+ +\d+ \S+:\d+\]")
 
 
 def needed(processes: int, coordinator_address: str | None) -> bool:
@@ -57,6 +65,14 @@ def needed(processes: int, coordinator_address: str | None) -> bool:
     main = getattr(sys.modules.get("__main__"), "__spec__", None)
     an_app = main is not None and main.name.startswith("experiments.")
     return multi and an_app and CHILD_ENV not in os.environ and not errors.debug()
+
+
+def tell_finished() -> None:
+    """In a supervised child: tell the supervisor that this process has done its work (for
+    process 0: the run's results are written). A no-op in any other process."""
+    supervisor = os.environ.get(CHILD_ENV)
+    if supervisor is not None and os.getppid() == int(supervisor):
+        os.kill(int(supervisor), FINISHED)
 
 
 def watch_supervisor() -> None:
@@ -82,11 +98,16 @@ class _StderrFilter:
         self.said_fatal = False  # the child reported the failure itself
 
     def feed(self, line: str) -> None:
-        self.said_fatal = self.said_fatal or line.startswith("FATAL")
+        fatal = line.startswith("FATAL")
+        self.said_fatal = self.said_fatal or fatal
         reporting = _REPORT_LINE.match(line) and (self.held or _ABORT_START.search(line))
-        if reporting or self.aborted_on_peer_loss():  # after JAX's verdict: the crash dump
-            self.held.append(line)  # (and the child's own FATAL line, if it comes now)
+        # A record of JAX's report may go on over several lines ("INTERNAL: Barrier failed
+        # ...", "The tasks have crashed ..."): held with it until the next record.
+        continued = self.held and not fatal and not _LOG_RECORD.match(line)
+        if reporting or continued or self.aborted_on_peer_loss():  # after JAX's verdict:
+            self.held.append(line)  # the crash dump, and the child's own FATAL line
             return
+        self.release()  # a report without JAX's verdict: what it was, in its place
         sys.stderr.write(line)
         sys.stderr.flush()
 
@@ -113,9 +134,10 @@ class _StderrFilter:
 
     def release(self) -> None:
         """Print what was held back (when it did not end in a lost peer after all)."""
-        sys.stderr.write("".join(self.held))
-        sys.stderr.flush()
-        self.held.clear()
+        if self.held:
+            sys.stderr.write("".join(self.held))
+            sys.stderr.flush()
+            self.held.clear()
 
 
 def supervise(
@@ -136,11 +158,13 @@ def supervise(
 
     Returns:
         The exit status to end with: the child's; 1 (after one ``FATAL`` line) when JAX
-        aborted it on a lost peer; ``128 + n`` when signal n killed it.
+        aborted it on a lost peer, but 0 (after one line saying so) for process 0 that had
+        finished the run; ``128 + n`` when signal n killed it.
     """
     env = {**os.environ, CHILD_ENV: str(os.getpid())}
     children: list[subprocess.Popen] = []
     pending: list[int] = []  # signals that came before the child
+    finished: list[bool] = []  # the child's work is done (tell_finished)
 
     def forward(signum: int, _frame: object) -> None:
         if not children:
@@ -149,6 +173,7 @@ def supervise(
             children[0].send_signal(signum)
 
     previous = {s: signal.signal(s, forward) for s in FORWARDED}
+    previous[FINISHED] = signal.signal(FINISHED, lambda _signum, _frame: finished.append(True))
     stream = _StderrFilter()
     try:
         child = subprocess.Popen(
@@ -169,12 +194,20 @@ def supervise(
     if stream.aborted_on_peer_loss() and (aborted or stream.said_fatal):
         if stream.said_fatal:  # the child's own line says it
             stream.release_fatal()
-        else:
-            message = errors.peer_lost_message(
-                stream.detail(), process=process, processes=processes, kept=kept()
+            return 1
+        if finished and process == 0:  # it wrote the results: the run succeeded
+            lost = errors.describe_peer_loss(stream.detail(), process, processes)
+            sys.stderr.write(
+                f"process 0 of {processes}: the run finished and its results are written; "
+                f"{lost} was lost while the processes shut down\n"
             )
-            sys.stderr.write(f"{message}\n")
-            sys.stderr.flush()
+            return 0
+        message = errors.peer_lost_message(
+            stream.detail(), process=process, processes=processes, kept=kept(),
+            finished=bool(finished),
+        )  # fmt: skip
+        sys.stderr.write(f"{message}\n")
+        sys.stderr.flush()
         return 1
     stream.release()
     return 128 - code if code < 0 else code

@@ -43,10 +43,36 @@ def _child(body: str) -> list[str]:
     return [sys.executable, "-c", textwrap.dedent(body)]
 
 
-def _supervise(capfd, body: str) -> tuple[int, str]:
-    code = supervisor.supervise(
-        _child(body), process=1, processes=2, kept=lambda: "run/checkpoints/ckpt_000010.npz"
+# What process 0 printed when process 1 was killed after the run's last collective, while
+# process 0 wrote the results: JAX's shutdown barrier waited for it until its heartbeats
+# timed out. The record goes on over several lines.
+JAX_SHUTDOWN_REPORT = "".join(
+    f"{line}\n"
+    for line in (
+        "E1207 15:26:39.108711   40213 coordination_service_agent.cc:702] Shutdown barrier in "
+        "coordination service has failed:",
+        "INTERNAL: Barrier failed because: task is set to ERROR: UNAVAILABLE: Task 1 heartbeat "
+        "timeout. This indicates that the remote task has failed, got preempted, or crashed "
+        "unexpectedly.",
+        "This suggests that the workers are out of sync.",
+        "Barrier result: 'INTERNAL: Barrier failed because: task is set to ERROR: UNAVAILABLE: "
+        "Task 1 heartbeat timeout.'",
+        "1",
+        "The tasks have crashed. Check the task logs for an earlier error, or scheduler events "
+        "(e.g. preemption, eviction) to debug further.",
+        "F1207 15:26:39.108800   40213 client.h:80] Terminating process because the JAX "
+        "distributed service detected fatal errors. This most likely indicates that another "
+        "task died.",
+        "*** Check failure stack trace: ***",
     )
+)
+
+
+def _supervise(capfd, body: str, process: int = 1) -> tuple[int, str]:
+    code = supervisor.supervise(
+        _child(body), process=process, processes=2,
+        kept=lambda: "run/checkpoints/ckpt_000010.npz",
+    )  # fmt: skip
     return code, capfd.readouterr().err
 
 
@@ -121,6 +147,101 @@ def test_the_child_s_own_fatal_line_after_jax_s_report_is_kept_and_the_report_dr
         "FATAL process 1 of 2 lost process 0 (a collective failed: x);\n"
         "  the last checkpoint, c.npz, is kept\n"
     ), err
+
+
+def test_every_line_of_a_multi_line_record_of_jax_s_report_is_held_back(capfd):
+    """Lines that go on a record of JAX's report ("INTERNAL: Barrier failed ...") came
+    through before the FATAL line."""
+    code, err = _supervise(
+        capfd,
+        f"""
+        import os, sys
+        sys.stderr.write({JAX_SHUTDOWN_REPORT!r}); sys.stderr.flush()
+        os.abort()
+        """,
+        process=0,
+    )
+    assert code == 1
+    assert "Barrier" not in err and "The tasks have crashed" not in err, err
+    (message,) = fatal_messages(err)
+    assert message.startswith("FATAL process 0 of 2 lost process 1 "), message
+    assert "resume from it" in message, message
+
+
+def test_a_report_without_jax_s_verdict_comes_through_in_its_place(capfd):
+    code, err = _supervise(
+        capfd,
+        """
+        import sys
+        sys.stderr.write("E1207 09:11:26.1 1 x.cc:1] Polled an error from coordination service\\n")
+        sys.stderr.write("INTERNAL: not fatal after all\\n")
+        sys.stderr.write("I1207 09:11:27.1 1 y.cc:2] training goes on\\n")
+        sys.stderr.write("a warning\\n")
+        """,
+    )
+    assert code == 0
+    assert err.splitlines() == [
+        "E1207 09:11:26.1 1 x.cc:1] Polled an error from coordination service",
+        "INTERNAL: not fatal after all",
+        "I1207 09:11:27.1 1 y.cc:2] training goes on",
+        "a warning",
+    ], err
+
+
+@pytest.mark.parametrize("process", [0, 1])
+def test_a_peer_lost_after_the_run_finished_is_no_failure_of_process_0(capfd, process):
+    """Process 1 killed after the last collective, while process 0 wrote the results: JAX
+    aborted process 0 in its shutdown, and the supervisor called the finished run lost and
+    asked for a resume. Process 0, which wrote the results, now says the run finished (exit
+    0); another process that had finished says that in its FATAL line."""
+    code, err = _supervise(
+        capfd,
+        f"""
+        import atexit, os, sys
+        from experiments import errors, supervisor
+        errors.when_finished(supervisor.tell_finished)
+        def jax_shutdown():
+            sys.stderr.write({JAX_SHUTDOWN_REPORT!r}); sys.stderr.flush()
+            os.abort()
+        atexit.register(jax_shutdown)
+        errors.run_app(lambda argv: print("results written", flush=True))
+        """,
+        process=process,
+    )
+    if process == 0:
+        assert code == 0 and fatal_messages(err) == [], err
+        assert err == (
+            "process 0 of 2: the run finished and its results are written; process 1 was lost "
+            "while the processes shut down\n"
+        ), err
+    else:
+        assert code == 1
+        (message,) = fatal_messages(err)
+        assert message.startswith("FATAL process 1 of 2 had finished its part when it lost"), err
+
+
+def test_a_peer_lost_in_the_shutdown_of_a_stopped_run_is_a_failure(capfd):
+    """A run stopped by a signal is not finished: the same command must resume it."""
+    code, err = _supervise(
+        capfd,
+        f"""
+        import atexit, os, sys
+        from experiments import errors, supervisor
+        errors.when_finished(supervisor.tell_finished)
+        def jax_shutdown():
+            sys.stderr.write({JAX_SHUTDOWN_REPORT!r}); sys.stderr.flush()
+            os.abort()
+        atexit.register(jax_shutdown)
+        def main(argv):
+            raise SystemExit(143)
+        errors.run_app(main)
+        """,
+        process=0,
+    )
+    assert code == 1
+    (message,) = fatal_messages(err)
+    assert message.startswith("FATAL process 0 of 2 lost process 1"), message
+    assert "ckpt_000010.npz, is kept" in message, message
 
 
 def test_a_child_that_ends_by_itself_keeps_its_status_and_every_line(capfd):
