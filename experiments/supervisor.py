@@ -26,6 +26,7 @@ the app runs its own command line again as a child (:func:`supervise`) and stays
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import re
@@ -41,8 +42,10 @@ from experiments import errors
 # Set in the child's environment: the supervisor's process id.
 CHILD_ENV = "JCNN_SUPERVISOR_PID"
 FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
-# Sent by the child to its supervisor once its work is done (:func:`tell_finished`).
-FINISHED = signal.SIGUSR1
+# In the child's environment: the pipe to its supervisor that :func:`tell_finished` writes.
+FINISHED_ENV = "JCNN_SUPERVISOR_FINISHED_FD"
+_FINISHED = b"finished"
+_finished_pipe: list[int] = []  # in the child: that pipe's file descriptor
 
 # The first line of the report JAX prints before aborting on a lost peer...
 _ABORT_START = re.compile(r"coordination service|JAX distributed service")
@@ -68,11 +71,12 @@ def needed(processes: int, coordinator_address: str | None) -> bool:
 
 
 def tell_finished() -> None:
-    """In a supervised child: tell the supervisor that this process has done its work (for
-    process 0: the run's results are written). A no-op in any other process."""
-    supervisor = os.environ.get(CHILD_ENV)
-    if supervisor is not None and os.getppid() == int(supervisor):
-        os.kill(int(supervisor), FINISHED)
+    """In a supervised child (after :func:`watch_supervisor`): tell the supervisor, through a
+    pipe of their own, that this process has done its work (for process 0: the run's results
+    are written). A no-op in any other process."""
+    for fd in _finished_pipe:
+        with contextlib.suppress(OSError):  # the supervisor is gone: nobody to tell
+            os.write(fd, _FINISHED)
 
 
 def watch_supervisor() -> None:
@@ -81,6 +85,9 @@ def watch_supervisor() -> None:
     supervisor = os.environ.get(CHILD_ENV)
     if supervisor is None:
         return
+    fd = os.environ.pop(FINISHED_ENV, None)  # not for this process's own children
+    if fd is not None and not _finished_pipe:
+        _finished_pipe.append(int(fd))
 
     def watch() -> None:
         while os.getppid() == int(supervisor):
@@ -161,10 +168,10 @@ def supervise(
         aborted it on a lost peer, but 0 (after one line saying so) for process 0 that had
         finished the run; ``128 + n`` when signal n killed it.
     """
-    env = {**os.environ, CHILD_ENV: str(os.getpid())}
+    finished_read, finished_write = os.pipe()  # the child's tell_finished
+    env = {**os.environ, CHILD_ENV: str(os.getpid()), FINISHED_ENV: str(finished_write)}
     children: list[subprocess.Popen] = []
     pending: list[int] = []  # signals that came before the child
-    finished: list[bool] = []  # the child's work is done (tell_finished)
 
     def forward(signum: int, _frame: object) -> None:
         if not children:
@@ -173,23 +180,32 @@ def supervise(
             children[0].send_signal(signum)
 
     previous = {s: signal.signal(s, forward) for s in FORWARDED}
-    previous[FINISHED] = signal.signal(FINISHED, lambda _signum, _frame: finished.append(True))
     stream = _StderrFilter()
     try:
         child = subprocess.Popen(
             list(command), env=env, stderr=subprocess.PIPE, text=True, errors="replace",
-            process_group=0,
+            process_group=0, pass_fds=(finished_write,),
         )  # fmt: skip
         children.append(child)
         for signum in pending:
             child.send_signal(signum)
         assert child.stderr is not None
+        os.close(finished_write)  # the child's copy is the one left: EOF when it ends
         for line in child.stderr:
             stream.feed(line)
         code = child.wait()
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
+        if not children:
+            os.close(finished_write)
+    os.set_blocking(finished_read, False)
+    try:
+        finished = os.read(finished_read, len(_FINISHED)) == _FINISHED
+    except BlockingIOError:  # a grandchild holds the pipe open; the child never wrote
+        finished = False
+    finally:
+        os.close(finished_read)
     aborted = code in (-signal.SIGABRT, 128 + signal.SIGABRT)
     if stream.aborted_on_peer_loss() and (aborted or stream.said_fatal):
         if stream.said_fatal:  # the child's own line says it

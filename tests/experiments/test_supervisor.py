@@ -199,6 +199,7 @@ def test_a_peer_lost_after_the_run_finished_is_no_failure_of_process_0(capfd, pr
         f"""
         import atexit, os, sys
         from experiments import errors, supervisor
+        supervisor.watch_supervisor()
         errors.when_finished(supervisor.tell_finished)
         def jax_shutdown():
             sys.stderr.write({JAX_SHUTDOWN_REPORT!r}); sys.stderr.flush()
@@ -227,6 +228,7 @@ def test_a_peer_lost_in_the_shutdown_of_a_stopped_run_is_a_failure(capfd):
         f"""
         import atexit, os, sys
         from experiments import errors, supervisor
+        supervisor.watch_supervisor()
         errors.when_finished(supervisor.tell_finished)
         def jax_shutdown():
             sys.stderr.write({JAX_SHUTDOWN_REPORT!r}); sys.stderr.flush()
