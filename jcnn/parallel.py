@@ -37,7 +37,9 @@ reachable here (``jcnn.parallel.resolve_compute_dtype``, ...).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import json
+import zlib
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import jax
@@ -251,6 +253,32 @@ def assert_same_in_every_process(value: int, message: str) -> None:
         from jax.experimental import multihost_utils
 
         multihost_utils.assert_equal(np.int64(value), message)
+
+
+def differing_across_processes(values: Mapping[str, Any]) -> list[str]:
+    """The names in ``values`` whose values differ between the processes (a collective every
+    process must call at the same point; ``[]`` with one process). Each value is compared by
+    a 31-bit checksum of its JSON.
+
+    Args:
+      values: name → JSON-able value, the same names in every process.
+
+    Returns:
+      The differing names, sorted (every name when the processes passed different names).
+    """
+    names = sorted(values)
+    if jax.process_count() == 1:
+        return []
+    from jax.experimental import multihost_utils
+
+    def checksum(value: Any) -> int:
+        return zlib.crc32(json.dumps(value, sort_keys=True, default=repr).encode()) >> 1
+
+    if len(set(gather_from_every_process(checksum(names)))) > 1:
+        return names
+    local = np.array([checksum(values[name]) for name in names], np.int32)
+    every = np.asarray(multihost_utils.process_allgather(local)).reshape(-1, len(names))
+    return [name for i, name in enumerate(names) if len(set(every[:, i].tolist())) > 1]
 
 
 def gather_from_every_process(value: int) -> list[int]:

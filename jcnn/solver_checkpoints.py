@@ -103,6 +103,29 @@ def identity(solver: TrainingRun) -> dict[str, Any]:
     )  # fmt: skip
 
 
+def check_same_in_every_process(solver: TrainingRun) -> None:
+    """In a multi-process run: every process was given the settings a checkpoint records
+    (:func:`identity`: the model, the optimiser, the seed, the data...); they would otherwise
+    train replicas apart, or fail in JAX with a long traceback. A collective.
+
+    Raises:
+      ValueError: naming each setting that differs between the processes.
+    """
+    if jax.process_count() == 1:
+        return
+    fields = {
+        f"{group}.{name}": value
+        for group, values in identity(solver).items()
+        for name, value in values.items()
+    }
+    differ = parallel.differing_across_processes(fields)
+    if differ:
+        raise ValueError(
+            f"the processes of this run were given different {', '.join(differ)}: start "
+            "every process with the same flags (only --process_id differs)"
+        )
+
+
 def metadata(solver: TrainingRun) -> dict[str, Any]:
     """What a checkpoint's JSON sidecar records: the run's progress, identity and flags."""
     ident, num_epochs = identity(solver), solver.settings.num_epochs

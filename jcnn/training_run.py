@@ -117,6 +117,7 @@ class TrainingRun:
         )  # fmt: skip
         self.run = RunState(train_state, host_rng=np.random.default_rng(settings.seed))
         self._x_dtype = np.dtype(jax.tree_util.tree_leaves(self.params)[0].dtype)
+        solver_checkpoints.check_same_in_every_process(self)  # before values cross processes
         self._make_steps()
         self._reset()
         self._replicate()
@@ -124,9 +125,8 @@ class TrainingRun:
         agreed = (self.run.iteration, settings.print_every, self.num_iterations)  # see _stop_agreed
         parallel.assert_same_in_every_process(
             zlib.crc32(repr((*agreed, self.iterations_per_epoch)).encode()) >> 1,  # int32
-            "processes restored different checkpoints (or only some found one: put "
-            "checkpoint_dir on a filesystem every process sees, or start over), or were given "
-            "different print_every, num_epochs or training data",
+            "processes restored different checkpoints (or only some found one: put checkpoint_dir "
+            "on a filesystem every process sees, or start over), or print_every differs",
         )
 
     def _take_data(self, data: Mapping[str, Any]) -> None:

@@ -251,3 +251,42 @@ def test_compute_dtype_and_casts():
     tree = {"w": jnp.ones(2, jnp.float32), "n": jnp.ones(2, jnp.int32)}
     cast = parallel.cast_floating(tree, jnp.bfloat16)
     assert cast["w"].dtype == jnp.bfloat16 and cast["n"].dtype == jnp.int32
+
+
+def _as_two_processes(monkeypatch, other: dict) -> None:
+    """Make :func:`parallel.differing_across_processes` see two processes, the other one
+    holding ``other``: what it would send is recorded by running it as that process first."""
+    from jax.experimental import multihost_utils
+
+    sent: list[np.ndarray] = []
+    monkeypatch.setattr(jax, "process_count", lambda: 2)
+    monkeypatch.setattr(
+        multihost_utils,
+        "process_allgather",
+        lambda x: sent.append(np.asarray(x)) or np.stack([x, x]),
+    )
+    assert parallel.differing_across_processes(other) == []
+    replies = iter(sent)
+    monkeypatch.setattr(
+        multihost_utils, "process_allgather", lambda x: np.stack([np.asarray(x), next(replies)])
+    )
+
+
+def test_differing_across_processes_names_each_setting_the_processes_disagree_on(monkeypatch):
+    """Processes given another seed or learning rate trained replicas apart silently (or
+    failed in JAX with a 200-line traceback): each differing setting is named."""
+    mine = {"solver.seed": 0, "solver.optim_config": {"learning_rate": 0.1, "momentum": 0.9},
+            "model.widths": [4, 8]}  # fmt: skip
+    theirs = {
+        **mine,
+        "solver.seed": 5,
+        "solver.optim_config": {"momentum": 0.9, "learning_rate": 0.01},
+    }
+    _as_two_processes(monkeypatch, theirs)
+    assert parallel.differing_across_processes(mine) == ["solver.optim_config", "solver.seed"]
+    same_in_another_order = {"solver.optim_config": {"momentum": 0.9, "learning_rate": 0.1},
+                             "model.widths": [4, 8], "solver.seed": 0}  # fmt: skip
+    _as_two_processes(monkeypatch, same_in_another_order)
+    assert parallel.differing_across_processes(mine) == []
+    _as_two_processes(monkeypatch, {**mine, "model.depth": 3})  # other code, other names
+    assert parallel.differing_across_processes(mine) == sorted(mine)
