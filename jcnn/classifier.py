@@ -218,7 +218,8 @@ def load_classifier(workdir: str | Path) -> Classifier:
         FileNotFoundError: neither ``checkpoints/best.npz`` nor a checkpoint of a run in
             progress (with its ``preprocessing.npz``).
         ValueError: the checkpoint has no classifier record (written before runs recorded
-            one), or is corrupt (:class:`jcnn.checkpoint.CorruptCheckpointError`).
+            one), or is corrupt (:class:`jcnn.checkpoint.CorruptCheckpointError`), checksums
+            or values: a parameter that is not finite, a negative running variance.
     """
     from jcnn.checkpoint import latest_run_checkpoint, load_checkpoint, verify_checkpoint
 
@@ -251,6 +252,12 @@ def load_classifier(workdir: str | Path) -> Classifier:
             f"{found[0]} (the run is still training: its best parameters so far, at "
             f"iteration {meta.get('iteration')})"
         )
+    from jcnn.solver_checkpoints import check_values
+
+    try:  # without its checksums a file is only as good as its values
+        check_values(tree)
+    except ValueError as e:
+        raise type(e)(f"{source.split(' (')[0]}: {e}") from None
     tt = record.get("test_time", {})
     return Classifier(
         model=model, params=tree["params"], state=tree["state"],

@@ -4,6 +4,7 @@ interpreter that cannot import jcnn."""
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
@@ -108,6 +109,32 @@ def test_a_run_still_training_is_used_with_its_best_parameters_so_far(finished, 
     np.testing.assert_array_equal(clf.mean_image, done.mean_image)
     for a, b in zip(jax.tree.leaves(clf.params), jax.tree.leaves(done.params), strict=True):
         np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("which", ["best.npz", "a run in progress"])
+def test_a_checkpoint_holding_nan_without_checksums_is_refused(finished, tmp_path, which):
+    """A best.npz with a NaN parameter and its sidecar's checksums removed gave made-up
+    probabilities (XLA folded the NaN constants into garbage), evaluate an accuracy of 0 and
+    export a program: the values are checked as a run's checkpoints' are."""
+    workdir = tmp_path / "run"
+    shutil.copytree(finished, workdir)
+    folder = workdir / "checkpoints"
+    if which != "best.npz":
+        for stale in ("best.npz", "best.json"):
+            (folder / stale).unlink()
+    npz = folder / ("best.npz" if which == "best.npz" else "epoch_010.npz")
+    side = npz.with_suffix(".json")
+    meta = json.loads(side.read_text())
+    side.write_text(json.dumps({k: v for k, v in meta.items() if not k.endswith("sha256")}))
+    with np.load(npz) as f:
+        arrays = {k: f[k] for k in f.files}
+    key = next(k for k in sorted(arrays) if k.endswith("params/out/b") or k.endswith("/b"))
+    arrays[key] = arrays[key].copy()
+    arrays[key].flat[0] = np.nan
+    with open(npz, "wb") as f:
+        np.savez(f, **arrays)
+    with pytest.raises(ValueError, match=r"holds non-finite values"):
+        load_classifier(workdir)
 
 
 def run_without_jcnn(program: Path, images: np.ndarray, tmp_path: Path) -> tuple[np.ndarray, str]:
