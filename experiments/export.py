@@ -43,11 +43,16 @@ def export(workdir: Path, out: Path, tta: bool | None) -> tuple[Path, Path]:
 
     if out.is_dir():
         raise UsageFailure(f"--out={out} is a folder: name a file")
+    if not out.parent.is_dir():
+        raise UsageFailure(f"--out={out}: the folder {out.parent} does not exist")
     classifier = load(workdir)
     program, description = export_classifier(classifier, tta=tta)
     described = out.with_name(out.name + ".json")
-    atomic_write(out, lambda f: f.write(program))
-    atomic_write(described, lambda f: f.write(description.encode()))
+    try:
+        atomic_write(out, lambda f: f.write(program))
+        atomic_write(described, lambda f: f.write(description.encode()))
+    except FileNotFoundError as e:  # a folder where no file can be made (/proc, /sys)
+        raise UsageFailure(f"--out={out}: no file can be written there ({e.strerror})") from None
     return out, described
 
 

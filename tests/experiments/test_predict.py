@@ -137,6 +137,20 @@ def test_a_checkpoint_holding_nan_without_checksums_is_refused(finished, tmp_pat
         load_classifier(workdir)
 
 
+@pytest.mark.parametrize(
+    "out, message",
+    [("a folder", "is a folder: name a file"), ("missing/model.jaxexport", "does not exist"),
+     ("/proc/model.jaxexport", "no file can be written there")],
+)  # fmt: skip
+def test_export_to_a_path_where_no_file_can_be_written_is_one_line(
+    finished, tmp_path, out, message
+):
+    """``--out`` under /proc gave a 33-line FileNotFoundError traceback."""
+    (tmp_path / "a folder").mkdir()
+    with pytest.raises(UsageFailure, match=message):
+        export.export(finished, tmp_path / out, tta=None)
+
+
 def run_without_jcnn(program: Path, images: np.ndarray, tmp_path: Path) -> tuple[np.ndarray, str]:
     """The exported program's probabilities for ``images``, computed in a fresh interpreter
     where ``import jcnn`` fails, and the first image's class name as it prints it."""
