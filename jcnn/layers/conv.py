@@ -30,7 +30,7 @@ from jax import lax
 
 from jcnn.layers import conv_onednn
 from jcnn.layers._binding import with_vjp
-from jcnn.layers._checks import check_choice, nonnegative_int, positive_int
+from jcnn.layers._checks import check_choice, check_fits_in_memory, nonnegative_int, positive_int
 from jcnn.layers._conv_common import (
     ConvCache,
     bias_gradient,
@@ -215,10 +215,17 @@ def conv_forward_im2col(x, w, b, *, stride: int = 1, pad: int = 0):
         ValueError: as :func:`check_conv_args`: x or w not rank 4, channels of x and w
             differ, b not ``(F,)``, x not floating or w, b not in x's dtype, w with an empty
             dimension, stride/pad not a positive/non-negative int, or a filter that does not
-            fit or a stride that does not tile the padded input.
+            fit or a stride that does not tile the padded input; or the columns and the
+            output need more memory than the machine has.
     """
     h_out, w_out = check_conv_args(x, w, b, stride, pad)
-    f, _, hh, ww = w.shape
+    f, c, hh, ww = w.shape
+    check_fits_in_memory(  # the columns are HH·WW times the input
+        f"pad={pad}" if pad else f"x {tuple(x.shape)} with w {tuple(w.shape)}",
+        {"im2col's columns": (x.shape[0], c * hh * ww, h_out * w_out),
+         "the output": (x.shape[0], f, h_out, w_out)},
+        x.dtype,
+    )  # fmt: skip
     cols = im2col(pad_nchw(x, pad), hh, ww, h_out, w_out, stride)
     out = jnp.einsum("fk,nkp->nfp", w.reshape(f, -1), cols) + b[None, :, None]
     return out.reshape(x.shape[0], f, h_out, w_out), ConvCache(x, w, stride, pad)

@@ -13,6 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import jcnn._validate
 import jcnn.layers as L
 
 BAD_DTYPES = [jnp.int32, jnp.uint8, jnp.bool_, jnp.complex64]
@@ -75,6 +76,18 @@ def test_a_convolution_too_large_for_memory_is_refused_naming_pad():
     with pytest.raises(ValueError, match=r"^pad=1000000 makes the padded input .* GiB of memory"):
         L.conv2d(x, w, jnp.zeros(4), stride=1, pad=10**6)
     assert L.conv2d(x, w, jnp.zeros(4), stride=1, pad=100).shape == (2, 4, 204, 204)
+
+
+def test_im2col_s_columns_count_against_memory(monkeypatch):
+    """im2col builds a (N, C·HH·WW, H'·W') matrix, HH·WW times the input: a pad whose
+    padded input fit passed the check, and the columns killed the process (out of memory).
+    On a machine of 1 GiB (the check's view), traced only (no array is made)."""
+    monkeypatch.setattr(jcnn._validate, "memory_bytes", lambda: 2**30)
+    x, w, b = jnp.ones((2, 3, 8, 8)), jnp.ones((4, 3, 3, 3)), jnp.zeros(4)
+    shape = jax.eval_shape(lambda: L.conv2d(x, w, b, pad=1200, impl="xla")).shape
+    assert shape == (2, 4, 2406, 2406)  # the padded input and the output fit
+    with pytest.raises(ValueError, match=r"^pad=1200 makes im2col's columns \(2, 27, 5788836\)"):
+        jax.eval_shape(lambda: L.conv2d(x, w, b, pad=1200, impl="im2col"))
 
 
 def _calls_on_a_list(values):
