@@ -401,6 +401,7 @@ def _disk_full(workdir: Path, e: OSError) -> UsageFailure:
 
 
 def _main(argv: Sequence[str], *, recipe_class: type[Recipe], fv: flags.FlagValues) -> dict:
+    from jcnn._validate import MemoryLimitError
     from jcnn.solver import CheckpointMismatchError, NonFiniteLossError, TrainingStopped
 
     if len(argv) > 1:
@@ -447,6 +448,11 @@ def _main(argv: Sequence[str], *, recipe_class: type[Recipe], fv: flags.FlagValu
         if e.errno not in errors.DISK_FULL or errors.debug():
             raise
         raise _disk_full(workdir, e) from e
+    except MemoryLimitError as e:  # met while compiling the step, before any update
+        raise UsageFailure(
+            f"the run does not fit in memory: {e}; lower --batch_size (or split each batch "
+            "with --micro_batches)"
+        ) from None
     except (jax.errors.JaxRuntimeError, ValueError) as e:  # a collective whose peer is gone
         stop_on_peer_loss(e, config)  # (a gather between processes fails with ValueError)
         raise

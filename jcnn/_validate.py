@@ -208,6 +208,11 @@ def _human(n: float) -> str:
     raise AssertionError  # unreachable
 
 
+class MemoryLimitError(ValueError):
+    """A call whose arrays need more memory than this machine has
+    (:func:`check_fits_in_memory`)."""
+
+
 def check_fits_in_memory(culprit: str, arrays: dict[str, tuple[int, ...]], dtype: Any) -> None:
     """Refuse, naming ``culprit`` (e.g. ``'pad=1000000'``), a call whose arrays (name ->
     shape, of ``dtype``) need more bytes than this machine has: such a call would build a
@@ -219,7 +224,7 @@ def check_fits_in_memory(culprit: str, arrays: dict[str, tuple[int, ...]], dtype
     need = sum(math.prod(shape) for shape in arrays.values()) * np.dtype(dtype).itemsize
     if need > limit:
         listed = " and ".join(f"{name} {shape}" for name, shape in arrays.items())
-        raise ValueError(
+        raise MemoryLimitError(
             f"{culprit} makes {listed}: {_human(need)} of {np.dtype(dtype).name}, more than "
             f"this machine's {_human(limit)} of memory"
         )

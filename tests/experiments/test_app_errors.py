@@ -54,6 +54,21 @@ def the_fatal_line(stderr: str) -> str:
 # ------------------------------------------------------------------------------ in process
 
 
+def test_a_batch_too_large_for_memory_is_one_line_naming_batch_size(
+    tmp_path, fake_cifar_dir, monkeypatch
+):
+    """--batch_size=1000000 gave a 76-line traceback from the convolution's memory check,
+    met while the step compiled. (A machine of 1 MiB, as the check sees it, and batch 8.)"""
+    import jcnn._validate
+
+    monkeypatch.setattr(jcnn._validate, "memory_bytes", lambda: 2**20)
+    with pytest.raises(SystemExit) as info:
+        run(tmp_path / "run", fake_cifar_dir, "--batch_size=8")
+    line = fatal_line(info)
+    assert line.startswith("FATAL the run does not fit in memory: pad="), line
+    assert "lower --batch_size" in line, line
+
+
 @pytest.mark.parametrize("flag", ["workdir", "data_dir"])
 def test_a_workdir_or_data_dir_naming_a_file_stops_before_the_data(tmp_path, flag):
     a_file = tmp_path / "a_file"
