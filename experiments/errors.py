@@ -5,9 +5,9 @@ cannot be used, a full disk, an unreachable coordinator, bad data, a non-finite 
 with one line ``FATAL <cause>: <what to do>`` (at most 200 characters; a longer message
 goes on in an indented second line) and exit status 1, no traceback. A process of a
 multi-process run whose peer dies (:func:`exit_peer_lost`) ends the same way, at once. A run
-stopped by Ctrl-C or SIGTERM (:func:`stop_on_signals`) ends with one line saying where it was saved
-and exit status 130 or 143. Set
-``JCNN_DEBUG=1`` in the environment to see the traceback too. Anything else (a bug) keeps
+stopped by Ctrl-C, SIGTERM or SIGHUP (:func:`stop_on_signals`) ends with one line saying
+where it was saved and exit status 130, 143 or 129. Set ``JCNN_DEBUG=1`` in the environment
+to see the traceback too. Anything else (a bug) keeps
 its traceback.
 """
 
@@ -81,20 +81,21 @@ class UsageFailure(SystemExit):
 
 
 # Exit statuses of a run stopped by a signal: 128 + its number, as a shell reports it.
-STOP_STATUS = {"SIGINT": 130, "SIGTERM": 143}
+STOP_STATUS = {"SIGINT": 130, "SIGTERM": 143, "SIGHUP": 129}
 
 
 def stopped(message: str, reason: str = "SIGINT") -> SystemExit:
     """Print ``message`` (one line) on stderr; the SystemExit to raise for a run stopped by
-    ``reason`` (exit status 130 for SIGINT, 143 for SIGTERM, also when another process of
-    the run got it: ``'SIGTERM to process 1'``)."""
+    ``reason`` (exit status 130 for SIGINT, 143 for SIGTERM, 129 for SIGHUP, also when
+    another process of the run got it: ``'SIGTERM to process 1'``)."""
     print(" ".join(message.split()), file=sys.stderr, flush=True)
     return SystemExit(STOP_STATUS.get(reason.split(" ")[0], 130))
 
 
 @contextlib.contextmanager
 def stop_on_signals(request_stop: Callable[[str], None]) -> Iterator[None]:
-    """While the block runs: the first SIGINT (Ctrl-C) or SIGTERM calls
+    """While the block runs: the first SIGINT (Ctrl-C), SIGTERM or SIGHUP (its terminal
+    closed) calls
     ``request_stop(name)`` (the run stops after the current update, checkpointed); a second
     one stops at once (KeyboardInterrupt; checkpoints are written atomically, so the previous
     one stays intact). The previous handlers come back afterwards. A signal the process was
@@ -103,7 +104,7 @@ def stop_on_signals(request_stop: Callable[[str], None]) -> Iterator[None]:
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    names = {signal.SIGINT: "SIGINT", signal.SIGTERM: "SIGTERM"}
+    names = {signal.SIGINT: "SIGINT", signal.SIGTERM: "SIGTERM", signal.SIGHUP: "SIGHUP"}
     previous = {s: signal.getsignal(s) for s in names}
     previous = {s: h for s, h in previous.items() if h is not signal.SIG_IGN}
     asked: list[str] = []
@@ -143,11 +144,11 @@ def _exit_now(signum: int, frame: Any) -> None:
 
 
 def end_at_once_on_signals() -> None:
-    """From here on, SIGINT and SIGTERM end the process at once, quietly, with status 130 or
-    143: for an app whose main has returned (its run finished or stopped, its checkpoints
-    written), so that a Ctrl-C while Python and JAX clean up at exit does not print a
+    """From here on, SIGINT, SIGTERM and SIGHUP end the process at once, quietly, with status
+    130, 143 or 129: for an app whose main has returned (its run finished or stopped, its
+    checkpoints written), so that a Ctrl-C while Python and JAX clean up at exit does not print a
     traceback from that cleanup. A signal the process ignores (``nohup``) stays ignored."""
-    for s in (signal.SIGINT, signal.SIGTERM):
+    for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         if signal.getsignal(s) is not signal.SIG_IGN:
             signal.signal(s, _exit_now)
 

@@ -32,7 +32,7 @@ DATA_KEYS = ("X_train", "y_train", "X_val", "y_val")
 
 
 # How processes tell each other why they stop (0: not asked to).
-_STOP_REASONS = (None, "SIGINT", "SIGTERM", "stop requested")
+_STOP_REASONS = (None, "SIGINT", "SIGTERM", "SIGHUP", "stop requested")
 
 
 def _stop_code(reason: str | None) -> int:

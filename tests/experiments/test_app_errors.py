@@ -269,7 +269,7 @@ def test_a_second_signal_stops_at_once_and_the_handlers_come_back():
             signal.signal(s, h)
 
 
-@pytest.mark.parametrize("name, status", [("SIGINT", 130), ("SIGTERM", 143)])
+@pytest.mark.parametrize("name, status", [("SIGINT", 130), ("SIGTERM", 143), ("SIGHUP", 129)])
 def test_a_signal_after_the_apps_main_returned_ends_the_process_quietly(name, status):
     """Two Ctrl-Cs 20-50 ms apart: the first stopped the run (checkpointed), the second
     landed in JAX's cleanup at exit and printed a KeyboardInterrupt traceback there. Once an
@@ -278,6 +278,7 @@ def test_a_signal_after_the_apps_main_returned_ends_the_process_quietly(name, st
         "import atexit, signal, time\n"
         "from experiments import errors\n"
         "signal.signal(signal.SIGINT, signal.default_int_handler)\n"
+        "signal.signal(signal.SIGHUP, signal.SIG_DFL)  # nohup ignores it\n"
         "def main(argv):\n"
         "    with errors.stop_on_signals(lambda name: print('stop asked:', name)):\n"
         f"        signal.raise_signal(signal.{name})\n"

@@ -312,7 +312,7 @@ def test_num_epochs_below_what_the_run_has_done_stops_with_one_line(crashed, tmp
     assert not (workdir / "summary.json").exists()
 
 
-@pytest.mark.parametrize("name, status", [("SIGINT", 130), ("SIGTERM", 143)])
+@pytest.mark.parametrize("name, status", [("SIGINT", 130), ("SIGTERM", 143), ("SIGHUP", 129)])
 def test_ctrl_c_checkpoints_where_it_stopped_and_the_same_command_resumes(
     uninterrupted, tmp_path, fake_cifar_dir, monkeypatch, capsys, name, status
 ):
