@@ -130,8 +130,10 @@ def finish_run(
         if len(solver.y_val)
         else f"no validation split: the final parameters (epoch {solver.best_epoch}); test acc"
     )
+    speed = summary["images_per_s"]  # None: no update left to time in this session
+    speed = "no updates left to train" if speed is None else f"{speed} training images/s"
     printer(is_primary())(
-        f"{chosen}: {test}; {summary['images_per_s']} training images/s; "
+        f"{chosen}: {test}; {speed}; "
         f"wall time {summary['wall_time_s']:.1f} s; files in {writer.workdir}",
         flush=True,
     )

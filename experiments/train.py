@@ -221,9 +221,10 @@ def train_and_evaluate(
     solver = make_solver(recipe, model, data, writer, logger, mesh, progress)
     start_iteration = solver.iteration
     if solver.resumed_from is not None:
-        if solver.iteration >= solver.num_iterations and writer.path("summary.json").is_file():
+        summary = _summary_of(writer, solver.iteration)
+        if solver.iteration >= solver.num_iterations and summary is not None:
             say(f"{app_name}: the run in {writer.workdir} is complete; see summary.json")
-            return json.loads(writer.path("summary.json").read_text())
+            return summary
         # The lines the checkpoint covers, exactly once; later ones are appended as usual.
         lines = rundir.history_records(solver, recipe.print_every)
         writer.write_text("metrics.jsonl", rundir.jsonl_lines(lines))
@@ -243,6 +244,17 @@ def train_and_evaluate(
         solver, model, data, writer, app_name=app_name, config=config, plots=plots,
         start_iteration=start_iteration, timings={"start": t_start, "data_s": data_s, **session},
     )  # fmt: skip
+
+
+def _summary_of(writer: RunWriter, iteration: int) -> dict[str, Any] | None:
+    """The workdir's summary.json if it is the summary of the run at ``iteration`` (None: no
+    summary, or one left by an earlier end of a run extended since, or an unreadable one:
+    the results are then written again)."""
+    try:
+        summary = json.loads(writer.path("summary.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return summary if isinstance(summary, dict) and summary.get("iterations") == iteration else None
 
 
 def mismatch_message(workdir: Path, config: Mapping[str, Any], error: Exception) -> str:

@@ -204,6 +204,30 @@ def test_a_finished_run_is_not_run_again(uninterrupted, tmp_path, fake_cifar_dir
     assert (workdir / "metrics.jsonl").read_text() == before
 
 
+def test_an_extended_run_killed_after_its_last_checkpoint_writes_its_results_when_rerun(
+    uninterrupted, tmp_path, fake_cifar_dir, monkeypatch, capsys
+):
+    """A finished 2-epoch run extended to 3 and killed between its last checkpoint and its
+    summary: the rerun called the run complete and kept the 2-epoch summary. It finishes
+    the 3-epoch run's results instead, as an uninterrupted 3-epoch run's."""
+    import experiments.train
+
+    workdir = copy(uninterrupted[0], tmp_path)
+    with monkeypatch.context() as mp:
+        mp.setattr(experiments.train, "finish_run", lambda *a, **k: (_ for _ in ()).throw(Crash()))
+        with pytest.raises(Crash):
+            run(workdir, fake_cifar_dir, "--num_epochs=3")
+    assert json.loads((workdir / "summary.json").read_text())["iterations"] == 10  # stale
+    capsys.readouterr()
+    summary = run(workdir, fake_cifar_dir, "--num_epochs=3")
+    out = capsys.readouterr().out
+    assert "is complete" not in out and "no updates left to train" in out, out
+    assert summary["iterations"] == 15 and summary["epochs"] == 3
+    extended = copy(uninterrupted[0], tmp_path / "other")
+    want = run(extended, fake_cifar_dir, "--num_epochs=3")
+    assert without(summary, TIMING) == without(want, TIMING)
+
+
 def test_a_nonfinite_loss_stops_the_app_with_one_line(tmp_path, fake_cifar_dir):
     """In process: one line, a report, and --debug_nans switched back off afterwards."""
     workdir = tmp_path / "run"
