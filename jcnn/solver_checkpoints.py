@@ -214,7 +214,19 @@ def restore(solver: TrainingRun, npz: Path, meta: Mapping[str, Any]) -> Any:
     except ValueError as e:  # its sidecar names this run's settings: the arrays are damaged
         raise ckpt.CorruptCheckpointError(str(e)) from None
     check_values(tree)
+    _check_counts(tree["opt_state"], done)
     return solver.run.restored(tree, meta)
+
+
+def _check_counts(opt_state: Any, done: int) -> None:
+    """The optimiser's update counts (optax's ``count``, Muon's ``iteration``) cannot exceed
+    the updates the run has done (wrappers such as gradient accumulation count fewer)."""
+    for path, leaf in jax.tree_util.tree_flatten_with_path(opt_state)[0]:
+        name, a = key_path_name(path), np.asarray(leaf)
+        if name.split("/")[-1] in ("count", "iteration") and a.ndim == 0 and a > done:
+            raise ckpt.CorruptCheckpointError(
+                f"opt_state/{name} counts {int(a)} updates after {done} iterations"
+            )
 
 
 def check_values(tree: Mapping[str, Any]) -> None:

@@ -232,6 +232,10 @@ def _unsigned(meta: dict) -> dict:
         ("loss_history", "[1, null]", "loss_history=[1, None]"),
         ("epoch", "7", "claims epoch 7 and 9 losses after 9 iterations of 4 per epoch"),
         ("outside_s", "-1", "outside_s=-1"),
+        ("eval_history", "[]", "histories of [3] entries for 0 accuracy checks"),
+        ("eval_history", '[{"x": 1}]', "eval_history=[{'x': 1}]"),
+        ("lr_history", "[0.1]", "histories of [1, 3] entries for 3 accuracy checks"),
+        ("best_epoch", "9", "best_epoch=9, an epoch with no accuracy check"),
     ],
 )
 def test_a_crafted_unsigned_sidecar_is_set_aside_and_the_previous_one_used(
@@ -275,7 +279,7 @@ def test_a_sidecar_without_a_format_is_set_aside_not_skipped_and_overwritten(
 @pytest.mark.parametrize(
     "damage",
     ["a wrong shape", "a missing array", "an extra array", "a NaN weight", "an inf in Adam's mu",
-     "a negative variance", "a negative second moment"],
+     "a negative variance", "a negative second moment", "a count beyond the iteration"],
 )  # fmt: skip
 def test_damaged_arrays_of_an_unsigned_checkpoint_are_set_aside_not_blamed_on_the_settings(
     reference, crashed, tmp_path, damage
@@ -297,6 +301,9 @@ def test_damaged_arrays_of_an_unsigned_checkpoint_are_set_aside_not_blamed_on_th
         del arrays[first]
     elif damage == "an extra array":
         arrays["surprise"] = np.zeros(3)
+    elif damage == "a count beyond the iteration":  # Adam's bias correction at 2**31 - 1
+        key = next(k for k in sorted(arrays) if re.search(r"^opt_state/.*count$", k))
+        arrays[key] = np.asarray(2**31 - 1, arrays[key].dtype)
     else:
         where, value = {
             "a NaN weight": (r"^params/.*/w$", np.nan),

@@ -218,6 +218,15 @@ def _is_generator_state(v: Any) -> bool:
     return True
 
 
+def _is_check(v: Any) -> bool:
+    """One accuracy check of ``eval_history``, with what a resumed run reads of it."""
+    return (
+        isinstance(v, dict) and _is_int(v.get("epoch")) and _is_int(v.get("iteration"))
+        and _is_accuracy(v.get("train_acc")) and _is_accuracy(v.get("val_acc"))
+        and _is_number(v.get("lr")) and _is_number(v.get("seconds"), 0.0)
+    )  # fmt: skip
+
+
 # What a run reads back from its checkpoint's sidecar, and what each value must be.
 _RUN_FIELDS: dict[str, tuple[str, Any]] = {
     "iteration": ("an int >= 0", _is_int),
@@ -234,8 +243,8 @@ _RUN_FIELDS: dict[str, tuple[str, Any]] = {
         _is_accuracy(x) for x in v)),
     "lr_history": ("a list of finite numbers", lambda v: isinstance(v, list) and all(
         _is_number(x) for x in v)),
-    "eval_history": ("a list of objects", lambda v: isinstance(v, list) and all(
-        isinstance(x, dict) and _is_accuracy(x.get("val_acc")) for x in v)),
+    "eval_history": ("a list of accuracy checks", lambda v: isinstance(v, list) and all(
+        _is_check(x) for x in v)),
     "best_val_acc": ("an accuracy in [0, 1] or null", _is_accuracy),
     "best_epoch": ("an int >= 0 or null", lambda v: v is None or _is_int(v)),
     "elapsed_s": ("a finite number >= 0", lambda v: _is_number(v, 0.0)),
@@ -288,6 +297,26 @@ def check_run_sidecar(npz: Path, meta: dict[str, Any]) -> None:
             f"checkpoint {npz} claims epoch {meta['epoch']} and "
             f"{len(meta['loss_history'])} losses after {done} iterations of {per_epoch} per epoch"
         )
+    _check_history(npz, meta)
+
+
+def _check_history(npz: Path, meta: dict[str, Any]) -> None:
+    """The accuracy checks agree with each other and with the counters: one entry per check
+    in each history, in order, none after the checkpoint, the best epoch one of them."""
+    checks = meta["eval_history"]
+    lengths = {len(meta[name]) for name in ("train_acc_history", "val_acc_history", "lr_history")}
+    where = [(c["epoch"], c["iteration"]) for c in checks]
+    problem = None
+    if lengths != {len(checks)}:
+        problem = f"histories of {sorted(lengths)} entries for {len(checks)} accuracy checks"
+    elif where != sorted(where) or any(
+        e > meta["epoch"] or i > meta["iteration"] for e, i in where
+    ):
+        problem = "accuracy checks out of order or after its own iteration"
+    elif meta["best_epoch"] is not None and meta["best_epoch"] not in {e for e, _ in where}:
+        problem = f"best_epoch={meta['best_epoch']}, an epoch with no accuracy check"
+    if problem:
+        raise CorruptCheckpointError(f"checkpoint {npz} has {problem} in its sidecar")
 
 
 def latest_run_checkpoint(directory: Path) -> tuple[Path, dict[str, Any]] | None:
