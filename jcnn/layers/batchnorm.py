@@ -15,6 +15,7 @@ Batchnorm → relu, as the sandwich layers train it, is one layer with its own p
 from __future__ import annotations
 
 import math
+import operator
 
 import jax
 import jax.numpy as jnp
@@ -77,6 +78,27 @@ def values_per_feature(shape: tuple[int, ...], axis: int) -> int:
     return math.prod(size for a, size in enumerate(shape) if a != axis % len(shape))
 
 
+def check_feature_axis(x, axis) -> None:
+    """ValueError naming ``axis`` unless it is an int axis of ``x`` (negative from the end).
+
+    Args:
+        x (jax.Array): the input.
+        axis: its feature axis, in [-x.ndim, x.ndim).
+
+    Raises:
+        ValueError: naming ``axis``.
+    """
+    ndim = len(x.shape)
+    try:
+        inside = not isinstance(axis, bool) and -ndim <= operator.index(axis) < ndim
+    except TypeError:  # not an integer
+        inside = False
+    if not inside:
+        raise ValueError(
+            f"axis must be an int in [{-ndim}, {ndim}) for x {tuple(x.shape)}, got {axis!r}"
+        )
+
+
 def check_batch_statistics(x, axis: int = 1) -> None:
     """ValueError naming ``x`` if some feature has no values to take batch statistics over
     (N = 0, or an empty spatial axis): their mean and variance would be NaN. Static (shapes
@@ -90,8 +112,10 @@ def check_batch_statistics(x, axis: int = 1) -> None:
         Nothing; the check only raises.
 
     Raises:
-        ValueError: naming ``x`` if :func:`values_per_feature` is 0.
+        ValueError: naming ``x`` if :func:`values_per_feature` is 0; naming ``axis`` if it is
+            not an axis of x.
     """
+    check_feature_axis(x, axis)
     if values_per_feature(x.shape, axis) == 0:
         raise ValueError(
             f"x has no values per feature to take batch statistics over (shape "
@@ -128,8 +152,8 @@ def check_batchnorm_args(
         x (jax.Array): the input, features on ``axis``; D = ``x.shape[axis]``.
         gamma (jax.Array | None): scale, must be ``(D,)``; None for a batchnorm without one.
         beta (jax.Array): shift, must be ``(D,)``.
-        running_mean (jax.Array): running mean, must be ``(D,)``.
-        running_var (jax.Array): running variance, must be ``(D,)``.
+        running_mean (jax.Array | None): running mean, must be ``(D,)``; None: none kept.
+        running_var (jax.Array | None): running variance, must be ``(D,)``; None: none kept.
         momentum (float): must be in [0, 1].
         eps (float): must be > 0.
         axis (int): the feature axis.
@@ -140,10 +164,12 @@ def check_batchnorm_args(
 
     Raises:
         ValueError: naming ``gamma``, ``beta``, ``running_mean`` or ``running_var`` if not
-            ``(D,)``; naming ``momentum`` if outside [0, 1]; naming ``eps`` if not > 0; with
-            ``train``, naming ``x`` if it has no values per feature.
+            ``(D,)``; naming ``momentum`` if outside [0, 1]; naming ``eps`` if not > 0; naming
+            ``axis`` if it is not an axis of x; with ``train``, naming ``x`` if it has no
+            values per feature.
     """
     train = true_or_false("train", train)
+    check_feature_axis(x, axis)
     d = x.shape[axis]
     check_floating("x", x)
     for name, v in (
@@ -152,7 +178,7 @@ def check_batchnorm_args(
         ("running_mean", running_mean),
         ("running_var", running_var),
     ):
-        if name == "gamma" and gamma is None:
+        if v is None and name != "beta":
             continue
         check_shape(name, v, (d,), f"one value per feature of x {tuple(x.shape)}")
         check_floating(name, v)
@@ -188,10 +214,12 @@ def batchnorm_forward(
             :class:`BatchnormCache` for :func:`batchnorm_backward`.
 
     Raises:
-      ValueError: naming ``x`` if ``train`` and ``x`` is empty (:func:`check_batch_statistics`).
+      ValueError: as :func:`check_batchnorm_args`: naming the argument (x not floating, or
+          empty with ``train``; a parameter or running statistic not ``(D,)``; ``eps`` not
+          > 0; ``axis`` not an axis of x).
     """
+    check_batchnorm_args(x, gamma, beta, running_mean, running_var, 0.0, eps, axis, train=train)
     if train:
-        check_batch_statistics(x, axis)
         mean, var = batch_statistics(x, axis)
     else:
         mean, var = running_mean, running_var

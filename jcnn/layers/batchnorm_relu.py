@@ -24,7 +24,6 @@ from jcnn.layers.batchnorm import (
     batch_statistics,
     batchnorm_backward,
     batchnorm_forward,
-    check_batch_statistics,
     check_batchnorm_args,
     running_update,
     values_per_feature,
@@ -130,9 +129,11 @@ def batchnorm_relu_forward(
             dtype; the :class:`BatchnormReluCache` for :func:`batchnorm_relu_backward`.
 
     Raises:
-      ValueError: naming ``x`` if it is empty (:func:`check_batch_statistics`).
+      ValueError: as :func:`~jcnn.layers.batchnorm.check_batchnorm_args`, naming the
+          argument: x not floating or empty, gamma or beta not ``(D,)``, ``eps`` not > 0,
+          ``axis`` not an axis of x.
     """
-    check_batch_statistics(x, axis)
+    check_batchnorm_args(x, gamma, beta, None, None, 0.0, eps, axis)
     axis = axis % x.ndim
     gamma_x, beta_x = gamma.astype(x.dtype), beta.astype(x.dtype)
     if _uses_native(x, axis):

@@ -143,3 +143,25 @@ def test_train_must_be_true_or_false(layer, train):
         _calls_with_train(train)[layer]()
     for flag in (True, False, np.bool_(False)):
         _calls_with_train(flag)[layer]()
+
+
+@pytest.mark.parametrize(
+    "call, match",
+    [
+        (lambda x, p: L.batchnorm_forward(x, *p, train=True, axis=5), r"^axis must be an int in"),
+        (lambda x, p: L.batchnorm_forward(x, *p, train=True, axis=-5), r"^axis must be an int"),
+        (lambda x, p: L.batchnorm_forward(x, *p, train=True, axis=1.0), r"^axis must be an int"),
+        (lambda x, p: L.batchnorm_forward(x, *p, train=True, eps=-1.0), r"^eps must be > 0"),
+        (lambda x, p: L.batchnorm_forward(x.astype(int), *p, train=True), r"^x must be a real"),
+        (lambda x, p: L.batchnorm_relu_forward(x, *p[:2], axis=7), r"^axis must be an int"),
+        (lambda x, p: L.batchnorm_relu_forward(x, *p[:2], eps=0.0), r"^eps must be > 0"),
+        (lambda x, p: L.batchnorm_relu_forward(x, p[0][:2], p[1]), r"^gamma must have shape"),
+    ],
+)  # fmt: skip
+def test_the_cs231n_batchnorm_functions_follow_the_layers_rule(call, match):
+    """batchnorm_forward took an int x (returning zeros), eps=-1 (NaN) and an axis out of
+    range (IndexError), batchnorm_relu_forward axis=7: each is refused naming the argument,
+    as batchnorm() refuses them."""
+    x, p = jnp.ones((4, 3)), (_ones(3), _ones(3), _ones(3), _ones(3))
+    with pytest.raises(ValueError, match=match):
+        call(x, p)
