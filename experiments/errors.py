@@ -295,16 +295,25 @@ def exit_peer_lost(detail: str, *, process: int, processes: int, kept: str | Non
 def _interrupted_while_starting(signum: int, frame: Any) -> None:
     # Ends here and now: an exception raised from a signal handler that lands in one of
     # JAX's callbacks is reported as "ignored", and the app ran on to the end.
-    print("stopped (SIGINT) while starting: nothing was written", file=sys.stderr)
+    name = signal.Signals(signum).name
+    print(f"stopped ({name}) while starting: nothing was written", file=sys.stderr)
     _exit_now(signum, frame)
 
 
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
 def quiet_interrupt_while_starting() -> None:
-    """Until :func:`run_app` takes over, Ctrl-C ends the process with one line and status
-    130 (it printed a 40-line traceback from inside ``import jax``). For
-    ``python -m experiments.<app>`` only: ``experiments/__init__.py`` calls it then."""
+    """Until :func:`run_app` takes over, Ctrl-C, SIGTERM and SIGHUP end the process with one
+    line and status 130, 143 or 129 (Ctrl-C printed a 40-line traceback from inside
+    ``import jax``, SIGTERM nothing). For ``python -m experiments.<app>`` only:
+    ``experiments/__init__.py`` calls it then."""
     if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
         signal.signal(signal.SIGINT, _interrupted_while_starting)
+    for s in (signal.SIGTERM, signal.SIGHUP):
+        if signal.getsignal(s) is signal.SIG_DFL:
+            signal.signal(s, _interrupted_while_starting)
 
 
 # Set once this process has joined a multi-process run (:func:`fail_without_waiting`).
@@ -382,6 +391,9 @@ def run_app(main: Callable[[list[str]], Any], help_text: Callable[[], str] | Non
 
     if signal.getsignal(signal.SIGINT) is _interrupted_while_starting:
         signal.signal(signal.SIGINT, signal.default_int_handler)
+    for s in (signal.SIGTERM, signal.SIGHUP):  # until training: as a Ctrl-C (stopped at once)
+        if signal.getsignal(s) in (signal.SIG_DFL, _interrupted_while_starting):
+            signal.signal(s, _interrupt)
 
     # JAX logs each accelerator backend it cannot start (e.g. "Unable to initialize backend
     # 'tpu'") at INFO, which absl apps print: noise on every CPU-only start.

@@ -129,6 +129,32 @@ def check_conv_args(x, w, b, stride, pad, layout: str = "NCHW") -> tuple[int, in
     return h_out, w_out
 
 
+def check_conv_cotangent(dout, cache) -> None:
+    """For a convolution's backward pass: ``cache`` is the :class:`ConvCache` of its forward
+    pass, and ``dout`` is shaped like that forward's output, in x's dtype.
+
+    Raises:
+        TypeError: naming ``cache`` if it is not a :class:`ConvCache`.
+        ValueError: naming ``dout`` if its shape or dtype is not the output's.
+    """
+    if not isinstance(cache, ConvCache):
+        raise TypeError(
+            f"cache must be the ConvCache the forward pass returned, got {type(cache).__name__}"
+        )
+    x, w, layout = cache.x, cache.w, cache.layout
+    (h_axis, w_axis), sizes = spatial_axes(layout), {}
+    for axis, name, k in ((h_axis, "H", w.shape[2]), (w_axis, "W", w.shape[3])):
+        sizes[axis] = conv_output_size(x.shape[axis], k, cache.stride, cache.pad, name)
+    sizes[0], sizes[channel_axis(layout)] = x.shape[0], w.shape[0]
+    want = tuple(sizes[a] for a in range(4))
+    got = tuple(getattr(dout, "shape", ()))
+    if got != want or getattr(dout, "dtype", None) != x.dtype:
+        raise ValueError(
+            f"dout must be shaped like the forward pass's output, {want} ({layout}) in "
+            f"{x.dtype}, got {got} in {getattr(dout, 'dtype', type(dout).__name__)}"
+        )
+
+
 def pad_nchw(x: jax.Array, pad: int) -> jax.Array:
     return jnp.pad(x, ((0, 0), (0, 0), (pad, pad), (pad, pad))) if pad else x
 

@@ -35,6 +35,7 @@ from jcnn.layers._conv_common import (
     ConvCache,
     bias_gradient,
     check_conv_args,
+    check_conv_cotangent,
     conv_output_size,
     pad_nchw,
 )
@@ -122,6 +123,7 @@ def conv_backward_naive(dout, cache: ConvCache):
         dw (jax.Array): ``(F, C, HH, WW)``.
         db (jax.Array): ``(F,)``.
     """
+    check_conv_cotangent(dout, cache)
     x, w, stride, pad = cache.x, cache.w, cache.stride, cache.pad
     n, c, h, wd = x.shape
     hh, ww = w.shape[2:]
@@ -247,6 +249,7 @@ def conv_backward_im2col(dout, cache: ConvCache):
         dw (jax.Array): ``(F, C, HH, WW)``.
         db (jax.Array): ``(F,)``.
     """
+    check_conv_cotangent(dout, cache)
     x, w, stride, pad = cache.x, cache.w, cache.stride, cache.pad
     n, c, h, wd = x.shape
     f, _, hh, ww = w.shape

@@ -23,6 +23,7 @@ from jcnn.layers._conv_common import (
     ConvCache,
     bias_gradient,
     check_conv_args,
+    check_conv_cotangent,
     lax_dw,
     lax_dx,
     lax_forward,
@@ -113,6 +114,7 @@ def conv_backward_onednn(dout, cache: ConvCache):
         dw (jax.Array): ``(F, C, HH, WW)``.
         db (jax.Array): ``(F,)``.
     """
+    check_conv_cotangent(dout, cache)
     x, w, stride, pad = cache.x, cache.w, cache.stride, cache.pad
     dx = KERNELS.conv_backward_data(dout, w, x.shape, stride=stride, pad=pad)
     dw = KERNELS.conv_backward_weights(dout, x, w.shape, stride=stride, pad=pad)

@@ -14,6 +14,7 @@ from jcnn.layers._conv_common import (
     ConvCache,
     bias_gradient,
     check_conv_args,
+    check_conv_cotangent,
     lax_dw,
     lax_dx,
     lax_forward,
@@ -102,6 +103,7 @@ def conv_backward_xla(dout, cache: ConvCache):
         dw (jax.Array): ``(F, C, HH, WW)``.
         db (jax.Array): ``(F,)``.
     """
+    check_conv_cotangent(dout, cache)
     x, w, stride, pad, layout = cache.x, cache.w, cache.stride, cache.pad, cache.layout
     dx = conv_dx_xla(dout, w, x.shape, stride, pad, layout)
     dw = conv_dw_xla(dout, x, w.shape, stride, pad, layout)

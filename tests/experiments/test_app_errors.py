@@ -333,6 +333,34 @@ def test_ctrl_c_while_an_app_imports_jax_ends_in_one_line(option, landing):
     assert run_script(handed_back).stdout.strip() == "default_int_handler"
 
 
+@pytest.mark.parametrize("name, status", [("SIGTERM", 143), ("SIGHUP", 129)])
+def test_sigterm_or_sighup_while_an_app_starts_ends_in_one_line(name, status):
+    """SIGTERM while JAX imported ended the app silently; after that, until training, it
+    stops at once, as a Ctrl-C does, with one line."""
+    starting = (
+        "import os, signal, sys\n"
+        f"signal.signal(signal.{name}, signal.SIG_DFL)  # nohup ignores SIGHUP\n"
+        "sys.orig_argv = [sys.executable, '-m', 'experiments.vgg_cifar']\n"
+        "import experiments\n"
+        f"os.kill(os.getpid(), signal.{name})\n"
+        "import jax\n"
+        "print('not reached')\n"
+    )
+    proc = run_script(starting)
+    assert proc.returncode == status and proc.stdout == "", proc.stderr
+    assert proc.stderr == f"stopped ({name}) while starting: nothing was written\n"
+    before_training = (
+        "import os, signal, sys\n"
+        f"signal.signal(signal.{name}, signal.SIG_DFL)\n"
+        "sys.orig_argv = [sys.executable, '-m', 'experiments.vgg_cifar']\n"
+        "from experiments import errors\n"
+        f"errors.run_app(lambda argv: os.kill(os.getpid(), signal.{name}))\n"
+    )
+    proc = run_script(before_training)
+    assert proc.returncode == status, proc.stderr
+    assert proc.stderr.startswith(f"stopped at once ({name}): the checkpoints"), proc.stderr
+
+
 def test_importing_experiments_elsewhere_leaves_ctrl_c_alone():
     proc = run_script(
         "import signal\n"

@@ -165,3 +165,21 @@ def test_the_cs231n_batchnorm_functions_follow_the_layers_rule(call, match):
     x, p = jnp.ones((4, 3)), (_ones(3), _ones(3), _ones(3), _ones(3))
     with pytest.raises(ValueError, match=match):
         call(x, p)
+
+
+@pytest.mark.parametrize("impl", ["naive", "im2col", "xla"])
+def test_a_convolution_s_backward_pass_refuses_a_dout_or_cache_of_another_forward(impl):
+    """conv_backward_naive returned a gradient for a dout of the wrong shape and an
+    AttributeError for a cache of None."""
+    x, w, b = jnp.ones((2, 3, 8, 8)), jnp.ones((4, 3, 3, 3)), jnp.zeros(4)
+    out, cache = L.conv_forward(x, w, b, pad=1, impl=impl)
+    backward = {"naive": L.conv_backward_naive, "im2col": L.conv_backward_im2col}.get(
+        impl, lambda dout, cache: L.conv_backward(dout, cache, impl=impl)
+    )
+    with pytest.raises(ValueError, match=r"^dout must be shaped like the forward pass's output"):
+        backward(jnp.ones((2, 4, 7, 7)), cache)
+    with pytest.raises(ValueError, match=r"got \(2, 4, 8, 8\) in int32"):
+        backward(jnp.ones(out.shape, jnp.int32), cache)
+    with pytest.raises(TypeError, match=r"^cache must be the ConvCache"):
+        backward(jnp.ones(out.shape), None)
+    assert [g.shape for g in backward(jnp.ones(out.shape), cache)] == [x.shape, w.shape, b.shape]
