@@ -364,8 +364,11 @@ def conv_backward(dout, cache: ConvCache, *, impl: str = "auto"):
         db (jax.Array): ``(F,)``.
 
     Raises:
-        ValueError: naming ``impl`` if not one of :data:`IMPLS`.
+        ValueError: naming ``impl`` if not one of :data:`IMPLS`; naming ``dout`` if it is
+            not shaped like the forward's output, in its dtype.
+        TypeError: naming ``cache`` if it is not a :class:`ConvCache`.
     """
+    check_conv_cotangent(dout, cache)
     impl = resolve_impl(impl, cache.x, cache.layout)
     return PAIRS[impl][1](dout, cache)
 
