@@ -188,15 +188,10 @@ def test_a_report_without_jax_s_verdict_comes_through_in_its_place(capfd):
     ], err
 
 
-@pytest.mark.parametrize("process", [0, 1])
-def test_a_peer_lost_after_the_run_finished_is_no_failure_of_process_0(capfd, process):
-    """Process 1 killed after the last collective, while process 0 wrote the results: JAX
-    aborted process 0 in its shutdown, and the supervisor called the finished run lost and
-    asked for a resume. Process 0, which wrote the results, now says the run finished (exit
-    0); another process that had finished says that in its FATAL line."""
-    code, err = _supervise(
-        capfd,
-        f"""
+def _app_then_a_lost_peer_in_jax_s_shutdown(main: str) -> str:
+    """A child running an app whose ``main`` is given (one line of source), as a process of a
+    multi-process run, whose JAX shutdown then reports a lost peer and aborts."""
+    return f"""
         import atexit, os, sys
         from experiments import errors, supervisor
         supervisor.watch_supervisor()
@@ -205,10 +200,19 @@ def test_a_peer_lost_after_the_run_finished_is_no_failure_of_process_0(capfd, pr
             sys.stderr.write({JAX_SHUTDOWN_REPORT!r}); sys.stderr.flush()
             os.abort()
         atexit.register(jax_shutdown)
-        errors.run_app(lambda argv: print("results written", flush=True))
-        """,
-        process=process,
-    )
+        {main}
+        errors.run_app(main)
+        """
+
+
+@pytest.mark.parametrize("process", [0, 1])
+def test_a_peer_lost_after_the_run_finished_is_no_failure_of_process_0(capfd, process):
+    """Process 1 killed after the last collective, while process 0 wrote the results: JAX
+    aborted process 0 in its shutdown, and the supervisor called the finished run lost and
+    asked for a resume. Process 0, which wrote the results, now says the run finished (exit
+    0); another process that had finished says that in its FATAL line."""
+    finished = "def main(argv): print('results written', flush=True)"
+    code, err = _supervise(capfd, _app_then_a_lost_peer_in_jax_s_shutdown(finished), process)
     if process == 0:
         assert code == 0 and fatal_messages(err) == [], err
         assert err == (
@@ -223,23 +227,8 @@ def test_a_peer_lost_after_the_run_finished_is_no_failure_of_process_0(capfd, pr
 
 def test_a_peer_lost_in_the_shutdown_of_a_stopped_run_is_a_failure(capfd):
     """A run stopped by a signal is not finished: the same command must resume it."""
-    code, err = _supervise(
-        capfd,
-        f"""
-        import atexit, os, sys
-        from experiments import errors, supervisor
-        supervisor.watch_supervisor()
-        errors.when_finished(supervisor.tell_finished)
-        def jax_shutdown():
-            sys.stderr.write({JAX_SHUTDOWN_REPORT!r}); sys.stderr.flush()
-            os.abort()
-        atexit.register(jax_shutdown)
-        def main(argv):
-            raise SystemExit(143)
-        errors.run_app(main)
-        """,
-        process=0,
-    )
+    stopped = "def main(argv): raise SystemExit(143)"
+    code, err = _supervise(capfd, _app_then_a_lost_peer_in_jax_s_shutdown(stopped), 0)
     assert code == 1
     (message,) = fatal_messages(err)
     assert message.startswith("FATAL process 0 of 2 lost process 1"), message
