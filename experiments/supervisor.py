@@ -199,31 +199,49 @@ def supervise(
             signal.signal(s, handler)
         if not children:
             os.close(finished_write)
-    os.set_blocking(finished_read, False)
-    try:
-        finished = os.read(finished_read, len(_FINISHED)) == _FINISHED
-    except BlockingIOError:  # a grandchild holds the pipe open; the child never wrote
-        finished = False
-    finally:
-        os.close(finished_read)
+    finished = _said_finished(finished_read)
     aborted = code in (-signal.SIGABRT, 128 + signal.SIGABRT)
     if stream.aborted_on_peer_loss() and (aborted or stream.said_fatal):
-        if stream.said_fatal:  # the child's own line says it
-            stream.release_fatal()
-            return 1
-        if finished and process == 0:  # it wrote the results: the run succeeded
-            lost = errors.describe_peer_loss(stream.detail(), process, processes)
-            sys.stderr.write(
-                f"process 0 of {processes}: the run finished and its results are written; "
-                f"{lost} was lost while the processes shut down\n"
-            )
-            return 0
-        message = errors.peer_lost_message(
-            stream.detail(), process=process, processes=processes, kept=kept(),
-            finished=bool(finished),
-        )  # fmt: skip
-        sys.stderr.write(f"{message}\n")
-        sys.stderr.flush()
-        return 1
+        return _end_on_peer_loss(stream, process, processes, kept, finished=finished)
     stream.release()
     return 128 - code if code < 0 else code
+
+
+def _said_finished(pipe: int) -> bool:
+    """Whether the child wrote to the pipe that it had finished (:func:`tell_finished`);
+    closes the pipe."""
+    os.set_blocking(pipe, False)
+    try:
+        return os.read(pipe, len(_FINISHED)) == _FINISHED
+    except BlockingIOError:  # a grandchild holds the pipe open; the child never wrote
+        return False
+    finally:
+        os.close(pipe)
+
+
+def _end_on_peer_loss(
+    stream: _StderrFilter,
+    process: int,
+    processes: int,
+    kept: Callable[[], str | None],
+    *,
+    finished: bool,
+) -> int:
+    """The line and exit status of a child that JAX aborted on a lost peer: the child's own
+    FATAL line if it printed one; a finished run's process 0 ends well (status 0)."""
+    if stream.said_fatal:  # the child's own line says it
+        stream.release_fatal()
+        return 1
+    if finished and process == 0:  # it wrote the results: the run succeeded
+        lost = errors.describe_peer_loss(stream.detail(), process, processes)
+        sys.stderr.write(
+            f"process 0 of {processes}: the run finished and its results are written; "
+            f"{lost} was lost while the processes shut down\n"
+        )
+        return 0
+    message = errors.peer_lost_message(
+        stream.detail(), process=process, processes=processes, kept=kept(), finished=finished
+    )
+    sys.stderr.write(f"{message}\n")
+    sys.stderr.flush()
+    return 1
