@@ -312,7 +312,7 @@ def _check_history(npz: Path, meta: dict[str, Any]) -> None:
     elif where != sorted(where) or any(
         e > meta["epoch"] or i > meta["iteration"] for e, i in where
     ):
-        problem = "accuracy checks out of order or after its own iteration"
+        problem = "accuracy checks out of order, or after the checkpoint's own iteration"
     elif meta["best_epoch"] is not None and meta["best_epoch"] not in {e for e, _ in where}:
         problem = f"best_epoch={meta['best_epoch']}, an epoch with no accuracy check"
     if problem:
