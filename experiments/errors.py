@@ -138,16 +138,24 @@ def _interrupt_behind(e: BaseException) -> KeyboardInterrupt | None:
 
 
 def _exit_now(signum: int, frame: Any) -> None:
+    name = signal.Signals(signum).name
+    status = STOP_STATUS[name]
+    if _HAS_FINISHED:  # nothing was stopped: say so, and end as the run did
+        status = 0
+        print(f"the run had finished when {name} came; it ended only the shutdown", flush=True)
     sys.stdout.flush()
     sys.stderr.flush()
-    os._exit(STOP_STATUS[signal.Signals(signum).name])
+    os._exit(status)
 
 
 def end_at_once_on_signals() -> None:
-    """From here on, SIGINT, SIGTERM and SIGHUP end the process at once, quietly, with status
-    130, 143 or 129: for an app whose main has returned (its run finished or stopped, its
-    checkpoints written), so that a Ctrl-C while Python and JAX clean up at exit does not print a
-    traceback from that cleanup. A signal the process ignores (``nohup``) stays ignored."""
+    """From here on, SIGINT, SIGTERM and SIGHUP end the process at once: for an app whose main
+    has returned (its run finished or stopped, its checkpoints written), so that a Ctrl-C
+    while Python and JAX clean up at exit (a multi-process run waits there for the others)
+    does not print a traceback from that cleanup. After a stop or a failure the process ends
+    quietly with status 130, 143 or 129; after a finished run, with status 0 and one line
+    saying the signal ended only the shutdown. A signal the process ignores (``nohup``)
+    stays ignored."""
     for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         if signal.getsignal(s) is not signal.SIG_IGN:
             signal.signal(s, _exit_now)
@@ -320,6 +328,7 @@ def quiet_interrupt_while_starting() -> None:
 _ONE_OF_SEVERAL: list[bool] = []
 # Called when an app in :func:`run_app` has finished its work (:func:`when_finished`).
 _WHEN_FINISHED: list[Callable[[], None]] = []
+_HAS_FINISHED: list[bool] = []  # the app's main returned success
 
 
 def fail_without_waiting() -> None:
@@ -424,6 +433,7 @@ def run_app(main: Callable[[list[str]], Any], help_text: Callable[[], str] | Non
         try:
             result = one_line_main(argv)
             if result in (None, 0):
+                _HAS_FINISHED.append(True)
                 for callback in _WHEN_FINISHED:
                     callback()
             return result

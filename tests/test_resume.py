@@ -236,14 +236,18 @@ def _unsigned(meta: dict) -> dict:
         ("eval_history", '[{"x": 1}]', "eval_history=[{'x': 1}]"),
         ("lr_history", "[0.1]", "histories of [1, 3] entries for 3 accuracy checks"),
         ("best_epoch", "9", "best_epoch=9, an epoch with no accuracy check"),
+        ("best_epoch", "null", "best_epoch=None after 3 accuracy checks"),
+        ("best_val_acc", "0.999", "best_val_acc=0.999, not epoch"),
+        ("has_best", "false", "has_best=False after 3 accuracy checks with select_best=True"),
     ],
 )
 def test_a_crafted_unsigned_sidecar_is_set_aside_and_the_previous_one_used(
     crashed, tmp_path, field, value, why
 ):
     """Checksums absent used to turn every check off: Infinity became the best accuracy (so
-    no later epoch was ever taken as best), and bad types gave tracebacks. Every sidecar now
-    meets the run's schema, signed or not."""
+    no later epoch was ever taken as best), bad types gave tracebacks, and has_best=false
+    dropped the best parameters (the next check became best, however poor). Every sidecar
+    now meets the run's schema, signed or not, and its best check agrees with its history."""
     ckpt = tmp_path / "ckpt"
     shutil.copytree(crashed, ckpt)
     side = ckpt / "step_00000009.json"

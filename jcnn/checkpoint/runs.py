@@ -313,10 +313,34 @@ def _check_history(npz: Path, meta: dict[str, Any]) -> None:
         e > meta["epoch"] or i > meta["iteration"] for e, i in where
     ):
         problem = "accuracy checks out of order, or after the checkpoint's own iteration"
-    elif meta["best_epoch"] is not None and meta["best_epoch"] not in {e for e, _ in where}:
-        problem = f"best_epoch={meta['best_epoch']}, an epoch with no accuracy check"
+    else:
+        problem = _best_problem(meta)
     if problem:
         raise CorruptCheckpointError(f"checkpoint {npz} has {problem} in its sidecar")
+
+
+def _best_problem(meta: dict[str, Any]) -> str | None:
+    """What is wrong with the sidecar's best check, or None: the best epoch is one that was
+    checked (none before the first check), its accuracy that check's, and the best parameters
+    stored exactly when the run selects them and has checked (``has_best``: otherwise a
+    resumed run would drop its best parameters, or take the stand-in as best)."""
+    checks, best_epoch = meta["eval_history"], meta["best_epoch"]
+    solver = meta.get("solver")
+    select_best = solver.get("select_best", True) if isinstance(solver, dict) else True
+    if (best_epoch is None) != (not checks):
+        return f"best_epoch={best_epoch} after {len(checks)} accuracy checks"
+    if checks and meta["best_val_acc"] not in {
+        c["val_acc"] for c in checks if c["epoch"] == best_epoch
+    }:
+        if best_epoch not in {c["epoch"] for c in checks}:
+            return f"best_epoch={best_epoch}, an epoch with no accuracy check"
+        return f"best_val_acc={_shown(meta['best_val_acc'])}, not epoch {best_epoch}'s accuracy"
+    if meta["has_best"] != (select_best is True and bool(checks)):
+        return (
+            f"has_best={meta['has_best']} after {len(checks)} accuracy checks with "
+            f"select_best={select_best}"
+        )
+    return None
 
 
 def latest_run_checkpoint(directory: Path) -> tuple[Path, dict[str, Any]] | None:

@@ -16,13 +16,16 @@ from jcnn._validate import choice as check_choice
 
 __all__ = [
     "check_array",
+    "check_cache",
     "check_choice",
+    "check_cotangent",
     "check_fits_in_memory",
     "check_floating",
     "check_labels",
     "check_prng_key",
     "check_rank",
     "check_shape",
+    "check_statistics_cotangents",
     "nonnegative_int",
     "positive_int",
     "true_or_false",
@@ -36,6 +39,54 @@ def check_array(name: str, x: Any) -> None:
             f"{name} must be a JAX or NumPy array, got {type(x).__name__}; convert it first, "
             f"e.g. jnp.asarray({name}, jnp.float32)"
         )
+
+
+def check_cache(cache: Any, cache_type: type) -> None:
+    """TypeError naming ``cache`` unless it is the ``cache_type`` a forward pass returned."""
+    if not isinstance(cache, cache_type):
+        raise TypeError(
+            f"cache must be the {cache_type.__name__} the forward pass returned, "
+            f"got {type(cache).__name__}"
+        )
+
+
+def check_cotangent(
+    name: str, dout: Any, shape: tuple[int, ...], dtype: Any = None, why: str = ""
+) -> None:
+    """A backward pass's upstream gradient: shaped exactly like the forward pass's output (a
+    gradient of another shape would broadcast into a wrong result) and real floating-point, in
+    ``dtype`` when one is given.
+
+    Raises:
+        ValueError: naming ``name`` with the shape (and dtype) wanted and those got.
+    """
+    import jax.numpy as jnp
+
+    got = tuple(getattr(dout, "shape", ()))
+    got_dtype = getattr(dout, "dtype", None)
+    floating = got_dtype is not None and jnp.issubdtype(got_dtype, jnp.floating)
+    if got != tuple(shape) or not floating or (dtype is not None and got_dtype != dtype):
+        what = f" in {dtype}" if dtype is not None else " (floating-point)"
+        extra = f" ({why})" if why else ""
+        raise ValueError(
+            f"{name} must be shaped like the forward pass's output{extra}, {tuple(shape)}{what}, "
+            f"got {got} in {got_dtype if got_dtype is not None else type(dout).__name__}"
+        )
+
+
+def check_statistics_cotangents(douts: Any, shape: tuple[int, ...], axis: int) -> None:
+    """The cotangents of a fused batchnorm's ``(out, mean, var)``: ``douts = (dout, dmean,
+    dvar)``, dout shaped like x (``shape``), dmean and dvar ``(D,)`` for the D features on
+    ``axis``; ValueError naming what is wrong."""
+    if not isinstance(douts, (tuple, list)) or len(douts) != 3:
+        raise ValueError(
+            f"douts must be the tuple (dout, dmean, dvar) of the output's and the batch "
+            f"statistics' gradients, got {type(douts).__name__}"
+        )
+    dout, dmean, dvar = douts
+    check_cotangent("dout", dout, shape)
+    check_cotangent("dmean", dmean, (shape[axis],), why="one per feature")
+    check_cotangent("dvar", dvar, (shape[axis],), why="one per feature")
 
 
 def check_rank(name: str, x: Any, ndim: int, layout: str = "") -> None:

@@ -14,7 +14,9 @@ from jax import lax
 
 from jcnn.layers._binding import cache_dataclass
 from jcnn.layers._checks import (
+    check_cache,
     check_choice,
+    check_cotangent,
     check_fits_in_memory,
     check_floating,
     check_rank,
@@ -137,22 +139,13 @@ def check_conv_cotangent(dout, cache) -> None:
         TypeError: naming ``cache`` if it is not a :class:`ConvCache`.
         ValueError: naming ``dout`` if its shape or dtype is not the output's.
     """
-    if not isinstance(cache, ConvCache):
-        raise TypeError(
-            f"cache must be the ConvCache the forward pass returned, got {type(cache).__name__}"
-        )
+    check_cache(cache, ConvCache)
     x, w, layout = cache.x, cache.w, cache.layout
     (h_axis, w_axis), sizes = spatial_axes(layout), {}
     for axis, name, k in ((h_axis, "H", w.shape[2]), (w_axis, "W", w.shape[3])):
         sizes[axis] = conv_output_size(x.shape[axis], k, cache.stride, cache.pad, name)
     sizes[0], sizes[channel_axis(layout)] = x.shape[0], w.shape[0]
-    want = tuple(sizes[a] for a in range(4))
-    got = tuple(getattr(dout, "shape", ()))
-    if got != want or getattr(dout, "dtype", None) != x.dtype:
-        raise ValueError(
-            f"dout must be shaped like the forward pass's output, {want} ({layout}) in "
-            f"{x.dtype}, got {got} in {getattr(dout, 'dtype', type(dout).__name__)}"
-        )
+    check_cotangent("dout", dout, tuple(sizes[a] for a in range(4)), x.dtype, layout)
 
 
 def pad_nchw(x: jax.Array, pad: int) -> jax.Array:

@@ -8,7 +8,13 @@ import jax
 import jax.numpy as jnp
 
 from jcnn.layers._binding import cache_dataclass, with_vjp
-from jcnn.layers._checks import check_floating, check_rank, check_shape
+from jcnn.layers._checks import (
+    check_cache,
+    check_cotangent,
+    check_floating,
+    check_rank,
+    check_shape,
+)
 
 
 @cache_dataclass()
@@ -70,8 +76,14 @@ def affine_backward(dout: jax.Array, cache: AffineCache):
         dx (jax.Array): ``dout @ w.T`` reshaped to x's shape ``(N, d1, ..., dk)``.
         dw (jax.Array): ``x.reshape(N, D).T @ dout``, shape ``(D, M)``.
         db (jax.Array): ``Σₙ dout``, shape ``(M,)``.
+
+    Raises:
+        TypeError: naming ``cache`` if it is not the forward pass's cache.
+        ValueError: naming ``dout`` if it is not shaped like the forward pass's output.
     """
+    check_cache(cache, AffineCache)
     x, w = cache.x, cache.w
+    check_cotangent("dout", dout, (x.shape[0], w.shape[1]))
     dx = (dout @ w.T).reshape(x.shape)
     dw = x.reshape(x.shape[0], -1).T @ dout
     db = jnp.sum(dout, axis=0)

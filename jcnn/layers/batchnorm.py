@@ -23,7 +23,9 @@ from jax import lax
 
 from jcnn.layers._binding import cache_dataclass, with_vjp
 from jcnn.layers._checks import (
+    check_cache,
     check_choice,
+    check_cotangent,
     check_floating,
     check_rank,
     check_shape,
@@ -251,7 +253,13 @@ def batchnorm_backward(dout, cache: BatchnormCache):
         dbeta (jax.Array): ``Σ dout`` over every axis but ``axis``, ``(D,)``.
         drunning_mean (jax.Array | None): ``(D,)`` in test mode, None when training.
         drunning_var (jax.Array | None): ``(D,)`` in test mode, None when training.
+
+    Raises:
+        TypeError: naming ``cache`` if it is not the forward pass's cache.
+        ValueError: naming ``dout`` if it is not shaped like the forward pass's output.
     """
+    check_cache(cache, BatchnormCache)
+    check_cotangent("dout", dout, cache.x.shape)
     axis, nd = cache.axis, dout.ndim
     axes = _reduce_axes(nd, axis)
     inv_std = cache.inv_std
@@ -289,7 +297,13 @@ def batchnorm_backward_graph(dout, cache: BatchnormCache):
         dbeta (jax.Array): ``Σ dout`` over every axis but ``axis``, ``(D,)``.
         drunning_mean (jax.Array | None): None when training; ``(D,)`` in test mode.
         drunning_var (jax.Array | None): None when training; ``(D,)`` in test mode.
+
+    Raises:
+        TypeError: naming ``cache`` if it is not the forward pass's cache.
+        ValueError: naming ``dout`` if it is not shaped like the forward pass's output.
     """
+    check_cache(cache, BatchnormCache)
+    check_cotangent("dout", dout, cache.x.shape)
     if not cache.train:
         return batchnorm_backward(dout, cache)
     axis = cache.axis

@@ -16,7 +16,7 @@ import numpy as np
 
 from jcnn import native
 from jcnn.layers._binding import cache_dataclass, with_vjp
-from jcnn.layers._checks import true_or_false
+from jcnn.layers._checks import check_cache, check_statistics_cotangents, true_or_false
 from jcnn.layers.batchnorm import (
     BatchnormCache,
     _per_feature,
@@ -159,7 +159,14 @@ def batchnorm_relu_backward(
         dx: shaped like x.
         dgamma: ``Σ g·x̂`` over every axis but ``axis``, ``(D,)``.
         dbeta: ``Σ g`` over every axis but ``axis``, ``(D,)``.
+
+    Raises:
+        TypeError: naming ``cache`` if it is not the forward pass's cache.
+        ValueError: naming ``douts``, ``dout``, ``dmean`` or ``dvar`` if it is not shaped
+            like the forward pass's outputs.
     """
+    check_cache(cache, BatchnormReluCache)
+    check_statistics_cotangents(douts, cache.x.shape, cache.axis)
     dout, dmean, dvar = douts
     x, axis = cache.x, cache.axis
     dmean, dvar = dmean.astype(x.dtype), dvar.astype(x.dtype)

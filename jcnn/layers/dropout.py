@@ -6,7 +6,13 @@ import jax
 import jax.numpy as jnp
 
 from jcnn.layers._binding import cache_dataclass, with_vjp
-from jcnn.layers._checks import check_floating, check_prng_key, true_or_false
+from jcnn.layers._checks import (
+    check_cache,
+    check_cotangent,
+    check_floating,
+    check_prng_key,
+    true_or_false,
+)
 
 
 @cache_dataclass(static=("rate",))
@@ -82,17 +88,18 @@ def dropout_forward(x: jax.Array, key: jax.Array, *, rate: float) -> tuple[jax.A
     Args:
         x: input of any shape and floating dtype.
         key: one JAX PRNG key; the mask is a function of it alone (:func:`keep_mask`).
-        rate: the probability of dropping a unit, in [0, 1) (not checked here; see
-            :func:`check_rate`).
+        rate: the probability of dropping a unit, a float in [0, 1).
 
     Returns:
         ``(out, cache)``: ``out = x·mask/(1 − rate)`` shaped like x, and the
             :class:`DropoutCache` for :func:`dropout_backward`.
 
     Raises:
-      ValueError: naming ``x`` if it is not a real floating-point array; naming ``key`` if
-        it is not one JAX PRNG key (:func:`check_dropout_key`).
+      ValueError: naming ``rate`` if it is not a float in [0, 1) (:func:`check_rate`);
+        naming ``x`` if it is not a real floating-point array; naming ``key`` if it is not
+        one JAX PRNG key (:func:`check_dropout_key`).
     """
+    rate = check_rate(rate)
     check_floating("x", x)
     check_dropout_key(key)
     keep = keep_mask(key, x.shape, rate)
@@ -110,7 +117,13 @@ def dropout_backward(dout: jax.Array, cache: DropoutCache):
     Returns:
         dx (jax.Array): ``dout·mask/(1 − rate)``, shaped like x.
         dkey (None): None: the key gets no gradient.
+
+    Raises:
+        TypeError: naming ``cache`` if it is not the forward pass's cache.
+        ValueError: naming ``dout`` if it is not shaped like the forward pass's output.
     """
+    check_cache(cache, DropoutCache)
+    check_cotangent("dout", dout, cache.keep.shape)
     dx = jnp.where(cache.keep, dout / (1.0 - cache.rate), jnp.zeros_like(dout))
     return dx, None
 

@@ -35,7 +35,15 @@ import jax.numpy as jnp
 from jax import lax
 
 from jcnn.layers._binding import cache_dataclass, with_vjp
-from jcnn.layers._checks import check_choice, check_floating, check_rank, true_or_false
+from jcnn.layers._checks import (
+    check_cache,
+    check_choice,
+    check_cotangent,
+    check_floating,
+    check_rank,
+    check_statistics_cotangents,
+    true_or_false,
+)
 from jcnn.layers._widen import widened
 from jcnn.layers._windows import LAYOUTS, channel_axis
 from jcnn.layers.batchnorm import (
@@ -110,7 +118,13 @@ def gelu_backward(dout: jax.Array, cache: GeluCache) -> tuple[jax.Array]:
 
     Returns:
         ``(dx,)``, dx shaped like x.
+
+    Raises:
+        TypeError: naming ``cache`` if it is not the forward pass's cache.
+        ValueError: naming ``dout`` if it is not shaped like the forward pass's output.
     """
+    check_cache(cache, GeluCache)
+    check_cotangent("dout", dout, cache.x.shape)
     slope = gelu_value_and_slope(widened(cache.x), cache.approximate)[1]
     return ((widened(dout) * slope).astype(dout.dtype),)
 
@@ -226,7 +240,14 @@ def batchnorm_gelu_backward(
             when training the running statistics were not used and get zeros. In test mode
             ``drunning_mean = dmean − Σ g·σ⁻¹`` and
             ``drunning_var = dvar − ½·Σ g·(x − μ)·σ⁻³``.
+
+    Raises:
+        TypeError: naming ``cache`` if it is not the forward pass's cache.
+        ValueError: naming ``douts``, ``dout``, ``dmean`` or ``dvar`` if it is not shaped
+            like the forward pass's outputs.
     """
+    check_cache(cache, BatchnormGeluCache)
+    check_statistics_cotangents(douts, cache.x.shape, cache.axis)
     dout, dmean, dvar = douts
     x, axis = widened(cache.x), cache.axis
     dout = widened(dout)

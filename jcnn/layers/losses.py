@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 
 from jcnn.layers._binding import cache_dataclass, with_vjp
-from jcnn.layers._checks import check_labels
+from jcnn.layers._checks import check_cache, check_cotangent, check_labels
 
 
 @cache_dataclass(static=("label_smoothing",))
@@ -131,19 +131,34 @@ def softmax_loss_forward(
     return loss, SoftmaxCache(jnp.exp(log_probs), y, label_smoothing)
 
 
+def _loss_cotangent(dloss, dtype) -> jax.Array:
+    """``dloss`` as a scalar array: a Python number (``1.0``, as cs231n passes) in ``dtype``, or
+    a floating array of shape ``()``; ValueError naming it otherwise."""
+    if isinstance(dloss, (int, float)) and not isinstance(dloss, bool):
+        return jnp.asarray(dloss, dtype)
+    check_cotangent("dloss", dloss, (), why="the loss is a scalar")
+    return dloss
+
+
 def softmax_loss_backward(dloss: jax.Array, cache: SoftmaxCache):
     """dscores = (softmax(scores) − q) / N · dL, q the (smoothed) one-hot targets, since
     Σₖ qₖ = 1; labels get no gradient. Rows whose label is outside ``[0, K)`` are NaN.
 
     Args:
-        dloss: upstream gradient of the scalar loss, shape ``()``.
+        dloss: upstream gradient of the scalar loss: shape ``()``, or a Python number.
         cache: the :class:`SoftmaxCache` from :func:`softmax_loss_forward`.
 
     Returns:
         dscores (jax.Array): ``(softmax(scores) − q)·dloss/N``, shape ``(N, K)``.
         dy (None): None: the labels get no gradient.
+
+    Raises:
+        TypeError: naming ``cache`` if it is not the forward pass's cache.
+        ValueError: naming ``dloss`` if it is not a scalar.
     """
+    check_cache(cache, SoftmaxCache)
     probs, y = cache.probs, cache.y
+    dloss = _loss_cotangent(dloss, probs.dtype)
     targets = _targets(y, probs.shape[1], probs.dtype, cache.label_smoothing)
     dscores = (probs - targets) * (dloss / probs.shape[0])
     return _nan_rows_of_invalid(dscores, y), None
@@ -177,13 +192,19 @@ def svm_loss_backward(dloss: jax.Array, cache: SvmCache):
     Rows whose label is outside ``[0, K)`` are NaN.
 
     Args:
-        dloss: upstream gradient of the scalar loss, shape ``()``.
+        dloss: upstream gradient of the scalar loss: shape ``()``, or a Python number.
         cache: the :class:`SvmCache` from :func:`svm_loss_forward`.
 
     Returns:
         dscores (jax.Array): shape ``(N, K)``, as above.
         dy (None): None: the labels get no gradient.
+
+    Raises:
+        TypeError: naming ``cache`` if it is not the forward pass's cache.
+        ValueError: naming ``dloss`` if it is not a scalar.
     """
+    check_cache(cache, SvmCache)
+    dloss = _loss_cotangent(dloss, jnp.result_type(float))
     dtype = dloss.dtype
     positive = cache.positive.astype(dtype)
     onehot = _one_hot(cache.y, positive.shape[1], dtype)

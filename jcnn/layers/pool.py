@@ -24,7 +24,14 @@ import jax.numpy as jnp
 from jax import lax
 
 from jcnn.layers._binding import cache_dataclass, with_vjp
-from jcnn.layers._checks import check_choice, check_floating, check_rank, positive_int
+from jcnn.layers._checks import (
+    check_cache,
+    check_choice,
+    check_cotangent,
+    check_floating,
+    check_rank,
+    positive_int,
+)
 from jcnn.layers._widen import widened
 from jcnn.layers._windows import LAYOUTS, spatial_axes, tap, untap
 
@@ -157,9 +164,16 @@ def max_pool_backward_naive(dout, cache: PoolCache):
     Returns:
         (tuple[jax.Array]): ``(dx,)``, dx ``(N, C, H, W)``: each window's dout at the first
             (row-major) position of its maximum, overlapping windows summed, 0 elsewhere.
+
+    Raises:
+        TypeError: naming ``cache`` if it is not the forward pass's cache.
+        ValueError: naming ``dout`` if it is not shaped like the forward pass's output.
     """
+    check_cache(cache, PoolCache)
     x, ph, pw, s = cache.x, cache.pool_height, cache.pool_width, cache.stride
     n, c = x.shape[:2]
+    windows = ((x.shape[2] - ph) // s + 1, (x.shape[3] - pw) // s + 1)
+    check_cotangent("dout", dout, (n, c, *windows))
     h_out, w_out = dout.shape[2:]
 
     def position(p, dx):
@@ -256,7 +270,13 @@ def max_pool_backward_fast(dout, cache: FastPoolCache):
     Returns:
         (tuple[jax.Array]): ``(dx,)``, dx shaped like x (``cache.x_shape``): each window's
             dout at its first winning tap, overlapping windows summed, 0 elsewhere.
+
+    Raises:
+        TypeError: naming ``cache`` if it is not the forward pass's cache.
+        ValueError: naming ``dout`` if it is not shaped like the forward pass's output.
     """
+    check_cache(cache, FastPoolCache)
+    check_cotangent("dout", dout, cache.argmax.shape)
     ph, pw, s, layout = cache.pool_height, cache.pool_width, cache.stride, cache.layout
     if s == ph == pw:
         return (_tiled_backward(dout, cache),)

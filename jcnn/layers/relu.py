@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 
 from jcnn.layers._binding import cache_dataclass, with_vjp
-from jcnn.layers._checks import check_floating
+from jcnn.layers._checks import check_cache, check_cotangent, check_floating
 
 
 @cache_dataclass()
@@ -51,7 +51,13 @@ def relu_backward(dout: jax.Array, cache: ReluCache):
 
     Returns:
         (tuple[jax.Array]): ``(dx,)``, a 1-tuple holding dx, shaped like x.
+
+    Raises:
+        TypeError: naming ``cache`` if it is not the forward pass's cache.
+        ValueError: naming ``dout`` if it is not shaped like the forward pass's output.
     """
+    check_cache(cache, ReluCache)
+    check_cotangent("dout", dout, cache.out.shape)
     return (jnp.where(cache.out > 0, dout, jnp.zeros_like(dout)),)
 
 

@@ -15,13 +15,19 @@ from __future__ import annotations
 import jax
 
 from jcnn.layers._binding import cache_dataclass, with_vjp
-from jcnn.layers._checks import check_floating
+from jcnn.layers._checks import check_cache, check_cotangent, check_floating
 
 
-@cache_dataclass()
+@cache_dataclass(static=("shape",))
 class ResidualAddCache:
-    """What :func:`residual_add_backward` needs from the forward pass: nothing (the sum's
-    partial derivatives are 1 whatever its operands)."""
+    """What :func:`residual_add_backward` needs from the forward pass: only the output's
+    shape, to check dout against (the sum's partial derivatives are 1 whatever its operands).
+
+    Attributes:
+        shape: the shape of x, skip and the output (static).
+    """
+
+    shape: tuple[int, ...]
 
 
 def residual_add_forward(x: jax.Array, skip: jax.Array) -> tuple[jax.Array, ResidualAddCache]:
@@ -47,7 +53,7 @@ def residual_add_forward(x: jax.Array, skip: jax.Array) -> tuple[jax.Array, Resi
             f"skip must match x's shape {tuple(x.shape)} and dtype {x.dtype}, "
             f"got {tuple(skip.shape)} {skip.dtype}"
         )
-    return x + skip, ResidualAddCache()
+    return x + skip, ResidualAddCache(tuple(x.shape))
 
 
 def residual_add_backward(dout: jax.Array, cache: ResidualAddCache) -> tuple[jax.Array, jax.Array]:
@@ -55,12 +61,17 @@ def residual_add_backward(dout: jax.Array, cache: ResidualAddCache) -> tuple[jax
 
     Args:
         dout: upstream gradient, shaped like the output.
-        cache: the :class:`ResidualAddCache` (unused).
+        cache: the :class:`ResidualAddCache` from :func:`residual_add_forward`.
 
     Returns:
         ``(dx, dskip)``, both ``dout``.
+
+    Raises:
+        TypeError: naming ``cache`` if it is not the forward pass's cache.
+        ValueError: naming ``dout`` if it is not shaped like the forward pass's output.
     """
-    del cache
+    check_cache(cache, ResidualAddCache)
+    check_cotangent("dout", dout, cache.shape)
     return dout, dout
 
 

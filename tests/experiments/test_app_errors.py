@@ -270,10 +270,14 @@ def test_a_second_signal_stops_at_once_and_the_handlers_come_back():
 
 
 @pytest.mark.parametrize("name, status", [("SIGINT", 130), ("SIGTERM", 143), ("SIGHUP", 129)])
-def test_a_signal_after_the_apps_main_returned_ends_the_process_quietly(name, status):
+@pytest.mark.parametrize("finished", [False, True], ids=["stopped", "finished"])
+def test_a_signal_after_the_apps_main_returned_ends_the_process_at_once(name, status, finished):
     """Two Ctrl-Cs 20-50 ms apart: the first stopped the run (checkpointed), the second
     landed in JAX's cleanup at exit and printed a KeyboardInterrupt traceback there. Once an
-    app's main has returned, a signal ends the process at once, quietly."""
+    app's main has returned, a signal ends the process at once: quietly with the stop's
+    status after a stop; after a finished run (which ended silently with 130 before) with
+    status 0 and one line saying only the shutdown was cut short."""
+    end = "return None" if finished else f"raise errors.stopped('stopped', '{name}')"
     script = (
         "import atexit, signal, time\n"
         "from experiments import errors\n"
@@ -283,11 +287,19 @@ def test_a_signal_after_the_apps_main_returned_ends_the_process_quietly(name, st
         "    with errors.stop_on_signals(lambda name: print('stop asked:', name)):\n"
         f"        signal.raise_signal(signal.{name})\n"
         f"    atexit.register(lambda: (signal.raise_signal(signal.{name}), time.sleep(5)))\n"
+        f"    {end}\n"
         "errors.run_app(main)\n"
     )
     proc = run_script(script)
-    assert proc.returncode == status, proc.stderr
-    assert proc.stdout.strip() == f"stop asked: {name}" and proc.stderr == ""
+    lines = proc.stdout.strip().splitlines()
+    assert lines[0] == f"stop asked: {name}"
+    if finished:
+        assert proc.returncode == 0, proc.stderr
+        assert lines[1:] == [f"the run had finished when {name} came; it ended only the shutdown"]
+        assert proc.stderr == ""
+    else:
+        assert proc.returncode == status, proc.stderr
+        assert lines[1:] == [] and proc.stderr.strip() == "stopped"
 
 
 # A Ctrl-C that lands where Python ignores exceptions (JAX's garbage-collection callback, a

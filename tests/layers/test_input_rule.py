@@ -183,3 +183,90 @@ def test_a_convolution_s_backward_pass_refuses_a_dout_or_cache_of_another_forwar
     with pytest.raises(TypeError, match=r"^cache must be the ConvCache"):
         backward(jnp.ones(out.shape), None)
     assert [g.shape for g in backward(jnp.ones(out.shape), cache)] == [x.shape, w.shape, b.shape]
+
+
+def _bn_params(d: int) -> tuple[jax.Array, ...]:
+    return jnp.ones(d), jnp.zeros(d), jnp.zeros(d), jnp.ones(d)
+
+
+_WINDOW = {"pool_height": 2, "pool_width": 2, "stride": 2}
+# Every cs231n forward half but the convolution's (above): (name, forward(x) -> (out, cache),
+# backward(dout, cache)). For the fused batchnorms the output is (out, mean, var).
+BACKWARD_HALVES = [
+    ("affine", lambda x: L.affine_forward(x, jnp.ones((48, 5)), jnp.zeros(5)), L.affine_backward),
+    ("relu", L.relu_forward, L.relu_backward),
+    ("gelu", L.gelu_forward, L.gelu_backward),
+    ("dropout", lambda x: L.dropout_forward(x, jax.random.key(0), rate=0.5), L.dropout_backward),
+    ("residual_add", lambda x: L.residual_add_forward(x, x), L.residual_add_backward),
+    ("batchnorm", lambda x: L.batchnorm_forward(x, *_bn_params(3), train=True),
+     L.batchnorm_backward),
+    ("batchnorm_graph", lambda x: L.batchnorm_forward(x, *_bn_params(3), train=True),
+     L.batchnorm_backward_graph),
+    ("max_pool_naive", lambda x: L.max_pool_forward_naive(x, **_WINDOW), L.max_pool_backward_naive),
+    ("max_pool_fast", lambda x: L.max_pool_forward_fast(x, **_WINDOW), L.max_pool_backward_fast),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("forward, backward", [c[1:] for c in BACKWARD_HALVES],
+                         ids=[c[0] for c in BACKWARD_HALVES])  # fmt: skip
+def test_every_backward_half_refuses_a_dout_or_cache_of_another_forward(forward, backward):
+    """relu_backward, max_pool_backward_naive and the rest broadcast a dout of another shape
+    into a gradient (a (1,) dout gave a full-size dx), and read any object as their cache."""
+    x = jax.random.normal(jax.random.key(1), (2, 3, 4, 4))
+    if backward is L.batchnorm_backward or backward is L.batchnorm_backward_graph:
+        x = x.reshape(32, 3)
+    out, cache = forward(x)
+    with pytest.raises(ValueError, match=r"^dout must be shaped like the forward pass's output"):
+        backward(jnp.ones((1,)), cache)
+    with pytest.raises(ValueError, match=r"^dout must be .* in int32"):
+        backward(jnp.ones(out.shape, jnp.int32), cache)
+    with pytest.raises(TypeError, match=r"^cache must be the \w+Cache the forward pass returned"):
+        backward(jnp.ones(out.shape), None)
+    assert all(g is None or g.shape for g in backward(jnp.ones(out.shape), cache))
+
+
+@pytest.mark.parametrize("fused", ["relu", "gelu"])
+def test_a_fused_batchnorm_s_backward_half_checks_each_of_its_three_cotangents(fused):
+    x, (gamma, beta, mean, var) = jnp.ones((8, 3, 2, 2)), _bn_params(3)
+    if fused == "relu":
+        (out, *_), cache = L.batchnorm_relu_forward(x, gamma, beta)
+        backward = L.batchnorm_relu_backward
+    else:
+        (out, *_), cache = L.batchnorm_gelu_forward(
+            x, beta, mean, var, train=True, eps=1e-5, axis=1
+        )
+        backward = L.batchnorm_gelu_backward
+    good = (jnp.ones(out.shape), jnp.zeros(3), jnp.zeros(3))
+    with pytest.raises(ValueError, match=r"^douts must be the tuple \(dout, dmean, dvar\)"):
+        backward(good[0], cache)
+    with pytest.raises(ValueError, match=r"^dmean must be shaped .* \(3,\)"):
+        backward((good[0], jnp.zeros(4), good[2]), cache)
+    with pytest.raises(ValueError, match=r"^dout must be shaped"):
+        backward((jnp.ones((1,)), *good[1:]), cache)
+    with pytest.raises(TypeError, match=r"^cache must be the BatchnormReluCache|^cache must be"):
+        backward(good, object())
+    assert backward(good, cache)[0].shape == x.shape
+
+
+@pytest.mark.parametrize("loss", ["softmax", "svm"])
+def test_a_loss_s_backward_half_takes_a_scalar_dloss_or_a_python_number(loss):
+    forward, backward = {
+        "softmax": (L.softmax_loss_forward, L.softmax_loss_backward),
+        "svm": (L.svm_loss_forward, L.svm_loss_backward),
+    }[loss]
+    scores, y = jax.random.normal(jax.random.key(2), (4, 5)), jnp.array([0, 1, 2, 3])
+    _, cache = forward(scores, y)
+    from_array = backward(jnp.asarray(1.0, scores.dtype), cache)[0]
+    np.testing.assert_allclose(backward(1.0, cache)[0], from_array)
+    with pytest.raises(ValueError, match=r"^dloss must be shaped like .* \(the loss is a scalar\)"):
+        backward(jnp.ones(4), cache)
+    with pytest.raises(TypeError, match=r"^cache must be the"):
+        backward(1.0, None)
+
+
+def test_dropout_forward_refuses_a_rate_outside_0_1_as_dropout_does():
+    """dropout_forward(rate=1.0) returned zeros and rate=-0.5 scaled every unit by 2/3, silently."""
+    x = jnp.ones((2, 3))
+    for rate in (1.0, -0.5, "half"):
+        with pytest.raises(ValueError, match=r"^rate must be"):
+            L.dropout_forward(x, jax.random.key(0), rate=rate)
