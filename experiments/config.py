@@ -54,6 +54,10 @@ class Files(Settings):
         "without it, the run there resumes from its newest checkpoint.",
         may_change_on_resume=True, in_flagfile=False,
     )  # fmt: skip
+    plots: bool = option(
+        True, "Draw the PNG plots (loss, accuracy, first-layer filters; needs matplotlib); "
+        "--noplots leaves them out.", may_change_on_resume=True,
+    )  # fmt: skip
     plot_every_epoch: bool = option(
         True, "Redraw the PNG plots after every epoch (always at the end).",
         may_change_on_resume=True,

@@ -10,7 +10,8 @@ A run writes into its workdir, through one :class:`RunWriter` (only process 0 wr
                      (:func:`iteration_records`, :func:`epoch_record`, :class:`RunLogger`)
     summary.json     final/best accuracies, test accuracy of the best parameters, timings
                      (:func:`make_summary`)
-    loss.png, accuracy.png, filters.png   (after every epoch and at the end; :func:`write_plots`)
+    loss.png, accuracy.png, filters.png   (after every epoch and at the end, unless --noplots;
+                     :func:`write_plots`)
     checkpoints/     epoch_XXX.npz + .json from the Solver (the last --keep_checkpoints),
                      step_XXXXXXXX.npz + .json every --checkpoint_every iterations, every
                      --checkpoint_minutes and where Ctrl-C stopped the run (the

@@ -205,8 +205,8 @@ def train_and_evaluate(
         mesh = make_run_mesh(config)
     say = printer(is_primary())
     t_start = time.perf_counter()
-    plots = rundir.have_matplotlib()
-    if not plots:
+    plots = bool(config["plots"]) and rundir.have_matplotlib()
+    if config["plots"] and not plots:
         say("matplotlib is not installed: no plots (pip install 'jcnn[plots]')", flush=True)
     if data is None:
         data = load_data(config)

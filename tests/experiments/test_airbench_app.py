@@ -18,7 +18,7 @@ from tests.experiments.util import fatal_message
 TINY = [
     "--flagfile=experiments/configs/airbench94.cfg", "--num_train=40", "--num_val=0",
     "--num_test=20", "--batch_size=8", "--num_epochs=2", "--widths=4,8,8", "--print_every=2",
-    "--num_train_samples=10", "--keep_checkpoints=3",
+    "--num_train_samples=10", "--keep_checkpoints=3", "--noplots",
 ]  # fmt: skip
 
 

@@ -18,7 +18,7 @@ from experiments import errors, three_layer_cifar
 from tests.experiments.test_apps import TINY_THREE, run_in_process
 from tests.experiments.util import PYTHON, ROOT, fatal_message, fatal_messages, subprocess_env
 
-ARGS = (*TINY_THREE, "--num_epochs=2", "--checkpoint_every=3", "--noplot_every_epoch")
+ARGS = (*TINY_THREE, "--num_epochs=2", "--checkpoint_every=3", "--noplots")
 
 
 def run(workdir: Path, data_dir: Path, *args: str) -> dict:

@@ -41,7 +41,9 @@ def read_metrics(workdir: Path) -> tuple[list[dict], list[dict]]:
     return iters, epochs
 
 
-def check_workdir(workdir: Path, summary: dict, *, epochs: int, iterations_per_epoch: int):
+def check_workdir(
+    workdir: Path, summary: dict, *, epochs: int, iterations_per_epoch: int, plots: bool = True
+):
     iters, checks = read_metrics(workdir)
     total = epochs * iterations_per_epoch
     assert [r["iteration"] for r in iters] == list(range(1, total + 1, 2))  # print_every=2
@@ -68,7 +70,10 @@ def check_workdir(workdir: Path, summary: dict, *, epochs: int, iterations_per_e
     assert on_disk["flags"]["workdir"] == str(workdir)
 
     for png in ("loss.png", "accuracy.png", "filters.png"):
-        assert (workdir / png).read_bytes()[:8] == PNG_MAGIC, png
+        if plots:
+            assert (workdir / png).read_bytes()[:8] == PNG_MAGIC, png
+        else:
+            assert not (workdir / png).exists(), png
     ckpts = sorted(p.name for p in (workdir / "checkpoints").glob("epoch_*.npz"))
     assert ckpts == [f"epoch_{e:03d}.npz" for e in range(1, epochs + 1)][-3:]  # keep 3
     assert (workdir / "checkpoints" / "best.json").is_file()
@@ -100,13 +105,15 @@ def test_vgg_cifar_end_to_end(tmp_path, fake_cifar_dir):
     assert best_test_accuracy(vgg_cifar, workdir, fake_cifar_dir, summary) == summary["test_acc"]
 
 
-def test_three_layer_cifar_end_to_end_keeps_the_last_checkpoints(tmp_path, fake_cifar_dir):
+def test_three_layer_cifar_end_to_end_keeps_the_last_checkpoints_and_noplots_draws_none(
+    tmp_path, fake_cifar_dir
+):
     workdir = tmp_path / "run"
     summary = run_in_process(
         three_layer_cifar, workdir, fake_cifar_dir, *TINY_THREE, "--num_epochs=4",
-        "--noplot_every_epoch", "--layers=reference",
+        "--noplots", "--layers=reference",
     )  # fmt: skip
-    check_workdir(workdir, summary, epochs=4, iterations_per_epoch=5)
+    check_workdir(workdir, summary, epochs=4, iterations_per_epoch=5, plots=False)
     assert summary["model"]["class"] == "ThreeLayerConvNet"
     assert summary["model"]["layers"] == "reference"
     got = best_test_accuracy(three_layer_cifar, workdir, fake_cifar_dir, summary)

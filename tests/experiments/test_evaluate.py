@@ -29,7 +29,9 @@ def run_evaluate(*args: str) -> dict:
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory, fake_cifar_dir) -> tuple[Path, dict]:
     workdir = tmp_path_factory.mktemp("run") / "vgg"
-    summary = run_in_process(vgg_cifar, workdir, fake_cifar_dir, *TINY_VGG, "--num_epochs=2")
+    summary = run_in_process(
+        vgg_cifar, workdir, fake_cifar_dir, *TINY_VGG, "--num_epochs=2", "--noplots"
+    )
     return workdir, summary
 
 

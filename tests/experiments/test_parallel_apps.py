@@ -20,7 +20,7 @@ from tests.helpers import free_port, reap
 
 TINY = ["--num_train=40", "--num_val=10", "--num_test=10", "--print_every=2",
         "--num_filters=4,8", "--blocks=1,1", "--hidden_dims=8", "--num_epochs=1",
-        "--noplot_every_epoch"]  # fmt: skip
+        "--noplots"]  # fmt: skip
 TIMEOUT = 240
 
 
@@ -173,7 +173,7 @@ def test_a_dead_peer_ends_the_other_process_in_one_line_and_the_same_command_res
     commands then resume the run from that checkpoint and finish it."""
     workdir, address = tmp_path / "run", f"127.0.0.1:{free_port()}"
     args = [f"--data_dir={fake_cifar_dir}", *TINY[:-2], "--num_epochs=12", "--batch_size=8",
-            "--checkpoint_every=5", "--print_every=1", "--noplot_every_epoch"]  # fmt: skip
+            "--checkpoint_every=5", "--print_every=1", "--noplots"]  # fmt: skip
     logs = [(tmp_path / f"out.{i}", tmp_path / f"err.{i}") for i in (0, 1)]
     procs = _start_two(workdir, logs, address, *args)
     survivor = 1 - lost
@@ -216,7 +216,7 @@ def test_a_signal_to_one_process_stops_every_process_after_the_same_update(
     process 0 has written that update's checkpoint, and both exit 143 at once."""
     workdir, address = tmp_path / "run", f"127.0.0.1:{free_port()}"
     args = [f"--data_dir={fake_cifar_dir}", *TINY[:-2], "--num_epochs=12", "--batch_size=8",
-            "--print_every=1", "--noplot_every_epoch"]  # fmt: skip
+            "--print_every=1", "--noplots"]  # fmt: skip
     logs = [(tmp_path / f"out.{i}", tmp_path / f"err.{i}") for i in (0, 1)]
     procs = _start_two(workdir, logs, address, *args)
     try:

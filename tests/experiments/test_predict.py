@@ -198,7 +198,7 @@ def write_shapes(root: Path, *, per_class: int = 12, size=(20, 24)) -> Path:
 
 FOLDER_ARGS = ["--dataset=folder", "--image_size=16", "--num_train=30", "--num_val=6",
                "--num_test=18", "--batch_size=6", "--num_epochs=3", "--print_every=5",
-               "--noplot_every_epoch", *TINY_VGG]  # fmt: skip
+               "--noplots", *TINY_VGG]  # fmt: skip
 
 
 def test_an_app_trains_on_an_image_folder_and_predict_and_export_use_it(tmp_path):

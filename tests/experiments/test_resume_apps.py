@@ -35,7 +35,7 @@ ARGS = (
     *TINY_THREE,
     "--num_epochs=2",
     "--checkpoint_every=3",
-    "--noplot_every_epoch",
+    "--noplots",
     "--num_test=5",
 )  # fmt: skip  (5 iterations per epoch, 10 in all)
 TIMING = {"wall_time_s", "data_time_s", "train_time_s", "eval_time_s", "images_per_s",
