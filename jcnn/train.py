@@ -144,7 +144,28 @@ def copy_tree(tree: Any) -> Any:
       A pytree of the same structure whose leaves are new :class:`jax.Array` copies (same
       shapes and dtypes).
     """
-    return jax.tree_util.tree_map(jnp.array, tree)
+    leaves, treedef = jax.tree_util.tree_flatten(tree)
+    on_device = [i for i, a in enumerate(leaves) if isinstance(a, jax.Array)]
+    copies = dict(zip(on_device, _copies([leaves[i] for i in on_device]), strict=True))
+    return jax.tree_util.tree_unflatten(
+        treedef, [copies[i] if i in copies else jnp.array(a) for i, a in enumerate(leaves)]
+    )
+
+
+def _init(model: Any, key: jax.Array) -> tuple[Any, Any]:
+    """``model.init(key)`` as one compiled program (not one small program per layer shape)
+    when the model can be hashed as a static argument (jcnn's frozen dataclasses can)."""
+    try:
+        hash(model)
+    except TypeError:  # e.g. a user's mutable dataclass
+        return model.init(key)
+    return _initialised(model, key)
+
+
+_initialised = jax.jit(lambda model, key: model.init(key), static_argnums=0)
+
+# One compiled copy of a whole tree's device arrays, not one small program per leaf shape.
+_copies = jax.jit(lambda leaves: [jnp.copy(a) for a in leaves])
 
 
 def create_train_state(
@@ -182,7 +203,7 @@ def create_train_state(
     if params is None:
         if model_state is not None:
             raise ValueError("model_state given without params: pass both or neither")
-        params, model_state = model.init(init_key)
+        params, model_state = _init(model, init_key)
     else:
         if model_state is None and getattr(model, "batchnorm_layers", tuple)():
             raise ValueError(
