@@ -171,6 +171,7 @@ def run(fv: flags.FlagValues = flags.FLAGS) -> dict[str, Any]:
     import numpy as np
 
     from jcnn.checkpoint import load_checkpoint, verify_checkpoint
+    from jcnn.solver_checkpoints import check_values
 
     workdir = Path(fv.workdir)
     confidences = _confidences(fv.confidences)
@@ -195,7 +196,8 @@ def run(fv: flags.FlagValues = flags.FLAGS) -> dict[str, Any]:
         if "classifier" in verify_checkpoint(path):  # the mean image is beside them
             like["mean_image"] = np.zeros(model.input_shape, np.float32)
         tree, meta = load_checkpoint(path, like)
-    except ValueError as e:  # corrupt, or parameters of another model
+        check_values(tree)  # without its checksums a file is only as good as its values
+    except ValueError as e:  # corrupt, parameters of another model, or values no run writes
         raise UsageFailure(f"--workdir={workdir}: {path.name}: {e}") from None
     data = load_data(config)
     t0 = time.perf_counter()

@@ -17,6 +17,7 @@ classes, the input and the augmentation. To run it anywhere jax is installed::
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -24,6 +25,7 @@ from absl import flags
 
 from experiments.errors import UsageFailure, failures_in_one_line, run_app
 from experiments.predict import load
+from jcnn.classifier import EXPORT_FORMAT
 
 
 def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
@@ -45,15 +47,36 @@ def export(workdir: Path, out: Path, tta: bool | None) -> tuple[Path, Path]:
         raise UsageFailure(f"--out={out} is a folder: name a file")
     if not out.parent.is_dir():
         raise UsageFailure(f"--out={out}: the folder {out.parent} does not exist")
+    described = out.with_name(out.name + ".json")
+    _check_replaceable(out, described)
     classifier = load(workdir)
     program, description = export_classifier(classifier, tta=tta)
-    described = out.with_name(out.name + ".json")
     try:
         atomic_write(out, lambda f: f.write(program))
         atomic_write(described, lambda f: f.write(description.encode()))
     except FileNotFoundError as e:  # a folder where no file can be made (/proc, /sys)
         raise UsageFailure(f"--out={out}: no file can be written there ({e.strerror})") from None
     return out, described
+
+
+def _is_export_description(path: Path) -> bool:
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError):
+        return False
+    return isinstance(record, dict) and str(record.get("format", "")).startswith(EXPORT_FORMAT)
+
+
+def _check_replaceable(out: Path, described: Path) -> None:
+    """An export replaces only an earlier export: ``out`` and ``<out>.json`` are new files, or
+    ``<out>.json`` describes an exported classifier (so a run's best.npz, its config.json or
+    any other file is never overwritten)."""
+    if (out.exists() or described.exists()) and not _is_export_description(described):
+        taken = out if out.exists() else described
+        raise UsageFailure(
+            f"--out={out}: {taken} exists and is not an exported classifier (no {described.name} "
+            "describing one): name a new file, or remove it first"
+        )
 
 
 def main(argv: Sequence[str]) -> None:

@@ -38,6 +38,9 @@ BEST = Path("checkpoints") / "best.npz"
 # Written when a run starts: the mean image and the record, for a run still training.
 PREPROCESSING = Path("preprocessing.npz")
 
+# The "format" of an exported classifier's JSON description (then "/<version>").
+EXPORT_FORMAT = "jcnn-exported-classifier"
+
 
 def classifier_record(
     model: Any,
@@ -286,7 +289,7 @@ def export_classifier(classifier: Classifier, *, tta: bool | None = None) -> tup
     program = jax.export.export(jax.jit(fn))(spec).serialize()
     use = (classifier.test_time_flip or classifier.test_time_translate > 0) if tta is None else tta
     description = {
-        "format": "jcnn-exported-classifier/1",
+        "format": f"{EXPORT_FORMAT}/1",
         "classes": list(classifier.class_names),
         "input": {"dtype": "uint8", "shape": ["batch", *classifier.image_size, 3]},
         "output": {"dtype": "float32", "shape": ["batch", len(classifier.class_names)]},

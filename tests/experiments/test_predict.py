@@ -17,7 +17,7 @@ import pytest
 from absl import flags
 from PIL import Image
 
-from experiments import export, predict, vgg_cifar
+from experiments import evaluate, export, predict, vgg_cifar
 from experiments import train as app_train
 from experiments.errors import UsageFailure
 from jcnn import train
@@ -135,6 +135,12 @@ def test_a_checkpoint_holding_nan_without_checksums_is_refused(finished, tmp_pat
         np.savez(f, **arrays)
     with pytest.raises(ValueError, match=r"holds non-finite values"):
         load_classifier(workdir)
+    if which == "best.npz":  # evaluate reads best.npz only (it scored 0.0 and said nothing)
+        fv = flags.FlagValues()
+        evaluate.define_flags(fv)
+        fv(["prog", f"--workdir={workdir}"])
+        with pytest.raises(UsageFailure, match=r"best.npz: .*holds non-finite values"):
+            evaluate.run(fv)
 
 
 @pytest.mark.parametrize(
@@ -149,6 +155,22 @@ def test_export_to_a_path_where_no_file_can_be_written_is_one_line(
     (tmp_path / "a folder").mkdir()
     with pytest.raises(UsageFailure, match=message):
         export.export(finished, tmp_path / out, tta=None)
+
+
+@pytest.mark.parametrize("target", ["checkpoints/best.npz", "config"])
+def test_export_never_overwrites_a_file_that_is_not_an_export(finished, tmp_path, target):
+    """``--out=<workdir>/checkpoints/best.npz`` replaced the run's trained parameters with the
+    exported program (and ``--out=<workdir>/config`` its config.json with the description);
+    now a file in the way is refused before any work, unless it is an earlier export."""
+    run = tmp_path / "run"
+    shutil.copytree(finished, run)
+    before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    with pytest.raises(UsageFailure, match=r"exists and is not an exported classifier"):
+        export.export(run, run / target, tta=None)
+    assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before
+    program, _ = export.export(run, tmp_path / "model.jaxexport", tta=None)
+    again, _ = export.export(run, program, tta=None)  # an earlier export is replaced
+    assert again == program and program.stat().st_size > 0
 
 
 def run_without_jcnn(program: Path, images: np.ndarray, tmp_path: Path) -> tuple[np.ndarray, str]:
@@ -262,7 +284,6 @@ def test_bench_predict_times_the_four_ways_to_classify(finished):
 def test_a_folder_run_resumes_and_evaluates_like_a_cifar_run(tmp_path):
     """More epochs extend a finished folder run from its checkpoint; evaluate reads the same
     folder split again and finds the run's own test accuracy."""
-    from experiments import evaluate
 
     root = write_shapes(tmp_path / "shapes", per_class=6)
     workdir = tmp_path / "run"
