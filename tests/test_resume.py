@@ -222,6 +222,19 @@ def _unsigned(meta: dict) -> dict:
     return {k: v for k, v in meta.items() if k not in ("sidecar_sha256", "npz_sha256")}
 
 
+def _tamper(meta: dict, how: str) -> None:
+    """One value changed to another a run writes, so that it disagrees with the rest."""
+    if how == "@3":  # one accuracy in the history but not in its check (a 0.9 kept)
+        meta["val_acc_history"][1] = 0.9 if meta["val_acc_history"][1] != 0.9 else 0.8
+    elif how == "@drop":  # the last check dropped from every history
+        for name in ("eval_history", "val_acc_history", "train_acc_history", "lr_history"):
+            meta[name].pop()
+        meta["best_epoch"] = meta["eval_history"][-1]["epoch"]
+        meta["best_val_acc"] = meta["eval_history"][-1]["val_acc"]
+    elif how == "@loss":
+        meta["eval_history"][-1]["loss"] = 9.0
+
+
 @pytest.mark.parametrize(
     "field, value, why",
     [
@@ -235,10 +248,14 @@ def _unsigned(meta: dict) -> dict:
         ("eval_history", "[]", "histories of [3] entries for 0 accuracy checks"),
         ("eval_history", '[{"x": 1}]', "eval_history=[{'x': 1}]"),
         ("lr_history", "[0.1]", "histories of [1, 3] entries for 3 accuracy checks"),
-        ("best_epoch", "9", "best_epoch=9, an epoch with no accuracy check"),
+        ("best_epoch", "9", "best_epoch=9 with best_val_acc="),
         ("best_epoch", "null", "best_epoch=None after 3 accuracy checks"),
-        ("best_val_acc", "0.999", "best_val_acc=0.999, not epoch"),
+        ("best_val_acc", "0.999", "best_val_acc=0.999, where its checks make epoch"),
         ("has_best", "false", "has_best=False after 3 accuracy checks with select_best=True"),
+        ("val_acc_history", "@3", "a val_acc_history that differs from its accuracy checks'"),
+        ("best_epoch", "0", "best_epoch=0 with best_val_acc="),
+        ("eval_history", "@drop", "accuracy checks at iterations [1, 4], where a run at"),
+        ("eval_history", "@loss", "an accuracy check's loss 9.0 that is not iteration 8's"),
     ],
 )
 def test_a_crafted_unsigned_sidecar_is_set_aside_and_the_previous_one_used(
@@ -251,8 +268,12 @@ def test_a_crafted_unsigned_sidecar_is_set_aside_and_the_previous_one_used(
     ckpt = tmp_path / "ckpt"
     shutil.copytree(crashed, ckpt)
     side = ckpt / "step_00000009.json"
-    text = json.dumps({**_unsigned(json.loads(side.read_text())), field: "@"})
-    side.write_text(text.replace('"@"', value))
+    meta = _unsigned(json.loads(side.read_text()))
+    if value.startswith("@"):  # values a run could write, inconsistent with the rest
+        _tamper(meta, value)
+        side.write_text(json.dumps(meta))
+    else:
+        side.write_text(json.dumps({**meta, field: "@"}).replace('"@"', value))
     with pytest.warns(CorruptCheckpointWarning, match=re.escape(why)):
         solver = make(ckpt)
     assert solver.resumed_from["iteration"] == 8  # epoch_002

@@ -4,16 +4,14 @@ and whether it may (see :mod:`jcnn.checkpoint`)."""
 from __future__ import annotations
 
 import json
-import math
 import re
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from jcnn.checkpoint.folder import latest_checkpoint
-from jcnn.checkpoint.store import CorruptCheckpointError, sidecar_path
+from jcnn.checkpoint.run_sidecar import CHECKPOINT_FORMAT, check_run_sidecar
+from jcnn.checkpoint.store import sidecar_path
 
 __all__ = [
     "CHECKPOINT_FORMAT",
@@ -33,8 +31,6 @@ __all__ = [
     "run_checkpoints",
 ]
 
-# Version of what a Solver checkpoint holds (arrays and sidecar keys); resuming needs this one.
-CHECKPOINT_FORMAT = 2
 CHECKPOINT_PATTERNS = ("epoch_*.npz", "step_*.npz")
 _RUN_NAME = re.compile(r"(epoch|step)_(\d+)\.npz")
 RESUME_CHOICES = (True, False, "auto")
@@ -193,154 +189,6 @@ def check_resumable(
             "with, or start the new run in another checkpoint_dir",
             differences,
         )
-
-
-def _is_int(v: Any, minimum: int = 0) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool) and v >= minimum
-
-
-def _is_number(v: Any, low: float = -math.inf, high: float = math.inf) -> bool:
-    """A finite JSON number in [low, high]."""
-    ok = isinstance(v, int | float) and not isinstance(v, bool)
-    return ok and math.isfinite(v) and low <= v <= high
-
-
-def _is_accuracy(v: Any) -> bool:
-    """In [0, 1], or missing: null (NaN, as older sidecars wrote it) for no validation split."""
-    return v is None or (isinstance(v, float) and math.isnan(v)) or _is_number(v, 0.0, 1.0)
-
-
-def _is_generator_state(v: Any) -> bool:
-    try:
-        np.random.PCG64().state = v
-    except (TypeError, ValueError, KeyError, OverflowError):
-        return False
-    return True
-
-
-def _is_check(v: Any) -> bool:
-    """One accuracy check of ``eval_history``, with what a resumed run reads of it."""
-    return (
-        isinstance(v, dict) and _is_int(v.get("epoch")) and _is_int(v.get("iteration"))
-        and _is_accuracy(v.get("train_acc")) and _is_accuracy(v.get("val_acc"))
-        and _is_number(v.get("lr")) and _is_number(v.get("seconds"), 0.0)
-    )  # fmt: skip
-
-
-# What a run reads back from its checkpoint's sidecar, and what each value must be.
-_RUN_FIELDS: dict[str, tuple[str, Any]] = {
-    "iteration": ("an int >= 0", _is_int),
-    "epoch": ("an int >= 0", _is_int),
-    "num_epochs": ("an int >= 1", lambda v: _is_int(v, 1)),
-    "iterations_per_epoch": ("an int >= 1", lambda v: _is_int(v, 1)),
-    "has_best": ("true or false", lambda v: isinstance(v, bool)),
-    "host_rng": ("a numpy PCG64 state", _is_generator_state),
-    "loss_history": ("a list of finite numbers", lambda v: isinstance(v, list) and all(
-        _is_number(x) for x in v)),
-    "train_acc_history": ("a list of accuracies", lambda v: isinstance(v, list) and all(
-        _is_accuracy(x) for x in v)),
-    "val_acc_history": ("a list of accuracies", lambda v: isinstance(v, list) and all(
-        _is_accuracy(x) for x in v)),
-    "lr_history": ("a list of finite numbers", lambda v: isinstance(v, list) and all(
-        _is_number(x) for x in v)),
-    "eval_history": ("a list of accuracy checks", lambda v: isinstance(v, list) and all(
-        _is_check(x) for x in v)),
-    "best_val_acc": ("an accuracy in [0, 1] or null", _is_accuracy),
-    "best_epoch": ("an int >= 0 or null", lambda v: v is None or _is_int(v)),
-    "elapsed_s": ("a finite number >= 0", lambda v: _is_number(v, 0.0)),
-}  # fmt: skip
-# Values that older checkpoints do not record, checked when present.
-_OPTIONAL_RUN_FIELDS: dict[str, tuple[str, Any]] = {
-    "outside_s": ("a finite number >= 0", lambda v: _is_number(v, 0.0)),
-}
-
-
-def _shown(value: Any) -> str:
-    shown = repr(value)
-    return shown if len(shown) <= 60 else shown[:57] + "..."
-
-
-def check_run_sidecar(npz: Path, meta: dict[str, Any]) -> None:
-    """Raise :class:`~jcnn.checkpoint.CorruptCheckpointError` unless a run's checkpoint
-    sidecar holds every value a run reads back, each of its type and in its range (the
-    schema :data:`_RUN_FIELDS`), whether or not the sidecar carries its checksum. A sidecar
-    without a format (an int >= 1) is corrupt; one of another format is left to
-    :func:`check_resumable`, which names the format.
-
-    Args:
-      npz: the checkpoint's path (named in the message).
-      meta: its sidecar metadata.
-
-    Raises:
-      CorruptCheckpointError: naming the first value that is missing or out of its range.
-    """
-    if not _is_int(meta.get("format"), 1):  # every run checkpoint jcnn wrote names it
-        raise CorruptCheckpointError(
-            f"checkpoint {npz} has no checkpoint format in its sidecar (format="
-            f"{_shown(meta.get('format'))}), so it is no run checkpoint jcnn wrote"
-        )
-    if meta["format"] != CHECKPOINT_FORMAT:
-        return
-    for name, (what, ok) in (_RUN_FIELDS | _OPTIONAL_RUN_FIELDS).items():
-        if name not in meta:
-            if name in _OPTIONAL_RUN_FIELDS:
-                continue
-            raise CorruptCheckpointError(f"checkpoint {npz} lacks {name!r} in its sidecar")
-        if not ok(meta[name]):
-            raise CorruptCheckpointError(
-                f"checkpoint {npz} has {name}={_shown(meta[name])} in its sidecar, which must "
-                f"be {what}"
-            )
-    done, per_epoch = meta["iteration"], meta["iterations_per_epoch"]
-    if meta["epoch"] != done // per_epoch or len(meta["loss_history"]) != done:
-        raise CorruptCheckpointError(
-            f"checkpoint {npz} claims epoch {meta['epoch']} and "
-            f"{len(meta['loss_history'])} losses after {done} iterations of {per_epoch} per epoch"
-        )
-    _check_history(npz, meta)
-
-
-def _check_history(npz: Path, meta: dict[str, Any]) -> None:
-    """The accuracy checks agree with each other and with the counters: one entry per check
-    in each history, in order, none after the checkpoint, the best epoch one of them."""
-    checks = meta["eval_history"]
-    lengths = {len(meta[name]) for name in ("train_acc_history", "val_acc_history", "lr_history")}
-    where = [(c["epoch"], c["iteration"]) for c in checks]
-    problem = None
-    if lengths != {len(checks)}:
-        problem = f"histories of {sorted(lengths)} entries for {len(checks)} accuracy checks"
-    elif where != sorted(where) or any(
-        e > meta["epoch"] or i > meta["iteration"] for e, i in where
-    ):
-        problem = "accuracy checks out of order, or after the checkpoint's own iteration"
-    else:
-        problem = _best_problem(meta)
-    if problem:
-        raise CorruptCheckpointError(f"checkpoint {npz} has {problem} in its sidecar")
-
-
-def _best_problem(meta: dict[str, Any]) -> str | None:
-    """What is wrong with the sidecar's best check, or None: the best epoch is one that was
-    checked (none before the first check), its accuracy that check's, and the best parameters
-    stored exactly when the run selects them and has checked (``has_best``: otherwise a
-    resumed run would drop its best parameters, or take the stand-in as best)."""
-    checks, best_epoch = meta["eval_history"], meta["best_epoch"]
-    solver = meta.get("solver")
-    select_best = solver.get("select_best", True) if isinstance(solver, dict) else True
-    if (best_epoch is None) != (not checks):
-        return f"best_epoch={best_epoch} after {len(checks)} accuracy checks"
-    if checks and meta["best_val_acc"] not in {
-        c["val_acc"] for c in checks if c["epoch"] == best_epoch
-    }:
-        if best_epoch not in {c["epoch"] for c in checks}:
-            return f"best_epoch={best_epoch}, an epoch with no accuracy check"
-        return f"best_val_acc={_shown(meta['best_val_acc'])}, not epoch {best_epoch}'s accuracy"
-    if meta["has_best"] != (select_best is True and bool(checks)):
-        return (
-            f"has_best={meta['has_best']} after {len(checks)} accuracy checks with "
-            f"select_best={select_best}"
-        )
-    return None
 
 
 def latest_run_checkpoint(directory: Path) -> tuple[Path, dict[str, Any]] | None:
