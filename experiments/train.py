@@ -412,6 +412,21 @@ def _disk_full(workdir: Path, e: OSError) -> UsageFailure:
     )
 
 
+def _memory_message(e: Any) -> str:
+    """The app's line for a :class:`jcnn._validate.MemoryLimitError`: a training step that
+    does not fit is cut down by the batch; an accuracy check's (its chunks are fixed) only
+    by a smaller network."""
+    if e.during is None:
+        return (
+            f"the run does not fit in memory: {e}; lower --batch_size (or split each batch "
+            "with --micro_batches)"
+        )
+    return (
+        f"the run does not fit in memory when {e.during} for its accuracy checks: {e}; make "
+        "the network smaller (fewer filters or hidden units)"
+    )
+
+
 def _main(argv: Sequence[str], *, recipe_class: type[Recipe], fv: flags.FlagValues) -> dict:
     from jcnn._validate import MemoryLimitError
     from jcnn.solver import CheckpointMismatchError, NonFiniteLossError, TrainingStopped
@@ -460,11 +475,8 @@ def _main(argv: Sequence[str], *, recipe_class: type[Recipe], fv: flags.FlagValu
         if e.errno not in errors.DISK_FULL or errors.debug():
             raise
         raise _disk_full(workdir, e) from e
-    except MemoryLimitError as e:  # met while compiling the step, before any update
-        raise UsageFailure(
-            f"the run does not fit in memory: {e}; lower --batch_size (or split each batch "
-            "with --micro_batches)"
-        ) from None
+    except MemoryLimitError as e:  # met while compiling a step
+        raise UsageFailure(_memory_message(e)) from None
     except (jax.errors.JaxRuntimeError, ValueError) as e:  # a collective whose peer is gone
         stop_on_peer_loss(e, config)  # (a gather between processes fails with ValueError)
         raise

@@ -124,11 +124,13 @@ def labelled_images(model: Any, X: Any, y: Any, xname: str, yname: str) -> tuple
 
 
 def training_data(
-    model: Any, data: Any, keys: tuple[str, ...], *, empty_val: bool
+    model: Any, data: Any, keys: tuple[str, ...], settings: Any
 ) -> tuple[Any, Any, Any, Any]:
     """``X_train, y_train, X_val, y_val`` (the four ``keys``) of the dict ``data``, each pair
-    checked by :func:`labelled_images`; ``empty_val``: an empty validation split is allowed
-    (returned as empty arrays). ValueError naming what is missing or wrong otherwise."""
+    checked by :func:`labelled_images`; an empty validation split is allowed (returned as
+    empty arrays) without ``settings.select_best``; a batch of ``settings.batch_size``
+    images must fit in memory three times (on the host, on the device, transposed).
+    ValueError naming what is missing or wrong otherwise (MemoryLimitError for the batch)."""
     if not isinstance(data, Mapping):
         raise ValueError(f"data must be a dict holding {keys}, got {type(data).__name__}")
     missing = [k for k in keys if k not in data]
@@ -136,7 +138,17 @@ def training_data(
         raise ValueError(f"data is missing {missing}: it must hold {list(keys)}")
     X_name, y_name, Xv_name, yv_name = keys
     X, y = labelled_images(model, data[X_name], data[y_name], X_name, y_name)
-    if empty_val and np.shape(data[Xv_name])[0] == 0:
+    batch = (settings.batch_size, *np.shape(X)[1:])  # before a batch is built (rows repeat)
+    check_fits_in_memory(
+        f"batch_size={settings.batch_size}",
+        {
+            "a batch of images": batch,
+            "its copy on the device": batch,
+            "its copy in the network's layout": batch,
+        },
+        model.dtype,
+    )
+    if not settings.select_best and np.shape(data[Xv_name])[0] == 0:
         return X, y, np.zeros((0, *np.shape(X)[1:]), X.dtype), np.zeros((0,), np.int32)
     X_val, y_val = labelled_images(model, data[Xv_name], data[yv_name], Xv_name, yv_name)
     return X, y, X_val, y_val
@@ -192,12 +204,55 @@ def epoch_batches(num_train: int, batch_size: int) -> None:
         )
 
 
+def check_count_fits(culprit: str, what: str, count: int, dtype: Any) -> None:
+    """Refuse, naming ``culprit``, ``count`` values of ``dtype`` (``what``: e.g.
+    ``'weights'``) that need more bytes than this machine has (MemoryLimitError)."""
+    limit, need = memory_bytes(), count * np.dtype(dtype).itemsize
+    if limit is not None and need > limit:
+        raise MemoryLimitError(
+            f"{culprit}: {count:,} {what} need {_human(need)} of {np.dtype(dtype).name}, more "
+            f"than the {_human(limit)} of memory available"
+        )
+
+
 def memory_bytes() -> int | None:
-    """This machine's physical memory in bytes (None where the system does not say)."""
+    """The memory a new array may still take, in bytes: the least of the machine's available
+    memory (``MemAvailable``: free plus what the kernel can reclaim, as it is when asked)
+    and what this process's control group (a container's limit) has left; the physical
+    memory where the system says neither; None where it says nothing."""
+    found = [n for n in (_meminfo_available(), _cgroup_left()) if n is not None]
+    if found:
+        return min(found)
     try:
         return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     except (AttributeError, ValueError, OSError):
         return None
+
+
+def _meminfo_available() -> int | None:
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def _cgroup_left() -> int | None:
+    """``memory.max − memory.current`` of this process's cgroup (v2), None without a limit."""
+    try:
+        with open("/proc/self/cgroup") as f:
+            path = next(line.split(":", 2)[2].strip() for line in f if line.startswith("0::"))
+        folder = os.path.join("/sys/fs/cgroup", path.lstrip("/"))
+        with open(os.path.join(folder, "memory.max")) as f:
+            limit = f.read().strip()
+        with open(os.path.join(folder, "memory.current")) as f:
+            used = int(f.read().strip())
+    except (OSError, ValueError, StopIteration):
+        return None
+    return None if limit == "max" else max(int(limit) - used, 0)
 
 
 def _human(n: float) -> str:
@@ -209,8 +264,11 @@ def _human(n: float) -> str:
 
 
 class MemoryLimitError(ValueError):
-    """A call whose arrays need more memory than this machine has
-    (:func:`check_fits_in_memory`)."""
+    """A call whose arrays need more memory than is available (:func:`check_fits_in_memory`);
+    ``during``: what was being done, when known (e.g. ``'predicting 100 images at a
+    time'``), else ``None``."""
+
+    during: str | None = None
 
 
 def check_fits_in_memory(culprit: str, arrays: dict[str, tuple[int, ...]], dtype: Any) -> None:
@@ -226,5 +284,5 @@ def check_fits_in_memory(culprit: str, arrays: dict[str, tuple[int, ...]], dtype
         listed = " and ".join(f"{name} {shape}" for name, shape in arrays.items())
         raise MemoryLimitError(
             f"{culprit} makes {listed}: {_human(need)} of {np.dtype(dtype).name}, more than "
-            f"this machine's {_human(limit)} of memory"
+            f"the {_human(limit)} of memory available"
         )

@@ -197,7 +197,11 @@ def predict(
             pad = np.zeros((batch_size - chunk.shape[0], *chunk.shape[1:]), chunk.dtype)
             chunk = np.concatenate([chunk, pad])
         placed = parallel.shard_batch(mesh, chunk)[0] if mesh is not None else chunk
-        outs.append(eval_step(params, model_state, placed))
+        try:
+            outs.append(eval_step(params, model_state, placed))
+        except check.MemoryLimitError as e:  # met while the step compiled: say which step
+            e.during = f"predicting {batch_size} images at a time"
+            raise
     preds = np.concatenate(jax.device_get(outs)) if outs else np.zeros((0,), np.int32)
     return preds[:n]
 

@@ -35,7 +35,7 @@ def affine(x: jax.Array, w: jax.Array, b: jax.Array) -> jax.Array:
         TypeError: from ``jax.numpy`` if the shapes do not fit together (this twin has no
             checks of its own, unlike :func:`jcnn.layers.affine`).
     """
-    return x.reshape(x.shape[0], -1) @ w + b
+    return x.reshape(x.shape[0], w.shape[0]) @ w + b  # not -1: a batch may be empty
 
 
 def relu(x: jax.Array) -> jax.Array:

@@ -133,7 +133,7 @@ class TrainingRun:
         """The training and validation arrays, checked against the model, and the run's
         iteration counts."""
         s = self.settings
-        arrays = check.training_data(self.model, data, DATA_KEYS, empty_val=not s.select_best)
+        arrays = check.training_data(self.model, data, DATA_KEYS, s)
         self.X_train, self.y_train, self.X_val, self.y_val = arrays
         self._fingerprint: str | None = None
         self.num_train = self.X_train.shape[0]

@@ -131,15 +131,22 @@ def check_conv_args(x, w, b, stride, pad, layout: str = "NCHW") -> tuple[int, in
     return h_out, w_out
 
 
-def check_conv_cotangent(dout, cache) -> None:
-    """For a convolution's backward pass: ``cache`` is the :class:`ConvCache` of its forward
-    pass, and ``dout`` is shaped like that forward's output, in x's dtype.
+def check_conv_cotangent(dout, cache, layouts: tuple[str, ...] = LAYOUTS, who: str = "") -> None:
+    """For a convolution's backward pass (``who``, taking the ``layouts`` it computes): ``cache``
+    is the :class:`ConvCache` of a forward pass in one of those layouts, and ``dout`` is shaped
+    like that forward's output, in x's dtype.
 
     Raises:
         TypeError: naming ``cache`` if it is not a :class:`ConvCache`.
-        ValueError: naming ``dout`` if its shape or dtype is not the output's.
+        ValueError: naming ``cache`` if its layout is not one ``who`` takes; naming ``dout`` if
+            its shape or dtype is not the output's.
     """
     check_cache(cache, ConvCache)
+    if cache.layout not in layouts:
+        raise ValueError(
+            f"cache is of an {cache.layout} forward pass, but {who} takes {' or '.join(layouts)} "
+            "(pass the cache of its own forward pass)"
+        )
     x, w, layout = cache.x, cache.w, cache.layout
     (h_axis, w_axis), sizes = spatial_axes(layout), {}
     for axis, name, k in ((h_axis, "H", w.shape[2]), (w_axis, "W", w.shape[3])):

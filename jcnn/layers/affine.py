@@ -61,7 +61,7 @@ def affine_forward(x: jax.Array, w: jax.Array, b: jax.Array) -> tuple[jax.Array,
             rows differ from D; naming ``b`` if it is not ``(M,)``.
     """
     _check(x, w, b)
-    out = x.reshape(x.shape[0], -1) @ w + b
+    out = x.reshape(x.shape[0], w.shape[0]) @ w + b  # not -1: a batch may be empty
     return out, AffineCache(x, w)
 
 
@@ -85,7 +85,7 @@ def affine_backward(dout: jax.Array, cache: AffineCache):
     x, w = cache.x, cache.w
     check_cotangent("dout", dout, (x.shape[0], w.shape[1]))
     dx = (dout @ w.T).reshape(x.shape)
-    dw = x.reshape(x.shape[0], -1).T @ dout
+    dw = x.reshape(x.shape[0], w.shape[0]).T @ dout
     db = jnp.sum(dout, axis=0)
     return dx, dw, db
 

@@ -123,7 +123,7 @@ def conv_backward_naive(dout, cache: ConvCache):
         dw (jax.Array): ``(F, C, HH, WW)``.
         db (jax.Array): ``(F,)``.
     """
-    check_conv_cotangent(dout, cache)
+    check_conv_cotangent(dout, cache, ("NCHW",), "conv_backward_naive")
     x, w, stride, pad = cache.x, cache.w, cache.stride, cache.pad
     n, c, h, wd = x.shape
     hh, ww = w.shape[2:]
@@ -217,14 +217,15 @@ def conv_forward_im2col(x, w, b, *, stride: int = 1, pad: int = 0):
         ValueError: as :func:`check_conv_args`: x or w not rank 4, channels of x and w
             differ, b not ``(F,)``, x not floating or w, b not in x's dtype, w with an empty
             dimension, stride/pad not a positive/non-negative int, or a filter that does not
-            fit or a stride that does not tile the padded input; or the columns and the
-            output need more memory than the machine has.
+            fit or a stride that does not tile the padded input; or the padded input, the
+            columns and the output need more memory than is available.
     """
     h_out, w_out = check_conv_args(x, w, b, stride, pad)
     f, c, hh, ww = w.shape
     check_fits_in_memory(  # the columns are HH·WW times the input
         f"pad={pad}" if pad else f"x {tuple(x.shape)} with w {tuple(w.shape)}",
-        {"im2col's columns": (x.shape[0], c * hh * ww, h_out * w_out),
+        {"the padded input": (x.shape[0], c, x.shape[2] + 2 * pad, x.shape[3] + 2 * pad),
+         "im2col's columns": (x.shape[0], c * hh * ww, h_out * w_out),
          "the output": (x.shape[0], f, h_out, w_out)},
         x.dtype,
     )  # fmt: skip
@@ -249,7 +250,7 @@ def conv_backward_im2col(dout, cache: ConvCache):
         dw (jax.Array): ``(F, C, HH, WW)``.
         db (jax.Array): ``(F,)``.
     """
-    check_conv_cotangent(dout, cache)
+    check_conv_cotangent(dout, cache, ("NCHW",), "conv_backward_im2col")
     x, w, stride, pad = cache.x, cache.w, cache.stride, cache.pad
     n, c, h, wd = x.shape
     f, _, hh, ww = w.shape

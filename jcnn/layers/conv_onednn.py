@@ -114,7 +114,7 @@ def conv_backward_onednn(dout, cache: ConvCache):
         dw (jax.Array): ``(F, C, HH, WW)``.
         db (jax.Array): ``(F,)``.
     """
-    check_conv_cotangent(dout, cache)
+    check_conv_cotangent(dout, cache, ("NHWC",), "conv_backward_onednn")
     x, w, stride, pad = cache.x, cache.w, cache.stride, cache.pad
     dx = KERNELS.conv_backward_data(dout, w, x.shape, stride=stride, pad=pad)
     dw = KERNELS.conv_backward_weights(dout, x, w.shape, stride=stride, pad=pad)

@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jcnn._validate import choice, positive_int
+from jcnn._validate import check_count_fits, choice, positive_int
 from jcnn.layers.conv import IMPLS as CONV_IMPLS  # noqa: F401 - the models check their field against it
 from jcnn.precision import cast_floating, resolve_compute_dtype
 
@@ -140,6 +140,15 @@ def from_layout(x: jax.Array, layout: str) -> jax.Array:
 def set_field(obj: Any, name: str, value: Any) -> None:
     """Normalise a field of a frozen dataclass in ``__post_init__``."""
     object.__setattr__(obj, name, value)
+
+
+def check_weights_fit(model: Any, sizes: Sequence[str]) -> None:
+    """MemoryLimitError (a ValueError) naming the model's size fields ``sizes`` when its
+    weights alone need more memory than this machine has (``hidden_dims=(10**9,)`` failed
+    in ``init`` with an integer overflow deep in JAX)."""
+    total = sum(math.prod(shape) for shape in model.weight_shapes().values())
+    named = ", ".join(f"{name}={getattr(model, name)!r}" for name in sizes)
+    check_count_fits(named, "weights", total, model.dtype)
 
 
 # --------------------------------------------------------------------------------- init

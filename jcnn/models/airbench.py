@@ -148,6 +148,7 @@ class AirbenchNet(C.Model):
         C.choice("layers", self.layers, C.LAYERS)
         C.check_batchnorm_fields(self)
         _ = self.block_sizes  # raises if the images are too small
+        C.check_weights_fit(self, ("widths", "convs_per_block"))
 
     @property
     def input_shape(self) -> tuple[int, ...]:

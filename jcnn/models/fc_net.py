@@ -67,6 +67,7 @@ class FullyConnectedNet(C.Model):
         C.set_field(self, "dtype", C.float_dtype("dtype", self.dtype))
         C.choice("layers", self.layers, C.LAYERS)
         C.check_batchnorm_fields(self)
+        C.check_weights_fit(self, ("hidden_dims",))
 
     @property
     def num_features(self) -> int:
@@ -156,7 +157,7 @@ class FullyConnectedNet(C.Model):
         """
         key = self._dropout_key(key, train, self.dropout)
         x = self._prepare(params, X)
-        x = x.reshape(x.shape[0], -1)
+        x = x.reshape(x.shape[0], math.prod(x.shape[1:]))  # not -1: a batch may be empty
         new_state: dict[str, dict[str, jax.Array]] = {}
         scores = C.dense_head(
             self, params, state, x, self.layer_names(), new_state, train=train, key=key

@@ -68,6 +68,7 @@ class ThreeLayerConvNet(C.Model):
                     f"filter_size={self.filter_size} leaves a {name} of {max(conv, 0)} after the "
                     f"conv on input_dim={input_dim}: the 2x2 pool needs at least 2"
                 )
+        C.check_weights_fit(self, ("num_filters", "filter_size", "hidden_dim"))
 
     @property
     def pad(self) -> int:

@@ -89,6 +89,7 @@ class VGGNet(C.Model):
         C.set_field(self, "layout", C.resolve_layout(self.layout, self.conv_impl, self.pool_impl))
         C.check_batchnorm_fields(self)
         _ = self.stage_shapes  # raises if a stage leaves nothing to pool
+        C.check_weights_fit(self, ("num_filters", "blocks", "hidden_dims"))
 
     @property
     def pad(self) -> int:

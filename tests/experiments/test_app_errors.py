@@ -58,15 +58,61 @@ def test_a_batch_too_large_for_memory_is_one_line_naming_batch_size(
     tmp_path, fake_cifar_dir, monkeypatch
 ):
     """--batch_size=1000000 gave a 76-line traceback from the convolution's memory check,
-    met while the step compiled. (A machine of 1 MiB, as the check sees it, and batch 8.)"""
+    met while the step compiled. (A machine of 8 MiB, as the check sees it, batch 32 and 64
+    filters: the weights and the batch fit, the first convolution's output does not.)"""
     import jcnn._validate
 
-    monkeypatch.setattr(jcnn._validate, "memory_bytes", lambda: 2**20)
+    monkeypatch.setattr(jcnn._validate, "memory_bytes", lambda: 2**23)
     with pytest.raises(SystemExit) as info:
-        run(tmp_path / "run", fake_cifar_dir, "--batch_size=8")
+        run(tmp_path / "run", fake_cifar_dir, "--batch_size=32", "--num_filters=64")
     line = fatal_line(info)
     assert line.startswith("FATAL the run does not fit in memory: pad="), line
     assert "lower --batch_size" in line, line
+
+
+def test_a_batch_that_cannot_fit_is_refused_before_one_is_built(
+    tmp_path, fake_cifar_dir, monkeypatch
+):
+    """--batch_size=1000000 on 40 images printed its line only after building the batch
+    (11 GiB on the host and again on the device), and was then killed for memory. Now the
+    batch is counted before it exists. (A machine of 64 MiB, as the check sees it.)"""
+    import jcnn._validate
+
+    monkeypatch.setattr(jcnn._validate, "memory_bytes", lambda: 2**26)
+    with pytest.raises(SystemExit) as info:
+        run(tmp_path / "run", fake_cifar_dir, "--batch_size=10000")
+    line = fatal_line(info)
+    assert "batch_size=10000 makes a batch of images (10000, 3, 32, 32)" in line, line
+    assert not list((tmp_path / "run").glob("checkpoints/*.npz"))
+
+
+def test_an_accuracy_check_too_large_for_memory_names_the_network_not_the_batch(tmp_path):
+    """A network whose accuracy check (100 images at a time) does not fit, though its
+    training step (batch 8) does, was told to lower --batch_size, which changes nothing."""
+    from experiments.train import _memory_message
+    from jcnn._validate import MemoryLimitError
+
+    step, check = MemoryLimitError("pad=1 makes ..."), MemoryLimitError("pad=1 makes ...")
+    check.during = "predicting 100 images at a time"
+    assert "lower --batch_size" in _memory_message(step)
+    message = _memory_message(check)
+    assert "when predicting 100 images at a time for its accuracy checks" in message
+    assert "make the network smaller" in message and "batch_size" not in message
+
+
+def test_predicting_says_so_when_its_chunks_do_not_fit(monkeypatch):
+    import jax.numpy as jnp
+
+    import jcnn._validate
+    from jcnn.models import ThreeLayerConvNet
+    from jcnn.prediction import make_eval_step, predict
+
+    model = ThreeLayerConvNet(num_filters=4, hidden_dim=8)
+    variables = model.init(jax.random.key(0))
+    monkeypatch.setattr(jcnn._validate, "memory_bytes", lambda: 2**16)
+    with pytest.raises(jcnn._validate.MemoryLimitError) as info:
+        predict(make_eval_step(model), variables, jnp.zeros((3, 3, 32, 32)), batch_size=50)
+    assert info.value.during == "predicting 50 images at a time"
 
 
 @pytest.mark.parametrize("flag", ["workdir", "data_dir"])

@@ -8,6 +8,8 @@ names the argument.
 
 from __future__ import annotations
 
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -15,6 +17,8 @@ import pytest
 
 import jcnn._validate
 import jcnn.layers as L
+from jcnn import native
+from jcnn.models import AirbenchNet, ThreeLayerConvNet, VGGNet
 
 BAD_DTYPES = [jnp.int32, jnp.uint8, jnp.bool_, jnp.complex64]
 
@@ -86,8 +90,47 @@ def test_im2col_s_columns_count_against_memory(monkeypatch):
     x, w, b = jnp.ones((2, 3, 8, 8)), jnp.ones((4, 3, 3, 3)), jnp.zeros(4)
     shape = jax.eval_shape(lambda: L.conv2d(x, w, b, pad=1200, impl="xla")).shape
     assert shape == (2, 4, 2406, 2406)  # the padded input and the output fit
-    with pytest.raises(ValueError, match=r"^pad=1200 makes im2col's columns \(2, 27, 5788836\)"):
+    with pytest.raises(ValueError, match=r"^pad=1200 makes .* im2col's columns \(2, 27, 5788836\)"):
         jax.eval_shape(lambda: L.conv2d(x, w, b, pad=1200, impl="im2col"))
+
+
+def test_im2col_counts_its_padded_input_too(monkeypatch):
+    """pad=5000: columns 20.1 GiB and output 3.0 GiB passed on a 23.5 GiB machine, and the
+    padded input (2.2 GiB) and the rest killed the process. On 24 GiB as the check sees it."""
+    monkeypatch.setattr(jcnn._validate, "memory_bytes", lambda: 24 * 2**30)
+    x, w, b = jnp.ones((2, 3, 8, 8)), jnp.ones((4, 3, 3, 3)), jnp.zeros(4)
+    with pytest.raises(
+        ValueError, match=r"^pad=5000 makes the padded input \(2, 3, 10008, 10008\)"
+    ):
+        jax.eval_shape(lambda: L.conv_forward_im2col(x, w, b, pad=5000)[0])
+
+
+def test_memory_is_what_is_available_not_what_the_machine_has(monkeypatch):
+    """The checks compared with the machine's physical memory, whatever was in use: the
+    least of the kernel's MemAvailable and a container's limit left is what a call may use."""
+    monkeypatch.setattr(jcnn._validate, "_meminfo_available", lambda: 8 * 2**30)
+    monkeypatch.setattr(jcnn._validate, "_cgroup_left", lambda: None)
+    assert jcnn._validate.memory_bytes() == 8 * 2**30
+    monkeypatch.setattr(jcnn._validate, "_cgroup_left", lambda: 2**30)
+    assert jcnn._validate.memory_bytes() == 2**30
+    monkeypatch.setattr(jcnn._validate, "_meminfo_available", lambda: None)
+    monkeypatch.setattr(jcnn._validate, "_cgroup_left", lambda: None)
+    assert jcnn._validate.memory_bytes() > 0  # the physical memory
+
+
+@pytest.mark.parametrize(
+    "make, named",
+    [(lambda: VGGNet(hidden_dims=(10**9,)), "hidden_dims=(1000000000,)"),
+     (lambda: AirbenchNet(widths=(64, 10**6, 10**6)), "widths=(64, 1000000, 1000000)"),
+     (lambda: ThreeLayerConvNet(hidden_dim=10**10), "hidden_dim=10000000000")],
+)  # fmt: skip
+def test_a_model_whose_weights_cannot_fit_is_refused_naming_its_sizes(make, named):
+    """--hidden_dims=1000000000 gave a 79-line traceback (an integer overflow inside JAX's
+    init); a model is refused when built, naming its size fields."""
+    with pytest.raises(
+        jcnn._validate.MemoryLimitError, match=re.escape(named) + r".* weights need"
+    ):
+        make()
 
 
 def _calls_on_a_list(values):
@@ -270,3 +313,36 @@ def test_dropout_forward_refuses_a_rate_outside_0_1_as_dropout_does():
     for rate in (1.0, -0.5, "half"):
         with pytest.raises(ValueError, match=r"^rate must be"):
             L.dropout_forward(x, jax.random.key(0), rate=rate)
+
+
+@pytest.mark.skipif(not native.available("onednn"), reason="the oneDNN kernels are not built")
+@pytest.mark.parametrize(
+    "forward, backward",
+    [("naive", "onednn"), ("xla", "onednn"), ("onednn", "naive"), ("onednn", "im2col")],
+)
+def test_a_convolution_s_backward_half_refuses_a_cache_of_another_layout(forward, backward):
+    """An NCHW cache given to conv_backward_onednn ended in XLA's "inconsistent convolution
+    shapes", an NHWC one given to conv_backward_naive in an einsum error."""
+    f32 = jnp.float32  # oneDNN's kernels take float32
+    x, w, b = jnp.ones((2, 3, 8, 8), f32), jnp.ones((4, 3, 3, 3), f32), jnp.zeros(4, f32)
+    if forward == "onednn":
+        x = x.transpose(0, 2, 3, 1)
+    out, cache = getattr(L, f"conv_forward_{forward}")(x, w, b, pad=1)
+    with pytest.raises(
+        ValueError, match=rf"^cache is of an N\w+ forward pass, but conv_backward_{backward} takes"
+    ):
+        getattr(L, f"conv_backward_{backward}")(jnp.ones(out.shape), cache)
+
+
+def test_an_empty_batch_gives_an_empty_result_in_the_affine_layers_as_in_the_others():
+    """affine, affine_relu and affine_bn_relu ended in NumPy's "cannot reshape array of size 0
+    into shape (0,newaxis)" where conv2d, relu and max_pool2d return empty results."""
+    f32 = jnp.float32
+    x, w, b = jnp.zeros((0, 2, 3), f32), jnp.ones((6, 4), f32), jnp.zeros(4, f32)
+    assert L.affine(x, w, b).shape == (0, 4)
+    assert L.affine_relu(x, w, b).shape == (0, 4)
+    ones, zeros = jnp.ones(4, f32), jnp.zeros(4, f32)
+    out, *_ = L.affine_bn_relu(x, w, b, ones, zeros, zeros, ones, train=False)
+    assert out.shape == (0, 4)
+    dw = jax.grad(lambda w: L.affine(x, w, b).sum())(w)
+    np.testing.assert_array_equal(dw, jnp.zeros_like(w))
