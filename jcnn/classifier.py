@@ -261,13 +261,43 @@ def load_classifier(workdir: str | Path) -> Classifier:
         check_values(tree)
     except ValueError as e:
         raise type(e)(f"{source.split(' (')[0]}: {e}") from None
-    tt = record.get("test_time", {})
+    classes, flip, translate = _checked_record(record, model, source.split(" (")[0])
     return Classifier(
         model=model, params=tree["params"], state=tree["state"],
         mean_image=np.asarray(tree["mean_image"], np.float32),
-        class_names=tuple(record["classes"]), test_time_flip=bool(tt.get("flip", False)),
-        test_time_translate=int(tt.get("translate", 0)), source=source,
+        class_names=classes, test_time_flip=flip, test_time_translate=translate, source=source,
     )  # fmt: skip
+
+
+def _checked_record(
+    record: Mapping[str, Any], model: Any, where: str
+) -> tuple[tuple[str, ...], bool, int]:
+    """``(class_names, test_time_flip, test_time_translate)`` of a classifier record, each
+    checked (a sidecar without checksums is only as good as its values: a translate of
+    10**6 made predict build ever larger arrays, a flip of "no" read as true); ValueError
+    naming the value otherwise."""
+    classes, tt = record.get("classes"), record.get("test_time", {})
+    if (
+        not isinstance(classes, list)
+        or not all(isinstance(c, str) and c for c in classes)
+        or len(set(classes)) != len(classes)
+        or len(classes) != model.num_classes
+    ):
+        raise ValueError(
+            f"{where}: the classifier record's classes must be {model.num_classes} distinct "
+            f"names, got {str(classes)[:80]}"
+        )
+    flip = tt.get("flip", False) if isinstance(tt, Mapping) else None
+    translate = tt.get("translate", 0) if isinstance(tt, Mapping) else None
+    size = min(model.input_shape[1:])
+    if not isinstance(flip, bool) or not (
+        isinstance(translate, int) and not isinstance(translate, bool) and 0 <= translate < size
+    ):
+        raise ValueError(
+            f"{where}: the classifier record's test_time must hold flip true or false and "
+            f"translate an int in [0, {size}), got {str(tt)[:80]}"
+        )
+    return tuple(classes), flip, translate
 
 
 def export_classifier(classifier: Classifier, *, tta: bool | None = None) -> tuple[bytes, str]:

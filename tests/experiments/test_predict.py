@@ -144,6 +144,28 @@ def test_a_checkpoint_holding_nan_without_checksums_is_refused(finished, tmp_pat
 
 
 @pytest.mark.parametrize(
+    "change, message",
+    [({"test_time": {"flip": True, "translate": 10**6}}, "translate an int in"),
+     ({"test_time": {"flip": "no", "translate": 0}}, "flip true or false"),
+     ({"classes": ["class0"] * 10}, "must be 10 distinct names"),
+     ({"classes": [5, *[f"c{i}" for i in range(9)]]}, "must be 10 distinct names")],
+)  # fmt: skip
+def test_a_classifier_record_without_checksums_is_checked_before_use(
+    finished, tmp_path, change, message
+):
+    """In a best.json without checksums, translate=10**6 made predict grow to 3.6 GB and
+    on, flip "no" read as true, duplicate or non-string class names passed."""
+    workdir = tmp_path / "run"
+    shutil.copytree(finished, workdir)
+    side = workdir / "checkpoints" / "best.json"
+    meta = {k: v for k, v in json.loads(side.read_text()).items() if not k.endswith("sha256")}
+    meta["classifier"] = {**meta["classifier"], **change}
+    side.write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match=message):
+        load_classifier(workdir)
+
+
+@pytest.mark.parametrize(
     "out, message",
     [("a folder", "is a folder: name a file"), ("missing/model.jaxexport", "does not exist"),
      ("/proc/model.jaxexport", "no file can be written there")],
