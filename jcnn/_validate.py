@@ -29,9 +29,10 @@ def nonnegative_int(name: str, value: Any) -> int:
 
 
 def true_or_false(name: str, value: Any) -> bool:
-    """``value`` as a bool: True, False (or NumPy's, or 1 and 0); a string such as
-    ``'no'`` is refused rather than read as true."""
-    if isinstance(value, str) or value not in (True, False):
+    """``value`` as a bool: True or False (Python's or NumPy's); anything else, a string such
+    as ``'no'`` or a number such as 1, is refused rather than read as true or false: one rule
+    for every switch (``train``, ``approximate``, ...)."""
+    if not isinstance(value, bool | np.bool_):
         raise ValueError(f"{name} must be True or False, got {value!r}")
     return bool(value)
 

@@ -186,8 +186,8 @@ def check_batchnorm_args(
         check_floating(name, v)
     if not 0.0 <= float(momentum) <= 1.0:
         raise ValueError(f"momentum must be in [0, 1], got {momentum}")
-    if not float(eps) > 0.0:
-        raise ValueError(f"eps must be > 0, got {eps}")
+    if not 0.0 < float(eps) < math.inf:  # eps=inf normalised every value to 0
+        raise ValueError(f"eps must be a finite float > 0, got {eps}")
     if train:
         check_batch_statistics(x, axis)
 

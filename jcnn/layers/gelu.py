@@ -146,9 +146,7 @@ def gelu(x: jax.Array, *, approximate: bool = False) -> jax.Array:
     Raises:
         ValueError: if ``approximate`` is not a bool.
     """
-    if not isinstance(approximate, bool):
-        raise ValueError(f"approximate must be True or False, got {approximate!r}")
-    return _gelu(x, approximate=approximate)
+    return _gelu(x, approximate=true_or_false("approximate", approximate))
 
 
 # ------------------------------------------------------------------ batchnorm (shift) → gelu
@@ -322,8 +320,7 @@ def batchnorm_gelu(
     axis = 1 if x.ndim == 2 else channel_axis(layout)
     train = true_or_false("train", train)
     check_batchnorm_args(x, None, beta, running_mean, running_var, momentum, eps, axis, train=train)
-    if not isinstance(approximate, bool):
-        raise ValueError(f"approximate must be True or False, got {approximate!r}")
+    approximate = true_or_false("approximate", approximate)
     out, mean, var = _batchnorm_gelu(
         x, beta, running_mean, running_var, train=train, eps=float(eps), axis=axis,
         approximate=approximate,

@@ -178,7 +178,7 @@ def _calls_with_train(train):
     }
 
 
-@pytest.mark.parametrize("train", ["no", "False", None], ids=repr)
+@pytest.mark.parametrize("train", ["no", "False", None, 1], ids=repr)
 @pytest.mark.parametrize("layer", sorted(_calls_with_train(True)))
 def test_train_must_be_true_or_false(layer, train):
     """train='no' used to run in training mode (a non-empty string is true)."""
@@ -194,10 +194,11 @@ def test_train_must_be_true_or_false(layer, train):
         (lambda x, p: L.batchnorm_forward(x, *p, train=True, axis=5), r"^axis must be an int in"),
         (lambda x, p: L.batchnorm_forward(x, *p, train=True, axis=-5), r"^axis must be an int"),
         (lambda x, p: L.batchnorm_forward(x, *p, train=True, axis=1.0), r"^axis must be an int"),
-        (lambda x, p: L.batchnorm_forward(x, *p, train=True, eps=-1.0), r"^eps must be > 0"),
+        (lambda x, p: L.batchnorm_forward(x, *p, train=True, eps=-1.0), r"^eps must be a finite"),
         (lambda x, p: L.batchnorm_forward(x.astype(int), *p, train=True), r"^x must be a real"),
         (lambda x, p: L.batchnorm_relu_forward(x, *p[:2], axis=7), r"^axis must be an int"),
-        (lambda x, p: L.batchnorm_relu_forward(x, *p[:2], eps=0.0), r"^eps must be > 0"),
+        (lambda x, p: L.batchnorm_relu_forward(x, *p[:2], eps=0.0), r"^eps must be a finite"),
+        (lambda x, p: L.batchnorm_forward(x, *p, train=True, eps=np.inf), r"^eps must be a finite"),
         (lambda x, p: L.batchnorm_relu_forward(x, p[0][:2], p[1]), r"^gamma must have shape"),
     ],
 )  # fmt: skip
