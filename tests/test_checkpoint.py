@@ -1,6 +1,7 @@
 """Checkpoints: npz + JSON sidecar, atomic, no pickle, strict on load."""
 
 import json
+import os
 
 import jax
 import jax.numpy as jnp
@@ -161,3 +162,28 @@ def test_pruning_deletes_orphaned_npz_files_older_than_the_newest_complete_one(t
         "epoch_002.json", "epoch_002.npz", "step_00000002.npz.corrupt",
         "step_00000010.json", "step_00000010.npz", "step_00000011.npz",
     ]  # fmt: skip
+
+
+def test_a_sidecar_that_is_not_a_regular_file_is_corrupt_not_read(tmp_path):
+    """A FIFO at a sidecar's name blocked the app for ever in its read."""
+    import threading
+
+    from jcnn.checkpoint import CorruptCheckpointError, read_sidecar, save_checkpoint
+
+    path = save_checkpoint(tmp_path / "epoch_001.npz", {"w": np.ones(3)}, {"iteration": 1})
+    side = tmp_path / "epoch_001.json"
+    side.unlink()
+    os.mkfifo(side)
+    raised: list[BaseException] = []
+
+    def read() -> None:
+        try:
+            read_sidecar(path)
+        except CorruptCheckpointError as e:
+            raised.append(e)
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    reader.join(10)
+    assert not reader.is_alive(), "read_sidecar blocked on a FIFO"
+    assert "is not a regular file" in str(raised[0])

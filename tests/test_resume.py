@@ -231,6 +231,8 @@ def _tamper(meta: dict, how: str) -> None:
             meta[name].pop()
         meta["best_epoch"] = meta["eval_history"][-1]["epoch"]
         meta["best_val_acc"] = meta["eval_history"][-1]["val_acc"]
+    elif how == "@uint32":  # NumPy accepts 5 and then draws other numbers
+        meta["host_rng"]["has_uint32"] = 5
     elif how == "@loss":
         meta["eval_history"][-1]["loss"] = 9.0
 
@@ -241,6 +243,8 @@ def _tamper(meta: dict, how: str) -> None:
         ("best_val_acc", "Infinity", "unreadable: the non-finite number Infinity"),
         ("iteration", '"10; rm -rf"', "has iteration='10; rm -rf'"),
         ("host_rng", '"PCG64"', "host_rng='PCG64'"),
+        ("host_rng", "@uint32", "host_rng={'bit_generator': 'PCG64'"),
+        ("lr_history", "[0.1, -0.5, 0.1]", "lr_history=[0.1, -0.5, 0.1]"),
         ("best_val_acc", "1.5", "best_val_acc=1.5"),
         ("loss_history", "[1, null]", "loss_history=[1, None]"),
         ("epoch", "7", "claims epoch 7 and 9 losses after 9 iterations of 4 per epoch"),

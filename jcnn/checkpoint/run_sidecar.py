@@ -38,7 +38,7 @@ def _is_generator_state(v: Any) -> bool:
         np.random.PCG64().state = v
     except (TypeError, ValueError, KeyError, OverflowError):
         return False
-    return True
+    return v.get("has_uint32") in (0, 1)  # NumPy takes any int there, and then draws otherwise
 
 
 def _is_check(v: Any) -> bool:
@@ -64,8 +64,8 @@ _RUN_FIELDS: dict[str, tuple[str, Any]] = {
         _is_accuracy(x) for x in v)),
     "val_acc_history": ("a list of accuracies", lambda v: isinstance(v, list) and all(
         _is_accuracy(x) for x in v)),
-    "lr_history": ("a list of finite numbers", lambda v: isinstance(v, list) and all(
-        _is_number(x) for x in v)),
+    "lr_history": ("a list of finite numbers >= 0", lambda v: isinstance(v, list) and all(
+        _is_number(x, 0.0) for x in v)),
     "eval_history": ("a list of accuracy checks", lambda v: isinstance(v, list) and all(
         _is_check(x) for x in v)),
     "best_val_acc": ("an accuracy in [0, 1] or null", _is_accuracy),

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import stat
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -236,7 +237,10 @@ def read_sidecar(path: str | os.PathLike) -> dict[str, Any]:
     """
     side = sidecar_path(path)
     try:
-        size = side.stat().st_size
+        status = side.stat()
+        if not stat.S_ISREG(status.st_mode):  # a FIFO would block the read for ever
+            raise CorruptCheckpointError(f"checkpoint sidecar {side} is not a regular file")
+        size = status.st_size
         if size > MAX_SIDECAR_BYTES:
             raise CorruptCheckpointError(
                 f"checkpoint sidecar {side} is {size} bytes, more than a sidecar holds "
