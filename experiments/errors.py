@@ -392,10 +392,16 @@ def _shut_down_for(seconds: float) -> None:
     done.wait(seconds)
 
 
-def run_app(main: Callable[[list[str]], Any], help_text: Callable[[], str] | None = None) -> None:
+def run_app(
+    main: Callable[[list[str]], Any],
+    help_text: Callable[[], str] | None = None,
+    *,
+    resumes: bool = False,
+) -> None:
     """``absl.app.run(main)`` with every user-fixable failure, flag parsing included,
     ending in one line (see the module's docstring); ``help_text``: what ``--help`` lists
-    after the app's docstring (default: absl's list of its flags)."""
+    after the app's docstring (default: absl's list of its flags); ``resumes``: the app
+    writes checkpoints that its command resumes from (what a stop at once says)."""
     from absl import app
 
     if signal.getsignal(signal.SIGINT) is _interrupted_while_starting:
@@ -420,11 +426,11 @@ def run_app(main: Callable[[list[str]], Any], help_text: Callable[[], str] | Non
                 traceback.print_exc()
             reason = interrupt.args[0] if interrupt.args else "SIGINT"
             reason = reason if reason in STOP_STATUS else "SIGINT"
-            stopped(
-                f"stopped at once ({reason}): the checkpoints already written are kept, and "
-                "the same command resumes from the newest",
-                reason,
-            )
+            kept = (
+                ": the checkpoints already written are kept, and the same command resumes "
+                "from the newest" if resumes else ""
+            )  # fmt: skip
+            stopped(f"stopped at once ({reason}){kept}", reason)
             # At once indeed: an interpreter shutting down while XLA's threads still run
             # (a Ctrl-C during a compile) could end in a segmentation fault.
             _exit_now(signal.Signals[reason], None)

@@ -40,4 +40,4 @@ def main(argv: Sequence[str]) -> None:
 if __name__ == "__main__":
     define_flags()
     flags.adopt_module_key_flags(train_flags)
-    errors.run_app(main, lambda: train_flags.recipe_help(flags.FLAGS, RECIPE_CLASS))
+    errors.run_app(main, lambda: train_flags.recipe_help(flags.FLAGS, RECIPE_CLASS), resumes=True)

@@ -454,7 +454,7 @@ def test_a_stop_at_once_ends_in_one_line_with_its_signals_status(raised, name, s
         "atexit.register(lambda: print('shut down'))\n"
         "def main(argv):\n"
         f"    {raised}\n"
-        "errors.run_app(main)\n"
+        "errors.run_app(main, resumes=True)\n"
     )
     proc = run_script(script)
     assert proc.returncode == status and proc.stdout == "", proc.stderr
@@ -462,6 +462,9 @@ def test_a_stop_at_once_ends_in_one_line_with_its_signals_status(raised, name, s
         f"stopped at once ({name}): the checkpoints already written are kept, and the same "
         "command resumes from the newest"
     ]
+    # An app that writes no checkpoints (predict, evaluate, ...) does not speak of them.
+    proc = run_script(script.replace("run_app(main, resumes=True)", "run_app(main)"))
+    assert proc.returncode == status and proc.stderr.strip() == f"stopped at once ({name})"
 
 
 @pytest.mark.parametrize(
