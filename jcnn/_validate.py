@@ -147,7 +147,7 @@ def training_data(
             "its copy on the device": batch,
             "its copy in the network's layout": batch,
         },
-        model.dtype,
+        getattr(model, "dtype", np.float32),  # a model of the user's may not say
     )
     if not settings.select_best and np.shape(data[Xv_name])[0] == 0:
         return X, y, np.zeros((0, *np.shape(X)[1:]), X.dtype), np.zeros((0,), np.int32)

@@ -412,7 +412,7 @@ def test_sigterm_or_sighup_while_an_app_starts_ends_in_one_line(name, status):
         f"signal.signal(signal.{name}, signal.SIG_DFL)\n"
         "sys.orig_argv = [sys.executable, '-m', 'experiments.vgg_cifar']\n"
         "from experiments import errors\n"
-        f"errors.run_app(lambda argv: os.kill(os.getpid(), signal.{name}))\n"
+        f"errors.run_app(lambda argv: os.kill(os.getpid(), signal.{name}), resumes=True)\n"
     )
     proc = run_script(before_training)
     assert proc.returncode == status, proc.stderr
