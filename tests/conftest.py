@@ -22,6 +22,27 @@ def _fresh_folder(variable: str, prefix: str) -> None:
         _MADE_HERE.append(os.environ[variable])
 
 
+# The files that take longest (CPU seconds of a whole run, `pytest -n 2 --durations=40`), run
+# first: `--dist loadfile` hands files to the two workers in collection order, so one of
+# these started last kept one worker busy for a minute after the other had finished.
+_LONGEST_FIRST = (
+    "tests/test_transformations.py",
+    "tests/experiments/test_parallel_apps.py",
+    "tests/experiments/test_benchmark.py",
+    "tests/test_onednn.py",
+    "tests/test_parallel.py",
+    "tests/experiments/test_airbench_app.py",
+    "tests/models/test_airbench.py",
+    "tests/test_native.py",
+)
+
+
+def pytest_collection_modifyitems(items) -> None:
+    """The longest files first (:data:`_LONGEST_FIRST`); the rest in their order."""
+    rank = {name: i for i, name in enumerate(_LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.nodeid.split("::")[0], len(rank)))
+
+
 def pytest_sessionfinish(session) -> None:
     """The process that made the temporary folders removes them once every test has run (the
     pytest-xdist controller, after its workers)."""
