@@ -82,6 +82,8 @@ class Files(Settings):
 
 
 def _dataset_fits(v: Mapping[str, Any]) -> None:
+    if v["data_dir"] is not None and not str(v["data_dir"]).strip():  # "" would mean the cwd
+        raise ValueError("--data_dir= is empty: name a folder, or leave the flag out")
     if v["dataset"] == "folder" and not v["data_dir"]:
         raise ValueError(
             "--dataset=folder needs --data_dir=ROOT (ROOT/train/<class>/ and ROOT/test/<class>/)"

@@ -162,6 +162,7 @@ BAD = [
     ("vgg", "--seed=-1", "seed"),
     ("vgg", "--seed=4294967296", "seed"),  # 2**32
     ("vgg", "--coordinator_timeout=0", "coordinator_timeout"),
+    ("vgg", "--data_dir=", "data_dir"),  # empty: it read the current folder (a download there)
     ("vgg", "--lr_decay=0", "lr_decay"),
     ("vgg", "--lr_schedule=step", "lr_schedule"),
     ("vgg", "--lr_schedule=cosine", "lr_decay"),  # the app's default --lr_decay is 0.95
