@@ -7,8 +7,6 @@ BIN := $(VENV)/bin
 .PHONY: run test install install-test lint clean
 
 # -qq: pip prints errors only (no progress, no build-backend warnings to read past).
-# --no-compile (in the installs): no byte-compiling of every installed file; Python compiles
-# the modules it imports, once, on first use.
 PIP := $(BIN)/python -m pip --disable-pip-version-check -qq
 
 $(BIN)/python:
@@ -18,11 +16,11 @@ $(BIN)/python:
 
 install: $(BIN)/python
 	@echo "installing jcnn into $(VENV) (a few minutes the first time)"
-	@$(PIP) install --no-compile -e '.[plots]'
+	@$(PIP) install -e '.[plots]'
 
 install-test: $(BIN)/python
 	@echo "installing jcnn and its test tools into $(VENV) (a few minutes the first time)"
-	@$(PIP) install --no-compile -e '.[test]'
+	@$(PIP) install -e '.[test]'
 
 # DATA_DIR: a folder holding cifar-10-batches-py/ or cifar-10-python.tar.gz (default: $$JCNN_DATA_DIR,
 # else ~/.cache/jcnn, where the official archive is downloaded and checked if missing).
