@@ -146,7 +146,12 @@ def copy_tree(tree: Any) -> Any:
     """
     leaves, treedef = jax.tree_util.tree_flatten(tree)
     on_device = [i for i, a in enumerate(leaves) if isinstance(a, jax.Array)]
-    copies = dict(zip(on_device, _copies([leaves[i] for i in on_device]), strict=True))
+    arrays = [leaves[i] for i in on_device]
+    try:
+        copied = _copies(arrays)
+    except ValueError:  # arrays committed to different devices: one program cannot take them
+        copied = [jnp.array(a) for a in arrays]
+    copies = dict(zip(on_device, copied, strict=True))
     return jax.tree_util.tree_unflatten(
         treedef, [copies[i] if i in copies else jnp.array(a) for i, a in enumerate(leaves)]
     )
