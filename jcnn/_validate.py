@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import operator
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -207,13 +207,8 @@ def epoch_batches(num_train: int, batch_size: int) -> None:
 
 def check_count_fits(culprit: str, what: str, count: int, dtype: Any) -> None:
     """Refuse, naming ``culprit``, ``count`` values of ``dtype`` (``what``: e.g.
-    ``'weights'``) that need more bytes than this machine has (MemoryLimitError)."""
-    limit, need = memory_bytes(), count * np.dtype(dtype).itemsize
-    if limit is not None and need > limit:
-        raise MemoryLimitError(
-            f"{culprit}: {count:,} {what} need {_human(need)} of {np.dtype(dtype).name}, more "
-            f"than the {_human(limit)} of memory available"
-        )
+    ``'weights'``) that need more bytes than are available (MemoryLimitError)."""
+    _refuse_over_memory(count, dtype, lambda: f"{culprit}: {count:,} {what} need")
 
 
 def memory_bytes() -> int | None:
@@ -274,16 +269,21 @@ class MemoryLimitError(ValueError):
 
 def check_fits_in_memory(culprit: str, arrays: dict[str, tuple[int, ...]], dtype: Any) -> None:
     """Refuse, naming ``culprit`` (e.g. ``'pad=1000000'``), a call whose arrays (name ->
-    shape, of ``dtype``) need more bytes than this machine has: such a call would build a
-    lazy result that fails only when read, or abort the process."""
-    known = all(isinstance(d, int | np.integer) for shape in arrays.values() for d in shape)
-    limit = memory_bytes()
-    if not known or limit is None:  # a symbolic dimension (jax.export): no size to compare
-        return
-    need = sum(math.prod(shape) for shape in arrays.values()) * np.dtype(dtype).itemsize
-    if need > limit:
-        listed = " and ".join(f"{name} {shape}" for name, shape in arrays.items())
+    shape, of ``dtype``) need more bytes than are available (:func:`memory_bytes`): such a
+    call would build a lazy result that fails only when read, or abort the process."""
+    if not all(isinstance(d, int | np.integer) for shape in arrays.values() for d in shape):
+        return  # a symbolic dimension (jax.export): no size to compare
+    listed = " and ".join(f"{name} {shape}" for name, shape in arrays.items())
+    count = sum(math.prod(shape) for shape in arrays.values())
+    _refuse_over_memory(count, dtype, lambda: f"{culprit} makes {listed}:")
+
+
+def _refuse_over_memory(count: int, dtype: Any, said: Callable[[], str]) -> None:
+    """MemoryLimitError, ``said()`` first, if ``count`` values of ``dtype`` exceed
+    :func:`memory_bytes` (the one comparison every memory check makes)."""
+    limit, need = memory_bytes(), count * np.dtype(dtype).itemsize
+    if limit is not None and need > limit:
         raise MemoryLimitError(
-            f"{culprit} makes {listed}: {_human(need)} of {np.dtype(dtype).name}, more than "
-            f"the {_human(limit)} of memory available"
+            f"{said()} {_human(need)} of {np.dtype(dtype).name}, more than the "
+            f"{_human(limit)} of memory available"
         )
