@@ -134,9 +134,8 @@ def _check_history(npz: Path, meta: dict[str, Any]) -> None:
 def _history_problem(meta: dict[str, Any]) -> str | None:
     """What is wrong with the sidecar's accuracy checks, or None. A run checks after its
     first update, at the end of every epoch (``epoch = iteration // per_epoch``) and after
-    its last update, each
-    check recording the loss of its update, and each history holds one field of each check,
-    in order."""
+    its last update, each check recording the loss of its update, and each history holds one
+    field of each check, in order."""
     checks, done, per_epoch = meta["eval_history"], meta["iteration"], meta["iterations_per_epoch"]
     lengths = {len(meta[name]) for name in ("train_acc_history", "val_acc_history", "lr_history")}
     if lengths != {len(checks)}:
