@@ -245,6 +245,18 @@ class Layers(Settings):
     )  # fmt: skip
 
 
+def _kernels_run_jcnn_layers(v: Mapping[str, Any]) -> None:
+    """The implementations are those of jcnn's layers; the reference layers have none (a
+    recipe with :class:`Kernels` has :class:`Layers` too)."""
+    chosen = [f"--{n}={v[n]}" for n in ("conv_impl", "pool_impl") if v[n] != getattr(Kernels, n)]
+    if v["layers"] == "reference" and chosen:
+        raise ValueError(
+            f"{' and '.join(chosen)} choose{'s' if len(chosen) == 1 else ''} what runs jcnn's "
+            "layers; --layers=reference runs their autodiff twins, which have one implementation "
+            f"each: leave {'it' if len(chosen) == 1 else 'them'} out"
+        )
+
+
 @dataclasses.dataclass(frozen=True)
 class Kernels(Settings):
     """What runs the convolutions and the pooling (the same function either way)."""
@@ -257,6 +269,8 @@ class Kernels(Settings):
     pool_impl: str = option(
         "fast", "Max-pool implementation.", choices=("naive", "fast"), may_change_on_resume=True
     )
+
+    CHECKS = ((("layers", "conv_impl", "pool_impl"), _kernels_run_jcnn_layers),)
 
 
 @dataclasses.dataclass(frozen=True)

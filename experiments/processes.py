@@ -73,6 +73,30 @@ def start_processes(config: Mapping[str, Any]) -> None:
     errors.when_finished(supervisor.tell_finished)
 
 
+def check_same_flags(config: Mapping[str, Any], recipe_class: type) -> None:
+    """In a multi-process run: every process was given the same flags, but for those that
+    say where a process runs (``--process_id``, ``--data_dir``, ...: the settings that may
+    change on resume). A collective, right after :func:`start_processes`.
+
+    Raises:
+      UsageFailure: naming each flag that differs between the processes.
+    """
+    from experiments.settings import options
+    from jcnn.parallel import differing_across_processes
+
+    if jax.process_count() == 1:
+        return
+    shared = {
+        n: config[n] for n, opt in options(recipe_class).items() if not opt.may_change_on_resume
+    }
+    differ = differing_across_processes(shared)
+    if differ:
+        raise UsageFailure(
+            f"the processes of this run were given different {', '.join(f'--{n}' for n in differ)}"
+            ": start every process with the same flags (only --process_id differs)"
+        )
+
+
 def _newest_checkpoint(config: Mapping[str, Any]) -> str | None:
     """The newest good checkpoint of the run in ``config['workdir']`` (None: none yet)."""
     from jcnn.checkpoint import latest_run_checkpoint

@@ -89,6 +89,15 @@ class Recipe(Files, Data, Layers, Loss, Evaluation, Report, Devices):
         )
 
 
+def _validation_selects_best(v: Mapping[str, Any]) -> None:
+    """cs231n's recipes keep the parameters of the best validation accuracy."""
+    if v["num_val"] == 0:
+        raise ValueError(
+            "num_val=0 leaves no validation images, and this recipe keeps the parameters of "
+            "its best validation accuracy: give --num_val of at least 1"
+        )
+
+
 @dataclasses.dataclass(frozen=True)
 class VGGRecipe(Recipe, Init, Kernels, Cs231nOptimiser, Augment):
     """The VGG-like ConvNet: ``[(conv - sbn - relu) × blocks[s] - pool]`` per stage, then
@@ -115,6 +124,8 @@ class VGGRecipe(Recipe, Init, Kernels, Cs231nOptimiser, Augment):
     )  # fmt: skip
     use_batchnorm: bool = option(True, "Batchnorm after every conv and affine layer.")
 
+    CHECKS = ((("num_val",), _validation_selects_best),)
+
     def model_arguments(self) -> dict[str, Any]:
         return dict(
             num_filters=self.num_filters, blocks=self.blocks, filter_size=self.filter_size,
@@ -136,6 +147,8 @@ class ThreeLayerRecipe(Recipe, Init, Kernels, Cs231nOptimiser, Augment):
     num_filters: int = option(32, "Conv filters.", lower=1)
     filter_size: int = option(7, "Square conv filter size ('same' padding).", lower=1)
     hidden_dim: int = option(500, "Hidden affine units.", lower=1)
+
+    CHECKS = ((("num_val",), _validation_selects_best),)
 
     def model_arguments(self) -> dict[str, Any]:
         return dict(

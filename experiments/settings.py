@@ -94,6 +94,10 @@ def check_value(name: str, opt: Option, value: Any) -> None:
             raise ValueError(f"must be a list of positive integers, got {list(value)!r}")
         if not value and not opt.allow_empty:
             raise ValueError(f"must be a non-empty list, got {list(value)!r}")
+    if opt.kind == "float" and not (
+        isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    ):
+        raise ValueError(f"must be a finite number, got {value!r}")
     if opt.choices and value not in opt.choices:
         raise ValueError(f"must be one of {', '.join(opt.choices)}, got {value!r}")
     if opt.lower is not None and not value >= opt.lower:

@@ -45,6 +45,20 @@ class IntListParser(flags.ListParser):
         return "list of positive integers"
 
 
+class FiniteFloatParser(flags.FloatParser):
+    """A finite float (within the setting's bounds): ``nan``, ``inf`` and numbers too large
+    for a float (``1e400``) are refused while parsing, so the message shows what was typed."""
+
+    def convert(self, argument: Any) -> float:
+        value = super().convert(argument)
+        if not math.isfinite(value):
+            typed = str(argument).strip().lower().lstrip("+-")
+            large = not math.isnan(value) and typed not in ("inf", "infinity")
+            extra = " (too large for a float)" if large else ""
+            raise ValueError(f"must be a finite number{extra}, got {argument}")
+        return value
+
+
 class WeightScaleParser(flags.ArgumentParser):
     """A positive float (std of the Gaussian init) or ``he`` (std ``sqrt(2 / fan_in)``)."""
 
@@ -101,7 +115,10 @@ def _define(fv: flags.FlagValues, name: str, opt: settings.Option, default: Any)
             name, default, opt.help, lower_bound=opt.lower, upper_bound=opt.upper, **kw
         )
     elif opt.kind == "float":
-        flags.DEFINE_float(name, default, opt.help, lower_bound=opt.lower, **kw)
+        flags.DEFINE(
+            FiniteFloatParser(opt.lower, opt.upper), name, default, opt.help,
+            serializer=flags.ArgumentSerializer(), **kw,
+        )  # fmt: skip
     elif opt.kind == "int_list":
         flags.DEFINE(
             IntListParser(), name, default, opt.help, serializer=flags.CsvListSerializer(","),

@@ -290,3 +290,21 @@ def test_differing_across_processes_names_each_setting_the_processes_disagree_on
     assert parallel.differing_across_processes(mine) == []
     _as_two_processes(monkeypatch, {**mine, "model.depth": 3})  # other code, other names
     assert parallel.differing_across_processes(mine) == sorted(mine)
+
+
+def test_an_app_names_the_flags_its_processes_were_given_differently(monkeypatch):
+    """Two processes given different --learning_rate stopped naming the Solver's internal
+    'solver.optim_config'; the app names the flag, and ignores those that say where each
+    process runs (--process_id, --data_dir)."""
+    from experiments import processes, recipes, settings
+    from experiments.errors import UsageFailure
+
+    mine = settings.flag_values(recipes.VGGRecipe(learning_rate=0.1, process_id=0))
+    theirs = {**mine, "learning_rate": 0.01, "process_id": 1, "data_dir": "/elsewhere"}
+    shared = {n: theirs[n] for n, o in settings.options(recipes.VGGRecipe).items()
+              if not o.may_change_on_resume}  # fmt: skip
+    _as_two_processes(monkeypatch, shared)
+    with pytest.raises(UsageFailure, match=r"given different --learning_rate: start every"):
+        processes.check_same_flags(mine, recipes.VGGRecipe)
+    _as_two_processes(monkeypatch, {**shared, "learning_rate": 0.1})
+    processes.check_same_flags(mine, recipes.VGGRecipe)

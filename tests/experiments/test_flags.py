@@ -25,7 +25,7 @@ from jcnn.models import ThreeLayerConvNet, VGGNet
 from tests.experiments.util import PYTHON, ROOT, fatal_messages, subprocess_env, write_fake_cifar
 
 CONFIGS = ROOT / "experiments" / "configs"
-APPS = {"vgg": vgg_cifar, "three_layer": three_layer_cifar}
+APPS = {"vgg": vgg_cifar, "three_layer": three_layer_cifar, "airbench": airbench_cifar}
 
 
 def parse(app, *args: str) -> flags.FlagValues:
@@ -202,6 +202,18 @@ BAD = [
     ("three_layer", "--num_filters=0", "num_filters"),
     ("three_layer", "--learning_rate=-1e-3", "learning_rate"),
     ("three_layer", "--dropout=0.5", "dropout"),  # not a flag of this app
+    # Shown as typed, not as the float it reads as (inf); nan said "invalid flags: ..." after
+    # parsing; inf passed every float setting bounded only from below.
+    ("vgg", "--learning_rate=1e400", "--learning_rate=1e400: must be a finite number (too large"),
+    ("vgg", "--checkpoint_minutes=nan", "--checkpoint_minutes=nan: must be a finite number"),
+    ("airbench", "--weight_decay=inf", "--weight_decay=inf: must be a finite number"),
+    ("airbench", "--muon_learning_rate=inf", "--muon_learning_rate=inf"),
+    # Ignored silently: the reference layers have one implementation each.
+    ("vgg", "--conv_impl=xla --layers=reference", "--conv_impl=xla chooses what runs jcnn's"),
+    ("three_layer", "--pool_impl=naive --layers=reference", "--pool_impl=naive"),
+    # Said "X_val is empty" after the data was read: these recipes select on validation.
+    ("vgg", "--num_val=0", "num_val=0 leaves no validation images"),
+    ("three_layer", "--num_val=0", "num_val=0"),
 ]
 
 
