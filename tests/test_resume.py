@@ -235,6 +235,8 @@ def _tamper(meta: dict, how: str) -> None:
         meta["host_rng"]["has_uint32"] = 5
     elif how == "@loss":
         meta["eval_history"][-1]["loss"] = 9.0
+    elif how == "@outside":  # the time outside the updates is a part of the run's time
+        meta["outside_s"] = meta["elapsed_s"] + 1.0
 
 
 @pytest.mark.parametrize(
@@ -249,6 +251,8 @@ def _tamper(meta: dict, how: str) -> None:
         ("loss_history", "[1, null]", "loss_history=[1, None]"),
         ("epoch", "7", "claims epoch 7 and 9 losses after 9 iterations of 4 per epoch"),
         ("outside_s", "-1", "outside_s=-1"),
+        ("elapsed_s", "1e300", "elapsed_s=1e+300 in its sidecar, which must be seconds in [0,"),
+        ("outside_s", "@outside", "more than the run's elapsed_s="),
         ("eval_history", "[]", "histories of [3] entries for 0 accuracy checks"),
         ("eval_history", '[{"x": 1}]', "eval_history=[{'x': 1}]"),
         ("lr_history", "[0.1]", "histories of [1, 3] entries for 3 accuracy checks"),

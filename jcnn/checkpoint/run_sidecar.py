@@ -50,6 +50,15 @@ def _is_check(v: Any) -> bool:
     )  # fmt: skip
 
 
+# A run's clock is far below this (about 32 years); a larger one is no clock a run kept, and
+# adding a step's seconds to it would be lost to round-off (1e300 + 5.0 == 1e300).
+_LONGEST_RUN_S = 1e9
+
+
+def _is_seconds(v: Any) -> bool:
+    return _is_number(v, 0.0, _LONGEST_RUN_S)
+
+
 # What a run reads back from its checkpoint's sidecar, and what each value must be.
 _RUN_FIELDS: dict[str, tuple[str, Any]] = {
     "iteration": ("an int >= 0", _is_int),
@@ -70,11 +79,11 @@ _RUN_FIELDS: dict[str, tuple[str, Any]] = {
         _is_check(x) for x in v)),
     "best_val_acc": ("an accuracy in [0, 1] or null", _is_accuracy),
     "best_epoch": ("an int >= 0 or null", lambda v: v is None or _is_int(v)),
-    "elapsed_s": ("a finite number >= 0", lambda v: _is_number(v, 0.0)),
+    "elapsed_s": (f"seconds in [0, {_LONGEST_RUN_S:g}]", _is_seconds),
 }  # fmt: skip
 # Values that older checkpoints do not record, checked when present.
 _OPTIONAL_RUN_FIELDS: dict[str, tuple[str, Any]] = {
-    "outside_s": ("a finite number >= 0", lambda v: _is_number(v, 0.0)),
+    "outside_s": (f"seconds in [0, {_LONGEST_RUN_S:g}]", _is_seconds),
 }
 
 
@@ -119,6 +128,11 @@ def check_run_sidecar(npz: Path, meta: dict[str, Any]) -> None:
         raise CorruptCheckpointError(
             f"checkpoint {npz} claims epoch {meta['epoch']} and "
             f"{len(meta['loss_history'])} losses after {done} iterations of {per_epoch} per epoch"
+        )
+    if meta.get("outside_s", 0.0) > meta["elapsed_s"]:
+        raise CorruptCheckpointError(
+            f"checkpoint {npz} has outside_s={meta['outside_s']} in its sidecar, more than the "
+            f"run's elapsed_s={meta['elapsed_s']} of which it is a part"
         )
     _check_history(npz, meta)
 

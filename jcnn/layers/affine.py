@@ -77,16 +77,22 @@ def affine_backward(dout: jax.Array, cache: AffineCache):
         dw (jax.Array): ``x.reshape(N, D).T @ dout``, shape ``(D, M)``.
         db (jax.Array): ``Σₙ dout``, shape ``(M,)``.
 
+        All three in one dtype, that of x, w and dout promoted together: a lower-precision
+        dout (float16 after a float32 forward) gives no lower-precision gradient.
+
     Raises:
         TypeError: naming ``cache`` if it is not the forward pass's cache.
-        ValueError: naming ``dout`` if it is not shaped like the forward pass's output.
+        ValueError: naming ``dout`` if it is not shaped like the forward pass's output;
+            naming ``cache.x`` or ``cache.w`` if they are not floating point.
     """
     check_cache(cache, AffineCache)
     x, w = cache.x, cache.w
+    check_floating("cache.x", x)
+    check_floating("cache.w", w)
     check_cotangent("dout", dout, (x.shape[0], w.shape[1]))
     dx = (dout @ w.T).reshape(x.shape)
     dw = x.reshape(x.shape[0], w.shape[0]).T @ dout
-    db = jnp.sum(dout, axis=0)
+    db = jnp.sum(dout, axis=0, dtype=jnp.result_type(dout, x, w))
     return dx, dw, db
 
 

@@ -8,6 +8,7 @@ names the argument.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 
 import jax
@@ -306,6 +307,19 @@ def test_a_loss_s_backward_half_takes_a_scalar_dloss_or_a_python_number(loss):
         backward(jnp.ones(4), cache)
     with pytest.raises(TypeError, match=r"^cache must be the"):
         backward(1.0, None)
+
+
+def test_affine_backward_gives_every_gradient_at_least_the_forward_s_precision():
+    """A float16 dout after a float32 forward gave dx and dw in float32 but db in float16; a
+    cache whose x had been replaced by integers gave a float64 dw."""
+    f32 = jnp.float32
+    x, w, b = jnp.ones((4, 3), f32), jnp.ones((3, 2), f32), jnp.zeros(2, f32)
+    out, cache = L.affine_forward(x, w, b)
+    grads = L.affine_backward(jnp.ones(out.shape, jnp.float16), cache)
+    assert [g.dtype for g in grads] == [f32, f32, f32]
+    with pytest.raises(ValueError, match=r"^cache.x must be a real floating-point array"):
+        tampered = dataclasses.replace(cache, x=jnp.ones((4, 3), jnp.int32))
+        L.affine_backward(jnp.ones(out.shape, f32), tampered)
 
 
 def test_dropout_forward_refuses_a_rate_outside_0_1_as_dropout_does():
