@@ -18,6 +18,7 @@ stops the app with one line naming it, before any is classified.
 from __future__ import annotations
 
 import json
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -58,6 +59,10 @@ def image_files(args: Sequence[str]) -> list[Path]:
             found += sorted(p for p in inside if p.is_file())
         elif path.is_file():
             found.append(path)
+        elif path.exists():
+            raise UsageFailure(f"{path} is not a regular file (a device, FIFO or socket)")
+        elif path.is_symlink():
+            raise UsageFailure(f"{path} is a link to {os.readlink(path)}, which does not exist")
         else:
             raise UsageFailure(f"{path}: no such file or folder")
     if not found:

@@ -55,7 +55,7 @@ from experiments import errors, rundir, settings
 from experiments.config import Augment, Cs231nOptimiser, Schedule
 from experiments.errors import UsageFailure
 from experiments.lock import WorkdirLock
-from experiments.processes import start_processes, stop_on_peer_loss
+from experiments.processes import check_same_flags, start_processes, stop_on_peer_loss
 from experiments.progress import Progress
 from experiments.recipes import Recipe
 from experiments.report import describe_run, finish_run, printer
@@ -138,6 +138,7 @@ def make_solver(
 ) -> Any:
     """The run's Solver, resumed from the workdir's newest checkpoint if it holds one:
     :func:`solver_kwargs`, then the recipe's own ``training_pieces`` over them."""
+    from jcnn._validate import MemoryLimitError
     from jcnn.checkpoint import CheckpointMismatchError
     from jcnn.parallel import is_primary
     from jcnn.solver import Solver
@@ -156,8 +157,8 @@ def make_solver(
             mesh=mesh,
             **kwargs,
         )
-    except CheckpointMismatchError:
-        raise  # main names the workdir
+    except (CheckpointMismatchError, MemoryLimitError):
+        raise  # main names the workdir, or what does not fit
     except ValueError as e:  # a setting the flag checks let through; the message names it
         raise UsageFailure(f"invalid training flags: {e}") from e
 
@@ -414,13 +415,17 @@ def _disk_full(workdir: Path, e: OSError) -> UsageFailure:
 
 def _memory_message(e: Any) -> str:
     """The app's line for a :class:`jcnn._validate.MemoryLimitError`: a training step that
-    does not fit is cut down by the batch; an accuracy check's (its chunks are fixed) only
-    by a smaller network."""
+    does not fit is cut down by the batch (or its parts); a batch itself only by the batch;
+    an accuracy check's (its chunks are fixed) only by a smaller network."""
+    from jcnn._validate import BUILDING_BATCHES
+
     if e.during is None:
         return (
             f"the run does not fit in memory: {e}; lower --batch_size (or split each batch "
             "with --micro_batches)"
         )
+    if e.during == BUILDING_BATCHES:
+        return f"the run does not fit in memory when {e.during}: {e}; lower --batch_size"
     return (
         f"the run does not fit in memory when {e.during} for its accuracy checks: {e}; make "
         "the network smaller (fewer filters or hidden units)"
@@ -442,6 +447,7 @@ def _main(argv: Sequence[str], *, recipe_class: type[Recipe], fv: flags.FlagValu
         raise UsageFailure(f"invalid flags: {e}") from None
     config = settings.flag_values(recipe)
     start_processes(config)  # before anything touches a device
+    check_same_flags(config, recipe_class)
     try:
         recipe.build_model(**data_shape(config))
     except ValueError as e:

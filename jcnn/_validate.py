@@ -140,15 +140,19 @@ def training_data(
     X_name, y_name, Xv_name, yv_name = keys
     X, y = labelled_images(model, data[X_name], data[y_name], X_name, y_name)
     batch = (settings.batch_size, *np.shape(X)[1:])  # before a batch is built (rows repeat)
-    check_fits_in_memory(
-        f"batch_size={settings.batch_size}",
-        {
-            "a batch of images": batch,
-            "its copy on the device": batch,
-            "its copy in the network's layout": batch,
-        },
-        getattr(model, "dtype", np.float32),  # a model of the user's may not say
-    )
+    try:
+        check_fits_in_memory(
+            f"batch_size={settings.batch_size}",
+            {
+                "a batch of images": batch,
+                "its copy on the device": batch,
+                "its copy in the network's layout": batch,
+            },
+            getattr(model, "dtype", np.float32),  # a model of the user's may not say
+        )
+    except MemoryLimitError as e:
+        e.during = BUILDING_BATCHES
+        raise
     if not settings.select_best and np.shape(data[Xv_name])[0] == 0:
         return X, y, np.zeros((0, *np.shape(X)[1:]), X.dtype), np.zeros((0,), np.int32)
     X_val, y_val = labelled_images(model, data[Xv_name], data[yv_name], Xv_name, yv_name)
@@ -262,9 +266,13 @@ def _human(n: float) -> str:
 class MemoryLimitError(ValueError):
     """A call whose arrays need more memory than is available (:func:`check_fits_in_memory`);
     ``during``: what was being done, when known (e.g. ``'predicting 100 images at a
-    time'``), else ``None``."""
+    time'``, or :data:`BUILDING_BATCHES`), else ``None``."""
 
     during: str | None = None
+
+
+# MemoryLimitError.during of a training batch that cannot fit (before the step is traced).
+BUILDING_BATCHES = "building its batches"
 
 
 def check_fits_in_memory(culprit: str, arrays: dict[str, tuple[int, ...]], dtype: Any) -> None:

@@ -152,6 +152,15 @@ def make_eval_step(
     return cast(EvalStep, step)
 
 
+def _chunk_rows(batch_size: int, mesh: jax.sharding.Mesh | None) -> int:
+    """Rows per chunk: ``batch_size``, with a ``mesh`` rounded up to a multiple of its size."""
+    return batch_size if mesh is None else -(-batch_size // mesh.size) * mesh.size
+
+
+def _predicting(batch_size: int) -> str:
+    return f"predicting {batch_size} images at a time"
+
+
 def predict(
     eval_step: EvalStep,
     state: TrainState | tuple[Any, Any],
@@ -186,8 +195,7 @@ def predict(
         params, model_state = state.params, state.model_state
     if dtype is None:
         dtype = jax.tree_util.tree_leaves(params)[0].dtype
-    if mesh is not None:
-        batch_size = -(-batch_size // mesh.size) * mesh.size
+    batch_size = _chunk_rows(batch_size, mesh)
     X = np.asarray(X)
     n = X.shape[0]
     outs: list[jax.Array] = []
@@ -200,7 +208,7 @@ def predict(
         try:
             outs.append(eval_step(params, model_state, placed))
         except check.MemoryLimitError as e:  # met while the step compiled: say which step
-            e.during = f"predicting {batch_size} images at a time"
+            e.during = _predicting(batch_size)
             raise
     preds = np.concatenate(jax.device_get(outs)) if outs else np.zeros((0,), np.int32)
     return preds[:n]
@@ -311,6 +319,26 @@ class Predictor:
         plain = make_eval_step(model, **common) if flip or translate else augmented
         scores = make_eval_step(model, scores=True, **common)
         return cls(model, augmented, plain, scores, mesh, np.dtype(dtype))
+
+    def check_fits(self, variables: tuple[Any, Any], batch_size: int = 100) -> None:
+        """Trace, without running, the labels step on a chunk of ``batch_size`` images (as
+        :meth:`labels` makes them): the layers' memory checks run, so a network that cannot
+        predict that many images at once is refused before a run trains, not at its first
+        accuracy check.
+
+        Raises:
+            MemoryLimitError: naming the layer's arrays, its ``during`` the prediction's.
+        """
+        shape = getattr(self.model, "input_shape", None)  # a model of the user's may not say
+        if shape is None:
+            return
+        batch_size = _chunk_rows(batch_size, self.mesh)
+        chunk = jax.ShapeDtypeStruct((batch_size, *shape), self.dtype)
+        try:
+            jax.eval_shape(self.augmented, *variables, chunk)
+        except check.MemoryLimitError as e:
+            e.during = _predicting(batch_size)
+            raise
 
     def _checked(self, X: Any, batch_size: Any) -> tuple[np.ndarray, int]:
         X = np.asarray(X)

@@ -36,8 +36,7 @@ _STOP_REASONS = (None, "SIGINT", "SIGTERM", "SIGHUP", "stop requested")
 
 
 def _stop_code(reason: str | None) -> int:
-    known = reason in _STOP_REASONS  # None: 0
-    return _STOP_REASONS.index(reason) if known else len(_STOP_REASONS) - 1
+    return _STOP_REASONS.index(reason) if reason in _STOP_REASONS else len(_STOP_REASONS) - 1
 
 
 class TrainingStopped(Exception):
@@ -101,13 +100,12 @@ class TrainingRun:
         for attr in ("init", "apply", "loss", "check_input", "num_classes"):
             if not hasattr(model, attr):
                 raise ValueError(f"model must be a jcnn.models model; it has no {attr!r}")
-        self.model, self.settings = model, settings
+        self.model, self.settings, self.mesh = model, settings, mesh
         self.on_iteration, self.on_epoch_end = list(on_iteration), list(on_epoch_end)
         self.on_progress = list(on_progress)
         if mesh is not None:
             parallel.check_mesh(mesh, settings.batch_size)
             self._rows = parallel.process_slice(mesh, settings.batch_size)  # this process's
-        self.mesh = mesh
 
         self._take_data(data)
         self._make_optimizer()
@@ -119,6 +117,8 @@ class TrainingRun:
         self._x_dtype = np.dtype(jax.tree_util.tree_leaves(self.params)[0].dtype)
         solver_checkpoints.check_same_in_every_process(self)  # before values cross processes
         self._make_steps()
+        if settings.batch_size < 100:  # the accuracy checks' chunks are larger: do they fit?
+            self.predictor.check_fits((self.params, self.state))
         self._reset()
         self._replicate()
         self._resume(settings)

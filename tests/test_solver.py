@@ -514,3 +514,23 @@ def test_a_checks_clock_starts_once_the_steps_before_it_are_done():
     assert len(seen) == EPOCHS + 1
     for iteration, losses_read in seen:
         assert losses_read == iteration
+
+
+def test_a_network_too_wide_for_the_accuracy_checks_is_refused_before_its_first_update(
+    monkeypatch,
+):
+    """A batch of 2 fit, the accuracy checks' chunks of 100 images did not: the run trained
+    an update and then stopped at its first accuracy check; the check's chunk is now traced
+    (not run) when the Solver is made."""
+    import jcnn._validate
+
+    data = synthetic_data(20, 10, shape=SHAPE)
+    model = ThreeLayerConvNet(input_dim=SHAPE, num_filters=8, hidden_dim=16)
+    monkeypatch.setattr(jcnn._validate, "memory_bytes", lambda: 2**16)  # 64 KiB
+    with pytest.raises(jcnn._validate.MemoryLimitError, match="more than the 64.0 KiB") as info:
+        Solver(model, data, batch_size=2, num_epochs=1, verbose=False)
+    assert info.value.during == "predicting 100 images at a time"
+    monkeypatch.setattr(jcnn._validate, "memory_bytes", lambda: 2**30)
+    solver = Solver(model, data, batch_size=2, num_epochs=1, verbose=False)
+    solver.train()  # the same run, with memory for its checks
+    assert solver.iteration == 10

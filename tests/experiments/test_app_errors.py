@@ -58,16 +58,22 @@ def test_a_batch_too_large_for_memory_is_one_line_naming_batch_size(
     tmp_path, fake_cifar_dir, monkeypatch
 ):
     """--batch_size=1000000 gave a 76-line traceback from the convolution's memory check,
-    met while the step compiled. (A machine of 8 MiB, as the check sees it, batch 32 and 64
-    filters: the weights and the batch fit, the first convolution's output does not.)"""
+    met while the step compiled. (A machine of 8 MiB, as the check sees it, batch 200 and 64
+    filters: the weights and the batch fit, the first convolution's output does not; with a
+    batch under the accuracy checks' 100 images, the checks' chunks are the culprit: below.)"""
     import jcnn._validate
 
     monkeypatch.setattr(jcnn._validate, "memory_bytes", lambda: 2**23)
     with pytest.raises(SystemExit) as info:
-        run(tmp_path / "run", fake_cifar_dir, "--batch_size=32", "--num_filters=64")
+        run(tmp_path / "run", fake_cifar_dir, "--batch_size=200", "--num_filters=64")
     line = fatal_line(info)
     assert line.startswith("FATAL the run does not fit in memory: pad="), line
     assert "lower --batch_size" in line, line
+    with pytest.raises(SystemExit) as info:  # refused before training, not after an update
+        run(tmp_path / "run32", fake_cifar_dir, "--batch_size=32", "--num_filters=64")
+    line = fatal_line(info)
+    assert "memory when predicting 100 images at a time for its accuracy checks" in line, line
+    assert not (tmp_path / "run32" / "metrics.jsonl").exists()
 
 
 def test_a_batch_that_cannot_fit_is_refused_before_one_is_built(
@@ -83,6 +89,7 @@ def test_a_batch_that_cannot_fit_is_refused_before_one_is_built(
         run(tmp_path / "run", fake_cifar_dir, "--batch_size=10000")
     line = fatal_line(info)
     assert "batch_size=10000 makes a batch of images (10000, 3, 32, 32)" in line, line
+    assert line.endswith("; lower --batch_size"), line  # --micro_batches would not help
     assert not list((tmp_path / "run").glob("checkpoints/*.npz"))
 
 

@@ -5,6 +5,7 @@ interpreter that cannot import jcnn."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -80,6 +81,18 @@ def test_predict_reads_any_mode_and_size_and_refuses_a_bad_file_in_one_line(fini
         predict.image_files([str(tmp_path / "missing.png")])
     with pytest.raises(UsageFailure, match="holds no trained network"):
         predict.load(tmp_path)
+
+
+def test_predict_names_a_device_or_a_dangling_link_for_what_it_is(tmp_path):
+    """A link to /dev/zero named .png was reported as "no such file or folder"."""
+    (tmp_path / "zero.png").symlink_to("/dev/zero")
+    with pytest.raises(UsageFailure, match=r"zero.png is not a regular file \(a device"):
+        predict.image_files([str(tmp_path / "zero.png")])
+    (tmp_path / "gone.png").symlink_to(tmp_path / "deleted.png")
+    with pytest.raises(UsageFailure) as info:
+        predict.image_files([str(tmp_path / "gone.png")])
+    assert re.search(r"gone.png is a link to \S*deleted.png, which does not exist$",
+                     fatal_message(str(info.value.code)))  # fmt: skip
 
 
 WITHOUT_JCNN = textwrap.dedent(
@@ -284,7 +297,7 @@ def test_a_bad_image_folder_stops_in_one_line_before_training(tmp_path, spoil, m
     vgg_cifar.define_flags(fv)
     args = [a for a in FOLDER_ARGS if not a.startswith(("--image_size", "--num_t", "--num_v"))]
     argv = fv(["prog", f"--workdir={tmp_path / 'run'}", f"--data_dir={root}", *args,
-               "--num_train=6", "--num_val=0", "--num_test=2"])  # fmt: skip
+               "--num_train=5", "--num_val=1", "--num_test=2"])  # fmt: skip
     with pytest.raises(UsageFailure) as info:
         app_train.main(argv, recipe_class=vgg_cifar.RECIPE_CLASS,
                     fv=fv)  # fmt: skip
