@@ -50,63 +50,6 @@ def _check_record(rec: dict, *, model: str, impl: str, repeats: int) -> None:
     assert "model_kwargs" in rec["platform"]
 
 
-def test_end_to_end_tiny(tmp_path):
-    """The parent spawns one worker per impl and writes the table and the JSON."""
-    impls = ["jcnn", "reference"] + (["torch"] if HAVE_TORCH else [])
-    out = tmp_path / "bench.json"
-    proc = _run(
-        [
-            "--tiny",
-            "--models=three_layer",
-            f"--impls={','.join(impls)}",
-            "--rounds=1",
-            "--repeats=2",
-            "--warmup=0",
-            "--quiet_max_wait=0",
-            f"--json_out={out}",
-        ]
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "heap on huge pages (jcnn.cpu.tune()) in jcnn's workers only" in proc.stdout
-
-    # Markdown: header lines, the step table with one row per impl, and the ratio table.
-    assert (
-        "| model | batch | impl | min s/step | median s/step | img/s | compile s |" in proc.stdout
-    )
-    for impl in impls:
-        assert f"| three_layer | 4 | {impl} |" in proc.stdout
-    assert "| three_layer | 4 | jcnn/reference |" in proc.stdout
-    if HAVE_TORCH:
-        assert "| three_layer | 4 | jcnn/torch |" in proc.stdout
-        assert "| three_layer | 4 | reference/torch |" in proc.stdout
-
-    data = json.loads(out.read_text())
-    assert set(data) == {"meta", "summary", "ratios", "runs"}
-    meta = data["meta"]
-    assert meta["machine"]["cpu_count"] >= 1
-    assert meta["machine"]["versions"]["jax"]
-    assert set(meta["quiet"]) >= {"threshold", "waited_s", "load_start", "load_end", "quiet"}
-    assert meta["platforms"]["jcnn"]["backend"]
-    assert "XLA_FLAGS" in meta["platforms"]["jcnn"]
-    assert meta["models"]["three_layer"]["input_dim"] == [3, 8, 8]
-    if HAVE_TORCH:
-        assert meta["platforms"]["torch"]["num_threads"] >= 1
-
-    runs = {r["impl"]: r for r in data["runs"]}
-    assert set(runs) == set(impls)
-    for impl in impls:
-        _check_record(runs[impl], model="three_layer", impl=impl, repeats=2)
-        assert runs[impl]["batch_size"] == 4 and runs[impl]["round"] == 1
-    # Same init key, same data: the hand-written and the autodiff model start from one loss.
-    np.testing.assert_allclose(runs["jcnn"]["first_loss"], runs["reference"]["first_loss"], 1e-4)
-
-    for s in data["summary"]:
-        assert s["rounds_ok"] == 1 and s["rounds_failed"] == 0 and s["steps"] == 2
-        assert s["img_per_s"] == pytest.approx(4 / s["median_s"])
-    pairs = {r["pair"]: r for r in data["ratios"]}
-    assert "jcnn/reference" in pairs and len(pairs["jcnn/reference"]["per_round"]) == 1
-
-
 @pytest.mark.parametrize("setting, tuned", [("all", True), ("none", False)])
 def test_huge_pages_is_one_setting_for_every_worker(setting, tuned):
     """--huge_pages=all tunes every worker's heap (PyTorch's too), none no worker's; the
@@ -137,7 +80,7 @@ def test_hvp_step_times_the_same_hessian_vector_product_for_jcnn_and_its_twin(tm
     norm is what the record's loss holds), and torch impls are refused in one line."""
     out = tmp_path / "bench.json"
     proc = _run(
-        ["--tiny", "--models=airbench", "--impls=jcnn,reference", "--step=hvp",
+        ["--tiny", "--models=three_layer", "--impls=jcnn,reference", "--step=hvp",
          "--rounds=1", "--repeats=2", "--warmup=0", "--quiet_max_wait=0", f"--json_out={out}"]
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -146,7 +89,7 @@ def test_hvp_step_times_the_same_hessian_vector_product_for_jcnn_and_its_twin(tm
     assert data["meta"]["step"] == "hvp"
     runs = {r["impl"]: r for r in data["runs"]}
     for impl in ("jcnn", "reference"):
-        _check_record(runs[impl], model="airbench", impl=impl, repeats=2)
+        _check_record(runs[impl], model="three_layer", impl=impl, repeats=2)
     norm = runs["reference"]["first_loss"]
     assert norm > 0 and runs["jcnn"]["first_loss"] == pytest.approx(norm, rel=1e-3)
     refused = _run(["--tiny", "--models=vgg", "--impls=jcnn,solver", "--step=hvp"])
@@ -403,9 +346,12 @@ def airbench_run(tmp_path_factory) -> tuple[str, dict]:
 
 
 def test_airbench_end_to_end_tiny(airbench_run):
-    """airbench beside the jcnn impls (and torch): one worker each, the table and the JSON."""
+    """airbench beside the jcnn impls (and torch): the parent spawns one worker per impl and
+    writes the table (a row per impl, the ratios) and the JSON (meta, summary, ratios, runs)."""
     stdout, data = airbench_run
     impls = AIRBENCH_IMPLS
+    assert "heap on huge pages (jcnn.cpu.tune()) in jcnn's workers only" in stdout
+    assert "| model | batch | impl | min s/step | median s/step | img/s | compile s |" in stdout
     for impl in impls:
         assert f"| airbench | 4 | {impl} |" in stdout
     assert "| airbench | 4 | jcnn/reference |" in stdout
@@ -414,7 +360,13 @@ def test_airbench_end_to_end_tiny(airbench_run):
     if HAVE_TORCH:
         assert "| airbench | 4 | jcnn/torch |" in stdout
 
+    assert set(data) == {"meta", "summary", "ratios", "runs"}
     meta = data["meta"]
+    assert meta["machine"]["cpu_count"] >= 1 and meta["machine"]["versions"]["jax"]
+    assert set(meta["quiet"]) >= {"threshold", "waited_s", "load_start", "load_end", "quiet"}
+    assert meta["platforms"]["jcnn"]["backend"] and "XLA_FLAGS" in meta["platforms"]["jcnn"]
+    if HAVE_TORCH:
+        assert meta["platforms"]["torch"]["num_threads"] >= 1
     cfg = meta["models"]["airbench"]
     assert cfg["input_dim"] == [3, 12, 12] and cfg["widths"] == [4, 8, 8]
     assert cfg["label_smoothing"] == 0.2  # the rest at AirbenchNet's defaults (airbench94's)
@@ -435,6 +387,13 @@ def test_airbench_end_to_end_tiny(airbench_run):
     # Same init key, same data: the three JAX impls start from one loss.
     for impl in ("reference", "jcnn_no_native"):
         np.testing.assert_allclose(runs[impl]["first_loss"], runs["jcnn"]["first_loss"], 1e-4)
+    for impl in impls:
+        assert runs[impl]["batch_size"] == 4 and runs[impl]["round"] == 1
+    for s in data["summary"]:
+        assert s["rounds_ok"] == 1 and s["rounds_failed"] == 0 and s["steps"] == 2
+        assert s["img_per_s"] == pytest.approx(4 / s["median_s"])
+    pairs = {r["pair"]: r for r in data["ratios"]}
+    assert "jcnn/reference" in pairs and len(pairs["jcnn/reference"]["per_round"]) == 1
 
 
 def test_airbench_refuses_the_solver_impl():
