@@ -4,6 +4,8 @@ result."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import shutil
 from pathlib import Path
@@ -29,11 +31,18 @@ def _run(workdir: Path, data_dir: Path, *args: str) -> dict:
     return train.main(argv, recipe_class=airbench_cifar.RECIPE_CLASS, fv=fv)
 
 
-def test_the_recipe_trains_without_validation_and_reports_test_accuracy_both_ways(
-    fake_cifar_dir, tmp_path, capsys
-):
-    summary = _run(tmp_path / "run", fake_cifar_dir)
-    out = capsys.readouterr().out
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory, fake_cifar_dir) -> tuple[Path, dict, str]:
+    """The recipe run once with the tiny settings: ``(workdir, summary, what it printed)``
+    (the tests that read it leave the workdir as it is)."""
+    workdir, out = tmp_path_factory.mktemp("airbench") / "run", io.StringIO()
+    with contextlib.redirect_stdout(out):
+        summary = _run(workdir, fake_cifar_dir)
+    return workdir, summary, out.getvalue()
+
+
+def test_the_recipe_trains_without_validation_and_reports_test_accuracy_both_ways(finished):
+    workdir, summary, out = finished
     assert "(Epoch 2 / 2) train acc: " in out and "val_acc" not in out  # no split, no nan
     assert "no validation split: the final parameters (epoch 2); test acc: " in out
     header = next(line for line in out.splitlines() if "; writing to " in line)
@@ -42,11 +51,11 @@ def test_the_recipe_trains_without_validation_and_reports_test_accuracy_both_way
     assert summary["iterations"] == 2 * 5
     assert summary["best_val_acc"] is None and summary["best_epoch"] == 2  # NaN: no val split
     assert 0.0 <= summary["test_acc"] <= 1.0 and 0.0 <= summary["test_acc_without_tta"] <= 1.0
-    lines = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    lines = [json.loads(x) for x in (workdir / "metrics.jsonl").read_text().splitlines()]
     checks = [r for r in lines if "train_acc" in r]
     assert [r["epoch"] for r in checks] == [0, 1, 2]
     assert all(r["val_acc"] is None for r in checks)
-    started = json.loads((tmp_path / "run" / "config.json").read_text())
+    started = json.loads((workdir / "config.json").read_text())
     assert started["model"]["class"] == "AirbenchNet"
 
 
@@ -73,10 +82,10 @@ def test_the_muon_recipe_trains_its_filters_with_muon(fake_cifar_dir, tmp_path):
     assert started["flags"]["optimizer"] == "muon"
 
 
-def test_a_crashed_run_resumes_to_the_same_result(fake_cifar_dir, tmp_path):
-    whole = _run(tmp_path / "whole", fake_cifar_dir)
+def test_a_crashed_run_resumes_to_the_same_result(finished, fake_cifar_dir, tmp_path):
+    whole_dir, whole, _ = finished
     crashed = tmp_path / "crashed"
-    _run(crashed, fake_cifar_dir)
+    shutil.copytree(whole_dir, crashed)
     # make it look killed after epoch 1: no epoch-2 checkpoint, no final files
     for name in ("epoch_002.npz", "epoch_002.json", "best.npz", "best.json"):
         (crashed / "checkpoints" / name).unlink()
@@ -89,14 +98,16 @@ def test_a_crashed_run_resumes_to_the_same_result(fake_cifar_dir, tmp_path):
 
 
 def test_evaluate_measures_a_finished_run_again_with_each_test_time_augmentation(
-    fake_cifar_dir, tmp_path
+    finished, fake_cifar_dir, tmp_path
 ):
     from experiments import evaluate
 
-    summary = _run(tmp_path / "run", fake_cifar_dir)
+    run, summary, _ = finished
+    copy = tmp_path / "run"  # evaluate records its result in the workdir: a copy of its own
+    shutil.copytree(run, copy)
     fv = flags.FlagValues()
     evaluate.define_flags(fv)
-    workdir = f"--workdir={tmp_path / 'run'}"
+    workdir = f"--workdir={copy}"
     fv(["prog", workdir, f"--data_dir={fake_cifar_dir}", "--confidences=0,1"])
     result = evaluate.run(fv)
     assert result["num_val"] == 0 and result["val_acc"] is None
