@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any, ClassVar
 
@@ -95,7 +96,7 @@ def check_value(name: str, opt: Option, value: Any) -> None:
         if not value and not opt.allow_empty:
             raise ValueError(f"must be a non-empty list, got {list(value)!r}")
     if opt.kind == "float" and not (
-        isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+        isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
     ):
         raise ValueError(f"must be a finite number, got {value!r}")
     if opt.choices and value not in opt.choices:
