@@ -414,6 +414,33 @@ def run_app(
     # 'tpu'") at INFO, which absl apps print: noise on every CPU-only start.
     logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)
 
+    def stop_at_once(interrupt: KeyboardInterrupt) -> None:
+        reason = interrupt.args[0] if interrupt.args else "SIGINT"
+        reason = reason if reason in STOP_STATUS else "SIGINT"
+        if not _HAS_FINISHED:
+            kept = (
+                ": the checkpoints already written are kept, and the same command resumes "
+                "from the newest" if resumes else ""
+            )  # fmt: skip
+            stopped(f"stopped at once ({reason}){kept}", reason)
+        # At once indeed: an interpreter shutting down while XLA's threads still run
+        # (a Ctrl-C during a compile) could end in a segmentation fault.
+        _exit_now(signal.Signals[reason], None)
+
+    previous_hook = sys.unraisablehook
+
+    def unraisable(info: Any) -> None:
+        # A signal's KeyboardInterrupt that landed in a callback Python cannot raise from (a
+        # weakref's, the garbage collector's: JAX has both) was printed as "ignored", and the
+        # app ran on: it stops here instead, as anywhere else.
+        interrupt = _interrupt_behind(info.exc_value) if info.exc_value is not None else None
+        if interrupt is None:
+            previous_hook(info)
+            return
+        stop_at_once(interrupt)
+
+    sys.unraisablehook = unraisable
+
     def one_line_main(argv: list[str]) -> Any:
         try:
             with failures_in_one_line():
@@ -424,16 +451,7 @@ def run_app(
                 raise
             if debug():
                 traceback.print_exc()
-            reason = interrupt.args[0] if interrupt.args else "SIGINT"
-            reason = reason if reason in STOP_STATUS else "SIGINT"
-            kept = (
-                ": the checkpoints already written are kept, and the same command resumes "
-                "from the newest" if resumes else ""
-            )  # fmt: skip
-            stopped(f"stopped at once ({reason}){kept}", reason)
-            # At once indeed: an interpreter shutting down while XLA's threads still run
-            # (a Ctrl-C during a compile) could end in a segmentation fault.
-            _exit_now(signal.Signals[reason], None)
+            stop_at_once(interrupt)
 
     def checked_main(argv: list[str]) -> Any:
         try:

@@ -398,6 +398,32 @@ def test_ctrl_c_while_an_app_imports_jax_ends_in_one_line(option, landing):
     assert run_script(handed_back).stdout.strip() == "default_int_handler"
 
 
+@pytest.mark.parametrize("name, status", [("SIGTERM", 143), ("SIGINT", 130)])
+def test_a_signal_that_lands_in_a_callback_while_the_app_runs_stops_it_in_one_line(name, status):
+    """A SIGTERM that arrived while JAX's garbage-collection callback ran (right after the
+    final line, or while the results were written) was printed as an "ignored" 7-line
+    traceback, and the app ran on as if it had not come."""
+    script = (
+        "import os, signal, sys\n"
+        "signal.signal(signal.SIGINT, signal.default_int_handler)\n"  # pytest-xdist ignores it
+        "sys.orig_argv = [sys.executable, '-m', 'experiments.vgg_cifar']\n"
+        "from experiments import errors\n"
+        "class Callback:\n"
+        "    def __del__(self):\n"
+        f"        os.kill(os.getpid(), signal.{name})\n"
+        "        sum(range(1000))\n"
+        "def main(argv):\n"
+        "    print('the last line')\n"
+        "    Callback()\n"
+        "    print('not reached')\n"
+        "errors.run_app(main, resumes=True)\n"
+    )
+    proc = run_script(script)
+    assert proc.returncode == status and proc.stdout == "the last line\n", proc.stderr
+    assert proc.stderr.startswith(f"stopped at once ({name}): the checkpoints already written")
+    assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+
+
 @pytest.mark.parametrize("name, status", [("SIGTERM", 143), ("SIGHUP", 129)])
 def test_sigterm_or_sighup_while_an_app_starts_ends_in_one_line(name, status):
     """SIGTERM while JAX imported ended the app silently; after that, until training, it
