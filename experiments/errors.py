@@ -392,6 +392,39 @@ def _shut_down_for(seconds: float) -> None:
     done.wait(seconds)
 
 
+def _stop_at_once(interrupt: KeyboardInterrupt, resumes: bool) -> None:
+    """End the app now for the signal behind ``interrupt``: one line (unless its main has
+    returned success) and the signal's status (see :func:`_exit_now`)."""
+    reason = interrupt.args[0] if interrupt.args else "SIGINT"
+    reason = reason if reason in STOP_STATUS else "SIGINT"
+    if not _HAS_FINISHED:
+        kept = (
+            ": the checkpoints already written are kept, and the same command resumes "
+            "from the newest" if resumes else ""
+        )  # fmt: skip
+        stopped(f"stopped at once ({reason}){kept}", reason)
+    # At once indeed: an interpreter shutting down while XLA's threads still run (a Ctrl-C
+    # during a compile) could end in a segmentation fault.
+    _exit_now(signal.Signals[reason], None)
+
+
+def _stop_unraisable_interrupts(resumes: bool) -> None:
+    """A signal's KeyboardInterrupt that lands in a callback Python cannot raise from (a
+    weakref's, the garbage collector's: JAX has both) was printed as "ignored", and the app
+    ran on: from here on it stops the app there, as anywhere else (``sys.unraisablehook``;
+    other unraisable exceptions go to the hook before)."""
+    previous = sys.unraisablehook
+
+    def hook(info: Any) -> None:
+        interrupt = _interrupt_behind(info.exc_value) if info.exc_value is not None else None
+        if interrupt is None:
+            previous(info)
+            return
+        _stop_at_once(interrupt, resumes)
+
+    sys.unraisablehook = hook
+
+
 def run_app(
     main: Callable[[list[str]], Any],
     help_text: Callable[[], str] | None = None,
@@ -414,32 +447,7 @@ def run_app(
     # 'tpu'") at INFO, which absl apps print: noise on every CPU-only start.
     logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)
 
-    def stop_at_once(interrupt: KeyboardInterrupt) -> None:
-        reason = interrupt.args[0] if interrupt.args else "SIGINT"
-        reason = reason if reason in STOP_STATUS else "SIGINT"
-        if not _HAS_FINISHED:
-            kept = (
-                ": the checkpoints already written are kept, and the same command resumes "
-                "from the newest" if resumes else ""
-            )  # fmt: skip
-            stopped(f"stopped at once ({reason}){kept}", reason)
-        # At once indeed: an interpreter shutting down while XLA's threads still run
-        # (a Ctrl-C during a compile) could end in a segmentation fault.
-        _exit_now(signal.Signals[reason], None)
-
-    previous_hook = sys.unraisablehook
-
-    def unraisable(info: Any) -> None:
-        # A signal's KeyboardInterrupt that landed in a callback Python cannot raise from (a
-        # weakref's, the garbage collector's: JAX has both) was printed as "ignored", and the
-        # app ran on: it stops here instead, as anywhere else.
-        interrupt = _interrupt_behind(info.exc_value) if info.exc_value is not None else None
-        if interrupt is None:
-            previous_hook(info)
-            return
-        stop_at_once(interrupt)
-
-    sys.unraisablehook = unraisable
+    _stop_unraisable_interrupts(resumes)
 
     def one_line_main(argv: list[str]) -> Any:
         try:
@@ -451,7 +459,7 @@ def run_app(
                 raise
             if debug():
                 traceback.print_exc()
-            stop_at_once(interrupt)
+            _stop_at_once(interrupt, resumes)
 
     def checked_main(argv: list[str]) -> Any:
         try:

@@ -237,6 +237,12 @@ def _tamper(meta: dict, how: str) -> None:
         meta["eval_history"][-1]["loss"] = 9.0
     elif how == "@outside":  # the time outside the updates is a part of the run's time
         meta["outside_s"] = meta["elapsed_s"] + 1.0
+    elif how == "@noloss":  # a check without its update's loss
+        del meta["eval_history"][1]["loss"]
+    elif how == "@valnull":  # no validation accuracy, in a run with a validation split
+        meta["eval_history"][1]["val_acc"] = meta["val_acc_history"][1] = None
+    elif how == "@inc":  # PCG64's increment is odd; NumPy takes an even one, and draws otherwise
+        meta["host_rng"]["state"]["inc"] += 1
 
 
 @pytest.mark.parametrize(
@@ -253,6 +259,9 @@ def _tamper(meta: dict, how: str) -> None:
         ("outside_s", "-1", "outside_s=-1"),
         ("elapsed_s", "1e300", "elapsed_s=1e+300 in its sidecar, which must be seconds in [0,"),
         ("outside_s", "@outside", "more than the run's elapsed_s="),
+        ("eval_history", "@noloss", "has eval_history=[{"),
+        ("eval_history", "@valnull", "an accuracy check with train_acc="),
+        ("host_rng", "@inc", "has host_rng={"),
         ("eval_history", "[]", "histories of [3] entries for 0 accuracy checks"),
         ("eval_history", '[{"x": 1}]', "eval_history=[{'x': 1}]"),
         ("lr_history", "[0.1]", "histories of [1, 3] entries for 3 accuracy checks"),

@@ -28,9 +28,14 @@ def _is_number(v: Any, low: float = -math.inf, high: float = math.inf) -> bool:
     return ok and math.isfinite(v) and low <= v <= high
 
 
+def _missing(v: Any) -> bool:
+    """No accuracy: null, or NaN as older sidecars wrote it."""
+    return v is None or (isinstance(v, float) and math.isnan(v))
+
+
 def _is_accuracy(v: Any) -> bool:
     """In [0, 1], or missing: null (NaN, as older sidecars wrote it) for no validation split."""
-    return v is None or (isinstance(v, float) and math.isnan(v)) or _is_number(v, 0.0, 1.0)
+    return _missing(v) or _is_number(v, 0.0, 1.0)
 
 
 def _is_generator_state(v: Any) -> bool:
@@ -38,16 +43,9 @@ def _is_generator_state(v: Any) -> bool:
         np.random.PCG64().state = v
     except (TypeError, ValueError, KeyError, OverflowError):
         return False
-    return v.get("has_uint32") in (0, 1)  # NumPy takes any int there, and then draws otherwise
-
-
-def _is_check(v: Any) -> bool:
-    """One accuracy check of ``eval_history``, with what a resumed run reads of it."""
-    return (
-        isinstance(v, dict) and _is_int(v.get("epoch")) and _is_int(v.get("iteration"))
-        and _is_accuracy(v.get("train_acc")) and _is_accuracy(v.get("val_acc"))
-        and _is_number(v.get("lr")) and _is_number(v.get("seconds"), 0.0)
-    )  # fmt: skip
+    # NumPy takes any int in these, and then draws other numbers than any generator would:
+    # has_uint32 is a flag; PCG64's increment is odd (it is made as 2 * stream + 1).
+    return v.get("has_uint32") in (0, 1) and v["state"]["inc"] % 2 == 1
 
 
 # A run's clock is far below this (about 32 years); a larger one is no clock a run kept, and
@@ -57,6 +55,16 @@ _LONGEST_RUN_S = 1e9
 
 def _is_seconds(v: Any) -> bool:
     return _is_number(v, 0.0, _LONGEST_RUN_S)
+
+
+def _is_check(v: Any) -> bool:
+    """One accuracy check of ``eval_history``, with what a resumed run reads of it."""
+    return (
+        isinstance(v, dict) and _is_int(v.get("epoch")) and _is_int(v.get("iteration"))
+        and _is_accuracy(v.get("train_acc")) and _is_accuracy(v.get("val_acc"))
+        and _is_number(v.get("loss")) and _is_number(v.get("lr"))
+        and _is_seconds(v.get("seconds"))
+    )  # fmt: skip
 
 
 # What a run reads back from its checkpoint's sidecar, and what each value must be.
@@ -163,7 +171,13 @@ def _history_problem(meta: dict[str, Any]) -> str | None:
             f"accuracy checks at iterations {_shown(at)}, where a run at iteration {done} "
             f"checked at {_shown(due)}"
         )
+    split = meta.get("data", {}).get("num_val") if isinstance(meta.get("data"), dict) else None
     for c in checks:
+        if _missing(c["train_acc"]) or (_is_int(split) and _missing(c["val_acc"]) != (split == 0)):
+            return (
+                f"an accuracy check with train_acc={c['train_acc']}, val_acc={c['val_acc']} "
+                f"in a run of {split} validation images"
+            )
         if c["epoch"] != c["iteration"] // per_epoch:
             return f"an accuracy check of epoch {c['epoch']} at iteration {c['iteration']}"
         if c["loss"] != meta["loss_history"][c["iteration"] - 1]:
