@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import stat
 from pathlib import Path
 
 from experiments.errors import UsageFailure
@@ -52,8 +53,13 @@ class WorkdirLock:
         if self._fd is not None:
             return self
         self.workdir.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NONBLOCK, 0o644)
         try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):  # a FIFO, a device: no lock file
+                raise UsageFailure(
+                    f"{self.path} is not a regular file (a FIFO, device or socket): remove "
+                    "it; a run keeps its lock file there"
+                )
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(fd)

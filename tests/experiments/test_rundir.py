@@ -127,6 +127,18 @@ def test_the_workdir_lock_is_exclusive_and_names_the_holder(tmp_path):
         pass
 
 
+def test_a_fifo_at_the_lock_s_name_is_one_line_not_a_traceback(tmp_path):
+    """ftruncate on a FIFO at <workdir>/.lock raised OSError (EINVAL) from inside the lock."""
+    workdir = tmp_path / "run"
+    workdir.mkdir()
+    os.mkfifo(workdir / ".lock")
+    with pytest.raises(SystemExit) as info:
+        WorkdirLock(workdir).acquire()
+    message = fatal_message(str(info.value.code))
+    assert message.endswith("is not a regular file (a FIFO, device or socket): remove it; a "
+                            "run keeps its lock file there"), message  # fmt: skip
+
+
 def test_a_killed_holder_never_blocks_its_workdir(tmp_path):
     """The OS drops a flock when its process dies, SIGKILL included."""
     workdir = tmp_path / "run"
