@@ -178,7 +178,9 @@ def describe_os_error(e: OSError, advice: str | None = None) -> str | None:
 @contextlib.contextmanager
 def failures_in_one_line(advice: str | None = None) -> Iterator[None]:
     """Turn a user-fixable OSError into a :class:`UsageFailure`
-    (:func:`describe_os_error`); with ``JCNN_DEBUG`` set, print the traceback of every failure
+    (:func:`describe_os_error`), and XLA's out-of-memory error into one naming the remedy (the
+    layers' own memory checks count each layer's arrays; a program whose layers each fit can
+    still need more at once); with ``JCNN_DEBUG`` set, print the traceback of every failure
     first. Other exceptions pass unchanged."""
     try:
         yield
@@ -193,6 +195,20 @@ def failures_in_one_line(advice: str | None = None) -> Iterator[None]:
         if debug():
             traceback.print_exc()
         raise UsageFailure(line) from e
+    except RuntimeError as e:  # XLA could not allocate what a program needs
+        if type(e).__name__ not in _XLA_ERRORS or not str(e).startswith("RESOURCE_EXHAUSTED"):
+            raise
+        if debug():
+            traceback.print_exc()
+        detail = str(e).splitlines()[0].removeprefix("RESOURCE_EXHAUSTED:").strip()
+        raise UsageFailure(
+            f"ran out of memory ({detail}): make the network or the batch smaller; what was "
+            "already written is kept"
+        ) from e
+
+
+# What JAX raises for a failure inside XLA (the name differs between versions).
+_XLA_ERRORS = ("JaxRuntimeError", "XlaRuntimeError")
 
 
 HELP_ARGS = ("--help", "-help", "-h", "-?", "--helpshort", "--helpfull", "--helpxml")

@@ -551,3 +551,23 @@ def test_a_long_failure_keeps_its_first_line_short_and_speaks_of_make_runs_data_
     monkeypatch.setenv(errors.MAKE_RUN_ENV, "1")  # set by `make run`
     first = str(errors.UsageFailure(cause + "not there").code)
     assert first == "FATAL could not load CIFAR-10 from /data (make run DATA_DIR=...): not there"
+
+
+def test_xla_running_out_of_memory_is_one_line_naming_the_remedy():
+    """A network whose layers each passed the memory checks, but whose compiled program needed
+    more at once (a wide convolution's output and its pooled copy: 23.8 GiB of 22.9), ended
+    in a 79-line RESOURCE_EXHAUSTED traceback after its first update."""
+    import jax
+
+    from experiments import errors
+
+    with pytest.raises(SystemExit) as info, errors.failures_in_one_line():
+        raise jax.errors.JaxRuntimeError(
+            "RESOURCE_EXHAUSTED: Out of memory allocating 25600200080 bytes.\nmore detail"
+        )
+    assert fatal_message(str(info.value.code)) == (
+        "FATAL ran out of memory (Out of memory allocating 25600200080 bytes.): make the "
+        "network or the batch smaller; what was already written is kept"
+    )
+    with pytest.raises(jax.errors.JaxRuntimeError), errors.failures_in_one_line():
+        raise jax.errors.JaxRuntimeError("INTERNAL: something else")  # not ours to name
