@@ -225,6 +225,16 @@ class AirbenchRecipe(Recipe, Schedule, Translate, Cutout):
         "diagonally each way (0: none; see --test_time_flip).", lower=0,
     )  # fmt: skip
 
+    def _check_shifts(self, image_hw: tuple[int, ...]) -> None:
+        """The crops and the test-time shifts reflect the image at its edges: fewer pixels
+        than the images have (a ValueError naming the flag, before any work)."""
+        for name in ("augment_pad", "test_time_translate"):
+            if getattr(self, name) >= min(image_hw):
+                raise ValueError(
+                    f"--{name}={getattr(self, name)} must be smaller than the images "
+                    f"{tuple(image_hw)}: they are reflected at their edges"
+                )
+
     def model_arguments(self) -> dict[str, Any]:
         return dict(
             widths=self.widths, convs_per_block=self.convs_per_block,
@@ -244,6 +254,7 @@ class AirbenchRecipe(Recipe, Schedule, Translate, Cutout):
 
         batch = self.batch_size
         check_epoch_batches(len(data["y_train"]), batch)  # before the whitening's work
+        self._check_shifts(model.input_shape[1:])
         per_epoch = max(len(data["y_train"]) // batch, 1)
         total = per_epoch * self.num_epochs
         init_key = jax.random.split(jax.random.key(self.seed))[0]

@@ -160,3 +160,14 @@ def test_fewer_training_images_than_one_batch_stop_in_one_line(fake_cifar_dir, t
     assert not (tmp_path / "run" / "checkpoints").exists() or not any(
         (tmp_path / "run" / "checkpoints").iterdir()
     )
+
+
+@pytest.mark.parametrize("flag", ["--augment_pad=40", "--test_time_translate=32"])
+def test_shifts_as_large_as_the_images_stop_in_one_line_naming_the_flag(
+    fake_cifar_dir, tmp_path, flag
+):
+    """--augment_pad=40 ended in a 57-line traceback from inside the jitted step."""
+    with pytest.raises(train.UsageFailure) as info:
+        _run(tmp_path / "run", fake_cifar_dir, flag)
+    message = fatal_message(str(info.value.code))
+    assert f"{flag} must be smaller than the images (32, 32)" in message, message
