@@ -128,8 +128,8 @@ def _with_running_stats(x, gamma, beta, running_mean, running_var, *, train, mom
     shape[axis] = -1
     if train:
         mean, var = batch_statistics(x, axis)
-    else:
-        mean, var = running_mean, running_var
+    else:  # in x's dtype, as jcnn's layers use them (float32 statistics, bfloat16 x)
+        mean, var = running_mean.astype(x.dtype), running_var.astype(x.dtype)
     x_hat = (x - mean.reshape(shape)) / jnp.sqrt(var.reshape(shape) + eps)
     out = gamma.reshape(shape) * x_hat + beta.reshape(shape)
     if not train:

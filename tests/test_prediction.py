@@ -63,3 +63,20 @@ def test_the_solver_predicts_plainly_and_augmented_in_one_pass():
     np.testing.assert_array_equal(found.labels, solver.predict(X))
     np.testing.assert_array_equal(found.plain, solver.predict(X, augment=False))
     assert found.unsure.all()
+
+
+def test_the_reference_twin_predicts_in_bfloat16_as_jcnn_does():
+    """The twin's test-mode batchnorm promoted bfloat16 activations to float32 with its
+    float32 running statistics, and the next convolution refused the mix (the app stopped
+    with "x, w and b must share one floating dtype"): both now normalise in x's dtype."""
+    from jcnn.models import VGGNet
+
+    kw = dict(input_dim=(3, 8, 8), num_filters=(4, 8), blocks=(1, 1), hidden_dims=(8,))
+    X = np.random.default_rng(0).standard_normal((6, 3, 8, 8)).astype(np.float32)
+    scores = {}
+    for layers in ("jcnn", "reference"):
+        model = VGGNet(layers=layers, **kw)
+        params, state = model.init(jax.random.key(0))
+        step = make_eval_step(model, compute_dtype="bfloat16", scores=True)
+        scores[layers] = np.asarray(step(params, state, X))
+    np.testing.assert_allclose(scores["reference"], scores["jcnn"], rtol=0.05, atol=0.05)
