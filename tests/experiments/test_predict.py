@@ -305,6 +305,23 @@ def test_a_bad_image_folder_stops_in_one_line_before_training(tmp_path, spoil, m
     assert not (tmp_path / "run" / "checkpoints").exists()
 
 
+def test_a_model_too_large_for_the_resized_images_names_image_size(tmp_path):
+    """--image_size=200000 was refused naming only the model's flags (num_filters, ...)."""
+    root = write_shapes(tmp_path / "shapes", per_class=4)
+    fv = flags.FlagValues()
+    vgg_cifar.define_flags(fv)
+    args = [a for a in FOLDER_ARGS if not a.startswith(("--image_size", "--num_t", "--num_v"))]
+    argv = fv(["prog", f"--workdir={tmp_path / 'run'}", f"--data_dir={root}", *args,
+               "--num_train=5", "--num_val=1", "--num_test=2", "--image_size=200000"])  # fmt: skip
+    with pytest.raises(UsageFailure) as info:
+        app_train.main(argv, recipe_class=vgg_cifar.RECIPE_CLASS, fv=fv)
+    message = fatal_message(str(info.value.code))
+    assert message.startswith(
+        "FATAL invalid model flags for the image folder's 200000x200000 images "
+        "(--image_size=200000): "
+    ), message
+
+
 def test_bench_predict_times_the_four_ways_to_classify(finished):
     from experiments import bench_predict
 
