@@ -84,6 +84,8 @@ def main(argv: Sequence[str]) -> None:
     if len(argv) > 1:
         raise UsageFailure(f"unexpected argument(s) {argv[1:]!r}")
     with failures_in_one_line():
+        if not fv.out.strip():  # Path("") would be the current folder
+            raise UsageFailure("--out= is empty: name the file to write")
         program, described = export(Path(fv.workdir), Path(fv.out), fv.tta)
     print(f"wrote {program} ({program.stat().st_size:,} bytes) and {described}", flush=True)
 

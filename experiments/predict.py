@@ -74,6 +74,8 @@ def load(workdir: Path) -> Any:
     """The run's classifier; one line if the workdir holds none."""
     from jcnn.classifier import load_classifier
 
+    if not workdir.is_dir():
+        raise UsageFailure(f"--workdir={workdir} does not exist (or is not a folder)")
     try:
         return load_classifier(workdir)
     except FileNotFoundError:

@@ -25,7 +25,7 @@ from jcnn import train
 from jcnn.classifier import load_classifier
 from jcnn.data import get_cifar10_data
 from tests.experiments.test_apps import TINY_VGG, run_in_process
-from tests.experiments.util import fatal_message
+from tests.experiments.util import ROOT, fatal_message, fatal_messages, subprocess_env
 
 
 @pytest.fixture(scope="module")
@@ -81,6 +81,8 @@ def test_predict_reads_any_mode_and_size_and_refuses_a_bad_file_in_one_line(fini
         predict.image_files([str(tmp_path / "missing.png")])
     with pytest.raises(UsageFailure, match="holds no trained network"):
         predict.load(tmp_path)
+    with pytest.raises(UsageFailure, match="nowhere does not exist"):  # not "holds no network"
+        predict.load(tmp_path / "nowhere")
 
 
 def test_predict_names_a_device_or_a_dangling_link_for_what_it_is(tmp_path):
@@ -190,6 +192,16 @@ def test_export_to_a_path_where_no_file_can_be_written_is_one_line(
     (tmp_path / "a folder").mkdir()
     with pytest.raises(UsageFailure, match=message):
         export.export(finished, tmp_path / out, tta=None)
+
+
+def test_export_with_an_empty_out_says_so(finished):
+    """--out= was reported as "--out=. is a folder" (the empty path read as the cwd)."""
+    done = subprocess.run(
+        [sys.executable, "-m", "experiments.export", f"--workdir={finished}", "--out="],
+        capture_output=True, text=True, timeout=120, cwd=ROOT, env=subprocess_env(),
+    )  # fmt: skip
+    assert done.returncode == 1
+    assert fatal_messages(done.stderr) == ["FATAL --out= is empty: name the file to write"]
 
 
 @pytest.mark.parametrize("target", ["checkpoints/best.npz", "config"])
