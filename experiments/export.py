@@ -18,6 +18,7 @@ classes, the input and the augmentation. To run it anywhere jax is installed::
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -50,6 +51,8 @@ def export(workdir: Path, out: Path, tta: bool | None) -> tuple[Path, Path]:
     described = out.with_name(out.name + ".json")
     _check_replaceable(out, described)
     classifier = load(workdir)
+    if "still training" in classifier.source:  # as predict says it
+        print(f"export: using {classifier.source}", file=sys.stderr, flush=True)
     program, description = export_classifier(classifier, tta=tta)
     try:
         atomic_write(out, lambda f: f.write(program))

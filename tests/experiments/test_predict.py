@@ -111,9 +111,10 @@ WITHOUT_JCNN = textwrap.dedent(
 )
 
 
-def test_a_run_still_training_is_used_with_its_best_parameters_so_far(finished, tmp_path):
+def test_a_run_still_training_is_used_with_its_best_parameters_so_far(finished, tmp_path, capsys):
     """Without best.npz, the newest checkpoint's best parameters and the preprocessing the
-    run recorded when it started; the classifier says where they come from."""
+    run recorded when it started; the classifier says where they come from, and export says
+    so as predict does (it exported them silently)."""
     workdir = tmp_path / "run"
     shutil.copytree(finished, workdir)
     (workdir / "checkpoints" / "best.npz").unlink()
@@ -124,6 +125,8 @@ def test_a_run_still_training_is_used_with_its_best_parameters_so_far(finished, 
     np.testing.assert_array_equal(clf.mean_image, done.mean_image)
     for a, b in zip(jax.tree.leaves(clf.params), jax.tree.leaves(done.params), strict=True):
         np.testing.assert_array_equal(a, b)
+    export.export(workdir, tmp_path / "model.jaxexport", tta=None)
+    assert "export: using" in capsys.readouterr().err and "still training" in clf.source
 
 
 @pytest.mark.parametrize("which", ["best.npz", "a run in progress"])
