@@ -145,11 +145,18 @@ def _list_files(root: Path) -> tuple[tuple[str, ...], dict[str, list[tuple[Path,
         files[split] = []
         for label, name in enumerate(classes):
             class_dir = root / split / name
-            images = sorted(
+            named = [
                 p
                 for p in class_dir.iterdir()
-                if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".") and p.is_file()
-            )
+                if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")
+            ]
+            for p in named:  # a broken link, a FIFO, a device: not left out silently
+                if not p.is_file() and not p.is_dir():
+                    raise DatasetError(
+                        f"{p} is named as an image but is not a file (a broken link, a FIFO "
+                        "or a device): remove it, or make it the image it stands for"
+                    )
+            images = sorted(p for p in named if p.is_file())
             if split == "train" and not images:
                 raise DatasetError(
                     f"Class folder {class_dir} has no images ({', '.join(IMAGE_SUFFIXES)})"

@@ -247,3 +247,18 @@ def test_goes_through_the_same_split(tree):
     assert data["label_names"] == CLASSES
     with pytest.raises(ValueError, match="num_test"):
         split_and_preprocess(load_image_folder(tree), 4, 2, 5)
+
+
+@pytest.mark.parametrize("kind", ["dangling link", "fifo"])
+def test_a_file_named_as_an_image_that_is_not_one_is_refused_not_skipped(tree, kind):
+    """A dangling link or a FIFO named *.png in a class folder was left out silently (the
+    dataset one image shorter); now it stops the load naming it."""
+    import os
+
+    odd = tree / "train" / "cat" / "odd.png"
+    if kind == "fifo":
+        os.mkfifo(odd)
+    else:
+        odd.symlink_to(tree / "deleted.png")
+    with pytest.raises(DatasetError, match=r"odd.png is named as an image but is not a file"):
+        load_image_folder(tree)
