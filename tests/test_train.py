@@ -242,15 +242,23 @@ def _strided_parts(a, m):
     return [a[j::m] for j in range(m)]
 
 
+# micro_batch_gradients as one compiled program (run eagerly, each of its operations
+# compiled one by one: 100-170 programs per test).
+_jitted_micro_batch_gradients = jax.jit(
+    micro_batch_gradients, static_argnums=0, static_argnames="micro_batches"
+)
+
+
 def test_micro_batches_give_the_minibatch_gradient_when_no_layer_sees_the_batch():
     model = ThreeLayerConvNet(input_dim=SHAPE, num_filters=4, filter_size=3, hidden_dim=8)
     params, state = model.init(jax.random.key(0))
     data = synthetic_data(24, 4, shape=SHAPE)
     X, y = jnp.asarray(data["X_train"]), jnp.asarray(data["y_train"])
     key = jax.random.key(1)
-    (loss, _), grads = jax.value_and_grad(model.loss, has_aux=True)(params, state, X, y, key=key)
+    grad_fn = jax.jit(jax.value_and_grad(model.loss, has_aux=True))  # one program, not many
+    (loss, _), grads = grad_fn(params, state, X, y, key=key)
     for m in (1, 3, 4):
-        (loss_m, _), grads_m = micro_batch_gradients(
+        (loss_m, _), grads_m = _jitted_micro_batch_gradients(
             model.loss, params, state, X, y, key=key, micro_batches=m
         )
         np.testing.assert_allclose(loss_m, loss, rtol=1e-5)
@@ -265,20 +273,20 @@ def test_micro_batches_average_the_parts_whose_batchnorm_sees_its_own_statistics
     data = synthetic_data(12, 4, shape=SHAPE)
     X, y = jnp.asarray(data["X_train"]), jnp.asarray(data["y_train"])
     key, m = jax.random.key(1), 3
-    grad_fn = jax.value_and_grad(model.loss, has_aux=True)
+    grad_fn = jax.jit(jax.value_and_grad(model.loss, has_aux=True))
     losses, grads, running = [], [], state
     for j, (Xj, yj) in enumerate(zip(_strided_parts(X, m), _strided_parts(y, m), strict=True)):
         (loss, running), g = grad_fn(params, running, Xj, yj, key=jax.random.fold_in(key, j))
         losses.append(loss)
         grads.append(g)
-    (loss_m, state_m), grads_m = micro_batch_gradients(
+    (loss_m, state_m), grads_m = _jitted_micro_batch_gradients(
         model.loss, params, state, X, y, key=key, micro_batches=m
     )
     np.testing.assert_allclose(loss_m, np.mean(losses), rtol=1e-5)
     mean_grads = jax.tree_util.tree_map(lambda *g: sum(g) / m, *grads)
     chex.assert_trees_all_close(grads_m, mean_grads, rtol=1e-4, atol=1e-6)
     chex.assert_trees_all_close(state_m, running, rtol=1e-5)  # threaded through the parts
-    (loss_1, _), _ = micro_batch_gradients(model.loss, params, state, X, y, key=key)
+    (loss_1, _), _ = _jitted_micro_batch_gradients(model.loss, params, state, X, y, key=key)
     assert abs(float(loss_1) - float(loss_m)) > 1e-6  # the whole batch's statistics differ
 
 

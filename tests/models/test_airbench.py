@@ -27,7 +27,7 @@ def test_grads_proven_against_the_twin_and_finite_differences(approximate):
 def test_shapes_floor_pooling_and_the_state():
     model = AirbenchNet()
     assert model.block_sizes == ((31, 31), (15, 15), (7, 7), (3, 3))
-    params, state = model.init(jax.random.key(0))
+    params, state = jax.jit(model.init)(jax.random.key(0))  # jitted: one program, not 150
     shapes = jax.tree_util.tree_map(jnp.shape, params)
     assert shapes["whiten"] == {"w": (24, 3, 2, 2), "b": (24,)}
     assert shapes["conv1_1"] == {"w": (64, 24, 3, 3)}
@@ -37,7 +37,7 @@ def test_shapes_floor_pooling_and_the_state():
     assert shapes["out"] == {"w": (256, 10)}
     assert set(state) == set(model.batchnorm_layers()) and len(state) == 6
     X = np.zeros((2, 3, 32, 32), np.float32)
-    scores, new_state = model.apply(params, state, X, train=True)
+    scores, new_state = jax.jit(model.apply, static_argnames="train")(params, state, X, train=True)
     assert scores.shape == (2, 10)
     assert jax.tree_util.tree_structure(new_state) == jax.tree_util.tree_structure(state)
 
@@ -114,11 +114,14 @@ def test_three_convs_per_block_add_the_first_to_the_last(gelu_after_add):
     plain = AirbenchNet(**{**TINY, "widths": (3, 4)})
     plain_params = {k: v for k, v in params.items() if not k.endswith("_3")}
     plain_state = {k: v for k, v in state.items() if not k.endswith("_3")}
-    with_skip = model.apply(params, state, X, train=True)[0]
-    without = plain.apply(plain_params, plain_state, X, train=True)[0]
-    assert not np.allclose(with_skip, without)
+
+    def scores(net, p, s):  # jitted: one program each, not one per operation
+        return jax.jit(net.apply, static_argnames="train")(p, s, X, train=True)[0]
+
+    with_skip = scores(model, params, state)
+    assert not np.allclose(with_skip, scores(plain, plain_params, plain_state))
     other = dataclasses.replace(model, gelu_after_add=not gelu_after_add)
-    assert not np.allclose(with_skip, other.apply(params, state, X, train=True)[0])
+    assert not np.allclose(with_skip, scores(other, params, state))
 
 
 @pytest.mark.parametrize(
