@@ -53,13 +53,15 @@ def test_predict_gives_the_probabilities_the_run_scores_its_test_images_with(fin
     clf = load_classifier(finished)
     assert clf.test_time_flip and clf.class_names[0] == "class0"
     results = predict.classify(clf, paths, top_k=10, tta=None)
-    want = jax.nn.softmax(train.test_time_scores(clf.model, clf.params, clf.state, X, flip=True))
+    scored = jax.jit(lambda p, s, X: train.test_time_scores(clf.model, p, s, X, flip=True))
+    want = jax.nn.softmax(scored(clf.params, clf.state, X))  # jitted: one program, not dozens
     for result, p in zip(results, np.asarray(want), strict=True):
         got = {t["class"]: t["probability"] for t in result["top"]}
         assert list(got) == [clf.class_names[i] for i in np.argsort(-p, kind="stable")]
         np.testing.assert_allclose([got[n] for n in clf.class_names], p, rtol=1e-5, atol=1e-6)
     plain = predict.classify(clf, paths[:1], top_k=1, tta=False)[0]["top"][0]["probability"]
-    scores = clf.model.apply(clf.params, clf.state, X[:1], train=False)[0]
+    apply = jax.jit(clf.model.apply, static_argnames="train")
+    scores = apply(clf.params, clf.state, X[:1], train=False)[0]
     assert plain == pytest.approx(float(np.max(jax.nn.softmax(scores))), rel=1e-5)
 
 
