@@ -33,6 +33,12 @@ _LONGEST_FIRST = (
     "tests/test_parallel.py",
     "tests/experiments/test_airbench_app.py",
     "tests/models/test_airbench.py",
+    "tests/layers/test_conv.py",
+    "tests/test_readme.py",
+    "tests/test_train.py",
+    "tests/experiments/test_predict.py",
+    "tests/layers/test_input_rule.py",
+    "tests/layers/test_pool.py",
     "tests/test_native.py",
 )
 
