@@ -28,6 +28,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import numbers
+import re
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any, ClassVar
 
@@ -176,6 +177,14 @@ def may_change_on_resume(recipe_class: type) -> tuple[str, ...]:
 
 def before_added(recipe_class: type) -> dict[str, Any]:
     return {n: o.before_added for n, o in options(recipe_class).items() if o.added_later}
+
+
+def as_flags(message: Any, recipe_class: type) -> str:
+    """``message`` with each ``name=`` of a setting of ``recipe_class`` written as its flag,
+    ``--name=``: the library names its arguments (``batch_size=64 is larger than ...``),
+    an app's line names what the user typed."""
+    listed = "|".join(re.escape(n) for n in sorted(names(recipe_class), key=len, reverse=True))
+    return re.sub(rf"(?<![-\w])({listed})=", r"--\1=", str(message))
 
 
 def names(recipe_class: type) -> tuple[str, ...]:

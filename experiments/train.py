@@ -160,7 +160,7 @@ def make_solver(
     except (CheckpointMismatchError, MemoryLimitError):
         raise  # main names the workdir, or what does not fit
     except ValueError as e:  # a setting the flag checks let through; the message names it
-        raise UsageFailure(f"invalid training flags: {e}") from e
+        raise UsageFailure(f"invalid training flags: {settings.as_flags(e, type(recipe))}") from e
 
 
 def run_training(solver: Any, logger: RunLogger, config: Mapping[str, Any]) -> dict[str, float]:
@@ -493,7 +493,7 @@ def _main(argv: Sequence[str], *, recipe_class: type[Recipe], fv: flags.FlagValu
             raise
         raise _disk_full(workdir, e) from e
     except MemoryLimitError as e:  # met while compiling a step
-        raise UsageFailure(_memory_message(e)) from None
+        raise UsageFailure(settings.as_flags(_memory_message(e), recipe_class)) from None
     except (jax.errors.JaxRuntimeError, ValueError) as e:  # a collective whose peer is gone
         stop_on_peer_loss(e, config)  # (a gather between processes fails with ValueError)
         raise

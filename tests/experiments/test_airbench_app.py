@@ -156,7 +156,7 @@ def test_fewer_training_images_than_one_batch_stop_in_one_line(fake_cifar_dir, t
     with pytest.raises(train.UsageFailure) as info:
         _run(tmp_path / "run", fake_cifar_dir, "--batch_size=64")  # 40 training images
     message = fatal_message(str(info.value.code))
-    assert "batch_size=64 is larger than the 40 training images" in message
+    assert "flags: --batch_size=64 is larger than the 40 training images" in message  # as typed
     assert not (tmp_path / "run" / "checkpoints").exists() or not any(
         (tmp_path / "run" / "checkpoints").iterdir()
     )

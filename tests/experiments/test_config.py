@@ -130,3 +130,14 @@ def test_importing_the_recipes_imports_no_jax():
     code = "import sys, experiments.recipes; print('jax' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_a_library_message_names_the_recipe_s_settings_as_flags():
+    """The airbench app said "invalid training flags: batch_size=1000000 ..." (the library's
+    argument name) where the user typed --batch_size; names that are no setting stay."""
+    from experiments import recipes, settings
+
+    said = "batch_size=8 and pad=1 and --seed=3 and augment_pad=4 and test_time_translate=40"
+    assert settings.as_flags(said, recipes.AirbenchRecipe) == (
+        "--batch_size=8 and pad=1 and --seed=3 and --augment_pad=4 and --test_time_translate=40"
+    )
