@@ -187,3 +187,15 @@ def test_a_sidecar_that_is_not_a_regular_file_is_corrupt_not_read(tmp_path):
     reader.join(10)
     assert not reader.is_alive(), "read_sidecar blocked on a FIFO"
     assert "is not a regular file" in str(raised[0])
+
+
+def test_a_checkpoint_that_is_a_link_to_a_device_is_named_for_what_it_is(tmp_path):
+    """epoch_002.npz as a link to /dev/zero was reported as "missing"."""
+    path = ck.save_checkpoint(tmp_path / "c.npz", _tree(), {"iteration": 3})
+    path.unlink()
+    path.symlink_to("/dev/zero")
+    with pytest.raises(ck.CorruptCheckpointError, match=r"c.npz is not a regular file \(its"):
+        ck.verify_checkpoint(path)
+    path.unlink()
+    with pytest.raises(ck.CorruptCheckpointError, match=r"c.npz is missing \(its sidecar"):
+        ck.verify_checkpoint(path)

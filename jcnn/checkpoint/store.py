@@ -284,7 +284,8 @@ def verify_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     npz = _npz_path(path)
     meta = read_sidecar(npz)
     if not npz.is_file():
-        raise CorruptCheckpointError(f"checkpoint {npz} is missing (its sidecar exists)")
+        what = "is not a regular file" if npz.exists() else "is missing"  # e.g. /dev/zero
+        raise CorruptCheckpointError(f"checkpoint {npz} {what} (its sidecar exists)")
     want = meta.get(_NPZ_SHA)
     if want is not None:
         got = file_digest(npz)
