@@ -41,7 +41,11 @@ lint-only:
 	@echo "building the API reference (mkdocs --strict: a docstring warning fails)"
 	@$(BIN)/mkdocs build --strict --site-dir site > site.log 2>&1 || { grep -v '^INFO' site.log; exit 1; }
 
+# The project's own modules byte-compiled once: uv compiles what it installs, but an editable
+# install's sources are read in place, and where PYTHONDONTWRITEBYTECODE is set every process a
+# test starts would compile them again (~0.07 s of CPU each).
 tests-only:
+	@$(BIN)/python -m compileall -q -j 2 jcnn experiments tests > /dev/null
 	$(BIN)/pytest -n 2 --dist loadfile
 
 # The lint beside the tests: it is one core for ~10 s; either failing fails `make test`.
