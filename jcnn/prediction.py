@@ -333,7 +333,8 @@ class Predictor:
         if shape is None:
             return
         batch_size = _chunk_rows(batch_size, self.mesh)
-        chunk = jax.ShapeDtypeStruct((batch_size, *shape), self.dtype)
+        placed = None if self.mesh is None else parallel.batch_sharding(self.mesh)
+        chunk = jax.ShapeDtypeStruct((batch_size, *shape), self.dtype, sharding=placed)
         try:
             jax.eval_shape(self.augmented, *variables, chunk)
         except check.MemoryLimitError as e:

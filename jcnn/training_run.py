@@ -117,10 +117,10 @@ class TrainingRun:
         self._x_dtype = np.dtype(jax.tree_util.tree_leaves(self.params)[0].dtype)
         solver_checkpoints.check_same_in_every_process(self)  # before values cross processes
         self._make_steps()
-        if settings.batch_size < 100:  # the accuracy checks' chunks are larger: do they fit?
-            self.predictor.check_fits((self.params, self.state))
         self._reset()
         self._replicate()
+        if settings.batch_size < 100:  # the accuracy checks' chunks are larger: do they fit?
+            self.predictor.check_fits((self.params, self.state))  # (placed as they will be)
         self._resume(settings)
         agreed = (self.run.iteration, settings.print_every, self.num_iterations)  # see _stop_agreed
         parallel.assert_same_in_every_process(

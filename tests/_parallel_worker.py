@@ -95,6 +95,7 @@ def main() -> None:
                 {str(x.dtype) for x in jax.tree_util.tree_leaves(solver.opt_state)}
             ),
             "seconds": time.perf_counter() - t,
+            "traces": solver.trace_counts,
             **final,
         }
 

@@ -99,6 +99,9 @@ def test_same_losses_params_and_statistics_on_1_2_4_devices(single):
     for n in (2, 4):
         _assert_same_run(single[1], single[n], f"{n} devices")
         assert single[n]["val_acc"] == single[1]["val_acc"]
+        # Each step traced once: the accuracy checks' memory check traced the eval step with
+        # unplaced parameters, and the first check traced it again.
+        assert single[n]["traces"] == {"train_step": 1, "eval_step": 1}, single[n]["traces"]
     assert "Mesh('data': 4" in single[4]["params_sharding"]
     assert "spec=P()" in single[4]["params_sharding"]  # parameters replicated
 
