@@ -4,6 +4,7 @@ relu kernels are proven with the layer, in tests/layers/test_batchnorm.py.)"""
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
 import os
 import shutil
@@ -144,17 +145,20 @@ def _cache_holding_the_built_kernels(tmp_path: Path) -> Path:
     return cache
 
 
-def _copying_compiler(tmp_path: Path, library: bytes) -> str:
+def _copying_compiler(tmp_path: Path, library: bytes, build_s: float = 0.0) -> str:
     """A stand-in for ``$CXX`` whose builds write ``library`` (what the real compiler built
-    this session) to their ``-o`` file at once, and whose ``--version`` is the real
-    compiler's (so the cache's key is unchanged): for the tests of what happens around a
-    build, which the real compiler spends ~10 s of CPU on."""
+    this session) to their ``-o`` file after ``build_s`` seconds, each build adding a line to
+    ``tmp_path / "builds.log"``, and whose ``--version`` is the real compiler's (so the cache's
+    key is unchanged): for the tests of what happens around a build, which the real compiler
+    spends ~10 s of CPU on."""
     real = shutil.which("c++") or shutil.which("g++")
     (tmp_path / "kernels.so").write_bytes(library)
     script = tmp_path / "cxx"
     script.write_text(
         "#!/bin/sh\n"
         f'[ "$1" = --version ] && exec {real} --version\n'
+        f"echo build >> {tmp_path / 'builds.log'}\n"
+        f"sleep {build_s}\n"
         'while [ "$#" -gt 1 ] && [ "$1" != -o ]; do shift; done\n'
         f'exec cp {tmp_path / "kernels.so"} "$2"\n'
     )
@@ -210,6 +214,32 @@ def test_a_build_killed_midway_leaves_no_file_behind_for_long(tmp_path):
     os.utime(abandoned, (an_hour_ago, an_hour_ago))
     assert _probe(cache) == {"status": "loaded", "equal": True, "warnings": []}
     assert not abandoned.exists() and live.exists()
+
+
+@needs_compiler
+def test_processes_starting_at_once_build_the_library_once(tmp_path):
+    """The first process to need the library builds it under the cache's lock; the other
+    waits and loads that file (pytest-xdist's workers, a run's processes)."""
+    (built,) = _cache_holding_the_built_kernels(tmp_path).glob("kernels-*.so")
+    compiler = _copying_compiler(tmp_path, built.read_bytes(), build_s=2.0)
+    cache = tmp_path / "empty-cache"
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        results = list(pool.map(lambda _: _probe(cache, CXX=compiler), range(2)))
+    assert results == [{"status": "loaded", "equal": True, "warnings": []}] * 2
+    assert (tmp_path / "builds.log").read_text() == "build\n"  # one build, not two
+    assert [p.name for p in cache.glob("kernels-*.so")] == [built.name]
+
+
+@needs_compiler
+def test_an_unlockable_cache_still_builds_and_loads(tmp_path):
+    """A folder where the lock file goes (or a read-only cache): the build goes on
+    without the lock."""
+    (built,) = _cache_holding_the_built_kernels(tmp_path).glob("kernels-*.so")
+    compiler = _copying_compiler(tmp_path, built.read_bytes())
+    cache = tmp_path / "empty-cache"
+    (cache / f"{built.name.rsplit('-', 1)[0]}.lock").mkdir(parents=True)
+    assert _probe(cache, CXX=compiler) == {"status": "loaded", "equal": True, "warnings": []}
+    assert (tmp_path / "builds.log").read_text() == "build\n"
 
 
 @needs_compiler

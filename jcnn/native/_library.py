@@ -4,7 +4,7 @@ A :class:`Library` compiles its sources with the system's C++ compiler (``$CXX``
 or ``g++``; ``-O3 -march=native``) against the XLA FFI headers that ship with jaxlib, caches
 the result in ``$JCNN_CACHE_DIR`` (default ``~/.cache/jcnn``) under a name that hashes the
 sources, the jaxlib version, the compiler, this CPU's features and any extra inputs, writes it
-atomically (processes that build it at the same time are safe), and registers its targets with
+atomically, and registers its targets with
 :func:`jax.ffi.register_ffi_target`. Any failure leaves the library unavailable, and the
 callers on XLA's code.
 
@@ -14,12 +14,19 @@ then an atomic rename, then the directory's ``fsync``). Loading a truncated or o
 shared library can kill the process (a bus error inside ``dlopen``), so a file whose contents
 do not match its name is deleted, with one warning, and the library rebuilt. A build killed
 mid-way leaves a ``.tmp`` file; those older than twice the build's time limit are deleted.
+
+Processes that start at once (pytest-xdist workers, the processes of one run) build a library
+once: the builder holds an advisory lock on ``<name>-<key>.lock`` in the cache, and the others
+wait for it (at most the build's time limit) and load its file. Where no lock can be taken (a
+read-only cache, something other than a file in the way) each process goes on as if it held
+it: the atomic rename keeps concurrent builds safe, only slower.
 """
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
+import fcntl
 import hashlib
 import importlib.metadata
 import os
@@ -30,7 +37,7 @@ import tempfile
 import threading
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -137,7 +144,8 @@ class Library:
         try:
             stem = self._stem(cxx, needs)
             _remove_abandoned_builds(self.name)
-            path = self._cached(stem) or self._build(cxx, needs, stem)
+            with _build_lock(stem):
+                path = self._cached(stem) or self._build(cxx, needs, stem)
             library = ctypes.cdll.LoadLibrary(str(path))
             for target, symbol in self.targets.items():
                 handler = jax.ffi.pycapsule(getattr(library, symbol))
@@ -202,6 +210,38 @@ class Library:
         finally:
             if os.path.exists(tmp):
                 os.unlink(tmp)
+
+
+@contextlib.contextmanager
+def _build_lock(stem: str) -> Iterator[None]:
+    """Hold the cache's advisory lock for library ``stem`` (``fcntl.flock`` on
+    ``<stem>.lock``), waiting at most ``BUILD_TIMEOUT_S`` for a process building it; without a
+    lockable file, or after the wait, go on unlocked (a concurrent build is safe, only slower)."""
+    try:
+        cache_dir().mkdir(parents=True, exist_ok=True)
+        fd = os.open(
+            cache_dir() / f"{stem}.lock",
+            os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK,
+            0o644,
+        )
+    except OSError:  # a read-only cache, a folder or a link in the way
+        yield
+        return
+    try:
+        deadline = time.monotonic() + BUILD_TIMEOUT_S
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:  # another process is building
+                if time.monotonic() > deadline:
+                    break
+                time.sleep(0.05)
+            except OSError:  # a file system without locks
+                break
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 def _remove_abandoned_builds(name: str) -> None:
