@@ -107,8 +107,8 @@ class RunState:
 
     def checkpoint_tree(self) -> dict[str, Any]:
         """The arrays a checkpoint holds: ``{'params', 'state', 'opt_state', 'best_params',
-        'best_state', 'rng': {'dropout_key'}}`` (and ``'slow'`` with lookahead); best =
-        current before the first accuracy check."""
+        'best_state', 'rng': {'dropout_key'}}`` (and ``'slow'`` with lookahead, ``'proxy'``
+        with data selection); best = current before the first accuracy check."""
         ts, best = self.train_state, self.best_params is not None
         return {
             "params": ts.params,
@@ -118,6 +118,7 @@ class RunState:
             "best_state": self.best_state if best else ts.model_state,
             "rng": {"dropout_key": jax.random.key_data(ts.key)},
             **({} if ts.slow is None else {"slow": ts.slow}),
+            **({} if ts.proxy is None else {"proxy": _proxy_tree(ts.proxy)}),
         }
 
     def progress(self) -> dict[str, Any]:
@@ -145,6 +146,7 @@ class RunState:
         params, model_state, opt_state, slow = copy_tree(
             (tree["params"], tree["state"], tree["opt_state"], tree.get("slow"))
         )
+        proxy = None if "proxy" not in tree else _proxy_state(tree["proxy"], key)
         rng = np.random.default_rng()
         rng.bit_generator.state = meta["host_rng"]
         best_params = best_state = None
@@ -156,7 +158,13 @@ class RunState:
         }
         return RunState(
             train_state=TrainState(
-                params, model_state, opt_state, jnp.asarray(iteration, jnp.int32), key, slow
+                params,
+                model_state,
+                opt_state,
+                jnp.asarray(iteration, jnp.int32),
+                key,
+                slow,
+                proxy,
             ),
             host_rng=rng,
             epoch=int(meta["epoch"]),
@@ -193,3 +201,20 @@ class RunField:
 
     def __set__(self, obj: Any, value: Any) -> None:
         setattr(obj.run, self.name, value)
+
+
+def _proxy_tree(proxy: TrainState) -> dict[str, Any]:
+    """A data-selection proxy's state as checkpoint arrays (its key as raw key data)."""
+    return {
+        "params": proxy.params, "state": proxy.model_state, "opt_state": proxy.opt_state,
+        "step": proxy.step, "rng": {"key": jax.random.key_data(proxy.key)},
+    }  # fmt: skip
+
+
+def _proxy_state(tree: Mapping[str, Any], like: jax.Array) -> TrainState:
+    """:func:`_proxy_tree`'s inverse (fresh buffers; the key of ``like``'s implementation)."""
+    params, model_state, opt_state, step = copy_tree(
+        (tree["params"], tree["state"], tree["opt_state"], tree["step"])
+    )
+    key = jax.random.wrap_key_data(jnp.asarray(tree["rng"]["key"]), impl=jax.random.key_impl(like))
+    return TrainState(params, model_state, opt_state, jnp.asarray(step, jnp.int32), key)

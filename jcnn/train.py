@@ -50,7 +50,7 @@ import jax.numpy as jnp
 import optax
 
 from jcnn import _validate as check
-from jcnn import parallel, precision
+from jcnn import parallel, precision, selection
 from jcnn.prediction import (  # re-exported: the eval step pairs with the train step
     EvalStep,
     counted,
@@ -108,6 +108,8 @@ class TrainState:
       step: int32 scalar, the number of updates done.
       key: the run's base key; update ``t`` uses ``jax.random.fold_in(key, t)``.
       slow: with :class:`Lookahead`, its slow copy ``{'params', 'model_state'}``; else None.
+      proxy: with data selection (:mod:`jcnn.selection`), the proxy network's own
+        :class:`TrainState`; else None.
     """
 
     params: Any
@@ -116,13 +118,14 @@ class TrainState:
     step: jax.Array
     key: jax.Array
     slow: Any = None
+    proxy: Any = None
 
     def replace(self, **changes: Any) -> TrainState:
         """A copy with the given fields replaced.
 
         Args:
           **changes: field name → new value (``params``, ``model_state``, ``opt_state``,
-            ``step``, ``key``).
+            ``step``, ``key``, ``slow``, ``proxy``).
 
         Returns:
           A new :class:`TrainState`; the fields not named are the same objects.
@@ -182,6 +185,7 @@ def create_train_state(
     model_state: Any = None,
     step: int = 0,
     lookahead: Lookahead | None = None,
+    proxy: TrainState | None = None,
 ) -> TrainState:
     """A fresh :class:`TrainState`.
 
@@ -196,6 +200,8 @@ def create_train_state(
       model_state: the model state that goes with ``params`` (copied; None: ``{}``).
       step: the update count to start at.
       lookahead: start its slow copy at the initial parameters and state.
+      proxy: the proxy network's state for data selection (itself a ``create_train_state``
+        of the proxy model and its optimiser), kept in the ``proxy`` field.
 
     Returns:
       The state, with ``optimizer.init(params)`` as its optimiser state.
@@ -227,6 +233,7 @@ def create_train_state(
         slow=None
         if lookahead is None
         else copy_tree({"params": params, "model_state": model_state}),
+        proxy=proxy,
     )
 
 
@@ -376,6 +383,7 @@ def make_train_step(
     mesh: jax.sharding.Mesh | None = None,
     lookahead: Lookahead | None = None,
     micro_batches: int = 1,
+    select: selection.Selection | None = None,
 ) -> TrainStep:
     """One jitted training update, ``step(state, (X, y)) -> (state, metrics)`` (module docs).
 
@@ -394,7 +402,11 @@ def make_train_step(
         after the other (:func:`micro_batch_gradients`), so that only one part's activations
         are held at a time; the update is the same rule on the mean gradient, but
         batchnorm's statistics are each part's (and its running statistics are updated after
-        each part). The minibatch size must be a multiple of m.
+        each part). The minibatch size must be a multiple of m (of ``select.keep`` with
+        selection).
+      select: train each update on the rows a proxy network finds hardest
+        (:mod:`jcnn.selection`); the state must hold the proxy's (``create_train_state(...,
+        proxy=...)``).
 
     Returns:
       The jitted step; the state argument is donated. ``step.traces()`` says how often it
@@ -413,6 +425,13 @@ def make_train_step(
         key = jax.random.fold_in(state.key, state.step)
         if augment is not None:
             X = _augmented(augment, key, X, state.step)
+        proxy = state.proxy
+        if select is not None:
+            if proxy is None:
+                raise ValueError("select needs a state with a proxy: create_train_state(proxy=...)")
+            X, y, proxy = selection.select_rows(select, proxy, X, y, key=key, step=state.step)
+            if mesh is not None:  # the kept rows split over the devices again
+                X, y = jax.lax.with_sharding_constraint((X, y), parallel.batch_sharding(mesh))
         (loss, model_state), grads = micro_batch_gradients(
             loss_fn, state.params, state.model_state, X, y, key=key, micro_batches=micro_batches
         )
@@ -424,6 +443,7 @@ def make_train_step(
             step=state.step + 1,
             key=state.key,
             slow=state.slow,
+            proxy=proxy,
         )
         if lookahead is not None:
             new_state = lookahead(new_state)

@@ -173,9 +173,43 @@ def main() -> None:
             "param_dtype": str(jnp.asarray(params["out"]["w"]).dtype),
         }
 
+        # Data selection: the kept rows are split over the devices again; on 4 devices the
+        # updates (main net and proxy) are those of one device.
+        result["selection"] = {
+            n: _selection_run(model, data, batch, None if n == 1 else parallel.make_mesh(n))
+            for n in (1, 4)
+        }
+
     if jax.process_index() == 0 or mode == "multi":
         with open(f"{out}.{jax.process_index()}" if mode == "multi" else out, "wb") as f:
             pickle.dump(result, f)
+
+
+def _selection_run(model, data, batch, mesh):
+    """Two updates with data selection (keep half the batch, the proxy trains every update)."""
+    import jax
+    import optax
+
+    from jcnn.models import VGGNet
+    from jcnn.selection import Selection
+    from jcnn.train import create_train_state, make_train_step
+
+    optimizer = optax.sgd(0.05, momentum=0.9)
+    proxy_model = VGGNet(input_dim=model.input_dim, num_filters=(2,), blocks=(1,),
+                         hidden_dims=(4,), weight_scale="he")  # fmt: skip
+    proxy = create_train_state(proxy_model, optimizer, key=jax.random.key(1))
+    state = create_train_state(model, optimizer, key=jax.random.key(0), proxy=proxy)
+    select = Selection(proxy_model, optimizer, keep=batch // 2, train_every=1)
+    step = make_train_step(model, optimizer, select=select, mesh=mesh)
+    if mesh is not None:
+        state = parallel.replicate(state, mesh)
+    for t in range(2):
+        rows = slice(t * batch, (t + 1) * batch)
+        X, y = data["X_train"][rows], data["y_train"][rows]
+        if mesh is not None:
+            X, y = parallel.shard_batch(mesh, X, y)
+        state, _ = step(state, (X, y))
+    return jax.device_get({"params": state.params, "proxy": state.proxy.params})
 
 
 if __name__ == "__main__":

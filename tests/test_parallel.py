@@ -106,6 +106,13 @@ def test_same_losses_params_and_statistics_on_1_2_4_devices(single):
     assert "spec=P()" in single[4]["params_sharding"]  # parameters replicated
 
 
+def test_data_selection_on_4_devices_is_the_one_device_update(single):
+    one, four = single["selection"][1], single["selection"][4]
+    for part in ("params", "proxy"):
+        errs = _leaf_errors(one[part], four[part])
+        assert max(errs.values()) < TOL, (part, errs)
+
+
 def test_checkpoint_resumes_on_another_device_count_not_another_compute_dtype(single):
     resumed = single["resumed"]
     assert resumed["from"]["iteration"] == 6 and resumed["from"]["path"].endswith("epoch_001.npz")

@@ -1,0 +1,144 @@
+"""jcnn.selection: an update with data selection trains the main net on the proxy's hardest
+rows, and the proxy on them every train_every-th update."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jcnn.models import AirbenchNet, ThreeLayerConvNet
+from jcnn.optim import make_optimizer
+from jcnn.run_state import RunState
+from jcnn.selection import Selection, per_example_losses, select_rows
+from jcnn.train import copy_tree, create_train_state, make_train_step
+from tests.models.util import synthetic_images
+
+SHAPE = (3, 8, 8)
+MAIN = ThreeLayerConvNet(input_dim=SHAPE, num_filters=6, filter_size=3, hidden_dim=16)
+PROXY = ThreeLayerConvNet(
+    input_dim=SHAPE, num_filters=2, filter_size=3, hidden_dim=8, label_smoothing=0.2
+)
+OPTIMIZER, _ = make_optimizer("sgd_momentum", {"learning_rate": 0.05})
+SELECT = Selection(PROXY, OPTIMIZER, keep=6, train_every=2)
+
+
+def _states(seed=0):
+    proxy = create_train_state(PROXY, OPTIMIZER, key=jax.random.key(seed + 1))
+    with_proxy = create_train_state(MAIN, OPTIMIZER, key=jax.random.key(seed), proxy=proxy)
+    plain = create_train_state(MAIN, OPTIMIZER, key=jax.random.key(seed))
+    return with_proxy, plain, proxy
+
+
+def _batch(n=16, seed=0):
+    X, y = synthetic_images(n, shape=SHAPE, seed=seed)
+    return jnp.asarray(X), jnp.asarray(y)
+
+
+def test_per_example_losses_average_to_the_models_own_loss():
+    """Label smoothing included: their mean is the model's data loss."""
+    scores = jax.random.normal(jax.random.key(0), (16, 10)) * 3
+    y = jnp.arange(16) % 10
+    for model in (MAIN, PROXY):
+        losses = per_example_losses(model, scores, y)
+        assert losses.shape == (16,)
+        np.testing.assert_allclose(jnp.mean(losses), model.data_loss(scores, y), rtol=1e-6)
+    log_p = jax.nn.log_softmax(scores)
+    np.testing.assert_allclose(
+        per_example_losses(MAIN, scores, y), -log_p[jnp.arange(16), y], rtol=1e-6
+    )
+
+
+def test_the_kept_rows_are_the_proxys_highest_losses_hardest_first():
+    _, _, proxy = _states()
+    X, y = _batch()
+    key = jax.random.key(5)
+    X_kept, y_kept, _ = jax.jit(lambda p: select_rows(SELECT, p, X, y, key=key, step=1))(proxy)
+    scores, _ = PROXY.apply(proxy.params, proxy.model_state, X, train=True)
+    order = np.argsort(-np.asarray(per_example_losses(PROXY, scores, y)), kind="stable")
+    np.testing.assert_array_equal(X_kept, X[order[:6]])
+    np.testing.assert_array_equal(y_kept, y[order[:6]])
+
+
+def test_an_update_with_selection_is_the_plain_update_on_the_kept_rows():
+    """The main net's step equals an ordinary step on the kept rows; so does the proxy's on
+    updates 0, 2, 4, ... (train_every=2); between them it keeps its parameters."""
+    state, plain, _ = _states()
+    step = make_train_step(MAIN, OPTIMIZER, select=SELECT)
+    plain_step, proxy_step = make_train_step(MAIN, OPTIMIZER), make_train_step(PROXY, OPTIMIZER)
+    for t in range(3):
+        X, y = _batch(seed=t)
+        key = jax.random.fold_in(state.key, t)
+        X_kept, y_kept, _ = select_rows(SELECT, state.proxy, X, y, key=key, step=t)
+        proxy_before = copy_tree(state.proxy)  # (the step donates the state's buffers)
+        state, metrics = step(state, (X, y))
+        plain, plain_metrics = plain_step(plain, (X_kept, y_kept))
+        np.testing.assert_allclose(metrics["loss"], plain_metrics["loss"], rtol=1e-6)
+        _assert_close(state.params, plain.params)
+        if t % 2 == 0:
+            proxy_alone, _ = proxy_step(proxy_before.replace(step=jnp.int32(t)), (X_kept, y_kept))
+            _assert_close(state.proxy.params, proxy_alone.params)
+            _assert_close(state.proxy.opt_state, proxy_alone.opt_state)
+        else:
+            _assert_close(state.proxy.params, proxy_before.params, rtol=0)
+        assert int(state.proxy.step) == t // 2 + 1
+    assert step.traces() == 1
+
+
+def _assert_close(a, b, rtol=1e-5):
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+        np.testing.assert_allclose(x, y, rtol=rtol, atol=1e-7 if rtol else 0)
+
+
+def test_the_airbench_net_trains_with_a_narrow_proxy_of_itself():
+    main = AirbenchNet(input_dim=(3, 16, 16), widths=(8, 16, 16), dtype=jnp.float32)
+    proxy_model = AirbenchNet(input_dim=(3, 16, 16), widths=(4, 4, 4), dtype=jnp.float32)
+    select = Selection(proxy_model, OPTIMIZER, keep=8, train_every=4)
+    proxy = create_train_state(proxy_model, OPTIMIZER, key=jax.random.key(1))
+    state = create_train_state(main, OPTIMIZER, key=jax.random.key(0), proxy=proxy)
+    batch = synthetic_images(16, shape=(3, 16, 16))
+    step = make_train_step(main, OPTIMIZER, select=select, micro_batches=2)
+    state, metrics = step(state, batch)
+    assert bool(metrics["finite"]) and int(state.step) == 1 and int(state.proxy.step) == 1
+    proxy_before = copy_tree(state.proxy)
+    state, _ = step(state, batch)  # update 1: the proxy only scores
+    _, scored_state = proxy_model.apply(
+        proxy_before.params, proxy_before.model_state, jnp.asarray(batch[0]), train=True
+    )
+    _assert_close(state.proxy.params, proxy_before.params, rtol=0)
+    _assert_close(state.proxy.model_state, scored_state)  # its running statistics moved
+
+
+def test_a_checkpointed_run_state_keeps_the_proxy():
+    state, _, _ = _states()
+    state, _ = make_train_step(MAIN, OPTIMIZER, select=SELECT)(state, _batch())
+    run = RunState(state, host_rng=np.random.default_rng(0))
+    tree = jax.device_get(run.checkpoint_tree())
+    assert set(tree["proxy"]) == {"params", "state", "opt_state", "step", "rng"}
+    fresh = RunState(_states(seed=9)[0], host_rng=np.random.default_rng(0))
+    back = fresh.restored(tree, {**run.progress(), "iteration": 1}).train_state.proxy
+    for a, b in zip(jax.tree.leaves(back), jax.tree.leaves(state.proxy), strict=True):
+        if jnp.issubdtype(a.dtype, jax.dtypes.prng_key):
+            a, b = jax.random.key_data(a), jax.random.key_data(b)
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda: Selection(PROXY, OPTIMIZER, keep=0), "keep"),
+        (lambda: Selection(PROXY, OPTIMIZER, keep=4, train_every=0), "train_every"),
+        (
+            lambda: make_train_step(MAIN, OPTIMIZER, select=SELECT)(_states()[1], _batch()),
+            "proxy",
+        ),
+        (
+            lambda: make_train_step(MAIN, OPTIMIZER, select=Selection(PROXY, OPTIMIZER, keep=17))(
+                _states()[0], _batch()
+            ),
+            "keep=17 must be at most the minibatch of 16",
+        ),
+    ],
+)
+def test_bad_selection_settings_are_refused_naming_them(make, message):
+    with pytest.raises(ValueError, match=message):
+        make()
