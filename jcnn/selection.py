@@ -40,7 +40,7 @@ from jcnn import _validate as check
 if TYPE_CHECKING:
     from jcnn.train import TrainState
 
-__all__ = ["Selection", "per_example_losses", "select_rows"]
+__all__ = ["Selection", "per_example_losses", "proxy_state", "select_rows"]
 
 # fold_in data of the proxy's key (its dropout): apart from the main net's and augmentation's.
 PROXY_FOLD = 0x70726F78
@@ -57,6 +57,9 @@ class Selection:
         updates: one per ``train_every`` main updates).
       keep: rows of each minibatch the main net trains on (``1 <= keep <=`` the minibatch).
       train_every: the proxy trains on updates ``t`` with ``t mod train_every == 0``.
+      params: where the :class:`~jcnn.solver.Solver` starts the proxy (e.g.
+        ``AirbenchNet.init_with_data``'s); None: ``model.init``'s.
+      model_state: the model state that goes with ``params``.
 
     Raises:
       ValueError: ``keep`` or ``train_every`` not a positive int, naming it.
@@ -66,10 +69,46 @@ class Selection:
     optimizer: optax.GradientTransformation
     keep: int
     train_every: int = 4
+    params: Any = dataclasses.field(default=None, compare=False, repr=False)
+    model_state: Any = dataclasses.field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         check.positive_int("keep", self.keep)
         check.positive_int("train_every", self.train_every)
+
+    def identity(self) -> dict[str, Any]:
+        """What a checkpoint of a run with this selection must share with it (plain JSON):
+        the proxy's class and configuration, ``keep`` and ``train_every``."""
+        model = self.model
+        is_instance = dataclasses.is_dataclass(model) and not isinstance(model, type)
+        config = dataclasses.asdict(model) if is_instance else {}
+        return {
+            "proxy": {"class": type(model).__name__, **config},
+            "keep": self.keep,
+            "train_every": self.train_every,
+        }
+
+
+def proxy_state(selection: Selection | None, key: jax.Array) -> TrainState | None:
+    """The proxy's fresh :class:`~jcnn.train.TrainState` (None without a selection).
+
+    Args:
+      selection: the selection, or None.
+      key: the run's key; the proxy's is ``fold_in(key, PROXY_FOLD)`` (its ``model.init``
+        when ``selection.params`` is None).
+
+    Returns:
+      ``create_train_state(selection.model, selection.optimizer, ...)`` from
+      ``selection.params``/``model_state`` where given.
+    """
+    from jcnn.train import create_train_state  # (jcnn.train imports this module)
+
+    if selection is None:
+        return None
+    return create_train_state(
+        selection.model, selection.optimizer, key=jax.random.fold_in(key, PROXY_FOLD),
+        params=selection.params, model_state=selection.model_state,
+    )  # fmt: skip
 
 
 def per_example_losses(model: Any, scores: jax.Array, y: jax.Array) -> jax.Array:

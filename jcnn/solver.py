@@ -45,6 +45,7 @@ from jcnn import _validate as check
 from jcnn.checkpoint import CheckpointMismatchError
 from jcnn.nonfinite import NonFiniteLossError
 from jcnn.run_state import RunField
+from jcnn.selection import Selection
 from jcnn.solver_settings import ARGUMENTS, SettingField, SolverSettings
 from jcnn.train import Lookahead
 from jcnn.training_run import DATA_KEYS, TrainingRun, TrainingStopped
@@ -82,7 +83,9 @@ class Solver(TrainingRun):
     with replacement; ``select_best=False``, the final
     weights are the result (``data['X_val']`` may then be empty, and ``val_acc`` is NaN);
     ``lookahead`` (:class:`~jcnn.train.Lookahead`); ``test_time_translate``, test-time
-    shifts (:func:`~jcnn.train.make_eval_step`). ``augment`` may take a ``step`` keyword.
+    shifts (:func:`~jcnn.train.make_eval_step`); ``selection``, each update on the rows a
+    proxy net finds hardest (:class:`~jcnn.selection.Selection`; the proxy's state is
+    checkpointed with the run's). ``augment`` may take a ``step`` keyword.
     ``micro_batches`` = m computes each minibatch's gradient in m parts under one
     ``lax.scan`` (:func:`~jcnn.train.micro_batch_gradients`): the activations of one part
     in memory instead of the batch's, the same update but for batchnorm's statistics,
@@ -131,6 +134,7 @@ class Solver(TrainingRun):
     sampling = SettingField()
     select_best = SettingField()
     lookahead = SettingField()
+    selection = SettingField()
 
     # Views of self.run, under cs231n's names.
     train_state = RunField()
@@ -188,6 +192,7 @@ class Solver(TrainingRun):
         sampling: str = "replacement",
         select_best: bool = True,
         lookahead: Lookahead | None = None,
+        selection: Selection | None = None,
     ):
         given = locals()
         hooks = {name: check.callables(name, given[name]) for name in _HOOKS}

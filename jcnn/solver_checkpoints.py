@@ -93,6 +93,7 @@ def identity(solver: TrainingRun) -> dict[str, Any]:
                 "optimizer": None if s.custom_optimizer is None else "custom",
                 "sampling": s.sampling, "select_best": s.select_best,
                 "lookahead": _lookahead_identity(s.lookahead),
+                "selection": None if s.selection is None else s.selection.identity(),
             },
             "data": {
                 "num_train": int(solver.num_train), "num_val": int(solver.X_val.shape[0]),

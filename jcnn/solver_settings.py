@@ -18,7 +18,7 @@ from typing import Any
 
 from jcnn import _validate as check
 from jcnn import checkpoint as ckpt
-from jcnn import optim, precision
+from jcnn import optim, precision, selection
 from jcnn.sampling import SAMPLINGS
 
 __all__ = ["ARGUMENTS", "SAMPLINGS", "SettingField", "SolverSettings"]
@@ -68,6 +68,12 @@ def _as_given(name: str, value: Any) -> Any:
     return value
 
 
+def _selection(name: str, value: Any) -> Any:
+    if value is not None and not isinstance(value, selection.Selection):
+        raise ValueError(f"{name} must be a jcnn.selection.Selection or None, got {value!r}")
+    return value
+
+
 # Each Solver keyword argument's own check (argument name, value) -> the setting's value; the
 # checks between arguments are in SolverSettings.checked.
 _CHECKS: dict[str, Callable[[str, Any], Any]] = {
@@ -102,6 +108,7 @@ _CHECKS: dict[str, Callable[[str, Any], Any]] = {
     "sampling": _sampling,
     "select_best": check.true_or_false,
     "lookahead": _as_given,
+    "selection": _selection,
 }
 
 ARGUMENTS = tuple(_CHECKS)  # the Solver's keyword arguments that are settings
@@ -154,6 +161,7 @@ class SolverSettings:
     sampling: str
     select_best: bool
     lookahead: Any
+    selection: Any  # a jcnn.selection.Selection (None: every row trains)
 
     @classmethod
     def checked(cls, **arguments: Any) -> SolverSettings:
@@ -175,10 +183,12 @@ class SolverSettings:
         v["test_time_flip"], v["test_time_translate"] = check.test_time_augmentation(
             v["test_time_flip"], v["test_time_translate"]
         )
-        if v["batch_size"] % v["micro_batches"]:
-            raise ValueError(
-                f"micro_batches={v['micro_batches']} must divide batch_size={v['batch_size']}"
-            )
+        rows = "batch_size" if v["selection"] is None else "selection.keep"
+        batch = v["batch_size"] if v["selection"] is None else v["selection"].keep
+        if batch > v["batch_size"]:
+            raise ValueError(f"selection.keep={batch} must be at most batch_size={v['batch_size']}")
+        if batch % v["micro_batches"]:
+            raise ValueError(f"micro_batches={v['micro_batches']} must divide {rows}={batch}")
         v["optim_config"] = optim.resolve_optim_config(v["update_rule"], v["optim_config"])
         return cls(**v)
 

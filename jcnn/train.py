@@ -413,12 +413,16 @@ def make_train_step(
       was traced (once per run when every batch has the same shape and dtype).
 
     Raises:
-      ValueError: ``compute_dtype`` is not a floating dtype, or ``micro_batches`` not a
-        positive int (here); when the step is traced, ``augment`` returns a different shape
-        than the minibatch's, or the minibatch is not a multiple of ``micro_batches``.
+      ValueError: ``compute_dtype`` is not a floating dtype, ``micro_batches`` not a
+        positive int, or ``select.keep`` not divisible by the mesh's devices (here); when
+        the step is traced, ``augment`` returns a different shape than the minibatch's, the
+        minibatch is not a multiple of ``micro_batches``, or (with ``select``) the state
+        has no proxy or the minibatch fewer rows than ``select.keep``.
     """
     loss_fn = precision.mixed_precision_loss(model, compute_dtype)  # model.loss if None
     micro_batches = check.positive_int("micro_batches", micro_batches)
+    if mesh is not None and select is not None:  # the kept rows are split over the devices
+        parallel.check_batch_divisible(select.keep, mesh, "select.keep")
 
     def train_step(state: TrainState, batch: tuple[Any, Any]):
         X, y = batch

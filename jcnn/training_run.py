@@ -19,7 +19,7 @@ import numpy as np
 
 from jcnn import _validate as check
 from jcnn import checkpoint as ckpt
-from jcnn import nonfinite, parallel, solver_checkpoints
+from jcnn import nonfinite, parallel, selection, solver_checkpoints
 from jcnn.prediction import Predictor, TestTimePredictions
 from jcnn.run_state import RunState
 from jcnn.sampling import Minibatches
@@ -109,9 +109,10 @@ class TrainingRun:
 
         self._take_data(data)
         self._make_optimizer()
+        key = jax.random.key(settings.seed)
         train_state = create_train_state(
-            model, self.optimizer, key=jax.random.key(settings.seed), params=params,
-            model_state=state, lookahead=settings.lookahead,
+            model, self.optimizer, key=key, params=params, model_state=state,
+            lookahead=settings.lookahead, proxy=selection.proxy_state(settings.selection, key),
         )  # fmt: skip
         self.run = RunState(train_state, host_rng=np.random.default_rng(settings.seed))
         self._x_dtype = np.dtype(jax.tree_util.tree_leaves(self.params)[0].dtype)
@@ -153,7 +154,7 @@ class TrainingRun:
         model, s, mesh = self.model, self.settings, self.mesh
         self._train_step = make_train_step(
             model, self.optimizer, augment=s.augment, compute_dtype=s.compute_dtype, mesh=mesh,
-            lookahead=s.lookahead, micro_batches=s.micro_batches,
+            lookahead=s.lookahead, micro_batches=s.micro_batches, select=s.selection,
         )  # fmt: skip
         self.predictor = Predictor.make(
             model, dtype=self._x_dtype, compute_dtype=s.compute_dtype, mesh=mesh,
@@ -210,9 +211,8 @@ class TrainingRun:
 
     @property
     def data_fingerprint(self) -> str:
-        """``'sha256:...'`` of the training and validation arrays as the run holds them,
-        computed once: part of the run's identity, so a run does not resume on other data
-        (unless ``check_data=False``)."""
+        """``'sha256:...'`` of the training and validation arrays, computed once: part of
+        the run's identity (a run does not resume on other data unless ``check_data=False``)."""
         if self._fingerprint is None:
             self._fingerprint = solver_checkpoints.data_fingerprint(self)
         return self._fingerprint

@@ -6,12 +6,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from jcnn.checkpoint import CheckpointMismatchError
 from jcnn.models import AirbenchNet, ThreeLayerConvNet
 from jcnn.optim import make_optimizer
 from jcnn.run_state import RunState
 from jcnn.selection import Selection, per_example_losses, select_rows
+from jcnn.solver import Solver
 from jcnn.train import copy_tree, create_train_state, make_train_step
-from tests.models.util import synthetic_images
+from tests.models.util import synthetic_data, synthetic_images
 
 SHAPE = (3, 8, 8)
 MAIN = ThreeLayerConvNet(input_dim=SHAPE, num_filters=6, filter_size=3, hidden_dim=16)
@@ -142,3 +144,47 @@ def test_a_checkpointed_run_state_keeps_the_proxy():
 def test_bad_selection_settings_are_refused_naming_them(make, message):
     with pytest.raises(ValueError, match=message):
         make()
+
+
+def _solver(checkpoint_dir, num_epochs, select=SELECT, **kw):
+    data = synthetic_data(48, 8, shape=SHAPE)
+    return Solver(
+        MAIN, data, update_rule="sgd_momentum", optim_config={"learning_rate": 0.05},
+        batch_size=8, num_epochs=num_epochs, verbose=False, seed=2, sampling="epoch",
+        checkpoint_dir=checkpoint_dir, selection=select, **kw,
+    )  # fmt: skip
+
+
+def test_a_solver_run_with_selection_resumes_to_the_uninterrupted_result(tmp_path):
+    whole = _solver(tmp_path / "whole", 2)
+    whole.train()
+    _solver(tmp_path / "halves", 1).train()
+    resumed = _solver(tmp_path / "halves", 2)
+    assert resumed.resumed_from["iteration"] == 6
+    resumed.train()
+    assert resumed.loss_history == whole.loss_history
+    for a, b in zip(
+        jax.tree.leaves((resumed.params, resumed.train_state.proxy)),
+        jax.tree.leaves((whole.params, whole.train_state.proxy)),
+        strict=True,
+    ):
+        if jnp.issubdtype(a.dtype, jax.dtypes.prng_key):
+            a, b = jax.random.key_data(a), jax.random.key_data(b)
+        np.testing.assert_array_equal(a, b)
+    assert int(whole.train_state.proxy.step) == 6  # updates 0, 2, ..., 10
+
+
+def test_a_checkpoint_resumes_only_into_a_run_with_the_same_selection(tmp_path):
+    _solver(tmp_path, 1).train()
+    for other in (None, Selection(PROXY, OPTIMIZER, keep=4, train_every=2)):
+        with pytest.raises(CheckpointMismatchError, match="solver.selection"):
+            _solver(tmp_path, 2, select=other)
+
+
+def test_the_solver_refuses_a_selection_that_does_not_fit_its_batches(tmp_path):
+    with pytest.raises(ValueError, match="selection.keep=9 must be at most batch_size=8"):
+        _solver(None, 1, select=Selection(PROXY, OPTIMIZER, keep=9))
+    with pytest.raises(ValueError, match="micro_batches=4 must divide selection.keep=6"):
+        _solver(None, 1, micro_batches=4)
+    with pytest.raises(ValueError, match="selection must be a jcnn.selection.Selection"):
+        _solver(None, 1, select=6)

@@ -48,6 +48,7 @@ IDENTITY_DEFAULTS: dict[str, Any] = {
     "solver.sampling": "replacement",
     "solver.select_best": True,
     "solver.lookahead": None,
+    "solver.selection": None,
 }
 # Settings added later that an older checkpoint could not record and no default stands
 # for (the data's fingerprint): one a checkpoint lacks is not compared ("unknown: accept").
