@@ -159,6 +159,14 @@ class ThreeLayerRecipe(Recipe, Init, Kernels, Cs231nOptimiser, Augment):
         )  # fmt: skip
 
 
+def _selection_fits(v: Mapping[str, Any]) -> None:
+    keep = v["select_keep"]
+    if keep > v["batch_size"]:
+        raise ValueError(f"select_keep={keep} must be at most batch_size={v['batch_size']}")
+    if keep and keep % v["micro_batches"]:
+        raise ValueError(f"micro_batches={v['micro_batches']} must divide select_keep={keep}")
+
+
 @dataclasses.dataclass(frozen=True)
 class AirbenchRecipe(Recipe, Schedule, Translate, Cutout):
     """airbench94's net and recipe (Jordan, 2024): :class:`jcnn.models.AirbenchNet`, its
@@ -224,6 +232,22 @@ class AirbenchRecipe(Recipe, Schedule, Translate, Cutout):
         1, "Test-time augmentation: also classify each image shifted by this many pixels "
         "diagonally each way (0: none; see --test_time_flip).", lower=0,
     )  # fmt: skip
+    select_keep: int = option(
+        0, "Data selection (airbench96_faster's): each update trains on this many rows of "
+        "the minibatch, those a small proxy net finds hardest (0: every row). The rates stay "
+        "per example: the learning rate applies to the kept rows, the weight decay per "
+        "update as without.", lower=0, before_added=0,
+    )  # fmt: skip
+    select_proxy_widths: tuple[int, ...] = option(
+        (32, 64, 64), "With --select_keep: the proxy's block widths (two convolutions per "
+        "block; it trains with airbench's SGD).", before_added=(32, 64, 64),
+    )  # fmt: skip
+    select_proxy_every: int = option(
+        4, "With --select_keep: the proxy trains on its selection every this many updates.",
+        lower=1, before_added=4,
+    )  # fmt: skip
+
+    CHECKS = ((("select_keep", "batch_size", "micro_batches"), _selection_fits),)
 
     def _check_shifts(self, image_hw: tuple[int, ...]) -> None:
         """The crops and the test-time shifts reflect the image at its edges: fewer pixels
@@ -259,10 +283,11 @@ class AirbenchRecipe(Recipe, Schedule, Translate, Cutout):
         total = per_epoch * self.num_epochs
         init_key = jax.random.split(jax.random.key(self.seed))[0]
         params, state = model.init_with_data(init_key, data["X_train"][: self.whiten_images])
+        keep = self.select_keep or batch  # the rows each update trains on
         common = dict(
-            num_iterations=total, iterations_per_epoch=per_epoch, batch_size=batch,
+            num_iterations=total, iterations_per_epoch=per_epoch, batch_size=keep,
             learning_rate=self.learning_rate, momentum=self.momentum,
-            weight_decay=self.weight_decay, bias_scaler=self.bias_scaler,
+            weight_decay=self.weight_decay * batch / keep, bias_scaler=self.bias_scaler,
             whiten_bias_epochs=self.whiten_bias_epochs,
         )  # fmt: skip
         if self.optimizer == "muon":
@@ -281,6 +306,7 @@ class AirbenchRecipe(Recipe, Schedule, Translate, Cutout):
         return {
             "params": params,
             "state": state,
+            "selection": self._selection(model, data, init_key, per_epoch, common),
             "optimizer": optimizer,
             "schedule": schedule,
             "sampling": "epoch",
@@ -289,6 +315,33 @@ class AirbenchRecipe(Recipe, Schedule, Translate, Cutout):
             "augment": augment,
             "test_time_translate": self.test_time_translate,
         }
+
+    def _selection(
+        self, model: Any, data: Mapping[str, Any], key: Any, per_epoch: int, common: dict
+    ) -> Any:
+        """With ``select_keep``: the proxy (this net at ``select_proxy_widths``, two convs per
+        block, whitened from the same images, its whitening bias frozen) and its airbench
+        SGD over its own updates (one per ``select_proxy_every``); None without."""
+        import jax
+
+        from jcnn.optim import airbench_sgd
+        from jcnn.selection import PROXY_FOLD, Selection
+
+        if not self.select_keep:
+            return None
+        every = self.select_proxy_every
+        proxy = dataclasses.replace(
+            model, widths=self.select_proxy_widths, convs_per_block=2, gelu_after_add=False
+        )
+        params, state = proxy.init_with_data(
+            jax.random.fold_in(key, PROXY_FOLD), data["X_train"][: self.whiten_images]
+        )
+        proxy_common = {
+            **common, "num_iterations": -(-common["num_iterations"] // every),
+            "iterations_per_epoch": max(per_epoch // every, 1), "whiten_bias_epochs": 0.0,
+        }  # fmt: skip
+        optimizer, _ = airbench_sgd(params, **proxy_common)
+        return Selection(proxy, optimizer, self.select_keep, every, params, state)
 
 
 # --------------------------------------------------------------------------- the named runs

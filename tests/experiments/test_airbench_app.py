@@ -82,6 +82,21 @@ def test_the_muon_recipe_trains_its_filters_with_muon(fake_cifar_dir, tmp_path):
     assert started["flags"]["optimizer"] == "muon"
 
 
+def test_data_selection_trains_on_the_proxys_rows_and_checkpoints_the_proxy(
+    fake_cifar_dir, tmp_path
+):
+    selection = ("--select_keep=4", "--select_proxy_widths=2,4,4", "--select_proxy_every=2")
+    summary = _run(tmp_path / "run", fake_cifar_dir, *selection)
+    assert summary["iterations"] == 2 * 5 and 0.0 <= summary["test_acc"] <= 1.0
+    with np.load(tmp_path / "run" / "checkpoints" / "epoch_002.npz") as saved:
+        proxy = [k for k in saved.files if k.startswith("proxy/")]
+        assert "proxy/step" in proxy and any(k.startswith("proxy/params/conv3_2") for k in proxy)
+        assert int(saved["proxy/step"]) == 5  # updates 0, 2, ..., 8
+        assert saved["proxy/params/conv1_1/w"].shape[0] == 2
+    started = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert started["flags"]["select_keep"] == 4
+
+
 def test_a_crashed_run_resumes_to_the_same_result(finished, fake_cifar_dir, tmp_path):
     whole_dir, whole, _ = finished
     crashed = tmp_path / "crashed"
