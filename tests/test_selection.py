@@ -1,6 +1,8 @@
 """jcnn.selection: an update with data selection trains the main net on the proxy's hardest
 rows, and the proxy on them every train_every-th update."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -55,7 +57,9 @@ def test_the_kept_rows_are_the_proxys_highest_losses_hardest_first():
     X, y = _batch()
     key = jax.random.key(5)
     X_kept, y_kept, _ = jax.jit(lambda p: select_rows(SELECT, p, X, y, key=key, step=1))(proxy)
-    scores, _ = PROXY.apply(proxy.params, proxy.model_state, X, train=True)
+    scores, _ = jax.jit(functools.partial(PROXY.apply, train=True))(
+        proxy.params, proxy.model_state, X
+    )
     order = np.argsort(-np.asarray(per_example_losses(PROXY, scores, y)), kind="stable")
     np.testing.assert_array_equal(X_kept, X[order[:6]])
     np.testing.assert_array_equal(y_kept, y[order[:6]])
@@ -103,8 +107,8 @@ def test_the_airbench_net_trains_with_a_narrow_proxy_of_itself():
     assert bool(metrics["finite"]) and int(state.step) == 1 and int(state.proxy.step) == 1
     proxy_before = copy_tree(state.proxy)
     state, _ = step(state, batch)  # update 1: the proxy only scores
-    _, scored_state = proxy_model.apply(
-        proxy_before.params, proxy_before.model_state, jnp.asarray(batch[0]), train=True
+    _, scored_state = jax.jit(functools.partial(proxy_model.apply, train=True))(
+        proxy_before.params, proxy_before.model_state, batch[0]
     )
     _assert_close(state.proxy.params, proxy_before.params, rtol=0)
     _assert_close(state.proxy.model_state, scored_state)  # its running statistics moved
