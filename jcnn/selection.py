@@ -22,6 +22,10 @@ One update with selection, minibatch ``(X, y)`` of N rows (after augmentation):
   the gradient of its own loss on ``(X[K], y[K])``; on the others it keeps its parameters
   and takes the scoring pass's running statistics ``s'``.
 
+The proxy computes in the step's ``compute_dtype``, as the main net does. (airbench96_faster
+backpropagates the proxy's loss on the kept rows through its scoring pass over all N; here
+the proxy's training pass sees the kept rows only, so its batch statistics are theirs.)
+
 Selection needs no derivative of the choice itself (``top_k``'s indices are constants to
 the gradient), so nothing here differentiates through the selection.
 """
@@ -36,6 +40,7 @@ import jax.numpy as jnp
 import optax
 
 from jcnn import _validate as check
+from jcnn import precision
 
 if TYPE_CHECKING:
     from jcnn.train import TrainState
@@ -137,6 +142,7 @@ def select_rows(
     *,
     key: jax.Array,
     step: jax.Array,
+    compute_dtype: Any = None,
 ) -> tuple[jax.Array, jax.Array, TrainState]:
     """The ``keep`` hardest rows of ``(X, y)`` for the proxy, and the proxy after this
     update (module docs). Called inside the jitted train step.
@@ -148,6 +154,8 @@ def select_rows(
       y: its labels ``(N,)``.
       key: the update's key (the proxy's dropout uses ``fold_in(key, PROXY_FOLD)``).
       step: the main net's update count ``t``.
+      compute_dtype: the proxy computes in it as the main net does (``'bfloat16'``: its
+        scores and loss in float32, :mod:`jcnn.precision`); None: in its parameters' dtype.
 
     Returns:
       ``(X[K], y[K], proxy)``: the kept rows, hardest first, and the new proxy state.
@@ -161,14 +169,21 @@ def select_rows(
     if keep > n:
         raise ValueError(f"keep={keep} must be at most the minibatch of {n} images")
     model, pkey = selection.model, jax.random.fold_in(key, PROXY_FOLD)
-    scores, scored_state = model.apply(proxy.params, proxy.model_state, X, train=True, key=pkey)
+    loss_fn = precision.mixed_precision_loss(model, compute_dtype)  # model.loss if None
+    scores, scored_state = model.apply(
+        precision.predict_params(proxy.params, compute_dtype), proxy.model_state, X,
+        train=True, key=pkey,
+    )  # fmt: skip
+    scored_state = jax.tree.map(
+        lambda new, old: new.astype(old.dtype), scored_state, proxy.model_state
+    )
     losses = per_example_losses(model, scores, y)
     _, kept = jax.lax.top_k(losses, keep)
     X_kept, y_kept = X[kept], y[kept]
 
     def train(proxy: TrainState) -> TrainState:
         (_, model_state), grads = micro_batch_gradients(
-            model.loss, proxy.params, proxy.model_state, X_kept, y_kept, key=pkey
+            loss_fn, proxy.params, proxy.model_state, X_kept, y_kept, key=pkey
         )
         updates, opt_state = selection.optimizer.update(grads, proxy.opt_state, proxy.params)
         return proxy.replace(

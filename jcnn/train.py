@@ -433,7 +433,9 @@ def make_train_step(
         if select is not None:
             if proxy is None:
                 raise ValueError("select needs a state with a proxy: create_train_state(proxy=...)")
-            X, y, proxy = selection.select_rows(select, proxy, X, y, key=key, step=state.step)
+            X, y, proxy = selection.select_rows(
+                select, proxy, X, y, key=key, step=state.step, compute_dtype=compute_dtype
+            )
             if mesh is not None:  # the kept rows split over the devices again
                 X, y = jax.lax.with_sharding_constraint((X, y), parallel.batch_sharding(mesh))
         (loss, model_state), grads = micro_batch_gradients(

@@ -2,6 +2,7 @@
 rows, and the proxy on them every train_every-th update."""
 
 import functools
+import re
 
 import jax
 import jax.numpy as jnp
@@ -112,6 +113,26 @@ def test_the_airbench_net_trains_with_a_narrow_proxy_of_itself():
     )
     _assert_close(state.proxy.params, proxy_before.params, rtol=0)
     _assert_close(state.proxy.model_state, scored_state)  # its running statistics moved
+
+
+def test_in_bfloat16_the_proxy_computes_in_bfloat16_and_keeps_float32_state():
+    """Every convolution and matmul of the proxy's scoring and training runs in bfloat16;
+    its parameters, statistics and optimiser state stay float32."""
+    _, _, proxy = _states()
+    X, y = _batch()
+
+    def selected(proxy):
+        return select_rows(
+            SELECT, proxy, X, y, key=jax.random.key(5), step=0, compute_dtype="bfloat16"
+        )
+
+    jaxpr = str(jax.make_jaxpr(selected)(proxy))
+    heavy = re.findall(r":(\w+)\[[^\]]*\] = (?:conv_general_dilated|dot_general)\b", jaxpr)
+    assert len(heavy) >= 6 and set(heavy) == {"bf16"}, heavy
+    X_kept, _, trained = jax.jit(selected)(proxy)
+    assert X_kept.dtype == jnp.float32
+    dtypes = {a.dtype for a in jax.tree.leaves((trained.params, trained.opt_state))}
+    assert dtypes <= {jnp.dtype("float32"), jnp.dtype("int32")}
 
 
 def test_a_checkpointed_run_state_keeps_the_proxy():
