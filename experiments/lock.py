@@ -6,8 +6,9 @@ life; it writes its pid into the file once it holds it. A second process started
 same workdir stops with one line naming the workdir and that pid. The operating system
 drops the lock when the process ends, however it ends (SIGKILL included), so a killed run
 never blocks its own resume; the file itself stays (deleting it would let two processes
-lock two different files). ``flock`` is advisory and local: it keeps apart runs on one
-machine (on a network filesystem it may not).
+lock two different files). Anything but a regular file there (a symbolic link, a FIFO, a
+device) is refused in one line: the run never writes through it. ``flock`` is advisory and
+local: it keeps apart runs on one machine (on a network filesystem it may not).
 
 >>> with WorkdirLock(workdir):      # doctest: +SKIP
 ...     ...                        # read, clear and write the workdir
@@ -16,6 +17,7 @@ machine (on a network filesystem it may not).
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import os
 import stat
@@ -53,7 +55,15 @@ class WorkdirLock:
         if self._fd is not None:
             return self
         self.workdir.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NONBLOCK, 0o644)
+        try:  # never through a link: truncating its target would destroy another file
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NONBLOCK | os.O_NOFOLLOW, 0o644)
+        except OSError as e:
+            if e.errno != errno.ELOOP:
+                raise
+            raise UsageFailure(
+                f"{self.path} is a symbolic link: remove it (a run keeps its own lock file "
+                "there and never writes through a link)"
+            ) from None
         try:
             if not stat.S_ISREG(os.fstat(fd).st_mode):  # a FIFO, a device: no lock file
                 raise UsageFailure(

@@ -175,7 +175,8 @@ class RunWriter:
         lines = jsonl_lines(records)
         if lines:
             self.workdir.mkdir(parents=True, exist_ok=True)
-            with open(self.path(name), "a") as f:
+            flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW  # never via a link
+            with open(os.open(self.path(name), flags, 0o644), "a") as f:
                 f.write(lines)
                 f.flush()
 

@@ -1,5 +1,6 @@
 """Checkpoints: npz + JSON sidecar, atomic, no pickle, strict on load."""
 
+import io
 import json
 import os
 
@@ -199,3 +200,28 @@ def test_a_checkpoint_that_is_a_link_to_a_device_is_named_for_what_it_is(tmp_pat
     path.unlink()
     with pytest.raises(ck.CorruptCheckpointError, match=r"c.npz is missing \(its sidecar"):
         ck.verify_checkpoint(path)
+
+
+def test_an_array_header_is_checked_before_its_data_is_read(tmp_path):
+    """A member whose .npy header claims a huge shape made np.load allocate it (a MemoryError
+    traceback): the header is compared with the expected leaf first."""
+    import zipfile
+
+    tree = {"w": jnp.ones((3, 4), jnp.float32)}
+    path = ck.save_checkpoint(tmp_path / "epoch_001", tree, {"epoch": 1})
+    header = io.BytesIO()
+    np.lib.format.write_array_header_2_0(
+        header, {"descr": "<f4", "fortran_order": False, "shape": (10**7, 10**6)}
+    )
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr("w.npy", header.getvalue() + bytes(48))
+    with pytest.raises(ValueError, match=r"w is float32\[10000000, 1000000\], expected "
+                       r"float32\[3, 4\]"):  # fmt: skip
+        ck.load_checkpoint(path, tree, verify=False)
+    np.lib.format.write_array_header_2_0(  # the right header, too little data
+        header := io.BytesIO(), {"descr": "<f4", "fortran_order": False, "shape": (3, 4)}
+    )
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr("w.npy", header.getvalue() + bytes(8))
+    with pytest.raises(ck.CorruptCheckpointError, match="w is unreadable"):
+        ck.load_checkpoint(path, tree, verify=False)

@@ -297,6 +297,21 @@ def verify_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     return meta
 
 
+def _member_header(f: Any, name: str) -> tuple[tuple[int, ...], np.dtype]:
+    """``(shape, dtype)`` from the ``.npy`` header of array ``name`` of an open ``.npz``
+    (``np.load``'s), without reading its data."""
+    readers = {
+        (1, 0): np.lib.format.read_array_header_1_0,
+        (2, 0): np.lib.format.read_array_header_2_0,
+    }
+    with f.zip.open(f"{name}.npy") as member:
+        version = np.lib.format.read_magic(member)
+        if version not in readers:
+            raise ValueError(f"an .npy header of version {version}, which jcnn never writes")
+        shape, _, dtype = readers[version](member)
+    return tuple(shape), np.dtype(dtype)
+
+
 def load_checkpoint(
     path: str | os.PathLike, like_tree: Any, *, verify: bool = True, strict: bool = True
 ) -> tuple[Any, dict[str, Any]]:
@@ -354,17 +369,19 @@ def load_checkpoint(
                 f"{'...' if len(extra) > 5 else ''}"
             )
         for name, (_, like) in zip(names, leaves, strict=True):
-            try:
-                arr = f[name]
-            except _READ_ERRORS as e:
+            want_shape = tuple(np.shape(like))
+            want_dtype = np.dtype(like.dtype if hasattr(like, "dtype") else np.asarray(like).dtype)
+            try:  # the header first: its shape decides what reading the array allocates
+                shape, dtype = _member_header(f, name)
+                if shape == want_shape and dtype == want_dtype:
+                    arr = f[name]
+            except (*_READ_ERRORS, MemoryError) as e:
                 raise CorruptCheckpointError(
                     f"checkpoint {npz}: {name} is unreadable: {e}"
                 ) from None
-            want_shape = tuple(np.shape(like))
-            want_dtype = np.dtype(like.dtype if hasattr(like, "dtype") else np.asarray(like).dtype)
-            if arr.shape != want_shape or arr.dtype != want_dtype:
+            if shape != want_shape or dtype != want_dtype:
                 raise ValueError(
-                    f"checkpoint {npz}: {name} is {arr.dtype}{list(arr.shape)}, expected "
+                    f"checkpoint {npz}: {name} is {dtype}{list(shape)}, expected "
                     f"{want_dtype}{list(want_shape)}"
                 )
             out.append(arr)

@@ -139,6 +139,24 @@ def test_a_fifo_at_the_lock_s_name_is_one_line_not_a_traceback(tmp_path):
                             "run keeps its lock file there"), message  # fmt: skip
 
 
+@pytest.mark.parametrize("target", ["a file", "a dangling name"])
+def test_a_link_at_the_lock_s_name_is_refused_and_its_target_left_alone(tmp_path, target):
+    """Opening <workdir>/.lock followed a symbolic link and truncated the file it named."""
+    workdir, victim = tmp_path / "run", tmp_path / "victim.txt"
+    workdir.mkdir()
+    if target == "a file":
+        victim.write_text("someone's data\n")
+    os.symlink(victim, workdir / ".lock")
+    with pytest.raises(SystemExit) as info:
+        WorkdirLock(workdir).acquire()
+    assert fatal_message(str(info.value.code)).endswith("is a symbolic link: remove it (a run "
+        "keeps its own lock file there and never writes through a link)")  # fmt: skip
+    if target == "a file":
+        assert victim.read_text() == "someone's data\n"
+    else:
+        assert not victim.exists()
+
+
 def test_a_killed_holder_never_blocks_its_workdir(tmp_path):
     """The OS drops a flock when its process dies, SIGKILL included."""
     workdir = tmp_path / "run"
