@@ -243,6 +243,10 @@ def _tamper(meta: dict, how: str) -> None:
         meta["eval_history"][1]["val_acc"] = meta["val_acc_history"][1] = None
     elif how == "@inc":  # PCG64's increment is odd; NumPy takes an even one, and draws otherwise
         meta["host_rng"]["state"]["inc"] += 1
+    elif how == "@inc_true":  # NumPy takes True for 1 (and json.loads reads true as True)
+        meta["host_rng"]["state"]["inc"] = True
+    elif how == "@uint32_true":
+        meta["host_rng"]["has_uint32"] = True
 
 
 @pytest.mark.parametrize(
@@ -262,6 +266,8 @@ def _tamper(meta: dict, how: str) -> None:
         ("eval_history", "@noloss", "has eval_history=[{"),
         ("eval_history", "@valnull", "an accuracy check with train_acc="),
         ("host_rng", "@inc", "has host_rng={"),
+        ("host_rng", "@inc_true", "has host_rng={"),
+        ("host_rng", "@uint32_true", "has host_rng={"),
         ("eval_history", "[]", "histories of [3] entries for 0 accuracy checks"),
         ("eval_history", '[{"x": 1}]', "eval_history=[{'x': 1}]"),
         ("lr_history", "[0.1]", "histories of [1, 3] entries for 3 accuracy checks"),

@@ -8,8 +8,6 @@ import math
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from jcnn.checkpoint.store import CorruptCheckpointError
 
 __all__ = ["CHECKPOINT_FORMAT", "check_run_sidecar"]
@@ -39,13 +37,21 @@ def _is_accuracy(v: Any) -> bool:
 
 
 def _is_generator_state(v: Any) -> bool:
-    try:
-        np.random.PCG64().state = v
-    except (TypeError, ValueError, KeyError, OverflowError):
+    """Exactly what ``PCG64().state`` gives: NumPy itself takes more (any int, True for 1,
+    an even increment) and then draws numbers no generator of a run would."""
+    if not (isinstance(v, dict) and set(v) == {"bit_generator", "state", "has_uint32",
+                                               "uinteger"}):  # fmt: skip
         return False
-    # NumPy takes any int in these, and then draws other numbers than any generator would:
-    # has_uint32 is a flag; PCG64's increment is odd (it is made as 2 * stream + 1).
-    return v.get("has_uint32") in (0, 1) and v["state"]["inc"] % 2 == 1
+    state = v["state"]
+    return (
+        v["bit_generator"] == "PCG64"
+        and isinstance(state, dict) and set(state) == {"state", "inc"}
+        and _is_int(state["state"]) and state["state"] < 2**128
+        and _is_int(state["inc"]) and state["inc"] < 2**128
+        and state["inc"] % 2 == 1  # made as 2 * stream + 1
+        and _is_int(v["has_uint32"]) and v["has_uint32"] <= 1
+        and _is_int(v["uinteger"]) and v["uinteger"] < 2**32
+    )  # fmt: skip
 
 
 # A run's clock is far below this (about 32 years); a larger one is no clock a run kept, and
