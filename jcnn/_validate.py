@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import numbers
 import operator
 import os
 from collections.abc import Callable, Mapping
@@ -71,6 +72,25 @@ def finite_float(name: str, value: Any, *, minimum: float, strict: bool = False)
         raise ValueError(f"{name} must be {what}, got {value!r}") from None
     if isinstance(value, bool) or not math.isfinite(v) or v < minimum or (strict and v == minimum):
         raise ValueError(f"{name} must be {what}, got {value!r}")
+    return v
+
+
+def static_number(name: str, value: Any, requirement: str, ok: Callable[[float], bool]) -> float:
+    """A layer's hyper-parameter (``eps``, ``momentum``, ``rate``) as a Python float: a real
+    number (Python's or a NumPy scalar; not a bool, a string or an array, traced or not: a
+    static value decides the program, as ``pad`` or ``stride`` do) for which ``ok`` holds.
+
+    Raises:
+      ValueError: naming ``name``, what it must be (``requirement``) and the value given.
+    """
+    if not isinstance(value, numbers.Real) or isinstance(value, bool | np.bool_):
+        raise ValueError(
+            f"{name} must be a Python number {requirement} (a static hyper-parameter, not "
+            f"an array or a traced value), got {type(value).__name__} {value!r}"
+        )
+    v = float(value)
+    if not (math.isfinite(v) and ok(v)):
+        raise ValueError(f"{name} must be {requirement}, got {value!r}")
     return v
 
 

@@ -10,6 +10,7 @@ from jcnn._validate import (
     labels_in_range,
     nonnegative_int,
     positive_int,
+    static_number,
     true_or_false,
 )
 from jcnn._validate import choice as check_choice
@@ -28,6 +29,7 @@ __all__ = [
     "check_statistics_cotangents",
     "nonnegative_int",
     "positive_int",
+    "static_number",
     "true_or_false",
 ]
 

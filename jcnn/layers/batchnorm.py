@@ -29,6 +29,7 @@ from jcnn.layers._checks import (
     check_floating,
     check_rank,
     check_shape,
+    static_number,
     true_or_false,
 )
 from jcnn.layers._windows import LAYOUTS, channel_axis
@@ -184,10 +185,8 @@ def check_batchnorm_args(
             continue
         check_shape(name, v, (d,), f"one value per feature of x {tuple(x.shape)}")
         check_floating(name, v)
-    if not 0.0 <= float(momentum) <= 1.0:
-        raise ValueError(f"momentum must be in [0, 1], got {momentum}")
-    if not 0.0 < float(eps) < math.inf:  # eps=inf normalised every value to 0
-        raise ValueError(f"eps must be a finite float > 0, got {eps}")
+    static_number("momentum", momentum, "in [0, 1]", lambda v: 0.0 <= v <= 1.0)
+    static_number("eps", eps, "a finite float > 0", lambda v: v > 0.0)  # inf: every value 0
     if train:
         check_batch_statistics(x, axis)
 

@@ -11,6 +11,7 @@ from jcnn.layers._checks import (
     check_cotangent,
     check_floating,
     check_prng_key,
+    static_number,
     true_or_false,
 )
 
@@ -38,15 +39,11 @@ def check_rate(rate: float) -> float:
         ``float(rate)``.
 
     Raises:
-        ValueError: naming ``rate`` if ``float(rate)`` fails or the value is outside [0, 1).
+        ValueError: naming ``rate`` if it is not a Python number in [0, 1).
     """
-    try:
-        rate = float(rate)
-    except (TypeError, ValueError):
-        raise ValueError(f"rate must be a float in [0, 1), got {rate!r}") from None
-    if not 0.0 <= rate < 1.0:
-        raise ValueError(f"rate must be in [0, 1) (the probability of dropping), got {rate}")
-    return rate
+    return static_number(
+        "rate", rate, "in [0, 1) (the probability of dropping)", lambda v: 0.0 <= v < 1.0
+    )
 
 
 def keep_mask(key: jax.Array, shape: tuple[int, ...], rate: float) -> jax.Array:

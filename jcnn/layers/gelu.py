@@ -50,7 +50,6 @@ from jcnn.layers.batchnorm import (
     _per_feature,
     _reduce_axes,
     batch_statistics,
-    check_batch_statistics,
     check_batchnorm_args,
     running_update,
     values_per_feature,
@@ -102,10 +101,15 @@ def gelu_forward(x: jax.Array, *, approximate: bool = False) -> tuple[jax.Array,
 
     Returns:
         ``(out, cache)``: out shaped like x, and the :class:`GeluCache`.
+
+    Raises:
+        ValueError: naming ``x`` if it is not a floating array; ``approximate`` if it is
+            not True or False.
     """
     check_floating("x", x)
-    out = gelu_value_and_slope(widened(x), bool(approximate))[0].astype(x.dtype)
-    return out, GeluCache(x, bool(approximate))
+    approximate = true_or_false("approximate", approximate)
+    out = gelu_value_and_slope(widened(x), approximate)[0].astype(x.dtype)
+    return out, GeluCache(x, approximate)
 
 
 def gelu_backward(dout: jax.Array, cache: GeluCache) -> tuple[jax.Array]:
@@ -204,17 +208,23 @@ def batchnorm_gelu_forward(
     Returns:
         ``((out, mean, var), cache)``: out shaped like x; mean and var ``(D,)`` the statistics
             used (the batch's when training), in x's dtype; the :class:`BatchnormGeluCache`.
+
+    Raises:
+        ValueError: as :func:`~jcnn.layers.batchnorm.check_batchnorm_args` (``x``, ``beta``,
+            the running statistics, ``eps``, ``axis``, ``train``); ``approximate`` if it is
+            not True or False.
     """
+    check_batchnorm_args(x, None, beta, running_mean, running_var, 0.0, eps, axis, train=train)
+    train, approximate = bool(train), true_or_false("approximate", approximate)
     axis = axis % x.ndim
     xw = widened(x)  # 16-bit input: computed in float32, the output rounded once
     if train:
-        check_batch_statistics(x, axis)
         mean, var = batch_statistics(xw, axis)
     else:
         mean, var = running_mean.astype(xw.dtype), running_var.astype(xw.dtype)
     y = _normalised(xw, mean, var, eps, axis) + _per_feature(beta.astype(xw.dtype), x.ndim, axis)
     out = gelu_value_and_slope(y, approximate)[0].astype(x.dtype)
-    cache = BatchnormGeluCache(x, beta, mean, var, bool(train), eps, axis, approximate)
+    cache = BatchnormGeluCache(x, beta, mean, var, train, float(eps), axis, approximate)
     return (out, mean.astype(x.dtype), var.astype(x.dtype)), cache
 
 

@@ -176,7 +176,50 @@ def _calls_with_train(train):
             x4, _ones((3, 3, 1, 1)), _ones(3), *stats, train=train
         ),
         "dropout": lambda: L.dropout(x2, jax.random.key(0), rate=0.5, train=train),
+        "batchnorm_forward": lambda: L.batchnorm_forward(x2, *stats, train=train),
+        "batchnorm_gelu_forward": lambda: L.batchnorm_gelu_forward(
+            x2, *stats[1:], train=train, eps=1e-5, axis=1
+        ),
     }
+
+
+def _calls_with_hyperparameter():
+    """``{'layer argument': (argument, call(value))}``: each layer's static numbers."""
+    x2, key, f32 = _ones((4, 3)), jax.random.key(0), jnp.float32
+    stats = (_ones(3), _ones(3), jnp.zeros(3, f32), _ones(3))
+    return {
+        "batchnorm eps": ("eps", lambda v: L.batchnorm(x2, *stats, train=True, eps=v)),
+        "batchnorm momentum": (
+            "momentum", lambda v: L.batchnorm(x2, *stats, train=True, momentum=v)
+        ),
+        "batchnorm_forward eps": (
+            "eps", lambda v: L.batchnorm_forward(x2, *stats, train=True, eps=v)
+        ),
+        "batchnorm_gelu_forward eps": ("eps", lambda v: L.batchnorm_gelu_forward(
+            x2, *stats[1:], train=True, eps=v, axis=1)),
+        "batchnorm_relu_forward eps": ("eps", lambda v: L.batchnorm_relu_forward(
+            x2, *stats[:2], eps=v)),
+        "affine_bn_relu momentum": ("momentum", lambda v: L.affine_bn_relu(
+            x2, _ones((3, 3)), _ones(3), *stats, train=True, momentum=v)),
+        "dropout rate": ("rate", lambda v: L.dropout(x2, key, rate=v, train=True)),
+        "dropout_forward rate": ("rate", lambda v: L.dropout_forward(x2, key, rate=v)),
+    }  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "value", ["0.5", np.array([0.5, 0.5]), jnp.float32(0.5), True, "traced"], ids=repr
+)
+@pytest.mark.parametrize("call", sorted(_calls_with_hyperparameter()))
+def test_a_layer_s_hyper_parameters_are_static_python_numbers(call, value):
+    """eps/momentum/rate given as a traced value raised JAX's ConcretizationTypeError, an
+    array NumPy's TypeError, and a string such as '0.5' was read as a number."""
+    argument, layer = _calls_with_hyperparameter()[call]
+    with pytest.raises(ValueError, match=rf"^{argument} must be a Python number "):
+        if isinstance(value, str) and value == "traced":
+            jax.jit(layer)(0.5)
+        else:
+            layer(value)
+    layer(np.float32(0.5))  # a NumPy scalar is a number
 
 
 @pytest.mark.parametrize("train", ["no", "False", None, 1], ids=repr)
@@ -320,6 +363,18 @@ def test_affine_backward_gives_every_gradient_at_least_the_forward_s_precision()
     with pytest.raises(ValueError, match=r"^cache.x must be a real floating-point array"):
         tampered = dataclasses.replace(cache, x=jnp.ones((4, 3), jnp.int32))
         L.affine_backward(jnp.ones(out.shape, f32), tampered)
+
+
+def test_gelu_forward_takes_approximate_only_as_true_or_false():
+    """gelu_forward(approximate='no') computed the tanh form (a non-empty string is true)."""
+    for approximate in ("no", 1, None):
+        with pytest.raises(ValueError, match=r"^approximate must be True or False"):
+            L.gelu_forward(jnp.ones(3), approximate=approximate)
+        with pytest.raises(ValueError, match=r"^approximate must be True or False"):
+            L.batchnorm_gelu_forward(
+                _ones((4, 3)), _ones(3), _ones(3), _ones(3), train=True, eps=1e-5, axis=1,
+                approximate=approximate,
+            )  # fmt: skip
 
 
 def test_dropout_forward_refuses_a_rate_outside_0_1_as_dropout_does():
