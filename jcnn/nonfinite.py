@@ -78,6 +78,10 @@ def nonfinite_leaves(arrays: Mapping[str, np.ndarray]) -> list[str]:
     ]
 
 
+# Updates the host may have queued beyond the ones known to be done (see StepLog.add).
+UPDATES_IN_FLIGHT = 2
+
+
 @dataclasses.dataclass
 class StepLog:
     """The updates whose loss has not been read back yet, and those since the parameters
@@ -97,7 +101,10 @@ class StepLog:
     unverified: list[tuple[int, np.ndarray]] = dataclasses.field(default_factory=list)
 
     def add(self, loss: jax.Array, finite: jax.Array, iteration: int, indices: Any) -> None:
-        """Queue one update's loss and flag.
+        """Queue one update's loss and flag, then wait until at most
+        :data:`UPDATES_IN_FLIGHT` updates are still computing: JAX returns from a step before
+        it has run, and a host that ran far ahead would make a stop request wait for every
+        update it had queued (seconds to minutes), while two in flight keep the CPU busy.
 
         Args:
           loss: the update's loss, a device scalar.
@@ -107,6 +114,8 @@ class StepLog:
         """
         self.pending.append((loss, finite, iteration, indices))
         self.unverified.append((iteration, indices))
+        if len(self.pending) > UPDATES_IN_FLIGHT:
+            self.pending[-1 - UPDATES_IN_FLIGHT][0].block_until_ready()
 
     def read(self) -> list[tuple[float, bool, int, np.ndarray]]:
         """The pending ``(loss, finite, iteration, indices)`` as host values (one transfer),

@@ -13,6 +13,7 @@ import pytest
 
 import jcnn.layers as L
 from jcnn.checkpoint import load_checkpoint, verify_checkpoint
+from jcnn.nonfinite import UPDATES_IN_FLIGHT, StepLog
 from jcnn.solver import NonFiniteLossError, Solver
 
 SHAPE = (3, 4, 4)
@@ -175,6 +176,27 @@ def test_detection_reads_losses_back_only_when_it_already_did(monkeypatch):
     monkeypatch.setattr(Solver, "_read_losses", counting)
     make(Poisonable(mode="loss"), data, num_epochs=2).train()
     assert [r for r in reads if r[1]] == [(1, 1), (6, 5), (12, 6)]
+
+
+def test_the_host_queues_at_most_two_updates_ahead_of_the_finished_ones():
+    """JAX returns from a step before it runs: a loop that queued dozens of updates made a
+    stop request wait for all of them (SIGTERM stopped 33 updates, 5.5 s, late). After
+    queueing update t the log waits for update t - 2's loss (no read-back to the host)."""
+    waited = []
+
+    class Loss:
+        def __init__(self, t):
+            self.t = t
+
+        def block_until_ready(self):
+            waited.append(self.t)
+            return self
+
+    log = StepLog()
+    for t in range(1, 7):
+        log.add(Loss(t), True, t, np.arange(2))
+    assert UPDATES_IN_FLIGHT == 2 and waited == [1, 2, 3, 4]
+    assert len(log.pending) == 6  # the losses are read back later, all at once
 
 
 def test_checkpoints_never_hold_nonfinite_values(tmp_path):
