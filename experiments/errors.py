@@ -22,6 +22,7 @@ import sys
 import threading
 import traceback
 from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 DEBUG_ENV = "JCNN_DEBUG"
@@ -243,7 +244,9 @@ def parse_flags(argv: Sequence[str], help_text: Callable[[], str] | None = None)
         raise SystemExit(0)
     try:
         with failures_in_one_line("check the --flagfile arguments"):
-            return app.parse_flags_with_usage(list(argv))
+            rest = app.parse_flags_with_usage(list(argv))
+        _check_profile_file()
+        return rest
     except SystemExit as e:
         if e.code == 1 and any(a.split("=")[0] in HELP_ARGS for a in argv[1:]):
             raise SystemExit(0) from None
@@ -255,6 +258,24 @@ def parse_flags(argv: Sequence[str], help_text: Callable[[], str] | None = None)
             f"a --flagfile is not a text file ({e.reason} at byte {e.start}): flagfiles hold "
             "one --name=value per line, in UTF-8"
         ) from None
+
+
+def _check_profile_file() -> None:
+    """absl's ``--profile_file`` is written as the process exits: one that cannot be written
+    there printed an "Exception ignored in atexit callback" traceback after the run."""
+    from absl import flags
+
+    path = flags.FLAGS["profile_file"].value if "profile_file" in flags.FLAGS else None
+    if not path:
+        return
+    file = Path(path)
+    if file.is_dir() or not file.parent.is_dir() or not os.access(file.parent, os.W_OK) or (
+        file.exists() and not os.access(file, os.W_OK)
+    ):
+        raise UsageFailure(
+            f"--profile_file={path} cannot be written (it is written when the run ends): "
+            "give a file in a folder that exists and that you may write to"
+        )
 
 
 # What a collective or the coordination service says when another process is gone.

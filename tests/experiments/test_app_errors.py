@@ -205,6 +205,17 @@ def test_a_binary_flagfile_ends_in_one_line_and_jcnn_debug_adds_the_traceback(tm
     assert "--flagfile is not a text file" in the_fatal_line(stderr)
 
 
+def test_a_profile_file_that_cannot_be_written_stops_before_the_run(tmp_path):
+    """absl writes --profile_file as the process exits: a missing folder printed an
+    "Exception ignored in atexit callback" traceback after the whole run."""
+    profile = tmp_path / "missing" / "prof.out"
+    rc, stderr = run_cli("--run_with_profiling", f"--profile_file={profile}",
+                         f"--workdir={tmp_path / 'run'}")  # fmt: skip
+    assert rc == 1 and "Traceback" not in stderr and "Exception ignored" not in stderr
+    assert f"--profile_file={profile} cannot be written" in the_fatal_line(stderr)
+    assert not (tmp_path / "run").exists()
+
+
 def test_an_unreachable_coordinator_ends_in_one_line_after_the_timeout(tmp_path):
     with socket.socket() as s:  # a port nothing listens on
         s.bind(("127.0.0.1", 0))
