@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 
 from jcnn.layers._binding import cache_dataclass, with_vjp
-from jcnn.layers._checks import check_cache, check_cotangent, check_labels
+from jcnn.layers._checks import check_cache, check_cotangent, check_labels, static_number
 
 
 @cache_dataclass(static=("label_smoothing",))
@@ -74,23 +74,15 @@ def check_label_smoothing(label_smoothing: float) -> float:
     """``label_smoothing`` as a float in [0, 1), or ValueError naming it.
 
     Args:
-        label_smoothing: the smoothing ε; anything ``float()`` accepts.
+        label_smoothing: the smoothing ε, a static Python number.
 
     Returns:
         ``float(label_smoothing)``.
 
     Raises:
-        ValueError: naming ``label_smoothing`` if ``float()`` fails or it is outside [0, 1).
+        ValueError: naming ``label_smoothing`` if it is not a Python number in [0, 1).
     """
-    try:
-        value = float(label_smoothing)
-    except (TypeError, ValueError):
-        raise ValueError(
-            f"label_smoothing must be a float in [0, 1), got {label_smoothing!r}"
-        ) from None
-    if not 0.0 <= value < 1.0:
-        raise ValueError(f"label_smoothing must be a float in [0, 1), got {label_smoothing!r}")
-    return value
+    return static_number("label_smoothing", label_smoothing, "in [0, 1)", lambda v: 0 <= v < 1)
 
 
 def _targets(y: jax.Array, num_classes: int, dtype, label_smoothing: float) -> jax.Array:
@@ -240,9 +232,10 @@ def softmax_loss(scores: jax.Array, y: jax.Array, *, label_smoothing: float = 0.
         naming ``label_smoothing`` if it is not a float in [0, 1).
     """
     check_labels(scores, y)
+    label_smoothing = check_label_smoothing(label_smoothing)
     if label_smoothing == 0.0:  # the cs231n loss, one compiled VJP for every caller
         return _softmax_loss(scores, y)
-    return _softmax_loss(scores, y, label_smoothing=check_label_smoothing(label_smoothing))
+    return _softmax_loss(scores, y, label_smoothing=label_smoothing)
 
 
 def svm_loss(scores: jax.Array, y: jax.Array) -> jax.Array:

@@ -203,6 +203,8 @@ def _calls_with_hyperparameter():
             x2, _ones((3, 3)), _ones(3), *stats, train=True, momentum=v)),
         "dropout rate": ("rate", lambda v: L.dropout(x2, key, rate=v, train=True)),
         "dropout_forward rate": ("rate", lambda v: L.dropout_forward(x2, key, rate=v)),
+        "softmax_loss label_smoothing": ("label_smoothing", lambda v: L.softmax_loss(
+            x2, jnp.arange(4) % 3, label_smoothing=v)),
     }  # fmt: skip
 
 

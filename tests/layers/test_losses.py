@@ -86,7 +86,7 @@ def test_label_smoothing_is_cross_entropy_against_the_mixed_target():
 @pytest.mark.parametrize("eps", [-0.1, 1.0, "a", float("nan")])
 def test_label_smoothing_out_of_range_raises(eps):
     for f in (L.softmax_loss, R.softmax_loss):
-        with pytest.raises(ValueError, match="label_smoothing must be a float in"):
+        with pytest.raises(ValueError, match=r"^label_smoothing must be (a Python number )?in"):
             f(jnp.zeros((2, 3)), jnp.zeros(2, int), label_smoothing=eps)
 
 
