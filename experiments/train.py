@@ -26,16 +26,14 @@ settings' checks as flag validators, then the model's own checks, then
 :func:`experiments.rundata.check_paths`); every other failure a user can fix ends the same
 way, ``FATAL <cause>: <what to do>`` and exit status 1 (:mod:`experiments.errors`, which
 lists them); any other exception is a bug and keeps its traceback. Rerunning the same
-command resumes the run (:mod:`experiments.resume`), ``--overwrite`` starts over; process 0
-locks the workdir (:mod:`experiments.lock`) until the run ends.
+command resumes the run (:mod:`experiments.resume`), ``--overwrite`` starts over.
 
 Scaling out: training is data-parallel over ``--num_devices`` devices per process (default:
 all local ones); ``--batch_size`` is the global batch, split evenly over them. Several hosts:
 one process per host with the same flags plus ``--coordinator_address=host0:port
 --num_processes=N --process_id=i`` (:mod:`experiments.processes`); every process loads the
 dataset and gathers only its rows of each global batch, only process 0 prints and writes,
-and the workdir must be on a filesystem they share. ``--compute_dtype=bfloat16`` runs the
-network in bfloat16 (parameters, optimiser state and the loss stay float32).
+and the workdir must be on a filesystem they share.
 """
 
 from __future__ import annotations
@@ -142,6 +140,7 @@ def make_solver(
     from jcnn.checkpoint import CheckpointMismatchError
     from jcnn.parallel import is_primary
     from jcnn.solver import Solver
+    from jcnn.solver_checkpoints import ProcessesDifferError
 
     kwargs = {**solver_kwargs(recipe), "verbose": is_primary()}
     try:
@@ -159,6 +158,8 @@ def make_solver(
         )
     except (CheckpointMismatchError, MemoryLimitError):
         raise  # main names the workdir, or what does not fit
+    except ProcessesDifferError as e:  # not a flag: what differs is named
+        raise UsageFailure(str(e)) from e
     except ValueError as e:  # a setting the flag checks let through; the message names it
         raise UsageFailure(f"invalid training flags: {settings.as_flags(e, type(recipe))}") from e
 

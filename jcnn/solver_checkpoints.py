@@ -104,13 +104,18 @@ def identity(solver: TrainingRun) -> dict[str, Any]:
     )  # fmt: skip
 
 
+class ProcessesDifferError(ValueError):
+    """The processes of a multi-process run were given different settings or data."""
+
+
 def check_same_in_every_process(solver: TrainingRun) -> None:
     """In a multi-process run: every process was given the settings a checkpoint records
     (:func:`identity`: the model, the optimiser, the seed, the data...); they would otherwise
     train replicas apart, or fail in JAX with a long traceback. A collective.
 
     Raises:
-      ValueError: naming each setting that differs between the processes.
+      ProcessesDifferError: naming each setting that differs between the processes (the
+        data's alone when they differ).
     """
     if jax.process_count() == 1:
         return
@@ -120,8 +125,15 @@ def check_same_in_every_process(solver: TrainingRun) -> None:
         for name, value in values.items()
     }
     differ = parallel.differing_across_processes(fields)
+    data = [name for name in differ if name.startswith("data.")]
+    if data:  # the same flags, other arrays: other files, or other contents in them
+        raise ProcessesDifferError(
+            "the processes of this run loaded different training or validation data "
+            f"({', '.join(data)} {'differs' if len(data) == 1 else 'differ'}): every process must read the same images and "
+            "labels (their folder may differ, its files' contents may not)"
+        )
     if differ:
-        raise ValueError(
+        raise ProcessesDifferError(
             f"the processes of this run were given different {', '.join(differ)}: start "
             "every process with the same flags (only --process_id differs)"
         )

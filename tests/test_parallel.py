@@ -302,6 +302,25 @@ def test_differing_across_processes_names_each_setting_the_processes_disagree_on
     assert parallel.differing_across_processes(mine) == sorted(mine)
 
 
+@pytest.mark.parametrize("differ", [["data.fingerprint"], ["solver.seed"]])
+def test_processes_with_other_data_are_told_so_not_told_to_fix_their_flags(monkeypatch, differ):
+    """Same flags, other images: the line named 'data.fingerprint' as a flag to make equal."""
+    from jcnn import solver_checkpoints
+
+    monkeypatch.setattr(jax, "process_count", lambda: 2)
+    monkeypatch.setattr(solver_checkpoints, "identity", lambda s: {"data": {}, "solver": {}})
+    monkeypatch.setattr(parallel, "differing_across_processes", lambda fields: differ)
+    with pytest.raises(solver_checkpoints.ProcessesDifferError) as info:
+        solver_checkpoints.check_same_in_every_process(None)
+    message = str(info.value)
+    if differ == ["data.fingerprint"]:
+        assert message.startswith("the processes of this run loaded different training or "
+                                  "validation data (data.fingerprint differs)")  # fmt: skip
+        assert "flags" not in message
+    else:
+        assert message.startswith("the processes of this run were given different solver.seed")
+
+
 def test_an_app_names_the_flags_its_processes_were_given_differently(monkeypatch):
     """Two processes given different --learning_rate stopped naming the Solver's internal
     'solver.optim_config'; the app names the flag, and ignores those that say where each
