@@ -129,8 +129,9 @@ def check_same_in_every_process(solver: TrainingRun) -> None:
     if data:  # the same flags, other arrays: other files, or other contents in them
         raise ProcessesDifferError(
             "the processes of this run loaded different training or validation data "
-            f"({', '.join(data)} {'differs' if len(data) == 1 else 'differ'}): every process must read the same images and "
-            "labels (their folder may differ, its files' contents may not)"
+            f"({', '.join(data)} {'differs' if len(data) == 1 else 'differ'}): every "
+            "process must read the same images and labels (their folder may differ, its "
+            "files' contents may not)"
         )
     if differ:
         raise ProcessesDifferError(
