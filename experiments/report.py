@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from experiments import rundir
+from experiments import errors, rundir
 from experiments.rundir import RunWriter
 from experiments.trained import save_best
 from jcnn import files
@@ -121,6 +121,7 @@ def finish_run(
     summary.update({k: v for k, v in accuracies.items() if k != "test_acc"})
     summary = files.to_json_values(summary)  # plain JSON values, exactly what the file holds
     writer.write_json("summary.json", summary)
+    errors.results_written()  # a signal from here on ends no run
     test = "n/a" if test_acc is None else f"{test_acc:f}"
     if plain_acc is not None:
         test += f" ({plain_acc:f} without test-time augmentation)"

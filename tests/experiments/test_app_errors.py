@@ -366,6 +366,32 @@ def test_a_signal_after_the_apps_main_returned_ends_the_process_at_once(name, st
         assert lines[1:] == [] and proc.stderr.strip() == "stopped"
 
 
+@pytest.mark.parametrize("moment", ["after the results", "in the interpreter's teardown"])
+def test_a_signal_once_the_results_are_written_ends_no_run(moment):
+    """A SIGTERM between summary.json and main's return said "stopped at once ... resumes"
+    with status 143; one in the interpreter's own teardown (which resets the handlers while
+    JAX's teardown runs) killed the process without a line. Both end with status 0 now."""
+    script = (
+        "import os, signal, time\n"
+        "from experiments import errors\n"
+        "class Late:\n"
+        "    def __del__(self):  # runs in the interpreter's finalisation, if it runs\n"
+        "        os.kill(os.getpid(), signal.SIGTERM); time.sleep(2)\n"
+        "late = Late()\n"
+        "def main(argv):\n"
+        "    errors.results_written()\n"
+        + ("    os.kill(os.getpid(), signal.SIGTERM); time.sleep(2); print('ran on')\n"
+           if moment == "after the results" else "    print('done', flush=True)\n")
+        + "errors.run_app(main)\n"
+    )  # fmt: skip
+    proc = run_script(script)
+    assert proc.returncode == 0 and proc.stderr == "", proc.stderr
+    if moment == "after the results":
+        assert proc.stdout == "the run had finished when SIGTERM came; it ended only the shutdown\n"
+    else:
+        assert proc.stdout == "done\n"
+
+
 # A Ctrl-C that lands where Python ignores exceptions (JAX's garbage-collection callback, a
 # __del__): raised from there, the stop was "ignored" and the app trained to the end.
 _IN_A_CALLBACK = (
