@@ -275,7 +275,7 @@ def _cgroup_left() -> int | None:
     return None if limit == "max" else max(int(limit) - used, 0)
 
 
-def _human(n: float) -> str:
+def human_bytes(n: float) -> str:
     for unit in ("bytes", "KiB", "MiB", "GiB", "TiB"):
         if n < 1024 or unit == "TiB":
             return f"{n:.0f} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
@@ -308,10 +308,14 @@ def check_fits_in_memory(culprit: str, arrays: dict[str, tuple[int, ...]], dtype
 
 def _refuse_over_memory(count: int, dtype: Any, said: Callable[[], str]) -> None:
     """MemoryLimitError, ``said()`` first, if ``count`` values of ``dtype`` exceed
-    :func:`memory_bytes` (the one comparison every memory check makes)."""
-    limit, need = memory_bytes(), count * np.dtype(dtype).itemsize
+    :func:`memory_bytes`."""
+    need = count * np.dtype(dtype).itemsize
+    check_bytes_fit(need, lambda: f"{said()} {human_bytes(need)} of {np.dtype(dtype).name},")
+
+
+def check_bytes_fit(need: int, said: Callable[[], str]) -> None:
+    """MemoryLimitError, ``said()`` first, if ``need`` bytes exceed :func:`memory_bytes`
+    (the one comparison every memory check makes)."""
+    limit = memory_bytes()
     if limit is not None and need > limit:
-        raise MemoryLimitError(
-            f"{said()} {_human(need)} of {np.dtype(dtype).name}, more than the "
-            f"{_human(limit)} of memory available"
-        )
+        raise MemoryLimitError(f"{said()} more than the {human_bytes(limit)} of memory available")

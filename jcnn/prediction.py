@@ -5,7 +5,9 @@ compile). :mod:`jcnn.train` re-exports these names, beside the train step they p
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import math
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, cast
 
@@ -41,6 +43,15 @@ class EvalStep(Protocol):
 
         Returns:
           The number of traces so far (0 before the first call).
+        """
+        ...
+
+    def trace(self, params: Any, model_state: Any, X: Any) -> Any:
+        """``jax.jit``'s ``trace``: the step traced for these arguments (shapes suffice),
+        to lower and compile ahead of time.
+
+        Returns:
+          A ``jax.stages.Traced``.
         """
         ...
 
@@ -155,6 +166,39 @@ def make_eval_step(
 def _chunk_rows(batch_size: int, mesh: jax.sharding.Mesh | None) -> int:
     """Rows per chunk: ``batch_size``, with a ``mesh`` rounded up to a multiple of its size."""
     return batch_size if mesh is None else -(-batch_size // mesh.size) * mesh.size
+
+
+def _check_program_fits(traced: Any, what: str) -> None:
+    """A program holds several arrays at once, which each layer's own check cannot see:
+    where its largest array is over a quarter of the memory available, compile it and
+    refuse it (MemoryLimitError naming ``what``) if XLA says it needs more than that."""
+    limit = check.memory_bytes()
+    if limit is None or 4 * _largest_array_bytes(traced.jaxpr.jaxpr) <= limit:
+        return
+    stats = traced.lower().compile().memory_analysis()
+    need = (
+        stats.argument_size_in_bytes + stats.output_size_in_bytes + stats.temp_size_in_bytes
+        - stats.alias_size_in_bytes
+    )  # fmt: skip
+    check.check_bytes_fit(
+        need,
+        lambda: f"{what} needs {check.human_bytes(need)} at once (arrays in, out and between),",
+    )
+
+
+def _largest_array_bytes(jaxpr: Any) -> int:
+    """The bytes of the largest array a jaxpr (or any jaxpr inside it) makes."""
+    largest = 0
+    for eqn in jaxpr.eqns:
+        for var in eqn.outvars:
+            with contextlib.suppress(AttributeError, TypeError):  # tokens, PRNG keys
+                largest = max(largest, math.prod(var.aval.shape) * var.aval.dtype.itemsize)
+        for param in eqn.params.values():
+            for inner in param if isinstance(param, tuple | list) else (param,):
+                inner = getattr(inner, "jaxpr", inner)  # a ClosedJaxpr's
+                if hasattr(inner, "eqns"):
+                    largest = max(largest, _largest_array_bytes(inner))
+    return largest
 
 
 def _predicting(batch_size: int) -> str:
@@ -336,7 +380,8 @@ class Predictor:
         placed = None if self.mesh is None else parallel.batch_sharding(self.mesh)
         chunk = jax.ShapeDtypeStruct((batch_size, *shape), self.dtype, sharding=placed)
         try:
-            jax.eval_shape(self.augmented, *variables, chunk)
+            traced = self.augmented.trace(*variables, chunk)  # each layer checks its arrays
+            _check_program_fits(traced, f"the compiled prediction of {batch_size} images")
         except check.MemoryLimitError as e:
             e.during = _predicting(batch_size)
             raise

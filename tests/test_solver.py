@@ -534,3 +534,23 @@ def test_a_network_too_wide_for_the_accuracy_checks_is_refused_before_its_first_
     solver = Solver(model, data, batch_size=2, num_epochs=1, verbose=False)
     solver.train()  # the same run, with memory for its checks
     assert solver.iteration == 10
+
+
+def test_an_accuracy_check_whose_arrays_fit_one_by_one_but_not_together_is_refused(
+    monkeypatch,
+):
+    """Each layer checks its own arrays: the conv's padded input and output (517 KiB here)
+    fit in 545 KiB, but the prediction program holds the batchnorm's and pool's results
+    beside them (586 KiB): the run trained an update, then ran out of memory at its first
+    accuracy check. XLA's count of the compiled program is compared too."""
+    import jcnn._validate
+    from jcnn.models import VGGNet
+
+    data = synthetic_data(20, 10, shape=SHAPE)
+    model = VGGNet(input_dim=SHAPE, num_filters=(16,), blocks=(1,), hidden_dims=(8,),
+                   dtype=jnp.float32)  # fmt: skip
+    monkeypatch.setattr(jcnn._validate, "memory_bytes", lambda: 545 * 2**10)
+    with pytest.raises(jcnn._validate.MemoryLimitError) as info:
+        Solver(model, data, batch_size=2, num_epochs=1, verbose=False)
+    assert str(info.value).startswith("the compiled prediction of 100 images needs ")
+    assert info.value.during == "predicting 100 images at a time"
