@@ -270,8 +270,11 @@ def _check_profile_file() -> None:
     if not path:
         return
     file = Path(path)
-    if file.is_dir() or not file.parent.is_dir() or not os.access(file.parent, os.W_OK) or (
-        file.exists() and not os.access(file, os.W_OK)
+    if (
+        file.is_dir()
+        or not file.parent.is_dir()
+        or not os.access(file.parent, os.W_OK)
+        or (file.exists() and not os.access(file, os.W_OK))
     ):
         raise UsageFailure(
             f"--profile_file={path} cannot be written (it is written when the run ends): "

@@ -61,7 +61,7 @@ from experiments.resume import check_resumable
 from experiments.rundata import check_paths, data_shape, load_data
 from experiments.rundir import RunLogger, RunWriter
 from experiments.train_flags import recipe_from_flags
-from experiments.trained import save_preprocessing
+from experiments.trained import repair_best, save_preprocessing
 
 
 def build_model(recipe_class: type[Recipe], config: Mapping[str, Any]) -> Any:
@@ -195,10 +195,9 @@ def train_and_evaluate(
     """Load the data (unless given; then :func:`jcnn.cpu.tune` if ``tune_memory``), train
     ``model`` with the Solver (resuming from the workdir's newest checkpoint if it holds
     one), evaluate the best parameters on the test split, write every file of the run;
-    returns the summary.
-
-    Training is data-parallel over ``mesh`` (default: :func:`make_run_mesh`); every process
-    gathers only its rows of each global batch, only process 0 prints and writes."""
+    returns the summary. Training is data-parallel over ``mesh`` (default:
+    :func:`make_run_mesh`); every process gathers only its rows of each global batch, only
+    process 0 prints and writes."""
     from jcnn.parallel import is_primary
 
     config = settings.flag_values(recipe)  # the run's flags, as its files record them
@@ -225,7 +224,8 @@ def train_and_evaluate(
     if solver.resumed_from is not None:
         summary = _summary_of(writer, solver.iteration)
         if solver.iteration >= solver.num_iterations and summary is not None:
-            say(f"{app_name}: the run in {writer.workdir} is complete; see summary.json")
+            repaired = repair_best(writer, solver, model, summary, data)  # "" if intact
+            say(f"{app_name}: the run in {writer.workdir} is complete; see summary.json{repaired}")
             return summary
         # The lines the checkpoint covers, exactly once; later ones are appended as usual.
         lines = rundir.history_records(solver, recipe.print_every)

@@ -37,6 +37,29 @@ def save_best(
     writer.save_checkpoint("checkpoints/best.npz", tree, meta)
 
 
+def repair_best(
+    writer: RunWriter, solver: Any, model: Any, summary: Mapping[str, Any],
+    data: Mapping[str, Any],
+) -> str:  # fmt: skip
+    """For a finished run found again: write ``checkpoints/best.npz`` anew from the final
+    checkpoint's best parameters if it is missing or fails its checks (predict, evaluate
+    and export read it); returns what was done, as `` (...)`` ("" when it was intact)."""
+    from jcnn.checkpoint import CorruptCheckpointError, verify_checkpoint
+
+    path = writer.path("checkpoints/best.npz")
+    try:
+        if not path.is_file():
+            raise FileNotFoundError
+        verify_checkpoint(path)
+        return ""
+    except (FileNotFoundError, CorruptCheckpointError):
+        missing = not path.is_file()
+    solver.train()  # no updates left: it only makes the best parameters the current ones
+    save_best(writer, solver, model, summary.get("test_acc"), data)
+    how = "missing" if missing else "damaged"
+    return f" ({path} was {how}: written again from the run's last checkpoint)"
+
+
 def _classifier_record(solver: Any, model: Any, data: Mapping[str, Any]) -> dict | None:
     """The run's :func:`jcnn.classifier.classifier_record` (None: the data do not say how
     their images were prepared)."""

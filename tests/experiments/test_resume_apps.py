@@ -204,6 +204,32 @@ def test_a_finished_run_is_not_run_again(uninterrupted, tmp_path, fake_cifar_dir
     assert (workdir / "metrics.jsonl").read_text() == before
 
 
+@pytest.mark.parametrize("damage", ["missing", "damaged"])
+def test_rerunning_a_finished_run_writes_a_lost_best_npz_again(
+    uninterrupted, tmp_path, fake_cifar_dir, capsys, damage
+):
+    """A finished run without best.npz (or with an unreadable best.json) said it was complete
+    and wrote nothing, while evaluate told the user to rerun it, and predict used the last
+    epoch's parameters as a run "still training". The rerun writes it from the last
+    checkpoint's best parameters: the same arrays."""
+    workdir = copy(uninterrupted[0], tmp_path)
+    best = workdir / "checkpoints" / "best.npz"
+    if damage == "missing":
+        best.unlink()
+        best.with_suffix(".json").unlink()
+    else:
+        best.with_suffix(".json").write_text("{garbage")
+    assert run(workdir, fake_cifar_dir) == uninterrupted[1]
+    assert f"summary.json ({best} was {damage}: written again from the run's last checkpoint)" in (
+        capsys.readouterr().out
+    )
+    original = arrays(uninterrupted[0] / "checkpoints" / "best.npz")
+    assert original.keys() == arrays(best).keys()
+    assert all(np.array_equal(v, arrays(best)[k]) for k, v in original.items())
+    run(workdir, fake_cifar_dir)  # intact now: nothing to say
+    assert "written again" not in capsys.readouterr().out
+
+
 def test_an_extended_run_killed_after_its_last_checkpoint_writes_its_results_when_rerun(
     uninterrupted, tmp_path, fake_cifar_dir, monkeypatch, capsys
 ):
