@@ -20,7 +20,7 @@ from typing import Any
 from absl import flags
 
 from experiments import settings
-from experiments.errors import plain_text
+from experiments.command_line import plain_text
 
 # ------------------------------------------------------------------------------- parsers
 
