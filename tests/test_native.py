@@ -231,6 +231,21 @@ def test_processes_starting_at_once_build_the_library_once(tmp_path):
 
 
 @needs_compiler
+def test_a_cached_library_loads_without_waiting_for_a_build_lock(tmp_path):
+    """A process found a good cached library and still waited (up to 300 s, silently) for
+    the lock another process held: the cache is read first, the lock only taken to build."""
+    import fcntl
+
+    cache = _cache_holding_the_built_kernels(tmp_path)
+    (built,) = cache.glob("kernels-*.so")
+    with open(cache / f"{built.name.rsplit('-', 1)[0]}.lock", "w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)  # as a process building it would
+        start = time.monotonic()
+        assert _probe(cache) == {"status": "loaded", "equal": True, "warnings": []}
+        assert time.monotonic() - start < 60
+
+
+@needs_compiler
 def test_an_unlockable_cache_still_builds_and_loads(tmp_path):
     """A folder where the lock file goes (or a read-only cache): the build goes on
     without the lock."""

@@ -23,6 +23,7 @@ from jax import lax
 
 from jcnn.layers._binding import cache_dataclass, with_vjp
 from jcnn.layers._checks import (
+    check_array,
     check_cache,
     check_choice,
     check_cotangent,
@@ -172,6 +173,7 @@ def check_batchnorm_args(
             values per feature.
     """
     train = true_or_false("train", train)
+    check_array("x", x)
     check_feature_axis(x, axis)
     d = x.shape[axis]
     check_floating("x", x)

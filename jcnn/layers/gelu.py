@@ -36,6 +36,7 @@ from jax import lax
 
 from jcnn.layers._binding import cache_dataclass, with_vjp
 from jcnn.layers._checks import (
+    check_array,
     check_cache,
     check_choice,
     check_cotangent,
@@ -325,6 +326,7 @@ def batchnorm_gelu(
             [0, 1]; ``eps`` not > 0; ``approximate`` not a bool.
     """
     check_choice("layout", layout, LAYOUTS)
+    check_array("x", x)
     if x.ndim not in (2, 4):
         check_rank("x", x, 4, f"({', '.join(layout)}) or (N, D)")
     axis = 1 if x.ndim == 2 else channel_axis(layout)

@@ -16,8 +16,9 @@ do not match its name is deleted, with one warning, and the library rebuilt. A b
 mid-way leaves a ``.tmp`` file; those older than twice the build's time limit are deleted.
 
 Processes that start at once (pytest-xdist workers, the processes of one run) build a library
-once: the builder holds an advisory lock on ``<name>-<key>.lock`` in the cache, and the others
-wait for it (at most the build's time limit) and load its file. Where no lock can be taken (a
+once: one that finds no cached file takes an advisory lock on ``<name>-<key>.lock`` in the
+cache and looks again before building, so the others wait for the builder (at most the build's
+time limit) and load its file; a cached file is loaded without the lock. Where no lock can be taken (a
 read-only cache, something other than a file in the way) each process goes on as if it held
 it: the atomic rename keeps concurrent builds safe, only slower.
 """
@@ -144,8 +145,10 @@ class Library:
         try:
             stem = self._stem(cxx, needs)
             _remove_abandoned_builds(self.name)
-            with _build_lock(stem):
-                path = self._cached(stem) or self._build(cxx, needs, stem)
+            path = self._cached(stem)
+            if path is None:  # build it, unless a process building it now gets there first
+                with _build_lock(stem):
+                    path = self._cached(stem) or self._build(cxx, needs, stem)
             library = ctypes.cdll.LoadLibrary(str(path))
             for target, symbol in self.targets.items():
                 handler = jax.ffi.pycapsule(getattr(library, symbol))

@@ -149,6 +149,15 @@ def _calls_on_a_list(values):
         "gelu": lambda: L.gelu(values),
         "dropout": lambda: L.dropout(values, jax.random.key(0), rate=0.5, train=True),
         "softmax_loss": lambda: L.softmax_loss(values, jnp.zeros(4, jnp.int32)),
+        "batchnorm_forward": lambda: L.batchnorm_forward(
+            values, _ones(6), _ones(6), jnp.zeros(6, f32), _ones(6), train=True
+        ),
+        "batchnorm_gelu": lambda: L.batchnorm_gelu(
+            values, _ones(6), jnp.zeros(6, f32), _ones(6), train=True
+        ),
+        "batchnorm_gelu_forward": lambda: L.batchnorm_gelu_forward(
+            values, _ones(6), jnp.zeros(6, f32), _ones(6), train=True, eps=1e-5, axis=1
+        ),
     }
 
 
