@@ -77,8 +77,14 @@ class UsageFailure(SystemExit):
     the rest of a longer message on an indented second line) and exit status 1."""
 
     def __init__(self, message: str):
-        line = "FATAL " + " ".join(_as_typed(str(message)).split())
+        line = "FATAL " + " ".join(_printable(_as_typed(str(message))).split())
         super().__init__(shorten(line))
+
+
+def _printable(text: str) -> str:
+    """Control characters (a NUL or an escape sequence from a user's file or flag) shown
+    as escapes, not sent to the terminal."""
+    return "".join(c if c.isprintable() or c in " \t\n" else repr(c)[1:-1] for c in text)
 
 
 # Exit statuses of a run stopped by a signal: 128 + its number, as a shell reports it.

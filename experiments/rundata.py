@@ -109,3 +109,13 @@ def check_paths(config: Mapping[str, Any]) -> None:
                 f"--workdir={workdir}: cannot write in {folder} ({why}): make it writable, or "
                 "choose another --workdir"
             )
+
+
+def for_images(config: Mapping[str, Any], shape: Mapping[str, Any]) -> str:
+    """For a model that cannot be built: the image size it was built for, where that is the
+    image folder's (resized with ``--image_size``), so that the message names it too."""
+    if config.get("dataset") != "folder":
+        return ""
+    size = "x".join(str(n) for n in shape["input_dim"][1:])
+    resized = f" (--image_size={config['image_size']})" if config.get("image_size") else ""
+    return f" for the image folder's {size} images{resized}"

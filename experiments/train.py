@@ -49,7 +49,7 @@ from typing import Any
 import jax
 from absl import flags
 
-from experiments import errors, rundir, settings
+from experiments import errors, rundata, rundir, settings
 from experiments.config import Augment, Cs231nOptimiser, Schedule
 from experiments.errors import UsageFailure
 from experiments.lock import WorkdirLock
@@ -414,16 +414,6 @@ def _disk_full(workdir: Path, e: OSError) -> UsageFailure:
     )
 
 
-def _for_images(config: Mapping[str, Any], shape: Mapping[str, Any]) -> str:
-    """For a model that cannot be built: the image size it was built for, where that is the
-    image folder's (resized with ``--image_size``), so that the message names it too."""
-    if config.get("dataset") != "folder":
-        return ""
-    size = "x".join(str(n) for n in shape["input_dim"][1:])
-    resized = f" (--image_size={config['image_size']})" if config.get("image_size") else ""
-    return f" for the image folder's {size} images{resized}"
-
-
 def _memory_message(e: Any) -> str:
     """The app's line for a :class:`jcnn._validate.MemoryLimitError`: a training step that
     does not fit is cut down by the batch (or its parts); a batch itself only by the batch;
@@ -463,7 +453,10 @@ def _main(argv: Sequence[str], *, recipe_class: type[Recipe], fv: flags.FlagValu
     try:
         recipe.build_model(**shape)
     except ValueError as e:
-        raise UsageFailure(f"invalid model flags{_for_images(config, shape)}: {e}") from None
+        named = settings.as_flags(e, recipe_class)
+        raise UsageFailure(
+            f"invalid model flags{rundata.for_images(config, shape)}: {named}"
+        ) from None
     recipe = with_workdir(recipe)
     workdir = Path(recipe.workdir or "")
     try:

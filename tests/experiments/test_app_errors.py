@@ -608,3 +608,9 @@ def test_xla_running_out_of_memory_is_one_line_naming_the_remedy():
     )
     with pytest.raises(jax.errors.JaxRuntimeError), errors.failures_in_one_line():
         raise jax.errors.JaxRuntimeError("INTERNAL: something else")  # not ours to name
+
+
+def test_a_fatal_line_shows_control_characters_as_escapes():
+    """A NUL byte or a terminal escape from a flagfile went to the terminal as it was."""
+    line = errors.UsageFailure("bad flag value 'a\x00b\x1b[31m' é").code
+    assert line == "FATAL bad flag value 'a\\x00b\\x1b[31m' é"

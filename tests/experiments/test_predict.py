@@ -337,6 +337,7 @@ def test_a_model_too_large_for_the_resized_images_names_image_size(tmp_path):
         "FATAL invalid model flags for the image folder's 200000x200000 images "
         "(--image_size=200000): "
     ), message
+    assert "--num_filters=(" in message  # the model's flags, named as typed
 
 
 def test_bench_predict_times_the_four_ways_to_classify(finished):
