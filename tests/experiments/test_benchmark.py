@@ -507,3 +507,16 @@ def test_torch_airbench_is_the_same_network():
     group = opt.param_groups[0]
     assert group["nesterov"] and group["momentum"] == 0.85 and group["weight_decay"] == 0
     assert len(group["params"]) == len(trainable)
+
+
+def test_bench_selection_times_each_keep_on_the_recipe_s_step():
+    import dataclasses
+
+    from experiments import bench_selection, recipes
+
+    recipe = dataclasses.replace(
+        recipes.AIRBENCH94, batch_size=8, widths=(4, 8, 8), select_proxy_widths=(2, 2, 2),
+        whiten_images=16, num_epochs=1,
+    )  # fmt: skip
+    times = bench_selection.measure(recipe, [0, 4], rounds=2, steps=2)
+    assert list(times) == [0, 4] and all(len(t) == 4 and min(t) > 0 for t in times.values())
