@@ -17,10 +17,10 @@ mid-way leaves a ``.tmp`` file; those older than twice the build's time limit ar
 
 Processes that start at once (pytest-xdist workers, the processes of one run) build a library
 once: one that finds no cached file takes an advisory lock on ``<name>-<key>.lock`` in the
-cache and looks again before building, so the others wait for the builder (at most the build's
-time limit) and load its file; a cached file is loaded without the lock. Where no lock can be taken (a
-read-only cache, something other than a file in the way) each process goes on as if it held
-it: the atomic rename keeps concurrent builds safe, only slower.
+cache and looks again before building, so the others wait for the builder (at most the
+build's time limit) and load its file; a cached file is loaded without the lock. Where no
+lock can be taken (a read-only cache, something other than a file in the way) each process
+goes on as if it held it: the atomic rename keeps concurrent builds safe, only slower.
 """
 
 from __future__ import annotations
