@@ -178,6 +178,8 @@ def run(fv: flags.FlagValues = flags.FLAGS) -> dict[str, Any]:
     started = read_run(workdir)
     config = dict(started["flags"])
     if fv.data_dir is not None:
+        if Path(fv.data_dir).exists() and not Path(fv.data_dir).is_dir():
+            raise UsageFailure(f"--data_dir={fv.data_dir} is a file, not a folder: choose a folder")
         config["data_dir"] = fv.data_dir
     if fv.num_test is not None:
         config["num_test"] = fv.num_test

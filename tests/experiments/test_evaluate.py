@@ -103,3 +103,12 @@ def test_the_command_line_prints_the_table(finished, fake_cifar_dir):
         cwd=ROOT, env=subprocess_env(),
     )  # fmt: skip
     assert missing.returncode != 0 and "workdir" in missing.stderr
+
+
+def test_a_data_dir_that_is_a_file_is_named_as_the_flag(finished, tmp_path):
+    """--data_dir=<a file> said only 'File exists (...)'."""
+    a_file = tmp_path / "not_a_folder"
+    a_file.write_text("x")
+    with pytest.raises(UsageFailure) as info:
+        run_evaluate(f"--workdir={finished[0]}", f"--data_dir={a_file}")
+    assert f"--data_dir={a_file} is a file, not a folder" in str(info.value.code)
