@@ -33,7 +33,7 @@ from absl import flags
 from experiments import recipes
 from experiments.config import CIFAR10_TEST
 from experiments.errors import UsageFailure, failures_in_one_line, run_app
-from experiments.rundata import data_shape, load_data
+from experiments.rundata import check_not_a_file, data_shape, load_data
 from experiments.rundir import RunWriter
 from experiments.train import build_model
 
@@ -178,8 +178,7 @@ def run(fv: flags.FlagValues = flags.FLAGS) -> dict[str, Any]:
     started = read_run(workdir)
     config = dict(started["flags"])
     if fv.data_dir is not None:
-        if Path(fv.data_dir).exists() and not Path(fv.data_dir).is_dir():
-            raise UsageFailure(f"--data_dir={fv.data_dir} is a file, not a folder: choose a folder")
+        check_not_a_file("data_dir", fv.data_dir)
         config["data_dir"] = fv.data_dir
     if fv.num_test is not None:
         config["num_test"] = fv.num_test

@@ -76,6 +76,13 @@ def _probe_writable(folder: Path) -> str | None:
     return None
 
 
+def check_not_a_file(flag: str, path: str | Path) -> None:
+    """A folder flag (``--workdir``, ``--data_dir``) that names a file stops the app with one
+    line naming the flag."""
+    if Path(path).exists() and not Path(path).is_dir():
+        raise UsageFailure(f"--{flag}={path} is a file, not a folder: choose a folder")
+
+
 def check_paths(config: Mapping[str, Any]) -> None:
     """Before any data is loaded or training starts: ``--workdir`` and ``--data_dir`` must
     not name files, and the workdir (its checkpoints folder too, if any; else its nearest
@@ -89,8 +96,7 @@ def check_paths(config: Mapping[str, Any]) -> None:
         else resolve_data_dir(config["data_dir"])
     )
     for flag, path in (("workdir", workdir), ("data_dir", data_dir)):
-        if path.exists() and not path.is_dir():
-            raise UsageFailure(f"--{flag}={path} is a file, not a folder: choose a folder")
+        check_not_a_file(flag, path)
     if (workdir / "checkpoints").exists() and not (workdir / "checkpoints").is_dir():
         raise UsageFailure(
             f"--workdir={workdir}: {workdir / 'checkpoints'} is a file, not the folder the run "
